@@ -1,0 +1,71 @@
+"""Admin for the core domain. Access events are read-only: the log is append-only."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from accessctl.models import AccessEvent, AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
+
+
+@admin.register(Person)
+class PersonAdmin(admin.ModelAdmin):
+    list_display = ["name", "external_id", "kind", "status", "valid_from", "valid_until", "watchlist"]
+    list_filter = ["status", "kind", "watchlist", "access_groups"]
+    search_fields = ["name", "external_id", "notes"]
+    readonly_fields = ["uid", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "external_id", "kind", "status", "watchlist"]}),
+        ("Validity", {"fields": ["valid_from", "valid_until"]}),
+        ("Notes", {"fields": ["notes"]}),
+        ("Record", {"fields": ["uid", "created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+
+
+class ScheduleWindowInline(admin.TabularInline):
+    model = ScheduleWindow
+    extra = 1
+
+
+class HolidayInline(admin.TabularInline):
+    model = Holiday
+    extra = 0
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    list_display = ["name", "description"]
+    search_fields = ["name"]
+    inlines = [ScheduleWindowInline, HolidayInline]
+
+
+@admin.register(Door)
+class DoorAdmin(admin.ModelAdmin):
+    list_display = ["name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold"]
+    list_filter = ["mode", "fail_mode"]
+    search_fields = ["name", "location"]
+
+
+@admin.register(AccessGroup)
+class AccessGroupAdmin(admin.ModelAdmin):
+    list_display = ["name", "schedule"]
+    search_fields = ["name"]
+    filter_horizontal = ["people", "doors"]
+
+
+@admin.register(AccessEvent)
+class AccessEventAdmin(admin.ModelAdmin):
+    list_display = ["occurred_at", "door", "device_uid", "person", "decision", "reason", "similarity", "margin"]
+    list_filter = ["decision", "reason", "source", "door"]
+    search_fields = ["detection_id", "device_uid", "person__name"]
+    date_hierarchy = "occurred_at"
+    list_select_related = ["door", "person"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AccessEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AccessEvent | None = None) -> bool:
+        return False

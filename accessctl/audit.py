@@ -1,0 +1,144 @@
+"""The access log: writing events (hash-chained, exactly once per detection) and verifying the chain.
+
+``event_record`` is the only way events are written. It serialises writers with a transaction-level
+advisory lock so each event's ``prev_hash`` is the hash of the event recorded just before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from accessctl.codes import Decision, Reason
+from accessctl.models import AccessEvent
+
+logger = logging.getLogger(__name__)
+
+_CHAIN_LOCK_KEY = 0x61636365  # "acce": one advisory lock for the access-log chain
+GENESIS_HASH = "0" * 64
+
+
+def event_hash(event: AccessEvent) -> str:
+    """SHA-256 over the event's immutable fields and the previous hash (hex)."""
+    body = {
+        "prev": event.prev_hash,
+        "detection_id": str(event.detection_id),
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "source": event.source,
+        "door": event.door_id,
+        "device_uid": event.device_uid,
+        "subject": str(event.subject_uid) if event.subject_uid else None,
+        "decision": event.decision,
+        "reason": event.reason,
+        "similarity": None if event.similarity is None else round(event.similarity, 6),
+        "margin": None if event.margin is None else round(event.margin, 6),
+        "threshold": None if event.threshold is None else round(event.threshold, 6),
+        "model_version": event.model_version,
+        "details": event.details,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def event_record(
+    *,
+    detection_id: uuid.UUID | str | None,
+    occurred_at: datetime,
+    decision: Decision,
+    reason: Reason,
+    source: str = AccessEvent.Source.DETECTION,
+    door_id: int | None = None,
+    device_id: int | None = None,
+    device_uid: str = "",
+    person_id: int | None = None,
+    subject_uid: uuid.UUID | None = None,
+    actor_id: int | None = None,
+    similarity: float | None = None,
+    margin: float | None = None,
+    threshold: float | None = None,
+    model_version: str = "",
+    snapshot: str = "",
+    details: dict[str, Any] | None = None,
+) -> tuple[AccessEvent, bool]:
+    """Append one event; returns ``(event, created)``.
+
+    Idempotent on ``detection_id``: when an event for it already exists, that event is returned
+    with ``created=False`` and nothing is written (a redelivered task or replayed message).
+    """
+    detection_id = uuid.UUID(str(detection_id)) if detection_id else uuid.uuid4()
+    existing = AccessEvent.objects.filter(detection_id=detection_id).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+            existing = AccessEvent.objects.filter(detection_id=detection_id).first()
+            if existing is not None:
+                return existing, False
+            last = AccessEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+            event = AccessEvent(
+                detection_id=detection_id,
+                occurred_at=occurred_at,
+                source=source,
+                door_id=door_id,
+                device_id=device_id,
+                device_uid=device_uid,
+                person_id=person_id,
+                subject_uid=subject_uid,
+                actor_id=actor_id,
+                decision=str(decision),
+                reason=str(reason),
+                similarity=similarity,
+                margin=margin,
+                threshold=threshold,
+                model_version=model_version,
+                snapshot=snapshot,
+                details=details or {},
+                prev_hash=last or GENESIS_HASH,
+            )
+            event.hash = event_hash(event)
+            event.save(force_insert=True)
+    except IntegrityError:
+        # Another writer recorded the same detection between our check and insert.
+        return AccessEvent.objects.get(detection_id=detection_id), False
+    logger.info(
+        "event %s detection=%s device=%s door=%s %s/%s",
+        event.pk, detection_id, device_uid or "-", door_id or "-", decision, reason,
+    )  # fmt: skip
+    return event, True
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    first_broken_id: int | None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken_id is None
+
+
+def chain_verify(batch_size: int = 5000) -> ChainReport:
+    """Walk the log in insertion order; report the first event whose link or hash is wrong."""
+    expected_prev = GENESIS_HASH
+    checked = 0
+    first = True
+    for event in AccessEvent.objects.order_by("id").iterator(chunk_size=batch_size):
+        # After retention purges the oldest events, the chain starts at the oldest kept one.
+        if not first and event.prev_hash != expected_prev:
+            return ChainReport(checked, event.pk, "prev_hash does not match the previous event")
+        if event_hash(event) != event.hash:
+            return ChainReport(checked, event.pk, "hash does not match the event's content")
+        expected_prev = event.hash
+        first = False
+        checked += 1
+    return ChainReport(checked, None)

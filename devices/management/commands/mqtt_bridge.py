@@ -1,0 +1,24 @@
+"""Run the MQTT bridge until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from devices.bridge import Bridge
+from devices.ingest import message_ingest
+
+
+class Command(BaseCommand):
+    help = "Subscribe to device topics and hand verified messages to the recognition queue."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--client-id", default=None, help="MQTT client id (default: MQTT_CLIENT_ID)")
+        parser.add_argument("--shared-group", default=None, help="use $share/<group>/ subscriptions")
+
+    def handle(self, *args: object, **options: object) -> None:
+        bridge = Bridge(message_ingest, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
+        signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
+        signal.signal(signal.SIGINT, lambda *_: bridge.stop())
+        bridge.run_forever()

@@ -1,0 +1,59 @@
+"""MQTT connection settings shared by the bridge and the command publisher (paho-mqtt 2.x)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def broker_address(url: str | None = None) -> BrokerAddress:
+    """Parse ``mqtt://`` / ``mqtts://`` URLs (credentials allowed) into a BrokerAddress."""
+    parsed = urlparse(url or settings.MQTT_URL)
+    if parsed.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
+        raise ValueError(f"MQTT_URL must start with mqtt:// or mqtts://, got {parsed.scheme!r}")
+    tls = parsed.scheme in {"mqtts", "ssl"}
+    return BrokerAddress(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or (8883 if tls else 1883),
+        tls=tls,
+        username=parsed.username,
+        password=parsed.password,
+    )
+
+
+def client_create(
+    client_id: str, *, clean_session: bool = False, url: str | None = None
+) -> tuple[mqtt.Client, BrokerAddress]:
+    """A paho client configured for the broker in settings (TLS and credentials applied)."""
+    address = broker_address(url)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
+    )
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set(
+            ca_certs=settings.MQTT_CA_FILE,
+            certfile=settings.MQTT_CERT_FILE,
+            keyfile=settings.MQTT_KEY_FILE,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client, address

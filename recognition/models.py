@@ -1,0 +1,86 @@
+"""Enrolment photos, face embeddings (pgvector gallery) and per-model calibration."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from pgvector.django import VectorField
+
+# Dimensions of the embedders we ship. The embedding column is an untyped ``vector`` so several
+# models can coexist; each model version gets its own partial HNSW index on a typed cast.
+EMBEDDING_DIMS = {"sface-2021dec-int8bq": 128, "facenet-casia-20180408": 512, "facenet-vggface2": 512}
+
+
+class EnrollmentPhoto(models.Model):
+    """A photo uploaded to enrol a person, with the detector's quality verdict."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACCEPTED = "accepted"
+        REJECTED = "rejected"
+
+    person = models.ForeignKey("accessctl.Person", on_delete=models.CASCADE, related_name="photos")
+    image = models.FileField(upload_to="enrollment/%Y/%m/", max_length=300)
+    crop = models.FileField(upload_to="enrollment-crops/%Y/%m/", max_length=300, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    quality_reason = models.CharField(max_length=32, blank=True, help_text="Quality code when not usable.")
+    quality_message = models.CharField(max_length=200, blank=True)
+    quality = models.JSONField(default=dict, blank=True, help_text="Measured face size, sharpness, pose, score.")
+    box = models.JSONField(default=list, blank=True)
+    duplicate_of = models.ForeignKey(
+        "accessctl.Person",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Another person this face already matches (flagged for review).",
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-uploaded_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"photo {self.pk} of {self.person_id} ({self.status})"
+
+
+class FaceEmbedding(models.Model):
+    """One face vector of a person, L2-normalised, tagged with the model that produced it.
+
+    Searches always filter on ``model_version``: vectors of different models are never compared.
+    """
+
+    person = models.ForeignKey("accessctl.Person", on_delete=models.CASCADE, related_name="embeddings")
+    photo = models.ForeignKey(
+        EnrollmentPhoto, null=True, blank=True, on_delete=models.CASCADE, related_name="embeddings"
+    )
+    model_version = models.CharField(max_length=64, db_index=True)
+    embedding = VectorField()
+    quality = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["person", "id"]
+
+    def __str__(self) -> str:
+        return f"embedding {self.pk} ({self.model_version}) of {self.person_id}"
+
+
+class ModelCalibration(models.Model):
+    """Decision threshold (cosine similarity) chosen for a model at a target false-match rate."""
+
+    model_version = models.CharField(max_length=64, unique=True)
+    threshold = models.FloatField()
+    target_fmr = models.FloatField()
+    min_margin = models.FloatField(default=0.0)
+    details = models.JSONField(default=dict, blank=True, help_text="Dataset, pair counts, measured rates.")
+    calibrated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_version"]
+
+    def __str__(self) -> str:
+        return f"{self.model_version}: {self.threshold:.3f} @ FMR {self.target_fmr:g}"

@@ -1,0 +1,72 @@
+"""Test session setup: real embedded PostgreSQL (+pgvector), Valkey and an MQTT broker.
+
+They start here, before Django's settings are imported, so the settings see their addresses.
+Set DATABASE_URL / REDIS_URL / MQTT_URL to run the suite against real services instead.
+Each pytest process uses its own test database name, so parallel runs do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from accessctl import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_VAR = Path(os.environ.get("ACCESSCTL_TEST_VAR_DIR", ROOT / "var" / "test"))
+TEST_VAR.mkdir(parents=True, exist_ok=True)
+
+_services: list[embedded.ChildService] = []
+_tmp_var = Path(tempfile.mkdtemp(prefix="accessctl-test-var-"))
+
+if not os.environ.get("DATABASE_URL"):
+    _pg = embedded.start_postgres(TEST_VAR / "pg")
+    os.environ["ACCESSCTL_DB_NAME"] = "postgres"
+    os.environ["ACCESSCTL_PGDATA"] = str(_pg.pgdata)
+if not os.environ.get("REDIS_URL"):
+    _valkey = embedded.start_valkey(_tmp_var / "valkey")
+    _services.append(_valkey)
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_valkey.port}/0"
+if not os.environ.get("MQTT_URL"):
+    _broker = embedded.start_mqtt_broker(_tmp_var / "mqtt")
+    _services.append(_broker)
+    os.environ["MQTT_URL"] = f"mqtt://127.0.0.1:{_broker.port}"
+
+os.environ["ACCESSCTL_TEST_DB_NAME"] = f"test_accessctl_{os.getpid()}"
+os.environ["ACCESSCTL_VAR_DIR"] = str(_tmp_var)
+os.environ["ACCESSCTL_MODELS_DIR"] = os.environ.get("ACCESSCTL_MODELS_DIR", str(ROOT / "var" / "models"))
+os.environ["MQTT_CLIENT_ID"] = f"accessctl-bridge-test-{os.getpid()}"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.settings")
+
+import django  # noqa: E402
+
+# pytest-django configures Django before this conftest is imported, when the settings module is
+# not yet known; set it up here (pytest-django's fixtures then find it ready).
+django.setup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for service in reversed(_services):
+        service.stop()
+    shutil.rmtree(_tmp_var, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_env() -> dict[str, str]:
+    """Environment for child processes (Celery worker, bridge) that must share this test run's services."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    env["ACCESSCTL_DB_NAME"] = connection.settings_dict["NAME"]
+    return env
+
+
+@pytest.fixture
+def media_root(settings: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Store uploaded and generated files in a per-test folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"  # type: ignore[attr-defined]
+    return tmp_path / "media"
