@@ -220,3 +220,112 @@ class AccessEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.decision} {self.reason}"
+
+
+class Alarm(models.Model):
+    """Something an operator must look at: raised by services, acknowledged on the dashboard."""
+
+    class Kind(models.TextChoices):
+        REPEATED_UNKNOWN = "repeated_unknown", "repeated unknown faces"
+        WATCHLIST = "watchlist", "watchlist person seen"
+        FORGED_SIGNATURE = "forged_signature", "forged or invalid signature"
+        DEVICE_OFFLINE = "device_offline", "device offline"
+        REPLAY = "replay", "replayed message"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")
+    device = models.ForeignKey(
+        "devices.EdgeDevice", null=True, blank=True, on_delete=models.CASCADE, related_name="alarms"
+    )
+    event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    raised_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_seen_at = models.DateTimeField(auto_now_add=True)
+    count = models.PositiveIntegerField(default=1, help_text="Occurrences folded into this alarm while open.")
+    details = models.JSONField(default=dict, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-raised_at", "-id"]
+        indexes = [models.Index(fields=["acknowledged_at", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.raised_at:%Y-%m-%d %H:%M})"
+
+
+class ApiToken(models.Model):
+    """A bearer token for integrators. Only a SHA-256 of the secret is stored; scopes limit what it may do."""
+
+    class Scope(models.TextChoices):
+        EVENTS_READ = "events:read", "read access events"
+        PEOPLE_READ = "people:read", "read people"
+        PEOPLE_WRITE = "people:write", "manage people and enrolment"
+        DOORS_READ = "doors:read", "read doors, groups, schedules"
+        DOORS_WRITE = "doors:write", "manage doors, groups, schedules"
+        DEVICES_READ = "devices:read", "read devices"
+        DEVICES_WRITE = "devices:write", "manage devices"
+        IDENTIFY = "identify", "identify faces in images"
+        WEBHOOKS_WRITE = "webhooks:write", "manage webhook subscriptions"
+
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    prefix = models.CharField(max_length=12, unique=True, help_text="Public part shown in lists and logs.")
+    secret_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    rate_limit_per_minute = models.PositiveIntegerField(default=600)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class WebhookSubscription(models.Model):
+    """An integrator's endpoint that receives signed event notifications."""
+
+    name = models.CharField(max_length=100)
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=100, help_text="HMAC-SHA256 key for the X-Accessctl-Signature header.")
+    event_types = models.JSONField(default=list, help_text="e.g. access.granted, access.denied, alarm.raised")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WebhookDelivery(models.Model):
+    """One attempt history of delivering one event to one subscription."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    delivery_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event_type = models.CharField(max_length=50)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} -> {self.subscription_id} ({self.status})"
