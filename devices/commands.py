@@ -1,0 +1,118 @@
+"""Server -> device commands: signed with the server key and published on the device's commands topic.
+
+The server's Ed25519 key lives in ``SERVER_SIGNING_KEY_FILE`` (created on first use); devices get
+its public half at provisioning and ignore commands that do not verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+from devices.models import EdgeDevice
+from devices.mqtt import client_create
+from edge_agent import protocol as p
+
+logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def server_private_key() -> Any:
+    """Load (or create on first use) the server's command-signing key."""
+    path = settings.SERVER_SIGNING_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        private_pem, _ = p.generate_keypair()
+        path.write_bytes(private_pem if isinstance(private_pem, bytes) else private_pem.encode())
+        path.chmod(0o600)
+        logger.info("created server command-signing key %s", path)
+    return p.load_private_key(path.read_bytes())
+
+
+def server_public_key_b64() -> str:
+    return p.public_key_b64(server_private_key())
+
+
+class CommandPublisher:
+    """One long-lived MQTT connection per process for publishing commands (QoS1)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client = None
+
+    def _connected_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                client, address = client_create(
+                    f"{settings.MQTT_CLIENT_ID}-cmd-{threading.get_native_id()}", clean_session=True
+                )
+                client.connect(address.host, address.port, keepalive=30)
+                client.loop_start()
+                self._client = client
+            return self._client
+
+    def publish(self, topic: str, body: bytes, timeout: float = 5.0) -> None:
+        info = self._connected_client().publish(topic, body, qos=1)
+        info.wait_for_publish(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.loop_stop()
+                self._client.disconnect()
+                self._client = None
+
+
+publisher = CommandPublisher()
+
+
+def command_build(
+    device: EdgeDevice,
+    kind: p.CommandKind,
+    *,
+    reason: str,
+    pulse_ms: int = 0,
+    detection_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> p.Command:
+    return p.Command(
+        device_uid=device.uid,
+        command=kind,
+        command_id=p.new_id(),
+        issued_at=time.time(),
+        reason=reason,
+        pulse_ms=pulse_ms,
+        detection_id=detection_id,
+        data=data or {},
+    )
+
+
+def command_send(
+    device: EdgeDevice,
+    kind: p.CommandKind,
+    *,
+    reason: str,
+    pulse_ms: int = 0,
+    detection_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> p.Command:
+    """Sign and publish one command to ``device``; returns what was sent."""
+    command = command_build(device, kind, reason=reason, pulse_ms=pulse_ms, detection_id=detection_id, data=data)
+    publisher.publish(p.commands_topic(device.uid), p.seal(command, server_private_key()))
+    logger.info("command %s %s to device %s (detection %s)", command.command_id, kind, device.uid, detection_id or "-")
+    return command
+
+
+def door_command_send(door_id: int, kind: p.CommandKind, *, reason: str, pulse_ms: int = 0) -> int:
+    """Send ``kind`` to every enabled device at a door; returns how many devices got it."""
+    devices = EdgeDevice.objects.filter(door_id=door_id).exclude(status=EdgeDevice.Status.DISABLED)
+    sent = 0
+    for device in devices:
+        command_send(device, kind, reason=reason, pulse_ms=pulse_ms)
+        sent += 1
+    return sent
