@@ -37,6 +37,8 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     DEVICE_DISABLED = "device_disabled"
     MALFORMED = "malformed"
+    BAD_VERSION = "bad_version"
+    TOO_LARGE = "too_large"
     STALE_TIMESTAMP = "stale_timestamp"
     REPLAY = "replay"
     TOPIC_MISMATCH = "topic_mismatch"

@@ -1,12 +1,211 @@
-"""Turn one raw MQTT message into a verified detection task, a heartbeat or a status update."""
+"""Turn one raw MQTT message into a staged detection (and a queued decision), a heartbeat or a status.
+
+The bridge calls ``message_ingest`` for every message. This module verifies; it never decides
+access. Every message on a detections topic ends in exactly one of:
+
+- a staged ``InboundDetection`` plus a ``recognition.decide`` task (the worker records the event);
+- an AccessEvent recording why it was rejected (malformed, unknown device, bad signature, topic
+  mismatch, stale timestamp, replay) — ids of rejected messages come from the message bytes, so
+  a redelivered copy of the same bad message is recorded once;
+- nothing new, when it is a transport duplicate of a detection already staged or decided.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import logging
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accessctl.audit import event_record
+from accessctl.codes import Decision, Reason
+from accessctl.models import AccessEvent
+from devices import health
+from devices.models import EdgeDevice, InboundDetection
+from edge_agent import protocol as p
 
 logger = logging.getLogger(__name__)
 
+# Namespace for ids of events about messages that carry no trustworthy detection id.
+REJECT_NAMESPACE = uuid.UUID("5b0f7a36-0f0c-4c5e-9a8e-6a1f4f2b9d10")
 
-def message_ingest(topic: str, payload: bytes) -> None:
+
+def message_ingest(topic: str, raw: bytes) -> None:
     """Entry point of the bridge for every message."""
-    logger.info("message on %s (%d bytes)", topic, len(payload))
+    try:
+        uid, kind = p.parse_topic(topic)
+    except p.ProtocolError:
+        logger.warning("ignoring message on unexpected topic %r (%d bytes)", topic[:200], len(raw))
+        return
+    if kind == p.TopicKind.DETECTIONS:
+        detection_ingest(device_uid=uid, raw=raw)
+    elif kind == p.TopicKind.HEARTBEAT:
+        health.heartbeat_ingest(device_uid=uid, raw=raw)
+    elif kind == p.TopicKind.STATUS:
+        health.status_ingest(device_uid=uid, raw=raw)
+
+
+def _message_id(kind: str, raw: bytes) -> uuid.UUID:
+    return uuid.uuid5(REJECT_NAMESPACE, f"{kind}:{hashlib.sha256(raw).hexdigest()}")
+
+
+def _claimed_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        try:
+            return p.validate_uuid4(payload.get("detection_id"))
+        except p.ProtocolError:
+            return None
+    return None
+
+
+def _reject(
+    *,
+    reason: Reason,
+    message: str,
+    device_uid: str,
+    raw: bytes,
+    device: EdgeDevice | None = None,
+    detection_id: str | uuid.UUID | None = None,
+    occurred_at: dt.datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> AccessEvent:
+    """Record a rejected detection message as a denied AccessEvent (and alarm when hostile)."""
+    event_id = detection_id or _message_id(str(reason), raw)
+    event, created = event_record(
+        detection_id=event_id,
+        occurred_at=occurred_at or timezone.now(),
+        decision=Decision.DENY,
+        reason=reason,
+        device_id=device.pk if device else None,
+        door_id=device.door_id if device else None,
+        device_uid=device_uid[:64],
+        details={"error": message[:300], "bytes": len(raw), **(details or {})},
+    )
+    if created:
+        logger.warning("rejected detection from %s: %s (%s) event=%s", device_uid[:64], reason, message[:200], event.pk)
+        from accessctl.decisions import rejection_notify
+
+        rejection_notify(event=event)
+    return event
+
+
+def _store_crop(detection_id: str, jpeg: bytes, captured_at: float) -> str:
+    day = dt.datetime.fromtimestamp(captured_at, tz=dt.UTC)
+    name = f"crops/{day:%Y/%m/%d}/{detection_id}.jpg"
+    return default_storage.save(name, ContentFile(jpeg))
+
+
+def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -> str:
+    """Verify one detection message and stage it for a decision. Returns what happened (for logs/tests)."""
+    now = time.time() if now is None else now
+    try:
+        envelope = p.split_envelope(raw)
+    except p.ProtocolError as exc:
+        _reject(reason=Reason(exc.code), message=str(exc), device_uid=device_uid, raw=raw)
+        return str(exc.code)
+    claimed = _claimed_id(envelope.payload)
+    device = EdgeDevice.objects.filter(uid=device_uid).first()
+    if device is None:
+        _reject(
+            reason=Reason.UNKNOWN_DEVICE,
+            message="no such device",
+            device_uid=device_uid,
+            raw=raw,
+            details={"claimed_detection_id": claimed},
+        )
+        return Reason.UNKNOWN_DEVICE
+    if device.status == EdgeDevice.Status.DISABLED:
+        _reject(
+            reason=Reason.DEVICE_DISABLED,
+            message="device is disabled",
+            device_uid=device_uid,
+            raw=raw,
+            device=device,
+            details={"claimed_detection_id": claimed},
+        )
+        return Reason.DEVICE_DISABLED
+    try:
+        payload = p.verify_envelope(envelope, device.public_key)
+    except p.ProtocolError as exc:
+        _reject(
+            reason=Reason.BAD_SIGNATURE,
+            message=str(exc),
+            device_uid=device_uid,
+            raw=raw,
+            device=device,
+            details={"claimed_detection_id": claimed},
+        )
+        return Reason.BAD_SIGNATURE
+    # From here the message is authentic: its detection id is the device's own.
+    try:
+        detection = p.payload_from_dict(p.TopicKind.DETECTIONS, payload)
+        assert isinstance(detection, p.Detection)
+        if detection.device_uid != device_uid:
+            raise p.ProtocolError(p.RejectReason.TOPIC_MISMATCH, "payload device_uid differs from the topic's")
+    except p.ProtocolError as exc:
+        _reject(
+            reason=Reason(exc.code),
+            message=str(exc),
+            device_uid=device_uid,
+            raw=raw,
+            device=device,
+            detection_id=claimed if exc.code == p.RejectReason.TOPIC_MISMATCH else None,
+            details={"claimed_detection_id": claimed},
+        )
+        return str(exc.code)
+    health.device_seen(device=device)
+    if AccessEvent.objects.filter(detection_id=detection.detection_id).exists():
+        _reject(
+            reason=Reason.REPLAY,
+            message="detection already decided",
+            device_uid=device_uid,
+            raw=raw,
+            device=device,
+            details={"replayed_detection_id": detection.detection_id},
+        )
+        return Reason.REPLAY
+    captured = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
+    try:
+        p.check_freshness(detection.sent_at, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
+    except p.ProtocolError as exc:
+        from accessctl.decisions import late_detection_record
+
+        late_detection_record(detection=detection, device=device, error=str(exc))
+        return Reason.STALE_TIMESTAMP
+    return detection_stage(detection=detection, device=device, captured=captured)
+
+
+def detection_stage(*, detection: p.Detection, device: EdgeDevice, captured: dt.datetime) -> str:
+    """Stage a verified, fresh detection and enqueue its decision once the row is committed."""
+    payload = detection.to_dict()
+    payload.pop("crop_jpeg", None)
+    crop = (
+        _store_crop(detection.detection_id, detection.crop_jpeg, detection.captured_at) if detection.crop_jpeg else ""
+    )
+    try:
+        with transaction.atomic():
+            InboundDetection.objects.create(
+                detection_id=detection.detection_id, device=device, payload=payload, crop=crop
+            )
+            transaction.on_commit(lambda: decision_enqueue(detection.detection_id))
+    except IntegrityError:
+        if crop:
+            default_storage.delete(crop)
+        logger.info("duplicate detection %s from %s ignored (already staged)", detection.detection_id, device.uid)
+        return "duplicate"
+    logger.debug("staged detection %s from %s", detection.detection_id, device.uid)
+    return "staged"
+
+
+def decision_enqueue(detection_id: str) -> None:
+    from recognition.tasks import decide
+
+    decide.apply_async(args=[str(detection_id)], queue="recognition")

@@ -12,6 +12,7 @@ from devices.ingest import message_ingest
 
 class Command(BaseCommand):
     help = "Subscribe to device topics and hand verified messages to the recognition queue."
+    requires_system_checks: list[str] = []  # a daemon; `manage.py check` runs at deploy/test time
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--client-id", default=None, help="MQTT client id (default: MQTT_CLIENT_ID)")

@@ -1,0 +1,114 @@
+"""Fleet health: heartbeats, online/offline status (last will), and the offline sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from accessctl import realtime
+from devices.models import EdgeDevice
+from edge_agent import protocol as p
+
+logger = logging.getLogger(__name__)
+
+# last_seen is written at most this often per device, to keep the hot path light.
+_SEEN_RESOLUTION_S = 5.0
+
+
+def _status_set(device: EdgeDevice, status: str, *, now: dt.datetime | None, extra: dict | None = None) -> None:
+    changed = device.status != status
+    fields = {"status": status, "last_seen": now, **(extra or {})}
+    EdgeDevice.objects.filter(pk=device.pk).exclude(status=EdgeDevice.Status.DISABLED).update(**fields)
+    for key, value in fields.items():
+        setattr(device, key, value)
+    if changed:
+        logger.info("device %s is now %s", device.uid, status)
+        realtime.broadcast(realtime.MessageType.DEVICE_STATUS, dict(realtime.device_payload(device)))
+        if status == EdgeDevice.Status.OFFLINE:
+            from accessctl.alarms import alarm_raise
+            from accessctl.models import Alarm
+
+            alarm_raise(kind=Alarm.Kind.DEVICE_OFFLINE, door=device.door, device=device, details={"uid": device.uid})
+
+
+def device_seen(*, device: EdgeDevice) -> None:
+    """Note that an authentic message arrived from ``device``."""
+    now = timezone.now()
+    if (
+        device.status == EdgeDevice.Status.ONLINE
+        and device.last_seen
+        and ((now - device.last_seen).total_seconds() < _SEEN_RESOLUTION_S)
+    ):
+        return
+    _status_set(device, EdgeDevice.Status.ONLINE, now=now)
+
+
+def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevice, p.Message] | None:
+    device = EdgeDevice.objects.filter(uid=device_uid).select_related("door").first()
+    if device is None or device.status == EdgeDevice.Status.DISABLED:
+        logger.warning("%s from unknown or disabled device %s ignored", kind, device_uid[:64])
+        return None
+    try:
+        message = p.open_message(
+            p.topic_for(device_uid, kind), raw, device.public_key, now=time.time(),
+            window_s=settings.DEVICE_TIMESTAMP_WINDOW_S,
+        )  # fmt: skip
+    except p.ProtocolError as exc:
+        logger.warning("%s from device %s rejected: %s (%s)", kind, device_uid, exc.code, exc)
+        if exc.code == p.RejectReason.BAD_SIGNATURE:
+            from accessctl.alarms import alarm_raise
+            from accessctl.models import Alarm
+
+            alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=device.door, device=device, details={"topic": str(kind)})
+        return None
+    return device, message
+
+
+def heartbeat_ingest(*, device_uid: str, raw: bytes) -> None:
+    """Record a signed heartbeat: versions, camera fps, spool depth, temperature."""
+    opened = _authentic(device_uid, raw, p.TopicKind.HEARTBEAT)
+    if opened is None:
+        return
+    device, heartbeat = opened
+    assert isinstance(heartbeat, p.Heartbeat)
+    data = heartbeat.to_dict()
+    extra = {
+        "agent_version": heartbeat.agent_version[:32],
+        "model_version": (heartbeat.model_version or "")[:64],
+        "last_heartbeat": data,
+    }
+    _status_set(device, EdgeDevice.Status.ONLINE, now=timezone.now(), extra=extra)
+    logger.debug("heartbeat from %s: spool=%s fps=%s", device.uid, heartbeat.spool_depth, heartbeat.camera_fps)
+
+
+def status_ingest(*, device_uid: str, raw: bytes) -> None:
+    """Online/offline from the device; the broker's unsigned last will counts as an offline hint."""
+    opened = _authentic(device_uid, raw, p.TopicKind.STATUS)
+    if opened is None:
+        return
+    device, status = opened
+    assert isinstance(status, p.Status)
+    if status.state == p.DeviceState.ONLINE:
+        _status_set(device, EdgeDevice.Status.ONLINE, now=timezone.now())
+    else:
+        # The last will is unsigned: keep the last authentic sighting as last_seen.
+        _status_set(device, EdgeDevice.Status.OFFLINE, now=timezone.now() if status.signed else device.last_seen)
+
+
+def devices_offline_sweep(*, now: dt.datetime | None = None) -> int:
+    """Mark devices silent for longer than DEVICE_OFFLINE_AFTER_S offline; returns how many."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
+    stale = EdgeDevice.objects.filter(status=EdgeDevice.Status.ONLINE).filter(
+        Q(last_seen__lt=cutoff) | Q(last_seen=None)
+    )
+    count = 0
+    for device in stale.select_related("door"):
+        _status_set(device, EdgeDevice.Status.OFFLINE, now=device.last_seen or now)
+        count += 1
+    return count

@@ -1,0 +1,64 @@
+"""Provisioning: create a device with a fresh Ed25519 key pair and render its agent config.
+
+The private key is generated here, handed to the installer once, and never stored on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+
+from accessctl.models import Door
+from devices.commands import server_public_key_b64
+from devices.models import EdgeDevice
+from edge_agent import protocol as p
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    device: EdgeDevice
+    private_key_pem: str
+    server_public_key: str
+
+
+def device_provision(*, uid: str, door: Door | None = None, name: str = "", rotate: bool = False) -> Provisioned:
+    """Create device ``uid`` (or, with ``rotate``, give an existing one a new key)."""
+    p.validate_device_uid(uid)
+    private_pem, public_b64 = p.generate_keypair()
+    with transaction.atomic():
+        device = EdgeDevice.objects.select_for_update().filter(uid=uid).first()
+        if device is not None and not rotate:
+            raise ValueError(f"device {uid!r} exists; use rotate to issue a new key")
+        if device is None:
+            device = EdgeDevice(uid=uid)
+        device.public_key = public_b64
+        device.name = name or device.name
+        device.door = door if door is not None else device.door
+        device.save()
+    logger.info(
+        "provisioned device %s (door %s)%s", uid, device.door_id or "-", " with a rotated key" if rotate else ""
+    )
+    return Provisioned(device=device, private_key_pem=private_pem, server_public_key=server_public_key_b64())
+
+
+def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | None = None) -> str:
+    """The agent's TOML config for this device (see edge_agent/config.example.toml)."""
+    device = provisioned.device
+    door = device.door
+    fail_mode = door.fail_mode if door and door.fail_mode in ("secure", "safe") else "secure"
+    return (
+        f"# accessctl edge agent config for device {device.uid}\n"
+        "[device]\n"
+        f'uid = "{device.uid}"\n'
+        f'private_key_path = "{key_path}"\n'
+        f'server_public_key = "{provisioned.server_public_key}"\n\n'
+        "[mqtt]\n"
+        f'url = "{mqtt_url or settings.MQTT_URL}"\n\n'
+        "[door]\n"
+        f'fail_mode = "{fail_mode}"\n'
+    )

@@ -1,0 +1,22 @@
+"""The configured face engine of this server process: settings -> embedder, loaded once per process."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from recognition.embedder import Embedder, get_embedder
+
+
+def embedder_options(name: str) -> dict[str, object]:
+    """Constructor options for backend ``name`` taken from settings (weights paths, caches)."""
+    if name == "facenet-casia":
+        return {"cache_dir": settings.RECOGNITION_MODELS_DIR}
+    if name == "facenet-vggface2" and settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS:
+        return {"weights_path": settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS}
+    return {}
+
+
+def active_embedder(name: str | None = None) -> Embedder:
+    """The embedder named in ``ACCESSCTL_EMBEDDER`` (or ``name``), built once per process."""
+    name = name or settings.RECOGNITION_EMBEDDER
+    return get_embedder(name, **embedder_options(name))

@@ -1,0 +1,132 @@
+"""Celery tasks of the recognition app (thin adapters around services)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.db import InterfaceError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _load_model(**_: object) -> None:
+    """Load the embedder once per worker process, before the first detection arrives."""
+    from django.conf import settings
+
+    from recognition.engine import active_embedder
+
+    if settings.RECOGNITION_PRELOAD:
+        embedder = active_embedder()
+        logger.info("worker ready with embedder %s", embedder.model_version)
+
+
+@shared_task(
+    name="recognition.decide",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError, ConnectionError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=20,
+    ignore_result=True,
+)
+def decide(detection_id: str) -> str:
+    """Decide one staged detection (idempotent on its id)."""
+    from recognition.detections import detection_decide
+
+    return detection_decide(detection_id=detection_id)
+
+
+# =============================================================================================
+# Bulk enrolment import (administrator UI). Separate from the decision tasks above.
+# =============================================================================================
+
+
+def _import_stage_local(job_id: str, target: Path) -> Path:
+    """Copy a job's staged upload (``imports/<job>/``) from default storage into ``target``.
+
+    Returns the zip archive's path, or the folder holding ``<Person_Name>/<photo>`` files.
+    """
+    from django.core.files.storage import default_storage
+
+    from accessctl.storage import storage_walk
+
+    prefix = f"imports/{job_id}"
+    archive = f"{prefix}/archive.zip"
+    if default_storage.exists(archive):
+        local = target / "archive.zip"
+        with default_storage.open(archive, "rb") as src, local.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return local
+    root = target / "files"
+    for stored in storage_walk(default_storage, f"{prefix}/files"):
+        relative = stored.name[len(f"{prefix}/files/") :]
+        local = (root / relative).resolve()
+        if root.resolve() not in local.parents:
+            continue  # never write outside the staging folder
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with default_storage.open(stored.name, "rb") as src, local.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
+
+
+def _import_unstage(job_id: str) -> None:
+    from django.core.files.storage import default_storage
+
+    from accessctl.storage import storage_delete_many, storage_walk
+
+    names = [f.name for f in storage_walk(default_storage, f"imports/{job_id}")]
+    storage_delete_many(default_storage, names)
+
+
+@shared_task(
+    bind=True,
+    name="recognition.bulk_import_run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    max_retries=3,
+)
+def bulk_import_run(self, job_id: str, user_id: int | None = None) -> dict:
+    """Enrol every photo of an uploaded folder or zip (``<Person_Name>/*.jpg``) for the admin UI.
+
+    The upload is staged in default storage under ``imports/<job_id>/`` by the view; progress
+    (``done``/``total``, verdict counts) goes to the result backend, where the page polls it.
+    """
+    from django.contrib.auth import get_user_model
+
+    from recognition.bulk_import import ImportSourceError, photos_import
+
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    counts = {"done": 0, "total": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "errors": 0}
+    recent: list[dict] = []
+
+    def progress(done: int, total: int, outcome: object) -> None:
+        counts.update(done=done, total=total)
+        key = {"accepted": "accepted", "pending": "duplicates", "rejected": "rejected"}.get(outcome.status, "errors")
+        counts[key] += 1
+        recent.append({"person": outcome.folder, "file": outcome.filename, "status": outcome.status,
+                       "reason": outcome.reason, "person_id": outcome.person_id})  # fmt: skip
+        del recent[:-8]
+        self.update_state(state="PROGRESS", meta={**counts, "recent": recent})
+
+    with tempfile.TemporaryDirectory(prefix=f"import-{job_id}-") as tmp:
+        source = _import_stage_local(job_id, Path(tmp))
+        try:
+            summary = photos_import(source=source, uploaded_by=user, progress=progress)
+        except ImportSourceError as exc:
+            logger.warning("bulk import %s: %s", job_id, exc)
+            result = {**counts, "finished": True, "error": "The upload is not a folder of photos or a .zip file."}
+        else:
+            result = {**counts, **summary.as_dict(), "done": summary.total, "finished": True, "recent": recent}
+    _import_unstage(job_id)
+    logger.info("bulk import %s finished: %d pictures, %d accepted", job_id, result["total"], result["accepted"])
+    return result
