@@ -1,0 +1,97 @@
+"""Heartbeats, last will, the offline sweep, lost-task recovery and provisioning."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from accessctl.models import Alarm, Door
+from devices import health, staging
+from devices.models import EdgeDevice, InboundDetection
+from devices.provisioning import device_provision
+from edge_agent import protocol as p
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def device():
+    provisioned = device_provision(uid="hall-1", door=Door.objects.create(name="Hall"))
+    return provisioned.device, p.load_private_key(provisioned.private_key_pem)
+
+
+def heartbeat(uid: str = "hall-1") -> p.Heartbeat:
+    return p.Heartbeat(
+        device_uid=uid,
+        sent_at=time.time(),
+        agent_version="1.2.0",
+        model_version="sface-2021dec-int8bq",
+        camera_fps=9.5,
+        spool_depth=3,
+        spool_dropped=0,
+        uptime_s=100.0,
+        temperature_c=51.0,
+    )
+
+
+def test_signed_heartbeat_updates_the_device(device) -> None:
+    dev, key = device
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(heartbeat(), key))
+    dev.refresh_from_db()
+    assert dev.status == EdgeDevice.Status.ONLINE
+    assert dev.agent_version == "1.2.0"
+    assert dev.last_heartbeat["spool_depth"] == 3
+
+
+def test_forged_heartbeat_is_ignored_and_alarmed(device) -> None:
+    forger = p.load_private_key(p.generate_keypair()[0])
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(heartbeat(), forger))
+    assert EdgeDevice.objects.get(uid="hall-1").status == EdgeDevice.Status.PROVISIONED
+    assert Alarm.objects.get().kind == Alarm.Kind.FORGED_SIGNATURE
+
+
+def test_last_will_marks_offline_and_raises_an_alarm(device) -> None:
+    dev, key = device
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(heartbeat(), key))
+    health.status_ingest(device_uid="hall-1", raw=p.OFFLINE_WILL)
+    dev.refresh_from_db()
+    assert dev.status == EdgeDevice.Status.OFFLINE
+    assert Alarm.objects.filter(kind=Alarm.Kind.DEVICE_OFFLINE, device=dev).exists()
+
+
+def test_silent_device_is_swept_offline(device) -> None:
+    dev, _ = device
+    EdgeDevice.objects.filter(pk=dev.pk).update(
+        status=EdgeDevice.Status.ONLINE, last_seen=timezone.now() - dt.timedelta(minutes=10)
+    )
+    assert health.devices_offline_sweep() == 1
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.OFFLINE
+    assert health.devices_offline_sweep() == 0
+
+
+def test_lost_decisions_are_enqueued_again(device, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev, _ = device
+    calls: list[str] = []
+    monkeypatch.setattr(staging, "decision_enqueue", calls.append)
+    old = InboundDetection.objects.create(detection_id=p.new_id(), device=dev, payload={})
+    InboundDetection.objects.filter(pk=old.pk).update(received_at=timezone.now() - dt.timedelta(minutes=5))
+    InboundDetection.objects.create(detection_id=p.new_id(), device=dev, payload={})  # fresh: left alone
+    assert staging.inbound_requeue() == 1
+    assert calls == [str(old.detection_id)]
+    assert InboundDetection.objects.get(pk=old.pk).enqueued == 2
+
+
+def test_provision_command_writes_key_and_config(tmp_path, capsys) -> None:
+    Door.objects.create(name="Garage")
+    call_command("provision_device", "garage-1", "--door", "Garage", "--out", str(tmp_path))
+    key_file = tmp_path / "device.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    config = (tmp_path / "agent.toml").read_text()
+    assert 'uid = "garage-1"' in config
+    device = EdgeDevice.objects.get(uid="garage-1")
+    assert p.public_key_b64(p.load_private_key(key_file.read_bytes())) == device.public_key
+    assert "PRIVATE KEY" not in device.public_key

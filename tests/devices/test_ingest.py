@@ -1,0 +1,173 @@
+"""The bridge's verification: every detection message ends in a staged detection or one recorded rejection."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from accessctl.models import AccessEvent, Alarm, Door
+from devices import ingest
+from devices.models import EdgeDevice, InboundDetection
+from devices.provisioning import device_provision
+from edge_agent import protocol as p
+from tests import faces
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UID = "gate-1"
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(ingest, "decision_enqueue", calls.append)
+    return calls
+
+
+@pytest.fixture
+def device(media_root) -> tuple[EdgeDevice, object]:
+    door = Door.objects.create(name="Gate")
+    provisioned = device_provision(uid=UID, door=door)
+    return provisioned.device, p.load_private_key(provisioned.private_key_pem)
+
+
+def detection(**overrides: object) -> p.Detection:
+    now = time.time()
+    fields = {
+        "device_uid": UID,
+        "detection_id": p.new_id(),
+        "captured_at": now,
+        "sent_at": now,
+        "detector_score": 0.99,
+        "box": (10, 10, 130, 150),
+        "quality": {"face_px": 120.0},
+    }
+    fields.update(overrides)
+    return p.Detection.with_crop(jpeg=faces.face_jpeg(), **fields)
+
+
+def ingest_raw(raw: bytes, uid: str = UID) -> str:
+    return ingest.detection_ingest(device_uid=uid, raw=raw)
+
+
+def only_event() -> AccessEvent:
+    events = list(AccessEvent.objects.all())
+    assert len(events) == 1, [(e.reason, e.detection_id) for e in events]
+    return events[0]
+
+
+def test_valid_detection_is_staged_with_its_crop_in_storage(device, enqueued) -> None:
+    _, key = device
+    det = detection()
+    assert ingest_raw(p.seal(det, key)) == "staged"
+    staged = InboundDetection.objects.get()
+    assert str(staged.detection_id) == det.detection_id
+    assert "crop_jpeg" not in staged.payload  # images never in the database
+    assert staged.crop.startswith("crops/")
+    assert enqueued == [det.detection_id]
+    assert EdgeDevice.objects.get(uid=UID).status == EdgeDevice.Status.ONLINE
+
+
+def test_transport_duplicate_is_staged_once(device, enqueued) -> None:
+    _, key = device
+    raw = p.seal(detection(), key)
+    assert ingest_raw(raw) == "staged"
+    assert ingest_raw(raw) == "duplicate"
+    assert InboundDetection.objects.count() == 1
+    assert len(enqueued) == 1
+    assert AccessEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json at all", "malformed"),
+        (b'{"payload": {"v": 1}, "sig": "AAAA"}', "bad_signature"),
+        (json.dumps({"payload": [], "sig": "x"}).encode(), "malformed"),
+        (b"{" + b" " * (300 * 1024) + b"}", "too_large"),
+    ],
+)
+def test_garbage_is_recorded_once_per_distinct_message(device, enqueued, raw: bytes, reason: str) -> None:
+    ingest_raw(raw)
+    ingest_raw(raw)  # a redelivered copy of the same bytes
+    event = only_event()
+    assert (event.decision, event.reason) == ("deny", reason)
+    assert event.device_uid == UID
+    assert not enqueued
+
+
+def test_unknown_device_is_denied(enqueued, media_root) -> None:
+    private_pem, _ = p.generate_keypair()
+    det = detection(device_uid="intruder-9")
+    ingest_raw(p.seal(det, p.load_private_key(private_pem)), uid="intruder-9")
+    event = only_event()
+    assert event.reason == "unknown_device"
+    assert event.details["claimed_detection_id"] == det.detection_id
+    assert event.detection_id != det.detection_id  # an unverified id is never trusted
+
+
+def test_forged_signature_is_denied_and_raises_an_alarm(device, enqueued) -> None:
+    forger = p.load_private_key(p.generate_keypair()[0])
+    ingest_raw(p.seal(detection(), forger))
+    assert only_event().reason == "bad_signature"
+    alarm = Alarm.objects.get()
+    assert alarm.kind == Alarm.Kind.FORGED_SIGNATURE
+
+
+def test_device_publishing_for_another_device_is_a_topic_mismatch(device, enqueued) -> None:
+    _, key = device
+    det = detection(device_uid="gate-2")  # signed by gate-1's key, claims to be gate-2
+    ingest_raw(p.seal(det, key))
+    assert only_event().reason == "topic_mismatch"
+
+
+def test_stale_detection_is_recorded_but_opens_nothing(device, enqueued) -> None:
+    _, key = device
+    old = time.time() - 600
+    ingest_raw(p.seal(detection(captured_at=old, sent_at=old), key))
+    event = only_event()
+    assert (event.decision, event.reason, event.source) == ("deny", "stale_timestamp", "detection")
+    assert not enqueued
+
+
+def test_offline_decision_is_synced_back_from_the_spool(device, enqueued) -> None:
+    _, key = device
+    old = time.time() - 3600
+    offline = p.OfflineDecision(action=p.OfflineAction.OPEN, basis="fail_safe", decided_at=old)
+    ingest_raw(p.seal(detection(captured_at=old, sent_at=old, offline_decision=offline), key))
+    event = only_event()
+    assert (event.decision, event.reason, event.source) == ("grant", "offline_allowed", "device_offline")
+    assert event.details["offline_decision"]["basis"] == "fail_safe"
+
+
+def test_replay_of_a_decided_detection_is_denied_once(device, enqueued) -> None:
+    from django.utils import timezone
+
+    from accessctl.audit import event_record
+    from accessctl.codes import Decision, Reason
+
+    _, key = device
+    det = detection()
+    raw = p.seal(det, key)
+    event_record(
+        detection_id=det.detection_id,
+        occurred_at=timezone.now(),
+        decision=Decision.GRANT,
+        reason=Reason.MATCHED,
+        device_uid=UID,
+    )
+    ingest_raw(raw)
+    ingest_raw(raw)
+    replays = AccessEvent.objects.filter(reason="replay")
+    assert replays.count() == 1
+    assert replays.get().details["replayed_detection_id"] == det.detection_id
+    assert not enqueued
+
+
+def test_disabled_device_is_refused(device, enqueued) -> None:
+    dev, key = device
+    EdgeDevice.objects.filter(pk=dev.pk).update(status=EdgeDevice.Status.DISABLED)
+    ingest_raw(p.seal(detection(), key))
+    assert only_event().reason == "device_disabled"
