@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from devices.mqtt import client_create
 
@@ -33,11 +34,19 @@ def subscription_topics(shared_group: str | None) -> list[str]:
 class Bridge:
     """Owns one paho client; ``run_forever`` blocks until ``stop`` is called."""
 
-    def __init__(self, handler: Handler, *, client_id: str | None = None, shared_group: str | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        client_id: str | None = None,
+        shared_group: str | None = None,
+        retry_for_s: float = 20.0,
+    ) -> None:
         self.handler = handler
         self.client_id = client_id or settings.MQTT_CLIENT_ID
         self.shared_group = shared_group if shared_group is not None else settings.MQTT_SHARED_GROUP
-        self.client, self.address = client_create(self.client_id, clean_session=False)
+        self.retry_for_s = retry_for_s
+        self.client, self.address = client_create(self.client_id, clean_session=False, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -67,12 +76,29 @@ class Bridge:
             logger.warning("bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        close_old_connections()
-        try:
-            self.handler(message.topic, message.payload)
-        except Exception:
-            # The handler records its own rejections; anything reaching here is a bug we log and survive.
-            logger.exception("bridge handler failed for topic %s", message.topic)
+        """Handle, then acknowledge. While the database is unreachable the message is retried here
+        and, if that fails for too long, left unacknowledged: the broker redelivers it after we
+        reconnect (persistent session), so nothing is lost."""
+        delay = 0.5
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            close_old_connections()
+            try:
+                self.handler(message.topic, message.payload)
+            except (OperationalError, InterfaceError) as exc:
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    logger.error("database unavailable (%s); leaving message on %s for redelivery", exc, message.topic)
+                    client.disconnect()  # reconnects; the broker redelivers the unacknowledged message
+                    return
+                logger.warning("database unavailable (%s); retrying message on %s in %.1fs", exc, message.topic, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception:
+                # The handler records its own rejections; anything reaching here is a bug we log and survive.
+                logger.exception("bridge handler failed for topic %s", message.topic)
+            break
+        client.ack(message.mid, message.qos)
 
     def run_forever(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)

@@ -206,6 +206,16 @@ def detection_stage(*, detection: p.Detection, device: EdgeDevice, captured: dt.
 
 
 def decision_enqueue(detection_id: str) -> None:
+    """Queue the decision. If the task broker is unreachable the staged row stays and the
+    periodic inbound sweep enqueues it again, so the detection is delayed, not lost."""
     from recognition.tasks import decide
 
-    decide.apply_async(args=[str(detection_id)], queue="recognition")
+    try:
+        decide.apply_async(
+            args=[str(detection_id)],
+            queue="recognition",
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception:
+        logger.exception("could not enqueue the decision of detection %s; the inbound sweep will retry", detection_id)

@@ -35,7 +35,7 @@ def broker_address(url: str | None = None) -> BrokerAddress:
 
 
 def client_create(
-    client_id: str, *, clean_session: bool = False, url: str | None = None
+    client_id: str, *, clean_session: bool = False, url: str | None = None, manual_ack: bool = False
 ) -> tuple[mqtt.Client, BrokerAddress]:
     """A paho client configured for the broker in settings (TLS and credentials applied)."""
     address = broker_address(url)
@@ -44,6 +44,7 @@ def client_create(
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
     if address.username:
         client.username_pw_set(address.username, address.password)

@@ -1,0 +1,285 @@
+"""The edge agent: camera -> detect -> track -> best crop -> (embed) -> sign -> spool/MQTT; commands -> relay.
+
+:class:`EdgeAgent` wires the parts; :meth:`EdgeAgent.handle_frame` is the per-frame pipeline
+(testable without threads), :meth:`EdgeAgent.run` the main loop, :func:`build_agent` the
+factory from an :class:`~edge_agent.config.EdgeConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.camera import CameraSource, Frame, open_camera
+from edge_agent.config import EdgeConfig
+from edge_agent.door import DoorController
+from edge_agent.mqtt import EdgeLink
+from edge_agent.protocol import (
+    Command,
+    Detection,
+    Heartbeat,
+    detections_topic,
+    heartbeat_topic,
+    load_private_key,
+    new_id,
+    seal,
+)
+from edge_agent.relay import RelayDriver, make_relay
+from edge_agent.spool import Spool
+from edge_agent.tracker import Emission, IouTracker
+from edge_agent.vision import FaceCandidate, FaceDetector, LocalEmbedder, encode_jpeg, prepare
+
+logger = logging.getLogger(__name__)
+
+_THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+def read_temperature() -> float | None:
+    """SoC temperature in degrees C where the kernel exposes it (Raspberry Pi, Jetson), else None."""
+    try:
+        return int(_THERMAL.read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+class EdgeAgent:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        camera: CameraSource | None,
+        detector: FaceDetector | None,
+        relay: RelayDriver,
+        embedder: LocalEmbedder | None = None,
+        private_key: Any = None,
+    ) -> None:
+        self.config = config
+        self.camera = camera
+        self.detector = detector
+        self.embedder = embedder
+        if config.detection.mode == "embedding" and embedder is None:
+            raise ValueError("embedding mode needs an embedder")
+        self.private_key = load_private_key(
+            private_key if private_key is not None else config.device.private_key_path.read_text()
+        )
+        self.uid = config.device.uid
+        self.spool = Spool(config.spool.dir, max_entries=config.spool.max_entries)
+        self.door = DoorController(
+            relay, fail_mode=config.door.fail_mode, journal=config.spool.dir / "offline-decisions.jsonl"
+        )
+        self.command_listeners: list[Callable[[Command], None]] = []
+        self.link = EdgeLink(
+            config.mqtt,
+            device_uid=self.uid,
+            private_key=self.private_key,
+            server_public_key=config.device.server_public_key,
+            spool=self.spool,
+            agent_version=__version__,
+            on_command=self._on_command,
+        )
+        d = config.detection
+        self.tracker: IouTracker[FaceCandidate] = IouTracker(
+            iou_threshold=d.iou_threshold, max_dwell_s=d.max_dwell_s, timeout_s=d.track_timeout_s
+        )
+        self.started_at = time.monotonic()
+        self.detections_sent = 0
+        self.bytes_sent = 0
+        self.camera_fps = 0.0
+        self._last_frame_ts: float | None = None
+        self._last_heartbeat = 0.0
+        self._stop = threading.Event()
+        self._stopped = False
+        self._supervisor = threading.Thread(target=self._supervise, name="edge-supervisor", daemon=True)
+
+    # -- pipeline --------------------------------------------------------------------------
+
+    def handle_frame(self, frame: Frame) -> list[Detection]:
+        """Detect, track and emit: returns the detections this frame completed (usually none)."""
+        self._measure_fps(frame.ts)
+        assert self.detector is not None
+        d = self.config.detection
+        candidates = prepare(
+            frame.rgb, self.detector.detect(frame.rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score
+        )
+        emissions = self.tracker.update([(c.face.box, c.rank, c) for c in candidates], frame.ts)
+        return [self.emit(e) for e in emissions]
+
+    def emit(self, emission: Emission[FaceCandidate]) -> Detection:
+        """Turn a track's best observation into a signed detection and queue it."""
+        extra = {"frames": float(emission.frames), "dwell_s": round(emission.dwell_s, 3)}
+        return self.send_candidate(emission.item, captured_at=emission.captured_at, extra_quality=extra)[0]
+
+    def send_candidate(
+        self, candidate: FaceCandidate, *, captured_at: float, extra_quality: dict[str, float] | None = None
+    ) -> tuple[Detection, int]:
+        """Build, sign and queue one detection; returns it and the size of the signed message."""
+        detection = self.build_detection(candidate, captured_at=captured_at, extra_quality=extra_quality)
+        raw = seal(detection, self.private_key)
+        self.link.send(detections_topic(self.uid), raw)
+        self.detections_sent += 1
+        self.bytes_sent += len(raw)
+        logger.info(
+            "detection %s queued: %d bytes (%s mode, %s), spool depth %d",
+            detection.detection_id,
+            len(raw),
+            detection.mode,
+            "online" if self.link.connected else "offline",
+            len(self.spool),
+        )
+        return detection, len(raw)
+
+    def build_detection(
+        self, candidate: FaceCandidate, *, captured_at: float, extra_quality: dict[str, float] | None = None
+    ) -> Detection:
+        face = candidate.face
+        detection_id = new_id()
+        self._update_link_state()
+        fields: dict[str, Any] = {
+            "device_uid": self.uid,
+            "detection_id": detection_id,
+            "captured_at": captured_at,
+            "sent_at": time.time(),
+            "detector_score": min(1.0, max(0.0, float(face.score))),
+            "box": tuple(round(v) for v in face.box),
+            "quality": {**candidate.quality, **(extra_quality or {})},
+            "offline_decision": self.door.decide_offline(detection_id),
+        }
+        if self.config.detection.mode == "embedding":
+            assert self.embedder is not None
+            return Detection.with_embedding(
+                values=self.embedder.embed(candidate),
+                model_version=self.embedder.model_version,
+                encoding=self.config.detection.embedding_encoding,
+                **fields,
+            )
+        return Detection.with_crop(jpeg=encode_jpeg(candidate.crop, self.config.detection.jpeg_quality), **fields)
+
+    def _measure_fps(self, ts: float) -> None:
+        if self._last_frame_ts is not None and ts > self._last_frame_ts:
+            instant = 1.0 / (ts - self._last_frame_ts)
+            self.camera_fps = instant if self.camera_fps == 0 else 0.9 * self.camera_fps + 0.1 * instant
+        self._last_frame_ts = ts
+
+    # -- commands, link state, heartbeat ---------------------------------------------------
+
+    def _on_command(self, command: Command) -> None:
+        self.door.apply(command)
+        for listener in self.command_listeners:
+            listener(command)
+
+    def _update_link_state(self) -> None:
+        online = self.link.connected or self.link.offline_for() < self.config.door.offline_grace_s
+        self.door.set_online(online)
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            device_uid=self.uid,
+            sent_at=time.time(),
+            agent_version=__version__,
+            model_version=self.embedder.model_version if self.embedder is not None else None,
+            camera_fps=round(min(self.camera_fps, 1000.0), 2),
+            spool_depth=len(self.spool),
+            spool_dropped=self.spool.dropped,
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            temperature_c=read_temperature(),
+            detections_sent=self.detections_sent,
+            bytes_per_detection=round(self.bytes_sent / self.detections_sent, 1) if self.detections_sent else None,
+            offline_decisions=self.door.offline_decisions,
+            lockdown=self.door.lockdown,
+        )
+
+    def send_heartbeat(self) -> bool:
+        hb = self.heartbeat()
+        logger.info(
+            "heartbeat: fps %.1f, spool %d (dropped %d), %d detections, %s bytes/detection",
+            hb.camera_fps,
+            hb.spool_depth,
+            hb.spool_dropped,
+            hb.detections_sent,
+            hb.bytes_per_detection,
+        )
+        return self.link.publish_now(heartbeat_topic(self.uid), seal(hb, self.private_key))
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self._update_link_state()
+                now = time.monotonic()
+                if self.link.connected and now - self._last_heartbeat >= self.config.agent.heartbeat_interval_s:
+                    self._last_heartbeat = now
+                    self.send_heartbeat()
+            except Exception:
+                logger.exception("supervisor error")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the MQTT link and the supervisor (heartbeats, offline policy)."""
+        self.link.start()
+        self._supervisor.start()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish after the current frame (safe from a signal handler)."""
+        self._stop.set()
+        if self.camera is not None:
+            self.camera.close()
+
+    def stop(self) -> None:
+        """Flush pending tracks into the spool, say offline, close everything (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self.camera is not None:
+            self.camera.close()
+        for emission in self.tracker.flush():
+            self.emit(emission)
+        if self._supervisor.is_alive():
+            self._supervisor.join(2)
+        self.link.stop()
+        self.door.relay.close()
+        self.spool.close()
+
+    def run(self) -> None:
+        """Process camera frames until the camera ends or :meth:`stop` is called."""
+        assert self.camera is not None
+        self.start()
+        try:
+            for frame in self.camera.frames():
+                if self._stop.is_set():
+                    break
+                try:
+                    self.handle_frame(frame)
+                except Exception:
+                    logger.exception("frame %d failed", frame.index)
+        finally:
+            self.stop()
+
+
+def build_agent(config: EdgeConfig) -> EdgeAgent:
+    """The production wiring: real camera, MTCNN detector, configured relay (and embedder)."""
+    from edge_agent.vision import MtcnnDetector
+
+    c, d = config.camera, config.detection
+    camera = open_camera(
+        c.source,
+        width=c.width,
+        height=c.height,
+        max_fps=c.max_fps,
+        folder_repeat=c.folder_repeat,
+        folder_loop=c.folder_loop,
+    )
+    relay = make_relay(config.relay.driver, gpio_pin=config.relay.gpio_pin, active_high=config.relay.active_high)
+    embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
+    return EdgeAgent(
+        config,
+        camera=camera,
+        detector=MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads),
+        relay=relay,
+        embedder=embedder,
+    )

@@ -1,0 +1,215 @@
+"""Edge agent configuration: a TOML file (``tomllib``) plus ``ACS_EDGE_<SECTION>_<KEY>`` overrides.
+
+Every setting lives in one section dataclass below; the TOML file uses the same section and key
+names (see ``config.example.toml``), and an environment variable overrides one key, e.g.
+``ACS_EDGE_MQTT_URL=mqtts://...`` or ``ACS_EDGE_DOOR_FAIL_MODE=safe``. Values from the environment
+are parsed according to the field type. Missing required values fail fast with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "ACS_EDGE_"
+DEFAULT_VAR_DIR = Path("var/edge")
+
+
+class ConfigError(ValueError):
+    """The configuration is incomplete or invalid."""
+
+
+@dataclass
+class DeviceSection:
+    uid: str = ""
+    #: PEM (or base64 raw) Ed25519 private key of this device, mode 0600
+    private_key_path: Path = DEFAULT_VAR_DIR / "device.key"
+    #: base64 raw Ed25519 public key of the server (verifies commands)
+    server_public_key: str = ""
+
+
+@dataclass
+class MqttSection:
+    #: mqtt://host:1883 or mqtts://host:8883 (AWS IoT Core: mqtts://<prefix>-ats.iot.<region>.amazonaws.com:8883)
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive_s: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    #: messages handed to the MQTT client before waiting for acknowledgements
+    max_inflight: int = 10
+    #: accept commands issued at most this far from the device clock
+    command_window_s: float = 30.0
+
+
+@dataclass
+class CameraSection:
+    #: 0 or /dev/video0 (V4L2), rtsp://..., http(s)://... (MJPEG), a video file, or a folder of images
+    source: str = "0"
+    width: int = 640
+    height: int = 480
+    #: frames per second to process at most (0 = as fast as possible)
+    max_fps: float = 10.0
+    #: for folder sources: frames shown per image (a visitor stays in view this long)
+    folder_repeat: int = 1
+    folder_loop: bool = False
+
+
+@dataclass
+class DetectionSection:
+    min_face_px: int = 60
+    min_detector_score: float = 0.9
+    #: crop (aligned JPEG leaves the device) or embedding (privacy mode: only the vector leaves)
+    mode: str = "crop"
+    embedder: str = "sface"
+    embedding_encoding: str = "f32"
+    jpeg_quality: int = 90
+    #: torch threads for the detector
+    threads: int = 2
+    #: emit a track's best crop after this long even if the person is still in view
+    max_dwell_s: float = 1.0
+    #: a track ends when unseen this long
+    track_timeout_s: float = 0.5
+    iou_threshold: float = 0.3
+
+
+@dataclass
+class SpoolSection:
+    dir: Path = DEFAULT_VAR_DIR / "spool"
+    max_entries: int = 10_000
+
+
+@dataclass
+class RelaySection:
+    #: simulated | gpio
+    driver: str = "simulated"
+    gpio_pin: int | None = None
+    active_high: bool = True
+
+
+@dataclass
+class DoorSection:
+    #: secure (stay locked while offline) | safe (release while offline)
+    fail_mode: str = "secure"
+    #: the device counts as offline after the broker has been unreachable this long
+    offline_grace_s: float = 5.0
+
+
+@dataclass
+class AgentSection:
+    heartbeat_interval_s: float = 30.0
+    log_level: str = "INFO"
+
+
+@dataclass
+class EdgeConfig:
+    device: DeviceSection = field(default_factory=DeviceSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    camera: CameraSection = field(default_factory=CameraSection)
+    detection: DetectionSection = field(default_factory=DetectionSection)
+    spool: SpoolSection = field(default_factory=SpoolSection)
+    relay: RelaySection = field(default_factory=RelaySection)
+    door: DoorSection = field(default_factory=DoorSection)
+    agent: AgentSection = field(default_factory=AgentSection)
+
+    def validate(self, *, need_keys: bool = True) -> EdgeConfig:
+        """Fail fast on missing or inconsistent values; returns ``self``."""
+        from edge_agent.protocol import ProtocolError, validate_device_uid
+
+        try:
+            validate_device_uid(self.device.uid)
+        except ProtocolError:
+            raise ConfigError(f"device.uid (ACS_EDGE_DEVICE_UID) is missing or invalid: {self.device.uid!r}") from None
+        if need_keys and not self.device.server_public_key:
+            raise ConfigError("device.server_public_key (ACS_EDGE_DEVICE_SERVER_PUBLIC_KEY) is required")
+        if need_keys and not self.device.private_key_path.is_file():
+            raise ConfigError(f"device private key not found: {self.device.private_key_path}")
+        scheme = urlsplit(self.mqtt.url).scheme
+        if scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"mqtt.url must be mqtt:// or mqtts://, got {self.mqtt.url!r}")
+        _choice("detection.mode", self.detection.mode, ("crop", "embedding"))
+        _choice("detection.embedding_encoding", self.detection.embedding_encoding, ("f32", "f16", "int8"))
+        _choice("relay.driver", self.relay.driver, ("simulated", "gpio"))
+        _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe"))
+        if self.relay.driver == "gpio" and self.relay.gpio_pin is None:
+            raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
+        if self.spool.max_entries < 1:
+            raise ConfigError("spool.max_entries must be >= 1")
+        return self
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _convert(name: str, raw: Any, hint: Any) -> Any:
+    """Coerce a TOML or environment value to the field type ``hint``."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        if raw is None or raw == "":
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        lowered = str(raw).strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    try:
+        if hint is int and not isinstance(raw, bool):
+            return int(raw)
+        if hint is float and not isinstance(raw, bool):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a {hint.__name__}, got {raw!r}") from None
+    if hint is Path:
+        return Path(str(raw)).expanduser()
+    if hint is str:
+        return str(raw)
+    raise ConfigError(f"{name}: cannot convert {raw!r}")
+
+
+def load_config(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Read ``path`` (TOML, optional) then apply ``ACS_EDGE_*`` overrides from ``environ``."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    config = EdgeConfig()
+    unknown = set(data) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}")
+    for section_field in dataclasses.fields(config):
+        section = getattr(config, section_field.name)
+        values = data.get(section_field.name, {})
+        hints = typing.get_type_hints(type(section))
+        known = {f.name for f in dataclasses.fields(section)}
+        if unknown := set(values) - known:
+            raise ConfigError(f"unknown keys in [{section_field.name}]: {sorted(unknown)}")
+        for key in known:
+            dotted = f"{section_field.name}.{key}"
+            env_name = f"{ENV_PREFIX}{section_field.name}_{key}".upper()
+            if env_name in environ:
+                setattr(section, key, _convert(dotted, environ[env_name], hints[key]))
+            elif key in values:
+                setattr(section, key, _convert(dotted, values[key], hints[key]))
+    return config

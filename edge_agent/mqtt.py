@@ -1,0 +1,269 @@
+"""The device's MQTT link (paho-mqtt 2.x): spooled QoS1 publishing, signed status, verified commands.
+
+* Persistent session: ``clean_session=False`` and the device uid as client id (AWS IoT Core
+  requires client id == thing name), MQTT 3.1.1, TLS for ``mqtts://`` (CA + client certificate).
+* Last will: plain ``offline``, retained, on the status topic; on connect a signed ``online``
+  (retained) replaces it; a clean stop publishes a signed ``offline`` first.
+* Reconnects with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``), also when the
+  broker is down at start.
+* Detections go through the :class:`~edge_agent.spool.Spool`: a sender thread hands the oldest
+  entries to paho (at most ``max_inflight`` unacknowledged) and deletes each one only on its
+  PUBACK. While disconnected nothing is handed over; messages in flight at a disconnect are
+  retransmitted by paho on reconnect, before anything newer, so order is kept and nothing is lost
+  (a crash between PUBACK and delete may send one twice: the server is idempotent on
+  ``detection_id``).
+* Commands are verified with the server public key, checked against the device uid and the
+  timestamp window, de-duplicated by ``command_id``, then handed to ``on_command``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config import MqttSection
+from edge_agent.protocol import (
+    OFFLINE_WILL,
+    Command,
+    DeviceState,
+    ProtocolError,
+    Status,
+    commands_topic,
+    open_message,
+    seal,
+    status_topic,
+)
+from edge_agent.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+_SEEN_COMMANDS = 1024
+
+
+class EdgeLink:
+    def __init__(
+        self,
+        settings: MqttSection,
+        *,
+        device_uid: str,
+        private_key: Any,
+        server_public_key: str,
+        spool: Spool,
+        agent_version: str = "",
+        on_command: Callable[[Command], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device_uid = device_uid
+        self.private_key = private_key
+        self.server_public_key = server_public_key
+        self.spool = spool
+        self.agent_version = agent_version or None
+        self.on_command = on_command
+        self.commands_rejected = 0
+        self.disconnected_since: float | None = time.monotonic()
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, int] = {}  # mid -> spool id
+        self._last_handed = 0
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._sender = threading.Thread(target=self._send_loop, name="edge-mqtt-sender", daemon=True)
+        self.client = self._build_client()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _build_client(self) -> paho.Client:
+        s = self.settings
+        url = urlsplit(s.url)
+        self.host = url.hostname or "127.0.0.1"
+        tls = url.scheme == "mqtts"
+        self.port = url.port or (8883 if tls else 1883)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.device_uid,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+        )
+        if tls:
+            client.tls_set(
+                ca_certs=str(s.tls_ca) if s.tls_ca else None,
+                certfile=str(s.tls_cert) if s.tls_cert else None,
+                keyfile=str(s.tls_key) if s.tls_key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        client.will_set(status_topic(self.device_uid), OFFLINE_WILL, qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=round(s.reconnect_max_s))
+        client.max_inflight_messages_set(max(20, s.max_inflight))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (retrying while the broker is down) and start sending."""
+        logger.info("connecting to %s:%s as %s", self.host, self.port, self.device_uid)
+        self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
+        self.client.loop_start()
+        self._sender.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish a signed ``offline``, disconnect cleanly (no last will) and stop the threads."""
+        if self.connected:
+            status = Status(device_uid=self.device_uid, state=DeviceState.OFFLINE, sent_at=time.time())
+            info = self.client.publish(
+                status_topic(self.device_uid), seal(status, self.private_key), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                logger.warning("could not publish offline status")
+        self._stop.set()
+        self._wake.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._sender.is_alive():
+            self._sender.join(timeout)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def offline_for(self) -> float:
+        """Seconds since the link went down (0 while connected)."""
+        since = self.disconnected_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until the spool is empty and nothing is in flight (tests, simulate)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._inflight and len(self.spool) == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def send(self, topic: str, raw: bytes) -> int:
+        """Queue a signed message durably (spool) for in-order QoS1 delivery; returns its spool id."""
+        entry_id = self.spool.put(topic, raw, qos=1)
+        self._wake.set()
+        return entry_id
+
+    def publish_now(self, topic: str, raw: bytes, *, retain: bool = False) -> bool:
+        """Best-effort QoS1 publish, not spooled (heartbeats); False when disconnected."""
+        if not self.connected:
+            return False
+        return self.client.publish(topic, raw, qos=1, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._reap_acks()
+                if self.connected:
+                    self._hand_over()
+            except Exception:
+                logger.exception("sender loop error")
+                time.sleep(0.5)
+
+    def _reap_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            entry_id = self._inflight.pop(mid, None)
+            if entry_id is not None:
+                self.spool.remove(entry_id)
+
+    def _hand_over(self) -> None:
+        room = self.settings.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for entry in self.spool.peek(after_id=self._last_handed, limit=room):
+            info = self.client.publish(entry.topic, entry.payload, qos=entry.qos)
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+                return
+            # MQTT_ERR_NO_CONN still queues a QoS1 message in paho: it goes out on reconnect
+            self._inflight[info.mid] = entry.id
+            self._last_handed = entry.id
+
+    # -- paho callbacks (network thread: never block here) ---------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            logger.warning("broker refused connection: %s", reason_code)
+            return
+        logger.info("connected to %s:%s (session present: %s)", self.host, self.port, flags.session_present)
+        client.subscribe(commands_topic(self.device_uid), qos=1)
+        status = Status(
+            device_uid=self.device_uid, state=DeviceState.ONLINE, sent_at=time.time(), agent_version=self.agent_version
+        )
+        client.publish(status_topic(self.device_uid), seal(status, self.private_key), qos=1, retain=True)
+        self.disconnected_since = None
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._stop.is_set():
+            logger.info("disconnected from broker (stopping)")
+        elif self._connected.is_set():
+            logger.warning("disconnected from broker (%s); spooling", reason_code)
+            self.disconnected_since = time.monotonic()
+        self._connected.clear()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            command = open_message(
+                message.topic, message.payload, self.server_public_key, window_s=self.settings.command_window_s
+            )
+        except ProtocolError as exc:
+            self.commands_rejected += 1
+            logger.warning("command rejected on %s: %s (%s)", message.topic, exc.code, exc.message)
+            return
+        if not isinstance(command, Command):
+            self.commands_rejected += 1
+            logger.warning("unexpected message on %s", message.topic)
+            return
+        if command.command_id in self._seen:
+            self.commands_rejected += 1
+            logger.warning("command %s replayed; ignored", command.command_id)
+            return
+        self._seen[command.command_id] = None
+        while len(self._seen) > _SEEN_COMMANDS:
+            self._seen.popitem(last=False)
+        if self.on_command is not None:
+            try:
+                self.on_command(command)
+            except Exception:
+                logger.exception("command %s failed", command.command_id)

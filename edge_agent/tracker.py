@@ -1,0 +1,126 @@
+"""IoU tracker: one detection per person, carrying the best crop seen while the track lived.
+
+Each frame's faces are matched to live tracks by box overlap (greedy, highest IoU first). A track
+keeps its best-ranked observation and is emitted exactly once: after ``max_dwell_s`` (so the door
+does not wait for the person to leave the view) or when it ends (unseen for ``timeout_s``),
+whichever comes first. Never one detection per frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+Box = tuple[float, float, float, float]
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track(Generic[T]):
+    track_id: int
+    box: Box
+    first_seen: float
+    last_seen: float
+    best: T
+    best_rank: float
+    best_ts: float
+    frames: int = 1
+    emitted: bool = False
+
+    @property
+    def dwell_s(self) -> float:
+        return self.last_seen - self.first_seen
+
+
+@dataclass(frozen=True)
+class Emission(Generic[T]):
+    """A track's best observation, ready to become one Detection."""
+
+    track_id: int
+    item: T
+    rank: float
+    captured_at: float
+    frames: int
+    dwell_s: float
+    reason: str  # "dwell" (still in view) or "ended"
+
+
+class IouTracker(Generic[T]):
+    def __init__(self, *, iou_threshold: float = 0.3, max_dwell_s: float = 1.0, timeout_s: float = 0.5) -> None:
+        self.iou_threshold = iou_threshold
+        self.max_dwell_s = max_dwell_s
+        self.timeout_s = timeout_s
+        self.tracks: list[Track[T]] = []
+        self._ids = itertools.count(1)
+
+    def update(self, observations: Sequence[tuple[Box, float, T]], ts: float) -> list[Emission[T]]:
+        """Feed one frame's ``(box, rank, item)`` observations taken at ``ts``; returns emissions."""
+        pairs = sorted(
+            (
+                (iou(track.box, obs[0]), ti, oi)
+                for ti, track in enumerate(self.tracks)
+                for oi, obs in enumerate(observations)
+            ),
+            reverse=True,
+        )
+        used_tracks: set[int] = set()
+        used_obs: set[int] = set()
+        for overlap, ti, oi in pairs:
+            if overlap < self.iou_threshold:
+                break
+            if ti in used_tracks or oi in used_obs:
+                continue
+            used_tracks.add(ti)
+            used_obs.add(oi)
+            self._extend(self.tracks[ti], observations[oi], ts)
+        for oi, (box, rank, item) in enumerate(observations):
+            if oi not in used_obs:
+                self.tracks.append(Track(next(self._ids), box, ts, ts, item, rank, ts))
+        out: list[Emission[T]] = []
+        alive: list[Track[T]] = []
+        for track in self.tracks:
+            ended = ts - track.last_seen > self.timeout_s
+            if not track.emitted and (ended or track.dwell_s >= self.max_dwell_s):
+                out.append(self._emit(track, "ended" if ended else "dwell"))
+            if not ended:
+                alive.append(track)
+        self.tracks = alive
+        return out
+
+    def flush(self) -> list[Emission[T]]:
+        """End every track (camera closed); returns the emissions still owed."""
+        out = [self._emit(t, "ended") for t in self.tracks if not t.emitted]
+        self.tracks = []
+        return out
+
+    @staticmethod
+    def _extend(track: Track[T], obs: tuple[Box, float, T], ts: float) -> None:
+        box, rank, item = obs
+        track.box = box
+        track.last_seen = ts
+        track.frames += 1
+        if rank > track.best_rank and not track.emitted:
+            track.best, track.best_rank, track.best_ts = item, rank, ts
+
+    @staticmethod
+    def _emit(track: Track[T], reason: str) -> Emission[T]:
+        track.emitted = True
+        return Emission(
+            track_id=track.track_id,
+            item=track.best,
+            rank=track.best_rank,
+            captured_at=track.best_ts,
+            frames=track.frames,
+            dwell_s=track.dwell_s,
+            reason=reason,
+        )

@@ -1,0 +1,155 @@
+"""The agent's view of the face engine: detect faces, cut the crop that leaves the device, score it.
+
+The rest of the agent only sees :class:`Face`, :class:`FaceDetector` and :class:`FaceCandidate`,
+so it can be tested with a fake detector. The real implementations reuse the Django-free
+face-engine modules of the server (``recognition.detector``, ``recognition.alignment``,
+``recognition.quality``, ``recognition.embedder``), imported lazily; nothing else from the server.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CROP_SIZE = 112
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face in frame pixels: box (x1, y1, x2, y2), detector score, 5 landmarks or None."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None
+
+    @property
+    def size(self) -> float:
+        """Shorter side of the box in pixels."""
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+class FaceDetector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Face]: ...
+
+
+@dataclass(frozen=True)
+class FaceCandidate:
+    """A face prepared for sending: the aligned crop, its quality metrics and the frame it came from."""
+
+    face: Face
+    crop: np.ndarray
+    quality: dict[str, float]
+    frame: np.ndarray
+
+    @property
+    def rank(self) -> float:
+        return quality_rank(self.quality)
+
+
+def quality_rank(quality: dict[str, float]) -> float:
+    """One number to pick a track's best crop: bigger, sharper, more frontal, more certain."""
+    size = min(quality.get("face_px", 0.0), 160.0) / 160.0
+    sharp = quality.get("sharpness", 0.0)
+    sharp_term = sharp / (sharp + 50.0) if sharp > 0 else 0.0
+    frontal = quality.get("frontal", 0.5)
+    return quality.get("score", 1.0) * size * (0.25 + sharp_term) * (0.25 + frontal)
+
+
+class MtcnnDetector:
+    """:class:`FaceDetector` over ``recognition.detector`` (MTCNN, torch, lazily loaded)."""
+
+    def __init__(self, *, min_face_px: int = 40, threads: int | None = 2) -> None:
+        from recognition.detector import FaceDetector as EngineDetector
+
+        # MTCNN's pyramid starts at min_face_size: smaller faces cost time and are dropped anyway
+        self._detector = EngineDetector(min_face_size=max(20, int(min_face_px * 0.8)), num_threads=threads)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return [
+            Face(box=tuple(float(v) for v in f.box), score=float(f.score), landmarks=f.landmarks)  # type: ignore[arg-type]
+            for f in self._detector.detect(rgb)
+        ]
+
+
+def align_crop(rgb: np.ndarray, face: Face, size: int = CROP_SIZE) -> np.ndarray:
+    """ArcFace 5-point aligned ``size`` x ``size`` RGB crop (box crop when there are no landmarks)."""
+    from recognition.alignment import align_arcface
+
+    if face.landmarks is not None:
+        return align_arcface(rgb, np.asarray(face.landmarks, dtype=np.float64), size)
+    return box_crop(rgb, face, size)
+
+
+def box_crop(rgb: np.ndarray, face: Face, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = face.box
+    x1, y1, x2, y2 = max(0, int(x1)), max(0, int(y1)), min(w, math.ceil(x2)), min(h, math.ceil(y2))
+    crop = Image.fromarray(np.ascontiguousarray(rgb[y1:y2, x1:x2])).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(crop, dtype=np.uint8)
+
+
+def measure_quality(face: Face, crop: np.ndarray) -> dict[str, float]:
+    """face_px, score, sharpness (Laplacian variance of the grey crop), yaw/pitch and frontal (0..1)."""
+    from recognition.alignment import to_grey
+    from recognition.quality import estimate_pose, laplacian_variance
+
+    quality = {
+        "face_px": float(face.size),
+        "score": float(face.score),
+        "sharpness": laplacian_variance(to_grey(crop)),
+    }
+    if face.landmarks is not None:
+        pose = estimate_pose(face.landmarks)
+        quality.update(yaw=pose.yaw, pitch=pose.pitch)
+        quality["frontal"] = max(0.0, 1.0 - max(abs(pose.yaw) / 60.0, abs(pose.pitch) / 45.0))
+    return {k: round(v, 4) for k, v in quality.items() if math.isfinite(v)}
+
+
+def prepare(rgb: np.ndarray, faces: Sequence[Face], *, min_face_px: float, min_score: float) -> list[FaceCandidate]:
+    """Filter faces by size and score and cut + score a crop for each."""
+    out = []
+    for face in faces:
+        if face.size < min_face_px or face.score < min_score:
+            continue
+        crop = align_crop(rgb, face)
+        out.append(FaceCandidate(face=face, crop=crop, quality=measure_quality(face, crop), frame=rgb))
+    return out
+
+
+def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class LocalEmbedder:
+    """Privacy mode: embed on the device with ``recognition.embedder.get_embedder(name)``."""
+
+    def __init__(self, name: str) -> None:
+        from recognition.embedder import get_embedder
+
+        self._embedder: Any = get_embedder(name)
+        self.model_version: str = self._embedder.model_version
+        self.input_kind = str(self._embedder.input_kind)
+
+    def embed(self, candidate: FaceCandidate) -> np.ndarray:
+        """Prepare the crop the model wants (ArcFace 112 or FaceNet 160) and return its vector."""
+        if self.input_kind == "facenet160":
+            from recognition.alignment import crop_facenet
+
+            crop = crop_facenet(candidate.frame, np.asarray(candidate.face.box, dtype=np.float32))
+        else:
+            crop = candidate.crop
+        return self._embedder.embed(crop)[0]

@@ -1,0 +1,70 @@
+"""Camera sources: a folder of images (PIL only) and a video file through OpenCV."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_agent.camera import CaptureSource, FolderSource, open_camera
+
+
+def write_images(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((48, 64, 3), i * 40, dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("ignored")
+
+
+def test_folder_source_yields_rgb_frames_in_order(tmp_path: Path) -> None:
+    write_images(tmp_path / "imgs", 3)
+    source = open_camera(str(tmp_path / "imgs"), folder_repeat=2)
+    assert isinstance(source, FolderSource)
+    frames = list(source.frames())
+    assert len(frames) == 6
+    assert [f.index for f in frames] == list(range(6))
+    assert all(f.rgb.shape == (48, 64, 3) and f.rgb.dtype == np.uint8 for f in frames)
+    assert [int(f.rgb[0, 0, 0]) for f in frames] == [0, 0, 40, 40, 80, 80]
+    assert all(b.ts >= a.ts for a, b in itertools.pairwise(frames))
+
+
+def test_folder_source_loop_and_close(tmp_path: Path) -> None:
+    write_images(tmp_path / "imgs", 2)
+    source = FolderSource(tmp_path / "imgs", loop=True)
+    frames = []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == 5:
+            source.close()
+    assert len(frames) == 5
+
+
+def test_empty_folder_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        FolderSource(tmp_path)
+
+
+def test_video_file_source(tmp_path: Path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(4):
+        bgr = np.zeros((48, 64, 3), dtype=np.uint8)
+        bgr[..., 2] = 200  # red in BGR order
+        writer.write(bgr)
+    writer.release()
+    source = open_camera(str(path))
+    assert isinstance(source, CaptureSource) and not source.live
+    frames = list(source.frames())
+    assert len(frames) == 4
+    r, g, b = frames[0].rgb[24, 32]
+    assert r > 150 and g < 50 and b < 50  # converted to RGB
+
+
+def test_missing_video_file(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    with pytest.raises(FileNotFoundError):
+        list(CaptureSource(str(tmp_path / "nope.mp4")).frames())

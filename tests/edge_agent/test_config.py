@@ -1,0 +1,61 @@
+"""Config: TOML file, ACS_EDGE_* overrides, fail-fast validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "edge_agent" / "config.example.toml"
+
+
+def test_toml_and_env_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        '[device]\nuid = "door-7"\nserver_public_key = "abc"\n'
+        '[mqtt]\nurl = "mqtts://broker.example:8883"\ntls_ca = "/etc/ca.pem"\n'
+        '[door]\nfail_mode = "safe"\n[spool]\nmax_entries = 50\n'
+    )
+    env = {"ACS_EDGE_DOOR_FAIL_MODE": "secure", "ACS_EDGE_CAMERA_MAX_FPS": "7.5", "ACS_EDGE_RELAY_GPIO_PIN": "17"}
+    config = load_config(path, environ=env)
+    assert config.device.uid == "door-7"
+    assert config.mqtt.url == "mqtts://broker.example:8883" and config.mqtt.tls_ca == Path("/etc/ca.pem")
+    assert config.door.fail_mode == "secure"
+    assert config.camera.max_fps == 7.5 and config.relay.gpio_pin == 17
+    assert config.spool.max_entries == 50
+    config.validate(need_keys=False)
+
+
+def test_example_config_parses() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.device.uid
+    config.validate(need_keys=False)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [
+        ("[device]\nuid = 'a/b'\n", {}),
+        ("[device]\nuid = 'd'\n[mqtt]\nurl = 'http://x'\n", {}),
+        ("[device]\nuid = 'd'\n", {"ACS_EDGE_DETECTION_MODE": "fullframe"}),
+        ("[device]\nuid = 'd'\n[relay]\ndriver = 'gpio'\n", {}),
+    ],
+)
+def test_invalid(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError):
+        load_config(path, environ=env).validate(need_keys=False)
+
+
+def test_unknown_keys_and_bad_types(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("[mqtt]\nurll = 'x'\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="boolean"):
+        load_config(None, environ={"ACS_EDGE_RELAY_ACTIVE_HIGH": "maybe"})
+    with pytest.raises(ConfigError, match="required"):
+        load_config(None, environ={"ACS_EDGE_DEVICE_UID": "d"}).validate()

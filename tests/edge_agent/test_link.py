@@ -1,0 +1,165 @@
+"""The agent against a real MQTT broker: signed detections, spool replay, verified commands."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from accessctl.embedded import ChildService, free_port, start_mqtt_broker
+from edge_agent import protocol as p
+from edge_agent.agent import EdgeAgent
+from edge_agent.relay import SimulatedRelay
+from tests.edge_agent.conftest import UID, GatedProxy, Keys, ServerClient, candidate, make_config, wait_until
+
+
+def make_agent(tmp_path: Path, keys: Keys, url: str, **door: object) -> tuple[EdgeAgent, SimulatedRelay]:
+    relay = SimulatedRelay()
+    agent = EdgeAgent(make_config(tmp_path, keys, url, **door), camera=None, detector=None, relay=relay)
+    return agent, relay
+
+
+def test_signed_detection_and_status_reach_the_server(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    agent, _ = make_agent(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        topic, raw = server.next(p.TopicKind.STATUS)
+        status = p.open_message(topic, raw, keys.device_public)
+        assert status.state is p.DeviceState.ONLINE and status.signed
+
+        sent, size = agent.send_candidate(candidate(), captured_at=time.time())
+        topic, raw = server.next(p.TopicKind.DETECTIONS)
+        assert len(raw) == size
+        got = p.open_message(topic, raw, keys.device_public, window_s=p.DETECTION_WINDOW_S)
+        assert got == sent and got.mode is p.Mode.CROP and got.offline_decision is None
+        assert Image.open(io.BytesIO(got.crop_jpeg)).size == (112, 112)
+        assert {"face_px", "sharpness", "frontal", "yaw"} <= got.quality.keys()
+        assert agent.link.wait_drained(5)
+
+        assert agent.send_heartbeat()
+        topic, raw = server.next(p.TopicKind.HEARTBEAT)
+        hb = p.open_message(topic, raw, keys.device_public)
+        assert hb.detections_sent == 1 and hb.bytes_per_detection == size and hb.spool_depth == 0
+    finally:
+        agent.stop()
+    topic, raw = server.next(p.TopicKind.STATUS)
+    assert p.open_message(topic, raw, keys.device_public).state is p.DeviceState.OFFLINE
+
+
+def test_broker_restart_replays_spool_in_order(tmp_path: Path, keys: Keys) -> None:
+    port = free_port()
+    broker = start_mqtt_broker(tmp_path / "broker", port=port)
+    proxy = GatedProxy(port)
+    server = ServerClient(broker.host, port)
+    agent, _ = make_agent(tmp_path, keys, f"mqtt://127.0.0.1:{proxy.port}", offline_grace_s=600)
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        before = [agent.send_candidate(candidate(), captured_at=time.time())[0].detection_id for _ in range(3)]
+        got = [p.open_message(*server.next(p.TopicKind.DETECTIONS), keys.device_public) for _ in range(3)]
+        assert [d.detection_id for d in got] == before
+        assert agent.link.wait_drained(5)
+
+        server.close()
+        broker.stop()
+        proxy.close_gate()  # keep the agent out until the "server" is subscribed again
+        assert wait_until(lambda: not agent.link.connected, 10)
+        during = [agent.send_candidate(candidate(), captured_at=time.time())[0].detection_id for _ in range(5)]
+        time.sleep(0.3)
+        assert len(agent.spool) == 5 and agent.link.inflight == 0
+
+        broker = start_mqtt_broker(tmp_path / "broker", port=port)
+        server = ServerClient(broker.host, port, client_id="test-server-2")
+        proxy.open_gate()
+        assert agent.link.wait_connected(15)
+        got = []
+        while len(got) < 5:
+            got.append(p.open_message(*server.next(p.TopicKind.DETECTIONS, 15), keys.device_public))
+        assert [d.detection_id for d in got] == during
+        assert agent.link.wait_drained(5)
+        assert agent.spool.dropped == 0
+    finally:
+        agent.stop()
+        server.close()
+        proxy.stop()
+        broker.stop()
+
+
+def command(
+    keys: Keys, kind: str = "open", *, uid: str = UID, issued_at: float | None = None, **kw: object
+) -> p.Command:
+    return p.Command(
+        device_uid=uid,
+        command=kind,
+        command_id=p.new_id(),
+        issued_at=issued_at or time.time(),
+        reason="granted" if kind == "open" else "unknown_face",
+        pulse_ms=300 if kind == "open" else 0,
+        **kw,
+    )
+
+
+def test_only_valid_server_commands_open_the_door(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    agent, relay = make_agent(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    accepted: list[p.Command] = []
+    agent.command_listeners.append(accepted.append)
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        topic = p.commands_topic(UID)
+        time.sleep(0.3)  # let the subscription settle
+        # signed by the device key (e.g. a broker user replaying device keys): not the server's
+        server.publish(topic, p.seal(command(keys), keys.device_private))
+        # tampered: valid signature over a different payload
+        forged = p.seal(command(keys), keys.server_private).replace(b'"pulse_ms":300', b'"pulse_ms":900')
+        server.publish(topic, forged)
+        # for another door, too old, unsigned garbage
+        server.publish(topic, p.seal(command(keys, uid="door-other"), keys.server_private))
+        server.publish(topic, p.seal(command(keys, issued_at=time.time() - 3600), keys.server_private))
+        server.publish(topic, b'{"payload":{"command":"open"}}')
+        assert wait_until(lambda: agent.link.commands_rejected == 5)
+        assert relay.pulses == [] and accepted == []
+
+        good = p.seal(command(keys, detection_id=p.new_id()), keys.server_private)
+        server.publish(topic, good)
+        assert relay.pulse_event.wait(5)
+        assert relay.pulses == [300]
+        server.publish(topic, good)  # replay of a valid command
+        assert wait_until(lambda: agent.link.commands_rejected == 6)
+        assert relay.pulses == [300] and len(accepted) == 1
+        assert wait_until(lambda: not relay.released, 2)  # the pulse ended: locked again
+
+        server.publish(topic, p.seal(command(keys, "lockdown"), keys.server_private))
+        assert wait_until(lambda: agent.door.lockdown)
+    finally:
+        agent.stop()
+
+
+def test_privacy_mode_sends_only_the_embedding(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    from edge_agent.vision import LocalEmbedder
+
+    config = make_config(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    config.detection.mode = "embedding"
+    config.detection.embedding_encoding = "int8"
+    embedder = LocalEmbedder("sface")
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay(), embedder=embedder)
+    agent.start()
+    try:
+        sent, size = agent.send_candidate(candidate(), captured_at=time.time())
+        got = p.open_message(*server.next(p.TopicKind.DETECTIONS), keys.device_public)
+        assert got == sent and got.mode is p.Mode.EMBEDDING and got.crop_jpeg is None
+        assert got.model_version == embedder.model_version and got.dim == 128
+        values = got.embedding_values()
+        assert abs(sum(v * v for v in values) - 1.0) < 0.05  # unit vector, int8-quantised
+        assert size < 1500
+    finally:
+        agent.stop()

@@ -1,0 +1,78 @@
+"""Tracking: one detection per person, with the best crop, never one per frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge_agent import protocol as p
+from edge_agent.agent import EdgeAgent
+from edge_agent.camera import Frame
+from edge_agent.relay import SimulatedRelay
+from edge_agent.tracker import IouTracker, iou
+from tests.edge_agent.conftest import FakeDetector, Keys, face_at, face_image, make_config
+
+
+def test_iou() -> None:
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert abs(iou((0, 0, 10, 10), (5, 0, 15, 10)) - 1 / 3) < 1e-9
+
+
+def test_one_emission_per_track_with_best_item() -> None:
+    tracker: IouTracker[str] = IouTracker(max_dwell_s=1.0, timeout_s=0.5)
+    out = []
+    ranks = [0.2, 0.5, 0.9, 0.4]
+    for i, rank in enumerate(ranks):  # person A walks slowly to the right
+        out += tracker.update([((100 + 2 * i, 100, 200 + 2 * i, 220), rank, f"a{i}")], ts=i * 0.1)
+    assert out == []  # still in view, below max dwell
+    out += tracker.update([], ts=1.0)  # unseen for 0.7 s > timeout
+    assert [(e.item, e.reason, e.frames) for e in out] == [("a2", "ended", 4)]
+    assert tracker.tracks == []
+
+
+def test_max_dwell_emits_once_while_person_stays() -> None:
+    tracker: IouTracker[int] = IouTracker(max_dwell_s=1.0, timeout_s=0.5)
+    out = []
+    for i in range(40):  # 4 s in view at 10 fps
+        out += tracker.update([((100, 100, 200, 220), float(i % 7), i)], ts=i * 0.1)
+    assert len(out) == 1 and out[0].reason == "dwell" and out[0].dwell_s >= 1.0
+    assert out[0].item == 6  # best rank seen before the dwell deadline
+    out += tracker.update([], ts=10.0)
+    assert len(out) == 1  # the end of an emitted track emits nothing
+
+
+def test_two_people_two_tracks() -> None:
+    tracker: IouTracker[str] = IouTracker()
+    out = []
+    for i in range(5):
+        obs = [((10, 10, 100, 120), 1.0, "left"), ((300, 10, 390, 120), 1.0, "right")]
+        out += tracker.update(obs, ts=i * 0.1)
+    out += tracker.flush()
+    assert sorted(e.item for e in out) == ["left", "right"]
+
+
+def test_agent_sends_the_best_crop_once_per_person(tmp_path: Path, keys: Keys) -> None:
+    canvas = np.zeros((480, 640, 3), dtype=np.uint8)
+    canvas[100:340, 100:340] = np.asarray(Image.fromarray(face_image()).resize((240, 240)))
+    sizes = [70, 90, 150, 110, 80]  # the person comes closer then leaves; frame 2 is the best
+    script = [[face_at((110, 110, 110 + s, 110 + s * 1.1))] for s in sizes]
+    agent = EdgeAgent(
+        make_config(tmp_path, keys, "mqtt://127.0.0.1:1"),
+        camera=None,
+        detector=FakeDetector(script),
+        relay=SimulatedRelay(),
+    )
+    sent = []
+    for i in range(12):
+        sent += agent.handle_frame(Frame(rgb=canvas, ts=1000.0 + i * 0.1, index=i))
+    assert len(sent) == 1
+    det = sent[0]
+    assert det.quality["face_px"] == 150.0 and det.quality["frames"] == 5.0
+    assert det.box == (110, 110, 260, 275)
+    assert det.captured_at == 1000.2
+    assert len(agent.spool) == 1
+    assert p.open_envelope(agent.spool.peek()[0].payload, keys.device_public)["detection_id"] == det.detection_id
+    agent.spool.close()
