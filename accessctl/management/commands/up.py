@@ -19,6 +19,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="address the web server binds to")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-beat", action="store_true", help="do not run the periodic task scheduler")
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="add a demo door, enrol LFW people and run a simulated door camera playing LFW visitors",
+        )
+        parser.add_argument("--lfw", default=None, help="LFW folder for --demo (default ../shared/data/lfw)")
 
     def handle(self, *args: object, **options: object) -> None:
         services = supervisor.services_start()
@@ -26,6 +32,8 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             supervisor.admin_ensure()
             children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
+            if options["demo"]:
+                children.append(self._demo_child(options["lfw"]))  # type: ignore[arg-type]
             logger.info(
                 "accessctl is starting on http://%s:%s/ (Ctrl-C stops everything)", options["host"], options["port"]
             )
@@ -33,3 +41,12 @@ class Command(BaseCommand):
         finally:
             services.stop()
             logger.info("accessctl stopped")
+
+    def _demo_child(self, lfw: str | None) -> supervisor.Child:
+        from pathlib import Path
+
+        from accessctl.demo import DEFAULT_LFW, demo_prepare
+
+        logger.info("preparing the demo (enrolling LFW people; takes a minute on first run)")
+        demo = demo_prepare(lfw_root=Path(lfw) if lfw else DEFAULT_LFW)
+        return supervisor.Child("edge", demo.simulator_argv())

@@ -1,0 +1,80 @@
+"""Demo data for ``manage.py up --demo``: a door, a group of LFW people and a simulated door camera.
+
+Idempotent: running it again reuses what exists. The simulated camera is the real edge agent
+(``python -m edge_agent simulate``) playing LFW photos as visitors: people enrolled here are let
+in by their other photos; everyone else is an unknown face.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from accessctl.models import AccessGroup, Door, Person
+from devices.models import EdgeDevice
+from devices.provisioning import agent_config, device_provision
+
+logger = logging.getLogger(__name__)
+
+DEMO_DEVICE = "demo-cam-1"
+DEFAULT_LFW = Path(settings.BASE_DIR).parent / "shared" / "data" / "lfw"
+
+
+@dataclass(frozen=True)
+class Demo:
+    config_path: Path
+    lfw_root: Path
+    visitors: int
+
+    def simulator_argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "edge_agent", "--log-level", "WARNING", "simulate", "--config", str(self.config_path),
+            "--lfw", str(self.lfw_root), "--count", str(self.visitors), "--wait", "15",
+        ]  # fmt: skip
+
+
+def _visitor_photos(lfw_root: Path, count: int) -> list[Path]:
+    base = lfw_root / "images" if (lfw_root / "images").is_dir() else lfw_root
+    return sorted(base.rglob("*.jpg"))[:count]
+
+
+def demo_prepare(*, lfw_root: Path = DEFAULT_LFW, visitors: int = 300, enrol_people: int = 12) -> Demo:
+    """Create the demo door, group, people (enrolled from their first LFW photo) and device."""
+    from recognition.enrollment import photo_enroll
+
+    if not lfw_root.is_dir():
+        raise FileNotFoundError(f"LFW photos not found at {lfw_root} (set ACCESSCTL_DEMO_LFW)")
+    door, _ = Door.objects.get_or_create(name="Demo entrance", defaults={"location": "Lobby", "timezone": "UTC"})
+    group, _ = AccessGroup.objects.get_or_create(name="Demo staff", defaults={"description": "Enrolled demo people"})
+    group.doors.add(door)
+    by_person: dict[str, list[Path]] = defaultdict(list)
+    for path in _visitor_photos(lfw_root, visitors):
+        by_person[path.parent.name].append(path)
+    regulars = [name for name, paths in by_person.items() if len(paths) >= 3][:enrol_people]
+    for name in regulars:
+        person, created = Person.objects.get_or_create(name=name.replace("_", " "), defaults={"notes": "demo (LFW)"})
+        group.people.add(person)
+        if created:
+            photo = photo_enroll(person=person, image=by_person[name][0].read_bytes(), filename=by_person[name][0].name)
+            logger.info("demo: enrolled %s (%s)", person.name, photo.status)
+
+    work = Path(settings.VAR_DIR) / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    key_path = work / "device.key"
+    with transaction.atomic():
+        rotate = EdgeDevice.objects.filter(uid=DEMO_DEVICE).exists()
+        provisioned = device_provision(uid=DEMO_DEVICE, door=door, name="Demo camera", rotate=rotate)
+    key_path.write_text(provisioned.private_key_pem)
+    key_path.chmod(0o600)
+    config = agent_config(provisioned, key_path=str(key_path))
+    config += f'\n[detection]\nmode = "crop"\nmin_face_px = 40\n\n[spool]\ndir = "{work / "spool"}"\n'
+    config_path = work / "agent.toml"
+    config_path.write_text(config)
+    logger.info("demo: door %r, %d enrolled people, device %s", door.name, len(regulars), DEMO_DEVICE)
+    return Demo(config_path=config_path, lfw_root=lfw_root, visitors=visitors)
