@@ -17,6 +17,7 @@ class Reason(StrEnum):
     # grants
     MATCHED = "matched"
     REMOTE_UNLOCK = "remote_unlock"
+    LOCKDOWN_LIFTED = "lockdown_lifted"
     HELD_OPEN = "held_open"
     OFFLINE_ALLOWED = "offline_allowed"
     # policy denials

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import logging
 from enum import StrEnum
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from accessctl.models import AccessEvent, Alarm, Door
+    from devices.models import EdgeDevice
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +90,60 @@ def _send(message_type: MessageType, payload: dict) -> None:
 def broadcast(message_type: MessageType, payload: dict) -> None:
     """Send ``payload`` to every dashboard once the current transaction (if any) commits."""
     transaction.on_commit(lambda: _send(message_type, payload))
+
+
+# --- Serialisers: the one place that turns models into the payloads above. ---------------------
+# Imports are local so importing this module stays cheap for the MQTT bridge and Celery workers.
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def event_payload(event: AccessEvent) -> AccessEventPayload:
+    """``AccessEvent`` -> payload. Select ``door`` and ``person`` with it to avoid extra queries."""
+    from django.urls import reverse
+
+    return AccessEventPayload(
+        id=event.pk,
+        detection_id=str(event.detection_id),
+        occurred_at=event.occurred_at.isoformat(),
+        door_id=event.door_id,
+        door=event.door.name if event.door_id else None,
+        device_uid=event.device_uid,
+        person_id=event.person_id,
+        person=event.person.name if event.person_id else None,
+        decision=event.decision,
+        reason=event.reason,
+        similarity=event.similarity,
+        margin=event.margin,
+        thumbnail_url=reverse("event_thumbnail", args=[event.pk]) if event.snapshot else None,
+    )
+
+
+def door_payload(door: Door) -> DoorStatePayload:
+    return DoorStatePayload(id=door.pk, name=door.name, mode=door.mode)
+
+
+def device_payload(device: EdgeDevice) -> DeviceStatusPayload:
+    return DeviceStatusPayload(
+        id=device.pk, uid=device.uid, door_id=device.door_id, status=device.status, last_seen=_iso(device.last_seen)
+    )
+
+
+def alarm_payload(alarm: Alarm) -> AlarmPayload:
+    """``Alarm`` -> payload. Select ``device`` with it to avoid an extra query."""
+    return AlarmPayload(
+        id=alarm.pk,
+        kind=alarm.kind,
+        door_id=alarm.door_id,
+        device_uid=alarm.device.uid if alarm.device_id else None,
+        raised_at=alarm.raised_at.isoformat(),
+        count=alarm.count,
+        acknowledged=alarm.acknowledged_at is not None,
+    )
+
+
+def event_broadcast(event: AccessEvent) -> None:
+    """Announce a recorded access event to every dashboard (after commit)."""
+    broadcast(MessageType.ACCESS_EVENT, dict(event_payload(event)))

@@ -1,5 +1,9 @@
 """Websocket URL patterns (Channels)."""
 
-from django.urls import path  # noqa: F401  (patterns are added by the dashboard)
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from accessctl.consumers import DashboardConsumer
+
+websocket_urlpatterns = [
+    path("ws/dashboard/", DashboardConsumer.as_asgi()),
+]

@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
 
@@ -54,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
     "channels",
     "accessctl.apps.AccessctlConfig",
     "recognition.apps.RecognitionConfig",
@@ -130,6 +132,15 @@ CELERY_TASK_ROUTES = {"recognition.*": {"queue": "recognition"}}
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Periodic tasks (beat). Retention runs daily at ACCESSCTL_RETENTION_HOUR_UTC (see "Retention" below).
+CELERY_BEAT_SCHEDULE = {
+    "devices-offline-sweep": {"task": "devices.offline_sweep", "schedule": 30.0},
+    "devices-inbound-sweep": {"task": "devices.inbound_sweep", "schedule": 15.0},
+    "retention-daily": {
+        "task": "accessctl.retention_apply",
+        "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
+    },
+}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -154,6 +165,8 @@ MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
 DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
+# A staged detection without a decision after this long is enqueued again (lost task, broker restart).
+DEVICE_INBOUND_RETRY_AFTER_S = env_float("ACCESSCTL_INBOUND_RETRY_AFTER_S", 20.0)
 SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
 
 # --- Recognition.
@@ -162,8 +175,10 @@ RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "mod
 RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
 RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
 RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
-RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 60)
+RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 40)  # LFW accuracy is measured on such faces
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
+# Load the embedder when a worker process starts rather than on its first detection.
+RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
 
 # --- Storage: local files by default, S3 when ACCESSCTL_S3_BUCKET is set.
 MEDIA_ROOT = Path(env_str("ACCESSCTL_MEDIA_ROOT", str(VAR_DIR / "media")))
@@ -171,10 +186,41 @@ MEDIA_URL = "/media/"
 S3_BUCKET = env_optional("ACCESSCTL_S3_BUCKET")
 S3_ENDPOINT_URL = env_optional("ACCESSCTL_S3_ENDPOINT_URL")
 S3_REGION = env_optional("AWS_DEFAULT_REGION")
+# S3: private objects, SSE "AES256" by default ("aws:kms" + key id, or "" for MinIO without KMS),
+# presigned URLs valid ACCESSCTL_S3_URL_EXPIRY_S. Credentials from boto3's chain (AWS_* variables, role).
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": (
+        {
+            "BACKEND": "accessctl.storage.S3Storage",
+            "OPTIONS": {
+                "bucket": S3_BUCKET,
+                "endpoint_url": S3_ENDPOINT_URL,
+                "region": S3_REGION,
+                "location": env_str("ACCESSCTL_S3_PREFIX", ""),
+                "sse": env_str("ACCESSCTL_S3_SSE", "AES256"),
+                "kms_key_id": env_optional("ACCESSCTL_S3_KMS_KEY_ID"),
+                "acl": env_str("ACCESSCTL_S3_ACL", "private"),
+                "url_expiry_s": env_int("ACCESSCTL_S3_URL_EXPIRY_S", 300),
+            },
+        }
+        if S3_BUCKET
+        else {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            # Face images are personal data: not world-readable.
+            "OPTIONS": {"file_permissions_mode": 0o640, "directory_permissions_mode": 0o750},
+        }
+    ),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# --- Retention (days; a negative value keeps that data forever). Applied daily by Celery beat
+# (CELERY_BEAT_SCHEDULE above, hour ACCESSCTL_RETENTION_HOUR_UTC).
+RETAIN_UNKNOWN_CROPS_DAYS = env_int("ACCESSCTL_RETAIN_UNKNOWN_CROPS_DAYS", 7)
+RETAIN_KNOWN_CROPS_DAYS = env_int("ACCESSCTL_RETAIN_KNOWN_CROPS_DAYS", 30)
+RETAIN_CONTEXT_SNAPSHOTS_DAYS = env_int("ACCESSCTL_RETAIN_CONTEXT_SNAPSHOTS_DAYS", 7)
+RETAIN_EVENTS_DAYS = env_int("ACCESSCTL_RETAIN_EVENTS_DAYS", 365)
+RETAIN_REJECTED_PHOTOS_DAYS = env_int("ACCESSCTL_RETAIN_REJECTED_PHOTOS_DAYS", 30)
+
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
@@ -213,12 +259,44 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # API errors as {"error": {"code", "message", "details"?}} (accessctl/exceptions.py).
+    "EXCEPTION_HANDLER": "accessctl.exceptions.api_exception_handler",
+    # Per-token limits come from ApiToken.rate_limit_per_minute (accessctl/throttling.py, via CACHES).
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "accessctl API",
-    "DESCRIPTION": "Face-recognition access control: people, doors, devices and access events.",
+    "DESCRIPTION": (
+        "Face-recognition access control: people, doors, devices and access events. Authenticate with "
+        "`Authorization: Bearer <prefix>.<secret>` (tokens are issued in the admin; each operation names "
+        "the scope it needs). Errors are `{\"error\": {\"code\": ..., \"message\": ...}}`. Webhooks are "
+        "signed: `X-Accessctl-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + \".\" + body)>`."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "PersonStatusEnum": "accessctl.models.Person.Status",
+        "PersonKindEnum": "accessctl.models.Person.Kind",
+        "DecisionEnum": "accessctl.codes.DECISION_CHOICES",
+        "ReasonEnum": "accessctl.codes.REASON_CHOICES",
+        "AlarmKindEnum": "accessctl.models.Alarm.Kind",
+        "DeviceStatusEnum": "devices.models.EdgeDevice.Status",
+        "PhotoStatusEnum": "recognition.models.EnrollmentPhoto.Status",
+        "DeliveryStatusEnum": "accessctl.models.WebhookDelivery.Status",
+    },
+}
+
+# Django cache on the Redis-compatible server: shared counters (API rate limits) across processes.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("CACHE_REDIS_URL", REDIS_URL),
+        "KEY_PREFIX": "accessctl",
+    }
 }
 
 LANGUAGE_CODE = "en-us"

@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from accessctl import views
 
@@ -15,5 +15,21 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Live dashboard: face crops behind permission checks, audited operator actions (POST + CSRF).
+    path("events/<int:pk>/thumbnail.jpg", views.event_thumbnail, name="event_thumbnail"),
+    path("doors/<int:pk>/unlock/", views.door_unlock_view, name="door_unlock"),
+    path("doors/<int:pk>/lockdown/", views.door_lockdown_view, name="door_lockdown"),
+    path("doors/<int:pk>/lockdown/lift/", views.door_lockdown_lift_view, name="door_lockdown_lift"),
+    path("doors/lockdown/", views.door_lockdown_view, name="door_lockdown_all"),
+    path("doors/lockdown/lift/", views.door_lockdown_lift_view, name="door_lockdown_lift_all"),
+    path("alarms/<int:pk>/acknowledge/", views.alarm_acknowledge_view, name="alarm_acknowledge"),
+    # Audit browser.
+    path("audit/", views.audit_list, name="audit_list"),
+    path("audit/export.csv", views.audit_export, name="audit_export"),
+    path("people/<int:pk>/history/", views.person_history, name="person_history"),
+    # Enrolment UI for administrators.
+    path("enrol/", include("recognition.urls")),
+    # REST API (accessctl/api_urls.py):
+    path("api/v1/", include("accessctl.api_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,118 @@
+"""Alarms: raised by services (forged signatures, watchlist hits, repeated unknown faces, devices going
+offline), folded while open so one incident is one alarm with a count, acknowledged by an operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import PermissionDenied
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accessctl import realtime
+from accessctl.codes import Reason
+from accessctl.models import AccessEvent, Alarm, Door
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from devices.models import EdgeDevice
+
+logger = logging.getLogger(__name__)
+
+_ALARM_LOCK_NAMESPACE = 0x616C61  # "ala": advisory locks serialising raises of the same alarm
+ACKNOWLEDGE_PERMISSION = "accessctl.view_dashboard"
+
+
+def alarm_raise(
+    *,
+    kind: Alarm.Kind | str,
+    door: Door | None = None,
+    device: EdgeDevice | None = None,
+    event: AccessEvent | None = None,
+    details: dict[str, Any] | None = None,
+) -> Alarm:
+    """Raise an alarm, or fold it into the open (unacknowledged) one of the same kind, door and device.
+
+    Folding bumps ``count`` and ``last_seen_at``, points ``event`` at the latest occurrence and merges
+    ``details``. Dashboards get ``alarm.raised`` after commit either way (they upsert by id).
+    """
+    kind = Alarm.Kind(kind)
+    door_id = door.pk if door is not None else None
+    device_id = device.pk if device is not None else None
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Two workers seeing the same incident at once must not open two alarms.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                [_ALARM_LOCK_NAMESPACE, f"{kind}:{door_id}:{device_id}"],
+            )
+        alarm = (
+            Alarm.objects.select_for_update()
+            .filter(kind=kind, door_id=door_id, device_id=device_id, acknowledged_at__isnull=True)
+            .order_by("-raised_at", "-id")
+            .first()
+        )
+        if alarm is None:
+            alarm = Alarm.objects.create(
+                kind=kind, door_id=door_id, device_id=device_id, event=event, details=details or {}
+            )
+            created = True
+        else:
+            Alarm.objects.filter(pk=alarm.pk).update(
+                count=F("count") + 1,
+                last_seen_at=timezone.now(),
+                event_id=event.pk if event is not None else alarm.event_id,
+                details={**alarm.details, **(details or {})},
+            )
+            alarm.refresh_from_db()
+            created = False
+        alarm.device = device
+        realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
+    logger.warning(
+        "alarm %s %s door=%s device=%s event=%s count=%d",
+        alarm.pk, "raised" if created else "repeated", door_id or "-", device.uid if device else "-",
+        event.pk if event else "-", alarm.count,
+    )  # fmt: skip
+    return alarm
+
+
+def alarm_acknowledge(*, alarm: Alarm, actor: AbstractBaseUser) -> Alarm:
+    """Mark ``alarm`` as seen by ``actor``; acknowledging twice keeps the first acknowledgement."""
+    if not (actor.is_authenticated and actor.is_active and actor.has_perm(ACKNOWLEDGE_PERMISSION)):
+        raise PermissionDenied("acknowledging alarms needs the accessctl.view_dashboard permission")
+    with transaction.atomic():
+        alarm = Alarm.objects.select_for_update(of=("self",)).select_related("device").get(pk=alarm.pk)
+        if alarm.acknowledged_at is not None:
+            return alarm
+        alarm.acknowledged_at = timezone.now()
+        alarm.acknowledged_by = actor
+        alarm.save(update_fields=["acknowledged_at", "acknowledged_by"])
+        realtime.broadcast(realtime.MessageType.ALARM_ACKNOWLEDGED, dict(realtime.alarm_payload(alarm)))
+    logger.info("alarm %s acknowledged by user %s", alarm.pk, actor.pk)
+    return alarm
+
+
+def unknown_faces_check(
+    *, door: Door, window_s: int = 60, threshold: int = 3, now: datetime | None = None
+) -> Alarm | None:
+    """Raise ``REPEATED_UNKNOWN`` when ``door`` denied ``threshold`` or more unknown faces in the last
+    ``window_s`` seconds; returns the (possibly folded) alarm, or ``None`` below the threshold.
+    """
+    now = now or timezone.now()
+    recent = AccessEvent.objects.filter(
+        door_id=door.pk, reason=Reason.UNKNOWN_FACE, occurred_at__gt=now - timedelta(seconds=window_s)
+    ).order_by("-occurred_at", "-id")
+    seen = recent.count()
+    if seen < threshold:
+        return None
+    return alarm_raise(
+        kind=Alarm.Kind.REPEATED_UNKNOWN,
+        door=door,
+        event=recent.first(),
+        details={"unknown_faces": seen, "window_s": window_s},
+    )

@@ -1,0 +1,101 @@
+"""Reads for the dashboard and the audit browser, scoped to the requesting user (fail closed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.db.models import Prefetch, Q, QuerySet
+
+from accessctl.models import AccessEvent, Alarm, Door, Person
+from devices.models import EdgeDevice
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+    User = AbstractBaseUser | AnonymousUser
+
+AUDIT_PERMISSION = "accessctl.view_accessevent"
+DASHBOARD_PERMISSION = "accessctl.view_dashboard"
+
+
+def _may(user: User, permission: str) -> bool:
+    return bool(user.is_authenticated and user.is_active and user.has_perm(permission))
+
+
+def may_browse_audit(user: User) -> bool:
+    return _may(user, AUDIT_PERMISSION)
+
+
+def may_watch_dashboard(user: User) -> bool:
+    return _may(user, DASHBOARD_PERMISSION)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Audit browser criteria; ``None`` or empty means no restriction."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    door: Door | None = None
+    person: Person | None = None
+    person_query: str = ""
+    decision: str = ""
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+def event_list(*, user: User, filters: EventFilter | None = None) -> QuerySet[AccessEvent]:
+    """Access events the user may read, newest first, with door, person and device selected.
+
+    Audit readers (``view_accessevent``) see everything; dashboard watchers see what the live feed
+    shows anyway; anyone else sees nothing.
+    """
+    if not (may_browse_audit(user) or may_watch_dashboard(user)):
+        return AccessEvent.objects.none()
+    queryset = AccessEvent.objects.select_related("door", "person", "device", "actor").order_by("-occurred_at", "-id")
+    f = filters or EventFilter()
+    if f.since is not None:
+        queryset = queryset.filter(occurred_at__gte=f.since)
+    if f.until is not None:
+        queryset = queryset.filter(occurred_at__lt=f.until)
+    if f.door is not None:
+        queryset = queryset.filter(door=f.door)
+    if f.person is not None:
+        queryset = queryset.filter(Q(person=f.person) | Q(subject_uid=f.person.uid))
+    if f.person_query:
+        queryset = queryset.filter(
+            Q(person__name__icontains=f.person_query) | Q(person__external_id__iexact=f.person_query)
+        )
+    if f.decision:
+        queryset = queryset.filter(decision=f.decision)
+    if f.reasons:
+        queryset = queryset.filter(reason__in=f.reasons)
+    return queryset
+
+
+def door_list_with_devices(*, user: User) -> list[Door]:
+    """Doors with their (non-disabled) devices prefetched, for the dashboard tiles."""
+    if not may_watch_dashboard(user):
+        return []
+    devices = EdgeDevice.objects.exclude(status=EdgeDevice.Status.DISABLED).order_by("uid")
+    return list(Door.objects.order_by("name").prefetch_related(Prefetch("devices", queryset=devices)))
+
+
+def alarm_open_list(*, user: User, limit: int = 50) -> list[Alarm]:
+    """Unacknowledged alarms, newest first."""
+    if not may_watch_dashboard(user):
+        return []
+    return list(
+        Alarm.objects.filter(acknowledged_at__isnull=True).select_related("door", "device").order_by("-id")[:limit]
+    )
+
+
+def person_get(*, user: User, person_id: int) -> Person | None:
+    if not may_browse_audit(user):
+        return None
+    return Person.objects.filter(pk=person_id).first()
+
+
+def event_get(*, user: User, event_id: int) -> AccessEvent | None:
+    return event_list(user=user).filter(pk=event_id).first()

@@ -1,0 +1,134 @@
+"""The live dashboard in Chromium: a detection appears without reload, lockdown changes the tile,
+alarms can be acknowledged."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from accessctl.alarms import alarm_raise
+from accessctl.codes import Decision, Reason
+from accessctl.models import AccessEvent, Alarm, Door, Person
+from accessctl.realtime import event_broadcast
+from devices.models import EdgeDevice
+from tests.accessctl.helpers import PASSWORD, event_make, user_create
+from tests.browser.conftest import ARTIFACTS, login, off_loop
+from tests.faces import face_jpeg
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _crop(person: str) -> str:
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = Image.open(BytesIO(face_jpeg(person, 0))).convert("RGB")
+    w, h = image.size
+    crop = image.crop((w // 4, h // 5, 3 * w // 4, 4 * h // 5)).resize((112, 112))
+    buffer = BytesIO()
+    crop.save(buffer, format="JPEG", quality=90)
+    return default_storage.save(f"crops/known/test/{person}.jpg", ContentFile(buffer.getvalue()))
+
+
+def test_dashboard_live_feed_lockdown_and_alarms(page, live_url) -> None:
+    user_create("olga", "accessctl.view_dashboard", "accessctl.operate_doors", "accessctl.view_accessevent")
+    main = Door.objects.create(name="Main entrance", location="Building A, ground floor")
+    dock = Door.objects.create(name="Loading dock", location="Building B")
+    Door.objects.create(name="Server room", location="Building A, basement", mode=Door.Mode.HELD_OPEN)
+    EdgeDevice.objects.create(uid="cam-main-1", door=main, public_key="x", status="online", last_seen=timezone.now())
+    EdgeDevice.objects.create(uid="cam-dock-1", door=dock, public_key="x", status="offline")
+    colin = Person.objects.create(name="Colin Powell")
+    event_make(door_id=dock.pk, device_uid="cam-dock-1", occurred_at=timezone.now())
+    alarm_raise(kind=Alarm.Kind.DEVICE_OFFLINE, door=dock, details={"uid": "cam-dock-1"})
+
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    assert page.locator(".tile").count() == 3
+    assert page.locator('.device[data-device-id] >> text="cam-dock-1"').count() == 1
+    assert "status-offline" in page.locator(".device", has_text="cam-dock-1").get_attribute("class")
+
+    # A detection recorded now (as the decision pipeline does) shows up without a reload.
+    snapshot = _crop("Colin_Powell")
+
+    def detection() -> AccessEvent:
+        event = event_make(
+            door_id=main.pk, device_uid="cam-main-1", person_id=colin.pk, subject_uid=colin.uid,
+            decision=Decision.GRANT, reason=Reason.MATCHED, similarity=0.734, occurred_at=timezone.now(),
+            snapshot=snapshot,
+        )  # fmt: skip
+        event.door, event.person = main, colin
+        event_broadcast(event)
+        return event
+
+    started = time.monotonic()
+    event = off_loop(detection)
+    row = page.locator(f'#feed tr[data-event-id="{event.pk}"]')
+    row.wait_for()
+    latency = time.monotonic() - started
+    assert "Colin Powell" in row.inner_text() and "0.734" in row.inner_text() and "matched" in row.inner_text()
+    assert page.locator("#feed tr.ev").first.get_attribute("data-event-id") == str(event.pk)
+    thumb = row.locator("td.thumb img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+
+    # An unknown face and an alarm arrive too.
+    alarm = off_loop(alarm_raise, kind=Alarm.Kind.REPEATED_UNKNOWN, door=main, details={"unknown_faces": 3})
+    page.locator(f'.alarm[data-alarm-id="{alarm.pk}"]').wait_for()
+    assert page.locator("#alarm-count").inner_text() == "2"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
+
+    # Lock down the main entrance from its tile: the tile turns red via the websocket message.
+    page.once("dialog", lambda dialog: dialog.accept())
+    tile = page.locator(f'.tile[data-door-id="{main.pk}"]')
+    tile.locator('button[data-action="lockdown"]').click()
+    page.wait_for_selector(f'.tile.mode-lockdown[data-door-id="{main.pk}"]')
+    assert tile.locator(".mode-badge").inner_text().lower() == "locked down"
+    assert tile.locator('button[data-action="lift"]').is_visible()
+    assert not tile.locator('button[data-action="unlock"]').is_visible()
+    page.locator(".toast.ok").wait_for()
+    main.refresh_from_db()
+    assert main.mode == Door.Mode.LOCKDOWN
+    audit = AccessEvent.objects.get(door=main, details__action="lockdown")
+    assert audit.source == "operator" and audit.actor.username == "olga"
+    page.locator(f'#feed tr[data-event-id="{audit.pk}"]').wait_for()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-lockdown.png"))
+
+    # Lift it again, acknowledge the alarm.
+    tile.locator('button[data-action="lift"]').click()
+    page.wait_for_selector(f'.tile.mode-normal[data-door-id="{main.pk}"]')
+    page.locator(f'.alarm[data-alarm-id="{alarm.pk}"] button').click()
+    page.locator(f'.alarm[data-alarm-id="{alarm.pk}"]').wait_for(state="detached")
+    assert page.locator("#alarm-count").inner_text() == "1"
+    assert Alarm.objects.get(pk=alarm.pk).acknowledged_by.username == "olga"
+    assert latency < 5, latency
+
+
+def test_audit_browser_page(page, live_url) -> None:
+    user_create("aude", "accessctl.view_dashboard", "accessctl.view_accessevent")
+    door = Door.objects.create(name="Main entrance")
+    ada = Person.objects.create(name="Ada Lovelace")
+    for i in range(6):
+        known = i % 2 == 1
+        event_make(
+            door_id=door.pk, person_id=ada.pk if known else None, occurred_at=timezone.now(),
+            decision=Decision.GRANT if known else Decision.DENY,
+            reason=Reason.MATCHED if known else Reason.UNKNOWN_FACE,
+            similarity=0.6 + i / 50 if known else None,
+        )  # fmt: skip
+    login(page, live_url, "aude", PASSWORD)
+    page.goto(f"{live_url}/audit/")
+    assert page.locator("table.audit tbody tr.ev").count() == 6
+    page.select_option("#id_decision", "grant")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**decision=grant**")
+    assert page.locator("table.audit tbody tr.ev").count() == 3
+    assert "decision=grant" in page.locator("#export-csv").get_attribute("href")
+    page.screenshot(path=str(ARTIFACTS / "audit.png"))
+    page.click("table.audit a >> nth=0")
+    page.wait_for_url(f"**/people/{ada.pk}/history/**")
+    assert page.locator("h1").inner_text() == "Ada Lovelace"
