@@ -268,8 +268,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Face-recognition access control: people, doors, devices and access events. Authenticate with "
         "`Authorization: Bearer <prefix>.<secret>` (tokens are issued in the admin; each operation names "
-        "the scope it needs). Errors are `{\"error\": {\"code\": ..., \"message\": ...}}`. Webhooks are "
-        "signed: `X-Accessctl-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + \".\" + body)>`."
+        'the scope it needs). Errors are `{"error": {"code": ..., "message": ...}}`. Webhooks are '
+        'signed: `X-Accessctl-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`.'
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

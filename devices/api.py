@@ -6,6 +6,7 @@ import django_filters as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 
 from accessctl.api import ApiReadOnlyViewSet
+from accessctl.filters import DateTimeFilter
 from accessctl.models import ApiToken
 from devices.models import EdgeDevice
 from devices.serializers import EdgeDeviceSerializer
@@ -13,7 +14,7 @@ from devices.serializers import EdgeDeviceSerializer
 
 class EdgeDeviceFilter(filters.FilterSet):
     door = filters.NumberFilter(field_name="door_id")
-    seen_since = filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte")
+    seen_since = DateTimeFilter(field_name="last_seen", lookup_expr="gte")
 
     class Meta:
         model = EdgeDevice

@@ -1,0 +1,41 @@
+"""URLs of REST API v1 (mounted at ``/api/v1/`` by ``accessctl/urls.py``), its schema and docs."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_not_required
+from django.urls import path
+from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from accessctl import api
+from devices.api import EdgeDeviceViewSet
+from recognition.api import IdentifyView, PersonPhotoViewSet
+
+
+@extend_schema(exclude=True)
+class IdentifySlashView(IdentifyView):
+    """``identify/`` as an alias of ``identify`` (not in the schema)."""
+
+
+router = SimpleRouter()
+router.register("people", api.PersonViewSet, basename="api-person")
+router.register(r"people/(?P<person_pk>\d+)/photos", PersonPhotoViewSet, basename="api-person-photo")
+router.register("doors", api.DoorViewSet, basename="api-door")
+router.register("access-groups", api.AccessGroupViewSet, basename="api-access-group")
+router.register("schedules", api.ScheduleViewSet, basename="api-schedule")
+router.register("devices", EdgeDeviceViewSet, basename="api-device")
+router.register("access-events", api.AccessEventViewSet, basename="api-access-event")
+router.register("alarms", api.AlarmViewSet, basename="api-alarm")
+router.register("webhook-subscriptions", api.WebhookSubscriptionViewSet, basename="api-webhook-subscription")
+router.register("webhook-deliveries", api.WebhookDeliveryViewSet, basename="api-webhook-delivery")
+
+urlpatterns = [
+    path("identify", IdentifyView.as_view(), name="api-identify"),
+    path("identify/", IdentifySlashView.as_view(), name="api-identify-slash"),
+    # The schema and its viewers are public: they describe an open-source API and hold no data.
+    path("schema/", login_not_required(SpectacularAPIView.as_view()), name="api-schema"),
+    path("docs/", login_not_required(SpectacularSwaggerView.as_view(url_name="api-schema")), name="api-docs"),
+    path("redoc/", login_not_required(SpectacularRedocView.as_view(url_name="api-schema")), name="api-redoc"),
+    *router.urls,
+]

@@ -1,0 +1,110 @@
+"""django-filter FilterSets of the core API (query parameters of the list endpoints)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import django_filters as filters
+from django import forms
+from django.db.models import QuerySet
+from django_filters.fields import IsoDateTimeField
+
+from accessctl.codes import DECISION_CHOICES, REASON_CHOICES
+from accessctl.models import AccessEvent, AccessGroup, Alarm, Door, Person, Schedule, WebhookDelivery
+
+
+class UtcIsoDateTimeField(IsoDateTimeField):
+    """ISO 8601 with any offset Python accepts, normalised to UTC (PostgreSQL refuses offsets over 15:59)."""
+
+    def to_python(self, value: object) -> dt.datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:
+            raise forms.ValidationError("Date and time out of range.", code="overflow") from None
+
+
+class DateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
+class PersonFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains", help_text="Case-insensitive substring of the name.")
+    external_id = filters.CharFilter(help_text="Exact HR identifier.")
+    updated_since = DateTimeFilter(
+        field_name="updated_at", lookup_expr="gte", help_text="Changed at or after (ISO 8601)."
+    )
+    access_group = filters.NumberFilter(field_name="access_groups", help_text="Member of this access group id.")
+
+    class Meta:
+        model = Person
+        fields = ["status", "kind", "watchlist", "external_id", "name"]
+
+
+class DoorFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Door
+        fields = ["mode", "fail_mode", "name"]
+
+
+class AccessGroupFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains")
+    person = filters.NumberFilter(field_name="people", help_text="Groups this person id belongs to.")
+    door = filters.NumberFilter(field_name="doors", help_text="Groups that open this door id.")
+
+    class Meta:
+        model = AccessGroup
+        fields = ["name", "schedule"]
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        return super().filter_queryset(queryset).distinct()
+
+
+class ScheduleFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Schedule
+        fields = ["name"]
+
+
+class AccessEventFilter(filters.FilterSet):
+    occurred_after = DateTimeFilter(field_name="occurred_at", lookup_expr="gte", help_text="At or after (ISO 8601).")
+    occurred_before = DateTimeFilter(
+        field_name="occurred_at", lookup_expr="lt", help_text="Strictly before (ISO 8601)."
+    )
+    decision = filters.ChoiceFilter(choices=DECISION_CHOICES)
+    reason = filters.MultipleChoiceFilter(choices=REASON_CHOICES, help_text="Repeat for several reasons.")
+    door = filters.NumberFilter(field_name="door_id")
+    person = filters.NumberFilter(field_name="person_id")
+    device = filters.NumberFilter(field_name="device_id")
+    device_uid = filters.CharFilter()
+
+    class Meta:
+        model = AccessEvent
+        fields = ["decision", "reason", "source", "door", "person", "device", "device_uid"]
+
+
+class AlarmFilter(filters.FilterSet):
+    acknowledged = filters.BooleanFilter(field_name="acknowledged_at", lookup_expr="isnull", exclude=True)
+    raised_after = DateTimeFilter(field_name="raised_at", lookup_expr="gte")
+    raised_before = DateTimeFilter(field_name="raised_at", lookup_expr="lt")
+    door = filters.NumberFilter(field_name="door_id")
+    device = filters.NumberFilter(field_name="device_id")
+
+    class Meta:
+        model = Alarm
+        fields = ["kind", "acknowledged", "door", "device"]
+
+
+class WebhookDeliveryFilter(filters.FilterSet):
+    subscription = filters.NumberFilter(field_name="subscription_id")
+    created_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["status", "event_type", "subscription"]

@@ -1,0 +1,35 @@
+"""Celery tasks of the core app (thin: each calls one service)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from accessctl.webhooks import WebhookDeliveryFailed, webhook_delivery_attempt
+
+WEBHOOK_MAX_RETRIES = 10  # backoff 5 s, 10 s, 20 s, ... capped at 1 h: about 2.5 h in all
+
+
+@shared_task(name="accessctl.retention_apply", acks_late=True)
+def retention_apply() -> dict[str, Any]:
+    """Daily retention run (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
+    from accessctl.retention import retention_apply as apply
+
+    return apply().as_dict()
+
+
+@shared_task(
+    bind=True,
+    name="accessctl.webhook_deliver",
+    acks_late=True,
+    autoretry_for=(WebhookDeliveryFailed,),
+    retry_backoff=5,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=WEBHOOK_MAX_RETRIES,
+)
+def webhook_deliver(self: Task, delivery_id: int) -> str:
+    """Deliver one webhook; a delivered (or given-up) row is never sent again."""
+    final = self.request.retries >= (self.max_retries or 0)
+    return webhook_delivery_attempt(delivery_id=delivery_id, final=final)

@@ -1,0 +1,119 @@
+"""API tokens for integrators: issue (the plaintext is shown once), revoke, check.
+
+A token reads ``<prefix>.<secret>``. The prefix is public (lists, logs, lookup); only the SHA-256 of
+the secret is stored and it is compared in constant time. Clients send
+``Authorization: Bearer <prefix>.<secret>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accessctl.exceptions import InvalidInput
+from accessctl.models import ApiToken
+
+logger = logging.getLogger(__name__)
+
+ALL_SCOPES: tuple[str, ...] = tuple(ApiToken.Scope.values)
+PREFIX_BYTES = 5  # 10 hex characters (the column holds 12)
+SECRET_BYTES = 32
+# Hash compared against when the prefix is unknown, so a miss costs the same as a wrong secret.
+_DUMMY_HASH = hashlib.sha256(b"accessctl-no-such-token").hexdigest()
+
+
+def api_token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_token_split(plaintext: str) -> tuple[str, str] | None:
+    """``(prefix, secret)`` of a presented token, or None when it is not shaped like one."""
+    prefix, dot, secret = plaintext.strip().partition(".")
+    if not dot or not prefix or not secret or len(prefix) > 12:
+        return None
+    return prefix, secret
+
+
+def api_token_secret_matches(token: ApiToken | None, secret: str) -> bool:
+    """Constant-time comparison of the presented secret's SHA-256 with the stored one."""
+    expected = token.secret_hash if token is not None else _DUMMY_HASH
+    return hmac.compare_digest(api_token_hash(secret), expected) and token is not None
+
+
+def api_token_is_usable(token: ApiToken, *, now: dt.datetime | None = None) -> bool:
+    now = now or timezone.now()
+    if token.revoked_at is not None:
+        return False
+    return token.expires_at is None or token.expires_at > now
+
+
+def _validate_scopes(scopes: Iterable[str]) -> list[str]:
+    scopes = list(dict.fromkeys(scopes))
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise InvalidInput(f"Unknown scope(s): {', '.join(unknown)}", details={"allowed": list(ALL_SCOPES)})
+    return scopes
+
+
+def api_token_issue(
+    *,
+    user: AbstractBaseUser,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: dt.datetime | None = None,
+    rate_limit_per_minute: int = 600,
+) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; returns ``(token, plaintext)``. The plaintext is not stored anywhere."""
+    scopes = _validate_scopes(scopes)
+    if rate_limit_per_minute < 1:
+        raise InvalidInput("rate_limit_per_minute must be at least 1")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("expires_at must be in the future")
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    for _ in range(5):
+        prefix = secrets.token_hex(PREFIX_BYTES)
+        try:
+            with transaction.atomic():
+                token = ApiToken.objects.create(
+                    name=name,
+                    user=user,
+                    prefix=prefix,
+                    secret_hash=api_token_hash(secret),
+                    scopes=scopes,
+                    expires_at=expires_at,
+                    rate_limit_per_minute=rate_limit_per_minute,
+                )
+            break
+        except IntegrityError:  # prefix collision: astronomically rare, try another
+            continue
+    else:  # pragma: no cover
+        raise RuntimeError("could not allocate a unique token prefix")
+    logger.info("api token %s issued for user %s scopes=%s", token.prefix, user.pk, ",".join(scopes))
+    return token, f"{prefix}.{secret}"
+
+
+def api_token_revoke(*, token: ApiToken) -> ApiToken:
+    """Revoke now (idempotent: a revoked token keeps its first revocation time)."""
+    if token.revoked_at is None:
+        now = timezone.now()
+        ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
+        token.refresh_from_db(fields=["revoked_at"])
+        logger.info("api token %s revoked", token.prefix)
+    return token
+
+
+def api_token_touch(*, token: ApiToken, now: dt.datetime | None = None, every_s: int = 60) -> None:
+    """Record use, writing at most once per ``every_s`` seconds per token."""
+    now = now or timezone.now()
+    if token.last_used_at is not None and (now - token.last_used_at).total_seconds() < every_s:
+        return
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    token.last_used_at = now

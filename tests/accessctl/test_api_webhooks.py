@@ -1,0 +1,281 @@
+"""Signed webhooks: signing, fan-out, delivery with retries against a real local HTTP server, and the API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+from django.urls import reverse
+
+from accessctl.celery import app as celery_app
+from accessctl.models import WebhookDelivery, WebhookSubscription
+from accessctl.tasks import WEBHOOK_MAX_RETRIES, webhook_deliver
+from accessctl.webhooks import (
+    verify_signature,
+    webhook_delivery_attempt,
+    webhook_dispatch,
+    webhook_signature,
+)
+from tests.api_support import make_user, session_client, token_client
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "whsec_test_secret_0123456789"
+
+
+@pytest.fixture
+def receiver() -> Iterator[SimpleNamespace]:
+    """A real HTTP endpoint on 127.0.0.1: answers the queued status codes, then 200."""
+    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.received.append(SimpleNamespace(path=self.path, headers=dict(self.headers), body=body))
+            if state.delay_s:
+                time.sleep(state.delay_s)
+            code = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(code)
+            if 300 <= code < 400:
+                self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_port}/hooks/accessctl"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _subscription(url: str, event_types: list[str] | None = None, **kwargs: object) -> WebhookSubscription:
+    return WebhookSubscription.objects.create(
+        name=kwargs.pop("name", "siem"),
+        url=url,
+        secret=SECRET,
+        event_types=event_types or ["access.granted", "access.denied"],
+        **kwargs,
+    )
+
+
+def _delivery(url: str) -> WebhookDelivery:
+    subscription = _subscription(url)
+    return WebhookDelivery.objects.create(
+        subscription=subscription, event_type="access.granted", payload={"event_id": 1, "decision": "grant"}
+    )
+
+
+# --- signing -------------------------------------------------------------------------------------
+
+
+def test_signature_round_trip_and_refusals() -> None:
+    body = b'{"id":"x","type":"access.granted"}'
+    now = 1_800_000_000
+    header = webhook_signature(SECRET, body, now)
+    assert header.startswith(f"t={now},v1=") and len(header.split("v1=")[1]) == 64
+    assert verify_signature(SECRET, header, body, now=now + 10)
+    assert verify_signature(SECRET, header, body.decode(), now=now)
+    assert not verify_signature(SECRET, header, body + b" ", now=now)  # tampered body
+    assert not verify_signature("another-secret", header, body, now=now)
+    assert not verify_signature(SECRET, header, body, now=now + 301)  # too old: replay window
+    assert not verify_signature(SECRET, header, body, tolerance_s=5, now=now + 6)
+    rotated = f"{header},v1={'0' * 64}"
+    assert verify_signature(SECRET, rotated, body, now=now)
+    for garbage in ("", "t=abc,v1=00", f"t={now}", "v1=00", "nonsense"):
+        assert not verify_signature(SECRET, garbage, body, now=now)
+
+
+# --- fan-out -------------------------------------------------------------------------------------
+
+
+def test_dispatch_targets_active_matching_subscriptions_after_commit(
+    django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    enqueued: list[int] = []
+    monkeypatch.setattr("accessctl.webhooks._enqueue", enqueued.append)
+    granted = _subscription("http://127.0.0.1:9/a", ["access.granted"], name="a")
+    _subscription("http://127.0.0.1:9/b", ["access.denied"], name="b")
+    _subscription("http://127.0.0.1:9/c", ["access.granted"], name="c", active=False)
+    everything = _subscription("http://127.0.0.1:9/d", ["*"], name="d")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        deliveries = webhook_dispatch("access.granted", {"event_id": 7})
+    assert {d.subscription_id for d in deliveries} == {granted.pk, everything.pk}
+    assert enqueued == []  # nothing leaves before the transaction commits
+    for callback in callbacks:
+        callback()
+    assert sorted(enqueued) == sorted(d.pk for d in deliveries)
+    assert [d.subscription_id for d in webhook_dispatch("person.updated", {})] == [everything.pk]
+
+
+def test_dispatch_delivers_end_to_end_through_celery(receiver, django_capture_on_commit_callbacks) -> None:
+    _subscription(receiver.url, ["access.denied"])
+    celery_app.conf.task_always_eager = True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            (delivery,) = webhook_dispatch("access.denied", {"event_id": 42, "reason": "unknown_face"})
+    finally:
+        celery_app.conf.task_always_eager = False
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and delivery.attempts == 1 and delivery.last_status_code == 200
+    (request,) = receiver.received
+    assert request.headers["X-Accessctl-Event"] == "access.denied"
+    assert request.headers["X-Accessctl-Delivery"] == str(delivery.delivery_id)
+    assert verify_signature(SECRET, request.headers["X-Accessctl-Signature"], request.body)
+    envelope = json.loads(request.body)
+    assert envelope["id"] == str(delivery.delivery_id) and envelope["type"] == "access.denied"
+    assert envelope["data"] == {"event_id": 42, "reason": "unknown_face"}
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+
+def test_delivery_fails_then_succeeds_with_retries(receiver) -> None:
+    receiver.statuses = [500, 503]
+    delivery = _delivery(receiver.url)
+    result = webhook_deliver.apply(args=[delivery.pk])  # eager: Celery's autoretry runs the retries inline
+    assert result.get() == "succeeded"
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and delivery.attempts == 3
+    assert delivery.last_status_code == 200 and delivery.last_error == "" and delivery.delivered_at is not None
+    assert len(receiver.received) == 3
+    assert len({r.headers["X-Accessctl-Delivery"] for r in receiver.received}) == 1  # same id on each retry
+    assert len({r.body for r in receiver.received}) == 1  # identical body
+    for request in receiver.received:
+        assert verify_signature(SECRET, request.headers["X-Accessctl-Signature"], request.body)
+    # Idempotent: a delivered row is not sent again (redelivered task, duplicate enqueue).
+    assert webhook_deliver.apply(args=[delivery.pk]).get() == "already_succeeded"
+    assert len(receiver.received) == 3
+
+
+def test_delivery_gives_up_after_max_retries(receiver) -> None:
+    receiver.statuses = [500] * (WEBHOOK_MAX_RETRIES + 1)
+    delivery = _delivery(receiver.url)
+    assert webhook_deliver.apply(args=[delivery.pk]).get() == "failed"
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and delivery.attempts == WEBHOOK_MAX_RETRIES + 1
+    assert delivery.last_status_code == 500 and delivery.last_error == "HTTP 500"
+    assert webhook_deliver.apply(args=[delivery.pk]).get() == "already_failed"
+
+
+def test_task_declares_backoff_and_late_ack() -> None:
+    assert webhook_deliver.acks_late is True
+    assert webhook_deliver.retry_backoff and webhook_deliver.retry_jitter
+    assert webhook_deliver.max_retries == WEBHOOK_MAX_RETRIES
+
+
+def test_network_errors_timeouts_and_redirects_are_failed_attempts(receiver) -> None:
+    closed = _delivery("http://127.0.0.1:1/nothing-listens")
+    with pytest.raises(Exception, match="delivery"):
+        webhook_delivery_attempt(delivery_id=closed.pk, final=False)
+    closed.refresh_from_db()
+    assert closed.status == "pending" and closed.attempts == 1 and closed.last_status_code is None
+    assert "refused" in closed.last_error.lower() or "error" in closed.last_error.lower()
+
+    receiver.delay_s = 1.0
+    slow = _delivery(receiver.url)
+    assert webhook_delivery_attempt(delivery_id=slow.pk, final=True, timeout_s=0.2) == "failed"
+    slow.refresh_from_db()
+    assert slow.status == "failed" and "timed out" in slow.last_error.lower()
+    receiver.delay_s = 0.0
+
+    receiver.statuses = [302]
+    moved = _delivery(receiver.url)
+    assert webhook_delivery_attempt(delivery_id=moved.pk, final=True) == "failed"
+    moved.refresh_from_db()
+    assert moved.last_status_code == 302
+    assert [r.path for r in receiver.received].count("/elsewhere") == 0  # redirect not followed
+
+
+# --- API -----------------------------------------------------------------------------------------
+
+
+def test_subscription_api_shows_the_secret_once(monkeypatch) -> None:
+    client = token_client(["webhooks:write"])
+    created = client.post(
+        "/api/v1/webhook-subscriptions/",
+        {"name": "SIEM", "url": "https://siem.example.test/hook", "event_types": ["access.denied", "alarm.raised"]},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["secret"].startswith("whsec_")
+    url = f"/api/v1/webhook-subscriptions/{body['id']}/"
+    assert "secret" not in client.get(url).json()
+    assert client.patch(url, {"active": False}, format="json").json()["active"] is False
+    rotated = client.post(f"{url}rotate-secret/").json()["secret"]
+    assert rotated != body["secret"] and WebhookSubscription.objects.get().secret == rotated
+    chosen = client.post(
+        "/api/v1/webhook-subscriptions/",
+        {"name": "Mine", "url": "http://hr.example.test/", "event_types": ["*"], "secret": "x" * 32},
+        format="json",
+    )
+    assert chosen.json()["secret"] == "x" * 32
+    bad = client.post(
+        "/api/v1/webhook-subscriptions/",
+        {"name": "Bad", "url": "file:///etc/passwd", "event_types": ["nope"]},
+        format="json",
+    )
+    assert bad.status_code == 400 and {"url", "event_types"} <= set(bad.json()["error"]["details"])
+    assert token_client(["events:read", "people:write"]).get("/api/v1/webhook-subscriptions/").status_code == 403
+    assert client.delete(url).status_code == 204
+
+
+def test_delivery_log_api_and_redeliver(monkeypatch, django_capture_on_commit_callbacks, django_assert_num_queries):
+    enqueued: list[int] = []
+    monkeypatch.setattr("accessctl.webhooks._enqueue", enqueued.append)
+    subscription = _subscription("http://127.0.0.1:9/")
+    for i in range(4):
+        WebhookDelivery.objects.create(
+            subscription=subscription, event_type="access.denied", payload={"i": i}, status="failed", attempts=11
+        )
+    client = token_client(["webhooks:write"])
+    client.get("/api/v1/webhook-deliveries/")
+    with django_assert_num_queries(3):
+        listed = client.get("/api/v1/webhook-deliveries/").json()
+    assert listed["count"] == 4 and listed["results"][0]["payload"] == {"i": 3}
+    assert client.get("/api/v1/webhook-deliveries/", {"status": "succeeded"}).json()["count"] == 0
+    assert client.get("/api/v1/webhook-deliveries/", {"subscription": subscription.pk}).json()["count"] == 4
+    target = listed["results"][0]["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/api/v1/webhook-deliveries/{target}/redeliver/")
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    assert enqueued == [target]
+    assert client.post("/api/v1/webhook-deliveries/", {}, format="json").status_code == 405
+
+
+def test_admin_shows_the_delivery_log_and_redelivers(monkeypatch, django_capture_on_commit_callbacks) -> None:
+    enqueued: list[int] = []
+    monkeypatch.setattr("accessctl.webhooks._enqueue", enqueued.append)
+    client = session_client(make_user(superuser=True))
+    added = client.post(
+        reverse("admin:accessctl_webhooksubscription_add"),
+        {"name": "SIEM", "url": "https://siem.example.test/hook", "event_types": ["alarm.raised"], "active": "on"},
+    )
+    assert added.status_code == 302, added.content
+    subscription = WebhookSubscription.objects.get(name="SIEM")
+    assert subscription.secret.startswith("whsec_")  # generated when left empty
+    delivery = WebhookDelivery.objects.create(
+        subscription=subscription, event_type="alarm.raised", payload={"alarm_id": 3}, status="failed", attempts=11
+    )
+    changelist = client.get(reverse("admin:accessctl_webhookdelivery_changelist"))
+    assert changelist.status_code == 200 and "alarm.raised" in changelist.content.decode()
+    assert client.get(reverse("admin:accessctl_webhookdelivery_change", args=[delivery.pk])).status_code == 200
+    assert client.get(reverse("admin:accessctl_webhookdelivery_add")).status_code == 403
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("admin:accessctl_webhookdelivery_changelist"),
+            {"action": "redeliver", "_selected_action": [delivery.pk]},
+        )
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and enqueued == [delivery.pk]
