@@ -73,6 +73,10 @@ def alarm_raise(
             created = False
         alarm.device = device
         realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
+        if created:
+            from accessctl.webhooks import webhook_dispatch_alarm
+
+            webhook_dispatch_alarm(alarm)
     logger.warning(
         "alarm %s %s door=%s device=%s event=%s count=%d",
         alarm.pk, "raised" if created else "repeated", door_id or "-", device.uid if device else "-",

@@ -20,6 +20,7 @@ from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import access_evaluate
+from accessctl.webhooks import webhook_dispatch_access_event
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:
     if command and event.device_id:
         transaction.on_commit(lambda: _door_command(event, door))
     realtime.event_broadcast(event)
-    transaction.on_commit(lambda: _webhooks(event))
+    webhook_dispatch_access_event(event)  # deliveries are queued after commit
     _alarms(event, door)
 
 
@@ -148,15 +149,6 @@ def _door_command(event: AccessEvent, door: Door | None) -> None:
     except Exception:
         # The event is recorded; the device falls back to its own timeout. Logged with ids.
         logger.exception("door command for event %s (device %s) failed", event.pk, event.device_uid)
-
-
-def _webhooks(event: AccessEvent) -> None:
-    try:
-        from accessctl.webhooks import webhook_dispatch
-    except ImportError:  # the webhook module is optional in minimal deployments
-        return
-    event_type = "access.granted" if event.decision == Decision.GRANT else "access.denied"
-    webhook_dispatch(event_type, dict(realtime.event_payload(event)))
 
 
 def _alarms(event: AccessEvent, door: Door | None) -> None:

@@ -171,3 +171,17 @@ def test_disabled_device_is_refused(device, enqueued) -> None:
     EdgeDevice.objects.filter(pk=dev.pk).update(status=EdgeDevice.Status.DISABLED)
     ingest_raw(p.seal(detection(), key))
     assert only_event().reason == "device_disabled"
+
+
+def test_rejection_is_announced_to_webhook_subscribers(device, enqueued, monkeypatch: pytest.MonkeyPatch) -> None:
+    from accessctl import webhooks
+    from accessctl.models import WebhookDelivery, WebhookSubscription
+
+    monkeypatch.setattr(webhooks, "_enqueue", lambda pk: None)
+    WebhookSubscription.objects.create(
+        name="SIEM", url="http://127.0.0.1:9/hook", secret="s", event_types=["access.denied"]
+    )
+    ingest_raw(b"garbage")
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.event_type == "access.denied"
+    assert delivery.payload["reason"] == "malformed"
