@@ -1,0 +1,199 @@
+"""Bulk enrolment from a folder or a .zip laid out as ``<Person_Name>/*.jpg``.
+
+The reusable core of ``manage.py enroll_folder``; a web upload or a Celery task calls
+:func:`photos_import` with its own ``progress`` callback. Each picture goes through
+:func:`recognition.enrollment.photo_enroll`, so the quality checks and duplicate flagging are the
+same as for a single upload. People are found by name (``Colin_Powell`` -> ``Colin Powell``) and
+created when missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+
+from accessctl.models import Person
+from recognition.enrollment import MAX_UPLOAD_BYTES, EnrollmentCode, photo_enroll
+from recognition.models import EnrollmentPhoto
+
+if TYPE_CHECKING:
+    from recognition.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+
+class ImportSourceError(ValueError):
+    """The source is neither a folder nor a readable .zip file."""
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    """One picture to enrol: the person's folder name, its file name, and how to read it."""
+
+    folder: str
+    filename: str
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+
+    @property
+    def person_name(self) -> str:
+        return person_name_from_folder(self.folder)
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    folder: str
+    filename: str
+    status: str  # EnrollmentPhoto.Status value, or "error"
+    reason: str = ""
+    photo_id: int | None = None
+    person_id: int | None = None
+
+
+@dataclass
+class ImportSummary:
+    total: int = 0
+    people_created: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    outcomes: list[ItemOutcome] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "people_created": self.people_created,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "errors": self.errors,
+            "reasons": dict(self.reasons),
+        }
+
+
+ProgressCallback = Callable[[int, int, ItemOutcome], None]
+
+
+def person_name_from_folder(folder: str) -> str:
+    return " ".join(folder.replace("_", " ").split())
+
+
+def _is_image_name(path: PurePosixPath) -> bool:
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+        and len(path.parts) >= 2
+    )
+
+
+def _folder_items(root: Path) -> list[ImportItem]:
+    items = []
+    for path in sorted(root.rglob("*")):
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        if path.is_file() and _is_image_name(rel):
+            items.append(ImportItem(folder=rel.parent.name, filename=rel.name, read=path.read_bytes))
+    return items
+
+
+def _zip_items(path: Path) -> list[ImportItem]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ImportSourceError(f"{path} is not a readable .zip file") from exc
+    items = []
+    for info in sorted(archive.infolist(), key=lambda i: i.filename):
+        rel = PurePosixPath(info.filename)
+        if info.is_dir() or not _is_image_name(rel):
+            continue
+
+        def read(info: zipfile.ZipInfo = info) -> bytes:
+            # Never inflate more than an upload may hold (zip bombs), whatever the header claims.
+            with archive.open(info) as fh:
+                return fh.read(MAX_UPLOAD_BYTES + 1)
+
+        items.append(ImportItem(folder=rel.parent.name, filename=rel.name, read=read))
+    return items
+
+
+def import_items(source: str | Path) -> list[ImportItem]:
+    """The pictures of a folder or .zip, ``<Person_Name>/<file>`` (nested folders: the innermost
+    folder names the person), sorted by path."""
+    path = Path(source)
+    if path.is_dir():
+        return _folder_items(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        return _zip_items(path)
+    raise ImportSourceError(f"{path} is neither a folder nor a .zip file")
+
+
+def _person_for(name: str, cache: dict[str, Person], summary: ImportSummary) -> Person:
+    person = cache.get(name)
+    if person is not None:
+        return person
+    with transaction.atomic():
+        matches = list(Person.objects.filter(name=name).order_by("id")[:2])
+        if len(matches) > 1:
+            raise LookupError(f"several people are named {name!r}; enrol these photos one by one")
+        if matches:
+            person = matches[0]
+        else:
+            person = Person.objects.create(name=name)
+            summary.people_created += 1
+            logger.info("bulk import created person %s", person.pk)
+    cache[name] = person
+    return person
+
+
+def photos_import(
+    *,
+    source: str | Path,
+    uploaded_by: Any = None,
+    progress: ProgressCallback | None = None,
+    embedder: Embedder | None = None,
+) -> ImportSummary:
+    """Enrol every picture of ``source`` (folder or .zip); ``progress(done, total, outcome)``
+    is called after each picture. One bad picture never stops the import."""
+    items = import_items(source)
+    summary = ImportSummary(total=len(items))
+    people: dict[str, Person] = {}
+    for done, item in enumerate(items, start=1):
+        try:
+            person = _person_for(item.person_name, people, summary)
+            photo = photo_enroll(
+                person=person, image=item.read(), uploaded_by=uploaded_by, filename=item.filename, embedder=embedder
+            )
+        except (LookupError, OSError, zipfile.BadZipFile) as exc:
+            logger.warning("bulk import: %s/%s failed: %s", item.folder, item.filename, exc)
+            outcome = ItemOutcome(folder=item.folder, filename=item.filename, status="error", reason=str(exc)[:200])
+            summary.errors += 1
+        else:
+            outcome = ItemOutcome(
+                folder=item.folder,
+                filename=item.filename,
+                status=photo.status,
+                reason=photo.quality_reason,
+                photo_id=photo.pk,
+                person_id=person.pk,
+            )
+            if photo.status == EnrollmentPhoto.Status.ACCEPTED:
+                summary.accepted += 1
+            elif photo.status == EnrollmentPhoto.Status.PENDING:
+                summary.duplicates += 1
+            else:
+                summary.rejected += 1
+                summary.reasons[photo.quality_reason or EnrollmentCode.BAD_IMAGE] += 1
+        summary.outcomes.append(outcome)
+        if progress is not None:
+            progress(done, summary.total, outcome)
+    logger.info("bulk import of %d pictures: %s", summary.total, summary.as_dict())
+    return summary

@@ -1,0 +1,125 @@
+"""Match thresholds (cosine similarity) per model version, and the ambiguity margin.
+
+Resolution order of :func:`threshold_for`:
+
+1. the door's ``match_threshold`` override, when set;
+2. the stored :class:`~recognition.models.ModelCalibration` of the model version
+   (``manage.py calibrate_threshold`` writes it through :func:`store_threshold`);
+3. ``settings.RECOGNITION_DEFAULT_THRESHOLD`` (env ``ACCESSCTL_MATCH_THRESHOLD``), when set;
+4. the built-in :data:`BUILTIN_THRESHOLDS` of the model version.
+
+A model version with none of these has no threshold: :class:`CalibrationError` (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+
+from recognition.models import ModelCalibration
+
+if TYPE_CHECKING:
+    from accessctl.models import Door
+
+logger = logging.getLogger(__name__)
+
+#: Built-in thresholds, used until a calibration is stored (``manage.py calibrate_threshold``).
+#: sface: cosine similarity at FAR 1e-3 on the 6,000 LFW pairs (3,000 impostor pairs), from the
+#: SFace embeddings computed by ``recognition.evaluation`` (MTCNN central face, ArcFace-112
+#: alignment; cache ``var/cache/embeddings-sface-2021dec-int8bq.npz``): 0.3644, TAR 99.0 %
+#: (FAR 1e-2: 0.292, TAR 99.6 %; best accuracy 99.5 % at 0.336). OpenCV zoo publishes 0.363.
+#: facenet-*: NOT measured here yet; a conservative value (FaceNet impostor pairs rarely exceed
+#: ~0.4 cosine on LFW). Calibrate before using these models at a door.
+BUILTIN_THRESHOLDS: dict[str, float] = {
+    "sface-2021dec-int8bq": 0.365,
+    "facenet-casia-20180408": 0.50,
+    "facenet-vggface2": 0.50,
+}
+
+
+class CalibrationError(LookupError):
+    """No threshold is known for a model version."""
+
+
+def store_threshold(
+    *,
+    model_version: str,
+    threshold: float,
+    target_fmr: float,
+    details: dict[str, Any] | None = None,
+    min_margin: float | None = None,
+) -> ModelCalibration:
+    """Create or update the calibration of ``model_version``.
+
+    ``min_margin=None`` keeps the stored margin (0 on creation, meaning "use the setting").
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"a cosine-similarity threshold lies in [-1, 1], got {threshold}")
+    if not 0.0 < target_fmr < 1.0:
+        raise ValueError(f"target_fmr must be in (0, 1), got {target_fmr}")
+    if min_margin is not None and not 0.0 <= min_margin <= 2.0:
+        raise ValueError(f"min_margin must be in [0, 2], got {min_margin}")
+    with transaction.atomic():
+        calibration, created = ModelCalibration.objects.select_for_update().get_or_create(
+            model_version=model_version,
+            defaults={"threshold": threshold, "target_fmr": target_fmr, "details": details or {}},
+        )
+        if not created:
+            calibration.threshold = threshold
+            calibration.target_fmr = target_fmr
+            calibration.details = details or {}
+        if min_margin is not None:
+            calibration.min_margin = min_margin
+        calibration.save()
+    logger.info(
+        "calibration of %s: threshold %.4f at FMR %g (margin %.3f, %s)",
+        model_version,
+        threshold,
+        target_fmr,
+        calibration.min_margin,
+        "created" if created else "updated",
+    )
+    return calibration
+
+
+def _setting_threshold() -> float | None:
+    value = getattr(settings, "RECOGNITION_DEFAULT_THRESHOLD", None)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"ACCESSCTL_MATCH_THRESHOLD must be a number, got {value!r}") from exc
+
+
+def threshold_for(model_version: str, door: Door | None = None) -> float:
+    """The similarity a match of ``model_version`` must reach (at ``door``, when given)."""
+    if door is not None and door.match_threshold is not None:
+        return float(door.match_threshold)
+    stored = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", flat=True).first()
+    if stored is not None:
+        return float(stored)
+    configured = _setting_threshold()
+    if configured is not None:
+        return configured
+    builtin = BUILTIN_THRESHOLDS.get(model_version)
+    if builtin is not None:
+        return builtin
+    raise CalibrationError(
+        f"no match threshold for model version {model_version!r}: run manage.py calibrate_threshold "
+        "or set ACCESSCTL_MATCH_THRESHOLD"
+    )
+
+
+def margin_for(model_version: str) -> float:
+    """Minimum similarity gap between the two best people for an unambiguous match.
+
+    The calibrated ``min_margin`` when positive, else ``settings.RECOGNITION_MIN_MARGIN``.
+    """
+    stored = ModelCalibration.objects.filter(model_version=model_version).values_list("min_margin", flat=True).first()
+    if stored:
+        return float(stored)
+    return float(getattr(settings, "RECOGNITION_MIN_MARGIN", 0.05))

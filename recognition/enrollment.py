@@ -1,0 +1,475 @@
+"""Enrolment services: photos in, quality verdicts and gallery embeddings out.
+
+``photo_enroll`` stores the uploaded file in Django's default storage (never in the database),
+decodes it defensively (not an image, truncated, too many pixels -> ``bad_image``), detects faces
+and checks quality (exactly one usable face), stores the aligned crop (JPEG) and embeds it with the
+configured embedder (``settings.RECOGNITION_EMBEDDER``).
+
+Pending embeddings: the ``FaceEmbedding`` table *is* the gallery. A row exists only for an
+ACCEPTED photo, so the matcher needs no status filter (and the partial HNSW index stays exact).
+A photo whose face already matches ANOTHER person above that model's threshold is kept PENDING
+with ``duplicate_of`` set and gets no embedding; :func:`photo_accept` computes the embedding again
+from the stored original (same deterministic pipeline) when a reviewer accepts it.
+:func:`photo_reject` deletes the photo's embeddings. :func:`person_reembed` adds embeddings of
+another model version for the accepted photos (gallery migration); versions coexist because every
+search is restricted to one version.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePath
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from recognition.calibration import threshold_for
+from recognition.gallery import gallery_search
+from recognition.models import EnrollmentPhoto, FaceEmbedding
+from recognition.quality import QualityThresholds, assess_image, significant_faces
+
+if TYPE_CHECKING:
+    from accessctl.models import Person
+    from recognition.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+#: Largest upload accepted (bytes); larger files are not stored.
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+#: Largest picture accepted, in pixels (checked from the header, before decoding).
+MAX_IMAGE_PIXELS = 40_000_000
+#: Pictures smaller than this (shorter side, px) cannot hold a usable face.
+MIN_IMAGE_SIDE = 32
+#: Detection runs on a copy whose longer side is at most this (faster on camera-sized photos).
+MAX_WORKING_SIDE = 1600
+CROP_JPEG_QUALITY = 92
+
+
+class EnrollmentCode(StrEnum):
+    """Codes stored in ``EnrollmentPhoto.quality_reason`` besides the :class:`QualityReason` values."""
+
+    BAD_IMAGE = "bad_image"
+    DUPLICATE = "duplicate"
+    REVIEWER_REJECTED = "reviewer_rejected"
+
+
+class EnrollmentError(Exception):
+    """A review action that is not possible in the photo's state."""
+
+
+class BadImageError(ValueError):
+    """The upload is not a decodable picture of acceptable size."""
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    """What the pipeline found in one enrolment picture."""
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    box: list[float] = field(default_factory=list)
+    crop_jpeg: bytes | None = None
+    embedding: np.ndarray | None = None
+    model_version: str = ""
+    quality_score: float = 0.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def configured_embedder() -> Embedder:
+    """The embedder named by ``settings.RECOGNITION_EMBEDDER`` (loaded once per process)."""
+    from recognition.engine import active_embedder
+
+    return active_embedder()
+
+
+def _quality_thresholds() -> QualityThresholds:
+    return QualityThresholds(min_face_size=float(getattr(settings, "RECOGNITION_MIN_FACE_PX", 40)))
+
+
+def _read_upload(image: bytes | IO[bytes]) -> bytes:
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if hasattr(image, "seek"):
+        try:
+            image.seek(0)
+        except (OSError, ValueError):
+            pass
+    data = image.read(MAX_UPLOAD_BYTES + 1)
+    if isinstance(data, str):
+        raise BadImageError("expected binary image data, got text")
+    return bytes(data)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """RGB uint8 array of an uploaded picture (EXIF orientation applied).
+
+    Raises :class:`BadImageError` for anything that is not a complete picture of sane size.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise BadImageError("The file is empty.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadImageError(f"The file is too large (over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise BadImageError(
+                        f"The picture is too large ({width}x{height}, over {MAX_IMAGE_PIXELS // 1_000_000} MP)."
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = img.convert("RGB")
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError("The file is not a picture this system can read (JPEG, PNG, WebP, ...).") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError("The picture is damaged or truncated.") from exc
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        raise BadImageError(f"The picture is too small ({rgb.size[0]}x{rgb.size[1]}).")
+    if max(rgb.size) > MAX_WORKING_SIDE:
+        rgb.thumbnail((MAX_WORKING_SIDE, MAX_WORKING_SIDE))
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=CROP_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _quality_score(metrics: dict[str, float], thresholds: QualityThresholds) -> float:
+    """A 0..1 heuristic to rank a person's photos: detector score x size x sharpness x frontality."""
+    size = min(1.0, metrics.get("face_size", 0.0) / max(2.0 * thresholds.min_face_size, 1.0))
+    sharp = min(1.0, metrics.get("blur", 0.0) / max(4.0 * thresholds.min_blur, 1.0))
+    yaw = max(0.0, 1.0 - abs(metrics.get("yaw", 0.0)) / (2.0 * thresholds.max_yaw))
+    return float(round(metrics.get("score", 0.0) * size * sharp * yaw, 4))
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (round(float(v), 4) if isinstance(v, int | float | np.floating | np.integer) else v)
+        for k, v in metrics.items()
+    }
+
+
+def face_analyse(data: bytes, *, embedder: Embedder) -> FaceAnalysis:
+    """Decode, detect, check quality, crop and embed the one face of an enrolment picture."""
+    from recognition.alignment import align_arcface
+    from recognition.detector import detect_faces
+    from recognition.pipeline import crop_for
+
+    try:
+        rgb = decode_image(data)
+    except BadImageError as exc:
+        return FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message=str(exc))
+    thresholds = _quality_thresholds()
+    height, width = rgb.shape[:2]
+    try:
+        faces = detect_faces(rgb, num_threads=getattr(settings, "RECOGNITION_TORCH_THREADS", None))
+    except (RuntimeError, ValueError) as exc:
+        logger.warning("face detection failed on a %dx%d picture: %s", width, height, exc)
+        return FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message="The picture could not be processed.")
+    verdict = assess_image(rgb, faces, thresholds=thresholds)
+    metrics = _plain({**verdict.metrics, "width": width, "height": height})
+    significant = significant_faces(faces, area_ratio=thresholds.multiple_face_area_ratio)
+    box = [round(float(v), 1) for v in significant[0].box] if significant else []
+    if not verdict.ok:
+        return FaceAnalysis(
+            ok=False, reason=str(verdict.reason), message=verdict.message[:200], metrics=metrics, box=box
+        )
+    face = significant[0]
+    aligned = align_arcface(rgb, face.landmarks)
+    crop = crop_for(rgb, face, embedder.input_kind)
+    vector = embedder.embed(crop[None])[0]
+    return FaceAnalysis(
+        ok=True,
+        metrics=metrics,
+        box=box,
+        crop_jpeg=_jpeg(aligned),
+        embedding=vector,
+        model_version=embedder.model_version,
+        quality_score=_quality_score(verdict.metrics, thresholds),
+    )
+
+
+def _duplicate_of(embedding: np.ndarray, *, model_version: str, person_id: int) -> tuple[int, float] | None:
+    """The most similar OTHER person at or above the model's threshold, if any."""
+    threshold = threshold_for(model_version)
+    for candidate in gallery_search(embedding, model_version=model_version, limit_people=5):
+        if candidate.similarity < threshold:
+            return None
+        if candidate.person_id != person_id:
+            return candidate.person_id, candidate.similarity
+    return None
+
+
+def _extension(data: bytes, filename: str | None) -> str:
+    signatures = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"BM": ".bmp"}
+    for magic, ext in signatures.items():
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    suffix = PurePath(filename or "").suffix.lower()
+    return suffix if suffix in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"} else ".bin"
+
+
+def _review_note(photo: EnrollmentPhoto, *, action: str, by: Any, reason: str = "") -> None:
+    review = {"action": action, "by": getattr(by, "pk", None), "at": timezone.now().isoformat()}
+    if reason:
+        review["reason"] = reason[:200]
+    photo.quality = {**(photo.quality or {}), "review": review}
+
+
+# --------------------------------------------------------------------------- services
+
+
+def photo_enroll(
+    *,
+    person: Person,
+    image: bytes | IO[bytes],
+    uploaded_by: Any = None,
+    filename: str | None = None,
+    embedder: Embedder | None = None,
+) -> EnrollmentPhoto:
+    """Store and assess one enrolment photo of ``person``; returns the saved photo.
+
+    ACCEPTED: one usable face, embedded into the gallery. REJECTED: ``quality_reason`` is a
+    :class:`~recognition.quality.QualityReason` value or ``bad_image``, ``quality_message`` says
+    why in words. PENDING: the face matches another person (``duplicate_of``); not in the gallery
+    until :func:`photo_accept`.
+    """
+    try:
+        data = _read_upload(image)
+    except BadImageError as exc:
+        data, early = b"", str(exc)
+    else:
+        early = ""
+    if filename is None:
+        filename = getattr(image, "name", None)
+    photo = EnrollmentPhoto(person=person, uploaded_by=uploaded_by)
+    embedding: FaceEmbedding | None = None
+    try:
+        if data and len(data) <= MAX_UPLOAD_BYTES:
+            photo.image.save(f"{uuid.uuid4().hex}{_extension(data, filename)}", ContentFile(data), save=False)
+        if early:
+            analysis = FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message=early)
+        else:
+            analysis = face_analyse(data, embedder=embedder or configured_embedder())
+        photo.quality = dict(analysis.metrics)
+        photo.box = analysis.box
+        if analysis.crop_jpeg is not None:
+            photo.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(analysis.crop_jpeg), save=False)
+        with transaction.atomic():
+            if not analysis.ok or analysis.embedding is None:
+                photo.status = EnrollmentPhoto.Status.REJECTED
+                photo.quality_reason = analysis.reason
+                photo.quality_message = analysis.message
+                photo.save()
+            else:
+                photo.quality["quality_score"] = analysis.quality_score
+                dup = _duplicate_of(analysis.embedding, model_version=analysis.model_version, person_id=person.pk)
+                if dup is not None:
+                    photo.status = EnrollmentPhoto.Status.PENDING
+                    photo.duplicate_of_id = dup[0]
+                    photo.quality_reason = EnrollmentCode.DUPLICATE
+                    photo.quality_message = "This face already matches another enrolled person; review it before use."
+                    photo.quality["duplicate_similarity"] = round(dup[1], 4)
+                    photo.save()
+                else:
+                    photo.status = EnrollmentPhoto.Status.ACCEPTED
+                    photo.save()
+                    embedding = FaceEmbedding.objects.create(
+                        person=person,
+                        photo=photo,
+                        model_version=analysis.model_version,
+                        embedding=analysis.embedding.tolist(),
+                        quality=analysis.quality_score,
+                    )
+    except Exception:
+        # The files are not transactional: remove what we wrote for a photo that was not saved.
+        for f in (photo.image, photo.crop):
+            if f:
+                f.storage.delete(f.name)
+        raise
+    logger.info(
+        "enrolment photo %s of person %s: %s%s%s",
+        photo.pk,
+        person.pk,
+        photo.status,
+        f" ({photo.quality_reason})" if photo.quality_reason else "",
+        f", duplicate of person {photo.duplicate_of_id}" if photo.duplicate_of_id else "",
+    )
+    if embedding is not None:
+        logger.debug("embedding %s (%s) created for photo %s", embedding.pk, embedding.model_version, photo.pk)
+    return photo
+
+
+def _embed_stored_photo(photo: EnrollmentPhoto, embedder: Embedder) -> FaceAnalysis:
+    if not photo.image:
+        raise EnrollmentError(f"photo {photo.pk} has no stored image")
+    with photo.image.open("rb") as fh:
+        data = fh.read()
+    return face_analyse(data, embedder=embedder)
+
+
+def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder | None = None) -> EnrollmentPhoto:
+    """Accept a PENDING photo (typically a flagged duplicate) into the gallery.
+
+    A photo rejected for quality cannot be accepted (it has no usable face). Accepting an already
+    accepted photo changes nothing.
+    """
+    if photo.status == EnrollmentPhoto.Status.ACCEPTED:
+        return photo
+    if photo.status == EnrollmentPhoto.Status.REJECTED and photo.quality_reason not in (
+        EnrollmentCode.DUPLICATE,
+        EnrollmentCode.REVIEWER_REJECTED,
+        "",
+    ):
+        raise EnrollmentError(f"photo {photo.pk} was rejected for quality ({photo.quality_reason}); upload another")
+    emb = embedder or configured_embedder()
+    analysis = _embed_stored_photo(photo, emb)
+    if not analysis.ok or analysis.embedding is None:
+        raise EnrollmentError(f"photo {photo.pk} has no usable face ({analysis.reason})")
+    with transaction.atomic():
+        locked = EnrollmentPhoto.objects.select_for_update().get(pk=photo.pk)
+        if locked.status != EnrollmentPhoto.Status.ACCEPTED:
+            locked.status = EnrollmentPhoto.Status.ACCEPTED
+            locked.quality_reason = ""
+            locked.quality_message = ""
+            _review_note(locked, action="accepted", by=by)
+            locked.save()
+            FaceEmbedding.objects.filter(photo=locked, model_version=analysis.model_version).delete()
+            FaceEmbedding.objects.create(
+                person_id=locked.person_id,
+                photo=locked,
+                model_version=analysis.model_version,
+                embedding=analysis.embedding.tolist(),
+                quality=analysis.quality_score,
+            )
+    logger.info("enrolment photo %s accepted by user %s", photo.pk, getattr(by, "pk", None))
+    photo.refresh_from_db()
+    return photo
+
+
+def photo_reject(*, photo: EnrollmentPhoto, by: Any = None, reason: str = "") -> EnrollmentPhoto:
+    """Reject a photo (pending or accepted) and remove its embeddings from the gallery."""
+    with transaction.atomic():
+        locked = EnrollmentPhoto.objects.select_for_update().get(pk=photo.pk)
+        deleted, _ = FaceEmbedding.objects.filter(photo=locked).delete()
+        if locked.status != EnrollmentPhoto.Status.REJECTED or not locked.quality_reason:
+            locked.quality_reason = EnrollmentCode.REVIEWER_REJECTED
+        if locked.status != EnrollmentPhoto.Status.REJECTED or reason:
+            locked.quality_message = (reason or "Rejected by a reviewer.")[:200]
+        locked.status = EnrollmentPhoto.Status.REJECTED
+        _review_note(locked, action="rejected", by=by, reason=reason)
+        locked.save()
+    logger.info(
+        "enrolment photo %s rejected by user %s (%d embeddings removed)", photo.pk, getattr(by, "pk", None), deleted
+    )
+    photo.refresh_from_db()
+    return photo
+
+
+@dataclass
+class ReembedSummary:
+    model_version: str
+    photos: int = 0
+    created: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failed_photo_ids: list[int] = field(default_factory=list)
+
+
+def person_reembed(
+    *,
+    embedder: Embedder | str | None = None,
+    person: Person | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReembedSummary:
+    """Embed the accepted photos (of ``person``, or everyone) with another model (gallery migration).
+
+    ``embedder`` is an :class:`~recognition.embedder.Embedder` or a backend name (default: the
+    configured one). Photos that already have an embedding of that model version are skipped
+    unless ``force``. Embeddings of other versions are left alone (searches never mix versions);
+    delete them with :func:`embeddings_prune` once the new version is the configured one.
+    ``progress(done, total)`` is called after each photo.
+    """
+    from recognition.embedder import Embedder as EmbedderBase
+    from recognition.engine import active_embedder
+
+    emb = (
+        embedder
+        if isinstance(embedder, EmbedderBase)
+        else (active_embedder(embedder) if embedder else configured_embedder())
+    )
+    photos = EnrollmentPhoto.objects.filter(status=EnrollmentPhoto.Status.ACCEPTED).order_by("id")
+    if person is not None:
+        photos = photos.filter(person=person)
+    ids = list(photos.values_list("id", flat=True))
+    summary = ReembedSummary(model_version=emb.model_version, photos=len(ids))
+    for done, photo_id in enumerate(ids, start=1):
+        photo = EnrollmentPhoto.objects.filter(pk=photo_id, status=EnrollmentPhoto.Status.ACCEPTED).first()
+        existing = FaceEmbedding.objects.filter(photo_id=photo_id, model_version=emb.model_version)
+        if photo is None or (existing.exists() and not force):
+            summary.skipped += 1
+        else:
+            try:
+                analysis = _embed_stored_photo(photo, emb)
+            except (EnrollmentError, OSError) as exc:
+                logger.warning("photo %s cannot be re-embedded: %s", photo_id, exc)
+                analysis = FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE)
+            if not analysis.ok or analysis.embedding is None:
+                summary.failed += 1
+                summary.failed_photo_ids.append(photo_id)
+            else:
+                with transaction.atomic():
+                    existing.delete()
+                    FaceEmbedding.objects.create(
+                        person_id=photo.person_id,
+                        photo=photo,
+                        model_version=emb.model_version,
+                        embedding=analysis.embedding.tolist(),
+                        quality=analysis.quality_score,
+                    )
+                summary.created += 1
+        if progress is not None:
+            progress(done, len(ids))
+    logger.info(
+        "re-embedded gallery with %s: %d photos, %d created, %d skipped, %d failed",
+        emb.model_version,
+        summary.photos,
+        summary.created,
+        summary.skipped,
+        summary.failed,
+    )
+    return summary
+
+
+def embeddings_prune(*, keep_model_version: str) -> int:
+    """Delete every gallery embedding of another model version; returns how many."""
+    deleted, _ = FaceEmbedding.objects.exclude(model_version=keep_model_version).delete()
+    logger.info("pruned %d embeddings not of %s", deleted, keep_model_version)
+    return deleted

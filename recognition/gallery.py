@@ -1,0 +1,204 @@
+"""The pgvector gallery: 1:N cosine search over the enrolled face embeddings.
+
+Every model version has its own partial HNSW index on ``(embedding::vector(dim))`` restricted to
+``model_version = '<version>'`` (see ``recognition/migrations/0002_hnsw_indexes.py``). The queries
+here use exactly that expression and predicate, so the planner picks the index; vectors of another
+model version are never compared (they are not even in the index that is scanned).
+
+The version is written into the SQL as a literal (after checking it against
+:data:`recognition.models.EMBEDDING_DIMS`), not as a bind parameter: a partial index only matches
+a predicate whose value is known when the plan is made, which a generic server-side prepared plan
+would not know.
+
+A person has several embeddings (one per accepted enrolment photo). :func:`gallery_search` asks the
+index for ``limit_people * neighbours_per_person`` nearest vectors and keeps the best one per
+person; :func:`exact_search` does the same by a sequential scan (recall measurement, tests).
+
+``FaceEmbedding`` rows are the gallery: the enrolment services create them only for accepted
+photos (see :mod:`recognition.enrollment`), so nothing here filters on photo status.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+
+from recognition.models import EMBEDDING_DIMS, FaceEmbedding
+
+logger = logging.getLogger(__name__)
+
+#: HNSW candidate list size (``settings.RECOGNITION_HNSW_EF_SEARCH`` overrides it). With the
+#: migration's index (m=16, ef_construction=64) and face-like 128-d vectors, bench/search_scale.py
+#: measured the right person found for 100 % of enrolled probes up to 100k vectors at 100 (p50 2 ms);
+#: 1M vectors need ~400 (99.1 %, p50 17 ms on 2 shared cores) or a denser index (see the bench).
+DEFAULT_EF_SEARCH = 100
+#: How many nearest vectors to fetch per requested person (a person has several embeddings).
+DEFAULT_NEIGHBOURS_PER_PERSON = 8
+#: pgvector 0.8 iterative index scan: keeps scanning the graph when filtering left too few rows.
+ITERATIVE_SCAN = "relaxed_order"
+#: Upper bound of tuples an iterative scan may visit (pgvector's default is 20000).
+MAX_SCAN_TUPLES = 20000
+
+_TABLE = FaceEmbedding._meta.db_table
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class GalleryError(ValueError):
+    """A search that cannot be run: unknown model version, wrong dimension, bad vector."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The best embedding of one person for a probe; ``similarity`` = 1 - cosine distance."""
+
+    person_id: int
+    similarity: float
+    embedding_id: int
+
+
+def dim_for(model_version: str) -> int:
+    """Embedding dimension of ``model_version``; :class:`GalleryError` for an unknown version."""
+    dim = EMBEDDING_DIMS.get(model_version)
+    if dim is None or not _SAFE_VERSION.match(model_version):
+        raise GalleryError(f"unknown model version {model_version!r}; known: {', '.join(sorted(EMBEDDING_DIMS))}")
+    return dim
+
+
+def vector_literal(embedding: np.ndarray | Sequence[float], dim: int) -> str:
+    """pgvector text form ``[x1,x2,...]`` of a finite, non-zero vector of ``dim`` values."""
+    arr = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if arr.shape[0] != dim:
+        raise GalleryError(f"expected a vector of {dim} values, got {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)):
+        raise GalleryError("the vector has non-finite values")
+    if not np.any(arr):
+        raise GalleryError("the vector is all zeros (no direction to compare)")
+    return "[" + ",".join(f"{x:.9g}" for x in arr.tolist()) + "]"  # 9 digits: exact for float32
+
+
+def _search_sql(model_version: str, dim: int) -> str:
+    # model_version is a checked literal (see module docstring); the probe vector and the limit
+    # are parameters. The ORDER BY expression is the indexed one.
+    return (
+        f"SELECT id, person_id, (embedding::vector({dim}) <=> %s::vector({dim})) AS distance "
+        f"FROM {_TABLE} WHERE model_version = '{model_version}' "
+        f"ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+    )
+
+
+def _exact_sql(model_version: str, dim: int) -> str:
+    # The best embedding of each person (DISTINCT ON), then the best people.
+    return (
+        "SELECT id, person_id, distance FROM ("
+        f"SELECT DISTINCT ON (person_id) id, person_id, "
+        f"(embedding::vector({dim}) <=> %s::vector({dim})) AS distance "
+        f"FROM {_TABLE} WHERE model_version = '{model_version}' ORDER BY person_id, distance, id"
+        ") best ORDER BY distance, id LIMIT %s"
+    )
+
+
+def ann_neighbours(
+    cursor: Any,
+    embedding: np.ndarray | Sequence[float],
+    *,
+    model_version: str,
+    k: int,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[tuple[int, int, float]]:
+    """The ``k`` nearest embeddings by the HNSW index: ``(embedding_id, person_id, distance)``.
+
+    Runs on any DB-API cursor with ``%s`` placeholders (Django's, or psycopg's in the bench) that
+    is inside a transaction: the settings are ``SET LOCAL`` (``set_config(..., true)``).
+    """
+    dim = dim_for(model_version)
+    literal = vector_literal(embedding, dim)
+    if k < 1:
+        raise GalleryError("k must be at least 1")
+    ef = max(int(ef_search), 1)
+    cursor.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        [str(ef), ITERATIVE_SCAN, str(max(MAX_SCAN_TUPLES, ef))],
+    )
+    cursor.execute(_search_sql(model_version, dim), [literal, literal, int(k)])
+    rows = [(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]
+    # relaxed_order may return rows slightly out of order: sort them.
+    rows.sort(key=lambda r: (r[2], r[0]))
+    return rows
+
+
+def best_per_person(rows: Sequence[tuple[int, int, float]], limit_people: int) -> list[Candidate]:
+    """Keep the closest embedding of each person, best people first (rows sorted by distance)."""
+    seen: dict[int, Candidate] = {}
+    for embedding_id, person_id, distance in sorted(rows, key=lambda r: (r[2], r[0])):
+        if person_id in seen:
+            continue
+        seen[person_id] = Candidate(person_id=person_id, similarity=1.0 - distance, embedding_id=embedding_id)
+        if len(seen) >= limit_people:
+            break
+    return list(seen.values())
+
+
+def default_ef_search() -> int:
+    """``settings.RECOGNITION_HNSW_EF_SEARCH`` when defined, else :data:`DEFAULT_EF_SEARCH`."""
+    return int(getattr(settings, "RECOGNITION_HNSW_EF_SEARCH", None) or DEFAULT_EF_SEARCH)
+
+
+def gallery_search(
+    embedding: np.ndarray | list[float],
+    *,
+    model_version: str,
+    limit_people: int = 5,
+    ef_search: int | None = None,
+    neighbours_per_person: int = DEFAULT_NEIGHBOURS_PER_PERSON,
+) -> list[Candidate]:
+    """The ``limit_people`` people closest to ``embedding`` (HNSW, cosine), best first.
+
+    Only embeddings of ``model_version`` are searched. ``ef_search`` defaults to
+    :func:`default_ef_search`. Raises :class:`GalleryError` for an unknown model version or a
+    vector of the wrong dimension.
+    """
+    if limit_people < 1:
+        raise GalleryError("limit_people must be at least 1")
+    k = limit_people * max(neighbours_per_person, 1)
+    if ef_search is None:
+        ef_search = default_ef_search()
+    with transaction.atomic(), connection.cursor() as cursor:
+        rows = ann_neighbours(cursor, embedding, model_version=model_version, k=k, ef_search=max(ef_search, k))
+    return best_per_person(rows, limit_people)
+
+
+def exact_search(
+    embedding: np.ndarray | list[float],
+    *,
+    model_version: str,
+    limit_people: int = 5,
+) -> list[Candidate]:
+    """Like :func:`gallery_search` but by a sequential scan: exact, slow on big galleries."""
+    if limit_people < 1:
+        raise GalleryError("limit_people must be at least 1")
+    dim = dim_for(model_version)
+    literal = vector_literal(embedding, dim)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+        )
+        cursor.execute(_exact_sql(model_version, dim), [literal, int(limit_people)])
+        rows = cursor.fetchall()
+    return [Candidate(person_id=int(r[1]), similarity=1.0 - float(r[2]), embedding_id=int(r[0])) for r in rows]
+
+
+def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k: int = 10) -> str:
+    """``EXPLAIN`` of the ANN query (tests and diagnostics: shows which index is used)."""
+    dim = dim_for(model_version)
+    literal = vector_literal(embedding, dim)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + _search_sql(model_version, dim), [literal, literal, int(k)])
+        return "\n".join(r[0] for r in cursor.fetchall())

@@ -1,0 +1,118 @@
+"""Bulk enrolment from a folder or a .zip (``<Person_Name>/*.jpg``) and the management commands."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from PIL import Image
+
+from accessctl.models import Person
+from recognition.bulk_import import ImportSourceError, ItemOutcome, import_items, photos_import
+from recognition.embedder import DEFAULT_BACKEND
+from recognition.models import EnrollmentPhoto, FaceEmbedding
+from tests.faces import face_jpeg, lfw_available
+
+pytestmark = pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
+
+
+@pytest.fixture
+def enrol_env(settings: pytest.FixtureRequest, media_root: Path) -> Path:
+    # The shared LFW copy is 150x150 with faces of ~55 px: below the 60 px production minimum.
+    settings.RECOGNITION_MIN_FACE_PX = 40  # type: ignore[attr-defined]
+    settings.RECOGNITION_EMBEDDER = DEFAULT_BACKEND  # type: ignore[attr-defined]
+    settings.RECOGNITION_DEFAULT_THRESHOLD = None  # type: ignore[attr-defined]
+    return media_root
+
+
+def blank_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+LAYOUT = {
+    "Colin_Powell/a.jpg": lambda: face_jpeg("Colin_Powell", 0),
+    "Colin_Powell/b.JPG": lambda: face_jpeg("Colin_Powell", 1),
+    "Tony_Blair/a.jpg": lambda: face_jpeg("Tony_Blair", 0),
+    "Tony_Blair/broken.jpg": lambda: b"\xff\xd8\xff\xe0 not really a jpeg",
+    "Tony_Blair/readme.txt": lambda: b"ignored",
+    "Tony_Blair/.hidden.jpg": lambda: b"ignored",
+    "Mr_Double/x.jpg": lambda: face_jpeg("Colin_Powell", 2),
+}
+
+
+def make_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, make in LAYOUT.items():
+            archive.writestr(f"import/{name}", make())
+        archive.writestr("__MACOSX/import/Colin_Powell/._a.jpg", b"resource fork")
+    return path
+
+
+def test_items_of_a_zip(tmp_path: Path) -> None:
+    items = import_items(make_zip(tmp_path / "people.zip"))
+    assert [(i.folder, i.filename) for i in items] == [
+        ("Colin_Powell", "a.jpg"),
+        ("Colin_Powell", "b.JPG"),
+        ("Mr_Double", "x.jpg"),
+        ("Tony_Blair", "a.jpg"),
+        ("Tony_Blair", "broken.jpg"),
+    ]
+    assert items[0].person_name == "Colin Powell"
+    with pytest.raises(ImportSourceError):
+        import_items(tmp_path / "missing")
+    (tmp_path / "not.zip").write_bytes(b"nope")
+    with pytest.raises(ImportSourceError):
+        import_items(tmp_path / "not.zip")
+
+
+@pytest.mark.django_db
+def test_zip_import_summary(enrol_env: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int, ItemOutcome]] = []
+    summary = photos_import(
+        source=make_zip(tmp_path / "people.zip"), progress=lambda done, total, o: seen.append((done, total, o))
+    )
+    assert [(d, t) for d, t, _ in seen] == [(i, 5) for i in range(1, 6)]
+    assert summary.as_dict() == {
+        "total": 5,
+        "people_created": 3,
+        "accepted": 3,
+        "rejected": 1,
+        "duplicates": 1,
+        "errors": 0,
+        "reasons": {"bad_image": 1},
+    }
+    colin = Person.objects.get(name="Colin Powell")
+    double = Person.objects.get(name="Mr Double")
+    assert colin.embeddings.count() == 2
+    flagged = EnrollmentPhoto.objects.get(person=double)
+    assert (flagged.status, flagged.duplicate_of_id) == (EnrollmentPhoto.Status.PENDING, colin.pk)
+    assert not FaceEmbedding.objects.filter(person=double).exists()
+
+
+@pytest.mark.django_db
+def test_enroll_folder_command(enrol_env: Path, tmp_path: Path) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    (root / "Colin_Powell" / "1.jpg").write_bytes(face_jpeg("Colin_Powell", 0))
+    (root / "Colin_Powell" / "2.jpg").write_bytes(blank_jpeg())
+    existing = Person.objects.create(name="Colin Powell")
+    out, err = io.StringIO(), io.StringIO()
+    call_command("enroll_folder", str(root), "--list-rejected", stdout=out, stderr=err)
+    text = out.getvalue()
+    assert "2 pictures: 1 accepted, 1 rejected, 0 flagged as duplicates (pending review), 0 errors" in text
+    assert "0 people created" in text and "rejected no_face: 1" in text
+    assert "Colin_Powell/2.jpg: rejected no_face" in text
+    assert "2/2" in err.getvalue()  # the tqdm bar
+    assert existing.embeddings.count() == 1
+
+    with pytest.raises(CommandError):
+        call_command("enroll_folder", str(tmp_path / "missing"), stdout=io.StringIO())
+
+    out = io.StringIO()
+    call_command("reembed_gallery", "--no-progress", stdout=out)
+    assert "1 accepted photos, 0 embedded, 1 already done, 0 failed" in out.getvalue()
