@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accessctl import views
+from accessctl.login_throttle import ThrottledLoginView
 
 admin.site.site_header = "accessctl administration"
 admin.site.site_title = "accessctl"
@@ -13,7 +14,7 @@ admin.site.index_title = "People, doors and devices"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Live dashboard: face crops behind permission checks, audited operator actions (POST + CSRF).
     path("events/<int:pk>/thumbnail.jpg", views.event_thumbnail, name="event_thumbnail"),

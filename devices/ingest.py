@@ -43,6 +43,12 @@ def message_ingest(topic: str, raw: bytes) -> None:
     try:
         uid, kind = p.parse_topic(topic)
     except p.ProtocolError:
+        parts = topic.split("/")
+        if len(parts) == 5 and "/".join(parts[:3]) == p.TOPIC_ROOT and parts[4] == p.TopicKind.DETECTIONS:
+            # A detection message from a uid the protocol forbids: recorded like any other bad message.
+            uid = parts[3].encode("unicode_escape").decode("ascii")[:64]
+            _reject(reason=Reason.MALFORMED, message="invalid device uid in topic", device_uid=uid, raw=raw)
+            return
         logger.warning("ignoring message on unexpected topic %r (%d bytes)", topic[:200], len(raw))
         return
     if kind == p.TopicKind.DETECTIONS:
@@ -53,8 +59,9 @@ def message_ingest(topic: str, raw: bytes) -> None:
         health.status_ingest(device_uid=uid, raw=raw)
 
 
-def _message_id(kind: str, raw: bytes) -> uuid.UUID:
-    return uuid.uuid5(REJECT_NAMESPACE, f"{kind}:{hashlib.sha256(raw).hexdigest()}")
+def _message_id(kind: str, device_uid: str, raw: bytes) -> uuid.UUID:
+    # Per topic: the same bad bytes from two devices are two records; a redelivered copy is one.
+    return uuid.uuid5(REJECT_NAMESPACE, f"{kind}:{device_uid}:{hashlib.sha256(raw).hexdigest()}")
 
 
 def _claimed_id(payload: Any) -> str | None:
@@ -78,7 +85,7 @@ def _reject(
     details: dict[str, Any] | None = None,
 ) -> AccessEvent:
     """Record a rejected detection message as a denied AccessEvent (and alarm when hostile)."""
-    event_id = detection_id or _message_id(str(reason), raw)
+    event_id = detection_id or _message_id(str(reason), device_uid, raw)
     event, created = event_record(
         detection_id=event_id,
         occurred_at=occurred_at or timezone.now(),
@@ -172,7 +179,18 @@ def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -
             details={"replayed_detection_id": detection.detection_id},
         )
         return Reason.REPLAY
-    captured = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
+    try:
+        captured = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        _reject(
+            reason=Reason.MALFORMED,
+            message=f"captured_at {detection.captured_at!r} is not a representable time",
+            device_uid=device_uid,
+            raw=raw,
+            device=device,
+            details={"claimed_detection_id": claimed},
+        )
+        return Reason.MALFORMED
     try:
         p.check_freshness(detection.sent_at, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     except p.ProtocolError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from accessctl.codes import Reason
 from accessctl.decisions import access_decide
@@ -48,7 +48,7 @@ def _crop_array(jpeg: bytes, size: int) -> np.ndarray:
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ProbeError(Reason.BAD_IMAGE, f"crop is not a readable image: {exc}") from exc
 
 
@@ -109,6 +109,14 @@ def detection_decide(*, detection_id: str) -> str:
             logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device.uid, reason, exc)
             outcome = {"person_id": None, "unknown_reason": reason}
             common["details"]["error"] = str(exc)[:300]
+        except (OperationalError, InterfaceError):
+            raise  # transient: the task retries
+        except Exception as exc:
+            # Unforeseen input or engine failure: deny with a reason rather than fail the task, which
+            # would leave the detection staged and re-enqueued by the sweep forever.
+            logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
+            outcome = {"person_id": None, "unknown_reason": Reason.PROCESSING_ERROR}
+            common["details"]["error"] = f"{type(exc).__name__}: {exc}"[:300]
         else:
             match = match_decide(vector, model_version=model_version, door=device.door)
             outcome = {
