@@ -132,13 +132,12 @@ listeners:
     bind: {host}:{port}
     max_connections: 0
 plugins:
-  amqtt.plugins.authentication.AnonymousAuthPlugin:
-    allow_anonymous: true
+  accessctl.embedded_mqtt.LoopbackAuthPlugin: {{}}
 """
 
 
 def start_mqtt_broker(work_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
-    """Run an amqtt MQTT 3.1.1 broker on ``host:port`` (anonymous, for the embedded default)."""
+    """Run an amqtt MQTT 3.1.1 broker on ``host:port`` (loopback, no credentials, persistent sessions kept)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     config = work_dir / f"amqtt-{port}.yaml"
@@ -148,6 +147,7 @@ def start_mqtt_broker(work_dir: Path, *, port: int | None = None, host: str = "1
         [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
         stdout=log,
         stderr=log,
+        cwd=Path(__file__).resolve().parent.parent,  # the broker loads accessctl.embedded_mqtt
         start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us last
     )
     wait_for_port(host, port)

@@ -134,9 +134,9 @@ def bridge_kill_scenario(children: rig.Children, device: rig.Device, timeout: fl
 
 
 AMQTT_SESSIONS = (
-    "embedded amqtt 0.12 drops every session of an anonymous client when it disconnects and does not "
-    "resend unacknowledged QoS1 messages on reconnect, so a bridge crash loses what was in flight and what "
-    "arrived while it was down (the same test passes on Mosquitto: test_real_services.py)"
+    "embedded amqtt 0.12 keeps the bridge's persistent session (accessctl.embedded_mqtt) and delivers what "
+    "arrived while the bridge was down, but does not resend QoS1 messages that were in flight (delivered, "
+    "not acknowledged) when the bridge died; the same test passes on Mosquitto (test_real_services.py)"
 )
 
 
