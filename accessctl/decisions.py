@@ -42,14 +42,19 @@ def access_decide(
     model_version: str = "",
     snapshot: str = "",
     details: dict[str, Any] | None = None,
+    too_late: bool = False,
 ) -> tuple[AccessEvent, bool]:
     """Apply the policy to a recognised (or unknown) face at a door and record the event.
 
+    ``too_late``: the decision comes after the device's freshness window (a backlog); it is
+    recorded with who it was, but denied ``stale_timestamp``: a door never opens minutes late.
     Returns ``(event, created)``; ``created`` is False when this detection was decided before
     (a redelivered task), in which case no side effect is repeated.
     """
     person = Person.objects.filter(pk=person_id).first() if person_id else None
-    if door is None:
+    if too_late:
+        decision, reason = Decision.DENY, Reason.STALE_TIMESTAMP
+    elif door is None:
         decision, reason = Decision.DENY, Reason.DOOR_UNASSIGNED
     else:
         door = Door.objects.get(pk=door.pk)  # the current mode (lockdown may have just started)

@@ -32,5 +32,7 @@ urlpatterns = [
     path("enrol/", include("recognition.urls")),
     # REST API (accessctl/api_urls.py):
     path("api/v1/", include("accessctl.api_urls")),
+    # One throttled sign-in page for the admin too (the admin's own login view is not rate limited).
+    path("admin/login/", ThrottledLoginView.as_view(), name="admin_login"),
     path("admin/", admin.site.urls),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,9 @@ def detection_decide(*, detection_id: str) -> str:
                 "threshold": match.threshold,
                 "model_version": model_version,
             }
+    # A backlog must not open a door long after the person left: same window as at the bridge.
+    too_late = time.time() - float(payload["sent_at"]) > settings.DEVICE_TIMESTAMP_WINDOW_S
     with transaction.atomic():
-        event, _ = access_decide(**common, **outcome)
+        event, _ = access_decide(**common, **outcome, too_late=too_late)
         InboundDetection.objects.filter(pk=inbound.pk).delete()
     return event.reason

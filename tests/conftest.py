@@ -56,7 +56,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_env() -> dict[str, str]:
+def test_env(django_db_setup: None) -> dict[str, str]:
     """Environment for child processes (Celery worker, bridge) that must share this test run's services."""
     from django.db import connection
 

@@ -81,3 +81,10 @@ def test_redelivered_task_is_idempotent(device) -> None:
     detection_decide(detection_id=detection_id)
     assert detection_decide(detection_id=detection_id) == "low_quality"
     assert AccessEvent.objects.filter(detection_id=detection_id).count() == 1
+
+
+def test_backlogged_detection_never_opens_the_door_late(device) -> None:
+    """Decided after the freshness window (a queue backlog): recorded, denied ``stale_timestamp``."""
+    detection_id = stage(device, crop=b"irrelevant", sent_at=time.time() - 120)
+    assert detection_decide(detection_id=detection_id) == "stale_timestamp"
+    assert AccessEvent.objects.get(detection_id=detection_id).decision == "deny"

@@ -218,3 +218,11 @@ def test_successful_login_resets_the_username_counter(login_env) -> None:
     for _ in range(login_throttle.MAX_FAILURES_PER_USER - 1):
         _login(user, "wrong", ip)
     assert _login(user, "right-horse-battery", ip)[0] == 302
+
+
+def test_admin_sign_in_is_throttled_too(login_env) -> None:
+    user, ip = login_env["username"], login_env["ip"]
+    for _ in range(login_throttle.MAX_FAILURES_PER_USER):
+        Client(REMOTE_ADDR=ip).post("/admin/login/", {"username": user, "password": "wrong"})
+    response = Client(REMOTE_ADDR=ip).post("/admin/login/", {"username": user, "password": "right-horse-battery"})
+    assert response.status_code == 429
