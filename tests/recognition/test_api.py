@@ -15,6 +15,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accessctl.models import Person
+from recognition.calibration import threshold_for
 from recognition.enrollment import FaceAnalysis
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from tests.api_support import make_user, session_client, token_client
@@ -22,7 +23,7 @@ from tests.faces import face_jpeg, lfw_available
 
 pytestmark = pytest.mark.django_db
 
-MODEL = "sface-2021dec-int8bq"  # 128-d, built-in threshold 0.40
+MODEL = "sface-2021dec-int8bq"  # 128-d
 
 
 def unit(seed: int, near: np.ndarray | None = None, noise: float = 0.05) -> np.ndarray:
@@ -118,7 +119,7 @@ def test_identify_ranks_enrolled_people(engine) -> None:
     response = client.post("/api/v1/identify", {"image": upload(), "limit": 2}, format="multipart")
     assert response.status_code == 200, response.content
     result = response.json()
-    assert result["model_version"] == MODEL and result["threshold"] == pytest.approx(0.40)
+    assert result["model_version"] == MODEL and result["threshold"] == pytest.approx(threshold_for(MODEL))
     assert [m["person_id"] for m in result["matches"]] == [ada.pk, bob.pk]
     best, other = result["matches"]
     assert best["name"] == "Ada" and best["external_id"] == "E-1" and best["similarity"] > 0.9
