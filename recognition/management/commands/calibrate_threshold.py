@@ -1,0 +1,70 @@
+"""``manage.py calibrate_threshold``: the match threshold for a target false-match rate.
+
+Genuine/impostor cosine scores come from LFW pairs (default) or from a labelled folder
+``<folder>/<person>/*.jpg``. The threshold is stored through
+``recognition.calibration.store_threshold(...)`` when that function exists, else printed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from recognition import evaluation
+from recognition.embedder import get_embedder
+
+
+class Command(BaseCommand):
+    help = "Compute the similarity threshold giving a target false-match rate (FMR)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--backend", default=None, help="embedder backend (default: sface)")
+        parser.add_argument("--target-fmr", type=float, default=1e-3)
+        parser.add_argument("--folder", default=None, help="labelled images <folder>/<person>/*.jpg")
+        parser.add_argument("--lfw-root", default=str(evaluation.DEFAULT_LFW_ROOT))
+        parser.add_argument("--cache-dir", default=None)
+        parser.add_argument("--dry-run", action="store_true", help="print only, do not store")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        target = options["target_fmr"]
+        if not 0 < target < 1:
+            raise CommandError("--target-fmr must be in (0, 1)")
+        embedder = get_embedder(options["backend"])
+        if options["folder"]:
+            dist = evaluation.folder_distributions(options["folder"], embedder, cache_dir=options["cache_dir"])
+        else:
+            dist = evaluation.lfw_pair_distributions(
+                embedder, lfw_root=options["lfw_root"], cache_dir=options["cache_dir"]
+            )
+        if dist.genuine.size == 0 or dist.impostor.size == 0:
+            raise CommandError("need at least one genuine and one impostor pair")
+        threshold = dist.threshold_for_fmr(target)
+        details = {
+            "source": dist.source,
+            "genuine_pairs": int(dist.genuine.size),
+            "impostor_pairs": int(dist.impostor.size),
+            "fnmr": dist.fnmr_at(threshold),
+            "fmr": float((dist.impostor >= threshold).mean()),
+            "min_resolvable_fmr": 1.0 / dist.impostor.size,
+        }
+        self.stdout.write(
+            f"{embedder.model_version}: threshold {threshold:.4f} for FMR {target:g} "
+            f"(measured FMR {details['fmr']:.2e}, FNMR {details['fnmr'] * 100:.2f}%, "
+            f"{details['genuine_pairs']} genuine / {details['impostor_pairs']} impostor pairs from {dist.source})"
+        )
+        if target < details["min_resolvable_fmr"]:
+            self.stderr.write("warning: too few impostor pairs to resolve this FMR; threshold is conservative")
+        if options["dry_run"]:
+            return
+        try:
+            calibration = importlib.import_module("recognition.calibration")
+        except ImportError:
+            calibration = None
+        store = getattr(calibration, "store_threshold", None)
+        if store is None:
+            self.stdout.write("recognition.calibration.store_threshold not available: not stored")
+            return
+        store(model_version=embedder.model_version, threshold=threshold, target_fmr=target, details=details)
+        self.stdout.write("stored")
