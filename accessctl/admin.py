@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from accessctl.admin_privacy import erase_people, export_people
+from accessctl.erasure import person_erase
 from accessctl.models import AccessEvent, AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
 
 
@@ -20,6 +22,16 @@ class PersonAdmin(admin.ModelAdmin):
         ("Notes", {"fields": ["notes"]}),
         ("Record", {"fields": ["uid", "created_at", "updated_at"], "classes": ["collapse"]}),
     ]
+    actions = [export_people, erase_people]
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        # Deleting a person must erase them everywhere: the "Erase" action replaces bulk delete.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: Person) -> None:
+        person_erase(person=obj, actor=request.user)
 
 
 class ScheduleWindowInline(admin.TabularInline):
@@ -69,3 +81,6 @@ class AccessEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AccessEvent | None = None) -> bool:
         return False
+
+
+import accessctl.admin_api  # noqa: E402,F401  (API tokens, webhook subscriptions and deliveries)

@@ -18,6 +18,9 @@ class Reason(StrEnum):
     MATCHED = "matched"
     REMOTE_UNLOCK = "remote_unlock"
     LOCKDOWN_LIFTED = "lockdown_lifted"
+    # system records
+    PERSON_ERASED = "person_erased"
+    RETENTION_PURGE = "retention_purge"
     HELD_OPEN = "held_open"
     OFFLINE_ALLOWED = "offline_allowed"
     # policy denials

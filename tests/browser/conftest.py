@@ -76,8 +76,10 @@ def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, s
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Chromium for the tests of this folder only: closing it also ends Playwright's event loop and
+    restores DJANGO_ALLOW_ASYNC_UNSAFE before any other test runs."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
