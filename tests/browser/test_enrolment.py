@@ -31,7 +31,7 @@ def _photo(path: Path, jpeg: bytes, scale: float) -> Path:
 def test_enrol_a_person_through_the_ui(page, live_url, tmp_path) -> None:
     get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
     good = [_photo(tmp_path / f"colin_{i}.jpg", face_jpeg("Colin_Powell", i), 2.0) for i in range(2)]
-    small = _photo(tmp_path / "colin_small.jpg", face_jpeg("Colin_Powell", 3), 0.5 if lfw_available() else 0.1)
+    small = _photo(tmp_path / "colin_small.jpg", face_jpeg("Colin_Powell", 3), 0.5 if lfw_available() else 0.25)
 
     login(page, live_url, "admin", PASSWORD)
     page.click("nav >> text=Enrolment")
