@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_THRESHOLDS: dict[str, float] = {
     "sface-2021dec-int8bq": 0.476,
     "facenet-casia-20180408": 0.50,
+    "facenet-casia-20180408-fixed-flip": 0.50,
     "facenet-vggface2": 0.50,
 }
 

@@ -10,7 +10,8 @@ from recognition.embedder import Embedder, get_embedder
 def embedder_options(name: str) -> dict[str, object]:
     """Constructor options for backend ``name`` taken from settings (weights paths, caches)."""
     if name == "facenet-casia":
-        return {"cache_dir": settings.RECOGNITION_MODELS_DIR}
+        # Averaging with the mirrored crop lifts LFW from 98.38 % to 98.58 % (model version "-fixed-flip").
+        return {"cache_dir": settings.RECOGNITION_MODELS_DIR, "flip": settings.RECOGNITION_FACENET_FLIP}
     if name == "facenet-vggface2" and settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS:
         return {"weights_path": settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS}
     return {}

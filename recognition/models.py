@@ -8,7 +8,13 @@ from pgvector.django import VectorField
 
 # Dimensions of the embedders we ship. The embedding column is an untyped ``vector`` so several
 # models can coexist; each model version gets its own partial HNSW index on a typed cast.
-EMBEDDING_DIMS = {"sface-2021dec-int8bq": 128, "facenet-casia-20180408": 512, "facenet-vggface2": 512}
+# Adding a model version here needs a migration that creates its index (see 0003).
+EMBEDDING_DIMS = {
+    "sface-2021dec-int8bq": 128,
+    "facenet-casia-20180408": 512,
+    "facenet-casia-20180408-fixed-flip": 512,
+    "facenet-vggface2": 512,
+}
 
 
 class EnrollmentPhoto(models.Model):

@@ -11,6 +11,7 @@ from django.urls import reverse
 from accessctl.audit import GENESIS_HASH, chain_verify, event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
+from recognition.models import EMBEDDING_DIMS
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +29,9 @@ def test_gallery_has_hnsw_cosine_indexes() -> None:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'recognition_faceembedding'")
         defs = [row[0] for row in cursor.fetchall()]
     hnsw = [d for d in defs if "hnsw" in d]
-    assert hnsw, defs
     assert all("vector_cosine_ops" in d and "model_version" in d for d in hnsw)
+    for model_version, dim in EMBEDDING_DIMS.items():  # every model we can embed with is indexed
+        assert any(f"'{model_version}'" in d and f"vector({dim})" in d for d in hnsw), model_version
 
 
 def _event(**overrides: object) -> AccessEvent:
