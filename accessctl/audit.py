@@ -73,9 +73,6 @@ def event_record(
     with ``created=False`` and nothing is written (a redelivered task or replayed message).
     """
     detection_id = uuid.UUID(str(detection_id)) if detection_id else uuid.uuid4()
-    existing = AccessEvent.objects.filter(detection_id=detection_id).first()
-    if existing is not None:
-        return existing, False
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:

@@ -60,7 +60,7 @@ def access_decide(
         door = Door.objects.get(pk=door.pk)  # the current mode (lockdown may have just started)
         result = access_evaluate(person=person, door=door, at=occurred_at, unknown_reason=unknown_reason)
         decision, reason = result.decision, result.reason
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         event, created = event_record(
             detection_id=detection_id,
             occurred_at=occurred_at,
@@ -136,16 +136,12 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:
 
 def _door_command(event: AccessEvent, door: Door | None) -> None:
     from devices.commands import command_send
-    from devices.models import EdgeDevice
     from edge_agent.protocol import CommandKind
 
-    device = EdgeDevice.objects.filter(pk=event.device_id).first()
-    if device is None:
-        return
     granted = event.decision == Decision.GRANT
     try:
         command_send(
-            device,
+            event.device_uid,
             CommandKind.OPEN if granted else CommandKind.DENY,
             reason=event.reason,
             pulse_ms=door.relay_pulse_ms if (granted and door) else 0,

@@ -116,7 +116,10 @@ def django_ready() -> None:
 
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm CASCADE")
+        cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
+            "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
+            "recognition_enrollmentphoto, accessctl_person CASCADE"
+        )
 
 
 @dataclass

@@ -70,7 +70,10 @@ def main() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm CASCADE")
+        cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
+            "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
+            "recognition_enrollmentphoto, accessctl_person CASCADE"
+        )
 
     from PIL import Image
 

@@ -72,7 +72,7 @@ publisher = CommandPublisher()
 
 
 def command_build(
-    device: EdgeDevice,
+    device: EdgeDevice | str,
     kind: p.CommandKind,
     *,
     reason: str,
@@ -81,7 +81,7 @@ def command_build(
     data: dict[str, Any] | None = None,
 ) -> p.Command:
     return p.Command(
-        device_uid=device.uid,
+        device_uid=device if isinstance(device, str) else device.uid,
         command=kind,
         command_id=p.new_id(),
         issued_at=time.time(),
@@ -93,7 +93,7 @@ def command_build(
 
 
 def command_send(
-    device: EdgeDevice,
+    device: EdgeDevice | str,
     kind: p.CommandKind,
     *,
     reason: str,
@@ -101,10 +101,12 @@ def command_send(
     detection_id: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> p.Command:
-    """Sign and publish one command to ``device``; returns what was sent."""
+    """Sign and publish one command to ``device`` (a device or its uid); returns what was sent."""
     command = command_build(device, kind, reason=reason, pulse_ms=pulse_ms, detection_id=detection_id, data=data)
-    publisher.publish(p.commands_topic(device.uid), p.seal(command, server_private_key()))
-    logger.info("command %s %s to device %s (detection %s)", command.command_id, kind, device.uid, detection_id or "-")
+    publisher.publish(p.commands_topic(command.device_uid), p.seal(command, server_private_key()))
+    logger.info(
+        "command %s %s to device %s (detection %s)", command.command_id, kind, command.device_uid, detection_id or "-"
+    )
     return command
 
 
