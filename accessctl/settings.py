@@ -127,6 +127,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Worker processes started by `manage.py up` (each loads the face model once; ~35 decisions/s each).
+WORKER_CONCURRENCY = env_int("ACCESSCTL_WORKER_CONCURRENCY", 2)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"recognition.*": {"queue": "recognition"}}
 CELERY_RESULT_EXPIRES = 3600

@@ -125,7 +125,7 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "-Q",
                 "recognition,default",
                 "--concurrency",
-                "1",
+                str(settings.WORKER_CONCURRENCY),
                 "--prefetch-multiplier",
                 "1",
                 "-l",
