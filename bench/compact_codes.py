@@ -40,9 +40,9 @@ from recognition.compact import (  # noqa: E402
     int8_encode,
     pq_codebook_path,
 )
-from recognition.evaluation import kfold_accuracy, read_lfw_pairs, tar_at_far  # noqa: E402
+from recognition.evaluation import DEFAULT_LFW_ROOT, kfold_accuracy, read_lfw_pairs, tar_at_far  # noqa: E402
 
-LFW = Path("/work/shared/data/lfw")
+LFW = DEFAULT_LFW_ROOT
 CACHE = ROOT / "var" / "cache"
 MODELS = ROOT / "var" / "models"
 FAR = 1e-3

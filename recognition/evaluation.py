@@ -26,7 +26,10 @@ from recognition.pipeline import crop_for
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LFW_ROOT = Path("/work/shared/data/lfw")
+# ../shared/data/lfw beside the checkout (research data, read in place), or ACCESSCTL_LFW.
+DEFAULT_LFW_ROOT = Path(
+    os.environ.get("ACCESSCTL_LFW") or Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
+)
 DEFAULT_CACHE_DIR = REPO_ROOT / "var" / "cache"
 DEFAULT_FARS = (1e-3, 1e-4)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

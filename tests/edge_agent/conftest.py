@@ -23,9 +23,10 @@ from accessctl.embedded import ChildService, start_mqtt_broker
 from edge_agent import protocol as p
 from edge_agent.config import EdgeConfig
 from edge_agent.vision import Face, FaceCandidate, prepare
+from tests.faces import LFW_DIR
 
 UID = "door-test-1"
-LFW = Path("/work/shared/data/lfw")
+LFW = LFW_DIR.parent
 
 
 def face_image() -> np.ndarray:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-LFW_IMAGES = Path("/work/shared/data/lfw/images")
+from tests.faces import LFW_DIR
+
+LFW_IMAGES = LFW_DIR
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

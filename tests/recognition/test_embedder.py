@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from recognition.embedder import EmbedderConfigError, available_backends, get_embedder
+from tests.faces import LFW_DIR
 
-LFW_IMAGES = Path("/work/shared/data/lfw/images")
+LFW_IMAGES = LFW_DIR
 # same person twice, then somebody else
 LFW_TRIPLET = (
     "Abel_Pacheco/Abel_Pacheco_0001.jpg",

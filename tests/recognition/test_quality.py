@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -18,8 +16,9 @@ from recognition.quality import (
     estimate_pose,
     laplacian_variance,
 )
+from tests.faces import LFW_DIR
 
-LFW_IMAGES = Path("/work/shared/data/lfw/images")
+LFW_IMAGES = LFW_DIR
 
 
 def _photo() -> tuple[np.ndarray, DetectedFace]:
