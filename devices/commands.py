@@ -71,27 +71,6 @@ class CommandPublisher:
 publisher = CommandPublisher()
 
 
-def command_build(
-    device: EdgeDevice | str,
-    kind: p.CommandKind,
-    *,
-    reason: str,
-    pulse_ms: int = 0,
-    detection_id: str | None = None,
-    data: dict[str, Any] | None = None,
-) -> p.Command:
-    return p.Command(
-        device_uid=device if isinstance(device, str) else device.uid,
-        command=kind,
-        command_id=p.new_id(),
-        issued_at=time.time(),
-        reason=reason,
-        pulse_ms=pulse_ms,
-        detection_id=detection_id,
-        data=data or {},
-    )
-
-
 def command_send(
     device: EdgeDevice | str,
     kind: p.CommandKind,
@@ -102,7 +81,16 @@ def command_send(
     data: dict[str, Any] | None = None,
 ) -> p.Command:
     """Sign and publish one command to ``device`` (a device or its uid); returns what was sent."""
-    command = command_build(device, kind, reason=reason, pulse_ms=pulse_ms, detection_id=detection_id, data=data)
+    command = p.Command(
+        device_uid=device if isinstance(device, str) else device.uid,
+        command=kind,
+        command_id=p.new_id(),
+        issued_at=time.time(),
+        reason=reason,
+        pulse_ms=pulse_ms,
+        detection_id=detection_id,
+        data=data or {},
+    )
     publisher.publish(p.commands_topic(command.device_uid), p.seal(command, server_private_key()))
     logger.info(
         "command %s %s to device %s (detection %s)", command.command_id, kind, command.device_uid, detection_id or "-"

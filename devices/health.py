@@ -55,9 +55,12 @@ def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevi
         return None
     try:
         message = p.open_message(
-            p.topic_for(device_uid, kind), raw, device.public_key, now=time.time(),
+            p.topic_for(device_uid, kind),
+            raw,
+            device.public_key,
+            now=time.time(),
             window_s=settings.DEVICE_TIMESTAMP_WINDOW_S,
-        )  # fmt: skip
+        )
     except p.ProtocolError as exc:
         logger.warning("%s from device %s rejected: %s (%s)", kind, device_uid, exc.code, exc)
         if exc.code == p.RejectReason.BAD_SIGNATURE:
