@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _CHAIN_LOCK_KEY = 0x61636365  # "acce": one advisory lock for the access-log chain
 GENESIS_HASH = "0" * 64
+_TABLE = AccessEvent._meta.db_table
 
 
 def event_hash(event: AccessEvent) -> str:
@@ -73,39 +74,43 @@ def event_record(
     with ``created=False`` and nothing is written (a redelivered task or replayed message).
     """
     detection_id = uuid.UUID(str(detection_id)) if detection_id else uuid.uuid4()
-    try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-            existing = AccessEvent.objects.filter(detection_id=detection_id).first()
-            if existing is not None:
-                return existing, False
-            last = AccessEvent.objects.order_by("-id").values_list("hash", flat=True).first()
-            event = AccessEvent(
-                detection_id=detection_id,
-                occurred_at=occurred_at,
-                source=source,
-                door_id=door_id,
-                device_id=device_id,
-                device_uid=device_uid,
-                person_id=person_id,
-                subject_uid=subject_uid,
-                actor_id=actor_id,
-                decision=str(decision),
-                reason=str(reason),
-                similarity=similarity,
-                margin=margin,
-                threshold=threshold,
-                model_version=model_version,
-                snapshot=snapshot,
-                details=details or {},
-                prev_hash=last or GENESIS_HASH,
+    # No savepoint: every writer takes the chain lock first and checks for the detection after it,
+    # so neither the unique detection id nor the chain can conflict here. Outside a transaction
+    # this is one; inside the caller's, the lock is held until the caller commits.
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+            # A new statement after the lock: it sees every event committed before we got it.
+            cursor.execute(
+                f"SELECT (SELECT id FROM {_TABLE} WHERE detection_id = %s), "
+                f"(SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1)",
+                [detection_id],
             )
-            event.hash = event_hash(event)
-            event.save(force_insert=True)
-    except IntegrityError:
-        # Another writer recorded the same detection between our check and insert.
-        return AccessEvent.objects.get(detection_id=detection_id), False
+            existing_id, last = cursor.fetchone()
+        if existing_id is not None:
+            return AccessEvent.objects.get(pk=existing_id), False
+        event = AccessEvent(
+            detection_id=detection_id,
+            occurred_at=occurred_at,
+            source=source,
+            door_id=door_id,
+            device_id=device_id,
+            device_uid=device_uid,
+            person_id=person_id,
+            subject_uid=subject_uid,
+            actor_id=actor_id,
+            decision=str(decision),
+            reason=str(reason),
+            similarity=similarity,
+            margin=margin,
+            threshold=threshold,
+            model_version=model_version,
+            snapshot=snapshot,
+            details=details or {},
+            prev_hash=last or GENESIS_HASH,
+        )
+        event.hash = event_hash(event)
+        event.save(force_insert=True)
     logger.info(
         "event %s detection=%s device=%s door=%s %s/%s",
         event.pk, detection_id, device_uid or "-", door_id or "-", decision, reason,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from accessctl import realtime
@@ -57,7 +59,6 @@ def access_decide(
     elif door is None:
         decision, reason = Decision.DENY, Reason.DOOR_UNASSIGNED
     else:
-        door = Door.objects.get(pk=door.pk)  # the current mode (lockdown may have just started)
         result = access_evaluate(person=person, door=door, at=occurred_at, unknown_reason=unknown_reason)
         decision, reason = result.decision, result.reason
     with transaction.atomic(savepoint=False):
@@ -123,6 +124,31 @@ def late_detection_record(*, detection: Any, device: Any, error: str) -> AccessE
     if created:
         rejection_notify(event=event)
     return event
+
+
+def decision_repeat(*, event: AccessEvent, now: float | None = None) -> None:
+    """Send the door command of a recorded decision again: the device asked again (a re-sent
+    detection) because the first answer never reached it.
+
+    Nothing is recorded (the event exists). It still opens only while the face's capture is
+    within the device timestamp window: a re-send never opens a door late. The device applies
+    one answer per detection, so a second copy of this command changes nothing.
+    """
+    from devices.commands import command_send
+    from edge_agent.protocol import CommandKind
+
+    now = time.time() if now is None else now
+    kind, reason, pulse_ms = CommandKind.DENY, str(event.reason), 0
+    if event.decision == Decision.GRANT:
+        if now - event.occurred_at.timestamp() <= settings.DEVICE_TIMESTAMP_WINDOW_S:
+            door = Door.objects.filter(pk=event.door_id).first()
+            kind, pulse_ms = CommandKind.OPEN, door.relay_pulse_ms if door else 0
+        else:
+            reason = Reason.STALE_TIMESTAMP
+    try:
+        command_send(event.device_uid, kind, reason=reason, pulse_ms=pulse_ms, detection_id=str(event.detection_id))
+    except Exception:
+        logger.exception("repeated door command for event %s (device %s) failed", event.pk, event.device_uid)
 
 
 def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:

@@ -8,11 +8,15 @@ forward what arrives here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -75,16 +79,51 @@ class AlarmPayload(TypedDict):
     acknowledged: bool
 
 
-def _send(message_type: MessageType, payload: dict) -> None:
+class _LayerSender:
+    """One event loop thread per process that sends to the channel layer.
+
+    ``async_to_sync`` per message would start a loop and open a new Redis connection for every
+    door decision; this loop keeps channels-redis' connection pool and sends in the background,
+    so a decision never waits for the dashboards. Started lazily and again after a fork (Celery's
+    prefork children inherit the module, not the thread).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="realtime-sender", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any], what: str) -> Future:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+        future.add_done_callback(lambda done: _log_failure(done, what))
+        return future
+
+
+def _log_failure(done: Future, what: str) -> None:
+    exc = done.exception()
+    if exc is not None:
+        # A dashboard hiccup must never fail a door decision; the event is in the database.
+        logger.error("realtime broadcast of %s failed: %s", what, exc, exc_info=exc)
+
+
+_sender = _LayerSender()
+
+
+def _send(message_type: MessageType, payload: dict) -> Future | None:
     layer = get_channel_layer()
     if layer is None:
-        return
-    try:
-        # Consumers implement a handler per type: "access.event" -> access_event().
-        async_to_sync(layer.group_send)(DASHBOARD_GROUP, {"type": str(message_type), "payload": payload})
-    except Exception:
-        # A dashboard hiccup must never fail a door decision; the event is in the database.
-        logger.exception("realtime broadcast of %s failed", message_type)
+        return None
+    # Consumers implement a handler per type: "access.event" -> access_event().
+    message = {"type": str(message_type), "payload": payload}
+    return _sender.submit(layer.group_send(DASHBOARD_GROUP, message), str(message_type))
 
 
 def broadcast(message_type: MessageType, payload: dict) -> None:

@@ -163,6 +163,8 @@ MQTT_KEY_FILE = env_optional("MQTT_KEY_FILE")
 MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
 # Set to a group name to use MQTT 5 / Mosquitto shared subscriptions ($share/<group>/...).
 MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
+# Threads of one bridge that verify and stage detections concurrently.
+MQTT_BRIDGE_WORKERS = env_int("MQTT_BRIDGE_WORKERS", 4)
 
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,7 +31,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from accessctl.models import WebhookDelivery, WebhookSubscription
@@ -138,6 +140,40 @@ def _enqueue(delivery_pk: int) -> None:
         logger.exception("could not enqueue webhook delivery %s", delivery_pk)
 
 
+#: How long a process trusts the list of active subscriptions it read (every door decision asks).
+SUBSCRIPTIONS_CACHE_S = 5.0
+_subscriptions_lock = threading.Lock()
+_subscriptions: tuple[float, list[tuple[int, frozenset[str]]]] | None = None
+
+
+def _active_subscriptions() -> list[tuple[int, frozenset[str]]]:
+    """``(id, event types)`` of the active subscriptions; re-read after :data:`SUBSCRIPTIONS_CACHE_S`
+    (a change made in this process clears it at once, another process's within that time)."""
+    global _subscriptions
+    now = time.monotonic()
+    with _subscriptions_lock:
+        cached = _subscriptions
+    if cached is not None and now - cached[0] < SUBSCRIPTIONS_CACHE_S:
+        return cached[1]
+    rows = [
+        (pk, frozenset(types or ()))
+        for pk, types in WebhookSubscription.objects.filter(active=True).values_list("pk", "event_types")
+    ]
+    with _subscriptions_lock:
+        _subscriptions = (now, rows)
+    return rows
+
+
+def subscriptions_cache_clear(**_: object) -> None:
+    global _subscriptions
+    with _subscriptions_lock:
+        _subscriptions = None
+
+
+post_save.connect(subscriptions_cache_clear, sender=WebhookSubscription, dispatch_uid="webhook-subscriptions-save")
+post_delete.connect(subscriptions_cache_clear, sender=WebhookSubscription, dispatch_uid="webhook-subscriptions-delete")
+
+
 def webhook_dispatch(event_type: str, payload: dict[str, Any]) -> list[WebhookDelivery]:
     """Record one delivery per active subscription to ``event_type`` and send them after commit.
 
@@ -146,17 +182,15 @@ def webhook_dispatch(event_type: str, payload: dict[str, Any]) -> list[WebhookDe
     rolls back.
     """
     event_type = str(event_type)
-    subscriptions = WebhookSubscription.objects.filter(active=True).filter(
-        Q(event_types__contains=[event_type]) | Q(event_types__contains=[WILDCARD])
+    wanted = [pk for pk, types in _active_subscriptions() if event_type in types or WILDCARD in types]
+    if not wanted:
+        return []
+    deliveries = WebhookDelivery.objects.bulk_create(
+        [WebhookDelivery(subscription_id=pk, event_type=event_type, payload=payload) for pk in wanted]
     )
-    deliveries = [
-        WebhookDelivery.objects.create(subscription=subscription, event_type=event_type, payload=payload)
-        for subscription in subscriptions
-    ]
     for delivery in deliveries:
         transaction.on_commit(lambda pk=delivery.pk: _enqueue(pk))
-    if deliveries:
-        logger.info("webhook %s: %d deliveries queued", event_type, len(deliveries))
+    logger.info("webhook %s: %d deliveries queued", event_type, len(deliveries))
     return deliveries
 
 

@@ -311,3 +311,51 @@ def children(
                 argv += ["--shared-group", shared_group]
             procs.append(stack.enter_context(e2e.child_process(argv, env, "bridge connected", logs / f"bridge{i}.log")))
         yield procs
+
+
+def _process_role(proc: Any) -> str | None:
+    """Which part of the stack a process is, from its command line (None: not ours)."""
+    try:
+        cmd = " ".join(proc.cmdline())
+        name = proc.name()
+    except Exception:
+        return None
+    if name.startswith("postgres") or "/postgres" in cmd:
+        return "postgres"
+    if "valkey" in cmd or "redis-server" in cmd:
+        return "valkey"
+    if "celery" in cmd:
+        try:
+            parent_is_celery = "celery" in " ".join(proc.parent().cmdline())
+        except Exception:
+            parent_is_celery = False
+        return "celery pool" if parent_is_celery else "celery main"
+    if "mqtt_bridge" in cmd:
+        return "bridge"
+    if "amqtt" in cmd or "embedded_mqtt" in cmd or "mqtt_broker" in cmd:
+        return "mqtt broker"
+    return None
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds (user + system) so far per stack role, and ``bench client`` for this process."""
+    import psutil
+
+    out: Counter = Counter()
+    me = psutil.Process()
+    out["bench client"] = sum(me.cpu_times()[:2])
+    for proc in psutil.process_iter():
+        role = _process_role(proc)
+        if role is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            out[role] += sum(proc.cpu_times()[:2])
+    return dict(out)
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], count: int) -> str:
+    """CPU milliseconds per item per role between two snapshots, busiest first."""
+    used = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+    total = sum(used.values())
+    parts = [f"{role} {1000 * sec / count:.1f}" for role, sec in sorted(used.items(), key=lambda kv: -kv[1])]
+    return f"CPU ms per decision: total {1000 * total / count:.1f} = " + ", ".join(parts)

@@ -71,6 +71,7 @@ def main() -> None:
         detections = [_stack.detection_build(site, uid, i, "embedding") for i in range(args.burst)]
         sealed = [p.seal(d, key) for d in detections]
         ids = [d.detection_id for d in detections]
+        cpu_before = _stack.cpu_snapshot()
         started = time.monotonic()
         for raw in sealed:
             client.publish(topic, raw, qos=1)
@@ -78,6 +79,7 @@ def main() -> None:
         commands.wait_all(ids, 600)
         done = max(commands.received_at.get(i, 0.0) for i in ids)
         got = commands.have(ids)
+        cpu_after = _stack.cpu_snapshot()
         check = _stack.events_check(ids)
         print(f"  published in {published - started:.2f} s; decided in {done - started:.2f} s")
         print(f"  sustained: {got / (done - started):.0f} decisions/s (worker concurrency {args.workers})")
@@ -85,6 +87,7 @@ def main() -> None:
             f"  events: {check['with_event']} of {check['detections']} detections -> lost {check['lost']}, "
             f"duplicated {check['duplicated']}, still staged {check['still_staged']}; commands received {got}"
         )
+        print("  " + _stack.cpu_report(cpu_before, cpu_after, max(got, 1)))
         commands.close()
         client.loop_stop()
     services.stop()

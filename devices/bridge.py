@@ -3,6 +3,11 @@
 Persistent session (fixed client id, clean_session False) and QoS1 subscriptions, so detections
 published while the bridge is down are delivered when it returns. With ``MQTT_SHARED_GROUP`` set,
 subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX).
+
+Detections are verified and staged by a small thread pool (``MQTT_BRIDGE_WORKERS``): each one
+waits on the database a few times, so one thread would cap the whole site at what one
+connection's round trips allow. Each message is acknowledged when its own handling ends, in
+any order. Heartbeats and status messages stay on the network thread, in arrival order.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
@@ -41,8 +47,12 @@ class Bridge:
         client_id: str | None = None,
         shared_group: str | None = None,
         retry_for_s: float = 20.0,
+        workers: int | None = None,
     ) -> None:
         self.handler = handler
+        self.workers = max(1, workers if workers is not None else settings.MQTT_BRIDGE_WORKERS)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bridge-ingest")
+        self._slots = threading.BoundedSemaphore(self.workers * 4)  # backpressure on the network thread
         self.client_id = client_id or settings.MQTT_CLIENT_ID
         self.shared_group = shared_group if shared_group is not None else settings.MQTT_SHARED_GROUP
         self.retry_for_s = retry_for_s
@@ -76,6 +86,22 @@ class Bridge:
             logger.warning("bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if not message.topic.endswith("/detections"):
+            self._handle(client, message)
+            return
+        self._slots.acquire()
+        try:
+            self._pool.submit(self._handle_released, client, message)
+        except RuntimeError:  # pool shut down: stopping; the broker redelivers it
+            self._slots.release()
+
+    def _handle_released(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(client, message)
+        finally:
+            self._slots.release()
+
+    def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         """Handle, then acknowledge. While the database is unreachable the message is retried here
         and, if that fails for too long, left unacknowledged: the broker redelivers it after we
         reconnect (persistent session), so nothing is lost."""
@@ -108,6 +134,7 @@ class Bridge:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,23 +12,29 @@ access. Every message on a detections topic ends in exactly one of:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
 from devices import health
+from devices.batching import DecisionBatcher
 from devices.models import EdgeDevice, InboundDetection
 from edge_agent import protocol as p
 
@@ -169,18 +175,8 @@ def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -
         )
         return str(exc.code)
     health.device_seen(device=device)
-    if AccessEvent.objects.filter(detection_id=detection.detection_id).exists():
-        _reject(
-            reason=Reason.REPLAY,
-            message="detection already decided",
-            device_uid=device_uid,
-            raw=raw,
-            device=device,
-            details={"replayed_detection_id": detection.detection_id},
-        )
-        return Reason.REPLAY
     try:
-        captured = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
+        dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)  # representable (the event's time)
     except (OverflowError, OSError, ValueError):
         _reject(
             reason=Reason.MALFORMED,
@@ -193,47 +189,150 @@ def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -
         return Reason.MALFORMED
     try:
         p.check_freshness(detection.sent_at, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
+        if detection.attempt:  # a re-send is signed anew: the face itself must still be fresh
+            p.check_freshness(detection.captured_at, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     except p.ProtocolError as exc:
+        if AccessEvent.objects.filter(detection_id=detection.detection_id).exists():
+            return _replay_reject(detection=detection, device=device, raw=raw)
         from accessctl.decisions import late_detection_record
 
         late_detection_record(detection=detection, device=device, error=str(exc))
         return Reason.STALE_TIMESTAMP
-    return detection_stage(detection=detection, device=device, captured=captured)
+    return detection_stage(detection=detection, device=device, raw=raw)
 
 
-def detection_stage(*, detection: p.Detection, device: EdgeDevice, captured: dt.datetime) -> str:
-    """Stage a verified, fresh detection and enqueue its decision once the row is committed."""
+def _replay_reject(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -> str:
+    _reject(
+        reason=Reason.REPLAY,
+        message="detection already decided",
+        device_uid=device.uid,
+        raw=raw,
+        device=device,
+        details={"replayed_detection_id": detection.detection_id, "attempt": detection.attempt},
+    )
+    return Reason.REPLAY
+
+
+_STAGE_SQL = (
+    f"INSERT INTO {InboundDetection._meta.db_table} (detection_id, device_id, received_at, payload, crop, enqueued) "
+    "SELECT %s, %s, now(), %s, %s, 1 "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {AccessEvent._meta.db_table} WHERE detection_id = %s) "
+    "ON CONFLICT (detection_id) DO NOTHING RETURNING id"
+)
+
+
+def detection_stage(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -> str:
+    """Stage a verified, fresh detection and enqueue its decision.
+
+    One statement stages it unless it is staged already or decided already (the unique
+    detection id and the access log say so), which keeps the bridge's per-message cost to one
+    round trip. A detection that is decided already is either a device asking again because no
+    answer came back (``attempt`` > 0, first time seen: its decision is sent again, nothing is
+    recorded) or a replay (recorded, alarm raised).
+    """
     payload = detection.to_dict()
     payload.pop("crop_jpeg", None)
     crop = (
         _store_crop(detection.detection_id, detection.crop_jpeg, detection.captured_at) if detection.crop_jpeg else ""
     )
-    try:
-        with transaction.atomic():
-            InboundDetection.objects.create(
-                detection_id=detection.detection_id, device=device, payload=payload, crop=crop
-            )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STAGE_SQL,
+            [detection.detection_id, device.pk, Jsonb(payload), crop, detection.detection_id],
+        )
+        staged = cursor.fetchone() is not None
+    if staged:
+        if connection.in_atomic_block:
             transaction.on_commit(lambda: decision_enqueue(detection.detection_id))
-    except IntegrityError:
-        if crop:
-            default_storage.delete(crop)
+        else:
+            decision_enqueue(detection.detection_id)
+        logger.debug("staged detection %s from %s", detection.detection_id, device.uid)
+        return "staged"
+    if crop:
+        default_storage.delete(crop)
+    event = AccessEvent.objects.filter(detection_id=detection.detection_id).first()
+    if event is None:
+        if detection.attempt > 0:
+            # Staged but the device got no answer: its task may be lost (e.g. a bridge killed
+            # between staging and enqueueing). Deciding is idempotent, so enqueue it again now
+            # rather than wait for the inbound sweep.
+            InboundDetection.objects.filter(detection_id=detection.detection_id).update(enqueued=F("enqueued") + 1)
+            decision_enqueue(detection.detection_id)
+            logger.info(
+                "detection %s from %s asked again (attempt %d) while staged: enqueued again",
+                detection.detection_id, device.uid, detection.attempt,
+            )  # fmt: skip
+            return "requeued"
         logger.info("duplicate detection %s from %s ignored (already staged)", detection.detection_id, device.uid)
         return "duplicate"
-    logger.debug("staged detection %s from %s", detection.detection_id, device.uid)
-    return "staged"
+    if detection.attempt > 0 and event.device_uid == device.uid and _first_sight(detection):
+        from accessctl.decisions import decision_repeat
+
+        decision_repeat(event=event)
+        logger.info(
+            "detection %s from %s asked again (attempt %d): decision %s sent again",
+            detection.detection_id, device.uid, detection.attempt, event.reason,
+        )  # fmt: skip
+        return "repeated"
+    return _replay_reject(detection=detection, device=device, raw=raw)
+
+
+def _first_sight(detection: p.Detection) -> bool:
+    """True the first time this (detection, attempt) is seen: a copy of a re-send is a replay."""
+    key = f"accessctl:resend:{detection.detection_id}:{detection.attempt}"
+    try:
+        return bool(cache.add(key, 1, timeout=int(2 * settings.DEVICE_TIMESTAMP_WINDOW_S) + 1))
+    except Exception:
+        logger.warning("cache unavailable; treating re-send %s as new", key, exc_info=True)
+        return True
+
+
+#: Longest a staging thread waits for its batch to reach the task broker (then the sweep has it).
+ENQUEUE_WAIT_S = 5.0
+#: Set by the bridge while it runs (:func:`decision_batching`); None: one task per detection.
+_batcher: DecisionBatcher | None = None
 
 
 def decision_enqueue(detection_id: str) -> None:
     """Queue the decision. If the task broker is unreachable the staged row stays and the
     periodic inbound sweep enqueues it again, so the detection is delayed, not lost."""
-    from recognition.tasks import decide
+    batcher = _batcher
+    if batcher is not None:
+        try:
+            sent = batcher.add(str(detection_id))
+        except RuntimeError:
+            pass  # closing: send it directly
+        else:
+            # The bridge acknowledges the message after this returns: only once the task is out.
+            sent.wait(ENQUEUE_WAIT_S)
+            return
+    decisions_send([str(detection_id)])
 
+
+def decisions_send(detection_ids: list[str]) -> None:
+    """One ``recognition.decide`` task for one id, one ``recognition.decide_many`` for several."""
+    from recognition.tasks import decide, decide_many
+
+    task, args = (decide, detection_ids) if len(detection_ids) == 1 else (decide_many, [detection_ids])
     try:
-        decide.apply_async(
-            args=[str(detection_id)],
+        task.apply_async(
+            args=args,
             queue="recognition",
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         )
     except Exception:
-        logger.exception("could not enqueue the decision of detection %s; the inbound sweep will retry", detection_id)
+        logger.exception("could not enqueue the decision of %s; the inbound sweep will retry", ", ".join(detection_ids))
+
+
+@contextlib.contextmanager
+def decision_batching(*, max_size: int = 16, wait_s: float = 0.002) -> Iterator[DecisionBatcher]:
+    """While the block runs, :func:`decision_enqueue` batches (see :mod:`devices.batching`)."""
+    global _batcher
+    batcher = DecisionBatcher(decisions_send, max_size=max_size, wait_s=wait_s)
+    _batcher = batcher
+    try:
+        yield batcher
+    finally:
+        _batcher = None
+        batcher.close()

@@ -120,7 +120,7 @@ class EdgeAgent:
         """Build, sign and queue one detection; returns it and the size of the signed message."""
         detection = self.build_detection(candidate, captured_at=captured_at, extra_quality=extra_quality)
         raw = seal(detection, self.private_key)
-        self.link.send(detections_topic(self.uid), raw)
+        self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
         self.detections_sent += 1
         self.bytes_sent += len(raw)
         logger.info(
@@ -191,6 +191,8 @@ class EdgeAgent:
             bytes_per_detection=round(self.bytes_sent / self.detections_sent, 1) if self.detections_sent else None,
             offline_decisions=self.door.offline_decisions,
             lockdown=self.door.lockdown,
+            awaiting_answer=self.spool.awaiting,
+            unanswered=self.spool.unanswered,
         )
 
     def send_heartbeat(self) -> bool:

@@ -7,13 +7,19 @@
 * Reconnects with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``), also when the
   broker is down at start.
 * Detections go through the :class:`~edge_agent.spool.Spool`: a sender thread hands the oldest
-  entries to paho (at most ``max_inflight`` unacknowledged) and deletes each one only on its
-  PUBACK. While disconnected nothing is handed over; messages in flight at a disconnect are
-  retransmitted by paho on reconnect, before anything newer, so order is kept and nothing is lost
+  entries to paho (at most ``max_inflight`` unacknowledged) and takes each one out of the queue
+  only on its PUBACK. While disconnected nothing is handed over; messages in flight at a
+  disconnect are retransmitted by paho on reconnect, before anything newer, so order is kept
   (a crash between PUBACK and delete may send one twice: the server is idempotent on
   ``detection_id``).
+* A PUBACK only means the broker took the message; a broker restart or a bridge crash can
+  still lose it. So an acknowledged detection awaits its door command; unanswered after
+  ``decision_timeout_s`` it is signed again with ``attempt`` + 1 and a new ``sent_at`` and
+  re-queued (backing off, until ``resend_window_s``). The server decides it once whatever
+  happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
 * Commands are verified with the server public key, checked against the device uid and the
-  timestamp window, de-duplicated by ``command_id``, then handed to ``on_command``.
+  timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
+  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ from edge_agent.config import MqttSection
 from edge_agent.protocol import (
     OFFLINE_WILL,
     Command,
+    Detection,
     DeviceState,
     ProtocolError,
     Status,
+    TopicKind,
     commands_topic,
     open_message,
+    payload_from_dict,
     seal,
+    split_envelope,
     status_topic,
 )
 from edge_agent.spool import Spool
@@ -78,6 +88,8 @@ class EdgeLink:
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._last_handed = 0
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.resent = 0
         self._sender = threading.Thread(target=self._send_loop, name="edge-mqtt-sender", daemon=True)
         self.client = self._build_client()
 
@@ -168,9 +180,12 @@ class EdgeLink:
 
     # -- publishing ------------------------------------------------------------------------
 
-    def send(self, topic: str, raw: bytes) -> int:
-        """Queue a signed message durably (spool) for in-order QoS1 delivery; returns its spool id."""
-        entry_id = self.spool.put(topic, raw, qos=1)
+    def send(self, topic: str, raw: bytes, *, detection_id: str | None = None) -> int:
+        """Queue a signed message durably (spool) for in-order QoS1 delivery; returns its spool id.
+
+        With ``detection_id`` it is a detection: sent again until its answer arrives.
+        """
+        entry_id = self.spool.put(topic, raw, qos=1, detection_id=detection_id)
         self._wake.set()
         return entry_id
 
@@ -187,6 +202,7 @@ class EdgeLink:
             try:
                 self._reap_acks()
                 if self.connected:
+                    self._resend_unanswered()
                     self._hand_over()
             except Exception:
                 logger.exception("sender loop error")
@@ -200,7 +216,37 @@ class EdgeLink:
                 return
             entry_id = self._inflight.pop(mid, None)
             if entry_id is not None:
-                self.spool.remove(entry_id)
+                self.spool.accepted(entry_id, answer_by=time.time() + self.settings.decision_timeout_s)
+
+    def _resend_unanswered(self, now: float | None = None) -> None:
+        """Sign again and re-queue the detections whose answer is overdue; give up after the window."""
+        now = time.time() if now is None else now
+        for entry in self.spool.due(now):
+            if now - entry.accepted_at > self.settings.resend_window_s:
+                self.spool.give_up(entry.detection_id)
+                logger.warning(
+                    "no answer for detection %s after %d attempt(s) in %.0fs; giving up",
+                    entry.detection_id, entry.attempts + 1, now - entry.accepted_at,
+                )  # fmt: skip
+                continue
+            try:
+                detection = payload_from_dict(TopicKind.DETECTIONS, split_envelope(entry.payload).payload)
+                assert isinstance(detection, Detection)
+                again = detection.resent(sent_at=now)
+            except (ProtocolError, ValueError, AssertionError):
+                logger.exception("awaited detection %s cannot be re-sent; dropped", entry.detection_id)
+                self.spool.give_up(entry.detection_id)
+                continue
+            attempts = entry.attempts + 1
+            backoff = now + self.settings.decision_timeout_s * 2**attempts
+            self.spool.reschedule(
+                entry.detection_id,
+                attempts=attempts,
+                next_at=min(backoff, entry.accepted_at + self.settings.resend_window_s + 0.001),
+            )
+            self.spool.put(entry.topic, seal(again, self.private_key), qos=1, detection_id=entry.detection_id)
+            self.resent += 1
+            logger.warning("no answer for detection %s yet; sent again (attempt %d)", entry.detection_id, attempts)
 
     def _hand_over(self) -> None:
         room = self.settings.max_inflight - len(self._inflight)
@@ -262,6 +308,14 @@ class EdgeLink:
         self._seen[command.command_id] = None
         while len(self._seen) > _SEEN_COMMANDS:
             self._seen.popitem(last=False)
+        if command.detection_id:
+            self.spool.resolve(command.detection_id)
+            if command.detection_id in self._answered:
+                logger.info("second answer for detection %s ignored", command.detection_id)
+                return
+            self._answered[command.detection_id] = None
+            while len(self._answered) > _SEEN_COMMANDS:
+                self._answered.popitem(last=False)
         if self.on_command is not None:
             try:
                 self.on_command(command)

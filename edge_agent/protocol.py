@@ -43,7 +43,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -447,6 +447,7 @@ class Detection:
     dim: int | None = None
     model_version: str | None = None
     offline_decision: OfflineDecision | None = None
+    attempt: int = 0
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
@@ -455,7 +456,10 @@ class Detection:
     }  # fmt: skip
     _OPTIONAL: ClassVar[set[str]] = {
         "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
+        "attempt",
     }  # fmt: skip
+    #: Highest ``attempt``: a device re-sends an unanswered detection a few times, never forever.
+    MAX_ATTEMPT: ClassVar[int] = 16
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -512,7 +516,15 @@ class Detection:
                 out[key] = str(value) if isinstance(value, StrEnum) else value
         if self.offline_decision is not None:
             out["offline_decision"] = self.offline_decision.to_dict()
+        if self.attempt:
+            out["attempt"] = self.attempt
         return out
+
+    def resent(self, *, sent_at: float) -> Self:
+        """The same detection (same id, capture and face) sent again because no decision came back:
+        ``attempt`` + 1 and a new ``sent_at``, so it must be signed again (a copy of the old bytes
+        is a replay; this is not)."""
+        return replace(self, sent_at=sent_at, attempt=self.attempt + 1)
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
@@ -546,6 +558,8 @@ class Detection:
         }
         if d.get("offline_decision") is not None:
             fields["offline_decision"] = OfflineDecision.from_dict(d["offline_decision"])
+        if d.get("attempt") is not None:
+            fields["attempt"] = _integer(d, "attempt", lo=0, hi=cls.MAX_ATTEMPT)
         embedding_keys = ("embedding", "embedding_encoding", "embedding_scale", "dim")
         if mode is Mode.CROP:
             if any(d.get(k) is not None for k in embedding_keys):
@@ -606,6 +620,9 @@ class Heartbeat:
     bytes_per_detection: float | None = None
     offline_decisions: int = 0
     lockdown: bool = False
+    #: detections the broker accepted that still wait for their answer / that never got one
+    awaiting_answer: int = 0
+    unanswered: int = 0
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.HEARTBEAT
@@ -618,6 +635,8 @@ class Heartbeat:
         "bytes_per_detection",
         "offline_decisions",
         "lockdown",
+        "awaiting_answer",
+        "unanswered",
     }
 
     def __post_init__(self) -> None:
@@ -650,6 +669,8 @@ class Heartbeat:
             bytes_per_detection=_opt_number(d, "bytes_per_detection", lo=0.0),
             offline_decisions=_integer(d, "offline_decisions") if "offline_decisions" in d else 0,
             lockdown=lockdown,
+            awaiting_answer=_integer(d, "awaiting_answer") if "awaiting_answer" in d else 0,
+            unanswered=_integer(d, "unanswered") if "unanswered" in d else 0,
         )
 
 

@@ -14,10 +14,13 @@ A model version with none of these has no threshold: :class:`CalibrationError` (
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 
 from recognition.models import ModelCalibration
 
@@ -97,11 +100,44 @@ def _setting_threshold() -> float | None:
         raise CalibrationError(f"ACCESSCTL_MATCH_THRESHOLD must be a number, got {value!r}") from exc
 
 
+#: How long a process trusts the calibrations it read (another process's change shows within this).
+CALIBRATION_CACHE_S = 10.0
+_cache_lock = threading.Lock()
+_cache: dict[str, tuple[float, tuple[float | None, float | None]]] = {}
+
+
+def _stored(model_version: str) -> tuple[float | None, float | None]:
+    """``(threshold, min_margin)`` stored for ``model_version`` (None when not calibrated).
+
+    Read on every door decision, changed a few times a year: each process keeps what it read for
+    :data:`CALIBRATION_CACHE_S`; a save in this process clears it at once.
+    """
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(model_version)
+    if hit is not None and now - hit[0] < CALIBRATION_CACHE_S:
+        return hit[1]
+    row = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", "min_margin").first()
+    value = (row[0], row[1]) if row else (None, None)
+    with _cache_lock:
+        _cache[model_version] = (now, value)
+    return value
+
+
+def calibration_cache_clear(**_: object) -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+post_save.connect(calibration_cache_clear, sender=ModelCalibration, dispatch_uid="calibration-cache-save")
+post_delete.connect(calibration_cache_clear, sender=ModelCalibration, dispatch_uid="calibration-cache-delete")
+
+
 def threshold_for(model_version: str, door: Door | None = None) -> float:
     """The similarity a match of ``model_version`` must reach (at ``door``, when given)."""
     if door is not None and door.match_threshold is not None:
         return float(door.match_threshold)
-    stored = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", flat=True).first()
+    stored = _stored(model_version)[0]
     if stored is not None:
         return float(stored)
     configured = _setting_threshold()
@@ -121,7 +157,7 @@ def margin_for(model_version: str) -> float:
 
     The calibrated ``min_margin`` when positive, else ``settings.RECOGNITION_MIN_MARGIN``.
     """
-    stored = ModelCalibration.objects.filter(model_version=model_version).values_list("min_margin", flat=True).first()
+    stored = _stored(model_version)[1]
     if stored:
         return float(stored)
     return float(getattr(settings, "RECOGNITION_MIN_MARGIN", 0.05))

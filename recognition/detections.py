@@ -78,15 +78,13 @@ def probe_vector(payload: dict[str, Any], crop_name: str) -> tuple[np.ndarray, s
 
 def detection_decide(*, detection_id: str) -> str:
     """Decide the staged detection ``detection_id``; returns the reason code recorded."""
-    existing = AccessEvent.objects.filter(detection_id=detection_id).values_list("reason", flat=True).first()
     inbound = InboundDetection.objects.filter(detection_id=detection_id).select_related("device__door").first()
     if inbound is None:
+        # Decided already (a redelivered task: the event and the unstaging commit together).
+        existing = AccessEvent.objects.filter(detection_id=detection_id).values_list("reason", flat=True).first()
         if existing is None:
             logger.error("detection %s: nothing staged and no event; cannot decide", detection_id)
         return existing or "missing"
-    if existing is not None:
-        inbound.delete()
-        return existing
     payload, device = inbound.payload, inbound.device
     occurred_at = dt.datetime.fromtimestamp(float(payload["captured_at"]), tz=dt.UTC)
     quality = payload.get("quality") or {}
@@ -99,16 +97,18 @@ def detection_decide(*, detection_id: str) -> str:
         "snapshot": inbound.crop,
         "details": {"mode": payload.get("mode"), "detector_score": payload.get("detector_score"), "quality": quality},
     }
+    vector: np.ndarray | None = None
+    outcome: dict[str, Any] = {"person_id": None}
     face_px = quality.get("face_px")
     if face_px is not None and float(face_px) < settings.RECOGNITION_MIN_FACE_PX:
-        outcome: dict[str, Any] = {"person_id": None, "unknown_reason": Reason.LOW_QUALITY}
+        outcome["unknown_reason"] = Reason.LOW_QUALITY
     else:
         try:
             vector, model_version = probe_vector(payload, inbound.crop)
         except (ProbeError, p.ProtocolError) as exc:
             reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
             logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device.uid, reason, exc)
-            outcome = {"person_id": None, "unknown_reason": reason}
+            outcome["unknown_reason"] = reason
             common["details"]["error"] = str(exc)[:300]
         except (OperationalError, InterfaceError):
             raise  # transient: the task retries
@@ -116,9 +116,15 @@ def detection_decide(*, detection_id: str) -> str:
             # Unforeseen input or engine failure: deny with a reason rather than fail the task, which
             # would leave the detection staged and re-enqueued by the sweep forever.
             logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
-            outcome = {"person_id": None, "unknown_reason": Reason.PROCESSING_ERROR}
+            outcome["unknown_reason"] = Reason.PROCESSING_ERROR
             common["details"]["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        else:
+    # A backlog must not open a door long after the person left: same window as at the bridge.
+    too_late = time.time() - float(payload["sent_at"]) > settings.DEVICE_TIMESTAMP_WINDOW_S
+    # One transaction: search, policy, the event and the unstaging. Unstaging goes first so that
+    # the access log's lock (taken when the event is written) is held as briefly as possible.
+    with transaction.atomic():
+        InboundDetection.objects.filter(pk=inbound.pk).delete()
+        if vector is not None:
             match = match_decide(vector, model_version=model_version, door=device.door)
             outcome = {
                 "person_id": match.person_id,
@@ -128,9 +134,5 @@ def detection_decide(*, detection_id: str) -> str:
                 "threshold": match.threshold,
                 "model_version": model_version,
             }
-    # A backlog must not open a door long after the person left: same window as at the bridge.
-    too_late = time.time() - float(payload["sent_at"]) > settings.DEVICE_TIMESTAMP_WINDOW_S
-    with transaction.atomic():
         event, _ = access_decide(**common, **outcome, too_late=too_late)
-        InboundDetection.objects.filter(pk=inbound.pk).delete()
     return event.reason

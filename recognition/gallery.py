@@ -170,7 +170,8 @@ def gallery_search(
     k = limit_people * max(neighbours_per_person, 1)
     if ef_search is None:
         ef_search = default_ef_search()
-    with transaction.atomic(), connection.cursor() as cursor:
+    # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         rows = ann_neighbours(cursor, embedding, model_version=model_version, k=k, ef_search=max(ef_search, k))
     return best_per_person(rows, limit_people)
 

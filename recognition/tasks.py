@@ -26,22 +26,38 @@ def _load_model(**_: object) -> None:
         logger.info("worker ready with embedder %s", embedder.model_version)
 
 
-@shared_task(
-    name="recognition.decide",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError, ConnectionError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=20,
-    ignore_result=True,
-)
+#: Decisions survive a killed worker (acks_late + reject_on_worker_lost: redelivered) and retry
+#: while the database is away; they are idempotent on the detection id.
+_DECISION_TASK = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError, ConnectionError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 20,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="recognition.decide", **_DECISION_TASK)
 def decide(detection_id: str) -> str:
     """Decide one staged detection (idempotent on its id)."""
     from recognition.detections import detection_decide
 
     return detection_decide(detection_id=detection_id)
+
+
+@shared_task(name="recognition.decide_many", **_DECISION_TASK)
+def decide_many(detection_ids: list[str]) -> list[str]:
+    """Decide staged detections that arrived together, one transaction each (see devices.batching).
+
+    A transient database error retries the whole batch; what was decided before it is skipped
+    then, because each decision is idempotent.
+    """
+    from recognition.detections import detection_decide
+
+    return [detection_decide(detection_id=detection_id) for detection_id in detection_ids]
 
 
 # =============================================================================================

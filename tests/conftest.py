@@ -70,3 +70,13 @@ def media_root(settings: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """Store uploaded and generated files in a per-test folder."""
     settings.MEDIA_ROOT = tmp_path / "media"  # type: ignore[attr-defined]
     return tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _process_caches_cleared() -> None:
+    """Per-process caches of configuration rows must not outlive a test's rolled-back data."""
+    from accessctl.webhooks import subscriptions_cache_clear
+    from recognition.calibration import calibration_cache_clear
+
+    calibration_cache_clear()
+    subscriptions_cache_clear()

@@ -166,6 +166,91 @@ def test_replay_of_a_decided_detection_is_denied_once(device, enqueued) -> None:
     assert not enqueued
 
 
+def _decided(det: p.Detection, device: EdgeDevice, decision: str = "grant", age_s: float = 0.0) -> AccessEvent:
+    import datetime as dt
+
+    from accessctl.audit import event_record
+    from accessctl.codes import Decision, Reason
+
+    event, _ = event_record(
+        detection_id=det.detection_id,
+        occurred_at=dt.datetime.fromtimestamp(det.captured_at - age_s, tz=dt.UTC),
+        decision=Decision(decision),
+        reason=Reason.MATCHED if decision == "grant" else Reason.UNKNOWN_FACE,
+        device_id=device.pk,
+        door_id=device.door_id,
+        device_uid=device.uid,
+    )
+    return event
+
+
+@pytest.fixture
+def commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    from devices import commands
+
+    sent: list[dict] = []
+    monkeypatch.setattr(
+        commands, "command_send", lambda uid, kind, **kw: sent.append({"uid": uid, "kind": str(kind), **kw})
+    )
+    return sent
+
+
+def test_resent_detection_already_decided_gets_its_answer_again_and_nothing_is_recorded(
+    device, enqueued, commands_sent
+) -> None:
+    dev, key = device
+    det = detection()
+    _decided(det, dev, "grant")
+    again = det.resent(sent_at=time.time())
+    assert ingest_raw(p.seal(again, key)) == "repeated"
+    assert only_event().reason == "matched"  # no replay record, no alarm
+    assert not Alarm.objects.exists() and not enqueued
+    assert commands_sent == [
+        {"uid": UID, "kind": "open", "reason": "matched", "pulse_ms": dev.door.relay_pulse_ms,
+         "detection_id": det.detection_id}
+    ]  # fmt: skip
+
+
+def test_copy_of_a_resend_is_a_replay(device, enqueued, commands_sent) -> None:
+    dev, key = device
+    det = detection()
+    _decided(det, dev, "deny")
+    raw = p.seal(det.resent(sent_at=time.time()), key)
+    assert ingest_raw(raw) == "repeated"
+    assert ingest_raw(raw) == "replay"
+    assert [c["kind"] for c in commands_sent] == ["deny"]
+    assert AccessEvent.objects.filter(reason="replay").count() == 1
+
+
+def test_resend_never_opens_once_the_face_is_old(device, enqueued, commands_sent) -> None:
+    dev, key = device
+    det = detection(captured_at=time.time() - 60)  # captured a minute ago, re-sent just now
+    _decided(det, dev, "grant")
+    assert ingest_raw(p.seal(det.resent(sent_at=time.time()), key)) == "replay"
+    assert not commands_sent
+
+
+def test_resend_of_a_lost_detection_is_staged_and_decided_normally(device, enqueued) -> None:
+    _, key = device
+    det = detection()
+    assert ingest_raw(p.seal(det.resent(sent_at=time.time()), key)) == "staged"  # the first copy never came
+    assert InboundDetection.objects.get().payload["attempt"] == 1
+    # Asked again while still staged: its task may be lost, so it is enqueued again (deciding is idempotent).
+    assert ingest_raw(p.seal(det.resent(sent_at=time.time()).resent(sent_at=time.time()), key)) == "requeued"
+    assert enqueued == [det.detection_id, det.detection_id]
+    assert InboundDetection.objects.get().enqueued == 2
+    assert ingest_raw(p.seal(det, key)) == "duplicate"  # a transport duplicate of the original is not
+
+
+def test_resend_from_another_device_is_a_replay(device, enqueued, commands_sent) -> None:
+    dev, key = device
+    other = device_provision(uid="gate-2", door=dev.door)
+    det = detection()
+    _decided(det, other.device, "grant")
+    assert ingest_raw(p.seal(det.resent(sent_at=time.time()), key)) == "replay"
+    assert not commands_sent
+
+
 def test_disabled_device_is_refused(device, enqueued) -> None:
     dev, key = device
     EdgeDevice.objects.filter(pk=dev.pk).update(status=EdgeDevice.Status.DISABLED)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import queue
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from accessctl.embedded import ChildService, free_port, start_mqtt_broker
@@ -161,5 +163,67 @@ def test_privacy_mode_sends_only_the_embedding(
         values = got.embedding_values()
         assert abs(sum(v * v for v in values) - 1.0) < 0.05  # unit vector, int8-quantised
         assert size < 1500
+    finally:
+        agent.stop()
+
+
+def test_unanswered_detection_is_signed_again_until_its_answer_arrives(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    """The broker accepted it but the server never answered (a broker restart or a bridge crash
+    can lose an accepted message): the agent sends it again, re-signed, and acts on one answer."""
+    config = make_config(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    config.mqtt.decision_timeout_s = 0.4
+    config.mqtt.resend_window_s = 30
+    relay = SimulatedRelay()
+    agent = EdgeAgent(config, camera=None, detector=None, relay=relay)
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        time.sleep(0.3)  # let the command subscription settle
+        sent, _ = agent.send_candidate(candidate(), captured_at=time.time())
+        first = p.open_message(*server.next(p.TopicKind.DETECTIONS), keys.device_public)
+        again = p.open_message(*server.next(p.TopicKind.DETECTIONS), keys.device_public)  # no answer: re-sent
+        assert first.detection_id == again.detection_id == sent.detection_id
+        assert (first.attempt, again.attempt) == (0, 1)
+        assert again.sent_at > first.sent_at and again.captured_at == first.captured_at
+        assert again.crop_jpeg == first.crop_jpeg
+
+        answer = p.seal(command(keys, detection_id=sent.detection_id), keys.server_private)
+        server.publish(p.commands_topic(UID), answer)
+        assert relay.pulse_event.wait(5) and relay.pulses == [300]
+        assert wait_until(lambda: agent.spool.awaiting == 0, 2)
+        # The answer to the re-send (a new command for the same detection) does not open twice.
+        second = p.seal(command(keys, detection_id=sent.detection_id), keys.server_private)
+        server.publish(p.commands_topic(UID), second)
+        time.sleep(1.0)  # also: nothing is re-sent once answered
+        assert relay.pulses == [300]
+        with pytest.raises((TimeoutError, queue.Empty)):
+            server.next(p.TopicKind.DETECTIONS, timeout=0.5)
+        assert agent.heartbeat().awaiting_answer == 0
+    finally:
+        agent.stop()
+
+
+def test_agent_gives_up_after_the_resend_window(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    config = make_config(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    config.mqtt.decision_timeout_s = 0.2
+    config.mqtt.resend_window_s = 1.0
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay())
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        agent.send_candidate(candidate(), captured_at=time.time())
+        assert wait_until(lambda: agent.spool.unanswered == 1, 5)
+        assert agent.spool.awaiting == 0
+        attempts = []
+        while not server.messages.empty():
+            topic, raw, _ = server.messages.get()
+            if p.parse_topic(topic)[1] is p.TopicKind.DETECTIONS:
+                attempts.append(p.open_message(topic, raw, keys.device_public).attempt)
+        assert len(attempts) >= 2 and attempts == list(range(len(attempts)))  # re-sent, backing off, then not
+        assert agent.heartbeat().unanswered == 1
     finally:
         agent.stop()

@@ -34,3 +34,39 @@ def test_survives_restart(tmp_path: Path) -> None:
     assert [e.payload for e in again.peek(limit=10)] == [b"m1", b"m2"]
     assert again.dropped == 1
     assert again.peek(limit=1)[0].topic == "acs/v1/devices/d/detections"
+
+
+def test_accepted_detection_awaits_its_answer(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    heartbeat = spool.put("hb", b"h")
+    first = spool.put("det", b"d1", detection_id="a")
+    second = spool.put("det", b"d2", detection_id="b")
+    for entry_id in (heartbeat, first, second):
+        spool.accepted(entry_id, answer_by=100.0)
+    assert len(spool) == 0 and spool.awaiting == 2  # a heartbeat awaits nothing
+    assert [e.detection_id for e in spool.due(99.0)] == []
+    assert [e.detection_id for e in spool.due(100.0)] == ["a", "b"]
+    assert spool.resolve("a") and not spool.resolve("a")
+    spool.reschedule("b", attempts=1, next_at=200.0)
+    again = spool.put("det", b"d2-signed-again", detection_id="b")
+    spool.accepted(again, answer_by=150.0)  # keeps its first acceptance and schedule, takes the new bytes
+    (entry,) = spool.due(200.0)
+    assert (entry.attempts, entry.next_at, entry.payload) == (1, 200.0, b"d2-signed-again")
+    spool.give_up("b")
+    assert spool.awaiting == 0 and spool.unanswered == 1
+
+
+def test_spool_from_an_older_agent_gains_the_detection_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "spool.sqlite3")
+    db.execute(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+        " qos INTEGER NOT NULL, created_at REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO messages (topic, payload, qos, created_at) VALUES ('t', x'00', 1, 0)")
+    db.commit()
+    db.close()
+    spool = Spool(tmp_path)
+    (old,) = spool.peek()
+    assert old.detection_id is None and old.payload == b"\x00"

@@ -120,6 +120,26 @@ class CommandCollector:
         self.client.disconnect()
 
 
+def _burst(
+    device: Any,
+    send: Callable[[p.Detection, bytes], None],
+    count: int,
+    interval: float,
+    between: Callable[[int], None] | None,
+) -> list[str]:
+    """Sign and send ``count`` random embedding-mode detections from ``device``; their ids."""
+    ids = []
+    for i in range(count):
+        detection = embedding_detection(device.uid, device.rng)
+        send(detection, p.seal(detection, device.key))
+        ids.append(detection.detection_id)
+        if between:
+            between(i)
+        if interval:
+            time.sleep(interval)
+    return ids
+
+
 class Device:
     """A simulated door device: its own key and MQTT connection, QoS1, remembers what it sent."""
 
@@ -134,18 +154,11 @@ class Device:
         self.client.loop_start()
 
     def publish(self, count: int, interval: float = 0.0, between: Callable[[int], None] | None = None) -> list[str]:
-        ids = []
-        for i in range(count):
-            detection = embedding_detection(self.uid, self.rng)
-            raw = p.seal(detection, self.key)
-            self.sent[detection.detection_id] = raw
-            self.client.publish(p.detections_topic(self.uid), raw, qos=1)
-            ids.append(detection.detection_id)
-            if between:
-                between(i)
-            if interval:
-                time.sleep(interval)
-        return ids
+        return _burst(self, self._send, count, interval, between)
+
+    def _send(self, detection: p.Detection, raw: bytes) -> None:
+        self.sent[detection.detection_id] = raw
+        self.client.publish(p.detections_topic(self.uid), raw, qos=1)
 
     def republish(self, detection_ids: list[str]) -> None:
         """What the edge agent's spool does for messages the server never answered."""
@@ -155,6 +168,55 @@ class Device:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class AgentDevice:
+    """A simulated door device on the edge agent's own link (:class:`edge_agent.mqtt.EdgeLink`):
+    on-disk spool, and detections the server never answered are signed again and re-sent."""
+
+    def __init__(
+        self,
+        uid: str,
+        key: Any,
+        host: str,
+        port: int,
+        *,
+        spool_dir: Path,
+        server_public_key: str,
+        decision_timeout_s: float = 1.0,
+        resend_window_s: float = 20.0,
+    ) -> None:
+        from edge_agent.config import MqttSection
+        from edge_agent.mqtt import EdgeLink
+        from edge_agent.spool import Spool
+
+        self.uid = uid
+        self.key = key
+        self.rng = random.Random(uid)
+        self.spool = Spool(spool_dir)
+        settings = MqttSection(
+            url=f"mqtt://{host}:{port}",
+            reconnect_min_s=1,
+            reconnect_max_s=2,
+            max_inflight=20,
+            decision_timeout_s=decision_timeout_s,
+            resend_window_s=resend_window_s,
+        )
+        self.link = EdgeLink(settings, device_uid=uid, private_key=key, server_public_key=server_public_key,
+                             spool=self.spool)  # fmt: skip
+        self.link.start()
+        assert self.link.wait_connected(10), "agent link did not connect"
+        time.sleep(0.3)  # its command subscription settles
+
+    def publish(self, count: int, interval: float = 0.0, between: Callable[[int], None] | None = None) -> list[str]:
+        return _burst(self, self._send, count, interval, between)
+
+    def _send(self, detection: p.Detection, raw: bytes) -> None:
+        self.link.send(p.detections_topic(self.uid), raw, detection_id=detection.detection_id)
+
+    def close(self) -> None:
+        self.link.stop()
+        self.spool.close()
 
 
 def exactly_once(per_id: dict[str, int], ids: list[str]) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import signal
 from django.core.management.base import BaseCommand, CommandParser
 
 from devices.bridge import Bridge
-from devices.ingest import message_ingest
+from devices.ingest import decision_batching, message_ingest
 
 
 class Command(BaseCommand):
@@ -22,4 +22,5 @@ class Command(BaseCommand):
         bridge = Bridge(message_ingest, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
         signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
         signal.signal(signal.SIGINT, lambda *_: bridge.stop())
-        bridge.run_forever()
+        with decision_batching():
+            bridge.run_forever()
