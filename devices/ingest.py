@@ -252,11 +252,14 @@ def detection_stage(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -
         default_storage.delete(crop)
     event = AccessEvent.objects.filter(detection_id=detection.detection_id).first()
     if event is None:
-        if detection.attempt > 0:
-            # Staged but the device got no answer: its task may be lost (e.g. a bridge killed
-            # between staging and enqueueing). Deciding is idempotent, so enqueue it again now
-            # rather than wait for the inbound sweep.
-            InboundDetection.objects.filter(detection_id=detection.detection_id).update(enqueued=F("enqueued") + 1)
+        stuck_since = timezone.now() - dt.timedelta(seconds=REQUEUE_ON_RESEND_AFTER_S)
+        if detection.attempt > 0 and InboundDetection.objects.filter(
+            detection_id=detection.detection_id, received_at__lt=stuck_since
+        ).update(enqueued=F("enqueued") + 1):
+            # Staged a while ago and the device still has no answer: its task may be lost (e.g. a
+            # bridge killed between staging and enqueueing). Deciding is idempotent, so enqueue it
+            # again now rather than wait for the inbound sweep. (A younger row is just queued
+            # behind others: enqueueing it again on every re-send would only add load.)
             decision_enqueue(detection.detection_id)
             logger.info(
                 "detection %s from %s asked again (attempt %d) while staged: enqueued again",
@@ -287,6 +290,8 @@ def _first_sight(detection: p.Detection) -> bool:
         return True
 
 
+#: A device re-sending a detection that has been staged this long gets its task enqueued again.
+REQUEUE_ON_RESEND_AFTER_S = 5.0
 #: Longest a staging thread waits for its batch to reach the task broker (then the sweep has it).
 ENQUEUE_WAIT_S = 5.0
 #: Set by the bridge while it runs (:func:`decision_batching`); None: one task per detection.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 import pytest
+from django.utils import timezone
 
 from accessctl.models import AccessEvent, Alarm, Door
 from devices import ingest
@@ -235,8 +237,11 @@ def test_resend_of_a_lost_detection_is_staged_and_decided_normally(device, enque
     det = detection()
     assert ingest_raw(p.seal(det.resent(sent_at=time.time()), key)) == "staged"  # the first copy never came
     assert InboundDetection.objects.get().payload["attempt"] == 1
-    # Asked again while still staged: its task may be lost, so it is enqueued again (deciding is idempotent).
-    assert ingest_raw(p.seal(det.resent(sent_at=time.time()).resent(sent_at=time.time()), key)) == "requeued"
+    twice = det.resent(sent_at=time.time()).resent(sent_at=time.time())
+    assert ingest_raw(p.seal(twice, key)) == "duplicate"  # staged just now: it is only queued
+    # Asked again while staged for a while: its task may be lost, so it is enqueued again (deciding is idempotent).
+    InboundDetection.objects.update(received_at=timezone.now() - dt.timedelta(seconds=ingest.REQUEUE_ON_RESEND_AFTER_S))
+    assert ingest_raw(p.seal(twice.resent(sent_at=time.time()), key)) == "requeued"
     assert enqueued == [det.detection_id, det.detection_id]
     assert InboundDetection.objects.get().enqueued == 2
     assert ingest_raw(p.seal(det, key)) == "duplicate"  # a transport duplicate of the original is not

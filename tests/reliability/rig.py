@@ -214,6 +214,10 @@ class AgentDevice:
     def _send(self, detection: p.Detection, raw: bytes) -> None:
         self.link.send(p.detections_topic(self.uid), raw, detection_id=detection.detection_id)
 
+    def send(self, detection: p.Detection) -> None:
+        """Sign ``detection`` and queue it on the link (spooled, re-sent until answered)."""
+        self._send(detection, p.seal(detection, self.key))
+
     def close(self) -> None:
         self.link.stop()
         self.spool.close()
