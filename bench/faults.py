@@ -11,7 +11,7 @@ decided before the fault, how long recovery took, and the exactly-once accountin
 - ``broker``: the embedded MQTT broker restarts mid-burst.
 
 The devices run the edge agent's own MQTT link (``edge_agent.mqtt.EdgeLink``: spool, and
-detections without an answer after 2 s are signed again and re-sent, until 15 s).
+detections without an answer after 3 s are signed again and re-sent, until 15 s).
 - ``db``: immediate shutdown of PostgreSQL for ``--db-down`` seconds mid-burst.
 
 Usage: .venv/bin/python bench/faults.py [--scenario all|worker|bridge|broker|db] [--burst 300]
@@ -87,7 +87,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
     commands = _stack.Commands(host, port, server_public_key_b64(), set(uids))
     devices = {
         uid: rig.AgentDevice(uid, site.keys[uid], host, port, spool_dir=work / "spool" / uid,
-                             server_public_key=server_public_key_b64(), decision_timeout_s=2.0, resend_window_s=15.0)
+                             server_public_key=server_public_key_b64(), decision_timeout_s=3.0, resend_window_s=15.0)
         for uid in uids
     }  # fmt: skip
     sent: dict[str, str] = {}
@@ -177,7 +177,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
         f"  back {marks['back'] - marks['fault']:.1f}s after the fault; every detection decided "
         f"{finished - marks['back']:.1f}s after that" + ("" if done else " -- NOT RECOVERED")
     )
-    print(f"  {resent} detections re-sent by the devices (no answer within 2 s)")
+    print(f"  {resent} detections re-sent by the devices (no answer within 3 s)")
     print(
         f"  lost {check['lost']}, duplicated {check['duplicated']}, still staged {check['still_staged']}; "
         f"door commands for {sum(1 for i in ids if i in commands.received_at)} detections "

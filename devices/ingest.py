@@ -252,17 +252,10 @@ def detection_stage(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -
         default_storage.delete(crop)
     event = AccessEvent.objects.filter(detection_id=detection.detection_id).first()
     if event is None:
-        stuck_since = timezone.now() - dt.timedelta(seconds=REQUEUE_ON_RESEND_AFTER_S)
-        if detection.attempt > 0 and InboundDetection.objects.filter(
-            detection_id=detection.detection_id, received_at__lt=stuck_since
-        ).update(enqueued=F("enqueued") + 1):
-            # Staged a while ago and the device still has no answer: its task may be lost (e.g. a
-            # bridge killed between staging and enqueueing). Deciding is idempotent, so enqueue it
-            # again now rather than wait for the inbound sweep. (A younger row is just queued
-            # behind others: enqueueing it again on every re-send would only add load.)
+        if _enqueue_again(detection):
             decision_enqueue(detection.detection_id)
             logger.info(
-                "detection %s from %s asked again (attempt %d) while staged: enqueued again",
+                "detection %s from %s came again (attempt %d) while staged: enqueued again",
                 detection.detection_id, device.uid, detection.attempt,
             )  # fmt: skip
             return "requeued"
@@ -278,6 +271,21 @@ def detection_stage(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -
         )  # fmt: skip
         return "repeated"
     return _replay_reject(detection=detection, device=device, raw=raw)
+
+
+def _enqueue_again(detection: p.Detection) -> bool:
+    """Whether a detection that is staged already should get its decision task again.
+
+    Its task may be lost: a broker redelivering the message means the bridge that staged it died
+    before acknowledging, possibly before enqueueing. Deciding is idempotent, so it is enqueued
+    again at once rather than after the inbound sweep. A device's re-send counts only when the
+    row has been staged for a while: a younger one is just queued behind others, and enqueueing
+    it again on every re-send would only add load.
+    """
+    rows = InboundDetection.objects.filter(detection_id=detection.detection_id)
+    if detection.attempt:
+        rows = rows.filter(received_at__lt=timezone.now() - dt.timedelta(seconds=REQUEUE_ON_RESEND_AFTER_S))
+    return bool(rows.update(enqueued=F("enqueued") + 1))
 
 
 def _first_sight(detection: p.Detection) -> bool:

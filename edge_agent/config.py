@@ -53,7 +53,7 @@ class MqttSection:
     command_window_s: float = 30.0
     #: a detection the broker accepted but the server never answered is sent again (signed anew)
     #: after this long, then after twice as long, and so on ...
-    decision_timeout_s: float = 2.0
+    decision_timeout_s: float = 3.0
     #: ... until this long after it was first accepted (keep it under the server's timestamp
     #: window, DEVICE_TIMESTAMP_WINDOW_S = 30 s: later the server would deny it as stale anyway)
     resend_window_s: float = 15.0
