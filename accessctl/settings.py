@@ -184,6 +184,7 @@ RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
 RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 100)
 RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 40)  # LFW accuracy is measured on such faces
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
+RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
 # Load the embedder when a worker process starts rather than on its first detection.
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
 

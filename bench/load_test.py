@@ -75,6 +75,7 @@ def main() -> int:
             )
             sent_at: dict[str, float] = {}
             modes: dict[str, str] = {}
+            cpu_before = _stack.cpu_snapshot()
             started = time.monotonic()
             due = [(started + rng.random() * interval, uid) for uid in uids]
             heapq.heapify(due)
@@ -103,6 +104,7 @@ def main() -> int:
             ids = list(sent_at)
             drained = _stack.wait_until(lambda: _stack.events_check(ids)["lost"] == 0, args.drain_timeout, step=2.0)
             commands.wait_all(ids, 10)
+            cpu_after = _stack.cpu_snapshot()
             time.sleep(2.0)  # let a wrongly repeated command arrive before counting
             check = _stack.events_check(ids)
             reasons = _stack.reasons(ids)
@@ -125,6 +127,7 @@ def main() -> int:
               f"{end - started:.1f}s -> {len(decided_times) / (end - started):.1f} decisions/s"
               f"{'' if drained else '  (NOT DRAINED)'}")  # fmt: skip
         print(f"  backlog drained {max(0.0, end - published):.1f}s after the last publish")
+        print("  " + _stack.cpu_report(cpu_before, cpu_after, max(len(decided_times), 1)))
         for mode, values in (("all", all_lat), *lat.items()):
             if values:
                 print(f"  latency {mode:9s} n={len(values):6d}  p50 {statistics.median(values):7.1f} ms  "

@@ -62,9 +62,14 @@ class SFaceEmbedder(Embedder):
         *,
         model_path: str | Path | None = None,
         num_threads: int | None = None,
+        allow_spinning: bool = True,
         flip: bool = False,
         verify_checksum: bool = True,
     ) -> None:
+        """``allow_spinning=False``: onnxruntime's threads sleep between runs instead of spinning.
+        Spinning saves a little latency on a device running one model; on a server whose worker
+        processes share the cores it burned ~30 % more CPU per embedding (measured: 121 -> 84 ms
+        CPU for 51 -> 56 ms wall with two threads on the 2-core test machine)."""
         import onnxruntime as ort
 
         path = Path(model_path) if model_path else default_model_path()
@@ -79,6 +84,8 @@ class SFaceEmbedder(Embedder):
         if num_threads and num_threads > 0:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        if not allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model_path = path
         self.flip = flip
         self._session: Any = ort.InferenceSession(
