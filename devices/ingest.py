@@ -3,11 +3,14 @@
 The bridge calls ``message_ingest`` for every message. This module verifies; it never decides
 access. Every message on a detections topic ends in exactly one of:
 
-- a staged ``InboundDetection`` plus a ``recognition.decide`` task (the worker records the event);
+- a staged ``InboundDetection`` plus a decision task (``recognition.decide``, or one
+  ``recognition.decide_many`` for a burst: see :mod:`devices.batching`); the worker records the event;
 - an AccessEvent recording why it was rejected (malformed, unknown device, bad signature, topic
   mismatch, stale timestamp, replay) — ids of rejected messages come from the message bytes, so
   a redelivered copy of the same bad message is recorded once;
-- nothing new, when it is a transport duplicate of a detection already staged or decided.
+- nothing new in the log when the detection is staged already (its decision task is enqueued
+  again if it may have been lost) or when a device re-sends a decided detection because the answer
+  never reached it (the recorded decision is sent again).
 """
 
 from __future__ import annotations

@@ -118,8 +118,12 @@ def detection_decide(*, detection_id: str) -> str:
             logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
             outcome["unknown_reason"] = Reason.PROCESSING_ERROR
             common["details"]["error"] = f"{type(exc).__name__}: {exc}"[:300]
-    # A backlog must not open a door long after the person left: same window as at the bridge.
-    too_late = time.time() - float(payload["sent_at"]) > settings.DEVICE_TIMESTAMP_WINDOW_S
+    # A backlog must not open a door long after the person left: same window as at the bridge,
+    # and for a re-sent detection (signed anew) also from when the face was seen.
+    now, window = time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S
+    too_late = now - float(payload["sent_at"]) > window or (
+        bool(payload.get("attempt")) and now - float(payload["captured_at"]) > window
+    )
     # One transaction: search, policy, the event and the unstaging. Unstaging goes first so that
     # the access log's lock (taken when the event is written) is held as briefly as possible.
     with transaction.atomic():

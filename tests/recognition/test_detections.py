@@ -88,3 +88,9 @@ def test_backlogged_detection_never_opens_the_door_late(device) -> None:
     detection_id = stage(device, crop=b"irrelevant", sent_at=time.time() - 120)
     assert detection_decide(detection_id=detection_id) == "stale_timestamp"
     assert AccessEvent.objects.get(detection_id=detection_id).decision == "deny"
+
+
+def test_resent_detection_is_late_when_its_face_is_old(device) -> None:
+    """A re-send carries a new ``sent_at``; the capture time still bounds when it may open a door."""
+    detection_id = stage(device, crop=b"irrelevant", captured_at=time.time() - 120, attempt=2)
+    assert detection_decide(detection_id=detection_id) == "stale_timestamp"
