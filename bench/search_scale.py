@@ -180,9 +180,12 @@ def copy_binary_rows(person_ids: np.ndarray, vectors: np.ndarray, model_version:
     return header + rows.tobytes() + (-1).to_bytes(2, "big", signed=True)
 
 
-def index_sql(model_version: str, m: int | None = None, ef_construction: int | None = None) -> tuple[str, str]:
+def index_sql(
+    model_version: str, m: int | None = None, ef_construction: int | None = None, halfvec: bool = False
+) -> tuple[str, str]:
     """(create, drop) SQL of the model version's HNSW index, from the migration itself
-    (``m``/``ef_construction`` override its WITH clause, to try other build parameters)."""
+    (``m``/``ef_construction`` override its WITH clause, to try other build parameters;
+    ``halfvec`` indexes ``embedding::halfvec(d)``, what a half-precision migration would do)."""
     migration = importlib.import_module("recognition.migrations.0002_hnsw_indexes")
     name = migration._index_name(model_version)
     create = next(sql for sql in migration._create_sql() if f" {name} " in sql)
@@ -190,6 +193,8 @@ def index_sql(model_version: str, m: int | None = None, ef_construction: int | N
         create = create.replace("m = 16", f"m = {int(m)}")
     if ef_construction is not None:
         create = create.replace("ef_construction = 64", f"ef_construction = {int(ef_construction)}")
+    if halfvec:
+        create = create.replace("::vector(", "::halfvec(").replace("vector_cosine_ops", "halfvec_cosine_ops")
     return create, migration._drop_sql()[list(migration.EMBEDDING_DIMS).index(model_version)]
 
 
@@ -201,13 +206,14 @@ def load_gallery(
     build_workers: int,
     m: int | None = None,
     ef_construction: int | None = None,
+    halfvec: bool = False,
 ) -> tuple[float, float, int, int, str]:
     """Replace the gallery with ``vectors``; returns (copy s, index build s, index MB, table MB)."""
     from django.db import connection
 
     from recognition.models import FaceEmbedding
 
-    create, drop = index_sql(MODEL_VERSION, m, ef_construction)
+    create, drop = index_sql(MODEL_VERSION, m, ef_construction, halfvec)
     with connection.cursor() as cursor:
         person_ids = ensure_people(cursor, int(ident.max()) + 1)
         cursor.execute(drop)
@@ -297,6 +303,7 @@ def run_size(size: int, args: argparse.Namespace) -> list[dict[str, float]]:
         build_workers=args.build_workers,
         m=args.m,
         ef_construction=args.ef_construction,
+        halfvec=args.halfvec,
     )
     truth = exact_top1(vectors, probes) + 1  # embedding ids are 1..size after RESTART IDENTITY
     from django.db import connection
@@ -307,7 +314,8 @@ def run_size(size: int, args: argparse.Namespace) -> list[dict[str, float]]:
     truth_person = person_ids[ident[truth - 1]]
     print(
         f"\n== {size:,} vectors ({len(centres):,} identities): generated {gen_s:.1f}s, COPY {copy_s:.1f}s, "
-        f"HNSW build {build_s:.1f}s ({with_clause}, maintenance_work_mem={args.build_mem}, "
+        f"HNSW build {build_s:.1f}s ({'halfvec, ' if args.halfvec else ''}{with_clause}, "
+        f"maintenance_work_mem={args.build_mem}, "
         f"{args.build_workers} parallel workers), index {index_mb} MB, table {table_mb} MB",
         flush=True,
     )
@@ -390,11 +398,17 @@ def main() -> None:
     parser.add_argument("--build-workers", type=int, default=2, help="max_parallel_maintenance_workers")
     parser.add_argument("--m", type=int, default=None, help="HNSW m (default: the migration's)")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW ef_construction (default: migration's)")
+    parser.add_argument("--halfvec", action="store_true", help="index and search embedding::halfvec(d) instead")
     args = parser.parse_args()
     args.ef = [int(x) for x in args.ef.split(",")]
     sizes = [int(x) for x in args.sizes.split(",")]
 
     setup_database(Path(args.pgdata), args.database, args.shared_buffers)
+    if args.halfvec:  # the gallery's query with the halfvec expression, as a halfvec migration would have it
+        from recognition import gallery
+
+        vector_sql = gallery._search_sql
+        gallery._search_sql = lambda mv, dim: vector_sql(mv, dim).replace(f"::vector({dim})", f"::halfvec({dim})")
     from django.db import connection
 
     with connection.cursor() as cursor:
