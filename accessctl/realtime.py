@@ -84,13 +84,15 @@ class _LayerSender:
 
     ``async_to_sync`` per message would start a loop and open a new Redis connection for every
     door decision; this loop keeps channels-redis' connection pool and sends in the background,
-    so a decision never waits for the dashboards. Started lazily and again after a fork (Celery's
-    prefork children inherit the module, not the thread).
+    so a decision never waits for the dashboards. Messages go out one at a time, in the order
+    they were submitted (a lockdown's event before its door state). Started lazily and again after
+    a fork (Celery's prefork children inherit the module, not the thread).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_order = asyncio.Lock()
         self._pid = 0
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -98,11 +100,17 @@ class _LayerSender:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="realtime-sender", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
+                self._loop, self._in_order, self._pid = loop, asyncio.Lock(), os.getpid()
             return self._loop
 
+    async def _one_at_a_time(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        # Tasks start in submission order and the lock wakes its waiters first come, first served.
+        async with self._in_order:
+            return await coroutine
+
     def submit(self, coroutine: Coroutine[Any, Any, Any], what: str) -> Future:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+        loop = self._running_loop()
+        future = asyncio.run_coroutine_threadsafe(self._one_at_a_time(coroutine), loop)
         future.add_done_callback(lambda done: _log_failure(done, what))
         return future
 
