@@ -134,21 +134,10 @@ def decision_repeat(*, event: AccessEvent, now: float | None = None) -> None:
     within the device timestamp window: a re-send never opens a door late. The device applies
     one answer per detection, so a second copy of this command changes nothing.
     """
-    from devices.commands import command_send
-    from edge_agent.protocol import CommandKind
-
     now = time.time() if now is None else now
-    kind, reason, pulse_ms = CommandKind.DENY, str(event.reason), 0
-    if event.decision == Decision.GRANT:
-        if now - event.occurred_at.timestamp() <= settings.DEVICE_TIMESTAMP_WINDOW_S:
-            door = Door.objects.filter(pk=event.door_id).first()
-            kind, pulse_ms = CommandKind.OPEN, door.relay_pulse_ms if door else 0
-        else:
-            reason = Reason.STALE_TIMESTAMP
-    try:
-        command_send(event.device_uid, kind, reason=reason, pulse_ms=pulse_ms, detection_id=str(event.detection_id))
-    except Exception:
-        logger.exception("repeated door command for event %s (device %s) failed", event.pk, event.device_uid)
+    stale = now - event.occurred_at.timestamp() > settings.DEVICE_TIMESTAMP_WINDOW_S
+    opens = event.decision == Decision.GRANT and not stale
+    _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
 
 def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:
@@ -160,17 +149,20 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:
     _alarms(event, door)
 
 
-def _door_command(event: AccessEvent, door: Door | None) -> None:
+def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False) -> None:
+    """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
+    else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale)."""
     from devices.commands import command_send
     from edge_agent.protocol import CommandKind
 
     granted = event.decision == Decision.GRANT
+    opens = granted and not stale
     try:
         command_send(
             event.device_uid,
-            CommandKind.OPEN if granted else CommandKind.DENY,
-            reason=event.reason,
-            pulse_ms=door.relay_pulse_ms if (granted and door) else 0,
+            CommandKind.OPEN if opens else CommandKind.DENY,
+            reason=Reason.STALE_TIMESTAMP if granted and stale else event.reason,
+            pulse_ms=door.relay_pulse_ms if (opens and door) else 0,
             detection_id=str(event.detection_id),
         )
     except Exception:

@@ -22,7 +22,6 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -32,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import F
-from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from accessctl.models import WebhookDelivery, WebhookSubscription
+from accessctl.process_cache import ProcessCache
 
 if TYPE_CHECKING:
     from accessctl.models import AccessEvent, Alarm, Person
@@ -140,38 +139,18 @@ def _enqueue(delivery_pk: int) -> None:
         logger.exception("could not enqueue webhook delivery %s", delivery_pk)
 
 
-#: How long a process trusts the list of active subscriptions it read (every door decision asks).
-SUBSCRIPTIONS_CACHE_S = 5.0
-_subscriptions_lock = threading.Lock()
-_subscriptions: tuple[float, list[tuple[int, frozenset[str]]]] | None = None
+#: Read on every door decision (see accessctl.process_cache).
+SUBSCRIPTIONS = ProcessCache("webhook-subscriptions", ttl_s=5.0, cleared_by=(WebhookSubscription,))
 
 
 def _active_subscriptions() -> list[tuple[int, frozenset[str]]]:
-    """``(id, event types)`` of the active subscriptions; re-read after :data:`SUBSCRIPTIONS_CACHE_S`
-    (a change made in this process clears it at once, another process's within that time)."""
-    global _subscriptions
-    now = time.monotonic()
-    with _subscriptions_lock:
-        cached = _subscriptions
-    if cached is not None and now - cached[0] < SUBSCRIPTIONS_CACHE_S:
-        return cached[1]
-    rows = [
-        (pk, frozenset(types or ()))
-        for pk, types in WebhookSubscription.objects.filter(active=True).values_list("pk", "event_types")
-    ]
-    with _subscriptions_lock:
-        _subscriptions = (now, rows)
-    return rows
+    """``(id, event types)`` of the active subscriptions."""
 
+    def load() -> list[tuple[int, frozenset[str]]]:
+        rows = WebhookSubscription.objects.filter(active=True).values_list("pk", "event_types")
+        return [(pk, frozenset(types or ())) for pk, types in rows]
 
-def subscriptions_cache_clear(**_: object) -> None:
-    global _subscriptions
-    with _subscriptions_lock:
-        _subscriptions = None
-
-
-post_save.connect(subscriptions_cache_clear, sender=WebhookSubscription, dispatch_uid="webhook-subscriptions-save")
-post_delete.connect(subscriptions_cache_clear, sender=WebhookSubscription, dispatch_uid="webhook-subscriptions-delete")
+    return SUBSCRIPTIONS.get(None, load)
 
 
 def webhook_dispatch(event_type: str, payload: dict[str, Any]) -> list[WebhookDelivery]:

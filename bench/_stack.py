@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from accessctl import embedded  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402, F401  (_stack.wait_until in the benches)
 
 logger = logging.getLogger(__name__)
 
@@ -257,15 +258,6 @@ def device_clients(uids: list[str], host: str, port: int, run_id: str) -> dict[s
         client.loop_start()
         clients[uid] = client
     return clients
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def reasons(ids: list[str]) -> Counter:

@@ -301,23 +301,27 @@ class EdgeLink:
             self.commands_rejected += 1
             logger.warning("unexpected message on %s", message.topic)
             return
-        if command.command_id in self._seen:
+        if not _first_time(self._seen, command.command_id):
             self.commands_rejected += 1
             logger.warning("command %s replayed; ignored", command.command_id)
             return
-        self._seen[command.command_id] = None
-        while len(self._seen) > _SEEN_COMMANDS:
-            self._seen.popitem(last=False)
         if command.detection_id:
             self.spool.resolve(command.detection_id)
-            if command.detection_id in self._answered:
+            if not _first_time(self._answered, command.detection_id):
                 logger.info("second answer for detection %s ignored", command.detection_id)
                 return
-            self._answered[command.detection_id] = None
-            while len(self._answered) > _SEEN_COMMANDS:
-                self._answered.popitem(last=False)
         if self.on_command is not None:
             try:
                 self.on_command(command)
             except Exception:
                 logger.exception("command %s failed", command.command_id)
+
+
+def _first_time(seen: collections.OrderedDict[str, None], key: str) -> bool:
+    """Remember ``key`` among the last :data:`_SEEN_COMMANDS`; False when it was there already."""
+    if key in seen:
+        return False
+    seen[key] = None
+    while len(seen) > _SEEN_COMMANDS:
+        seen.popitem(last=False)
+    return True

@@ -173,8 +173,7 @@ class Spool:
 
     @property
     def unanswered(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT value FROM counters WHERE name = 'unanswered'").fetchone()[0])
+        return self._counter("unanswered")
 
     def __len__(self) -> int:
         with self._lock:
@@ -182,8 +181,11 @@ class Spool:
 
     @property
     def dropped(self) -> int:
+        return self._counter("dropped")
+
+    def _counter(self, name: str) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()[0])
+            return int(self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

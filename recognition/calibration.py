@@ -14,14 +14,12 @@ A model version with none of these has no threshold: :class:`CalibrationError` (
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
 
+from accessctl.process_cache import ProcessCache
 from recognition.models import ModelCalibration
 
 if TYPE_CHECKING:
@@ -100,37 +98,19 @@ def _setting_threshold() -> float | None:
         raise CalibrationError(f"ACCESSCTL_MATCH_THRESHOLD must be a number, got {value!r}") from exc
 
 
-#: How long a process trusts the calibrations it read (another process's change shows within this).
-CALIBRATION_CACHE_S = 10.0
-_cache_lock = threading.Lock()
-_cache: dict[str, tuple[float, tuple[float | None, float | None]]] = {}
+#: Read on every door decision, changed a few times a year (see accessctl.process_cache).
+CALIBRATIONS = ProcessCache("calibrations", ttl_s=10.0, cleared_by=(ModelCalibration,))
 
 
 def _stored(model_version: str) -> tuple[float | None, float | None]:
-    """``(threshold, min_margin)`` stored for ``model_version`` (None when not calibrated).
+    """``(threshold, min_margin)`` stored for ``model_version`` (None when not calibrated)."""
 
-    Read on every door decision, changed a few times a year: each process keeps what it read for
-    :data:`CALIBRATION_CACHE_S`; a save in this process clears it at once.
-    """
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(model_version)
-    if hit is not None and now - hit[0] < CALIBRATION_CACHE_S:
-        return hit[1]
-    row = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", "min_margin").first()
-    value = (row[0], row[1]) if row else (None, None)
-    with _cache_lock:
-        _cache[model_version] = (now, value)
-    return value
+    def load() -> tuple[float | None, float | None]:
+        rows = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", "min_margin")
+        found = rows.first()
+        return (found[0], found[1]) if found else (None, None)
 
-
-def calibration_cache_clear(**_: object) -> None:
-    with _cache_lock:
-        _cache.clear()
-
-
-post_save.connect(calibration_cache_clear, sender=ModelCalibration, dispatch_uid="calibration-cache-save")
-post_delete.connect(calibration_cache_clear, sender=ModelCalibration, dispatch_uid="calibration-cache-delete")
+    return CALIBRATIONS.get(model_version, load)
 
 
 def threshold_for(model_version: str, door: Door | None = None) -> float:

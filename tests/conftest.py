@@ -75,8 +75,8 @@ def media_root(settings: pytest.FixtureRequest, tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _process_caches_cleared() -> None:
     """Per-process caches of configuration rows must not outlive a test's rolled-back data."""
-    from accessctl.webhooks import subscriptions_cache_clear
-    from recognition.calibration import calibration_cache_clear
+    from accessctl.webhooks import SUBSCRIPTIONS
+    from recognition.calibration import CALIBRATIONS
 
-    calibration_cache_clear()
-    subscriptions_cache_clear()
+    CALIBRATIONS.clear()
+    SUBSCRIPTIONS.clear()

@@ -6,11 +6,12 @@ None of these touch Django or the database.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from accessctl.embedded import ChildService, start_mqtt_broker
 from edge_agent import protocol as p
 from edge_agent.config import EdgeConfig
 from edge_agent.vision import Face, FaceCandidate, prepare
+from tests import waiting
 from tests.faces import LFW_DIR
 
 UID = "door-test-1"
@@ -212,10 +214,5 @@ class GatedProxy:
         self._listener.close()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+#: The agent's own threads answer within milliseconds: poll often.
+wait_until = functools.partial(waiting.wait_until, step=0.05)

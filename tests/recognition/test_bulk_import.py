@@ -12,20 +12,10 @@ from PIL import Image
 
 from accessctl.models import Person
 from recognition.bulk_import import ImportSourceError, ItemOutcome, import_items, photos_import
-from recognition.embedder import DEFAULT_BACKEND
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from tests.faces import face_jpeg, lfw_available
 
 pytestmark = pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
-
-
-@pytest.fixture
-def enrol_env(settings: pytest.FixtureRequest, media_root: Path) -> Path:
-    # The shared LFW copy is 150x150 with faces of ~55 px: below the 60 px production minimum.
-    settings.RECOGNITION_MIN_FACE_PX = 40  # type: ignore[attr-defined]
-    settings.RECOGNITION_EMBEDDER = DEFAULT_BACKEND  # type: ignore[attr-defined]
-    settings.RECOGNITION_DEFAULT_THRESHOLD = None  # type: ignore[attr-defined]
-    return media_root
 
 
 def blank_jpeg() -> bytes:

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from edge_agent import protocol as p
 from recognition.models import EMBEDDING_DIMS
 from tests.devices import e2e
+from tests.waiting import wait_until  # noqa: F401  (rig.wait_until in the reliability tests)
 
 SFACE = "sface-2021dec-int8bq"
 
@@ -31,15 +32,6 @@ def port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
         return True
     return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def embedding_detection(uid: str, rng: random.Random) -> p.Detection:
