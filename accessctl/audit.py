@@ -10,7 +10,8 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,29 @@ def event_hash(event: AccessEvent) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass
+class EventDraft:
+    """An access event to be recorded (see :func:`event_record` for the fields)."""
+
+    detection_id: uuid.UUID | str | None
+    occurred_at: datetime
+    decision: Decision
+    reason: Reason
+    source: str = AccessEvent.Source.DETECTION
+    door_id: int | None = None
+    device_id: int | None = None
+    device_uid: str = ""
+    person_id: int | None = None
+    subject_uid: uuid.UUID | None = None
+    actor_id: int | None = None
+    similarity: float | None = None
+    margin: float | None = None
+    threshold: float | None = None
+    model_version: str = ""
+    snapshot: str = ""
+    details: dict[str, Any] | None = None
+
+
 def event_record(
     *,
     detection_id: uuid.UUID | str | None,
@@ -73,49 +97,62 @@ def event_record(
     Idempotent on ``detection_id``: when an event for it already exists, that event is returned
     with ``created=False`` and nothing is written (a redelivered task or replayed message).
     """
-    detection_id = uuid.UUID(str(detection_id)) if detection_id else uuid.uuid4()
-    # No savepoint: every writer takes the chain lock first and checks for the detection after it,
-    # so neither the unique detection id nor the chain can conflict here. Outside a transaction
-    # this is one; inside the caller's, the lock is held until the caller commits.
+    draft = EventDraft(
+        detection_id=detection_id, occurred_at=occurred_at, decision=decision, reason=reason, source=source,
+        door_id=door_id, device_id=device_id, device_uid=device_uid, person_id=person_id,
+        subject_uid=subject_uid, actor_id=actor_id, similarity=similarity, margin=margin, threshold=threshold,
+        model_version=model_version, snapshot=snapshot, details=details,
+    )  # fmt: skip
+    return events_record([draft])[0]
+
+
+def events_record(drafts: Sequence[EventDraft]) -> list[tuple[AccessEvent, bool]]:
+    """Append several events in order, under one chain lock and one INSERT; ``(event, created)``
+    per draft, as :func:`event_record` (a detection seen before, or twice in ``drafts``, is not
+    written again: its first event is returned with ``created=False``)."""
+    ids = [uuid.UUID(str(d.detection_id)) if d.detection_id else uuid.uuid4() for d in drafts]
+    if not drafts:
+        return []
+    # No savepoint: every writer takes the chain lock first and checks for the detections after
+    # it, so neither the unique detection ids nor the chain can conflict here. Outside a
+    # transaction this is one; inside the caller's, the lock is held until the caller commits.
     with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
             # A new statement after the lock: it sees every event committed before we got it.
             cursor.execute(
-                f"SELECT (SELECT id FROM {_TABLE} WHERE detection_id = %s), "
+                f"SELECT ARRAY(SELECT id FROM {_TABLE} WHERE detection_id = ANY(%s::uuid[])), "
                 f"(SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1)",
-                [detection_id],
+                [ids],
             )
-            existing_id, last = cursor.fetchone()
-        if existing_id is not None:
-            return AccessEvent.objects.get(pk=existing_id), False
-        event = AccessEvent(
-            detection_id=detection_id,
-            occurred_at=occurred_at,
-            source=source,
-            door_id=door_id,
-            device_id=device_id,
-            device_uid=device_uid,
-            person_id=person_id,
-            subject_uid=subject_uid,
-            actor_id=actor_id,
-            decision=str(decision),
-            reason=str(reason),
-            similarity=similarity,
-            margin=margin,
-            threshold=threshold,
-            model_version=model_version,
-            snapshot=snapshot,
-            details=details or {},
-            prev_hash=last or GENESIS_HASH,
-        )
-        event.hash = event_hash(event)
-        event.save(force_insert=True)
-    logger.info(
-        "event %s detection=%s device=%s door=%s %s/%s",
-        event.pk, detection_id, device_uid or "-", door_id or "-", decision, reason,
-    )  # fmt: skip
-    return event, True
+            existing_ids, last = cursor.fetchone()
+        known: dict[uuid.UUID, AccessEvent] = {}
+        if existing_ids:
+            known = {e.detection_id: e for e in AccessEvent.objects.filter(pk__in=existing_ids)}
+        results: list[tuple[AccessEvent, bool]] = []
+        new: list[AccessEvent] = []
+        prev = last or GENESIS_HASH
+        for detection_id, draft in zip(ids, drafts, strict=True):
+            if detection_id in known:
+                results.append((known[detection_id], False))
+                continue
+            event = AccessEvent(
+                **{f.name: getattr(draft, f.name) for f in fields(EventDraft)},
+                prev_hash=prev,
+            )
+            event.detection_id, event.decision, event.reason = detection_id, str(draft.decision), str(draft.reason)
+            event.details = draft.details or {}
+            event.hash = prev = event_hash(event)
+            known[detection_id] = event
+            new.append(event)
+            results.append((event, True))
+        AccessEvent.objects.bulk_create(new)
+    for event in new:
+        logger.info(
+            "event %s detection=%s device=%s door=%s %s/%s",
+            event.pk, event.detection_id, event.device_uid or "-", event.door_id or "-", event.decision, event.reason,
+        )  # fmt: skip
+    return results
 
 
 @dataclass(frozen=True)

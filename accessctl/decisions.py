@@ -12,21 +12,43 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 
 from accessctl import realtime
-from accessctl.audit import event_record
+from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.policy import access_evaluate
+from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
 
 logger = logging.getLogger(__name__)
 
 _HOSTILE = {Reason.BAD_SIGNATURE: Alarm.Kind.FORGED_SIGNATURE, Reason.REPLAY: Alarm.Kind.REPLAY}
+
+
+@dataclass
+class DecisionInput:
+    """A face seen at a door, matched (``person_id``) or not (``unknown_reason``); see :func:`access_decide`."""
+
+    detection_id: str
+    occurred_at: dt.datetime
+    device_id: int
+    device_uid: str
+    door: Door | None
+    person_id: int | None
+    unknown_reason: Reason = Reason.UNKNOWN_FACE
+    similarity: float | None = None
+    margin: float | None = None
+    threshold: float | None = None
+    model_version: str = ""
+    snapshot: str = ""
+    details: dict[str, Any] | None = None
+    too_late: bool = False
 
 
 def access_decide(
@@ -51,38 +73,62 @@ def access_decide(
     ``too_late``: the decision comes after the device's freshness window (a backlog); it is
     recorded with who it was, but denied ``stale_timestamp``: a door never opens minutes late.
     Returns ``(event, created)``; ``created`` is False when this detection was decided before
-    (a redelivered task), in which case no side effect is repeated.
+    (a redelivered task), in which case no side effect is repeated. The door command goes out
+    after commit without waiting for the broker: see :func:`devices.commands.commands_flush`.
     """
-    person = Person.objects.filter(pk=person_id).first() if person_id else None
-    if too_late:
-        decision, reason = Decision.DENY, Reason.STALE_TIMESTAMP
-    elif door is None:
-        decision, reason = Decision.DENY, Reason.DOOR_UNASSIGNED
-    else:
-        result = access_evaluate(person=person, door=door, at=occurred_at, unknown_reason=unknown_reason)
-        decision, reason = result.decision, result.reason
+    decision_input = DecisionInput(
+        detection_id=detection_id, occurred_at=occurred_at, device_id=device_id, device_uid=device_uid, door=door,
+        person_id=person_id, unknown_reason=unknown_reason, similarity=similarity, margin=margin,
+        threshold=threshold, model_version=model_version, snapshot=snapshot, details=details, too_late=too_late,
+    )  # fmt: skip
+    return access_decide_many([decision_input])[0]
+
+
+def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEvent, bool]]:
+    """:func:`access_decide` for several faces, in order: one policy query, one event INSERT.
+
+    Several unknown faces at one door check the repeated-unknown alarm once.
+    """
+    people = Person.objects.in_bulk({i.person_id for i in inputs if i.person_id})
+    requests: list[tuple[int, AccessRequest]] = []
+    verdicts: list[tuple[Decision, Reason] | None] = []
+    for n, item in enumerate(inputs):
+        if item.too_late:
+            verdicts.append((Decision.DENY, Reason.STALE_TIMESTAMP))
+        elif item.door is None:
+            verdicts.append((Decision.DENY, Reason.DOOR_UNASSIGNED))
+        else:
+            verdicts.append(None)
+            person = people.get(item.person_id) if item.person_id else None
+            requests.append((n, AccessRequest(person, item.door, item.occurred_at, item.unknown_reason)))
+    for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
+        verdicts[n] = (result.decision, result.reason)
+    drafts = [_draft(item, verdict, people) for item, verdict in zip(inputs, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
-        event, created = event_record(
-            detection_id=detection_id,
-            occurred_at=occurred_at,
-            decision=decision,
-            reason=reason,
-            door_id=door.pk if door else None,
-            device_id=device_id,
-            device_uid=device_uid,
-            person_id=person.pk if person else None,
-            subject_uid=person.uid if person else None,
-            similarity=similarity,
-            margin=margin,
-            threshold=threshold,
-            model_version=model_version,
-            snapshot=snapshot,
-            details=details,
-        )
-        if created:
-            event.door, event.person = door, person
-            _notify(event, door=door, command=True)
-    return event, created
+        recorded = events_record(drafts)
+        unknown_at: dict[int, Door] = {}
+        for item, (event, created) in zip(inputs, recorded, strict=True):
+            if created:
+                event.door = item.door
+                event.person = people.get(event.person_id) if event.person_id else None
+                _notify(event, door=item.door, command=True, unknown_check=False)
+                if event.reason == Reason.UNKNOWN_FACE and item.door is not None:
+                    unknown_at[item.door.pk] = item.door
+        for door in unknown_at.values():
+            _unknown_faces_check(door)
+    return recorded
+
+
+def _draft(item: DecisionInput, verdict: tuple[Decision, Reason] | None, people: dict[int, Person]) -> EventDraft:
+    assert verdict is not None, "every input has a verdict"
+    person = people.get(item.person_id) if item.person_id else None
+    return EventDraft(
+        detection_id=item.detection_id, occurred_at=item.occurred_at, decision=verdict[0], reason=verdict[1],
+        door_id=item.door.pk if item.door else None, device_id=item.device_id, device_uid=item.device_uid,
+        person_id=person.pk if person else None, subject_uid=person.uid if person else None,
+        similarity=item.similarity, margin=item.margin, threshold=item.threshold, model_version=item.model_version,
+        snapshot=item.snapshot, details=item.details,
+    )  # fmt: skip
 
 
 def rejection_notify(*, event: AccessEvent) -> None:
@@ -140,18 +186,23 @@ def decision_repeat(*, event: AccessEvent, now: float | None = None) -> None:
     _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
 
-def _notify(event: AccessEvent, *, door: Door | None, command: bool) -> None:
-    """Queue every side effect of a newly recorded event; all run after commit."""
+def _notify(event: AccessEvent, *, door: Door | None, command: bool, unknown_check: bool = True) -> None:
+    """Queue every side effect of a newly recorded event; all run after commit.
+
+    ``unknown_check=False``: the caller checks the repeated-unknown alarm itself (once per door).
+    """
     if command and event.device_id:
-        transaction.on_commit(lambda: _door_command(event, door))
+        # Not waiting for the broker here: the decision task waits once for all its commands.
+        transaction.on_commit(lambda: _door_command(event, door, wait=False))
     realtime.event_broadcast(event)
     webhook_dispatch_access_event(event)  # deliveries are queued after commit
-    _alarms(event, door)
+    _alarms(event, door, unknown_check=unknown_check)
 
 
-def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False) -> None:
+def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False, wait: bool = True) -> None:
     """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
-    else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale)."""
+    else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
+    ``wait=False``: see :func:`devices.commands.command_send` (the caller flushes)."""
     from devices.commands import command_send
     from edge_agent.protocol import CommandKind
 
@@ -164,19 +215,26 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False)
             reason=Reason.STALE_TIMESTAMP if granted and stale else event.reason,
             pulse_ms=door.relay_pulse_ms if (opens and door) else 0,
             detection_id=str(event.detection_id),
+            wait=wait,
         )
     except Exception:
         # The event is recorded; the device falls back to its own timeout. Logged with ids.
         logger.exception("door command for event %s (device %s) failed", event.pk, event.device_uid)
 
 
-def _alarms(event: AccessEvent, door: Door | None) -> None:
-    from accessctl.alarms import alarm_raise, unknown_faces_check
+def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True) -> None:
+    from accessctl.alarms import alarm_raise
 
     kind = _HOSTILE.get(Reason(event.reason))
     if event.reason == Reason.WATCHLIST:
         kind = Alarm.Kind.WATCHLIST
     if kind is not None:
         alarm_raise(kind=kind, door=door, device=event.device, event=event, details={"reason": event.reason})
-    elif event.reason == Reason.UNKNOWN_FACE and door is not None:
-        unknown_faces_check(door=door)
+    elif event.reason == Reason.UNKNOWN_FACE and door is not None and unknown_check:
+        _unknown_faces_check(door)
+
+
+def _unknown_faces_check(door: Door) -> None:
+    from accessctl.alarms import unknown_faces_check
+
+    unknown_faces_check(door=door)

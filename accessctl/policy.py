@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.db import connection
+
 from accessctl.codes import Decision, Reason
-from accessctl.models import AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
+from accessctl.models import AccessGroup, Door, Holiday, Person, ScheduleWindow
 
 
 @dataclass(frozen=True)
@@ -34,27 +37,46 @@ class PolicyResult:
         return self.decision is Decision.GRANT
 
 
+@dataclass(frozen=True)
+class AccessRequest:
+    """One question for the policy: ``person`` (None: not recognised, for ``unknown_reason``) at
+    ``door`` at time ``at``."""
+
+    person: Person | None
+    door: Door
+    at: dt.datetime
+    unknown_reason: Reason
+
+
 def _deny(reason: Reason) -> PolicyResult:
     return PolicyResult(Decision.DENY, reason)
 
 
-def schedule_is_open(schedule: Schedule, at: dt.datetime, tz: zoneinfo.ZoneInfo) -> bool:
-    """True when ``at`` falls in one of the schedule's weekly windows, in time zone ``tz``."""
-    local = at.astimezone(tz)
-    if Holiday.objects.filter(schedule=schedule, date=local.date()).exists():
-        return False
-    now = local.time().replace(tzinfo=None)
-    return ScheduleWindow.objects.filter(
-        schedule=schedule, weekday=local.weekday(), start__lte=now, end__gt=now
-    ).exists()
-
-
 def access_evaluate(*, person: Person | None, door: Door, at: dt.datetime, unknown_reason: Reason) -> PolicyResult:
     """Apply the policy for ``person`` (None when not recognised) at ``door`` at time ``at``."""
-    if door.mode == Door.Mode.LOCKDOWN:
+    return access_evaluate_many([AccessRequest(person, door, at, unknown_reason)])[0]
+
+
+def access_evaluate_many(requests: Sequence[AccessRequest]) -> list[PolicyResult]:
+    """:func:`access_evaluate` for several requests; rules 6 and 7 are read in one query for all."""
+    results = [_person_rules(request) for request in requests]
+    pending = [i for i, result in enumerate(results) if result is None]
+    if pending:
+        for i, (in_group, open_now) in zip(pending, _memberships([requests[i] for i in pending]), strict=True):
+            if open_now:
+                results[i] = PolicyResult(Decision.GRANT, Reason.MATCHED)
+            else:
+                results[i] = _deny(Reason.OUTSIDE_SCHEDULE if in_group else Reason.NOT_IN_GROUP)
+    return [result for result in results if result is not None]
+
+
+def _person_rules(request: AccessRequest) -> PolicyResult | None:
+    """Rules 1-5 (the door and the person alone); None when groups and schedules decide."""
+    person, at = request.person, request.at
+    if request.door.mode == Door.Mode.LOCKDOWN:
         return _deny(Reason.LOCKDOWN)
     if person is None:
-        return _deny(unknown_reason)
+        return _deny(request.unknown_reason)
     if person.watchlist:
         return _deny(Reason.WATCHLIST)
     if person.status != Person.Status.ACTIVE:
@@ -63,10 +85,52 @@ def access_evaluate(*, person: Person | None, door: Door, at: dt.datetime, unkno
         return _deny(Reason.NOT_YET_VALID)
     if person.valid_until and at >= person.valid_until:
         return _deny(Reason.EXPIRED)
-    groups = list(AccessGroup.objects.filter(people=person, doors=door).select_related("schedule"))
-    if not groups:
-        return _deny(Reason.NOT_IN_GROUP)
-    tz = zoneinfo.ZoneInfo(door.timezone)
-    if any(group.schedule is None or schedule_is_open(group.schedule, at, tz) for group in groups):
-        return PolicyResult(Decision.GRANT, Reason.MATCHED)
-    return _deny(Reason.OUTSIDE_SCHEDULE)
+    return None
+
+
+def _memberships(requests: Sequence[AccessRequest]) -> list[tuple[bool, bool]]:
+    """Per request: (the person is in a group with the door, one such group is open at ``at``).
+
+    A group without a schedule is always open; a scheduled one is open when ``at``, in the door's
+    time zone, is not one of the schedule's holidays and falls in one of its windows of that
+    weekday (``start`` inclusive, ``end`` exclusive).
+    """
+    days, weekdays, times = [], [], []
+    for request in requests:
+        local = request.at.astimezone(zoneinfo.ZoneInfo(request.door.timezone))
+        days.append(local.date())
+        weekdays.append(local.weekday())
+        times.append(local.time().replace(tzinfo=None))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _MEMBERSHIP_SQL,
+            [
+                [request.person.pk for request in requests],  # type: ignore[union-attr]  # rule 2 passed
+                [request.door.pk for request in requests],
+                days,
+                weekdays,
+                times,
+            ],
+        )
+        found = {int(n): (bool(in_group), bool(open_now)) for n, in_group, open_now in cursor.fetchall()}
+    return [found.get(n, (False, False)) for n in range(1, len(requests) + 1)]
+
+
+def _membership_sql() -> str:
+    group_people = AccessGroup.people.through._meta.db_table
+    group_doors = AccessGroup.doors.through._meta.db_table
+    return (
+        "SELECT r.n, true, bool_or(g.schedule_id IS NULL OR ("
+        f"NOT EXISTS (SELECT 1 FROM {Holiday._meta.db_table} h WHERE h.schedule_id = g.schedule_id AND h.date = r.day) "
+        f"AND EXISTS (SELECT 1 FROM {ScheduleWindow._meta.db_table} w WHERE w.schedule_id = g.schedule_id "
+        'AND w.weekday = r.weekday AND w.start <= r.at AND w."end" > r.at))) '
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::date[], %s::int[], %s::time[]) "
+        "WITH ORDINALITY AS r(person_id, door_id, day, weekday, at, n) "
+        f"JOIN {group_people} gp ON gp.person_id = r.person_id "
+        f"JOIN {group_doors} gd ON gd.accessgroup_id = gp.accessgroup_id AND gd.door_id = r.door_id "
+        f"JOIN {AccessGroup._meta.db_table} g ON g.id = gp.accessgroup_id "
+        "GROUP BY r.n"
+    )
+
+
+_MEMBERSHIP_SQL = _membership_sql()

@@ -44,6 +44,7 @@ class CommandPublisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._client = None
+        self._pending: list[tuple[str, Any]] = []
 
     def _connected_client(self) -> Any:
         with self._lock:
@@ -56,9 +57,33 @@ class CommandPublisher:
                 self._client = client
             return self._client
 
-    def publish(self, topic: str, body: bytes, timeout: float = 5.0) -> None:
+    def publish(self, topic: str, body: bytes, *, wait: bool = True, timeout: float = 5.0) -> None:
+        """Publish at QoS1. ``wait``: block until the broker acknowledged it; otherwise the
+        acknowledgement is awaited by the next :meth:`flush` (several commands then wait together)."""
         info = self._connected_client().publish(topic, body, qos=1)
-        info.wait_for_publish(timeout)
+        if wait:
+            info.wait_for_publish(timeout)
+        else:
+            with self._lock:
+                self._pending.append((topic, info))
+
+    def flush(self, timeout: float = 5.0) -> int:
+        """Wait for the broker's acknowledgement of every command published with ``wait=False``;
+        returns how many were not acknowledged within ``timeout`` (each is logged)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        deadline = time.monotonic() + timeout
+        missing = 0
+        for topic, info in pending:
+            try:
+                info.wait_for_publish(max(deadline - time.monotonic(), 0.0))
+            except (RuntimeError, ValueError) as exc:  # not queued, or the connection went away
+                logger.warning("command to %s not acknowledged by the broker: %s", topic, exc)
+            if not info.is_published():
+                missing += 1
+        if missing:
+            logger.warning("%d of %d commands not acknowledged within %.1f s", missing, len(pending), timeout)
+        return missing
 
     def close(self) -> None:
         with self._lock:
@@ -79,8 +104,13 @@ def command_send(
     pulse_ms: int = 0,
     detection_id: str | None = None,
     data: dict[str, Any] | None = None,
+    wait: bool = True,
 ) -> p.Command:
-    """Sign and publish one command to ``device`` (a device or its uid); returns what was sent."""
+    """Sign and publish one command to ``device`` (a device or its uid); returns what was sent.
+
+    ``wait=False``: do not block on the broker's acknowledgement; the caller calls
+    :func:`commands_flush` once it has sent everything (decisions of a batch wait together).
+    """
     command = p.Command(
         device_uid=device if isinstance(device, str) else device.uid,
         command=kind,
@@ -91,11 +121,16 @@ def command_send(
         detection_id=detection_id,
         data=data or {},
     )
-    publisher.publish(p.commands_topic(command.device_uid), p.seal(command, server_private_key()))
+    publisher.publish(p.commands_topic(command.device_uid), p.seal(command, server_private_key()), wait=wait)
     logger.info(
         "command %s %s to device %s (detection %s)", command.command_id, kind, command.device_uid, detection_id or "-"
     )
     return command
+
+
+def commands_flush(timeout: float = 5.0) -> int:
+    """Wait for the broker to acknowledge the commands sent with ``wait=False``; returns how many it did not."""
+    return publisher.flush(timeout)
 
 
 def door_command_send(door_id: int, kind: p.CommandKind, *, reason: str, pulse_ms: int = 0) -> int:

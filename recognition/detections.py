@@ -1,6 +1,7 @@
-"""Decide one staged detection: embed the crop if needed, match it, hand the outcome to the policy.
+"""Decide staged detections: embed the crop if needed, match, hand the outcome to the policy.
 
-This is what the ``recognition.decide`` task runs. It is idempotent on ``detection_id``: when
+This is what the ``recognition.decide`` and ``recognition.decide_many`` tasks run; detections the
+bridge staged together are decided in one transaction. It is idempotent on ``detection_id``: when
 the AccessEvent exists already (a redelivered task) nothing is repeated. Any input problem ends
 in a recorded denial with a reason code, never in a lost detection.
 """
@@ -11,6 +12,8 @@ import datetime as dt
 import io
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,12 +22,13 @@ from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, transaction
 
 from accessctl.codes import Reason
-from accessctl.decisions import access_decide
+from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
+from devices.commands import commands_flush
 from devices.models import InboundDetection
 from edge_agent import protocol as p
 from recognition.engine import active_embedder
-from recognition.matcher import match_decide
+from recognition.matcher import match_decide_many
 from recognition.models import EMBEDDING_DIMS
 
 logger = logging.getLogger(__name__)
@@ -76,67 +80,152 @@ def probe_vector(payload: dict[str, Any], crop_name: str) -> tuple[np.ndarray, s
     return embedder.embed(crop)[0], embedder.model_version
 
 
+@dataclass
+class _Prepared:
+    """A staged detection read and turned into a probe, ready to be matched and decided."""
+
+    inbound: InboundDetection
+    decision: DecisionInput
+    vector: np.ndarray | None = None
+    model_version: str = ""
+
+
 def detection_decide(*, detection_id: str) -> str:
     """Decide the staged detection ``detection_id``; returns the reason code recorded."""
-    inbound = InboundDetection.objects.filter(detection_id=detection_id).select_related("device__door").first()
-    if inbound is None:
+    return detections_decide([detection_id])[0]
+
+
+def detections_decide(detection_ids: Sequence[str]) -> list[str]:
+    """Decide staged detections together; returns the reason code recorded for each id, in order.
+
+    Everything CPU-bound (embedding crops) happens first; then one transaction unstages them,
+    searches the gallery once per model version, applies the policy with one query and writes
+    the events with one INSERT under one lock of the access log. A detection that is not staged
+    any more was decided before (a redelivered task): its recorded reason is returned, nothing
+    is repeated. If deciding them together fails for another reason than the database (a bug,
+    a bad row), they are decided one by one, so one bad detection does not hold up the others.
+    The door commands are published as each transaction commits and acknowledged together.
+    """
+    ids = list(dict.fromkeys(str(i) for i in detection_ids))
+    staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("device__door")
+    prepared = [_prepare(inbound) for inbound in staged]
+    reasons: dict[str, str] = {}
+    try:
+        if prepared:
+            reasons.update(_decide_together(prepared))
+    except (OperationalError, InterfaceError):
+        raise  # transient: the task retries (each decision is idempotent)
+    except Exception:
+        if len(prepared) == 1:
+            raise
+        logger.exception("deciding %d detections together failed; deciding them one by one", len(prepared))
+        reasons.update(_decide_one_by_one(prepared))
+    finally:
+        commands_flush()
+    missing = [i for i in ids if i not in reasons]
+    if missing:
         # Decided already (a redelivered task: the event and the unstaging commit together).
-        existing = AccessEvent.objects.filter(detection_id=detection_id).values_list("reason", flat=True).first()
-        if existing is None:
-            logger.error("detection %s: nothing staged and no event; cannot decide", detection_id)
-        return existing or "missing"
-    payload, device = inbound.payload, inbound.device
-    occurred_at = dt.datetime.fromtimestamp(float(payload["captured_at"]), tz=dt.UTC)
-    quality = payload.get("quality") or {}
-    common: dict[str, Any] = {
-        "detection_id": detection_id,
-        "occurred_at": occurred_at,
-        "device_id": device.pk,
-        "device_uid": device.uid,
-        "door": device.door,
-        "snapshot": inbound.crop,
-        "details": {"mode": payload.get("mode"), "detector_score": payload.get("detector_score"), "quality": quality},
-    }
-    vector: np.ndarray | None = None
-    outcome: dict[str, Any] = {"person_id": None}
-    face_px = quality.get("face_px")
-    if face_px is not None and float(face_px) < settings.RECOGNITION_MIN_FACE_PX:
-        outcome["unknown_reason"] = Reason.LOW_QUALITY
-    else:
+        reasons.update(
+            (str(detection_id), reason)
+            for detection_id, reason in AccessEvent.objects.filter(detection_id__in=missing).values_list(
+                "detection_id", "reason"
+            )
+        )
+        for detection_id in missing:
+            if detection_id not in reasons:
+                logger.error("detection %s: nothing staged and no event; cannot decide", detection_id)
+    return [reasons.get(str(i), "missing") for i in detection_ids]
+
+
+def _decide_one_by_one(prepared: list[_Prepared]) -> dict[str, str]:
+    reasons: dict[str, str] = {}
+    failed: Exception | None = None
+    for item in prepared:
         try:
-            vector, model_version = probe_vector(payload, inbound.crop)
-        except (ProbeError, p.ProtocolError) as exc:
-            reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
-            logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device.uid, reason, exc)
-            outcome["unknown_reason"] = reason
-            common["details"]["error"] = str(exc)[:300]
+            reasons.update(_decide_together([item]))
         except (OperationalError, InterfaceError):
-            raise  # transient: the task retries
+            raise
         except Exception as exc:
-            # Unforeseen input or engine failure: deny with a reason rather than fail the task, which
-            # would leave the detection staged and re-enqueued by the sweep forever.
-            logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
-            outcome["unknown_reason"] = Reason.PROCESSING_ERROR
-            common["details"]["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            logger.exception("detection %s could not be decided", item.decision.detection_id)
+            failed = failed or exc
+    if failed is not None:
+        raise failed  # the task fails for the bad one; the others are decided
+    return reasons
+
+
+def _prepare(inbound: InboundDetection) -> _Prepared:
+    """Read the staged payload and compute the probe (or the reason there is none)."""
+    payload, device = inbound.payload, inbound.device
+    detection_id = str(inbound.detection_id)
+    quality = payload.get("quality") or {}
+    details: dict[str, Any] = {
+        "mode": payload.get("mode"),
+        "detector_score": payload.get("detector_score"),
+        "quality": quality,
+    }
     # A backlog must not open a door long after the person left: same window as at the bridge,
     # and for a re-sent detection (signed anew) also from when the face was seen.
     now, window = time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S
     too_late = now - float(payload["sent_at"]) > window or (
         bool(payload.get("attempt")) and now - float(payload["captured_at"]) > window
     )
-    # One transaction: search, policy, the event and the unstaging. Unstaging goes first so that
-    # the access log's lock (taken when the event is written) is held as briefly as possible.
+    item = _Prepared(
+        inbound=inbound,
+        decision=DecisionInput(
+            detection_id=detection_id,
+            occurred_at=dt.datetime.fromtimestamp(float(payload["captured_at"]), tz=dt.UTC),
+            device_id=device.pk,
+            device_uid=device.uid,
+            door=device.door,
+            person_id=None,
+            snapshot=inbound.crop,
+            details=details,
+            too_late=too_late,
+        ),
+    )
+    face_px = quality.get("face_px")
+    if face_px is not None and float(face_px) < settings.RECOGNITION_MIN_FACE_PX:
+        item.decision.unknown_reason = Reason.LOW_QUALITY
+        return item
+    try:
+        item.vector, item.model_version = probe_vector(payload, inbound.crop)
+    except (ProbeError, p.ProtocolError) as exc:
+        reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
+        logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device.uid, reason, exc)
+        item.decision.unknown_reason = reason
+        details["error"] = str(exc)[:300]
+    except (OperationalError, InterfaceError):
+        raise  # transient: the task retries
+    except Exception as exc:
+        # Unforeseen input or engine failure: deny with a reason rather than fail the task, which
+        # would leave the detection staged and re-enqueued by the sweep forever.
+        logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
+        item.decision.unknown_reason = Reason.PROCESSING_ERROR
+        details["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return item
+
+
+def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
+    """One transaction: unstage, search (per model version), policy, events. Unstaging goes
+    first so that the access log's lock (taken when the events are written) is held briefly."""
     with transaction.atomic():
-        InboundDetection.objects.filter(pk=inbound.pk).delete()
-        if vector is not None:
-            match = match_decide(vector, model_version=model_version, door=device.door)
-            outcome = {
-                "person_id": match.person_id,
-                "unknown_reason": match.reason,
-                "similarity": match.similarity,
-                "margin": match.margin,
-                "threshold": match.threshold,
-                "model_version": model_version,
-            }
-        event, _ = access_decide(**common, **outcome, too_late=too_late)
-    return event.reason
+        InboundDetection.objects.filter(pk__in=[item.inbound.pk for item in prepared]).delete()
+        by_version: dict[str, list[_Prepared]] = {}
+        for item in prepared:
+            if item.vector is not None:
+                by_version.setdefault(item.model_version, []).append(item)
+        for model_version, items in by_version.items():
+            matches = match_decide_many(
+                [item.vector for item in items],  # type: ignore[misc]
+                model_version=model_version,
+                doors=[item.decision.door for item in items],
+            )
+            for item, match in zip(items, matches, strict=True):
+                item.decision.person_id = match.person_id
+                item.decision.unknown_reason = match.reason
+                item.decision.similarity = match.similarity
+                item.decision.margin = match.margin
+                item.decision.threshold = match.threshold
+                item.decision.model_version = model_version
+        recorded = access_decide_many([item.decision for item in prepared])
+    return {item.decision.detection_id: event.reason for item, (event, _) in zip(prepared, recorded, strict=True)}

@@ -93,6 +93,17 @@ def _search_sql(model_version: str, dim: int) -> str:
     )
 
 
+def _search_many_sql(model_version: str, dim: int) -> str:
+    # Probes are numbered from 1 (WITH ORDINALITY); the inner query is _search_sql's, per probe.
+    return (
+        "SELECT q.n, e.id, e.person_id, e.distance "
+        f"FROM unnest(%s::vector({dim})[]) WITH ORDINALITY AS q(v, n) CROSS JOIN LATERAL ("
+        f"SELECT id, person_id, (embedding::vector({dim}) <=> q.v) AS distance "
+        f"FROM {_TABLE} WHERE model_version = '{model_version}' "
+        f"ORDER BY embedding::vector({dim}) <=> q.v LIMIT %s) e"
+    )
+
+
 def _exact_sql(model_version: str, dim: int) -> str:
     # The best embedding of each person (DISTINCT ON), then the best people.
     return (
@@ -117,8 +128,24 @@ def ann_neighbours(
     Runs on any DB-API cursor with ``%s`` placeholders (Django's, or psycopg's in the bench) that
     is inside a transaction: the settings are ``SET LOCAL`` (``set_config(..., true)``).
     """
+    return ann_neighbours_many(cursor, [embedding], model_version=model_version, k=k, ef_search=ef_search)[0]
+
+
+def ann_neighbours_many(
+    cursor: Any,
+    embeddings: Sequence[np.ndarray | Sequence[float]],
+    *,
+    model_version: str,
+    k: int,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[list[tuple[int, int, float]]]:
+    """:func:`ann_neighbours` of several probes in one statement: the rows of each probe, in order.
+
+    One probe is the plain index query; several are a ``LATERAL`` join over the probe array, in
+    which the index is scanned once per probe (the probe is a parameter of the inner scan).
+    """
     dim = dim_for(model_version)
-    literal = vector_literal(embedding, dim)
+    literals = [vector_literal(embedding, dim) for embedding in embeddings]
     if k < 1:
         raise GalleryError("k must be at least 1")
     ef = max(int(ef_search), 1)
@@ -127,11 +154,18 @@ def ann_neighbours(
         "set_config('hnsw.max_scan_tuples', %s, true)",
         [str(ef), ITERATIVE_SCAN, str(max(MAX_SCAN_TUPLES, ef))],
     )
-    cursor.execute(_search_sql(model_version, dim), [literal, literal, int(k)])
-    rows = [(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]
+    found: list[list[tuple[int, int, float]]] = [[] for _ in literals]
+    if len(literals) == 1:
+        cursor.execute(_search_sql(model_version, dim), [literals[0], literals[0], int(k)])
+        found[0] = [(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]
+    else:
+        cursor.execute(_search_many_sql(model_version, dim), [literals, int(k)])
+        for probe, embedding_id, person_id, distance in cursor.fetchall():
+            found[int(probe) - 1].append((int(embedding_id), int(person_id), float(distance)))
     # relaxed_order may return rows slightly out of order: sort them.
-    rows.sort(key=lambda r: (r[2], r[0]))
-    return rows
+    for rows in found:
+        rows.sort(key=lambda r: (r[2], r[0]))
+    return found
 
 
 def best_per_person(rows: Sequence[tuple[int, int, float]], limit_people: int) -> list[Candidate]:
@@ -165,15 +199,36 @@ def gallery_search(
     :func:`default_ef_search`. Raises :class:`GalleryError` for an unknown model version or a
     vector of the wrong dimension.
     """
+    return gallery_search_many(
+        [embedding],
+        model_version=model_version,
+        limit_people=limit_people,
+        ef_search=ef_search,
+        neighbours_per_person=neighbours_per_person,
+    )[0]
+
+
+def gallery_search_many(
+    embeddings: Sequence[np.ndarray | Sequence[float]],
+    *,
+    model_version: str,
+    limit_people: int = 5,
+    ef_search: int | None = None,
+    neighbours_per_person: int = DEFAULT_NEIGHBOURS_PER_PERSON,
+) -> list[list[Candidate]]:
+    """:func:`gallery_search` for several probes in one statement (one index scan per probe);
+    the candidates of each probe, in the order of ``embeddings``."""
     if limit_people < 1:
         raise GalleryError("limit_people must be at least 1")
+    if not embeddings:
+        return []
     k = limit_people * max(neighbours_per_person, 1)
     if ef_search is None:
         ef_search = default_ef_search()
     # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        rows = ann_neighbours(cursor, embedding, model_version=model_version, k=k, ef_search=max(ef_search, k))
-    return best_per_person(rows, limit_people)
+        rows = ann_neighbours_many(cursor, embeddings, model_version=model_version, k=k, ef_search=max(ef_search, k))
+    return [best_per_person(probe_rows, limit_people) for probe_rows in rows]
 
 
 def exact_search(
@@ -196,10 +251,14 @@ def exact_search(
     return [Candidate(person_id=int(r[1]), similarity=1.0 - float(r[2]), embedding_id=int(r[0])) for r in rows]
 
 
-def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k: int = 10) -> str:
-    """``EXPLAIN`` of the ANN query (tests and diagnostics: shows which index is used)."""
+def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k: int = 10, probes: int = 1) -> str:
+    """``EXPLAIN`` of the ANN query (tests and diagnostics: shows which index is used); with
+    ``probes`` > 1, of the statement that searches that many copies of ``embedding`` together."""
     dim = dim_for(model_version)
     literal = vector_literal(embedding, dim)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + _search_sql(model_version, dim), [literal, literal, int(k)])
+        if probes > 1:
+            cursor.execute("EXPLAIN " + _search_many_sql(model_version, dim), [[literal] * probes, int(k)])
+        else:
+            cursor.execute("EXPLAIN " + _search_sql(model_version, dim), [literal, literal, int(k)])
         return "\n".join(r[0] for r in cursor.fetchall())

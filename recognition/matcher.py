@@ -15,6 +15,7 @@ the margin from :func:`recognition.calibration.margin_for`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from accessctl.codes import Reason
 from recognition.calibration import margin_for, threshold_for
-from recognition.gallery import Candidate, gallery_search
+from recognition.gallery import Candidate, gallery_search_many
 
 if TYPE_CHECKING:
     from accessctl.models import Door
@@ -65,9 +66,31 @@ def match_decide(
     ef_search: int | None = None,
 ) -> MatchResult:
     """Decide who ``embedding`` (of ``model_version``) is, at ``door`` (threshold override)."""
-    threshold = threshold_for(model_version, door)
+    return match_decide_many([embedding], model_version=model_version, doors=[door], ef_search=ef_search)[0]
+
+
+def match_decide_many(
+    embeddings: Sequence[np.ndarray | list[float]],
+    *,
+    model_version: str,
+    doors: Sequence[Door | None],
+    ef_search: int | None = None,
+) -> list[MatchResult]:
+    """:func:`match_decide` for several probes of one model version (one gallery statement);
+    ``doors[i]`` is where ``embeddings[i]`` was seen."""
+    if len(doors) != len(embeddings):
+        raise ValueError("one door (or None) per embedding")
     min_margin = margin_for(model_version)
-    candidates = gallery_search(embedding, model_version=model_version, limit_people=2, ef_search=ef_search)
+    found = gallery_search_many(embeddings, model_version=model_version, limit_people=2, ef_search=ef_search)
+    return [
+        _decide(candidates, threshold_for(model_version, door), min_margin, model_version, door)
+        for candidates, door in zip(found, doors, strict=True)
+    ]
+
+
+def _decide(
+    candidates: list[Candidate], threshold: float, min_margin: float, model_version: str, door: Door | None
+) -> MatchResult:
     best = candidates[0] if candidates else None
     second = candidates[1] if len(candidates) > 1 else None
     similarity = best.similarity if best else None

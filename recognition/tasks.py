@@ -50,14 +50,14 @@ def decide(detection_id: str) -> str:
 
 @shared_task(name="recognition.decide_many", **_DECISION_TASK)
 def decide_many(detection_ids: list[str]) -> list[str]:
-    """Decide staged detections that arrived together, one transaction each (see devices.batching).
+    """Decide staged detections that arrived together, in one transaction (see devices.batching).
 
     A transient database error retries the whole batch; what was decided before it is skipped
     then, because each decision is idempotent.
     """
-    from recognition.detections import detection_decide
+    from recognition.detections import detections_decide
 
-    return [detection_decide(detection_id=detection_id) for detection_id in detection_ids]
+    return detections_decide(detection_ids)
 
 
 # =============================================================================================

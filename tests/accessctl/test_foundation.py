@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.urls import reverse
 
-from accessctl.audit import GENESIS_HASH, chain_verify, event_record
+from accessctl.audit import GENESIS_HASH, EventDraft, chain_verify, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
 from recognition.models import EMBEDDING_DIMS
@@ -72,6 +73,25 @@ def test_event_record_is_idempotent_on_detection_id() -> None:
     assert created and not created_again
     assert again.pk == first.pk and again.decision == "deny"
     assert AccessEvent.objects.count() == 1
+
+
+def test_events_recorded_together_chain_in_order_and_skip_known_detections() -> None:
+    at = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    known = _event()
+    drafts = [
+        EventDraft(detection_id=uuid.uuid4(), occurred_at=at, decision=Decision.GRANT, reason=Reason.MATCHED),
+        EventDraft(detection_id=known.detection_id, occurred_at=at, decision=Decision.GRANT, reason=Reason.MATCHED),
+        EventDraft(detection_id=None, occurred_at=at, decision=Decision.DENY, reason=Reason.UNKNOWN_FACE),
+    ]
+    drafts.append(EventDraft(detection_id=drafts[0].detection_id, occurred_at=at, decision=Decision.DENY,
+                             reason=Reason.EXPIRED))  # fmt: skip
+    recorded = events_record(drafts)
+    assert [created for _, created in recorded] == [True, False, True, False]
+    assert recorded[1][0].pk == known.pk and recorded[3][0] is recorded[0][0]
+    new = [recorded[0][0], recorded[2][0]]
+    assert new[0].prev_hash == known.hash and new[1].prev_hash == new[0].hash and new[1].pk > new[0].pk
+    assert AccessEvent.objects.count() == 3 and chain_verify().ok
+    assert events_record([]) == []
 
 
 def test_database_refuses_to_rewrite_or_delete_events() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
-from accessctl.policy import access_evaluate
+from accessctl.policy import AccessRequest, access_evaluate, access_evaluate_many
 
 pytestmark = pytest.mark.django_db
 
@@ -106,3 +106,28 @@ def test_unknown_face_keeps_the_matchers_reason(door: Door) -> None:
     assert decide(None, door) == (Decision.DENY, Reason.UNKNOWN_FACE)
     result = access_evaluate(person=None, door=door, at=MONDAY_0830, unknown_reason=Reason.AMBIGUOUS_MATCH)
     assert result.reason == Reason.AMBIGUOUS_MATCH
+
+
+def test_many_requests_at_once_equal_one_by_one(member: Person, door: Door, office_hours: Schedule) -> None:
+    """The batched evaluation (one membership query) answers each request as alone."""
+    other = Door.objects.create(name="Server room", timezone="America/New_York")
+    night = AccessGroup.objects.create(name="Night shift")  # always open, only for the server room
+    night.doors.add(other)
+    guard = Person.objects.create(name="Guard")
+    night.people.add(guard)
+    suspended = Person.objects.create(name="Sam", status=Person.Status.SUSPENDED)
+    Holiday.objects.create(schedule=office_hours, date=dt.date(2026, 3, 3), name="Closure")
+    times = [MONDAY_0830, dt.datetime(2026, 3, 3, 9, 0, tzinfo=BERLIN), dt.datetime(2026, 3, 7, 23, 0, tzinfo=BERLIN)]
+    requests = [
+        AccessRequest(person, where, at.astimezone(dt.UTC), Reason.UNKNOWN_FACE)
+        for person in (member, guard, suspended, None)
+        for where in (door, other)
+        for at in times
+    ]
+    together = [(r.decision, r.reason) for r in access_evaluate_many(requests)]
+    alone = [decide(r.person, r.door, r.at) for r in requests]
+    assert together == alone
+    assert together[:3] == [(Decision.GRANT, Reason.MATCHED)] + [(Decision.DENY, Reason.OUTSIDE_SCHEDULE)] * 2
+    assert together[3:6] == [(Decision.DENY, Reason.NOT_IN_GROUP)] * 3
+    assert together[9:12] == [(Decision.GRANT, Reason.MATCHED)] * 3
+    assert access_evaluate_many([]) == []

@@ -212,7 +212,7 @@ def test_resent_detection_already_decided_gets_its_answer_again_and_nothing_is_r
     assert not Alarm.objects.exists() and not enqueued
     assert commands_sent == [
         {"uid": UID, "kind": "open", "reason": "matched", "pulse_ms": dev.door.relay_pulse_ms,
-         "detection_id": det.detection_id}
+         "detection_id": det.detection_id, "wait": True}
     ]  # fmt: skip
 
 

@@ -12,14 +12,14 @@ from accessctl.models import AccessEvent, Door
 from devices.models import InboundDetection
 from devices.provisioning import device_provision
 from edge_agent import protocol as p
-from recognition.detections import detection_decide
+from recognition.detections import detection_decide, detections_decide
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
 def no_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door: None)
+    monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door, **_: None)
 
 
 @pytest.fixture
@@ -43,7 +43,8 @@ def stage(device, *, mode: str = "crop", crop: bytes | None = None, **payload_ov
         det = p.Detection.with_crop(jpeg=b"\xff\xd8\xff\xe0stub", **common)
     else:
         model_version = payload_overrides.pop("model_version")
-        det = p.Detection.with_embedding(values=[0.1] * 64, model_version=model_version, **common)
+        values = payload_overrides.pop("values", [0.1] * 64)
+        det = p.Detection.with_embedding(values=values, model_version=model_version, **common)
     payload = det.to_dict()
     payload.pop("crop_jpeg", None)
     payload.update(payload_overrides)
@@ -94,3 +95,64 @@ def test_resent_detection_is_late_when_its_face_is_old(device) -> None:
     """A re-send carries a new ``sent_at``; the capture time still bounds when it may open a door."""
     detection_id = stage(device, crop=b"irrelevant", captured_at=time.time() - 120, attempt=2)
     assert detection_decide(detection_id=detection_id) == "stale_timestamp"
+
+
+SFACE = "sface-2021dec-int8bq"
+
+
+def _axis(i: int) -> list[float]:
+    return [1.0 if j == i else 0.0 for j in range(128)]
+
+
+def test_detections_staged_together_are_decided_together(device) -> None:
+    """One call decides a mixed batch like one call per detection would, one event each, in order."""
+    from accessctl.audit import chain_verify
+    from accessctl.models import AccessGroup, Person
+    from recognition.models import FaceEmbedding
+
+    ada, bob = Person.objects.create(name="Ada"), Person.objects.create(name="Bob")
+    group = AccessGroup.objects.create(name="Dockers")
+    group.people.add(ada)
+    group.doors.add(device.door)
+    FaceEmbedding.objects.create(person=ada, model_version=SFACE, embedding=_axis(0))
+    FaceEmbedding.objects.create(person=bob, model_version=SFACE, embedding=_axis(1))
+    decided_before = stage(device, crop=b"irrelevant", quality={"face_px": 20.0})
+    detection_decide(detection_id=decided_before)
+    ids = [
+        stage(device, mode="embedding", model_version=SFACE, values=_axis(0)),  # Ada: granted
+        stage(device, mode="embedding", model_version=SFACE, values=_axis(1)),  # Bob: no group with the door
+        stage(device, mode="embedding", model_version=SFACE, values=_axis(2)),  # nobody
+        stage(device, crop=b"irrelevant", quality={"face_px": 20.0}),
+        stage(device, mode="embedding", model_version="some-other-model-v9"),
+        decided_before,
+        p.new_id(),  # never staged
+    ]
+    reasons = detections_decide([*ids, ids[0]])
+    assert reasons == [
+        "matched", "not_in_group", "unknown_face", "low_quality", "model_mismatch", "low_quality", "missing", "matched",
+    ]  # fmt: skip
+    assert not InboundDetection.objects.exists()
+    events = list(AccessEvent.objects.order_by("id"))
+    assert [str(e.detection_id) for e in events] == [decided_before, *ids[:5]]
+    assert events[1].person_id == ada.pk and events[1].decision == "grant" and events[1].similarity == 1.0
+    assert chain_verify().ok
+
+
+def test_a_detection_that_breaks_the_batch_does_not_hold_up_the_others(device, monkeypatch) -> None:
+    """An unexpected error deciding the batch: each detection is retried alone, the bad one fails."""
+    import recognition.detections as detections
+
+    good = [stage(device, crop=b"irrelevant", quality={"face_px": 20.0}) for _ in range(3)]
+    bad = stage(device, crop=b"irrelevant", quality={"face_px": 20.0})
+    real = detections.access_decide_many
+
+    def failing(inputs):
+        if any(item.detection_id == bad for item in inputs):
+            raise RuntimeError("a bug that only this detection triggers")
+        return real(inputs)
+
+    monkeypatch.setattr(detections, "access_decide_many", failing)
+    with pytest.raises(RuntimeError):
+        detections_decide([good[0], bad, *good[1:]])
+    assert sorted(str(e.detection_id) for e in AccessEvent.objects.all()) == sorted(good)
+    assert [str(i.detection_id) for i in InboundDetection.objects.all()] == [bad]  # staged: the sweep retries it

@@ -15,6 +15,7 @@ from recognition.gallery import (
     exact_search,
     explain_search,
     gallery_search,
+    gallery_search_many,
 )
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
@@ -114,6 +115,21 @@ def test_query_uses_the_partial_hnsw_index(rng: np.random.Generator) -> None:
         cursor.execute("SET LOCAL enable_bitmapscan = off")
     plan = explain_search(unit(rng.normal(size=128)), model_version=SFACE, k=10)
     assert "face_hnsw_sface_2021dec_int8bq" in plan, plan
+    # Several probes in one statement: the same index, scanned once per probe.
+    plan = explain_search(unit(rng.normal(size=128)), model_version=SFACE, k=10, probes=3)
+    assert "face_hnsw_sface_2021dec_int8bq" in plan and "Nested Loop" in plan, plan
+
+
+@pytest.mark.django_db
+def test_search_many_equals_one_search_per_probe(clustered: tuple[list[Person], np.ndarray, np.ndarray]) -> None:
+    people, centres, noise = clustered
+    probes = [unit(centres[i] + noise[i]) for i in range(len(people))] + [unit(noise[0])]
+    together = gallery_search_many(probes, model_version=SFACE, limit_people=3)
+    assert together == [gallery_search(probe, model_version=SFACE, limit_people=3) for probe in probes]
+    assert [found[0].person_id for found in together[:-1]] == [person.pk for person in people]
+    assert gallery_search_many([], model_version=SFACE) == []
+    with pytest.raises(GalleryError):
+        gallery_search_many([probes[0], np.ones(64)], model_version=SFACE)
 
 
 def test_best_per_person_aggregates_sorted_rows() -> None:

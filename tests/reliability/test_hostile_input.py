@@ -58,7 +58,7 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 def devices(db, monkeypatch, media_root) -> dict[str, Any]:
     """Two provisioned devices at one door; decisions run inline instead of through Celery."""
     monkeypatch.setattr(ingest, "decision_enqueue", lambda detection_id: detection_decide(detection_id=detection_id))
-    monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door: None)  # no broker round trip
+    monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door, **_: None)  # no broker round trip
     door = Door.objects.create(name="Fuzz door")
     keys = {uid: p.load_private_key(device_provision(uid=uid, door=door).private_key_pem) for uid in (UID_A, UID_B)}
     return {"door": door, "keys": keys}
