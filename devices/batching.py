@@ -1,17 +1,23 @@
-"""Hand staged detections to the recognition queue in small batches when they arrive in bursts.
+"""Hand staged detections to the recognition queue in batches when they arrive in bursts.
 
 One Celery task per detection costs more (broker round trips, prefork hand-over, task set-up)
-than deciding an embedding-mode detection. The bridge therefore collects the ids it staged for
-at most ``wait_s`` (or until ``max_size``) and sends them as one ``recognition.decide_many``
-task; a detection that arrives alone goes out as a plain ``recognition.decide`` after the wait.
-Each detection is still decided in its own transaction, idempotently, so a batch that is
-retried or redelivered decides nothing twice.
+than deciding an embedding-mode detection, and a batch is decided in one transaction (see
+:func:`recognition.detections.detections_decide`). The bridge therefore collects the ids it
+staged for at most ``wait_s`` (or until ``max_size``) and sends them as one
+``recognition.decide_many`` task; a detection that arrives alone goes out as a plain
+``recognition.decide`` after the wait.
+
+While the recognition queue has tasks waiting (``backlog`` > 0: every worker is busy, a new task
+would wait anyway), a due batch is held and keeps growing, up to ``hold_s`` after its first id:
+under load the batches get bigger, and cheaper per detection, without delaying anything when the
+workers are idle. Each batch is still decided idempotently, so one that is retried or
+redelivered decides nothing twice.
 
 :meth:`DecisionBatcher.add` returns an event that is set once the batch holding the id was
-handed to the task broker (or failed to be): the bridge acknowledges an MQTT message only then,
-so a bridge killed between staging and sending leaves the message unacknowledged. Whatever is
-staged and never sent is found by the inbound sweep (``devices.staging.inbound_requeue``) or,
-sooner, when the device re-sends the detection.
+handed to the task broker (or failed to be), and calls ``on_sent`` then: the bridge acknowledges
+an MQTT message only then, so a bridge killed between staging and sending leaves the message
+unacknowledged. Whatever is staged and never sent is found by the inbound sweep
+(``devices.staging.inbound_requeue``) or, sooner, when the device re-sends the detection.
 """
 
 from __future__ import annotations
@@ -24,65 +30,112 @@ from collections.abc import Callable
 logger = logging.getLogger(__name__)
 
 Sender = Callable[[list[str]], None]
+Callback = Callable[[], None]
 
 
 class DecisionBatcher:
     """Collects detection ids from any thread; a flusher thread sends them in batches."""
 
-    def __init__(self, send: Sender, *, max_size: int = 16, wait_s: float = 0.002) -> None:
+    def __init__(
+        self,
+        send: Sender,
+        *,
+        max_size: int = 32,
+        wait_s: float = 0.002,
+        backlog: Callable[[], int] | None = None,
+        hold_s: float = 0.25,
+        poll_s: float = 0.005,
+        quiet_s: float = 0.02,
+    ) -> None:
         self.send = send
         self.max_size = max(1, max_size)
         self.wait_s = max(0.0, wait_s)
+        self.backlog = backlog
+        self.hold_s = max(self.wait_s, hold_s)
+        self.poll_s = max(0.001, poll_s)
+        self.quiet_s = quiet_s
         self._ids: list[str] = []
-        self._done: list[threading.Event] = []
+        self._done: list[tuple[threading.Event, Callback | None]] = []
         self._first_at = 0.0
+        self._due = 0.0
+        self._last_sent = -float("inf")
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="decision-batcher", daemon=True)
         self._thread.start()
 
-    def add(self, detection_id: str) -> threading.Event:
-        """Queue ``detection_id``; the event is set once its batch was handed over (or failed)."""
+    def add(self, detection_id: str, on_sent: Callback | None = None) -> threading.Event:
+        """Queue ``detection_id``; the event is set (and ``on_sent`` called, on the flusher
+        thread) once its batch was handed over or failed to be."""
         done = threading.Event()
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher closed")
             if not self._ids:
                 self._first_at = time.monotonic()
+                self._due = self._first_at + self.wait_s
             self._ids.append(detection_id)
-            self._done.append(done)
+            self._done.append((done, on_sent))
             self._cond.notify()
         return done
 
-    def _take(self) -> tuple[list[str], list[threading.Event]] | None:
+    def _busy(self) -> bool:
+        """True when the recognition queue has tasks waiting (never raises). Not asked (a broker
+        round trip) when the last batch went out more than ``quiet_s`` ago: sparse traffic finds
+        the workers idle."""
+        if self.backlog is None or time.monotonic() - self._last_sent > self.quiet_s:
+            return False
+        try:
+            return self.backlog() > 0
+        except Exception:
+            logger.warning("could not read the recognition queue's backlog", exc_info=True)
+            return False
+
+    def _take(self) -> tuple[list[str], list[tuple[threading.Event, Callback | None]]] | None:
         """Block until a batch is due; None once closed and empty."""
         with self._cond:
             while True:
                 if self._ids:
-                    due = self._first_at + self.wait_s
                     now = time.monotonic()
-                    if len(self._ids) >= self.max_size or now >= due or self._closed:
-                        n = self.max_size
-                        batch, self._ids = self._ids[:n], self._ids[n:]
-                        done, self._done = self._done[:n], self._done[n:]
-                        self._first_at = now
-                        return batch, done
-                    self._cond.wait(due - now)
-                elif self._closed:
+                    full = len(self._ids) >= self.max_size
+                    if not (full or self._closed) and now < self._due:
+                        self._cond.wait(self._due - now)
+                        continue
+                    if not (full or self._closed) and now < self._first_at + self.hold_s:
+                        self._cond.release()  # the broker round trip without blocking add()
+                        try:
+                            busy = self._busy()
+                        finally:
+                            self._cond.acquire()
+                        if busy and len(self._ids) < self.max_size:
+                            self._due = min(time.monotonic() + self.poll_s, self._first_at + self.hold_s)
+                            continue
+                    n = self.max_size
+                    batch, self._ids = self._ids[:n], self._ids[n:]
+                    done, self._done = self._done[:n], self._done[n:]
+                    self._first_at = time.monotonic()
+                    self._due = self._first_at + self.wait_s
+                    return batch, done
+                if self._closed:
                     return None
-                else:
-                    self._cond.wait()
+                self._cond.wait()
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
             batch, done = taken
             try:
+                self._last_sent = time.monotonic()
                 self.send(batch)
             except Exception:
                 logger.exception("could not enqueue %d decisions; the inbound sweep will retry them", len(batch))
             finally:
-                for event in done:
+                for event, on_sent in done:
                     event.set()
+                    if on_sent is not None:
+                        try:
+                            on_sent()
+                        except Exception:
+                            logger.exception("callback after enqueueing a decision failed")
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is pending and stop the flusher."""

@@ -6,8 +6,9 @@ subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosq
 
 Detections are verified and staged by a small thread pool (``MQTT_BRIDGE_WORKERS``): each one
 waits on the database a few times, so one thread would cap the whole site at what one
-connection's round trips allow. Each message is acknowledged when its own handling ends, in
-any order. Heartbeats and status messages stay on the network thread, in arrival order.
+connection's round trips allow. Each message is acknowledged when the handler says it is safe
+(for a detection: once its decision task is out), in any order. Heartbeats and status
+messages stay on the network thread, in arrival order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,24 @@ logger = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = ("acs/v1/devices/+/detections", "acs/v1/devices/+/heartbeat", "acs/v1/devices/+/status")
 
-Handler = Callable[[str, bytes], None]
+#: ``handler(topic, payload, ack)``: handles one message and calls ``ack`` once the message may be
+#: acknowledged to the broker: before it returns, or later from another thread (the decision
+#: batcher acknowledges a detection once its task is out). ``ack`` is idempotent.
+Handler = Callable[[str, bytes, Callable[[], None]], None]
+
+
+class _Once:
+    """A callable that runs ``action`` the first time it is called, from any thread."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action: Callable[[], None] | None = action
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            action, self._action = self._action, None
+        if action is not None:
+            action()
 
 
 def subscription_topics(shared_group: str | None) -> list[str]:
@@ -102,15 +120,16 @@ class Bridge:
             self._slots.release()
 
     def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        """Handle, then acknowledge. While the database is unreachable the message is retried here
-        and, if that fails for too long, left unacknowledged: the broker redelivers it after we
-        reconnect (persistent session), so nothing is lost."""
+        """Handle; the handler acknowledges (see :data:`Handler`). While the database is unreachable
+        the message is retried here and, if that fails for too long, left unacknowledged: the
+        broker redelivers it after we reconnect (persistent session), so nothing is lost."""
         delay = 0.5
         deadline = time.monotonic() + self.retry_for_s
+        ack = _Once(lambda: client.ack(message.mid, message.qos))
         while True:
             close_old_connections()
             try:
-                self.handler(message.topic, message.payload)
+                self.handler(message.topic, message.payload, ack)
             except (OperationalError, InterfaceError) as exc:
                 if self._stop.is_set() or time.monotonic() > deadline:
                     logger.error("database unavailable (%s); leaving message on %s for redelivery", exc, message.topic)
@@ -123,8 +142,8 @@ class Bridge:
             except Exception:
                 # The handler records its own rejections; anything reaching here is a bug we log and survive.
                 logger.exception("bridge handler failed for topic %s", message.topic)
-            break
-        client.ack(message.mid, message.qos)
+                ack()
+            return
 
     def run_forever(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)

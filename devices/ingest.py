@@ -16,12 +16,13 @@ access. Every message on a detections topic ends in exactly one of:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -47,8 +48,24 @@ logger = logging.getLogger(__name__)
 REJECT_NAMESPACE = uuid.UUID("5b0f7a36-0f0c-4c5e-9a8e-6a1f4f2b9d10")
 
 
-def message_ingest(topic: str, raw: bytes) -> None:
-    """Entry point of the bridge for every message."""
+def message_ingest(topic: str, raw: bytes, ack: Callable[[], None] | None = None) -> None:
+    """Entry point of the bridge for every message.
+
+    ``ack`` acknowledges the message to the broker. It is called once the message is safe: when
+    this returns, or, for a detection handed to the decision batcher, once its task is out (the
+    staging thread does not wait for that). Not called when this raises.
+    """
+    token = _ack_later.set(ack)
+    try:
+        _message_handle(topic, raw)
+    finally:
+        pending = _ack_later.get()
+        _ack_later.reset(token)
+    if pending is not None:
+        pending()  # nothing deferred it: safe now
+
+
+def _message_handle(topic: str, raw: bytes) -> None:
     try:
         uid, kind = p.parse_topic(topic)
     except p.ProtocolError:
@@ -307,6 +324,11 @@ REQUEUE_ON_RESEND_AFTER_S = 5.0
 ENQUEUE_WAIT_S = 5.0
 #: Set by the bridge while it runs (:func:`decision_batching`); None: one task per detection.
 _batcher: DecisionBatcher | None = None
+#: The acknowledgement of the message being ingested, until something takes it (see message_ingest).
+_ack_later: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("ack_later", default=None)
+RECOGNITION_QUEUE = "recognition"
+#: The batcher thread's broker connection for reading the backlog.
+_backlog_connection: Any = None
 
 
 def decision_enqueue(detection_id: str) -> None:
@@ -314,15 +336,36 @@ def decision_enqueue(detection_id: str) -> None:
     periodic inbound sweep enqueues it again, so the detection is delayed, not lost."""
     batcher = _batcher
     if batcher is not None:
+        ack = _ack_later.get()
         try:
-            sent = batcher.add(str(detection_id))
+            sent = batcher.add(str(detection_id), on_sent=ack)
         except RuntimeError:
             pass  # closing: send it directly
         else:
-            # The bridge acknowledges the message after this returns: only once the task is out.
-            sent.wait(ENQUEUE_WAIT_S)
+            if ack is not None:
+                _ack_later.set(None)  # the batcher acknowledges the message once the task is out
+            else:
+                sent.wait(ENQUEUE_WAIT_S)  # the caller acknowledges after this returns
             return
     decisions_send([str(detection_id)])
+
+
+def decision_backlog() -> int:
+    """Tasks waiting (not yet taken by a worker) in the recognition queue."""
+    from accessctl.celery import app
+
+    global _backlog_connection
+    if _backlog_connection is None:
+        _backlog_connection = app.connection_for_read()
+    try:
+        declared = _backlog_connection.default_channel.queue_declare(queue=RECOGNITION_QUEUE, passive=True)
+    except Exception as exc:
+        _backlog_connection.release()  # a failed passive declare closes the channel (AMQP)
+        _backlog_connection = None
+        if str(getattr(exc, "reply_code", "")) == "404":  # amqp NotFound; kombu's virtual transports say "404"
+            return 0  # no worker declared the queue yet: nothing is waiting in it
+        raise
+    return int(declared.message_count)
 
 
 def decisions_send(detection_ids: list[str]) -> None:
@@ -333,7 +376,7 @@ def decisions_send(detection_ids: list[str]) -> None:
     try:
         task.apply_async(
             args=args,
-            queue="recognition",
+            queue=RECOGNITION_QUEUE,
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         )
@@ -342,10 +385,11 @@ def decisions_send(detection_ids: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def decision_batching(*, max_size: int = 16, wait_s: float = 0.002) -> Iterator[DecisionBatcher]:
-    """While the block runs, :func:`decision_enqueue` batches (see :mod:`devices.batching`)."""
+def decision_batching(*, max_size: int = 32, wait_s: float = 0.002, hold_s: float = 0.25) -> Iterator[DecisionBatcher]:
+    """While the block runs, :func:`decision_enqueue` batches (see :mod:`devices.batching`);
+    a due batch is held up to ``hold_s`` while the recognition queue has a backlog."""
     global _batcher
-    batcher = DecisionBatcher(decisions_send, max_size=max_size, wait_s=wait_s)
+    batcher = DecisionBatcher(decisions_send, max_size=max_size, wait_s=wait_s, backlog=decision_backlog, hold_s=hold_s)
     _batcher = batcher
     try:
         yield batcher

@@ -49,3 +49,42 @@ def test_close_sends_what_is_pending() -> None:
     event = batcher.add("x")
     batcher.close()
     assert event.is_set() and sent == [["x"]]
+
+
+def test_while_the_queue_has_a_backlog_a_due_batch_is_held_and_grows() -> None:
+    sent: list[tuple[float, list[str]]] = []
+    backlog = [3]  # tasks waiting in the recognition queue: every worker is busy
+    batcher = DecisionBatcher(
+        lambda ids: sent.append((time.monotonic(), ids)),
+        max_size=8, wait_s=0.005, backlog=lambda: backlog[0], hold_s=5.0, poll_s=0.005, quiet_s=1.0,
+    )  # fmt: skip
+    assert batcher.add("idle").wait(5)  # the first batch after a quiet spell goes out without asking
+    first = batcher.add("0")
+    time.sleep(0.1)  # long past wait_s: held, because a new task would only wait behind the others
+    assert not first.is_set() and len(sent) == 1
+    for i in range(1, 5):
+        batcher.add(str(i))
+    backlog[0] = 0  # a worker took the waiting task: the batch goes now
+    assert first.wait(5)
+    batcher.close()
+    assert [ids for _, ids in sent] == [["idle"], ["0", "1", "2", "3", "4"]]
+
+
+def test_a_held_batch_goes_when_full_or_after_hold_s_and_a_broken_backlog_reads_idle() -> None:
+    sent: list[list[str]] = []
+    batcher = DecisionBatcher(sent.append, max_size=3, wait_s=0.001, backlog=lambda: 1, hold_s=0.2, quiet_s=1.0)
+    started = time.monotonic()
+    events = [batcher.add(str(i)) for i in range(4)]  # the first three fill a batch
+    assert all(event.wait(5) for event in events)
+    assert time.monotonic() - started >= 0.15  # the fourth waited for hold_s
+    batcher.close()
+    assert sent == [["0", "1", "2"], ["3"]]
+
+    def broken() -> int:
+        raise ConnectionError("broker away")
+
+    calls: list[str] = []
+    batcher = DecisionBatcher(sent.append, wait_s=0.001, backlog=broken, hold_s=30)
+    assert batcher.add("x", on_sent=lambda: calls.append("acked")).wait(5)
+    batcher.close()
+    assert sent[-1] == ["x"] and calls == ["acked"]

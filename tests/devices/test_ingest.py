@@ -277,3 +277,31 @@ def test_rejection_is_announced_to_webhook_subscribers(device, enqueued, monkeyp
     delivery = WebhookDelivery.objects.get()
     assert delivery.event_type == "access.denied"
     assert delivery.payload["reason"] == "malformed"
+
+
+def test_a_batched_detection_is_acknowledged_once_its_task_is_out(device, monkeypatch) -> None:
+    """The staging thread does not wait for the batch: the broker ack comes when the task is sent."""
+    import threading
+
+    _, key = device
+    gate, sent, acks = threading.Event(), [], []
+    monkeypatch.setattr(ingest, "decisions_send", lambda ids: (gate.wait(5), sent.append(ids)))
+    monkeypatch.setattr(ingest, "decision_backlog", lambda: 0)
+    det = detection()
+    with ingest.decision_batching(wait_s=0.001):
+        ingest.message_ingest(p.detections_topic(UID), p.seal(det, key), ack=lambda: acks.append("det"))
+        assert acks == [] and InboundDetection.objects.filter(detection_id=det.detection_id).exists()
+        gate.set()
+        for _ in range(500):
+            if acks:
+                break
+            time.sleep(0.01)
+        assert sent == [[det.detection_id]] and acks == ["det"]
+        # Anything that is not handed to the batcher is acknowledged when the handler returns.
+        ingest.message_ingest(p.detections_topic(UID), b"not json", ack=lambda: acks.append("bad"))
+        assert acks == ["det", "bad"]
+
+
+def test_the_recognition_backlog_is_read_from_the_task_broker() -> None:
+    assert ingest.decision_backlog() >= 0
+    assert ingest.decision_backlog() >= 0  # the connection is kept for the next read
