@@ -385,11 +385,20 @@ def decisions_send(detection_ids: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def decision_batching(*, max_size: int = 32, wait_s: float = 0.002, hold_s: float = 0.25) -> Iterator[DecisionBatcher]:
-    """While the block runs, :func:`decision_enqueue` batches (see :mod:`devices.batching`);
-    a due batch is held up to ``hold_s`` while the recognition queue has a backlog."""
+def decision_batching(
+    *, max_size: int | None = None, wait_s: float = 0.002, hold_s: float | None = None
+) -> Iterator[DecisionBatcher]:
+    """While the block runs, :func:`decision_enqueue` batches (see :mod:`devices.batching`); a due
+    batch is held up to ``hold_s`` while the recognition queue has a backlog. Defaults:
+    ``MQTT_BRIDGE_BATCH_MAX`` and ``MQTT_BRIDGE_BATCH_HOLD_MS``."""
     global _batcher
-    batcher = DecisionBatcher(decisions_send, max_size=max_size, wait_s=wait_s, backlog=decision_backlog, hold_s=hold_s)
+    batcher = DecisionBatcher(
+        decisions_send,
+        max_size=max_size if max_size is not None else settings.MQTT_BRIDGE_BATCH_MAX,
+        wait_s=wait_s,
+        backlog=decision_backlog,
+        hold_s=hold_s if hold_s is not None else settings.MQTT_BRIDGE_BATCH_HOLD_MS / 1000,
+    )
     _batcher = batcher
     try:
         yield batcher
