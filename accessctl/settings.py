@@ -168,7 +168,7 @@ MQTT_BRIDGE_WORKERS = env_int("MQTT_BRIDGE_WORKERS", 4)
 # Decision batches (devices.batching): at most this many detections per task; while every worker
 # is busy a batch waits up to this many milliseconds to grow (bigger batches cost less per decision).
 MQTT_BRIDGE_BATCH_MAX = env_int("MQTT_BRIDGE_BATCH_MAX", 32)
-MQTT_BRIDGE_BATCH_HOLD_MS = env_int("MQTT_BRIDGE_BATCH_HOLD_MS", 250)
+MQTT_BRIDGE_BATCH_HOLD_MS = env_int("MQTT_BRIDGE_BATCH_HOLD_MS", 100)
 
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)

@@ -8,7 +8,7 @@ staged for at most ``wait_s`` (or until ``max_size``) and sends them as one
 ``recognition.decide`` after the wait.
 
 While the recognition queue has tasks waiting (``backlog`` > 0: every worker is busy, a new task
-would wait anyway), a due batch is held and keeps growing, up to ``hold_s`` after its first id:
+would wait anyway), a due batch is held and keeps growing, up to ``hold_s`` after its first id (``MQTT_BRIDGE_BATCH_HOLD_MS``, 100 ms):
 under load the batches get bigger, and cheaper per detection, without delaying anything when the
 workers are idle. Each batch is still decided idempotently, so one that is retried or
 redelivered decides nothing twice.
@@ -43,7 +43,7 @@ class DecisionBatcher:
         max_size: int = 32,
         wait_s: float = 0.002,
         backlog: Callable[[], int] | None = None,
-        hold_s: float = 0.25,
+        hold_s: float = 0.1,
         poll_s: float = 0.005,
         quiet_s: float = 0.02,
     ) -> None:
