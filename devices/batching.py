@@ -8,10 +8,10 @@ staged for at most ``wait_s`` (or until ``max_size``) and sends them as one
 ``recognition.decide`` after the wait.
 
 While the recognition queue has tasks waiting (``backlog`` > 0: every worker is busy, a new task
-would wait anyway), a due batch is held and keeps growing, up to ``hold_s`` after its first id (``MQTT_BRIDGE_BATCH_HOLD_MS``, 100 ms):
-under load the batches get bigger, and cheaper per detection, without delaying anything when the
-workers are idle. Each batch is still decided idempotently, so one that is retried or
-redelivered decides nothing twice.
+would wait anyway), a due batch is held and keeps growing, up to ``hold_s`` after its first id
+(``MQTT_BRIDGE_BATCH_HOLD_MS``, 100 ms): under load the batches get bigger, and cheaper per
+detection, without delaying anything when the workers are idle. Each batch is still decided
+idempotently, so one that is retried or redelivered decides nothing twice.
 
 :meth:`DecisionBatcher.add` returns an event that is set once the batch holding the id was
 handed to the task broker (or failed to be), and calls ``on_sent`` then: the bridge acknowledges
