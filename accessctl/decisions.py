@@ -100,7 +100,10 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
         else:
             verdicts.append(None)
             person = people.get(item.person_id) if item.person_id else None
-            requests.append((n, AccessRequest(person, item.door, item.occurred_at, item.unknown_reason)))
+            unknown_reason = item.unknown_reason
+            if person is None and unknown_reason == Reason.MATCHED:
+                unknown_reason = Reason.UNKNOWN_FACE  # matched a person deleted since: nobody we know
+            requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
     drafts = [_draft(item, verdict, people) for item, verdict in zip(inputs, verdicts, strict=True)]

@@ -156,3 +156,16 @@ def test_a_detection_that_breaks_the_batch_does_not_hold_up_the_others(device, m
         detections_decide([good[0], bad, *good[1:]])
     assert sorted(str(e.detection_id) for e in AccessEvent.objects.all()) == sorted(good)
     assert [str(i.detection_id) for i in InboundDetection.objects.all()] == [bad]  # staged: the sweep retries it
+
+
+def test_a_match_on_a_person_deleted_meanwhile_is_an_unknown_face(device) -> None:
+    import datetime as dt
+
+    from accessctl.codes import Reason
+    from accessctl.decisions import access_decide
+
+    event, created = access_decide(
+        detection_id=p.new_id(), occurred_at=dt.datetime.now(dt.UTC), device_id=device.pk, device_uid=device.uid,
+        door=device.door, person_id=987654, unknown_reason=Reason.MATCHED, similarity=0.9,
+    )  # fmt: skip
+    assert created and (event.decision, event.reason, event.person_id) == ("deny", "unknown_face", None)
