@@ -18,8 +18,13 @@ app.autodiscover_tasks()
 
 @signals.task_prerun.connect
 @signals.task_postrun.connect
-def _recycle_database_connections(**_: object) -> None:
-    """Drop connections that are broken (e.g. the database restarted) or older than CONN_MAX_AGE."""
+def _recycle_database_connections(sender: object = None, **_: object) -> None:
+    """Drop connections that are broken (e.g. the database restarted) or older than CONN_MAX_AGE.
+
+    Not for an eager task: it runs in its caller's process, inside the caller's transaction.
+    """
     from django.db import close_old_connections
 
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
     close_old_connections()
