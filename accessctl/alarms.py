@@ -35,11 +35,13 @@ def alarm_raise(
     device: EdgeDevice | None = None,
     event: AccessEvent | None = None,
     details: dict[str, Any] | None = None,
+    occurrences: int = 1,
 ) -> Alarm:
     """Raise an alarm, or fold it into the open (unacknowledged) one of the same kind, door and device.
 
-    Folding bumps ``count`` and ``last_seen_at``, points ``event`` at the latest occurrence and merges
-    ``details``. Dashboards get ``alarm.raised`` after commit either way (they upsert by id).
+    Folding bumps ``count`` (by ``occurrences``: several at once) and ``last_seen_at``, points
+    ``event`` at the latest occurrence and merges ``details``. Dashboards get ``alarm.raised`` after
+    commit either way (they upsert by id).
     """
     kind = Alarm.Kind(kind)
     door_id = door.pk if door is not None else None
@@ -59,12 +61,13 @@ def alarm_raise(
         )
         if alarm is None:
             alarm = Alarm.objects.create(
-                kind=kind, door_id=door_id, device_id=device_id, event=event, details=details or {}
-            )
+                kind=kind, door_id=door_id, device_id=device_id, event=event, details=details or {},
+                count=max(occurrences, 1),
+            )  # fmt: skip
             created = True
         else:
             Alarm.objects.filter(pk=alarm.pk).update(
-                count=F("count") + 1,
+                count=F("count") + max(occurrences, 1),
                 last_seen_at=timezone.now(),
                 event_id=event.pk if event is not None else alarm.event_id,
                 details={**alarm.details, **(details or {})},
@@ -102,10 +105,13 @@ def alarm_acknowledge(*, alarm: Alarm, actor: AbstractBaseUser) -> Alarm:
 
 
 def unknown_faces_check(
-    *, door: Door, window_s: int = 60, threshold: int = 3, now: datetime | None = None
+    *, door: Door, window_s: int = 60, threshold: int = 3, now: datetime | None = None, new_faces: int = 1
 ) -> Alarm | None:
     """Raise ``REPEATED_UNKNOWN`` when ``door`` denied ``threshold`` or more unknown faces in the last
     ``window_s`` seconds; returns the (possibly folded) alarm, or ``None`` below the threshold.
+
+    ``new_faces``: how many of those faces were just recorded (a batch checks once); each one at or
+    past the threshold counts as one occurrence, as if each had been checked on its own.
     """
     now = now or timezone.now()
     recent = AccessEvent.objects.filter(
@@ -119,4 +125,5 @@ def unknown_faces_check(
         door=door,
         event=recent.first(),
         details={"unknown_faces": seen, "window_s": window_s},
+        occurrences=min(max(new_faces, 1), seen - threshold + 1),
     )

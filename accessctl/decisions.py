@@ -87,7 +87,7 @@ def access_decide(
 def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEvent, bool]]:
     """:func:`access_decide` for several faces, in order: one policy query, one event INSERT.
 
-    Several unknown faces at one door check the repeated-unknown alarm once.
+    Several unknown faces at one door check the repeated-unknown alarm once (counting each face).
     """
     people = Person.objects.in_bulk({i.person_id for i in inputs if i.person_id})
     requests: list[tuple[int, AccessRequest]] = []
@@ -109,16 +109,17 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     drafts = [_draft(item, verdict, people) for item, verdict in zip(inputs, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
-        unknown_at: dict[int, Door] = {}
+        unknown_at: dict[int, tuple[Door, int]] = {}
         for item, (event, created) in zip(inputs, recorded, strict=True):
             if created:
                 event.door = item.door
                 event.person = people.get(event.person_id) if event.person_id else None
                 _notify(event, door=item.door, command=True, unknown_check=False)
                 if event.reason == Reason.UNKNOWN_FACE and item.door is not None:
-                    unknown_at[item.door.pk] = item.door
-        for door in unknown_at.values():
-            _unknown_faces_check(door)
+                    faces = unknown_at.get(item.door.pk, (item.door, 0))[1]
+                    unknown_at[item.door.pk] = (item.door, faces + 1)
+        for door, faces in unknown_at.values():
+            _unknown_faces_check(door, faces)
     return recorded
 
 
@@ -237,7 +238,7 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
         _unknown_faces_check(door)
 
 
-def _unknown_faces_check(door: Door) -> None:
+def _unknown_faces_check(door: Door, new_faces: int = 1) -> None:
     from accessctl.alarms import unknown_faces_check
 
-    unknown_faces_check(door=door)
+    unknown_faces_check(door=door, new_faces=new_faces)

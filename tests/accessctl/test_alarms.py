@@ -99,6 +99,17 @@ def test_repeated_unknown_faces_raise_one_alarm(door) -> None:
     assert unknown_faces_check(door=door, now=now, threshold=10) is None
 
 
+def test_unknown_faces_checked_once_for_a_batch_count_each_face(door, sent) -> None:
+    now = timezone.now()
+    for seconds in (5, 4, 3, 2, 1):
+        event_make(door_id=door.pk, occurred_at=now - dt.timedelta(seconds=seconds))
+    alarm = unknown_faces_check(door=door, now=now, new_faces=5)  # five at once: faces 3, 4 and 5 count
+    assert alarm is not None and alarm.count == 3
+    for seconds in (0.5, 0.2):
+        event_make(door_id=door.pk, occurred_at=now - dt.timedelta(seconds=seconds))
+    assert unknown_faces_check(door=door, now=now, new_faces=2).count == 5
+
+
 def test_acknowledge_view(door, client) -> None:
     alarm = alarm_raise(kind=Alarm.Kind.WATCHLIST, door=door)
     client.force_login(user_create("olga", "accessctl.view_dashboard"))
