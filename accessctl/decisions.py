@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,42 +91,39 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     Several unknown faces at one door check the repeated-unknown alarm once (counting each face).
     """
     people = Person.objects.in_bulk({i.person_id for i in inputs if i.person_id})
+    persons = [people.get(item.person_id) if item.person_id else None for item in inputs]
     requests: list[tuple[int, AccessRequest]] = []
     verdicts: list[tuple[Decision, Reason] | None] = []
-    for n, item in enumerate(inputs):
+    for n, (item, person) in enumerate(zip(inputs, persons, strict=True)):
         if item.too_late:
             verdicts.append((Decision.DENY, Reason.STALE_TIMESTAMP))
         elif item.door is None:
             verdicts.append((Decision.DENY, Reason.DOOR_UNASSIGNED))
         else:
             verdicts.append(None)
-            person = people.get(item.person_id) if item.person_id else None
             unknown_reason = item.unknown_reason
             if person is None and unknown_reason == Reason.MATCHED:
                 unknown_reason = Reason.UNKNOWN_FACE  # matched a person deleted since: nobody we know
             requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
-    drafts = [_draft(item, verdict, people) for item, verdict in zip(inputs, verdicts, strict=True)]
+    drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
-        unknown_at: dict[int, tuple[Door, int]] = {}
-        for item, (event, created) in zip(inputs, recorded, strict=True):
+        unknown_faces: Counter[Door] = Counter()
+        for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
             if created:
-                event.door = item.door
-                event.person = people.get(event.person_id) if event.person_id else None
+                event.door, event.person = item.door, person
                 _notify(event, door=item.door, command=True, unknown_check=False)
                 if event.reason == Reason.UNKNOWN_FACE and item.door is not None:
-                    faces = unknown_at.get(item.door.pk, (item.door, 0))[1]
-                    unknown_at[item.door.pk] = (item.door, faces + 1)
-        for door, faces in unknown_at.values():
+                    unknown_faces[item.door] += 1
+        for door, faces in unknown_faces.items():
             _unknown_faces_check(door, faces)
     return recorded
 
 
-def _draft(item: DecisionInput, verdict: tuple[Decision, Reason] | None, people: dict[int, Person]) -> EventDraft:
+def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, Reason] | None) -> EventDraft:
     assert verdict is not None, "every input has a verdict"
-    person = people.get(item.person_id) if item.person_id else None
     return EventDraft(
         detection_id=item.detection_id, occurred_at=item.occurred_at, decision=verdict[0], reason=verdict[1],
         door_id=item.door.pk if item.door else None, device_id=item.device_id, device_uid=item.device_uid,
