@@ -130,7 +130,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Worker processes started by `manage.py up` (each loads the face model once; ~35 decisions/s each).
 WORKER_CONCURRENCY = env_int("ACCESSCTL_WORKER_CONCURRENCY", 2)
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"recognition.*": {"queue": "recognition"}}
+# Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
+RECOGNITION_QUEUE = "recognition"
+CELERY_TASK_ROUTES = {"recognition.*": {"queue": RECOGNITION_QUEUE}}
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"

@@ -123,7 +123,7 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "accessctl",
                 "worker",
                 "-Q",
-                "recognition,default",
+                f"{settings.RECOGNITION_QUEUE},default",
                 "--concurrency",
                 str(settings.WORKER_CONCURRENCY),
                 "--prefetch-multiplier",

@@ -326,7 +326,6 @@ ENQUEUE_WAIT_S = 5.0
 _batcher: DecisionBatcher | None = None
 #: The acknowledgement of the message being ingested, until something takes it (see message_ingest).
 _ack_later: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("ack_later", default=None)
-RECOGNITION_QUEUE = "recognition"
 #: The batcher thread's broker connection for reading the backlog.
 _backlog_connection: Any = None
 
@@ -358,7 +357,7 @@ def decision_backlog() -> int:
     if _backlog_connection is None:
         _backlog_connection = app.connection_for_read()
     try:
-        declared = _backlog_connection.default_channel.queue_declare(queue=RECOGNITION_QUEUE, passive=True)
+        declared = _backlog_connection.default_channel.queue_declare(queue=settings.RECOGNITION_QUEUE, passive=True)
     except Exception as exc:
         _backlog_connection.release()  # a failed passive declare closes the channel (AMQP)
         _backlog_connection = None
@@ -376,7 +375,7 @@ def decisions_send(detection_ids: list[str]) -> None:
     try:
         task.apply_async(
             args=args,
-            queue=RECOGNITION_QUEUE,
+            queue=settings.RECOGNITION_QUEUE,
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         )
