@@ -188,6 +188,10 @@ RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
 RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
 # HNSW search breadth: 100 holds recall@1 >= 0.97 to ~100k faces; raise it for larger galleries.
 RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 100)
+# A probe whose best two people are within this similarity gap (a near-tie: strangers, look-alikes)
+# is searched again with the wider candidate list (0 turns that off). See recognition.gallery.
+RECOGNITION_SEARCH_ESCALATE_GAP = env_float("ACCESSCTL_SEARCH_ESCALATE_GAP", 0.08)
+RECOGNITION_HNSW_ESCALATED_EF_SEARCH = env_int("ACCESSCTL_HNSW_ESCALATED_EF_SEARCH", 800)
 RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 40)  # LFW accuracy is measured on such faces
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
 RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)

@@ -11,8 +11,15 @@ a predicate whose value is known when the plan is made, which a generic server-s
 would not know.
 
 A person has several embeddings (one per accepted enrolment photo). :func:`gallery_search` asks the
-index for ``limit_people * neighbours_per_person`` nearest vectors and keeps the best one per
-person; :func:`exact_search` does the same by a sequential scan (recall measurement, tests).
+index for ``limit_people * neighbours_per_person`` nearest vectors, then scores the people found
+exactly: every embedding of each of the best people is compared with the probe (a person's score is
+their best photo, whichever of their photos the graph walk happened to reach). When the best two
+people are nearly tied (``RECOGNITION_SEARCH_ESCALATE_GAP``), the ranking at the top is exactly what
+an approximate search gets wrong and what the matcher's margin rule depends on, so those probes are
+searched again with a much wider candidate list (``RECOGNITION_HNSW_ESCALATED_EF_SEARCH``). A clear
+winner (the usual enrolled face: best ~0.7, runner-up ~0.45) costs one narrow search; near-ties
+(strangers, look-alikes) cost a wide one. :func:`exact_search` does the same by a sequential scan
+(recall measurement, tests).
 
 ``FaceEmbedding`` rows are the gallery: the enrolment services create them only for accepted
 photos (see :mod:`recognition.enrollment`), so nothing here filters on photo status.
@@ -41,6 +48,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EF_SEARCH = 100
 #: How many nearest vectors to fetch per requested person (a person has several embeddings).
 DEFAULT_NEIGHBOURS_PER_PERSON = 8
+#: Search again, wider, when the best two people are closer than this (cosine similarity).
+DEFAULT_ESCALATE_GAP = 0.08
+#: The wider search's candidate list (0: never search again).
+DEFAULT_ESCALATED_EF_SEARCH = 800
 #: pgvector 0.8 iterative index scan: keeps scanning the graph when filtering left too few rows.
 ITERATIVE_SCAN = "relaxed_order"
 #: Upper bound of tuples an iterative scan may visit (pgvector's default is 20000).
@@ -101,6 +112,17 @@ def _search_many_sql(model_version: str, dim: int) -> str:
         f"SELECT id, person_id, (embedding::vector({dim}) <=> q.v) AS distance "
         f"FROM {_TABLE} WHERE model_version = '{model_version}' "
         f"ORDER BY embedding::vector({dim}) <=> q.v LIMIT %s) e"
+    )
+
+
+def _rescore_sql(model_version: str, dim: int) -> str:
+    # Every embedding of the given people, with its distance to the probe that found them; the
+    # probes are numbered from 1 like _search_many_sql's. The person_id index finds the rows.
+    return (
+        f"SELECT q.n, e.id, e.person_id, (e.embedding::vector({dim}) <=> q.v) AS distance "
+        f"FROM unnest(%s::vector({dim})[]) WITH ORDINALITY AS q(v, n) "
+        "JOIN unnest(%s::bigint[], %s::bigint[]) AS p(n, person_id) ON p.n = q.n "
+        f"JOIN {_TABLE} e ON e.person_id = p.person_id AND e.model_version = '{model_version}'"
     )
 
 
@@ -168,6 +190,27 @@ def ann_neighbours_many(
     return found
 
 
+def person_rescore_many(
+    cursor: Any,
+    embeddings: Sequence[np.ndarray | Sequence[float]],
+    people: Sequence[Sequence[int]],
+    *,
+    model_version: str,
+) -> list[list[tuple[int, int, float]]]:
+    """Every embedding of ``people[i]`` with its exact distance to ``embeddings[i]``:
+    ``(embedding_id, person_id, distance)`` rows per probe, one statement for all probes."""
+    dim = dim_for(model_version)
+    literals = [vector_literal(embedding, dim) for embedding in embeddings]
+    numbers = [n for n, ids in enumerate(people, start=1) for _ in ids]
+    person_ids = [int(person_id) for ids in people for person_id in ids]
+    found: list[list[tuple[int, int, float]]] = [[] for _ in literals]
+    if person_ids:
+        cursor.execute(_rescore_sql(model_version, dim), [literals, numbers, person_ids])
+        for probe, embedding_id, person_id, distance in cursor.fetchall():
+            found[int(probe) - 1].append((int(embedding_id), int(person_id), float(distance)))
+    return found
+
+
 def best_per_person(rows: Sequence[tuple[int, int, float]], limit_people: int) -> list[Candidate]:
     """Keep the closest embedding of each person, best people first (rows sorted by distance)."""
     seen: dict[int, Candidate] = {}
@@ -192,11 +235,14 @@ def gallery_search(
     limit_people: int = 5,
     ef_search: int | None = None,
     neighbours_per_person: int = DEFAULT_NEIGHBOURS_PER_PERSON,
+    escalated_ef_search: int | None = None,
+    escalate_gap: float | None = None,
 ) -> list[Candidate]:
     """The ``limit_people`` people closest to ``embedding`` (HNSW, cosine), best first.
 
     Only embeddings of ``model_version`` are searched. ``ef_search`` defaults to
-    :func:`default_ef_search`. Raises :class:`GalleryError` for an unknown model version or a
+    :func:`default_ef_search`; a near-tie at the top is searched again wider (see
+    :func:`gallery_search_many`). Raises :class:`GalleryError` for an unknown model version or a
     vector of the wrong dimension.
     """
     return gallery_search_many(
@@ -205,6 +251,8 @@ def gallery_search(
         limit_people=limit_people,
         ef_search=ef_search,
         neighbours_per_person=neighbours_per_person,
+        escalated_ef_search=escalated_ef_search,
+        escalate_gap=escalate_gap,
     )[0]
 
 
@@ -215,9 +263,16 @@ def gallery_search_many(
     limit_people: int = 5,
     ef_search: int | None = None,
     neighbours_per_person: int = DEFAULT_NEIGHBOURS_PER_PERSON,
+    escalated_ef_search: int | None = None,
+    escalate_gap: float | None = None,
 ) -> list[list[Candidate]]:
     """:func:`gallery_search` for several probes in one statement (one index scan per probe);
-    the candidates of each probe, in the order of ``embeddings``."""
+    the candidates of each probe, in the order of ``embeddings``.
+
+    The people found are scored exactly on all their embeddings; probes whose best two people are
+    within ``escalate_gap`` are searched again with ``escalated_ef_search`` (module docstring).
+    Both default to the settings (:func:`escalation_defaults`).
+    """
     if limit_people < 1:
         raise GalleryError("limit_people must be at least 1")
     if not embeddings:
@@ -225,10 +280,62 @@ def gallery_search_many(
     k = limit_people * max(neighbours_per_person, 1)
     if ef_search is None:
         ef_search = default_ef_search()
+    default_wide, default_gap = escalation_defaults()
+    wide = default_wide if escalated_ef_search is None else escalated_ef_search
+    gap = default_gap if escalate_gap is None else escalate_gap
+    ranked = max(limit_people, 2)  # the gap needs the runner-up
     # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         rows = ann_neighbours_many(cursor, embeddings, model_version=model_version, k=k, ef_search=max(ef_search, k))
+        rows = _rescored(cursor, embeddings, rows, ranked, model_version)
+        again = [i for i, probe_rows in enumerate(rows) if wide > ef_search and _nearly_tied(probe_rows, gap)]
+        if again:
+            wider = ann_neighbours_many(
+                cursor, [embeddings[i] for i in again], model_version=model_version, k=k, ef_search=max(wide, k)
+            )
+            wider = _rescored(cursor, [embeddings[i] for i in again], wider, ranked, model_version)
+            for i, more in zip(again, wider, strict=True):
+                rows[i] = _merged(rows[i], more)
     return [best_per_person(probe_rows, limit_people) for probe_rows in rows]
+
+
+def escalation_defaults() -> tuple[int, float]:
+    """(escalated ef_search, gap) from ``settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH`` and
+    ``settings.RECOGNITION_SEARCH_ESCALATE_GAP``, else the module defaults."""
+    wide = getattr(settings, "RECOGNITION_HNSW_ESCALATED_EF_SEARCH", None)
+    gap = getattr(settings, "RECOGNITION_SEARCH_ESCALATE_GAP", None)
+    return (
+        DEFAULT_ESCALATED_EF_SEARCH if wide is None else int(wide),
+        DEFAULT_ESCALATE_GAP if gap is None else float(gap),
+    )
+
+
+def _rescored(
+    cursor: Any,
+    embeddings: Sequence[np.ndarray | Sequence[float]],
+    rows: list[list[tuple[int, int, float]]],
+    ranked: int,
+    model_version: str,
+) -> list[list[tuple[int, int, float]]]:
+    """``rows`` plus every embedding of each probe's ``ranked`` best people, exactly scored."""
+    people = [[c.person_id for c in best_per_person(probe_rows, ranked)] for probe_rows in rows]
+    extra = person_rescore_many(cursor, embeddings, people, model_version=model_version)
+    return [_merged(probe_rows, more) for probe_rows, more in zip(rows, extra, strict=True)]
+
+
+Row = tuple[int, int, float]  # (embedding_id, person_id, cosine distance)
+
+
+def _merged(rows: Sequence[Row], more: Sequence[Row]) -> list[Row]:
+    by_id = {row[0]: row for row in rows}
+    by_id.update((row[0], row) for row in more)
+    return sorted(by_id.values(), key=lambda r: (r[2], r[0]))
+
+
+def _nearly_tied(rows: Sequence[tuple[int, int, float]], gap: float) -> bool:
+    """Whether the best two people of ``rows`` are within ``gap`` (False with fewer than two)."""
+    best = best_per_person(rows, 2)
+    return len(best) == 2 and best[0].similarity - best[1].similarity < gap
 
 
 def exact_search(

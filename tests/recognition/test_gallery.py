@@ -138,3 +138,112 @@ def test_best_per_person_aggregates_sorted_rows() -> None:
         Candidate(person_id=20, similarity=pytest.approx(0.95), embedding_id=5),
         Candidate(person_id=10, similarity=pytest.approx(0.90), embedding_id=2),
     ]
+
+
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(probes, ef_search) of every index scan the gallery runs."""
+    from recognition import gallery
+
+    seen: list[tuple[int, int]] = []
+    original = gallery.ann_neighbours_many
+
+    def recording(cursor, embeddings, **kwargs):
+        seen.append((len(embeddings), kwargs["ef_search"]))
+        return original(cursor, embeddings, **kwargs)
+
+    monkeypatch.setattr(gallery, "ann_neighbours_many", recording)
+    return seen
+
+
+@pytest.fixture
+def twins(rng: np.random.Generator) -> tuple[Person, Person, np.ndarray, np.ndarray]:
+    """Two people, three photos each around their own centre, plus a stranger in the gallery."""
+    a, b = unit(rng.normal(size=128)), unit(rng.normal(size=128))
+    alice, bob, carol = (Person.objects.create(name=name) for name in ("Alice", "Bob", "Carol"))
+    for person, centre in ((alice, a), (bob, b), (carol, unit(rng.normal(size=128)))):
+        for _ in range(3):
+            add(person, unit(centre + rng.normal(scale=0.05, size=128)))
+    return alice, bob, a, b
+
+
+@pytest.mark.django_db
+def test_near_tie_is_searched_again_wider(
+    twins: tuple[Person, Person, np.ndarray, np.ndarray], scans: list[tuple[int, int]]
+) -> None:
+    alice, bob, a, b = twins
+    between, clear = unit(a + b), unit(a + 0.1 * b)
+    found = gallery_search_many(
+        [between, clear, between], model_version=SFACE, limit_people=2, ef_search=40, escalated_ef_search=500
+    )
+    # the first scan covers all three probes; only the two near-ties are scanned again, wider
+    assert scans == [(3, 40), (2, 500)]
+    assert {c.person_id for c in found[0]} == {alice.pk, bob.pk}
+    assert found[0][0].similarity - found[0][1].similarity < 0.08
+    assert found[1][0].person_id == alice.pk and found[1][0].similarity - found[1][1].similarity > 0.08
+    for probe, candidates in zip([between, clear, between], found, strict=True):
+        assert candidates == exact_search(probe, model_version=SFACE, limit_people=2)
+
+
+@pytest.mark.django_db
+def test_escalation_follows_settings_and_can_be_off(
+    twins: tuple[Person, Person, np.ndarray, np.ndarray], scans: list[tuple[int, int]], settings
+) -> None:
+    _, _, a, b = twins
+    between = unit(a + b)
+    settings.RECOGNITION_HNSW_EF_SEARCH = 30
+    settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH = 321
+    settings.RECOGNITION_SEARCH_ESCALATE_GAP = 0.08
+    gallery_search(between, model_version=SFACE, limit_people=2)
+    assert scans == [(1, 30), (1, 321)]
+    scans.clear()
+    gallery_search(between, model_version=SFACE, limit_people=2, escalated_ef_search=0)
+    assert scans == [(1, 30)], "0 turns the wider search off"
+    scans.clear()
+    settings.RECOGNITION_SEARCH_ESCALATE_GAP = 0.0
+    gallery_search(between, model_version=SFACE, limit_people=2)
+    assert scans == [(1, 30)], "a gap of 0 never counts as a tie"
+
+
+@pytest.mark.django_db
+def test_found_people_are_scored_on_all_their_photos(
+    twins: tuple[Person, Person, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph walk that reached only a person's worst photo still gives them their best score."""
+    from recognition import gallery
+
+    alice, bob, a, _ = twins
+    probe = unit(a + np.random.default_rng(3).normal(scale=0.05, size=128))
+    photos = sorted(alice.embeddings.all(), key=lambda e: -float(np.dot(probe, np.asarray(e.embedding))))
+    worst = photos[-1]
+    bob_photo = bob.embeddings.first()
+
+    def partial_walk(cursor, embeddings, **kwargs):
+        def row(e: FaceEmbedding) -> tuple[int, int, float]:
+            return (e.pk, e.person_id, 1.0 - float(np.dot(probe, np.asarray(e.embedding))))
+
+        return [[row(worst), row(bob_photo)] for _ in embeddings]
+
+    monkeypatch.setattr(gallery, "ann_neighbours_many", partial_walk)
+    found = gallery_search(probe, model_version=SFACE, limit_people=2, escalated_ef_search=0)
+    assert found[0].person_id == alice.pk and found[0].embedding_id == photos[0].pk
+    assert found[0].similarity == pytest.approx(float(np.dot(probe, np.asarray(photos[0].embedding))), abs=1e-5)
+    assert found == exact_search(probe, model_version=SFACE, limit_people=2)
+
+
+@pytest.mark.django_db
+def test_person_rescore_reads_only_the_asked_people_of_the_model(twins, rng: np.random.Generator) -> None:
+    from django.db import connection, transaction
+
+    from recognition.gallery import person_rescore_many
+
+    alice, bob, a, b = twins
+    add(alice, unit(rng.normal(size=512)), model_version=FACENET)  # another model: never compared
+    with transaction.atomic(), connection.cursor() as cursor:
+        rows = person_rescore_many(cursor, [a, b], [[alice.pk], [alice.pk, bob.pk]], model_version=SFACE)
+        assert person_rescore_many(cursor, [a], [[]], model_version=SFACE) == [[]]
+    assert sorted(r[0] for r in rows[0]) == sorted(e.pk for e in alice.embeddings.filter(model_version=SFACE))
+    assert {r[1] for r in rows[1]} == {alice.pk, bob.pk} and len(rows[1]) == 6
+    for embedding_id, _, distance in rows[1]:
+        vector = np.asarray(FaceEmbedding.objects.get(pk=embedding_id).embedding)
+        assert distance == pytest.approx(1.0 - float(np.dot(b, vector) / np.linalg.norm(vector)), abs=1e-5)
