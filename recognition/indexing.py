@@ -1,0 +1,129 @@
+"""The gallery's HNSW indexes: what each model version's index was built with, and rebuilding it.
+
+The migration builds every model version's partial index with ``m = 16, ef_construction = 64``:
+small, quick to build, and enough for galleries up to ~100k photos. A denser graph answers big
+galleries with a smaller search breadth (1M photos: ``m = 32, ef_construction = 128``; see
+``bench/search_scale.py``) at the price of a longer build and a bigger index. :func:`hnsw_rebuild`
+builds the new index next to the old one (``CREATE INDEX CONCURRENTLY``: enrolment and door
+decisions go on meanwhile), then swaps it in under the old name in one short transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+
+from recognition.gallery import dim_for
+from recognition.models import FaceEmbedding
+
+_TABLE = FaceEmbedding._meta.db_table
+_MEMORY = re.compile(r"^\d+\s*(kB|MB|GB)$")
+_OPTION = re.compile(r"(\w+)\s*=\s*'?(\d+)'?")
+
+
+class IndexBuildError(ValueError):
+    """Bad build parameters."""
+
+
+@dataclass(frozen=True)
+class HnswIndex:
+    """One model version's gallery index as PostgreSQL has it."""
+
+    model_version: str
+    name: str
+    m: int
+    ef_construction: int
+    size_bytes: int
+    valid: bool
+    rows: int
+    build_s: float | None = None
+
+
+def index_name(model_version: str) -> str:
+    """The migration's name for ``model_version``'s index (kept across rebuilds)."""
+    return "face_hnsw_" + model_version.replace("-", "_").replace(".", "_")[:40]
+
+
+def create_sql(model_version: str, *, m: int, ef_construction: int, name: str | None = None) -> str:
+    """``CREATE INDEX CONCURRENTLY`` of the partial HNSW index the gallery queries use."""
+    dim = dim_for(model_version)  # also checks the version is a known, safe literal
+    if not 2 <= m <= 100:
+        raise IndexBuildError("m must be between 2 and 100 (pgvector's limits)")
+    if not max(4, 2 * m) <= ef_construction <= 1000:
+        raise IndexBuildError("ef_construction must be between 2 * m and 1000")
+    return (
+        f"CREATE INDEX CONCURRENTLY {name or index_name(model_version)} ON {_TABLE} "
+        f"USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
+        f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+        f"WHERE model_version = '{model_version}'"
+    )
+
+
+def hnsw_index(model_version: str) -> HnswIndex | None:
+    """The current index of ``model_version`` (None when there is none)."""
+    name = index_name(model_version)
+    dim_for(model_version)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.reloptions, pg_relation_size(c.oid), i.indisvalid FROM pg_class c "
+            "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s",
+            [name],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(f"SELECT count(*) FROM {_TABLE} WHERE model_version = %s", [model_version])
+        rows = cursor.fetchone()[0]
+    options = dict(_OPTION.match(option).groups() for option in row[0] or [] if _OPTION.match(option))
+    return HnswIndex(
+        model_version=model_version,
+        name=name,
+        m=int(options.get("m", 16)),  # pgvector's defaults when built without them
+        ef_construction=int(options.get("ef_construction", 64)),
+        size_bytes=int(row[1]),
+        valid=bool(row[2]),
+        rows=int(rows),
+    )
+
+
+def hnsw_rebuild(
+    model_version: str,
+    *,
+    m: int,
+    ef_construction: int,
+    maintenance_work_mem: str = "1GB",
+    parallel_workers: int = 2,
+) -> HnswIndex:
+    """Build ``model_version``'s index with ``m`` / ``ef_construction`` beside the current one, then
+    swap it in. Searches use the old index until the swap; a failed build leaves the old one."""
+    if not _MEMORY.match(maintenance_work_mem):
+        raise IndexBuildError("maintenance_work_mem must look like 512MB or 2GB")
+    if not 0 <= parallel_workers <= 64:
+        raise IndexBuildError("parallel_workers must be between 0 and 64")
+    if connection.in_atomic_block:
+        raise IndexBuildError("an index is built concurrently, outside any transaction")
+    name = index_name(model_version)
+    building = name[:55] + "_build"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")  # what a failed build left
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+        cursor.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(parallel_workers)])
+        started = time.perf_counter()
+        try:
+            cursor.execute(create_sql(model_version, m=m, ef_construction=ef_construction, name=building))
+        except Exception:
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")
+            raise
+        finally:
+            cursor.execute("RESET maintenance_work_mem")
+            cursor.execute("RESET max_parallel_maintenance_workers")
+        build_s = time.perf_counter() - started
+        with transaction.atomic():
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
+            cursor.execute(f"ALTER INDEX {building} RENAME TO {name}")
+    rebuilt = hnsw_index(model_version)
+    assert rebuilt is not None
+    return HnswIndex(**{**rebuilt.__dict__, "build_s": build_s})
