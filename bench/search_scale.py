@@ -2,13 +2,20 @@
 
     python bench/search_scale.py [--sizes 10000,100000,1000000] [--queries 500] [--ef 16,32,64,100,160]
                                  [--m 16 --ef-construction 64]   (default: the migration's index)
+                                 [--escalated-ef 0,800 --gap 0.08] [--reuse]
+
+    1M as measured for the README (a 27 min build on 2 cores; --reuse keeps it for later runs):
+    python bench/search_scale.py --sizes 1000000 --m 32 --ef-construction 128 --queries 2000 \
+        --ef 64,80 --escalated-ef 0,800 --reuse
 
 Runs on a SEPARATE embedded PostgreSQL cluster (``var/bench/search-scale-pg``, db ``accessctl_bench``),
 migrated like production; the gallery table is bulk-loaded with binary COPY, then the partial HNSW
 index of the model version is rebuilt from the migration's own definition with a generous
 ``maintenance_work_mem`` and parallel maintenance workers. Queries go through
 ``recognition.gallery.gallery_search`` (the matcher's path: transaction, SET LOCAL ef_search and
-iterative scan, best embedding per person, ``limit_people=2``).
+iterative scan, best embedding per person scored on all their photos, ``limit_people=2``, and the
+wider second search of near-tied probes: ``--escalated-ef`` values x ``--ef`` values are tried,
+0 = no second search; the share of probes searched again is printed).
 
 Synthetic but face-like vectors (128-d, the default backend's dimension): identities are random
 directions; each has 3..8 enrolment samples scattered around it. Measured on the generator: genuine
