@@ -58,6 +58,8 @@ ITERATIVE_SCAN = "relaxed_order"
 MAX_SCAN_TUPLES = 20000
 
 _TABLE = FaceEmbedding._meta.db_table
+#: An index or re-scoring row: (embedding_id, person_id, cosine distance to the probe).
+Row = tuple[int, int, float]
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -144,7 +146,7 @@ def ann_neighbours(
     model_version: str,
     k: int,
     ef_search: int = DEFAULT_EF_SEARCH,
-) -> list[tuple[int, int, float]]:
+) -> list[Row]:
     """The ``k`` nearest embeddings by the HNSW index: ``(embedding_id, person_id, distance)``.
 
     Runs on any DB-API cursor with ``%s`` placeholders (Django's, or psycopg's in the bench) that
@@ -160,7 +162,7 @@ def ann_neighbours_many(
     model_version: str,
     k: int,
     ef_search: int = DEFAULT_EF_SEARCH,
-) -> list[list[tuple[int, int, float]]]:
+) -> list[list[Row]]:
     """:func:`ann_neighbours` of several probes in one statement: the rows of each probe, in order.
 
     One probe is the plain index query; several are a ``LATERAL`` join over the probe array, in
@@ -176,7 +178,7 @@ def ann_neighbours_many(
         "set_config('hnsw.max_scan_tuples', %s, true)",
         [str(ef), ITERATIVE_SCAN, str(max(MAX_SCAN_TUPLES, ef))],
     )
-    found: list[list[tuple[int, int, float]]] = [[] for _ in literals]
+    found: list[list[Row]] = [[] for _ in literals]
     if len(literals) == 1:
         cursor.execute(_search_sql(model_version, dim), [literals[0], literals[0], int(k)])
         found[0] = [(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]
@@ -196,14 +198,14 @@ def person_rescore_many(
     people: Sequence[Sequence[int]],
     *,
     model_version: str,
-) -> list[list[tuple[int, int, float]]]:
+) -> list[list[Row]]:
     """Every embedding of ``people[i]`` with its exact distance to ``embeddings[i]``:
     ``(embedding_id, person_id, distance)`` rows per probe, one statement for all probes."""
     dim = dim_for(model_version)
     literals = [vector_literal(embedding, dim) for embedding in embeddings]
     numbers = [n for n, ids in enumerate(people, start=1) for _ in ids]
     person_ids = [int(person_id) for ids in people for person_id in ids]
-    found: list[list[tuple[int, int, float]]] = [[] for _ in literals]
+    found: list[list[Row]] = [[] for _ in literals]
     if person_ids:
         cursor.execute(_rescore_sql(model_version, dim), [literals, numbers, person_ids])
         for probe, embedding_id, person_id, distance in cursor.fetchall():
@@ -211,7 +213,7 @@ def person_rescore_many(
     return found
 
 
-def best_per_person(rows: Sequence[tuple[int, int, float]], limit_people: int) -> list[Candidate]:
+def best_per_person(rows: Sequence[Row], limit_people: int) -> list[Candidate]:
     """Keep the closest embedding of each person, best people first (rows sorted by distance)."""
     seen: dict[int, Candidate] = {}
     for embedding_id, person_id, distance in sorted(rows, key=lambda r: (r[2], r[0])):
@@ -266,8 +268,8 @@ def gallery_search_many(
     escalated_ef_search: int | None = None,
     escalate_gap: float | None = None,
 ) -> list[list[Candidate]]:
-    """:func:`gallery_search` for several probes in one statement (one index scan per probe);
-    the candidates of each probe, in the order of ``embeddings``.
+    """:func:`gallery_search` for several probes together: each step is one statement for all
+    probes (one index scan per probe); the candidates of each probe, in the order of ``embeddings``.
 
     The people found are scored exactly on all their embeddings; probes whose best two people are
     within ``escalate_gap`` are searched again with ``escalated_ef_search`` (module docstring).
@@ -313,17 +315,14 @@ def escalation_defaults() -> tuple[int, float]:
 def _rescored(
     cursor: Any,
     embeddings: Sequence[np.ndarray | Sequence[float]],
-    rows: list[list[tuple[int, int, float]]],
+    rows: list[list[Row]],
     ranked: int,
     model_version: str,
-) -> list[list[tuple[int, int, float]]]:
+) -> list[list[Row]]:
     """``rows`` plus every embedding of each probe's ``ranked`` best people, exactly scored."""
     people = [[c.person_id for c in best_per_person(probe_rows, ranked)] for probe_rows in rows]
     extra = person_rescore_many(cursor, embeddings, people, model_version=model_version)
     return [_merged(probe_rows, more) for probe_rows, more in zip(rows, extra, strict=True)]
-
-
-Row = tuple[int, int, float]  # (embedding_id, person_id, cosine distance)
 
 
 def _merged(rows: Sequence[Row], more: Sequence[Row]) -> list[Row]:
@@ -332,7 +331,7 @@ def _merged(rows: Sequence[Row], more: Sequence[Row]) -> list[Row]:
     return sorted(by_id.values(), key=lambda r: (r[2], r[0]))
 
 
-def _nearly_tied(rows: Sequence[tuple[int, int, float]], gap: float) -> bool:
+def _nearly_tied(rows: Sequence[Row], gap: float) -> bool:
     """Whether the best two people of ``rows`` are within ``gap`` (False with fewer than two)."""
     best = best_per_person(rows, 2)
     return len(best) == 2 and best[0].similarity - best[1].similarity < gap
