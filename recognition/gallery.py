@@ -41,11 +41,12 @@ from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
 logger = logging.getLogger(__name__)
 
-#: HNSW candidate list size (``settings.RECOGNITION_HNSW_EF_SEARCH`` overrides it). With the
-#: migration's index (m=16, ef_construction=64) and face-like 128-d vectors, bench/search_scale.py
-#: measured the right person found for 100 % of enrolled probes up to 100k vectors at 100 (p50 2 ms);
-#: 1M vectors need ~400 (99.1 %, p50 17 ms on 2 shared cores) or a denser index (see the bench).
-DEFAULT_EF_SEARCH = 100
+#: HNSW candidate list size of the first search (``settings.RECOGNITION_HNSW_EF_SEARCH`` overrides
+#: it). Narrow on purpose: what it gets wrong shows up as a near-tie and is searched again wider.
+#: bench/search_scale.py, face-like 128-d vectors, 10 % strangers among the probes, 2 cores: 100k
+#: photos (the migration's index) p50 2.9 ms, recall@1 1.000; 1M photos (m=32, ef_construction=128)
+#: p50 7.6 ms, recall@1 0.995, 12 % of probes searched again (p99 94 ms).
+DEFAULT_EF_SEARCH = 48
 #: How many nearest vectors to fetch per requested person (a person has several embeddings).
 DEFAULT_NEIGHBOURS_PER_PERSON = 8
 #: Search again, wider, when the best two people are closer than this (cosine similarity).
