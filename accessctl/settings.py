@@ -191,6 +191,8 @@ RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
 # with bench/search_scale.py: 100k photos 2.9 ms p50, recall@1 1.000; 1M photos (after
 # `manage.py gallery_index --rebuild <model> --m 32 --ef-construction 128`) 7.6 ms, 0.995.
 RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 48)
+# The matcher uses at least its margin as the gap (ambiguous-match decisions rest on the wide
+# search); an escalated ef_search of 0 turns the second search off.
 RECOGNITION_SEARCH_ESCALATE_GAP = env_float("ACCESSCTL_SEARCH_ESCALATE_GAP", 0.08)
 RECOGNITION_HNSW_ESCALATED_EF_SEARCH = env_int("ACCESSCTL_HNSW_ESCALATED_EF_SEARCH", 800)
 RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", 40)  # LFW accuracy is measured on such faces

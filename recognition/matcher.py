@@ -23,7 +23,7 @@ import numpy as np
 
 from accessctl.codes import Reason
 from recognition.calibration import margin_for, threshold_for
-from recognition.gallery import Candidate, gallery_search_many
+from recognition.gallery import Candidate, escalation_defaults, gallery_search_many
 
 if TYPE_CHECKING:
     from accessctl.models import Door
@@ -81,7 +81,11 @@ def match_decide_many(
     if len(doors) != len(embeddings):
         raise ValueError("one door (or None) per embedding")
     min_margin = margin_for(model_version)
-    found = gallery_search_many(embeddings, model_version=model_version, limit_people=2, ef_search=ef_search)
+    # An ambiguous-match decision (margin below min_margin) always rests on the wide search.
+    escalate_gap = max(escalation_defaults()[1], min_margin)
+    found = gallery_search_many(
+        embeddings, model_version=model_version, limit_people=2, ef_search=ef_search, escalate_gap=escalate_gap
+    )
     return [
         _decide(candidates, threshold_for(model_version, door), min_margin, model_version, door)
         for candidates, door in zip(found, doors, strict=True)

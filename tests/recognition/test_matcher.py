@@ -118,6 +118,36 @@ def test_lookalike_above_threshold_is_ambiguous(
 
 
 @pytest.mark.django_db
+def test_ambiguous_decisions_rest_on_the_wide_search(
+    embedder: Embedder,
+    vectors: dict[str, np.ndarray],
+    gallery: dict[str, Person],
+    settings: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recognition import gallery as gallery_module
+
+    twin = Person.objects.create(name="Colin's twin")
+    for vec in vectors["Colin_Powell"][:3]:
+        FaceEmbedding.objects.create(person=twin, model_version=embedder.model_version, embedding=vec.tolist())
+    scans: list[int] = []
+    original = gallery_module.ann_neighbours_many
+
+    def recording(cursor, embeddings, **kwargs):
+        scans.append(kwargs["ef_search"])
+        return original(cursor, embeddings, **kwargs)
+
+    monkeypatch.setattr(gallery_module, "ann_neighbours_many", recording)
+    settings.RECOGNITION_HNSW_EF_SEARCH, settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH = 40, 400
+    settings.RECOGNITION_SEARCH_ESCALATE_GAP = 0.0  # the gallery's own gap: never
+    result = match_decide(vectors["Colin_Powell"][3], model_version=embedder.model_version)
+    assert result.reason is Reason.AMBIGUOUS_MATCH and scans == [40, 400], "the margin is the gap at least"
+    scans.clear()
+    match_decide(vectors["Tony_Blair"][3], model_version=embedder.model_version)
+    assert scans == [40], "a clear match is searched once"
+
+
+@pytest.mark.django_db
 def test_other_model_version_is_not_searched(
     embedder: Embedder, vectors: dict[str, np.ndarray], gallery: dict[str, Person]
 ) -> None:
