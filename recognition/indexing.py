@@ -1,9 +1,11 @@
 """The gallery's HNSW indexes: what each model version's index was built with, and rebuilding it.
 
 The migration builds every model version's partial index with ``m = 16, ef_construction = 64``:
-small, quick to build, and enough for galleries up to ~100k photos. A denser graph answers big
-galleries with a smaller search breadth (1M photos: ``m = 32, ef_construction = 128``; see
-``bench/search_scale.py``) at the price of a longer build and a bigger index. :func:`hnsw_rebuild`
+small, quick to build, and enough for galleries up to a few hundred thousand photos. A denser graph
+answers big galleries better at the price of a longer build and a bigger index
+(``bench/search_scale.py``, 1M face-like photos, 2 cores: m=16 builds in 6 min, 793 MB, and the
+gallery search finds the exact nearest photo for 98.3 % of probes; m=32, ef_construction=128 builds
+in 23 min, 980 MB, and finds it for 99.5 %, p50 7.6 ms). :func:`hnsw_rebuild`
 builds the new index next to the old one (``CREATE INDEX CONCURRENTLY``: enrolment and door
 decisions go on meanwhile), then swaps it in under the old name in one short transaction.
 """
