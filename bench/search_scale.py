@@ -320,16 +320,16 @@ def backend_cpu_s() -> float:
 def _count_scans(gallery) -> callable:
     """Count the index scans of the next search (2 = it was searched again, wider)."""
     calls = [0]
-    original = gallery.ann_neighbours_many
+    original = gallery._scan
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    gallery.ann_neighbours_many = counting
+    gallery._scan = counting
 
     def done() -> int:
-        gallery.ann_neighbours_many = original
+        gallery._scan = original
         return calls[0]
 
     return done

@@ -97,14 +97,19 @@ def vector_literal(embedding: np.ndarray | Sequence[float], dim: int) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in arr.tolist()) + "]"  # 9 digits: exact for float32
 
 
-def _search_sql(model_version: str, dim: int) -> str:
-    # model_version is a checked literal (see module docstring); the probe vector and the limit
-    # are parameters. The ORDER BY expression is the indexed one.
+def _nearest_sql(model_version: str, dim: int, probe: str) -> str:
+    # model_version is a checked literal (see module docstring); ``probe`` is the vector expression
+    # (a parameter, or the LATERAL probe column) and the limit a parameter. The ORDER BY expression
+    # is the indexed one.
     return (
-        f"SELECT id, person_id, (embedding::vector({dim}) <=> %s::vector({dim})) AS distance "
+        f"SELECT id, person_id, (embedding::vector({dim}) <=> {probe}) AS distance "
         f"FROM {_TABLE} WHERE model_version = '{model_version}' "
-        f"ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+        f"ORDER BY embedding::vector({dim}) <=> {probe} LIMIT %s"
     )
+
+
+def _search_sql(model_version: str, dim: int) -> str:
+    return _nearest_sql(model_version, dim, f"%s::vector({dim})")
 
 
 def _search_many_sql(model_version: str, dim: int) -> str:
@@ -112,9 +117,7 @@ def _search_many_sql(model_version: str, dim: int) -> str:
     return (
         "SELECT q.n, e.id, e.person_id, e.distance "
         f"FROM unnest(%s::vector({dim})[]) WITH ORDINALITY AS q(v, n) CROSS JOIN LATERAL ("
-        f"SELECT id, person_id, (embedding::vector({dim}) <=> q.v) AS distance "
-        f"FROM {_TABLE} WHERE model_version = '{model_version}' "
-        f"ORDER BY embedding::vector({dim}) <=> q.v LIMIT %s) e"
+        f"{_nearest_sql(model_version, dim, 'q.v')}) e"
     )
 
 
@@ -140,22 +143,6 @@ def _exact_sql(model_version: str, dim: int) -> str:
     )
 
 
-def ann_neighbours(
-    cursor: Any,
-    embedding: np.ndarray | Sequence[float],
-    *,
-    model_version: str,
-    k: int,
-    ef_search: int = DEFAULT_EF_SEARCH,
-) -> list[Row]:
-    """The ``k`` nearest embeddings by the HNSW index: ``(embedding_id, person_id, distance)``.
-
-    Runs on any DB-API cursor with ``%s`` placeholders (Django's, or psycopg's in the bench) that
-    is inside a transaction: the settings are ``SET LOCAL`` (``set_config(..., true)``).
-    """
-    return ann_neighbours_many(cursor, [embedding], model_version=model_version, k=k, ef_search=ef_search)[0]
-
-
 def ann_neighbours_many(
     cursor: Any,
     embeddings: Sequence[np.ndarray | Sequence[float]],
@@ -164,33 +151,16 @@ def ann_neighbours_many(
     k: int,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[list[Row]]:
-    """:func:`ann_neighbours` of several probes in one statement: the rows of each probe, in order.
+    """The ``k`` nearest embeddings of each probe by the HNSW index, in one statement:
+    ``(embedding_id, person_id, distance)`` rows per probe, in order.
 
     One probe is the plain index query; several are a ``LATERAL`` join over the probe array, in
     which the index is scanned once per probe (the probe is a parameter of the inner scan).
+    Runs on any DB-API cursor with ``%s`` placeholders that is inside a transaction: the settings
+    are ``SET LOCAL`` (``set_config(..., true)``).
     """
-    dim = dim_for(model_version)
-    literals = [vector_literal(embedding, dim) for embedding in embeddings]
-    if k < 1:
-        raise GalleryError("k must be at least 1")
-    ef = max(int(ef_search), 1)
-    cursor.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true), "
-        "set_config('hnsw.max_scan_tuples', %s, true)",
-        [str(ef), ITERATIVE_SCAN, str(max(MAX_SCAN_TUPLES, ef))],
-    )
-    found: list[list[Row]] = [[] for _ in literals]
-    if len(literals) == 1:
-        cursor.execute(_search_sql(model_version, dim), [literals[0], literals[0], int(k)])
-        found[0] = [(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]
-    else:
-        cursor.execute(_search_many_sql(model_version, dim), [literals, int(k)])
-        for probe, embedding_id, person_id, distance in cursor.fetchall():
-            found[int(probe) - 1].append((int(embedding_id), int(person_id), float(distance)))
-    # relaxed_order may return rows slightly out of order: sort them.
-    for rows in found:
-        rows.sort(key=lambda r: (r[2], r[0]))
-    return found
+    literals = probe_literals(embeddings, model_version)
+    return _scan(cursor, literals, model_version=model_version, k=k, ef_search=ef_search)
 
 
 def person_rescore_many(
@@ -202,15 +172,55 @@ def person_rescore_many(
 ) -> list[list[Row]]:
     """Every embedding of ``people[i]`` with its exact distance to ``embeddings[i]``:
     ``(embedding_id, person_id, distance)`` rows per probe, one statement for all probes."""
+    return _rescore(cursor, probe_literals(embeddings, model_version), people, model_version=model_version)
+
+
+def probe_literals(embeddings: Sequence[np.ndarray | Sequence[float]], model_version: str) -> list[str]:
+    """The pgvector literal of each probe, checked against ``model_version``'s dimension."""
     dim = dim_for(model_version)
-    literals = [vector_literal(embedding, dim) for embedding in embeddings]
+    return [vector_literal(embedding, dim) for embedding in embeddings]
+
+
+def _scan(cursor: Any, literals: Sequence[str], *, model_version: str, k: int, ef_search: int) -> list[list[Row]]:
+    """:func:`ann_neighbours_many` of probes already in pgvector's text form."""
+    dim = dim_for(model_version)
+    if k < 1:
+        raise GalleryError("k must be at least 1")
+    ef = max(int(ef_search), 1)
+    cursor.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        [str(ef), ITERATIVE_SCAN, str(max(MAX_SCAN_TUPLES, ef))],
+    )
+    if len(literals) == 1:
+        cursor.execute(_search_sql(model_version, dim), [literals[0], literals[0], int(k)])
+        found = [[(int(r[0]), int(r[1]), float(r[2])) for r in cursor.fetchall()]]
+    else:
+        cursor.execute(_search_many_sql(model_version, dim), [list(literals), int(k)])
+        found = _by_probe(len(literals), cursor.fetchall())
+    # relaxed_order may return rows slightly out of order: sort them.
+    for rows in found:
+        rows.sort(key=lambda r: (r[2], r[0]))
+    return found
+
+
+def _rescore(
+    cursor: Any, literals: Sequence[str], people: Sequence[Sequence[int]], *, model_version: str
+) -> list[list[Row]]:
+    """:func:`person_rescore_many` of probes already in pgvector's text form."""
     numbers = [n for n, ids in enumerate(people, start=1) for _ in ids]
     person_ids = [int(person_id) for ids in people for person_id in ids]
-    found: list[list[Row]] = [[] for _ in literals]
-    if person_ids:
-        cursor.execute(_rescore_sql(model_version, dim), [literals, numbers, person_ids])
-        for probe, embedding_id, person_id, distance in cursor.fetchall():
-            found[int(probe) - 1].append((int(embedding_id), int(person_id), float(distance)))
+    if not person_ids:
+        return [[] for _ in literals]
+    cursor.execute(_rescore_sql(model_version, dim_for(model_version)), [list(literals), numbers, person_ids])
+    return _by_probe(len(literals), cursor.fetchall())
+
+
+def _by_probe(count: int, fetched: Sequence[Sequence[Any]]) -> list[list[Row]]:
+    """Rows ``(probe number from 1, embedding_id, person_id, distance)`` grouped per probe."""
+    found: list[list[Row]] = [[] for _ in range(count)]
+    for probe, embedding_id, person_id, distance in fetched:
+        found[int(probe) - 1].append((int(embedding_id), int(person_id), float(distance)))
     return found
 
 
@@ -287,16 +297,16 @@ def gallery_search_many(
     wide = default_wide if escalated_ef_search is None else escalated_ef_search
     gap = default_gap if escalate_gap is None else escalate_gap
     ranked = max(limit_people, 2)  # the gap needs the runner-up
+    literals = probe_literals(embeddings, model_version)  # formatted once for every statement below
     # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        rows = ann_neighbours_many(cursor, embeddings, model_version=model_version, k=k, ef_search=max(ef_search, k))
-        rows = _rescored(cursor, embeddings, rows, ranked, model_version)
+        rows = _scan(cursor, literals, model_version=model_version, k=k, ef_search=max(ef_search, k))
+        rows = _rescored(cursor, literals, rows, ranked, model_version)
         again = [i for i, probe_rows in enumerate(rows) if wide > ef_search and _nearly_tied(probe_rows, gap)]
         if again:
-            wider = ann_neighbours_many(
-                cursor, [embeddings[i] for i in again], model_version=model_version, k=k, ef_search=max(wide, k)
-            )
-            wider = _rescored(cursor, [embeddings[i] for i in again], wider, ranked, model_version)
+            again_literals = [literals[i] for i in again]
+            wider = _scan(cursor, again_literals, model_version=model_version, k=k, ef_search=max(wide, k))
+            wider = _rescored(cursor, again_literals, wider, ranked, model_version)
             for i, more in zip(again, wider, strict=True):
                 rows[i] = _merged(rows[i], more)
     return [best_per_person(probe_rows, limit_people) for probe_rows in rows]
@@ -314,15 +324,11 @@ def escalation_defaults() -> tuple[int, float]:
 
 
 def _rescored(
-    cursor: Any,
-    embeddings: Sequence[np.ndarray | Sequence[float]],
-    rows: list[list[Row]],
-    ranked: int,
-    model_version: str,
+    cursor: Any, literals: Sequence[str], rows: list[list[Row]], ranked: int, model_version: str
 ) -> list[list[Row]]:
     """``rows`` plus every embedding of each probe's ``ranked`` best people, exactly scored."""
     people = [[c.person_id for c in best_per_person(probe_rows, ranked)] for probe_rows in rows]
-    extra = person_rescore_many(cursor, embeddings, people, model_version=model_version)
+    extra = _rescore(cursor, literals, people, model_version=model_version)
     return [_merged(probe_rows, more) for probe_rows, more in zip(rows, extra, strict=True)]
 
 

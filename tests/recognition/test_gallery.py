@@ -146,13 +146,13 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     from recognition import gallery
 
     seen: list[tuple[int, int]] = []
-    original = gallery.ann_neighbours_many
+    original = gallery._scan
 
     def recording(cursor, embeddings, **kwargs):
         seen.append((len(embeddings), kwargs["ef_search"]))
         return original(cursor, embeddings, **kwargs)
 
-    monkeypatch.setattr(gallery, "ann_neighbours_many", recording)
+    monkeypatch.setattr(gallery, "_scan", recording)
     return seen
 
 
@@ -224,7 +224,7 @@ def test_found_people_are_scored_on_all_their_photos(
 
         return [[row(worst), row(bob_photo)] for _ in embeddings]
 
-    monkeypatch.setattr(gallery, "ann_neighbours_many", partial_walk)
+    monkeypatch.setattr(gallery, "_scan", partial_walk)
     found = gallery_search(probe, model_version=SFACE, limit_people=2, escalated_ef_search=0)
     assert found[0].person_id == alice.pk and found[0].embedding_id == photos[0].pk
     assert found[0].similarity == pytest.approx(float(np.dot(probe, np.asarray(photos[0].embedding))), abs=1e-5)

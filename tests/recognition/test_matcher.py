@@ -131,13 +131,13 @@ def test_ambiguous_decisions_rest_on_the_wide_search(
     for vec in vectors["Colin_Powell"][:3]:
         FaceEmbedding.objects.create(person=twin, model_version=embedder.model_version, embedding=vec.tolist())
     scans: list[int] = []
-    original = gallery_module.ann_neighbours_many
+    original = gallery_module._scan
 
     def recording(cursor, embeddings, **kwargs):
         scans.append(kwargs["ef_search"])
         return original(cursor, embeddings, **kwargs)
 
-    monkeypatch.setattr(gallery_module, "ann_neighbours_many", recording)
+    monkeypatch.setattr(gallery_module, "_scan", recording)
     settings.RECOGNITION_HNSW_EF_SEARCH, settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH = 40, 400
     settings.RECOGNITION_SEARCH_ESCALATE_GAP = 0.0  # the gallery's own gap: never
     result = match_decide(vectors["Colin_Powell"][3], model_version=embedder.model_version)
