@@ -32,6 +32,26 @@ def may_watch_dashboard(user: User) -> bool:
     return _may(user, DASHBOARD_PERMISSION)
 
 
+def dashboard_watcher_get(*, session_key: str | None) -> AbstractBaseUser | None:
+    """The user signed in with ``session_key`` if they may watch the dashboard right now; else None.
+
+    Read afresh from the session store and the database on every call, the way Django authenticates
+    a request: a signed-out (flushed) or expired session, a changed password, a deactivated or
+    deleted user and a lost ``view_dashboard`` permission (also through a group) all answer None.
+    """
+    if not session_key:
+        return None
+    from importlib import import_module
+    from types import SimpleNamespace
+
+    from django.conf import settings
+    from django.contrib.auth import get_user
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
+    user = get_user(SimpleNamespace(session=store))  # type: ignore[arg-type]
+    return user if may_watch_dashboard(user) else None  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class EventFilter:
     """Audit browser criteria; ``None`` or empty means no restriction."""

@@ -262,6 +262,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# An open dashboard websocket re-checks its user's session and permission this often (and before
+# every message it forwards): signing out or losing the right closes it (accessctl/consumers.py).
+DASHBOARD_RECHECK_S = env_float("ACCESSCTL_DASHBOARD_RECHECK_S", 1.0)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

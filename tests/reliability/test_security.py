@@ -153,11 +153,13 @@ def test_dashboard_websocket_refuses_anonymous_and_unprivileged_users() -> None:
     from accessctl.asgi import application
 
     origin = (b"origin", b"http://localhost")
-    assert async_to_sync(_close_code)(WebsocketCommunicator(application, "/ws/dashboard/", headers=[origin])) == 4403
+    host = (b"host", b"localhost")
+    anonymous = WebsocketCommunicator(application, "/ws/dashboard/", headers=[origin, host])
+    assert async_to_sync(_close_code)(anonymous) == 4403
     browser = Client()
     browser.force_login(make_user())
     cookie = (b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode())
-    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[origin, cookie])
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[origin, host, cookie])
     assert async_to_sync(_close_code)(communicator) == 4403
 
 
