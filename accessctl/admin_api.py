@@ -13,8 +13,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from accessctl.exceptions import DomainError
 from accessctl.models import ApiToken, WebhookDelivery, WebhookSubscription
-from accessctl.tokens import api_token_issue, api_token_revoke
+from accessctl.tokens import api_token_grant_check, api_token_issue, api_token_revoke
 from accessctl.webhooks import EVENT_TYPE_CHOICES, webhook_redeliver, webhook_secret_generate
 
 
@@ -23,9 +24,24 @@ class ApiTokenForm(forms.ModelForm):
         choices=ApiToken.Scope.choices, widget=forms.CheckboxSelectMultiple, required=True
     )
 
+    # Set per request by ApiTokenAdmin.get_form: who is issuing or changing the token.
+    granted_by: Any = None
+
     class Meta:
         model = ApiToken
         fields = ["name", "user", "scopes", "rate_limit_per_minute", "expires_at"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        owner = cleaned.get("user") or (self.instance.user if self.instance.pk else None)
+        if owner is not None and cleaned.get("scopes") and self.granted_by is not None:
+            try:
+                api_token_grant_check(owner=owner, granted_by=self.granted_by, scopes=cleaned["scopes"])
+            except DomainError as exc:
+                missing = (exc.details or {}).get("missing_permissions") if isinstance(exc.details, dict) else None
+                detail = "; ".join(f"{scope}: {', '.join(perms)}" for scope, perms in (missing or {}).items())
+                raise forms.ValidationError(f"{exc.message} ({detail})" if detail else exc.message) from exc
+        return cleaned
 
     def clean_expires_at(self) -> Any:
         expires_at = self.cleaned_data.get("expires_at")
@@ -56,6 +72,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def scope_list(self, token: ApiToken) -> str:
         return ", ".join(token.scopes or [])
 
+    # Only superusers see, issue and change the tokens of other users (accessctl.tokens).
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(user=request.user)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = db_field.remote_field.model.objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_form(self, request: HttpRequest, obj: ApiToken | None = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"granted_by": request.user})
+
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
         if obj is None:
             return []
@@ -72,6 +103,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         data = form.cleaned_data
         token, plaintext = api_token_issue(
             user=data["user"],
+            issued_by=request.user,
             name=data["name"],
             scopes=data["scopes"],
             expires_at=data.get("expires_at"),

@@ -38,6 +38,12 @@ class InvalidInput(DomainError):
     message = "Invalid input."
 
 
+class Forbidden(DomainError):
+    code = "permission_denied"
+    message = "You are not allowed to do this."
+    http_status = status.HTTP_403_FORBIDDEN
+
+
 class NotFound(DomainError):
     code = "not_found"
     message = "Not found."

@@ -2,7 +2,9 @@
 
 Token requests (``request.auth`` is an :class:`~accessctl.models.ApiToken`) need the scope the view
 declares for the action: ``action_scopes[action]``, else ``read_scope`` for safe methods and
-``write_scope`` for the others. A view that declares nothing refuses every token.
+``write_scope`` for the others. A view that declares nothing refuses every token. A token also needs
+its owner to hold, now, the Django permissions a session would need for the same request: what a
+token can do is its scopes intersected with its owner's current permissions.
 
 Session requests (a signed-in staff member using the API from a browser) need Django model
 permissions, like DRF's ``DjangoModelPermissions`` but also for reads: ``view_<model>`` for safe
@@ -76,13 +78,17 @@ class ScopeOrModelPermission(permissions.BasePermission):
             if scope is None or scope not in (request.auth.scopes or []):
                 self.message = f"This token lacks the required scope: {scope}." if scope else "Not available to tokens."
                 return False
-            return True
         perms = required_model_perms(view, request.method or "GET")
         if perms is None:
             self.message = "Not allowed."
             return False
         if not user.has_perms(perms):
-            self.message = "You do not have permission to perform this action."
+            # For a token: its owner lost (or never had) the permission; the scope alone grants nothing.
+            self.message = (
+                "The token's owner lacks the permission for this action."
+                if isinstance(request.auth, ApiToken)
+                else "You do not have permission to perform this action."
+            )
             return False
         return True
 

@@ -3,6 +3,12 @@
 A token reads ``<prefix>.<secret>``. The prefix is public (lists, logs, lookup); only the SHA-256 of
 the secret is stored and it is compared in constant time. Clients send
 ``Authorization: Bearer <prefix>.<secret>``.
+
+A token never does more than its owner may: what it can do is its scopes intersected with the
+owner's current Django permissions, checked on every request (``accessctl/permissions.py``), so
+taking a permission from the owner (or deactivating them) restricts their tokens at once. Issuing
+follows the same rule: only a superuser issues a token for someone else, and a token gets a scope
+only when its owner holds every permission that scope covers (``SCOPE_PERMISSIONS``).
 """
 
 from __future__ import annotations
@@ -18,12 +24,37 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accessctl.exceptions import InvalidInput
+from accessctl.exceptions import Forbidden, InvalidInput
 from accessctl.models import ApiToken
 
 logger = logging.getLogger(__name__)
 
 ALL_SCOPES: tuple[str, ...] = tuple(ApiToken.Scope.values)
+_Scope = ApiToken.Scope
+
+
+def _crud(*models: str, verbs: Iterable[str] = ("add", "change", "delete")) -> tuple[str, ...]:
+    return tuple(f"{model.split('.')[0]}.{verb}_{model.split('.')[1]}" for model in models for verb in verbs)
+
+
+# The Django permissions each scope stands for: the ones a signed-in user needs for the same API
+# calls (tests/accessctl/test_api_auth.py checks every endpoint against this table). The owner of
+# a token must hold all of a scope's permissions for the token to be given that scope.
+SCOPE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    _Scope.EVENTS_READ: ("accessctl.view_accessevent", "accessctl.view_alarm"),
+    _Scope.PEOPLE_READ: ("accessctl.view_person", "recognition.view_enrollmentphoto"),
+    _Scope.PEOPLE_WRITE: (*_crud("accessctl.person"), "recognition.add_enrollmentphoto"),
+    _Scope.DOORS_READ: _crud("accessctl.door", "accessctl.accessgroup", "accessctl.schedule", verbs=["view"]),
+    _Scope.DOORS_WRITE: _crud("accessctl.door", "accessctl.accessgroup", "accessctl.schedule"),
+    _Scope.DEVICES_READ: ("devices.view_edgedevice",),
+    _Scope.DEVICES_WRITE: _crud("devices.edgedevice"),
+    _Scope.IDENTIFY: ("accessctl.view_person",),
+    _Scope.WEBHOOKS_WRITE: (
+        *_crud("accessctl.webhooksubscription", verbs=["view", "add", "change", "delete"]),
+        *_crud("accessctl.webhookdelivery", verbs=["view", "change"]),
+    ),
+}
+assert set(SCOPE_PERMISSIONS) == set(ALL_SCOPES), "a scope has no permissions"
 PREFIX_BYTES = 5  # 10 hex characters (the column holds 12)
 SECRET_BYTES = 32
 # Hash compared against when the prefix is unknown, so a miss costs the same as a wrong secret.
@@ -63,16 +94,55 @@ def _validate_scopes(scopes: Iterable[str]) -> list[str]:
     return scopes
 
 
+def api_scope_permissions(scopes: Iterable[str]) -> list[str]:
+    """The Django permissions a token's owner needs for ``scopes`` (sorted, without repeats)."""
+    return sorted({perm for scope in scopes for perm in SCOPE_PERMISSIONS.get(scope, ())})
+
+
+def api_token_scopes_missing(*, user: AbstractBaseUser, scopes: Iterable[str]) -> dict[str, list[str]]:
+    """Scope -> the permissions ``user`` lacks for it, for each of ``scopes`` they do not fully hold."""
+    missing: dict[str, list[str]] = {}
+    for scope in scopes:
+        lacking = [perm for perm in SCOPE_PERMISSIONS.get(scope, ()) if not user.has_perm(perm)]
+        if lacking or scope not in SCOPE_PERMISSIONS:
+            missing[scope] = lacking
+    return missing
+
+
+def api_token_grant_check(*, owner: AbstractBaseUser, granted_by: AbstractBaseUser, scopes: Iterable[str]) -> list[str]:
+    """Refuse what ``granted_by`` may not give ``owner``; returns the validated scopes.
+
+    Only superusers issue (or re-scope) tokens of other users; a scope is given only when the owner
+    holds all its permissions (a superuser holds every permission).
+    """
+    scopes = _validate_scopes(scopes)
+    if not (granted_by.is_active and (granted_by.is_superuser or granted_by.pk == owner.pk)):
+        raise Forbidden("Only superusers issue tokens for other users.")
+    if not owner.is_active:
+        raise InvalidInput("The token's owner is not active.")
+    missing = api_token_scopes_missing(user=owner, scopes=scopes)
+    if missing:
+        raise InvalidInput(
+            f"The token's owner lacks the permissions for scope(s): {', '.join(missing)}",
+            details={"missing_permissions": missing},
+        )
+    return scopes
+
+
 def api_token_issue(
     *,
     user: AbstractBaseUser,
+    issued_by: AbstractBaseUser,
     name: str,
     scopes: Iterable[str],
     expires_at: dt.datetime | None = None,
     rate_limit_per_minute: int = 600,
 ) -> tuple[ApiToken, str]:
-    """Create a token for ``user``; returns ``(token, plaintext)``. The plaintext is not stored anywhere."""
-    scopes = _validate_scopes(scopes)
+    """Create a token for ``user``, issued by ``issued_by`` (``user`` or a superuser); ``(token, plaintext)``.
+
+    The plaintext is not stored anywhere.
+    """
+    scopes = api_token_grant_check(owner=user, granted_by=issued_by, scopes=scopes)
     if rate_limit_per_minute < 1:
         raise InvalidInput("rate_limit_per_minute must be at least 1")
     if expires_at is not None and expires_at <= timezone.now():
@@ -96,7 +166,9 @@ def api_token_issue(
             continue
     else:  # pragma: no cover
         raise RuntimeError("could not allocate a unique token prefix")
-    logger.info("api token %s issued for user %s scopes=%s", token.prefix, user.pk, ",".join(scopes))
+    logger.info(
+        "api token %s issued for user %s by user %s scopes=%s", token.prefix, user.pk, issued_by.pk, ",".join(scopes)
+    )
     return token, f"{prefix}.{secret}"
 
 

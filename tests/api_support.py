@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from accessctl.models import ApiToken
-from accessctl.tokens import ALL_SCOPES, api_token_issue
+from accessctl.tokens import ALL_SCOPES, api_scope_permissions, api_token_issue
 
 _seq = itertools.count()
 
@@ -36,8 +36,11 @@ def make_user(*, perms: Iterable[str] = (), superuser: bool = False, staff: bool
 def issue_token(
     *, scopes: Iterable[str] = ALL_SCOPES, user=None, rate: int = 10_000, expires_at: dt.datetime | None = None
 ) -> tuple[ApiToken, str]:
+    """A token with ``scopes`` for ``user`` (default: a new user holding exactly the scopes' permissions)."""
+    scopes = list(scopes)
+    user = user or make_user(perms=api_scope_permissions(scopes))
     return api_token_issue(
-        user=user or make_user(), name="test", scopes=list(scopes), rate_limit_per_minute=rate, expires_at=expires_at
+        user=user, issued_by=user, name="test", scopes=scopes, rate_limit_per_minute=rate, expires_at=expires_at
     )
 
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accessctl.exceptions import InvalidInput
+from accessctl.exceptions import Forbidden, InvalidInput
 from accessctl.models import Alarm, ApiToken, Person
-from accessctl.tokens import api_token_hash, api_token_issue, api_token_revoke
+from accessctl.tokens import (
+    ALL_SCOPES,
+    SCOPE_PERMISSIONS,
+    api_scope_permissions,
+    api_token_hash,
+    api_token_issue,
+    api_token_revoke,
+)
 from tests.api_support import issue_token, make_user, session_client, token_client
 
 pytestmark = pytest.mark.django_db
@@ -26,16 +34,20 @@ def _bearer(plaintext: str) -> APIClient:
 
 
 def test_token_issue_stores_only_a_hash_and_shows_the_secret_once() -> None:
-    user = make_user()
-    token, plaintext = api_token_issue(user=user, name="hr sync", scopes=["people:read", "people:write"])
+    user = make_user(perms=api_scope_permissions(["people:read", "people:write"]))
+    token, plaintext = api_token_issue(
+        user=user, issued_by=user, name="hr sync", scopes=["people:read", "people:write"]
+    )
     prefix, secret = plaintext.split(".", 1)
     assert token.prefix == prefix and len(secret) >= 40
     assert token.secret_hash == api_token_hash(secret) and secret not in token.secret_hash
     assert ApiToken.objects.get(pk=token.pk).scopes == ["people:read", "people:write"]
     with pytest.raises(InvalidInput):
-        api_token_issue(user=user, name="bad", scopes=["people:read", "root"])
+        api_token_issue(user=user, issued_by=user, name="bad", scopes=["people:read", "root"])
     with pytest.raises(InvalidInput):
-        api_token_issue(user=user, name="old", scopes=[], expires_at=timezone.now() - dt.timedelta(days=1))
+        api_token_issue(
+            user=user, issued_by=user, name="old", scopes=[], expires_at=timezone.now() - dt.timedelta(days=1)
+        )
 
 
 def test_no_token_is_401_with_bearer_challenge_and_error_envelope() -> None:
@@ -86,7 +98,10 @@ def test_expired_token_is_401() -> None:
 
 
 def test_token_of_an_inactive_user_is_401() -> None:
-    _, plaintext = issue_token(user=make_user(active=False))
+    token, plaintext = issue_token()
+    assert _bearer(plaintext).get(PEOPLE).status_code == 200
+    token.user.is_active = False
+    token.user.save(update_fields=["is_active"])
     assert _bearer(plaintext).get(PEOPLE).status_code == 401
 
 
@@ -205,3 +220,158 @@ def test_admin_issues_a_token_once_and_revokes_it() -> None:
     )
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
     assert _bearer(plaintext).get("/api/v1/access-events/").status_code == 401
+
+
+# --- a token never does more than its owner may (issue 15, item 9) ----------------------------------
+
+
+def _perm(name: str) -> Permission:
+    app_label, codename = name.split(".")
+    return Permission.objects.get(content_type__app_label=app_label, codename=codename)
+
+
+def _forged(user, scopes=ALL_SCOPES) -> str:
+    """A token row written straight to the database (as before this rule, or by a bug): no issuing checks."""
+    ApiToken.objects.create(name="old", user=user, prefix="f0f0f0f0f0", secret_hash=api_token_hash("s"), scopes=scopes)
+    return "f0f0f0f0f0.s"
+
+
+def test_a_token_of_a_user_without_permissions_reads_nothing() -> None:
+    Person.objects.create(name="Ada")
+    client = _bearer(_forged(make_user(staff=True)))
+    for url in (PEOPLE, "/api/v1/access-events/", "/api/v1/doors/", "/api/v1/devices/", "/api/v1/webhook-deliveries/"):
+        response = client.get(url)
+        assert response.status_code == 403, url
+        assert response.json()["error"]["message"] == "The token's owner lacks the permission for this action."
+    assert client.post(PEOPLE, {"name": "Eve"}, format="json").status_code == 403
+    assert Person.objects.count() == 1
+
+
+def test_token_rights_are_its_scopes_and_its_owners_current_permissions() -> None:
+    owner = make_user(perms=["accessctl.view_person", "accessctl.add_person"])
+    guards = Group.objects.create(name="guards")
+    guards.permissions.add(_perm("accessctl.view_accessevent"), _perm("accessctl.view_alarm"))
+    client = _bearer(_forged(owner))
+    assert client.get(PEOPLE).status_code == 200
+    assert client.post(PEOPLE, {"name": "Ada"}, format="json").status_code == 201  # add_person: held
+    assert client.patch(f"{PEOPLE}{Person.objects.get().pk}/", {"name": "A"}, format="json").status_code == 403
+    assert client.get("/api/v1/access-events/").status_code == 403
+    owner.groups.add(guards)  # permissions through a group count, from the next request on
+    assert client.get("/api/v1/access-events/").status_code == 200
+    owner.user_permissions.remove(_perm("accessctl.view_person"))  # taken away: the token loses it at once
+    assert client.get(PEOPLE).status_code == 403
+    owner.groups.remove(guards)
+    assert client.get("/api/v1/access-events/").status_code == 403
+    # and the scopes still bound what the owner's permissions allow
+    reader = token_client(["people:read"], user=make_user(superuser=True))
+    assert reader.get(PEOPLE).status_code == 200
+    assert reader.post(PEOPLE, {"name": "Eve"}, format="json").status_code == 403
+
+
+def test_only_superusers_issue_tokens_for_other_users() -> None:
+    admin_user = make_user(superuser=True)
+    staff = make_user(staff=True, perms=["accessctl.add_apitoken", *api_scope_permissions(ALL_SCOPES)])
+    with pytest.raises(Forbidden):
+        api_token_issue(user=admin_user, issued_by=staff, name="mine now", scopes=ALL_SCOPES)
+    with pytest.raises(Forbidden):
+        api_token_issue(user=make_user(), issued_by=staff, name="x", scopes=[])
+    assert not ApiToken.objects.exists()
+    integrator = make_user(perms=["accessctl.view_accessevent", "accessctl.view_alarm"])
+    token, _ = api_token_issue(user=integrator, issued_by=admin_user, name="SIEM", scopes=["events:read"])
+    assert token.user == integrator
+    with pytest.raises(InvalidInput):  # not even a superuser gives a user's token more than the user holds
+        api_token_issue(user=integrator, issued_by=admin_user, name="SIEM", scopes=["events:read", "people:read"])
+    integrator.is_active = False
+    integrator.save(update_fields=["is_active"])
+    with pytest.raises(InvalidInput):
+        api_token_issue(user=integrator, issued_by=admin_user, name="SIEM", scopes=["events:read"])
+
+
+def test_a_user_cannot_give_a_token_scopes_they_do_not_have() -> None:
+    user = make_user(perms=["accessctl.view_person", "recognition.view_enrollmentphoto", "accessctl.add_person"])
+    token, _ = api_token_issue(user=user, issued_by=user, name="reader", scopes=["people:read"])
+    assert token.scopes == ["people:read"]
+    with pytest.raises(InvalidInput) as refused:
+        api_token_issue(user=user, issued_by=user, name="writer", scopes=["people:read", "people:write"])
+    missing = refused.value.details["missing_permissions"]
+    assert set(missing) == {"people:write"}
+    assert "accessctl.delete_person" in missing["people:write"]
+    assert "accessctl.add_person" not in missing["people:write"]
+    assert ApiToken.objects.count() == 1
+
+
+def _admin_client(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_admin_lets_staff_issue_tokens_only_for_themselves_within_their_permissions() -> None:
+    admin_user = make_user(superuser=True)
+    staff = make_user(
+        staff=True,
+        perms=[
+            "accessctl.add_apitoken", "accessctl.view_apitoken", "accessctl.change_apitoken",
+            "accessctl.view_person", "recognition.view_enrollmentphoto",
+        ],
+    )  # fmt: skip
+    client = _admin_client(staff)
+    add = reverse("admin:accessctl_apitoken_add")
+    form = {"name": "grab", "user": admin_user.pk, "scopes": list(ALL_SCOPES), "rate_limit_per_minute": 60}
+    response = client.post(add, form)
+    assert response.status_code == 200 and not ApiToken.objects.exists()  # the form came back with errors
+    assert "user" in response.context["adminform"].form.errors
+    response = client.post(add, {**form, "user": staff.pk})  # for themselves, but with scopes they lack
+    assert response.status_code == 200 and not ApiToken.objects.exists()
+    assert "lacks the permissions" in str(response.context["adminform"].form.non_field_errors())
+    response = client.post(add, {**form, "user": staff.pk, "scopes": ["people:read"]})
+    assert response.status_code == 302
+    own = ApiToken.objects.get(user=staff)
+    # Changing it to more than they hold is refused too; other users' tokens are out of reach.
+    change = reverse("admin:accessctl_apitoken_change", args=[own.pk])
+    payload = {"name": "grab", "scopes": list(ALL_SCOPES), "rate_limit_per_minute": 60}
+    assert client.post(change, payload).status_code == 200
+    assert ApiToken.objects.get(pk=own.pk).scopes == ["people:read"]
+    theirs, _ = api_token_issue(user=admin_user, issued_by=admin_user, name="admin's", scopes=["events:read"])
+    other = reverse("admin:accessctl_apitoken_change", args=[theirs.pk])
+    assert client.post(other, {**payload, "name": "mine"}).status_code == 302  # "does not exist" redirect
+    assert ApiToken.objects.get(pk=theirs.pk).scopes == ["events:read"] and theirs.name == "admin's"
+    assert admin_user.username not in client.get(reverse("admin:accessctl_apitoken_changelist")).content.decode()
+
+
+def _api_routes():
+    """(view class, action map) of every API endpoint."""
+    from django.urls import URLResolver, get_resolver
+
+    def walk(patterns):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns)
+            elif str(getattr(pattern, "name", "")).startswith("api-"):
+                yield pattern.callback
+
+    for callback in walk(get_resolver().url_patterns):
+        view_class = getattr(callback, "cls", None)
+        if view_class is not None and hasattr(view_class, "read_scope"):
+            yield view_class, getattr(callback, "actions", None)
+
+
+def test_every_scope_covers_the_permissions_its_endpoints_need() -> None:
+    """The issuing rule (owner holds the scope's permissions) matches what requests need (SCOPE_PERMISSIONS)."""
+    from accessctl.permissions import required_model_perms, required_scope
+
+    checked = 0
+    for view_class, actions in _api_routes():
+        methods = actions or {m: None for m in ("get", "post", "put", "patch", "delete") if hasattr(view_class, m)}
+        for method, action in methods.items():
+            view = view_class()
+            view.action = action
+            scope = required_scope(view, method.upper())
+            if scope is None:
+                continue
+            perms = required_model_perms(view, method.upper())
+            assert perms and set(perms) <= set(SCOPE_PERMISSIONS[scope]), (view_class.__name__, method, scope, perms)
+            checked += 1
+    assert checked > 20
