@@ -1,89 +1,107 @@
-"""Sign-in rate limiting: failed attempts counted per username and per client IP in the Django cache.
+"""Sign-in lockout with django-axes: failed attempts counted per username and per client address.
 
-After ``MAX_FAILURES_PER_USER`` failures for a username, or ``MAX_FAILURES_PER_IP`` from one address
-(higher: offices share addresses), within ``WINDOW_S``, further attempts are refused without checking
-the password until the window has passed; every failure and every refused attempt is logged
-(username, client IP). The cache is Redis-backed (``CACHES``), so the counters are shared by all
-web processes. A successful sign-in clears that username's counter, not
-the IP's: one valid account must not reset the counter of an address that is guessing others.
+Decision (issue 15): the maintained library replaces the hand-written cache counters this module
+held. django-axes hooks into Django's ``authenticate()`` (a backend refuses locked-out attempts
+before any password is checked, a signal counts failures), so every password sign-in is covered —
+the site's login page, the admin's, and any added later — without a view having to remember it.
+It brings the admin views (attempts, successful sign-ins; unlock by deleting an attempt), the
+``axes_reset*`` management commands and its own logging. The API takes no passwords (bearer tokens
+and sessions only), so it has nothing to throttle.
+
+What this module adds to the library, through its documented hooks (``settings.AXES_*``):
+
+- ``login_username``: the key is the username as Django authenticates it: stripped and NFKC
+  normalised like ``AuthenticationForm``/``AbstractBaseUser.normalize_username`` (``ｐlain`` signs
+  in as ``plain``, so it counts as ``plain``). Usernames of Django's user model are case-sensitive
+  (``PLAIN`` is another account), so case is kept.
+- ``LoginLockoutHandler``: two limits instead of the library's one: ``LOGIN_FAILURES_PER_USER``
+  for a username (from any address: a guesser may rotate them) and the higher
+  ``LOGIN_FAILURES_PER_IP`` for an address (offices share addresses). A successful sign-in clears
+  that username's failures only, never the address's (one valid account must not reset the
+  counter of an address that is guessing others).
+- ``login_lockout_response``: the sign-in page again, with the lockout message, HTTP 429.
+
+Locked out means refused without checking the password, also the right one, until
+``AXES_COOLOFF_TIME`` after the failure that locked; refused attempts do not extend it. Failures
+live in the database (``axes_accessattempt``), shared by every web process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import unicodedata
 from typing import Any
 
-from django.contrib import messages
+from axes.attempts import get_cool_off_threshold
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_client_username
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
-from django.contrib.auth.views import LoginView
-from django.core.cache import cache
+from django.db.models import Q, Sum
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 
 logger = logging.getLogger(__name__)
 
-MAX_FAILURES_PER_USER = 5
-MAX_FAILURES_PER_IP = 20
-WINDOW_S = 15 * 60
-LOCKED_MESSAGE = "Too many failed sign-in attempts. Please wait 15 minutes before trying again."
+
+def locked_message() -> str:
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return f"Too many failed sign-in attempts. Please wait {minutes} minutes before trying again."
 
 
-def client_ip(request: HttpRequest) -> str:
-    """The peer address. Behind a proxy, the ASGI server must be told to trust its forwarded header."""
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+def client_ip(request: HttpRequest) -> str | None:
+    """The peer address (``AXES_CLIENT_IP_CALLABLE``). Behind a proxy, the ASGI server must be told to
+    trust its forwarded header; a header the client sets itself is never trusted here."""
+    return request.META.get("REMOTE_ADDR") or None
 
 
-def _limits(*, username: str, ip: str) -> dict[str, int]:
-    """Cache key -> lockout threshold, for the username and the client address."""
-    user_digest = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-    return {f"login-fail:user:{user_digest}": MAX_FAILURES_PER_USER, f"login-fail:ip:{ip}": MAX_FAILURES_PER_IP}
+def login_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str | None:
+    """The username an attempt is counted under (``AXES_USERNAME_CALLABLE``): as Django authenticates it."""
+    field = settings.AXES_USERNAME_FORM_FIELD
+    raw = credentials.get(field) if credentials else getattr(request, "POST", {}).get(field)
+    if raw is None:
+        return None
+    return unicodedata.normalize("NFKC", str(raw)).strip()[:255] or None
 
 
-def login_blocked(*, username: str, ip: str) -> bool:
-    """Whether sign-in attempts for ``username`` or from ``ip`` are locked out right now."""
-    limits = _limits(username=username, ip=ip)
-    counts = cache.get_many(list(limits))
-    return any(int(count) >= limits[key] for key, count in counts.items())
+class LoginLockoutHandler(AxesDatabaseHandler):
+    """Axes' database handler with separate limits per username and per client address."""
+
+    def _failures(self, request: HttpRequest, credentials: dict[str, Any] | None) -> tuple[int, int]:
+        username = get_client_username(request, credentials)
+        attempts = AccessAttempt.objects.filter(attempt_time__gte=get_cool_off_threshold(request))
+        sums = {"by_ip": Sum("failures_since_start", filter=Q(ip_address=request.axes_ip_address))}
+        if username:
+            sums["by_user"] = Sum("failures_since_start", filter=Q(username=username))
+        totals = attempts.aggregate(**sums)
+        return totals.get("by_user") or 0, totals["by_ip"] or 0
+
+    def get_failures(self, request: HttpRequest, credentials: dict[str, Any] | None = None) -> int:
+        # Axes compares one number with AXES_FAILURE_LIMIT (the per-username limit): the address's
+        # count is reported on that scale, so it locks exactly at LOGIN_FAILURES_PER_IP.
+        by_user, by_ip = self._failures(request, credentials)
+        per_user, per_ip = settings.AXES_FAILURE_LIMIT, settings.LOGIN_FAILURES_PER_IP
+        return max(by_user, by_ip * per_user // per_ip)
+
+    def reset_user_attempts(self, request: HttpRequest, credentials: dict[str, Any] | None = None) -> int:
+        """After a successful sign-in: forget that username's failures, not the address's others."""
+        username = get_client_username(request, credentials)
+        if not username:
+            return 0
+        count, _ = AccessAttempt.objects.filter(username=username).delete()
+        return count
 
 
-def login_failure_record(*, username: str, ip: str) -> bool:
-    """Count one failed attempt for the username and the address; returns whether that locks sign-in."""
-    locked = False
-    for key, limit in _limits(username=username, ip=ip).items():
-        cache.add(key, 0, timeout=WINDOW_S)  # the window starts at the first failure
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=WINDOW_S)
-            count = 1
-        locked = locked or count >= limit
-    logger.warning("failed sign-in for user %r from %s", username[:150], ip)
-    if locked:
-        logger.warning("sign-in locked for user %r / address %s for %ds", username[:150], ip, WINDOW_S)
-    return locked
-
-
-def login_success_clear(*, username: str, ip: str) -> None:
-    cache.delete(next(iter(_limits(username=username, ip=ip))))
-
-
-class ThrottledLoginView(LoginView):
-    """Django's LoginView with per-username and per-IP lockout after repeated failures."""
-
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        username = str(request.POST.get("username", ""))[:150]
-        ip = client_ip(request)
-        if login_blocked(username=username, ip=ip):
-            logger.warning("sign-in refused (locked out) for user %r from %s", username, ip)
-            messages.error(request, LOCKED_MESSAGE)
-            form = self.form_class(request)  # unbound: the password was not checked
-            return self.render_to_response(self.get_context_data(form=form), status=429)
-        return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
-        login_failure_record(username=str(form.data.get("username", ""))[:150], ip=client_ip(self.request))
-        return super().form_invalid(form)
-
-    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        login_success_clear(username=form.get_user().get_username(), ip=client_ip(self.request))
-        return super().form_valid(form)
+def login_lockout_response(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict[str, Any] | None = None
+) -> HttpResponse:
+    """``AXES_LOCKOUT_CALLABLE``: the sign-in page with the lockout message (429); the form is not bound."""
+    username = get_client_username(request, credentials)
+    logger.warning("sign-in locked for user %r from %s", username, getattr(request, "axes_ip_address", None))
+    context = {
+        "form": AuthenticationForm(request),
+        "locked_message": locked_message(),
+        "next": request.POST.get("next", "") if request.method == "POST" else request.GET.get("next", ""),
+    }
+    return render(request, "registration/login.html", context, status=429)

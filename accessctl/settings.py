@@ -10,6 +10,7 @@ part to a real service. The ``up`` command starts the embedded parts; see ``acce
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
     "channels",
+    "axes",  # sign-in lockout (accessctl/login_throttle.py)
     "accessctl.apps.AccessctlConfig",
     "recognition.apps.RecognitionConfig",
     "devices.apps.DevicesConfig",
@@ -72,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out sign-in into the lockout page
 ]
 
 ROOT_URLCONF = "accessctl.urls"
@@ -265,6 +268,22 @@ AUTH_PASSWORD_VALIDATORS = [
 # An open dashboard websocket re-checks its user's session and permission this often (and before
 # every message it forwards): signing out or losing the right closes it (accessctl/consumers.py).
 DASHBOARD_RECHECK_S = env_float("ACCESSCTL_DASHBOARD_RECHECK_S", 1.0)
+# Sign-in lockout (django-axes; what accessctl/login_throttle.py adds is described there): locked after
+# LOGIN_FAILURES_PER_USER failures for a username or LOGIN_FAILURES_PER_IP from one address, refused
+# without a password check until AXES_COOLOFF_TIME after the failure that locked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+LOGIN_FAILURES_PER_USER = 5
+LOGIN_FAILURES_PER_IP = 20
+AXES_FAILURE_LIMIT = LOGIN_FAILURES_PER_USER
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_HANDLER = "accessctl.login_throttle.LoginLockoutHandler"
+AXES_USERNAME_CALLABLE = "accessctl.login_throttle.login_username"
+AXES_CLIENT_IP_CALLABLE = "accessctl.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "accessctl.login_throttle.login_lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_SENSITIVE_PARAMETERS: list[str] = []  # log the username and address of failures (never the password)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -5,7 +5,6 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accessctl import views
-from accessctl.login_throttle import ThrottledLoginView
 
 admin.site.site_header = "accessctl administration"
 admin.site.site_title = "accessctl"
@@ -14,7 +13,8 @@ admin.site.index_title = "People, doors and devices"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
-    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
+    # Sign-in attempts are limited by django-axes inside authenticate() (accessctl/login_throttle.py).
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Live dashboard: face crops behind permission checks, audited operator actions (POST + CSRF).
     path("events/<int:pk>/thumbnail.jpg", views.event_thumbnail, name="event_thumbnail"),
@@ -32,7 +32,7 @@ urlpatterns = [
     path("enrol/", include("recognition.urls")),
     # REST API (accessctl/api_urls.py):
     path("api/v1/", include("accessctl.api_urls")),
-    # One throttled sign-in page for the admin too (the admin's own login view is not rate limited).
-    path("admin/login/", ThrottledLoginView.as_view(), name="admin_login"),
+    # One sign-in page for the admin too (the admin's own login view would be locked out as well).
+    path("admin/login/", auth_views.LoginView.as_view(), name="admin_login"),
     path("admin/", admin.site.urls),
 ]

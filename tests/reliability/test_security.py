@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.test import Client
 from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from accessctl import login_throttle
 from tests.api_support import make_user
@@ -163,34 +164,36 @@ def test_dashboard_websocket_refuses_anonymous_and_unprivileged_users() -> None:
     assert async_to_sync(_close_code)(communicator) == 4403
 
 
-# --- login rate limiting --------------------------------------------------------------------------
+# --- login rate limiting (django-axes, accessctl/login_throttle.py) --------------------------------
 
 
 @pytest.fixture
-def login_env(settings, db) -> Iterator[dict[str, str]]:
+def login_env(settings, db) -> dict[str, str]:
     settings.PASSWORD_HASHERS = FAST_HASHER
     username = f"guard-{uuid.uuid4().hex[:8]}"
     get_user_model().objects.create_user(username, password="right-horse-battery")
     ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
-    yield {"username": username, "ip": ip}
-    cache.delete_many([*login_throttle._limits(username=username, ip=ip)])
+    return {"username": username, "ip": ip}  # the counters are rows of the test's database: rolled back
 
 
-def _login(username: str, password: str, ip: str) -> tuple[int, Client, str]:
+def _login(username: str, password: str, ip: str, url: str = "") -> tuple[int, Client, str]:
     client = Client(REMOTE_ADDR=ip)
-    response = client.post(reverse("login"), {"username": username, "password": password})
+    response = client.post(url or reverse("login"), {"username": username, "password": password})
     return response.status_code, client, response.content.decode()
+
+
+def _fail(username: str, ip: str, times: int) -> list[int]:
+    return [_login(username, "wrong", ip)[0] for _ in range(times)]
 
 
 def test_login_locks_out_a_username_after_repeated_failures(login_env, caplog) -> None:
     user, ip = login_env["username"], login_env["ip"]
     with caplog.at_level(logging.WARNING, logger="accessctl.login_throttle"):
-        for _ in range(login_throttle.MAX_FAILURES_PER_USER):
-            status, client, _ = _login(user, "wrong", ip)
-            assert status == 200 and "_auth_user_id" not in client.session
+        assert _fail(user, ip, settings.LOGIN_FAILURES_PER_USER - 1) == [200] * (settings.LOGIN_FAILURES_PER_USER - 1)
+        assert _login(user, "wrong", ip)[0] == 429  # the failure that locks
         status, client, body = _login(user, "right-horse-battery", ip)  # the right password, too late
     assert status == 429
-    assert login_throttle.LOCKED_MESSAGE in body
+    assert login_throttle.locked_message() in body
     assert "_auth_user_id" not in client.session
     assert any("locked" in r.getMessage() and user in r.getMessage() and ip in r.getMessage() for r in caplog.records)
     # From another address the same username is still locked (the guesser may rotate addresses).
@@ -199,32 +202,70 @@ def test_login_locks_out_a_username_after_repeated_failures(login_env, caplog) -
 
 def test_login_locks_out_an_address_guessing_many_usernames(login_env) -> None:
     ip = login_env["ip"]
-    guessed = [f"ghost-{i}" for i in range(login_throttle.MAX_FAILURES_PER_IP)]
-    try:
-        for name in guessed:
-            assert _login(name, "wrong", ip)[0] == 200
-        assert _login(login_env["username"], "right-horse-battery", ip)[0] == 429
-        status, client, _ = _login(login_env["username"], "right-horse-battery", "192.0.2.78")
-        assert status == 302 and "_auth_user_id" in client.session  # another address is not affected
-    finally:
-        for name in guessed:
-            cache.delete_many([*login_throttle._limits(username=name, ip=ip)])
-        cache.delete_many([*login_throttle._limits(username=login_env["username"], ip="192.0.2.78")])
+    for i in range(settings.LOGIN_FAILURES_PER_IP - 1):
+        assert _login(f"ghost-{i}", "wrong", ip)[0] == 200
+    assert _login("ghost-last", "wrong", ip)[0] == 429
+    assert _login(login_env["username"], "right-horse-battery", ip)[0] == 429
+    status, client, _ = _login(login_env["username"], "right-horse-battery", "192.0.2.78")
+    assert status == 302 and "_auth_user_id" in client.session  # another address is not affected
 
 
-def test_successful_login_resets_the_username_counter(login_env) -> None:
+def test_successful_login_resets_the_username_counter_not_the_address(login_env) -> None:
     user, ip = login_env["username"], login_env["ip"]
-    for _ in range(login_throttle.MAX_FAILURES_PER_USER - 1):
-        _login(user, "wrong", ip)
+    _fail(user, ip, settings.LOGIN_FAILURES_PER_USER - 1)
     assert _login(user, "right-horse-battery", ip)[0] == 302
-    for _ in range(login_throttle.MAX_FAILURES_PER_USER - 1):
-        _login(user, "wrong", ip)
+    _fail(user, ip, settings.LOGIN_FAILURES_PER_USER - 1)
     assert _login(user, "right-horse-battery", ip)[0] == 302
+    # The address's failures against other names are not forgotten by one valid sign-in.
+    other_ip = "192.0.2.79"
+    for i in range(settings.LOGIN_FAILURES_PER_IP - 1):
+        _login(f"ghost-{i}", "wrong", other_ip)
+    assert _login(user, "right-horse-battery", other_ip)[0] == 302
+    assert _login("ghost-last", "wrong", other_ip)[0] == 429
 
 
 def test_admin_sign_in_is_throttled_too(login_env) -> None:
     user, ip = login_env["username"], login_env["ip"]
-    for _ in range(login_throttle.MAX_FAILURES_PER_USER):
-        Client(REMOTE_ADDR=ip).post("/admin/login/", {"username": user, "password": "wrong"})
-    response = Client(REMOTE_ADDR=ip).post("/admin/login/", {"username": user, "password": "right-horse-battery"})
-    assert response.status_code == 429
+    for _ in range(settings.LOGIN_FAILURES_PER_USER):
+        _login(user, "wrong", ip, url="/admin/login/")
+    assert _login(user, "right-horse-battery", ip, url="/admin/login/")[0] == 429
+    assert _login(user, "right-horse-battery", ip)[0] == 429  # one lockout for every sign-in page
+
+
+def test_lockout_counts_the_username_as_django_authenticates_it(login_env) -> None:
+    """``ｐlain`` (full-width p) signs in as ``plain``: it cannot be used to try more passwords."""
+    ip = login_env["ip"]
+    plain = get_user_model().objects.create_user("plain", password="plain-horse-battery")
+    shouty = get_user_model().objects.create_user("PLAIN", password="shouty-horse-battery")
+    status, client, _ = _login("\uff50lain", "plain-horse-battery", ip)  # control: the same account
+    assert status == 302 and client.session["_auth_user_id"] == str(plain.pk)
+    variants = ["plain", "\uff50lain", " plain ", "\uff50\uff4c\uff41\uff49\uff4e"]
+    for i in range(settings.LOGIN_FAILURES_PER_USER - 1):
+        assert _login(variants[i % len(variants)], "wrong", ip)[0] == 200
+    assert _login("\uff50lain", "wrong", "192.0.2.80")[0] == 429  # the fifth failure, whatever its spelling
+    for spelling in variants:
+        assert _login(spelling, "plain-horse-battery", "192.0.2.81")[0] == 429
+    # Django's usernames are case-sensitive: PLAIN is another account, with its own counter.
+    status, client, _ = _login("PLAIN", "shouty-horse-battery", "192.0.2.81")
+    assert status == 302 and client.session["_auth_user_id"] == str(shouty.pk)
+
+
+def test_the_right_password_is_refused_until_the_cool_off_has_passed(login_env) -> None:
+    from axes.models import AccessAttempt
+
+    user, ip = login_env["username"], login_env["ip"]
+    _fail(user, ip, settings.LOGIN_FAILURES_PER_USER)
+    cool_off = settings.AXES_COOLOFF_TIME
+
+    def locked_since(ago: dt.timedelta) -> None:
+        AccessAttempt.objects.filter(username=user).update(attempt_time=timezone.now() - ago)
+
+    locked_since(cool_off - dt.timedelta(minutes=1))
+    times = list(AccessAttempt.objects.filter(username=user).values_list("attempt_time", flat=True))
+    assert _login(user, "right-horse-battery", "192.0.2.82")[0] == 429
+    assert _login(user, "right-horse-battery", ip)[0] == 429
+    # Refused attempts do not extend the lockout ...
+    assert list(AccessAttempt.objects.filter(username=user).values_list("attempt_time", flat=True)) == times
+    locked_since(cool_off + dt.timedelta(seconds=1))  # ... and once the cool-off has passed, it is over
+    status, client, _ = _login(user, "right-horse-battery", ip)
+    assert status == 302 and "_auth_user_id" in client.session
