@@ -269,3 +269,24 @@ def test_the_right_password_is_refused_until_the_cool_off_has_passed(login_env) 
     locked_since(cool_off + dt.timedelta(seconds=1))  # ... and once the cool-off has passed, it is over
     status, client, _ = _login(user, "right-horse-battery", ip)
     assert status == 302 and "_auth_user_id" in client.session
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lockout_holds_under_asgi(settings) -> None:
+    """Daphne serves the site: the lockout page comes back the same through the async middleware chain."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    settings.PASSWORD_HASHERS = FAST_HASHER
+    get_user_model().objects.create_user("ann", password="right-horse-battery")
+
+    async def run() -> list[int]:
+        client = AsyncClient(REMOTE_ADDR="192.0.2.83")
+        statuses = []
+        for password in ["wrong"] * settings.LOGIN_FAILURES_PER_USER + ["right-horse-battery"]:
+            response = await client.post(reverse("login"), {"username": "ann", "password": password})
+            statuses.append(response.status_code)
+        assert login_throttle.locked_message() in response.content.decode()
+        return statuses
+
+    assert async_to_sync(run)() == [200] * (settings.LOGIN_FAILURES_PER_USER - 1) + [429, 429]
