@@ -19,12 +19,13 @@
   happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
 * Commands are verified with the server public key, checked against the device uid and the
   timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
-  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``.
+  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. The
+  ids of applied commands are kept in the spool database, so a genuine ``open`` replayed after
+  a restart (still inside the window) is not carried out again.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import ssl
@@ -53,11 +54,9 @@ from edge_agent.protocol import (
     split_envelope,
     status_topic,
 )
-from edge_agent.spool import Spool
+from edge_agent.spool import CommandSeen, Spool
 
 logger = logging.getLogger(__name__)
-
-_SEEN_COMMANDS = 1024
 
 
 class EdgeLink:
@@ -82,13 +81,12 @@ class EdgeLink:
         self.commands_rejected = 0
         self.disconnected_since: float | None = time.monotonic()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._last_handed = 0
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.resent = 0
         self._sender = threading.Thread(target=self._send_loop, name="edge-mqtt-sender", daemon=True)
         self.client = self._build_client()
@@ -124,6 +122,7 @@ class EdgeLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -159,6 +158,10 @@ class EdgeLink:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until the broker acknowledged the commands subscription of the current connection."""
+        return self._subscribed.wait(timeout)
 
     def offline_for(self) -> float:
         """Seconds since the link went down (0 while connected)."""
@@ -283,6 +286,13 @@ class EdgeLink:
             logger.warning("disconnected from broker (%s); spooling", reason_code)
             self.disconnected_since = time.monotonic()
         self._connected.clear()
+        self._subscribed.clear()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if any(getattr(code, "is_failure", False) for code in reason_codes):
+            logger.error("broker refused the commands subscription: %s", [str(code) for code in reason_codes])
+            return
+        self._subscribed.set()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acks.put(mid)
@@ -301,13 +311,19 @@ class EdgeLink:
             self.commands_rejected += 1
             logger.warning("unexpected message on %s", message.topic)
             return
-        if not _first_time(self._seen, command.command_id):
+        seen = self.spool.command_apply_once(
+            command.command_id,
+            detection_id=command.detection_id,
+            issued_at=command.issued_at,
+            keep_s=2 * self.settings.command_window_s + 60,
+        )
+        if seen is CommandSeen.REPLAYED:
             self.commands_rejected += 1
             logger.warning("command %s replayed; ignored", command.command_id)
             return
         if command.detection_id:
             self.spool.resolve(command.detection_id)
-            if not _first_time(self._answered, command.detection_id):
+            if seen is CommandSeen.ANSWERED:
                 logger.info("second answer for detection %s ignored", command.detection_id)
                 return
         if self.on_command is not None:
@@ -315,13 +331,3 @@ class EdgeLink:
                 self.on_command(command)
             except Exception:
                 logger.exception("command %s failed", command.command_id)
-
-
-def _first_time(seen: collections.OrderedDict[str, None], key: str) -> bool:
-    """Remember ``key`` among the last :data:`_SEEN_COMMANDS`; False when it was there already."""
-    if key in seen:
-        return False
-    seen[key] = None
-    while len(seen) > _SEEN_COMMANDS:
-        seen.popitem(last=False)
-    return True
