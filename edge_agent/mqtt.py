@@ -22,6 +22,11 @@
   ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. The
   ids of applied commands are kept in the spool database, so a genuine ``open`` replayed after
   a restart (still inside the window) is not carried out again.
+* Liveness of the commands subscription: a connection can stay up while the broker no longer
+  delivers to it (on amqtt, after another client used this device's client id). While answers
+  are overdue and none arrived for ``unanswered_reconnect_s`` on this connection, the link
+  reconnects (subscribing again; the broker then delivers what it queued), backing off. The
+  heartbeat reports overdue answers, so the server shows the device ``degraded`` meanwhile.
 """
 
 from __future__ import annotations
@@ -88,6 +93,12 @@ class EdgeLink:
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._last_handed = 0
         self.resent = 0
+        self.connects = 0  # successful connections (diagnostics, tests)
+        self.reconnects = 0  # for missing answers (see _check_answers)
+        self._answer_at = time.monotonic()  # last verified command, or the start of this connection
+        self._reconnect_after = settings.unanswered_reconnect_s
+        self._reconnecting = False
+        self._lifecycle = threading.Lock()  # a reconnect and stop() never interleave
         self._sender = threading.Thread(target=self._send_loop, name="edge-mqtt-sender", daemon=True)
         self.client = self._build_client()
 
@@ -143,10 +154,11 @@ class EdgeLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 logger.warning("could not publish offline status")
-        self._stop.set()
-        self._wake.set()
-        self.client.disconnect()
-        self.client.loop_stop()
+        with self._lifecycle:
+            self._stop.set()
+            self._wake.set()
+            self.client.disconnect()
+            self.client.loop_stop()
         if self._sender.is_alive():
             self._sender.join(timeout)
 
@@ -207,6 +219,7 @@ class EdgeLink:
                 if self.connected:
                     self._resend_unanswered()
                     self._hand_over()
+                    self._check_answers()
             except Exception:
                 logger.exception("sender loop error")
                 time.sleep(0.5)
@@ -251,6 +264,45 @@ class EdgeLink:
             self.resent += 1
             logger.warning("no answer for detection %s yet; sent again (attempt %d)", entry.detection_id, attempts)
 
+    def _check_answers(self, now: float | None = None) -> None:
+        """Reconnect when answers are overdue and none arrived on this connection for a while."""
+        if self.settings.unanswered_reconnect_s <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        silent = now - self._answer_at
+        if silent < self._reconnect_after:
+            return
+        overdue, oldest = self.spool.overdue(time.time(), timeout_s=self.settings.decision_timeout_s)
+        if not overdue:
+            return
+        self.reconnects += 1
+        logger.warning(
+            "%d detection(s) without an answer (oldest %ss) and no command for %.0f s: the commands "
+            "subscription may be lost; reconnecting (%d)",
+            overdue, oldest, silent, self.reconnects,
+        )  # fmt: skip
+        self._reconnect_after = min(self._reconnect_after * 2, 600.0)
+        self._answer_at = now
+        with self._lifecycle:
+            if self._stop.is_set():
+                return
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        self._reconnecting = True
+        try:
+            self.client.disconnect()
+            self.client.loop_stop()
+            if self._connected.is_set():  # paho did not report the disconnect
+                self.disconnected_since = time.monotonic()
+                self._connected.clear()
+                self._subscribed.clear()
+            if not self._stop.is_set():
+                self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
+                self.client.loop_start()
+        finally:
+            self._reconnecting = False
+
     def _hand_over(self) -> None:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
@@ -276,6 +328,8 @@ class EdgeLink:
         )
         client.publish(status_topic(self.device_uid), seal(status, self.private_key), qos=1, retain=True)
         self.disconnected_since = None
+        self.connects += 1
+        self._answer_at = max(self._answer_at, time.monotonic())
         self._connected.set()
         self._wake.set()
 
@@ -283,7 +337,10 @@ class EdgeLink:
         if self._stop.is_set():
             logger.info("disconnected from broker (stopping)")
         elif self._connected.is_set():
-            logger.warning("disconnected from broker (%s); spooling", reason_code)
+            if self._reconnecting:
+                logger.info("disconnected from broker (reconnecting)")
+            else:
+                logger.warning("disconnected from broker (%s); spooling", reason_code)
             self.disconnected_since = time.monotonic()
         self._connected.clear()
         self._subscribed.clear()
@@ -321,6 +378,8 @@ class EdgeLink:
             self.commands_rejected += 1
             logger.warning("command %s replayed; ignored", command.command_id)
             return
+        self._answer_at = time.monotonic()
+        self._reconnect_after = self.settings.unanswered_reconnect_s
         if command.detection_id:
             self.spool.resolve(command.detection_id)
             if seen is CommandSeen.ANSWERED:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('dropped', 0);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('unanswered', 0);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('given_up_since_answer', 0);
 CREATE TABLE IF NOT EXISTS awaiting (
     detection_id TEXT PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -189,10 +190,23 @@ class Spool:
             self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
 
     def resolve(self, detection_id: str) -> bool:
-        """The answer for ``detection_id`` arrived; True when it was awaited."""
-        with self._lock:
+        """The answer for ``detection_id`` arrived; True when it was awaited. Answers flow again:
+        the detections given up before no longer count as overdue (:meth:`overdue`)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("DELETE FROM awaiting WHERE detection_id = ?", (detection_id,))
+            self._db.execute("UPDATE counters SET value = 0 WHERE name = 'given_up_since_answer'")
             return cur.rowcount > 0
+
+    def overdue(self, now: float, *, timeout_s: float) -> tuple[int, float | None]:
+        """How many detections miss their answer: awaited for longer than ``timeout_s`` at ``now``,
+        plus those given up since the last answer arrived; and the age of the oldest awaited one."""
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(accepted_at) FROM awaiting WHERE accepted_at <= ?", (now - timeout_s,)
+            ).fetchone()
+            (given_up,) = self._db.execute("SELECT value FROM counters WHERE name = 'given_up_since_answer'").fetchone()
+        return int(count) + int(given_up), (round(max(now - oldest, 0.0), 1) if oldest is not None else None)
 
     def due(self, now: float, *, limit: int = 50) -> list[AwaitingEntry]:
         """Awaited detections whose answer is overdue at ``now``, oldest first."""
@@ -217,7 +231,9 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("DELETE FROM awaiting WHERE detection_id = ?", (detection_id,))
             if cur.rowcount:
-                self._db.execute("UPDATE counters SET value = value + 1 WHERE name = 'unanswered'")
+                self._db.execute(
+                    "UPDATE counters SET value = value + 1 WHERE name IN ('unanswered', 'given_up_since_answer')"
+                )
 
     def command_apply_once(
         self, command_id: str, *, detection_id: str | None, issued_at: float, keep_s: float
