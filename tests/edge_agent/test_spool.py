@@ -136,3 +136,24 @@ def test_applied_commands_are_remembered_across_a_restart_and_bounded(
         again.command_apply_once(f"x{i}", detection_id=None, issued_at=now + i, keep_s=60)
     assert again.applied == 3
     again.close()
+
+
+def test_overdue_answers_count_until_an_answer_arrives(tmp_path: Path) -> None:
+    """What the heartbeat reports as ``answers_overdue``: awaited past the timeout, plus given up
+    since the last answer (a device that never hears back stays counted until an answer arrives)."""
+    spool = Spool(tmp_path)
+    for detection_id in ("a", "b"):
+        spool.accepted(spool.put("det", b"d", detection_id=detection_id), answer_by=0.0)
+    now = time.time()
+    assert spool.overdue(now, timeout_s=3.0) == (0, None)  # not overdue yet
+    count, oldest = spool.overdue(now + 10, timeout_s=3.0)
+    assert count == 2 and 9.9 <= oldest <= 10.5
+    spool.give_up("a")
+    count, _ = spool.overdue(now + 10, timeout_s=3.0)
+    assert count == 2  # "a" given up still counts
+    spool.close()
+    again = Spool(tmp_path)  # and across a restart
+    assert again.overdue(now + 10, timeout_s=3.0)[0] == 2
+    assert again.resolve("b")
+    assert again.overdue(now + 10, timeout_s=3.0) == (0, None)  # answers flow again
+    again.close()
