@@ -108,7 +108,8 @@ class Bridge:
         self.probe_interval_s = probe_interval_s or settings.MQTT_BRIDGE_PROBE_INTERVAL_S
         self.deaf_after_s = max(deaf_after_s or settings.MQTT_BRIDGE_DEAF_AFTER_S, self.probe_interval_s)
         self.probe_topic = probe_topic(self.client_id)
-        self.recoveries = 0
+        self.recoveries = 0  # deafness detected and recovered from
+        self.connects = 0  # successful connections (diagnostics, tests)
         self._heard_at = time.monotonic()
         self._probed_at = 0.0
         self._delivering = 0  # > 0 while the network thread is inside on_message (not the broker's silence)
@@ -130,6 +131,7 @@ class Bridge:
         self._heard_at = time.monotonic()  # the deafness clock starts with each connection
         client.subscribe([(topic, 1) for topic in topics])
         self._had_session = True
+        self.connects += 1
         self.connected.set()
         logger.info(
             "bridge connected to %s:%s as %s (session present: %s), subscribed to %s",

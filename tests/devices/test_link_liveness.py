@@ -170,3 +170,88 @@ def test_device_without_answers_shows_degraded_then_recovers(test_env, tmp_path,
     finally:
         agent.stop()
         children.close()
+
+
+class _Recorder:
+    """A bridge handler that records what it handled; raises OperationalError for ``failing`` payloads."""
+
+    def __init__(self, failing: bytes = b"") -> None:
+        self.failing = failing
+        self.handled: list[tuple[str, bytes]] = []
+        self.attempts = 0
+
+    def __call__(self, topic: str, payload: bytes, ack) -> None:
+        from django.db import OperationalError
+
+        if payload == self.failing:
+            self.attempts += 1
+            raise OperationalError("database unavailable (test)")
+        self.handled.append((topic, payload))
+        ack()
+
+
+@pytest.fixture
+def running_bridge(broker):
+    """An in-process bridge on the test's own broker; yields a factory."""
+    from django.test import override_settings
+
+    started: list[tuple[object, threading.Thread]] = []
+
+    def start(handler, **options):
+        from devices.bridge import Bridge
+
+        with override_settings(MQTT_URL=f"mqtt://{broker.host}:{broker.port}"):
+            bridge = Bridge(handler, client_id=f"inproc-bridge-{os.getpid()}", workers=1, **options)
+        thread = threading.Thread(target=bridge.run_forever, daemon=True)
+        thread.start()
+        started.append((bridge, thread))
+        assert bridge.connected.wait(10)
+        return bridge
+
+    yield start
+    for bridge, thread in started:
+        bridge.stop()
+        thread.join(10)
+
+
+def _publisher(broker) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+def test_bridge_probes_only_when_idle_and_keeps_the_probe_tiny(broker, running_bridge) -> None:
+    heard: list[bytes] = []
+    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"spy-{os.getpid()}")
+    spy.on_message = lambda c, u, m: heard.append(m.payload)
+    spy.connect(broker.host, broker.port)
+    spy.subscribe("acs/v1/bridge/#", qos=1)
+    spy.loop_start()
+    try:
+        bridge = running_bridge(_Recorder(), probe_interval_s=0.3, deaf_after_s=5.0)
+        assert rig.wait_until(lambda: len(heard) >= 3, 10, step=0.05)
+        assert all(len(body) < 40 for body in heard), heard
+        assert bridge.recoveries == 0 and bridge.connected.is_set()
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+
+
+def test_bridge_reconnects_after_leaving_a_message_for_redelivery(broker, running_bridge) -> None:
+    """The database stays unreachable past ``retry_for_s``: the bridge leaves the message
+    unacknowledged and reconnects. Before, it called ``disconnect()``, which ends paho's network
+    thread for good: the bridge never received anything again."""
+    handler = _Recorder(failing=b"db-down")
+    bridge = running_bridge(handler, retry_for_s=0.3, probe_interval_s=0.5, deaf_after_s=5.0)
+    client = _publisher(broker)
+    try:
+        client.publish("acs/v1/devices/cam-1/heartbeat", b"db-down", qos=1).wait_for_publish(5)
+        assert rig.wait_until(lambda: handler.attempts >= 1 and bridge.connects >= 2, 10, step=0.05)
+        handler.failing = b""  # the database is back
+        assert bridge.connected.wait(10)
+        client.publish("acs/v1/devices/cam-1/heartbeat", b"later", qos=1).wait_for_publish(5)
+        assert rig.wait_until(lambda: ("acs/v1/devices/cam-1/heartbeat", b"later") in handler.handled, 10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
