@@ -250,6 +250,7 @@ class Bridge:
             "its subscriptions; raising an alarm and reconnecting (recovery %d)",
             self.client_id, silent, self.probe_topic, self.recoveries,
         )  # fmt: skip
+        self._reconnect("no delivery")
         try:
             from accessctl.alarms import alarm_raise
             from accessctl.models import Alarm
@@ -263,9 +264,8 @@ class Bridge:
                     "silent_s": round(silent, 1),
                 },
             )
-        except Exception:  # the database may be what is down; recovering matters more than the alarm
+        except Exception:  # the database may be down too; the reconnect above does not wait for it
             logger.exception("could not raise the bridge_deaf alarm")
-        self._reconnect("no delivery")
 
     def _reconnect(self, reason: str) -> None:
         """Drop the connection and connect again (subscribing again on connect); never on the network thread."""
