@@ -231,6 +231,8 @@ class Alarm(models.Model):
         FORGED_SIGNATURE = "forged_signature", "forged or invalid signature"
         DEVICE_OFFLINE = "device_offline", "device offline"
         REPLAY = "replay", "replayed message"
+        BRIDGE_DEAF = "bridge_deaf", "MQTT bridge stopped receiving"
+        DEVICE_DEGRADED = "device_degraded", "device gets no answers"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")

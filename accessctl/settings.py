@@ -178,12 +178,19 @@ MQTT_BRIDGE_WORKERS = env_int("MQTT_BRIDGE_WORKERS", 4)
 # is busy a batch waits up to this many milliseconds to grow (bigger batches cost less per decision).
 MQTT_BRIDGE_BATCH_MAX = env_int("MQTT_BRIDGE_BATCH_MAX", 32)
 MQTT_BRIDGE_BATCH_HOLD_MS = env_int("MQTT_BRIDGE_BATCH_HOLD_MS", 100)
+# Liveness of the bridge's subscriptions: when nothing arrived for PROBE_INTERVAL it sends itself a
+# probe through the broker (acs/v1/bridge/<client id>/probe, ~40 bytes); hearing nothing for
+# DEAF_AFTER it raises a bridge_deaf alarm and reconnects (devices.bridge).
+MQTT_BRIDGE_PROBE_INTERVAL_S = env_float("MQTT_BRIDGE_PROBE_INTERVAL_S", 5.0)
+MQTT_BRIDGE_DEAF_AFTER_S = env_float("MQTT_BRIDGE_DEAF_AFTER_S", 15.0)
 
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
 DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
 # A staged detection without a decision after this long is enqueued again (lost task, broker restart).
 DEVICE_INBOUND_RETRY_AFTER_S = env_float("ACCESSCTL_INBOUND_RETRY_AFTER_S", 20.0)
+# A device whose heartbeat reports detections unanswered past their timeout is shown "degraded".
+DEVICE_DEGRADED_AFTER_OVERDUE = env_int("ACCESSCTL_DEVICE_DEGRADED_AFTER_OVERDUE", 1)
 SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
 
 # --- Recognition.

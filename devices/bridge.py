@@ -9,11 +9,24 @@ waits on the database a few times, so one thread would cap the whole site at wha
 connection's round trips allow. Each message is acknowledged when the handler says it is safe
 (for a detection: once its decision task is out), in any order. Heartbeats and status
 messages stay on the network thread, in arrival order.
+
+Liveness: a connection can stay up while the broker no longer delivers to it (the embedded
+amqtt broker shares one session object per client id: when a client that took the bridge's
+client id over leaves, the broker marks the *session* disconnected although the bridge is
+connected again, and queues everything for it from then on). So the bridge watches what it
+hears: when nothing arrived for ``MQTT_BRIDGE_PROBE_INTERVAL_S`` it publishes a tiny probe on
+its own topic (``acs/v1/bridge/<client id>/probe``, subscribed with the device topics); when
+nothing at all, not even the probe, came back for ``MQTT_BRIDGE_DEAF_AFTER_S`` it raises a
+``bridge_deaf`` alarm and reconnects, which subscribes again (and makes the broker deliver what
+it queued meanwhile). A reconnect that finds no session present where one was expected is logged:
+the broker lost what was queued (devices re-send unanswered detections).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +46,14 @@ SUBSCRIPTIONS = ("acs/v1/devices/+/detections", "acs/v1/devices/+/heartbeat", "a
 #: acknowledged to the broker: before it returns, or later from another thread (the decision
 #: batcher acknowledges a detection once its task is out). ``ack`` is idempotent.
 Handler = Callable[[str, bytes, Callable[[], None]], None]
+
+#: Topics of the bridges themselves (the server's MQTT identity may publish and subscribe here).
+BRIDGE_TOPIC_ROOT = "acs/v1/bridge"
+
+
+def probe_topic(client_id: str) -> str:
+    """The topic a bridge probes itself on: one per client id (never shared between bridges)."""
+    return f"{BRIDGE_TOPIC_ROOT}/{re.sub(r'[^A-Za-z0-9._-]', '_', client_id)[:128]}/probe"
 
 
 class _Once:
@@ -66,6 +87,8 @@ class Bridge:
         shared_group: str | None = None,
         retry_for_s: float = 20.0,
         workers: int | None = None,
+        probe_interval_s: float | None = None,
+        deaf_after_s: float | None = None,
     ) -> None:
         self.handler = handler
         self.workers = max(1, workers if workers is not None else settings.MQTT_BRIDGE_WORKERS)
@@ -78,23 +101,52 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.connected = threading.Event()
         self._stop = threading.Event()
+        # Liveness (see the module docstring): monotonic times of the last delivery and probe.
+        self.probe_interval_s = probe_interval_s or settings.MQTT_BRIDGE_PROBE_INTERVAL_S
+        self.deaf_after_s = max(deaf_after_s or settings.MQTT_BRIDGE_DEAF_AFTER_S, self.probe_interval_s)
+        self.probe_topic = probe_topic(self.client_id)
+        self.recoveries = 0  # deafness detected and recovered from
+        self.connects = 0  # successful connections (diagnostics, tests)
+        self._heard_at = time.monotonic()
+        self._probed_at = 0.0
+        self._delivering = 0  # > 0 while the network thread is inside on_message (not the broker's silence)
+        self._had_session = False
+        self._reconnect_reason: str | None = None
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
             logger.error("bridge connect to %s:%s refused: %s", self.address.host, self.address.port, reason)
             return
-        topics = subscription_topics(self.shared_group)
+        session_present = bool(getattr(flags, "session_present", False))
+        if self._had_session and not session_present:
+            logger.warning(
+                "bridge %s: the broker kept no session for it; messages queued while it was away are lost "
+                "(devices send unanswered detections again)",
+                self.client_id,
+            )
+        topics = [*subscription_topics(self.shared_group), self.probe_topic]
+        self._heard_at = time.monotonic()  # the deafness clock starts with each connection
         client.subscribe([(topic, 1) for topic in topics])
+        self._had_session = True
+        self.connects += 1
         self.connected.set()
         logger.info(
-            "bridge connected to %s:%s as %s, subscribed to %s",
+            "bridge connected to %s:%s as %s (session present: %s), subscribed to %s",
             self.address.host,
             self.address.port,
             self.client_id,
+            session_present,
             ", ".join(topics),
         )
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: object, props: object) -> None:
+        refused = [str(code) for code in reasons if getattr(code, "is_failure", False)]  # type: ignore[attr-defined]
+        if refused:
+            logger.error("bridge %s: the broker refused subscriptions: %s", self.client_id, ", ".join(refused))
+            self._reconnect_reason = "subscription refused"
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
@@ -104,6 +156,18 @@ class Bridge:
             logger.warning("bridge disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self._heard_at = time.monotonic()
+        self._delivering += 1
+        try:
+            self._dispatch(client, message)
+        finally:
+            self._delivering -= 1
+            self._heard_at = time.monotonic()
+
+    def _dispatch(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.probe_topic:
+            client.ack(message.mid, message.qos)
+            return
         if not message.topic.endswith("/detections"):
             self._handle(client, message)
             return
@@ -133,7 +197,8 @@ class Bridge:
             except (OperationalError, InterfaceError) as exc:
                 if self._stop.is_set() or time.monotonic() > deadline:
                     logger.error("database unavailable (%s); leaving message on %s for redelivery", exc, message.topic)
-                    client.disconnect()  # reconnects; the broker redelivers the unacknowledged message
+                    # Reconnect (from the watching thread): the broker redelivers the unacknowledged message.
+                    self._reconnect_reason = "database unavailable"
                     return
                 logger.warning("database unavailable (%s); retrying message on %s in %.1fs", exc, message.topic, delay)
                 time.sleep(delay)
@@ -148,12 +213,71 @@ class Bridge:
     def run_forever(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
+        tick = min(1.0, self.probe_interval_s / 4)
         try:
-            self._stop.wait()
+            while not self._stop.wait(tick):
+                try:
+                    self.watch()
+                except Exception:
+                    logger.exception("bridge watch failed")
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def watch(self) -> None:
+        """One look at the link (``run_forever`` calls it a few times a second): reconnect when asked
+        to, probe when nothing arrived for a while, recover when not even the probe came back."""
+        reason, self._reconnect_reason = self._reconnect_reason, None
+        if reason is not None:
+            self._reconnect(reason)
+            return
+        if not self.connected.is_set() or self._delivering:
+            return  # paho reconnects by itself; a busy network thread is not a silent broker
+        now = time.monotonic()
+        silent = now - self._heard_at
+        if silent >= self.deaf_after_s:
+            self._deaf(silent)
+        elif silent >= self.probe_interval_s and now - self._probed_at >= self.probe_interval_s:
+            self._probed_at = now
+            body = json.dumps({"t": round(time.time(), 3)}, separators=(",", ":")).encode()
+            self.client.publish(self.probe_topic, body, qos=1)
+
+    def _deaf(self, silent: float) -> None:
+        self.recoveries += 1
+        logger.error(
+            "bridge %s heard nothing for %.1f s, not even its own probe on %s: the broker no longer delivers "
+            "its subscriptions; raising an alarm and reconnecting (recovery %d)",
+            self.client_id, silent, self.probe_topic, self.recoveries,
+        )  # fmt: skip
+        self._reconnect("no delivery")
+        try:
+            from accessctl.alarms import alarm_raise
+            from accessctl.models import Alarm
+
+            close_old_connections()
+            alarm_raise(
+                kind=Alarm.Kind.BRIDGE_DEAF,
+                details={
+                    "client_id": self.client_id,
+                    "broker": f"{self.address.host}:{self.address.port}",
+                    "silent_s": round(silent, 1),
+                },
+            )
+        except Exception:  # the database may be down too; the reconnect above does not wait for it
+            logger.exception("could not raise the bridge_deaf alarm")
+
+    def _reconnect(self, reason: str) -> None:
+        """Drop the connection and connect again (subscribing again on connect); never on the network thread."""
+        logger.warning("bridge %s reconnecting: %s", self.client_id, reason)
+        self.connected.clear()
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._stop.is_set():
+            return
+        self._heard_at = time.monotonic()
+        self.client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,11 @@
-"""Fleet health: heartbeats, online/offline status (last will), and the offline sweep."""
+"""Fleet health: heartbeats, online/offline status (last will), and the offline sweep.
+
+A device whose signed heartbeat says that answers to its detections are overdue
+(``answers_overdue`` >= ``DEVICE_DEGRADED_AFTER_OVERDUE``) is ``degraded``, not ``online``: it
+reaches the broker but gets no door commands back (its commands subscription lost, the bridge or
+the workers down). Its heartbeat puts it back online once answers flow. A heartbeat without the
+field (an older agent) is not measured: such a device is ``online`` as before.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,23 @@ logger = logging.getLogger(__name__)
 _SEEN_RESOLUTION_S = 5.0
 
 
-def _status_set(device: EdgeDevice, status: str, *, now: dt.datetime | None, extra: dict | None = None) -> None:
+#: Statuses of a device that reaches the server; only its heartbeat tells one from the other.
+_REACHABLE = (EdgeDevice.Status.ONLINE, EdgeDevice.Status.DEGRADED)
+
+
+def _reachable_status(device: EdgeDevice) -> str:
+    """A device heard from: ``degraded`` stays so until its heartbeat says answers flow again."""
+    return EdgeDevice.Status.DEGRADED if device.status == EdgeDevice.Status.DEGRADED else EdgeDevice.Status.ONLINE
+
+
+def _status_set(
+    device: EdgeDevice,
+    status: str,
+    *,
+    now: dt.datetime | None,
+    extra: dict | None = None,
+    alarm_details: dict | None = None,
+) -> None:
     changed = device.status != status
     fields = {"status": status, "last_seen": now, **(extra or {})}
     EdgeDevice.objects.filter(pk=device.pk).exclude(status=EdgeDevice.Status.DISABLED).update(**fields)
@@ -29,23 +52,33 @@ def _status_set(device: EdgeDevice, status: str, *, now: dt.datetime | None, ext
     if changed:
         logger.info("device %s is now %s", device.uid, status)
         realtime.broadcast(realtime.MessageType.DEVICE_STATUS, dict(realtime.device_payload(device)))
-        if status == EdgeDevice.Status.OFFLINE:
+        if status in (EdgeDevice.Status.OFFLINE, EdgeDevice.Status.DEGRADED):
             from accessctl.alarms import alarm_raise
             from accessctl.models import Alarm
 
-            alarm_raise(kind=Alarm.Kind.DEVICE_OFFLINE, door=device.door, device=device, details={"uid": device.uid})
+            kind = Alarm.Kind.DEVICE_OFFLINE if status == EdgeDevice.Status.OFFLINE else Alarm.Kind.DEVICE_DEGRADED
+            details = {"uid": device.uid, **(alarm_details or {})}
+            alarm_raise(kind=kind, door=device.door, device=device, details=details)
 
 
 def device_seen(*, device: EdgeDevice) -> None:
     """Note that an authentic message arrived from ``device``."""
     now = timezone.now()
     if (
-        device.status == EdgeDevice.Status.ONLINE
+        device.status in _REACHABLE
         and device.last_seen
         and ((now - device.last_seen).total_seconds() < _SEEN_RESOLUTION_S)
     ):
         return
-    _status_set(device, EdgeDevice.Status.ONLINE, now=now)
+    _status_set(device, _reachable_status(device), now=now)
+
+
+def heartbeat_status(heartbeat: p.Heartbeat) -> str:
+    """``degraded`` when the heartbeat reports answers overdue (at or past the setting), else ``online``."""
+    overdue = heartbeat.answers_overdue
+    if overdue is not None and overdue >= max(settings.DEVICE_DEGRADED_AFTER_OVERDUE, 1):
+        return EdgeDevice.Status.DEGRADED
+    return EdgeDevice.Status.ONLINE
 
 
 def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevice, p.Message] | None:
@@ -85,7 +118,14 @@ def heartbeat_ingest(*, device_uid: str, raw: bytes) -> None:
         "model_version": (heartbeat.model_version or "")[:64],
         "last_heartbeat": data,
     }
-    _status_set(device, EdgeDevice.Status.ONLINE, now=timezone.now(), extra=extra)
+    status = heartbeat_status(heartbeat)
+    if status == EdgeDevice.Status.DEGRADED and device.status != status:
+        logger.warning(
+            "device %s reports %d detection(s) without an answer (oldest %ss): degraded",
+            device.uid, heartbeat.answers_overdue, heartbeat.oldest_overdue_s,
+        )  # fmt: skip
+    alarm_details = {"answers_overdue": heartbeat.answers_overdue, "oldest_overdue_s": heartbeat.oldest_overdue_s}
+    _status_set(device, status, now=timezone.now(), extra=extra, alarm_details=alarm_details)
     logger.debug("heartbeat from %s: spool=%s fps=%s", device.uid, heartbeat.spool_depth, heartbeat.camera_fps)
 
 
@@ -97,7 +137,7 @@ def status_ingest(*, device_uid: str, raw: bytes) -> None:
     device, status = opened
     assert isinstance(status, p.Status)
     if status.state == p.DeviceState.ONLINE:
-        _status_set(device, EdgeDevice.Status.ONLINE, now=timezone.now())
+        _status_set(device, _reachable_status(device), now=timezone.now())
     else:
         # The last will is unsigned: keep the last authentic sighting as last_seen.
         _status_set(device, EdgeDevice.Status.OFFLINE, now=timezone.now() if status.signed else device.last_seen)
@@ -107,9 +147,7 @@ def devices_offline_sweep(*, now: dt.datetime | None = None) -> int:
     """Mark devices silent for longer than DEVICE_OFFLINE_AFTER_S offline; returns how many."""
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
-    stale = EdgeDevice.objects.filter(status=EdgeDevice.Status.ONLINE).filter(
-        Q(last_seen__lt=cutoff) | Q(last_seen=None)
-    )
+    stale = EdgeDevice.objects.filter(status__in=_REACHABLE).filter(Q(last_seen__lt=cutoff) | Q(last_seen=None))
     count = 0
     for device in stale.select_related("door"):
         _status_set(device, EdgeDevice.Status.OFFLINE, now=device.last_seen or now)

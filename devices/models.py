@@ -12,6 +12,8 @@ class EdgeDevice(models.Model):
         PROVISIONED = "provisioned"
         ONLINE = "online"
         OFFLINE = "offline"
+        #: heartbeats arrive, but the answers to its detections do not (see devices.health)
+        DEGRADED = "degraded"
         DISABLED = "disabled"
 
     uid = models.SlugField(max_length=64, unique=True, help_text="Device id used in MQTT topics.")

@@ -177,9 +177,11 @@ class EdgeAgent:
         self.door.set_online(online)
 
     def heartbeat(self) -> Heartbeat:
+        now = time.time()
+        overdue, oldest = self.spool.overdue(now, timeout_s=self.config.mqtt.decision_timeout_s)
         return Heartbeat(
             device_uid=self.uid,
-            sent_at=time.time(),
+            sent_at=now,
             agent_version=__version__,
             model_version=self.embedder.model_version if self.embedder is not None else None,
             camera_fps=round(min(self.camera_fps, 1000.0), 2),
@@ -193,17 +195,20 @@ class EdgeAgent:
             lockdown=self.door.lockdown,
             awaiting_answer=self.spool.awaiting,
             unanswered=self.spool.unanswered,
+            answers_overdue=overdue,
+            oldest_overdue_s=oldest,
         )
 
     def send_heartbeat(self) -> bool:
         hb = self.heartbeat()
         logger.info(
-            "heartbeat: fps %.1f, spool %d (dropped %d), %d detections, %s bytes/detection",
+            "heartbeat: fps %.1f, spool %d (dropped %d), %d detections, %s bytes/detection, %d answers overdue",
             hb.camera_fps,
             hb.spool_depth,
             hb.spool_dropped,
             hb.detections_sent,
             hb.bytes_per_detection,
+            hb.answers_overdue or 0,
         )
         return self.link.publish_now(heartbeat_topic(self.uid), seal(hb, self.private_key))
 

@@ -57,6 +57,10 @@ class MqttSection:
     #: ... until this long after it was first accepted (keep it under the server's timestamp
     #: window, DEVICE_TIMESTAMP_WINDOW_S = 30 s: later the server would deny it as stale anyway)
     resend_window_s: float = 15.0
+    #: connected, yet no answer to any detection for this long while answers are overdue: the
+    #: broker may have stopped delivering the commands subscription; reconnect (subscribing again),
+    #: then wait twice as long before the next time, up to 10 minutes. 0 disables.
+    unanswered_reconnect_s: float = 10.0
 
 
 @dataclass

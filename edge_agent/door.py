@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge_agent.protocol import Command, CommandKind, OfflineAction, OfflineDecision
 from edge_agent.relay import RelayDriver
+from edge_agent.spool import private_dir, private_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ class DoorController:
     def _record(self, decision: OfflineDecision, detection_id: str | None = None) -> None:
         self.offline_decisions += 1
         if self.journal is not None:
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.journal.parent)
             line = {**decision.to_dict(), "detection_id": detection_id}
-            with self.journal.open("a", encoding="utf-8") as fh:
+            with private_file(self.journal).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, sort_keys=True) + "\n")
         logger.info("offline decision %s (%s)", decision.action, decision.basis)
 

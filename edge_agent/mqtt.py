@@ -19,12 +19,18 @@
   happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
 * Commands are verified with the server public key, checked against the device uid and the
   timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
-  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``.
+  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. The
+  ids of applied commands are kept in the spool database, so a genuine ``open`` replayed after
+  a restart (still inside the window) is not carried out again.
+* Liveness of the commands subscription: a connection can stay up while the broker no longer
+  delivers to it (on amqtt, after another client used this device's client id). While answers
+  are overdue and none arrived for ``unanswered_reconnect_s`` on this connection, the link
+  reconnects (subscribing again; the broker then delivers what it queued), backing off. The
+  heartbeat reports overdue answers, so the server shows the device ``degraded`` meanwhile.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import ssl
@@ -53,11 +59,9 @@ from edge_agent.protocol import (
     split_envelope,
     status_topic,
 )
-from edge_agent.spool import Spool
+from edge_agent.spool import CommandSeen, Spool
 
 logger = logging.getLogger(__name__)
-
-_SEEN_COMMANDS = 1024
 
 
 class EdgeLink:
@@ -82,14 +86,19 @@ class EdgeLink:
         self.commands_rejected = 0
         self.disconnected_since: float | None = time.monotonic()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._last_handed = 0
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.resent = 0
+        self.connects = 0  # successful connections (diagnostics, tests)
+        self.reconnects = 0  # for missing answers (see _check_answers)
+        self._answer_at = time.monotonic()  # last verified command, or the start of this connection
+        self._reconnect_after = settings.unanswered_reconnect_s
+        self._reconnecting = False
+        self._lifecycle = threading.Lock()  # a reconnect and stop() never interleave
         self._sender = threading.Thread(target=self._send_loop, name="edge-mqtt-sender", daemon=True)
         self.client = self._build_client()
 
@@ -124,6 +133,7 @@ class EdgeLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -144,10 +154,11 @@ class EdgeLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 logger.warning("could not publish offline status")
-        self._stop.set()
-        self._wake.set()
-        self.client.disconnect()
-        self.client.loop_stop()
+        with self._lifecycle:
+            self._stop.set()
+            self._wake.set()
+            self.client.disconnect()
+            self.client.loop_stop()
         if self._sender.is_alive():
             self._sender.join(timeout)
 
@@ -159,6 +170,10 @@ class EdgeLink:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until the broker acknowledged the commands subscription of the current connection."""
+        return self._subscribed.wait(timeout)
 
     def offline_for(self) -> float:
         """Seconds since the link went down (0 while connected)."""
@@ -204,6 +219,7 @@ class EdgeLink:
                 if self.connected:
                     self._resend_unanswered()
                     self._hand_over()
+                    self._check_answers()
             except Exception:
                 logger.exception("sender loop error")
                 time.sleep(0.5)
@@ -248,6 +264,45 @@ class EdgeLink:
             self.resent += 1
             logger.warning("no answer for detection %s yet; sent again (attempt %d)", entry.detection_id, attempts)
 
+    def _check_answers(self, now: float | None = None) -> None:
+        """Reconnect when answers are overdue and none arrived on this connection for a while."""
+        if self.settings.unanswered_reconnect_s <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        silent = now - self._answer_at
+        if silent < self._reconnect_after:
+            return
+        overdue, oldest = self.spool.overdue(time.time(), timeout_s=self.settings.decision_timeout_s)
+        if not overdue:
+            return
+        self.reconnects += 1
+        logger.warning(
+            "%d detection(s) without an answer (oldest %ss) and no command for %.0f s: the commands "
+            "subscription may be lost; reconnecting (%d)",
+            overdue, oldest, silent, self.reconnects,
+        )  # fmt: skip
+        self._reconnect_after = min(self._reconnect_after * 2, 600.0)
+        self._answer_at = now
+        with self._lifecycle:
+            if self._stop.is_set():
+                return
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        self._reconnecting = True
+        try:
+            self.client.disconnect()
+            self.client.loop_stop()
+            if self._connected.is_set():  # paho did not report the disconnect
+                self.disconnected_since = time.monotonic()
+                self._connected.clear()
+                self._subscribed.clear()
+            if not self._stop.is_set():
+                self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
+                self.client.loop_start()
+        finally:
+            self._reconnecting = False
+
     def _hand_over(self) -> None:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
@@ -273,6 +328,8 @@ class EdgeLink:
         )
         client.publish(status_topic(self.device_uid), seal(status, self.private_key), qos=1, retain=True)
         self.disconnected_since = None
+        self.connects += 1
+        self._answer_at = max(self._answer_at, time.monotonic())
         self._connected.set()
         self._wake.set()
 
@@ -280,9 +337,19 @@ class EdgeLink:
         if self._stop.is_set():
             logger.info("disconnected from broker (stopping)")
         elif self._connected.is_set():
-            logger.warning("disconnected from broker (%s); spooling", reason_code)
+            if self._reconnecting:
+                logger.info("disconnected from broker (reconnecting)")
+            else:
+                logger.warning("disconnected from broker (%s); spooling", reason_code)
             self.disconnected_since = time.monotonic()
         self._connected.clear()
+        self._subscribed.clear()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if any(getattr(code, "is_failure", False) for code in reason_codes):
+            logger.error("broker refused the commands subscription: %s", [str(code) for code in reason_codes])
+            return
+        self._subscribed.set()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acks.put(mid)
@@ -301,13 +368,21 @@ class EdgeLink:
             self.commands_rejected += 1
             logger.warning("unexpected message on %s", message.topic)
             return
-        if not _first_time(self._seen, command.command_id):
+        seen = self.spool.command_apply_once(
+            command.command_id,
+            detection_id=command.detection_id,
+            issued_at=command.issued_at,
+            keep_s=2 * self.settings.command_window_s + 60,
+        )
+        if seen is CommandSeen.REPLAYED:
             self.commands_rejected += 1
             logger.warning("command %s replayed; ignored", command.command_id)
             return
+        self._answer_at = time.monotonic()
+        self._reconnect_after = self.settings.unanswered_reconnect_s
         if command.detection_id:
             self.spool.resolve(command.detection_id)
-            if not _first_time(self._answered, command.detection_id):
+            if seen is CommandSeen.ANSWERED:
                 logger.info("second answer for detection %s ignored", command.detection_id)
                 return
         if self.on_command is not None:
@@ -315,13 +390,3 @@ class EdgeLink:
                 self.on_command(command)
             except Exception:
                 logger.exception("command %s failed", command.command_id)
-
-
-def _first_time(seen: collections.OrderedDict[str, None], key: str) -> bool:
-    """Remember ``key`` among the last :data:`_SEEN_COMMANDS`; False when it was there already."""
-    if key in seen:
-        return False
-    seen[key] = None
-    while len(seen) > _SEEN_COMMANDS:
-        seen.popitem(last=False)
-    return True

@@ -623,6 +623,10 @@ class Heartbeat:
     #: detections the broker accepted that still wait for their answer / that never got one
     awaiting_answer: int = 0
     unanswered: int = 0
+    #: detections whose answer is overdue now (past the decision timeout) plus those given up since
+    #: the last answer arrived, and the age of the oldest overdue one; None: not measured (older agent)
+    answers_overdue: int | None = None
+    oldest_overdue_s: float | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.HEARTBEAT
@@ -637,6 +641,8 @@ class Heartbeat:
         "lockdown",
         "awaiting_answer",
         "unanswered",
+        "answers_overdue",
+        "oldest_overdue_s",
     }
 
     def __post_init__(self) -> None:
@@ -644,8 +650,9 @@ class Heartbeat:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._REQUIRED | self._OPTIONAL}
-        if out["bytes_per_detection"] is None:
-            del out["bytes_per_detection"]
+        for key in ("bytes_per_detection", "answers_overdue", "oldest_overdue_s"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -671,6 +678,8 @@ class Heartbeat:
             lockdown=lockdown,
             awaiting_answer=_integer(d, "awaiting_answer") if "awaiting_answer" in d else 0,
             unanswered=_integer(d, "unanswered") if "unanswered" in d else 0,
+            answers_overdue=_integer(d, "answers_overdue") if d.get("answers_overdue") is not None else None,
+            oldest_overdue_s=_opt_number(d, "oldest_overdue_s", lo=0.0),
         )
 
 

@@ -9,15 +9,24 @@ dies can still lose a message it had accepted. So an acknowledged detection move
 ``awaiting`` table until the door command for it arrives (:meth:`Spool.resolve`); the link sends
 the ones that stay unanswered again (:meth:`Spool.due`, :meth:`Spool.reschedule`) and gives up
 after its resend window (:meth:`Spool.give_up`, counted as ``unanswered``).
+
+The ``applied`` table remembers the server commands the door carried out (command id, and the
+detection it answered), so a genuine command replayed after a restart, still inside the
+timestamp window, is not carried out again (:meth:`Spool.command_apply_once`).
+
+The spool holds face crops: its directory is made 0700 and its files (database, ``-wal``,
+``-shm``) 0600, whatever the umask.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -33,6 +42,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('dropped', 0);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('unanswered', 0);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('given_up_since_answer', 0);
 CREATE TABLE IF NOT EXISTS awaiting (
     detection_id TEXT PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -41,7 +51,47 @@ CREATE TABLE IF NOT EXISTS awaiting (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS applied (
+    command_id TEXT PRIMARY KEY,
+    detection_id TEXT,
+    issued_at REAL NOT NULL,
+    applied_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applied_detection ON applied (detection_id);
+CREATE INDEX IF NOT EXISTS applied_issued ON applied (issued_at);
 """
+
+#: Applied commands kept at most (the oldest go first); entries issued longer ago than the
+#: caller's ``keep_s`` go anyway, since the timestamp window rejects those commands by itself.
+APPLIED_KEEP = 4096
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it 0700, whatever the umask or its earlier mode."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` if missing and make it 0600 (it is never opened world-readable)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    return path
+
+
+class CommandSeen(StrEnum):
+    """What :meth:`Spool.command_apply_once` found."""
+
+    NEW = "new"
+    REPLAYED = "replayed"  # this very command was applied already
+    ANSWERED = "answered"  # another command answered its detection already
 
 
 @dataclass(frozen=True)
@@ -70,14 +120,18 @@ class Spool:
     """Thread-safe bounded FIFO in ``<directory>/spool.sqlite3``."""
 
     def __init__(self, directory: Path | str, *, max_entries: int = 10_000) -> None:
-        self.path = Path(directory) / "spool.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_dir(Path(directory)) / "spool.sqlite3"
         self.max_entries = max_entries
         self._lock = threading.Lock()
+        private_file(self.path)  # sqlite gives -wal and -shm the database file's mode
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for suffix in ("-wal", "-shm"):  # written by an older agent, perhaps world-readable
+            sidecar = self.path.with_name(self.path.name + suffix)
+            if sidecar.exists():
+                os.chmod(sidecar, PRIVATE_FILE_MODE)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
         if "detection_id" not in columns:  # a spool written by an agent before re-sending existed
             self._db.execute("ALTER TABLE messages ADD COLUMN detection_id TEXT")
@@ -136,10 +190,23 @@ class Spool:
             self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
 
     def resolve(self, detection_id: str) -> bool:
-        """The answer for ``detection_id`` arrived; True when it was awaited."""
-        with self._lock:
+        """The answer for ``detection_id`` arrived; True when it was awaited. Answers flow again:
+        the detections given up before no longer count as overdue (:meth:`overdue`)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("DELETE FROM awaiting WHERE detection_id = ?", (detection_id,))
+            self._db.execute("UPDATE counters SET value = 0 WHERE name = 'given_up_since_answer'")
             return cur.rowcount > 0
+
+    def overdue(self, now: float, *, timeout_s: float) -> tuple[int, float | None]:
+        """How many detections miss their answer: awaited for longer than ``timeout_s`` at ``now``,
+        plus those given up since the last answer arrived; and the age of the oldest awaited one."""
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(accepted_at) FROM awaiting WHERE accepted_at <= ?", (now - timeout_s,)
+            ).fetchone()
+            (given_up,) = self._db.execute("SELECT value FROM counters WHERE name = 'given_up_since_answer'").fetchone()
+        return int(count) + int(given_up), (round(max(now - oldest, 0.0), 1) if oldest is not None else None)
 
     def due(self, now: float, *, limit: int = 50) -> list[AwaitingEntry]:
         """Awaited detections whose answer is overdue at ``now``, oldest first."""
@@ -164,7 +231,47 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("DELETE FROM awaiting WHERE detection_id = ?", (detection_id,))
             if cur.rowcount:
-                self._db.execute("UPDATE counters SET value = value + 1 WHERE name = 'unanswered'")
+                self._db.execute(
+                    "UPDATE counters SET value = value + 1 WHERE name IN ('unanswered', 'given_up_since_answer')"
+                )
+
+    def command_apply_once(
+        self, command_id: str, *, detection_id: str | None, issued_at: float, keep_s: float
+    ) -> CommandSeen:
+        """Record that command ``command_id`` is about to be carried out, durably, unless it was
+        already (:attr:`CommandSeen.REPLAYED`) or another command answered its detection already
+        (:attr:`CommandSeen.ANSWERED`); :attr:`CommandSeen.NEW` means: carry it out now.
+
+        Recorded before the door acts (at most once, also across a crash). Commands issued more than
+        ``keep_s`` ago are forgotten (the caller's timestamp window rejects those), and at most
+        :data:`APPLIED_KEEP` are kept.
+        """
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM applied WHERE command_id = ?", (command_id,)).fetchone():
+                return CommandSeen.REPLAYED
+            answered = (
+                detection_id is not None
+                and self._db.execute("SELECT 1 FROM applied WHERE detection_id = ?", (detection_id,)).fetchone()
+            )
+            self._db.execute(
+                "INSERT INTO applied (command_id, detection_id, issued_at, applied_at) VALUES (?, ?, ?, ?)",
+                (command_id, detection_id, issued_at, now),
+            )
+            self._db.execute("DELETE FROM applied WHERE issued_at < ?", (now - keep_s,))
+            self._db.execute(
+                "DELETE FROM applied WHERE command_id IN "
+                "(SELECT command_id FROM applied ORDER BY issued_at DESC LIMIT -1 OFFSET ?)",
+                (APPLIED_KEEP,),
+            )
+        return CommandSeen.ANSWERED if answered else CommandSeen.NEW
+
+    @property
+    def applied(self) -> int:
+        """How many applied commands are remembered."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM applied").fetchone()[0])
 
     @property
     def awaiting(self) -> int:

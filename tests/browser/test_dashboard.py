@@ -132,3 +132,42 @@ def test_audit_browser_page(page, live_url) -> None:
     page.click("table.audit a >> nth=0")
     page.wait_for_url(f"**/people/{ada.pk}/history/**")
     assert page.locator("h1").inner_text() == "Ada Lovelace"
+
+
+def test_degraded_device_turns_its_tile_and_raises_an_alarm(page, live_url) -> None:
+    """A device whose heartbeat reports overdue answers: its chip says degraded (live, over the
+    websocket) and the alarm appears; answers flowing again put it back online."""
+    import time as clock
+
+    from devices.health import heartbeat_ingest
+    from devices.provisioning import device_provision
+    from edge_agent import protocol as p
+
+    user_create("olga", "accessctl.view_dashboard")
+    door = Door.objects.create(name="Side gate")
+    provisioned = device_provision(uid="cam-side-1", door=door)
+    key = p.load_private_key(provisioned.private_key_pem)
+
+    def beat(overdue: int) -> None:
+        hb = p.Heartbeat(
+            device_uid="cam-side-1", sent_at=clock.time(), agent_version="1.0", model_version=None, camera_fps=10.0,
+            spool_depth=0, spool_dropped=0, uptime_s=5.0, answers_overdue=overdue,
+            oldest_overdue_s=7.0 if overdue else None,
+        )  # fmt: skip
+        heartbeat_ingest(device_uid="cam-side-1", raw=p.seal(hb, key))
+
+    off_loop(beat, 0)
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    chip = page.locator(".device", has_text="cam-side-1")
+    assert "status-online" in chip.get_attribute("class")
+
+    off_loop(beat, 2)
+    page.wait_for_selector('.device.status-degraded >> text="cam-side-1"')
+    assert chip.locator(".device-status").inner_text() == "degraded"
+    alarm = Alarm.objects.get(kind=Alarm.Kind.DEVICE_DEGRADED)
+    page.locator(f'.alarm.kind-device_degraded[data-alarm-id="{alarm.pk}"]').wait_for()
+    assert "device gets no answers" in page.locator(f'.alarm[data-alarm-id="{alarm.pk}"]').inner_text()
+
+    off_loop(beat, 0)
+    page.wait_for_selector('.device.status-online >> text="cam-side-1"')

@@ -24,7 +24,7 @@ def device():
     return provisioned.device, p.load_private_key(provisioned.private_key_pem)
 
 
-def heartbeat(uid: str = "hall-1") -> p.Heartbeat:
+def heartbeat(uid: str = "hall-1", **fields: object) -> p.Heartbeat:
     return p.Heartbeat(
         device_uid=uid,
         sent_at=time.time(),
@@ -35,6 +35,7 @@ def heartbeat(uid: str = "hall-1") -> p.Heartbeat:
         spool_dropped=0,
         uptime_s=100.0,
         temperature_c=51.0,
+        **fields,
     )
 
 
@@ -95,3 +96,65 @@ def test_provision_command_writes_key_and_config(tmp_path, capsys) -> None:
     device = EdgeDevice.objects.get(uid="garage-1")
     assert p.public_key_b64(p.load_private_key(key_file.read_bytes())) == device.public_key
     assert "PRIVATE KEY" not in device.public_key
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
+    """Realtime messages as the dashboards would get them (sent after commit; autocommit here)."""
+    from accessctl import realtime
+
+    messages: list[tuple[str, dict]] = []
+    monkeypatch.setattr(realtime, "_send", lambda kind, payload: messages.append((str(kind), payload)))
+    return messages
+
+
+def test_device_without_answers_is_degraded_until_answers_flow(device, sent) -> None:
+    """Heartbeats arrive, but the answers to its detections do not: degraded (broadcast, alarm);
+    detections and a signed ``online`` keep it degraded; a heartbeat with no overdue answers: online."""
+    dev, key = device
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(heartbeat(answers_overdue=0), key))
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.ONLINE
+
+    raw = p.seal(heartbeat(answers_overdue=3, oldest_overdue_s=12.5), key)
+    health.heartbeat_ingest(device_uid="hall-1", raw=raw)
+    dev.refresh_from_db()
+    assert dev.status == EdgeDevice.Status.DEGRADED
+    assert dev.last_heartbeat["answers_overdue"] == 3
+    assert ("device.status", {"id": dev.pk, "uid": "hall-1", "door_id": dev.door_id, "status": "degraded",
+                              "last_seen": dev.last_seen.isoformat()}) in sent  # fmt: skip
+    alarm = Alarm.objects.get(kind=Alarm.Kind.DEVICE_DEGRADED, device=dev)
+    assert alarm.details == {"uid": "hall-1", "answers_overdue": 3, "oldest_overdue_s": 12.5}
+    assert ("alarm.raised", alarm.pk) in [(kind, payload.get("id")) for kind, payload in sent]
+
+    # Still reaching the server is no proof that answers reach the device.
+    EdgeDevice.objects.filter(pk=dev.pk).update(last_seen=timezone.now() - dt.timedelta(minutes=1))
+    health.device_seen(device=EdgeDevice.objects.get(pk=dev.pk))
+    online = p.Status(device_uid="hall-1", state=p.DeviceState.ONLINE, sent_at=time.time())
+    health.status_ingest(device_uid="hall-1", raw=p.seal(online, key))
+    health.heartbeat_ingest(device_uid="hall-1", raw=raw)
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.DEGRADED
+    assert Alarm.objects.get(kind=Alarm.Kind.DEVICE_DEGRADED).count == 1  # raised when it became degraded
+
+    sent.clear()
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(heartbeat(answers_overdue=0), key))
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.ONLINE
+    assert [payload["status"] for kind, payload in sent if kind == "device.status"] == ["online"]
+
+
+def test_heartbeat_of_an_older_agent_is_not_measured(device) -> None:
+    """No ``answers_overdue`` in the heartbeat (an agent before this field): online, as before."""
+    dev, key = device
+    old = heartbeat()
+    assert "answers_overdue" not in old.to_dict()
+    health.heartbeat_ingest(device_uid="hall-1", raw=p.seal(old, key))
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.ONLINE
+    assert not Alarm.objects.filter(kind=Alarm.Kind.DEVICE_DEGRADED).exists()
+
+
+def test_degraded_device_that_falls_silent_is_swept_offline(device) -> None:
+    dev, _ = device
+    EdgeDevice.objects.filter(pk=dev.pk).update(
+        status=EdgeDevice.Status.DEGRADED, last_seen=timezone.now() - dt.timedelta(minutes=10)
+    )
+    assert health.devices_offline_sweep() == 1
+    assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.OFFLINE

@@ -227,3 +227,38 @@ def test_agent_gives_up_after_the_resend_window(
         assert agent.heartbeat().unanswered == 1
     finally:
         agent.stop()
+
+
+def test_applied_open_is_not_applied_again_after_a_restart(
+    tmp_path: Path, keys: Keys, broker: ChildService, server: ServerClient
+) -> None:
+    """A genuine ``open`` (seconds old, inside the window) replayed after the agent restarted over
+    the same spool directory: the door does not open again, nor for a second answer to its detection."""
+    url = f"mqtt://{broker.host}:{broker.port}"
+    topic = p.commands_topic(UID)
+    detection_id = p.new_id()
+    genuine = p.seal(command(keys, detection_id=detection_id), keys.server_private)
+    agent, relay = make_agent(tmp_path, keys, url)
+    agent.start()
+    try:
+        assert agent.link.wait_subscribed(10)
+        server.publish(topic, genuine)
+        assert relay.pulse_event.wait(5) and relay.pulses == [300]
+    finally:
+        agent.stop()
+
+    again, relay = make_agent(tmp_path, keys, url)  # the same spool directory
+    again.start()
+    try:
+        assert again.link.wait_subscribed(10)
+        server.publish(topic, genuine)
+        server.publish(topic, p.seal(command(keys, detection_id=detection_id), keys.server_private))
+        fresh = p.Command(
+            device_uid=UID, command="open", command_id=p.new_id(), issued_at=time.time(), reason="granted",
+            pulse_ms=450, detection_id=p.new_id(),
+        )  # fmt: skip
+        server.publish(topic, p.seal(fresh, keys.server_private))  # handled after the two above
+        assert relay.pulse_event.wait(5)
+        assert relay.pulses == [450]  # only the fresh command opened the door
+    finally:
+        again.stop()

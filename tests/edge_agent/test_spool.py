@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
 
 from edge_agent.spool import Spool
 
@@ -70,3 +73,87 @@ def test_spool_from_an_older_agent_gains_the_detection_column(tmp_path: Path) ->
     spool = Spool(tmp_path)
     (old,) = spool.peek()
     assert old.detection_id is None and old.payload == b"\x00"
+
+
+def test_spool_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Face crops sit in the spool (and in its WAL): directory 0700, database files 0600."""
+    import os
+
+    from edge_agent.door import DoorController
+    from edge_agent.relay import SimulatedRelay
+
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)  # noqa: S103  (as an older agent left it)
+    previous = os.umask(0)
+    try:
+        spool = Spool(directory)
+        spool.put("acs/v1/devices/d/detections", b"crop bytes", detection_id="a")
+        door = DoorController(SimulatedRelay(), fail_mode="secure", journal=directory / "offline-decisions.jsonl")
+        door.set_online(False)
+        door.decide_offline("a")  # a line in the offline-decisions journal
+    finally:
+        os.umask(previous)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    names = ["spool.sqlite3", "spool.sqlite3-wal", "spool.sqlite3-shm", "offline-decisions.jsonl"]
+    for name in names:
+        assert (directory / name).stat().st_mode & 0o777 == 0o600, name
+    spool.close()
+
+    # Files an older agent left world-readable are made private at the next start.
+    for name in ("spool.sqlite3", "offline-decisions.jsonl"):
+        os.chmod(directory / name, 0o644)
+    os.chmod(directory, 0o755)  # noqa: S103
+    again = Spool(directory)
+    again.put("acs/v1/devices/d/detections", b"crop bytes", detection_id="b")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    for name in names[:3]:
+        assert (directory / name).stat().st_mode & 0o777 == 0o600, name
+    again.close()
+
+
+def test_applied_commands_are_remembered_across_a_restart_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent import spool as spool_module
+    from edge_agent.spool import CommandSeen
+
+    spool = Spool(tmp_path)
+    now = time.time()
+    assert spool.command_apply_once("c1", detection_id="d1", issued_at=now, keep_s=60) is CommandSeen.NEW
+    assert spool.command_apply_once("c1", detection_id="d1", issued_at=now, keep_s=60) is CommandSeen.REPLAYED
+    assert spool.command_apply_once("c2", detection_id="d1", issued_at=now, keep_s=60) is CommandSeen.ANSWERED
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.command_apply_once("c1", detection_id="d1", issued_at=now, keep_s=60) is CommandSeen.REPLAYED
+    assert again.command_apply_once("c3", detection_id="d1", issued_at=now, keep_s=60) is CommandSeen.ANSWERED
+    assert again.command_apply_once("c4", detection_id=None, issued_at=now, keep_s=60) is CommandSeen.NEW
+    # Older than the window: forgotten (the timestamp window rejects such a command by itself).
+    assert again.command_apply_once("c5", detection_id=None, issued_at=now - 120, keep_s=60) is CommandSeen.NEW
+    assert again.applied == 4  # c1..c4; c5 was issued before the window and went at once
+    monkeypatch.setattr(spool_module, "APPLIED_KEEP", 3)
+    for i in range(5):
+        again.command_apply_once(f"x{i}", detection_id=None, issued_at=now + i, keep_s=60)
+    assert again.applied == 3
+    again.close()
+
+
+def test_overdue_answers_count_until_an_answer_arrives(tmp_path: Path) -> None:
+    """What the heartbeat reports as ``answers_overdue``: awaited past the timeout, plus given up
+    since the last answer (a device that never hears back stays counted until an answer arrives)."""
+    spool = Spool(tmp_path)
+    for detection_id in ("a", "b"):
+        spool.accepted(spool.put("det", b"d", detection_id=detection_id), answer_by=0.0)
+    now = time.time()
+    assert spool.overdue(now, timeout_s=3.0) == (0, None)  # not overdue yet
+    count, oldest = spool.overdue(now + 10, timeout_s=3.0)
+    assert count == 2 and 9.9 <= oldest <= 10.5
+    spool.give_up("a")
+    count, _ = spool.overdue(now + 10, timeout_s=3.0)
+    assert count == 2  # "a" given up still counts
+    spool.close()
+    again = Spool(tmp_path)  # and across a restart
+    assert again.overdue(now + 10, timeout_s=3.0)[0] == 2
+    assert again.resolve("b")
+    assert again.overdue(now + 10, timeout_s=3.0) == (0, None)  # answers flow again
+    again.close()
