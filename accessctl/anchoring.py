@@ -228,7 +228,9 @@ def _s3_put(checkpoint: Checkpoint, client: Any) -> str:
         Key=key,
         Body=body,
         ContentType="application/json",
-        ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # object lock requires it
+        ContentMD5=base64.b64encode(
+            hashlib.md5(body, usedforsecurity=False).digest()
+        ).decode(),  # object lock requires it
         ObjectLockMode="COMPLIANCE",
         ObjectLockRetainUntilDate=retain_until,
     )

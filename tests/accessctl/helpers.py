@@ -38,7 +38,9 @@ def event_make(**overrides: Any) -> AccessEvent:
     return event
 
 
-def superuser_execute(statement: str, params: list[Any] | None = None, *, replica: bool = False) -> list[tuple[Any, ...]]:
+def superuser_execute(
+    statement: str, params: list[Any] | None = None, *, replica: bool = False
+) -> list[tuple[Any, ...]]:
     """Run ``statement`` on the test database as the embedded cluster's superuser (an attacker with
     every database right; ``replica``: with triggers off); committed at once, so the test must be
     transactional to see it."""

@@ -117,7 +117,9 @@ def test_tampering_is_detected_at_the_first_broken_link() -> None:
     _event()
     # An attacker with superuser rights bypasses triggers; the hash chain still tells.
     superuser_execute(
-        "UPDATE accessctl_accessevent SET reason = 'matched', decision = 'grant' WHERE id = %s", [victim.pk], replica=True
+        "UPDATE accessctl_accessevent SET reason = 'matched', decision = 'grant' WHERE id = %s",
+        [victim.pk],
+        replica=True,
     )
     report = chain_verify()
     assert report.first_broken_id == victim.pk
