@@ -328,3 +328,31 @@ def test_checkpoints_go_to_s3_under_compliance_object_lock(settings: pytest.Fixt
         superuser_execute(f"DELETE FROM {TABLE} WHERE id = %s", [events[-1].pk], replica=True)
         report = anchors_verify(s3_client=s3)
         assert report.checkpoints == 1 and any("was truncated" in p for p in report.problems)
+
+
+def test_one_database_role_for_everything_is_refused_in_production_and_warned_about_otherwise(
+    tmp_path: Path,
+) -> None:
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent.parent
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgres://accessctl:pw@127.0.0.1:1/accessctl",
+        "ACCESSCTL_VAR_DIR": str(tmp_path),
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+    }
+    env.pop("DATABASE_OWNER_URL", None)
+    check = [sys.executable, str(root / "manage.py"), "check"]
+    warned = subprocess.run(check, env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert warned.returncode == 0 and "accessctl.W101" in warned.stderr + warned.stdout
+    refused = subprocess.run(
+        check, env={**env, "ACCESSCTL_PRODUCTION": "1"}, cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0 and "DATABASE_OWNER_URL is required" in refused.stderr
+    separate = {**env, "DATABASE_OWNER_URL": "postgres://owner:pw@127.0.0.1:1/accessctl"}
+    quiet = subprocess.run(check, env=separate, cwd=root, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "W101" not in quiet.stderr + quiet.stdout
