@@ -187,8 +187,11 @@ def test_truncated_tail_is_detected_by_the_anchors() -> None:
     assert (checkpoint.head_id, checkpoint.head_hash, checkpoint.count) == (events[-1].pk, events[-1].hash, 5)
     assert "audit chain intact: 5 events" in _verify_command()
 
-    # An attacker with the database's superuser rights deletes the newest events.
-    superuser_execute(f"DELETE FROM {TABLE} WHERE id >= %s", [events[3].pk], replica=True)
+    # An attacker with the owner's rights (migrate's credentials) deletes the newest events.
+    owner_execute(
+        "SELECT set_config('accessctl.allow_event_purge', 'on', false);"
+        f"DELETE FROM {TABLE} WHERE id >= {int(events[3].pk)}"
+    )
     assert chain_verify().ok, "what is left is a valid chain: only the anchor can tell"
     report = anchors_verify()
     assert not report.ok and any("was truncated" in p for p in report.problems)
@@ -199,8 +202,8 @@ def test_truncated_tail_is_detected_by_the_anchors() -> None:
 def test_a_consistently_recomputed_chain_is_detected_by_the_anchors() -> None:
     events = [_event() for _ in range(4)]
     checkpoint_create()
-    # A superuser turns a denial into a grant and recomputes every hash after it.
-    victim = AccessEvent.objects.get(pk=events[1].pk)
+    # A superuser turns the first denial into a grant and recomputes the whole chain.
+    victim = AccessEvent.objects.get(pk=events[0].pk)
     victim.decision, victim.reason = "grant", "matched"
     prev = victim.prev_hash
     for event in AccessEvent.objects.filter(pk__gte=victim.pk).order_by("id"):

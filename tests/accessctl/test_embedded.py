@@ -128,6 +128,7 @@ def test_embedded_postgres_roles_passwords_and_an_existing_install_handed_to_the
             (["postgres"], "peer", ["map=accessctl"]),
             ([embedded.OWNER_ROLE, embedded.APP_ROLE], "scram-sha-256", None),
         ], "no trust, nothing over TCP"
+        assert Path(pg.socket_dir).stat().st_mode & 0o077 == 0, "other local users cannot reach the socket"
 
         pg.ensure_database("legacy", roles=False)  # as installations before the roles
         superuser("CREATE TABLE old_t (id int); CREATE FUNCTION old_f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
