@@ -137,13 +137,10 @@ def postgres_roles_ensure(conn: object, pgdata: Path) -> None:
             with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))  # type: ignore[attr-defined]
         conn.execute(  # type: ignore[attr-defined]
-            sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
+            sql.SQL(
+                "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+            ).format(sql.Identifier(role), sql.Literal(password))
         )
-    # The owner creates each pytest process's test database; the app role creates nothing.
-    conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(OWNER_ROLE)))  # type: ignore[attr-defined]
-    conn.execute(sql.SQL("ALTER ROLE {} NOCREATEDB").format(sql.Identifier(APP_ROLE)))  # type: ignore[attr-defined]
 
 
 def database_owner_transfer(conn: object, name: str) -> None:

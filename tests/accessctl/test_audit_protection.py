@@ -359,3 +359,23 @@ def test_one_database_role_for_everything_is_refused_in_production_and_warned_ab
     separate = {**env, "DATABASE_OWNER_URL": "postgres://owner:pw@127.0.0.1:1/accessctl"}
     quiet = subprocess.run(check, env=separate, cwd=root, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and "W101" not in quiet.stderr + quiet.stdout
+
+
+@pytest.mark.django_db
+def test_a_bucket_without_object_lock_fails_the_checkpoint_loudly(
+    settings: pytest.FixtureRequest, anchor_dir: Path
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from accessctl.anchoring import AnchorStoreError
+
+    settings.AUDIT_ANCHOR_S3_BUCKET = "no-lock"  # type: ignore[attr-defined]
+    _event()
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="no-lock")
+        with pytest.raises(AnchorStoreError, match="s3://no-lock"):
+            checkpoint_create(s3_client=s3)
+        assert "Contents" not in s3.list_objects_v2(Bucket="no-lock")
+    assert len(list(anchor_dir.glob("*.jsonl"))) == 1, "the local anchor is written all the same"
