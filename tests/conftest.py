@@ -66,6 +66,7 @@ def django_db_setup(django_test_environment: None, django_db_blocker: object) ->
     name = settings.DATABASES["default"]["TEST"]["NAME"]
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         if settings.EMBEDDED_POSTGRES:
+            _pg.drop_database(name)  # left by a crashed run of a process with the same pid
             _pg.ensure_database(name)
         else:
             owner = connections["owner"]
