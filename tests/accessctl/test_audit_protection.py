@@ -379,3 +379,20 @@ def test_a_bucket_without_object_lock_fails_the_checkpoint_loudly(
             checkpoint_create(s3_client=s3)
         assert "Contents" not in s3.list_objects_v2(Bucket="no-lock")
     assert len(list(anchor_dir.glob("*.jsonl"))) == 1, "the local anchor is written all the same"
+
+
+@pytest.mark.django_db
+def test_checkpoints_of_an_earlier_server_key_stay_valid_when_listed(
+    settings: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    _event()
+    old = checkpoint_create()
+    settings.SERVER_SIGNING_KEY_FILE = tmp_path / "rotated.pem"  # type: ignore[attr-defined]
+    _event()
+    new = checkpoint_create()
+    assert new.key != old.key
+    problems = anchors_verify().problems
+    assert len(problems) == 1 and "forged or altered" in problems[0]
+    settings.AUDIT_ANCHOR_TRUSTED_KEYS = [old.key]  # type: ignore[attr-defined]
+    report = anchors_verify()
+    assert report.ok and report.checkpoints == 2
