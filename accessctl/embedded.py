@@ -59,16 +59,155 @@ class EmbeddedPostgres:
     def socket_dir(self) -> str:
         return str(self.server.get_postmaster_info().socket_dir)  # type: ignore[attr-defined]
 
-    def ensure_database(self, name: str) -> None:
-        """Create database ``name`` if missing and enable the ``vector`` extension in it."""
+    def ensure_database(self, name: str, *, roles: bool = True) -> None:
+        """Create database ``name`` if missing and enable the ``vector`` extension in it.
+
+        With ``roles`` (the default), also the two login roles of :func:`postgres_roles_ensure`: the
+        database and everything in it belong to the owner role, the application logs in as the app role.
+        """
         import psycopg
 
         with psycopg.connect(host=self.socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+            if roles:
+                postgres_roles_ensure(conn, self.pgdata)
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{name}"')
+                owner = f" OWNER {OWNER_ROLE}" if roles else ""
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was quicker
+                    conn.execute(f'CREATE DATABASE "{name}"{owner}')
         with psycopg.connect(host=self.socket_dir, user="postgres", dbname=name, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            with contextlib.suppress(psycopg.errors.UniqueViolation):  # created concurrently
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            if roles:
+                database_owner_transfer(conn, name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name`` (connections to it are closed first)."""
+        import psycopg
+
+        with psycopg.connect(host=self.socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The embedded cluster's login roles (see accessctl/dbroles.py for what each may do). The superuser
+# ``postgres`` is reachable only by the operating-system user that runs accessctl (peer auth).
+OWNER_ROLE = "accessctl_owner"
+APP_ROLE = "accessctl_app"
+
+
+def secret_file_read(path: Path, *, nbytes: int = 32) -> str:
+    """The secret in ``path``; created (random, mode 0600, atomically) when missing."""
+    import secrets
+
+    with contextlib.suppress(FileNotFoundError):
+        value = path.read_text().strip()
+        if value:
+            return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(nbytes) + "\n")
+    try:
+        os.link(tmp, path)  # fails when another process created it first: theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def postgres_role_passwords(pgdata: Path) -> dict[str, str]:
+    """Passwords of the embedded cluster's roles, kept (0600) next to its data directory."""
+    parent = Path(pgdata).resolve().parent
+    return {
+        OWNER_ROLE: secret_file_read(parent / "db-owner-password"),
+        APP_ROLE: secret_file_read(parent / "db-app-password"),
+    }
+
+
+def postgres_roles_ensure(conn: object, pgdata: Path) -> None:
+    """Create (or update the passwords of) the owner and app login roles; ``conn`` is a superuser's."""
+    import psycopg
+    from psycopg import sql
+
+    for role, password in postgres_role_passwords(pgdata).items():
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()  # type: ignore[attr-defined]
+        if not exists:
+            with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))  # type: ignore[attr-defined]
+        conn.execute(  # type: ignore[attr-defined]
+            sql.SQL(
+                "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+            ).format(sql.Identifier(role), sql.Literal(password))
+        )
+
+
+def database_owner_transfer(conn: object, name: str) -> None:
+    """Give database ``name`` and its schema objects still owned by ``postgres`` (installations from
+    before the roles existed) to the owner role; ``conn`` is a superuser's, connected to ``name``."""
+    from psycopg import sql
+
+    owner = sql.Identifier(OWNER_ROLE)
+    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), owner))  # type: ignore[attr-defined]
+    rows = conn.execute(  # type: ignore[attr-defined]
+        """
+        SELECT c.relkind::text, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) = 'postgres' AND c.relkind IN ('r', 'v', 'm', 'p')
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
+        UNION ALL
+        SELECT 'f', p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) = 'postgres'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+        """
+    ).fetchall()
+    for kind, obj in rows:
+        if kind == "f":  # a regprocedure text is already quoted as needed
+            conn.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(obj), owner))  # type: ignore[attr-defined]
+        else:  # tables take their sequences and indexes with them
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(obj), owner))  # type: ignore[attr-defined]
+    if rows:
+        logger.info("gave %d objects of database %s to %s", len(rows), name, OWNER_ROLE)
+
+
+_HBA = """\
+# Written by accessctl (accessctl/embedded.py) at every start; edits are overwritten.
+# The superuser only for the operating-system user that runs accessctl; the roles with a password.
+local   all   postgres                       peer map=accessctl
+local   all   {owner},{app}   scram-sha-256
+"""
+_IDENT = """\
+# Written by accessctl (accessctl/embedded.py) at every start.
+accessctl   {os_user}   postgres
+"""
+
+
+def postgres_access_restrict(pg: EmbeddedPostgres) -> bool:
+    """Replace the cluster's trust-everyone ``pg_hba.conf`` (as ``initdb --auth=trust`` wrote it):
+    ``postgres`` over peer authentication for this operating-system user only, the two roles with
+    their passwords, nothing over TCP. True when the files changed (and the server reloaded them)."""
+    import pwd
+
+    import psycopg
+
+    wanted = {
+        "pg_hba.conf": _HBA.format(owner=OWNER_ROLE, app=APP_ROLE),
+        "pg_ident.conf": _IDENT.format(os_user=pwd.getpwuid(os.getuid()).pw_name),
+    }
+    changed = False
+    for name, text in wanted.items():
+        path = pg.pgdata / name
+        if path.read_text() != text:
+            path.write_text(text)
+            changed = True
+    if changed:
+        with psycopg.connect(host=pg.socket_dir, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            errors = conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0]
+        if errors:
+            raise RuntimeError(f"the embedded postgres refused the pg_hba.conf written in {pg.pgdata}")
+        logger.info("embedded postgres in %s: superuser by peer authentication only, roles by password", pg.pgdata)
+    return changed
 
 
 def start_postgres(pgdata: Path, *, keep_running: bool = False, shared_buffers: str | None = None) -> EmbeddedPostgres:
@@ -90,6 +229,7 @@ def start_postgres(pgdata: Path, *, keep_running: bool = False, shared_buffers: 
     pgdata.mkdir(parents=True, exist_ok=True)
     server = PostgresServer(pgdata, cleanup_mode=None if keep_running else "stop")
     pg = EmbeddedPostgres(pgdata=pgdata, server=server)
+    postgres_access_restrict(pg)
     if shared_buffers:
         postgres_shared_buffers(pg, shared_buffers)
     logger.info("embedded postgres ready in %s", pgdata)

@@ -21,6 +21,10 @@ a newer one (an offline door syncing late) is held back until everything before 
 hash chain stays one unbroken chain that starts at the oldest kept event (``chain_verify`` accepts
 any ``prev_hash`` on the first event). Each purge is itself recorded as a system event whose details
 carry the number of events removed and the hash of the last one, which anchors the kept chain.
+The application's database role cannot delete events: the purge record is written first and the
+owner's ``accessctl_events_purge`` function deletes the prefix it names, in the same transaction,
+after checking it against the retention period the owner configured (accessctl/dbroles.py). A
+signed checkpoint of the chain head is written after each purge (accessctl/anchoring.py).
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 BATCH = 500
 _RETENTION_LOCK_KEY = 0x72657465  # "rete": one retention run at a time
-EVENT_BATCH = 5000
 # A purge leaves a system record anchoring the kept part of the hash chain.
 HOUSEKEEPING_REASON = Reason.RETENTION_PURGE
 
@@ -360,35 +363,40 @@ def _events_run(report: KindReport, now: datetime, *, dry_run: bool) -> int | No
     prefix = AccessEvent.objects.all() if first_kept is None else AccessEvent.objects.filter(id__lt=first_kept)
     last = prefix.order_by("-id").values("id", "hash").first()
     assert last is not None
-    deleted = 0
-    while True:
-        ids = list(prefix.order_by("id").values_list("id", flat=True)[:EVENT_BATCH])
-        if not ids:
-            break
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL accessctl.allow_event_purge = 'on'")
-            # Lowest ids first, so an interrupted run still leaves one unbroken chain.
-            AccessEvent.objects.filter(id__in=ids).delete()
-        deleted += len(ids)
+    # The purge record and the purge commit together. The application's database role cannot
+    # delete events: the owner's function accessctl_events_purge does, after checking that the
+    # record is the newest event and that it names a prefix of the log older than the retention
+    # period the owner configured (migration 0007, accessctl/dbroles.py).
+    with transaction.atomic():
+        event, _ = event_record(
+            detection_id=None,
+            occurred_at=now,
+            decision=Decision.DENY,
+            reason=HOUSEKEEPING_REASON,
+            source=AccessEvent.Source.SYSTEM,
+            details={
+                "action": "retention_purge",
+                "purged_events": purge,
+                "purged_through_id": last["id"],
+                "purged_last_hash": last["hash"],
+                "cutoff": report.cutoff.isoformat(),
+                "policy_days": report.days,
+            },
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT accessctl_events_purge(%s)", [event.pk])
+            (deleted,) = cursor.fetchone()
+        # A new anchor right after the purge: the next verification sees the purge as anchored.
+        transaction.on_commit(_anchor_after_purge, robust=True)
     report.count = deleted
-    event, _ = event_record(
-        detection_id=None,
-        occurred_at=now,
-        decision=Decision.DENY,
-        reason=HOUSEKEEPING_REASON,
-        source=AccessEvent.Source.SYSTEM,
-        details={
-            "action": "retention_purge",
-            "purged_events": deleted,
-            "purged_through_id": last["id"],
-            "purged_last_hash": last["hash"],
-            "cutoff": report.cutoff.isoformat(),
-            "policy_days": report.days,
-        },
-    )
     logger.info("retention: purged %d events through id %s (record %s)", deleted, last["id"], event.pk)
     return event.pk
+
+
+def _anchor_after_purge() -> None:
+    from accessctl.anchoring import checkpoint_create
+
+    checkpoint_create()
 
 
 # --------------------------------------------------------------------------- entry points

@@ -16,7 +16,10 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
+from accessctl.embedded import APP_ROLE as EMBEDDED_APP_ROLE
+from accessctl.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
 from accessctl.embedded import default_shared_buffers
+from accessctl.embedded import postgres_role_passwords as embedded_role_passwords
 from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -103,20 +106,41 @@ EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve
 # The embedded cluster's page cache (default: a quarter of the memory, 128MB..8GB); the gallery's
 # HNSW index should fit in it (~1 GB per million 128-d photos).
 EMBEDDED_PG_SHARED_BUFFERS = env_str("ACCESSCTL_PG_SHARED_BUFFERS", default_shared_buffers())
+# The application logs in as a role that may only read and append to the access log ("default");
+# migrations (and other schema work) use the owner role ("owner"): see accessctl/dbroles.py.
+# Embedded: both roles are created by `up` with passwords in 0600 files next to the data directory.
+# Real services: DATABASE_URL names the app role, DATABASE_OWNER_URL the owner.
+DATABASE_OWNER_URL = env_optional("DATABASE_OWNER_URL")
+# True when the application and migrations share one role (only DATABASE_URL set): nothing stops
+# the application from rewriting the access log (refused with ACCESSCTL_PRODUCTION=1).
+DATABASE_SINGLE_ROLE = bool(DATABASE_URL) and not DATABASE_OWNER_URL
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
+    _owner_db = dj_database_url.parse(DATABASE_OWNER_URL or DATABASE_URL, conn_max_age=0)
+    if DATABASE_SINGLE_ROLE and env_bool("ACCESSCTL_PRODUCTION", False):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "DATABASE_OWNER_URL is required when ACCESSCTL_PRODUCTION=1: the application's role "
+            "(DATABASE_URL) must not own the schema (see accessctl/dbroles.py)"
+        )
 else:
+    _passwords = embedded_role_passwords(EMBEDDED_PGDATA)
     _db = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": env_str("ACCESSCTL_DB_NAME", "accessctl"),
-        "USER": "postgres",
+        "USER": EMBEDDED_APP_ROLE,
+        "PASSWORD": _passwords[EMBEDDED_APP_ROLE],
         "HOST": str(EMBEDDED_PGDATA),
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
     }
+    _owner_db = {**_db, "USER": EMBEDDED_OWNER_ROLE, "PASSWORD": _passwords[EMBEDDED_OWNER_ROLE], "CONN_MAX_AGE": 0}
 _db.setdefault("TEST", {})
 if env_optional("ACCESSCTL_TEST_DB_NAME"):
     _db["TEST"]["NAME"] = env_str("ACCESSCTL_TEST_DB_NAME")
-DATABASES = {"default": _db}
+_owner_db["NAME"] = _db["NAME"]
+_owner_db["TEST"] = {"MIRROR": "default"}  # tests: the same test database, under the owner's name
+DATABASES = {"default": _db, "owner": _owner_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis-compatible server (Celery broker/results, Channels layer): embedded Valkey by default.
@@ -150,6 +174,11 @@ CELERY_BEAT_SCHEDULE = {
     "retention-daily": {
         "task": "accessctl.retention_apply",
         "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
+    },
+    # A signed checkpoint of the access log's head, kept outside the database (accessctl/anchoring.py).
+    "audit-anchor": {
+        "task": "accessctl.audit_checkpoint",
+        "schedule": float(env_int("ACCESSCTL_AUDIT_ANCHOR_INTERVAL_S", 300)),
     },
 }
 
@@ -255,6 +284,19 @@ RETAIN_KNOWN_CROPS_DAYS = env_int("ACCESSCTL_RETAIN_KNOWN_CROPS_DAYS", 30)
 RETAIN_CONTEXT_SNAPSHOTS_DAYS = env_int("ACCESSCTL_RETAIN_CONTEXT_SNAPSHOTS_DAYS", 7)
 RETAIN_EVENTS_DAYS = env_int("ACCESSCTL_RETAIN_EVENTS_DAYS", 365)
 RETAIN_REJECTED_PHOTOS_DAYS = env_int("ACCESSCTL_RETAIN_REJECTED_PHOTOS_DAYS", 30)
+
+# --- Audit anchors (accessctl/anchoring.py): signed checkpoints of the access log's head, appended
+# to monthly JSON-lines files here and, with a bucket, one S3 object each under COMPLIANCE object
+# lock (the bucket needs object lock enabled; a bucket of its own is best: object lock turns on
+# versioning, which keeps deleted face crops as old versions). Defaults to ACCESSCTL_S3_BUCKET.
+AUDIT_ANCHOR_DIR = Path(env_str("ACCESSCTL_AUDIT_ANCHOR_DIR", str(VAR_DIR / "audit-anchors")))
+AUDIT_ANCHOR_S3_BUCKET = env_optional("ACCESSCTL_AUDIT_ANCHOR_S3_BUCKET") or S3_BUCKET
+AUDIT_ANCHOR_S3_PREFIX = env_str("ACCESSCTL_AUDIT_ANCHOR_S3_PREFIX", "audit-anchors/")
+AUDIT_ANCHOR_S3_RETAIN_DAYS = env_int("ACCESSCTL_AUDIT_ANCHOR_S3_RETAIN_DAYS", max(RETAIN_EVENTS_DAYS, 365))
+# Public keys (base64) of earlier server signing keys whose checkpoints stay valid after a rotation.
+AUDIT_ANCHOR_TRUSTED_KEYS = env_list("ACCESSCTL_AUDIT_ANCHOR_TRUSTED_KEYS", [])
+# verify_audit_chain fails when the latest checkpoint is older than this (0: only reported).
+AUDIT_ANCHOR_MAX_AGE_S = env_int("ACCESSCTL_AUDIT_ANCHOR_MAX_AGE_S", 0)
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]

@@ -19,6 +19,15 @@ def retention_apply() -> dict[str, Any]:
     return apply().as_dict()
 
 
+@shared_task(name="accessctl.audit_checkpoint", acks_late=True)
+def audit_checkpoint() -> dict[str, Any]:
+    """Periodic signed checkpoint of the access log's head (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
+    from accessctl.anchoring import checkpoint_create
+
+    checkpoint = checkpoint_create()
+    return {"head_id": checkpoint.head_id, "count": checkpoint.count, "at": checkpoint.at.isoformat()}
+
+
 @shared_task(
     bind=True,
     name="accessctl.webhook_deliver",

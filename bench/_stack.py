@@ -113,10 +113,10 @@ def django_ready() -> None:
 
     django.setup()
     from django.core.management import call_command
-    from django.db import connection
+    from django.db import connections
 
     call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
+    with connections["owner"].cursor() as cursor:  # the application's role may not truncate the log
         cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
             "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
             "recognition_enrollmentphoto, accessctl_person CASCADE"

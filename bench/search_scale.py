@@ -209,9 +209,11 @@ def load_gallery(
 
     ``reuse``: keep what is loaded when it has as many rows and an index built with the same
     parameters (the generator is seeded by the size, so the rows are the same)."""
-    from django.db import connection
+    from django.db import connections
 
     from recognition.models import FaceEmbedding
+
+    connection = connections["owner"]  # TRUNCATE, COPY and indexes: the schema owner's (accessctl/dbroles.py)
 
     create, drop = index_sql(MODEL_VERSION, m, ef_construction, halfvec)
     with_clause = create[create.index("WITH (") + 6 : create.index(")", create.index("WITH ("))]
@@ -263,7 +265,9 @@ def _normalised(with_clause: str) -> str:
 
 def _loaded(index_name: str) -> tuple[int, int, int, str] | None:
     """(index bytes, table bytes, rows, WITH clause) of the loaded gallery; None without the index."""
-    from django.db import connection
+    from django.db import connections
+
+    connection = connections["owner"]  # pg_prewarm's extension: the owner's
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [index_name])

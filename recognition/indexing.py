@@ -12,12 +12,16 @@ decisions go on meanwhile), then swaps it in under the old name in one short tra
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 
+from accessctl.dbroles import owner_connection
 from recognition.gallery import dim_for
 from recognition.models import FaceEmbedding
 
@@ -91,6 +95,18 @@ def hnsw_index(model_version: str) -> HnswIndex | None:
     )
 
 
+@contextlib.contextmanager
+def _one_transaction(cursor: Any) -> Iterator[None]:
+    """One explicit transaction on a connection outside Django's transaction management."""
+    cursor.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
 def hnsw_rebuild(
     model_version: str,
     *,
@@ -109,23 +125,27 @@ def hnsw_rebuild(
         raise IndexBuildError("an index is built concurrently, outside any transaction")
     name = index_name(model_version)
     building = name[:55] + "_build"
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")  # what a failed build left
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
-        cursor.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(parallel_workers)])
-        started = time.perf_counter()
-        try:
-            cursor.execute(create_sql(model_version, m=m, ef_construction=ef_construction, name=building))
-        except Exception:
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")
-            raise
-        finally:
-            cursor.execute("RESET maintenance_work_mem")
-            cursor.execute("RESET max_parallel_maintenance_workers")
-        build_s = time.perf_counter() - started
-        with transaction.atomic():
-            cursor.execute(f"DROP INDEX IF EXISTS {name}")
-            cursor.execute(f"ALTER INDEX {building} RENAME TO {name}")
+    owner = owner_connection()  # an index is schema: built with the owner's rights (accessctl/dbroles.py)
+    try:
+        with owner.cursor() as cursor:
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")  # what a failed build left
+            cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+            cursor.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(parallel_workers)])
+            started = time.perf_counter()
+            try:
+                cursor.execute(create_sql(model_version, m=m, ef_construction=ef_construction, name=building))
+            except Exception:
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")
+                raise
+            finally:
+                cursor.execute("RESET maintenance_work_mem")
+                cursor.execute("RESET max_parallel_maintenance_workers")
+            build_s = time.perf_counter() - started
+            with _one_transaction(cursor):
+                cursor.execute(f"DROP INDEX IF EXISTS {name}")
+                cursor.execute(f"ALTER INDEX {building} RENAME TO {name}")
+    finally:
+        owner.close()
     rebuilt = hnsw_index(model_version)
     assert rebuilt is not None
     return HnswIndex(**{**rebuilt.__dict__, "build_s": build_s})

@@ -56,6 +56,37 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: object) -> object:
+    """The test database, created and migrated by the owner role; tests (and child processes) then
+    use the application's role, with the privileges it has in production (accessctl/dbroles.py)."""
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    name = settings.DATABASES["default"]["TEST"]["NAME"]
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        if settings.EMBEDDED_POSTGRES:
+            _pg.drop_database(name)  # left by a crashed run of a process with the same pid
+            _pg.ensure_database(name)
+        else:
+            owner = connections["owner"]
+            with owner.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+            owner.close()
+        for alias in ("default", "owner"):
+            settings.DATABASES[alias]["NAME"] = name
+            connections[alias].settings_dict["NAME"] = name
+            connections[alias].close()
+        call_command("migrate", database="owner", interactive=False, verbosity=0)
+    yield
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        for conn in connections.all():
+            conn.close()
+        if settings.EMBEDDED_POSTGRES:
+            _pg.drop_database(name)
+
+
+@pytest.fixture(scope="session")
 def test_env(django_db_setup: None) -> dict[str, str]:
     """Environment for child processes (Celery worker, bridge) that must share this test run's services."""
     from django.db import connection

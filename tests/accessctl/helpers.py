@@ -36,3 +36,33 @@ def event_make(**overrides: Any) -> AccessEvent:
     fields.update(overrides)
     event, _ = event_record(**fields)
     return event
+
+
+def superuser_execute(
+    statement: str, params: list[Any] | None = None, *, replica: bool = False
+) -> list[tuple[Any, ...]]:
+    """Run ``statement`` on the test database as the embedded cluster's superuser (an attacker with
+    every database right; ``replica``: with triggers off); committed at once, so the test must be
+    transactional to see it."""
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    with psycopg.connect(host=settings["HOST"], user="postgres", dbname=settings["NAME"], autocommit=True) as conn:
+        if replica:
+            conn.execute("SET session_replication_role = replica")
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def owner_execute(statement: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run ``statement`` as the schema owner role (what ``migrate`` uses); committed at once."""
+    from accessctl.dbroles import owner_connection
+
+    owner = owner_connection()
+    try:
+        with owner.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        owner.close()

