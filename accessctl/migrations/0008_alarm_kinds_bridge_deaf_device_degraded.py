@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accessctl", "0006_system_reason_codes"),
+        ("accessctl", "0007_access_event_purge_function"),
     ]
 
     operations = [
