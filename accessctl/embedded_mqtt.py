@@ -99,6 +99,8 @@ class FileAuthPlugin(BaseAuthPlugin, BaseTopicPlugin):
             return realm.acl.may_publish(session.username, client_id, topic)
         if action == Action.SUBSCRIBE:
             return realm.acl.may_subscribe(session.username, client_id, topic)
+        if action == Action.RECEIVE:  # each message delivered, as Mosquitto checks read access
+            return realm.acl.may_read(session.username, client_id, topic)
         return False
 
 
@@ -173,10 +175,13 @@ class GuardedBroker(Broker):
     async def identities_watch(self, interval_s: float = 0.5) -> None:
         """Reload the identity files when they change; disconnect whoever is no longer allowed."""
         plugin = self._auth_plugin()
+        seen = plugin.identities.generation
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if plugin.identities.refresh():
+                plugin.identities.refresh()  # a login may have reloaded them already
+                if plugin.identities.generation != seen:
+                    seen = plugin.identities.generation
                     await self._revoked_disconnect(plugin)
             except Exception:
                 logger.exception("reloading the broker identities failed")
@@ -221,4 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's main: the plugin amqtt loads by name must be the same class.
+    from accessctl.embedded_mqtt import main as _main
+
+    _main()

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent import protocol as p
+
 logger = logging.getLogger(__name__)
 
 SERVER_CLIENT_ID_PREFIX = "accessctl-"
@@ -103,6 +105,9 @@ class Acl:
     def may_publish(self, username: str, client_id: str, topic: str) -> bool:
         return any(WRITE in access and topic_matches(topic, acl) for access, acl in self.entries(username, client_id))
 
+    def may_read(self, username: str, client_id: str, topic: str) -> bool:
+        return any(READ in access and topic_matches(topic, acl) for access, acl in self.entries(username, client_id))
+
     def may_subscribe(self, username: str, client_id: str, topic_filter: str) -> bool:
         """Allowed when one read entry covers every topic the filter can match."""
         return any(
@@ -162,6 +167,27 @@ def filter_covered(topic_filter: str, acl_filter: str) -> bool:
     return len(levels) == len(acls)
 
 
+# --- what each identity may do ---------------------------------------------------------------------
+
+SERVER_READS = ("detections", "heartbeat", "status")
+DEVICE_WRITES = ("detections", "heartbeat", "status")
+BRIDGE_TOPICS = "acs/v1/bridge/#"
+
+
+def server_acl(username: str) -> str:
+    lines = [f"user {username}"]
+    lines += [f"topic read {p.TOPIC_ROOT}/+/{kind}" for kind in SERVER_READS]
+    lines.append(f"topic write {p.TOPIC_ROOT}/+/commands")
+    lines.append(f"topic readwrite {BRIDGE_TOPICS}")
+    return "# accessctl: the server identity (generated; do not edit)\n" + "\n".join(lines) + "\n"
+
+
+def device_acl() -> str:
+    lines = [f"pattern write {p.TOPIC_ROOT}/%u/{kind}" for kind in DEVICE_WRITES]
+    lines.append(f"pattern read {p.TOPIC_ROOT}/%u/commands")
+    return "# accessctl: every device, username = device uid (generated; do not edit)\n" + "\n".join(lines) + "\n"
+
+
 # --- identities -----------------------------------------------------------------------------------
 
 
@@ -188,6 +214,7 @@ class Identities:
     auth_dir: Path
     extra_dir: Path | None = None
     realms: list[Realm] = field(default_factory=list)
+    generation: int = 0  # counts reloads
     _signature: tuple[object, ...] | None = None
 
     def _files(self) -> list[tuple[str, Path, Path]]:
@@ -223,6 +250,7 @@ class Identities:
                 continue  # missing files: nobody of this realm gets in (fail closed)
             realms.append(Realm(name=name, users=users, acl=rules))
         self.realms, self._signature = realms, signature
+        self.generation += 1
         logger.info("broker identities loaded: %s", ", ".join(f"{r.name}={len(r.users)}" for r in realms) or "none")
         return True
 

@@ -25,27 +25,8 @@ from django.db import transaction
 
 from accessctl import mqtt_identities as mi
 from devices.models import EdgeDevice
-from edge_agent import protocol as p
 
 logger = logging.getLogger(__name__)
-
-SERVER_READS = ("detections", "heartbeat", "status")
-DEVICE_WRITES = ("detections", "heartbeat", "status")
-BRIDGE_TOPICS = "acs/v1/bridge/#"
-
-
-def server_acl(username: str) -> str:
-    lines = [f"user {username}"]
-    lines += [f"topic read {p.TOPIC_ROOT}/+/{kind}" for kind in SERVER_READS]
-    lines.append(f"topic write {p.TOPIC_ROOT}/+/commands")
-    lines.append(f"topic readwrite {BRIDGE_TOPICS}")
-    return "# accessctl: the server identity (generated; do not edit)\n" + "\n".join(lines) + "\n"
-
-
-def device_acl() -> str:
-    lines = [f"pattern write {p.TOPIC_ROOT}/%u/{kind}" for kind in DEVICE_WRITES]
-    lines.append(f"pattern read {p.TOPIC_ROOT}/%u/commands")
-    return "# accessctl: every device, username = device uid (generated; do not edit)\n" + "\n".join(lines) + "\n"
 
 
 def device_uid_check(uid: str) -> None:
@@ -82,26 +63,35 @@ def _server_hash(path: Path, username: str, password: str) -> str:
     return mi.password_hash(password)
 
 
-def broker_identities_sync(*, auth_dir: Path | None = None) -> Path:
-    """Write the server's and every enabled device's password/ACL files; returns the folder."""
-    folder = auth_dir or Path(settings.MQTT_AUTH_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
+def server_identity_write(*, auth_dir: Path | None = None) -> Path:
+    """Write the server identity's password/ACL files (no database needed); returns the folder."""
+    folder = _auth_dir(auth_dir)
     server_passwd = folder / mi.SERVER_FILES[0]
     server = {settings.MQTT_USERNAME: _server_hash(server_passwd, settings.MQTT_USERNAME, settings.MQTT_PASSWORD)}
+    _write_if_changed(server_passwd, mi.passwd_render(server))
+    _write_if_changed(folder / mi.SERVER_FILES[1], mi.server_acl(settings.MQTT_USERNAME))
+    return folder
+
+
+def broker_identities_sync(*, auth_dir: Path | None = None) -> Path:
+    """Write the server's and every enabled device's password/ACL files; returns the folder."""
+    folder = server_identity_write(auth_dir=auth_dir)
     devices = dict(
         EdgeDevice.objects.exclude(status=EdgeDevice.Status.DISABLED)
         .exclude(mqtt_password_hash="")
         .values_list("uid", "mqtt_password_hash")
     )
-    changed = [
-        _write_if_changed(server_passwd, mi.passwd_render(server)),
-        _write_if_changed(folder / mi.SERVER_FILES[1], server_acl(settings.MQTT_USERNAME)),
-        _write_if_changed(folder / mi.DEVICE_FILES[0], mi.passwd_render(devices)),
-        _write_if_changed(folder / mi.DEVICE_FILES[1], device_acl()),
-    ]
-    if any(changed):
-        logger.info("broker identities written to %s: the server and %d device(s)", folder, len(devices))
+    changed = _write_if_changed(folder / mi.DEVICE_FILES[0], mi.passwd_render(devices))
+    changed |= _write_if_changed(folder / mi.DEVICE_FILES[1], mi.device_acl())
+    if changed:
+        logger.info("broker identities in %s: %d device(s) may connect", folder, len(devices))
+    return folder
+
+
+def _auth_dir(auth_dir: Path | None) -> Path:
+    folder = auth_dir or Path(settings.MQTT_AUTH_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
     return folder
 
 
