@@ -16,15 +16,18 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from accessctl import mqtt_identities as mi
+from accessctl.embedded import ChildService, start_mqtt_broker
 
 OBSERVER_ENV = "ACCESSCTL_TEST_MQTT_OBSERVER"  # "<username>:<password>", set by tests/conftest.py
 OBSERVER_USERNAME = "test-observer"
 SERVER_LOGIN = ("accessctl-server", "test-server-password")
 
 
-def observer_identity_write(folder: Path, *, username: str = OBSERVER_USERNAME) -> tuple[str, str]:
+def observer_identity_write(
+    folder: Path, *, username: str = OBSERVER_USERNAME, password: str | None = None
+) -> tuple[str, str]:
     """Create the observer identity in ``folder`` (a broker's ``extra_identities_dir``)."""
-    password = mi.password_generate()
+    password = password or mi.password_generate()
     mi.secret_write(folder / "extra.passwd", mi.passwd_render({username: mi.password_hash(password)}))
     mi.secret_write(folder / "extra.acl", f"user {username}\ntopic readwrite acs/v1/#\n")
     return username, password
@@ -47,6 +50,15 @@ def device_client(uid: str, password: str, **kwargs: object) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uid, **kwargs)  # type: ignore[arg-type]
     client.username_pw_set(uid, password)
     return client
+
+
+def standalone_broker_start(
+    work: Path, *, devices: dict[str, str], observer: tuple[str, str], port: int | None = None
+) -> ChildService:
+    """An embedded broker with no server behind it: ``devices``, the server login and the observer."""
+    standalone_identities_write(work / "auth", devices=devices)
+    observer_identity_write(work / "observer", username=observer[0], password=observer[1])
+    return start_mqtt_broker(work / "broker", port=port, auth_dir=work / "auth", extra_identities_dir=work / "observer")
 
 
 def standalone_identities_write(
