@@ -109,7 +109,10 @@ class Acl:
         return any(READ in access and topic_matches(topic, acl) for access, acl in self.entries(username, client_id))
 
     def may_subscribe(self, username: str, client_id: str, topic_filter: str) -> bool:
-        """Allowed when one read entry covers every topic the filter can match."""
+        """Allowed when one read entry covers every topic the filter can match (as Mosquitto, a
+        shared subscription ``$share/<group>/<filter>`` is checked as ``<filter>``)."""
+        if topic_filter.startswith("$share/"):
+            topic_filter = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
         return any(
             READ in access and filter_covered(topic_filter, acl) for access, acl in self.entries(username, client_id)
         )

@@ -188,6 +188,10 @@ def _mqtt_server_login() -> tuple[str, str]:
 
 
 MQTT_USERNAME, MQTT_PASSWORD = _mqtt_server_login()
+if not MQTT_CLIENT_ID.startswith("accessctl-"):  # the broker binds this prefix to the server identity
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"MQTT_CLIENT_ID must start with 'accessctl-', got {MQTT_CLIENT_ID!r}")
 # Set to a group name to use MQTT 5 / Mosquitto shared subscriptions ($share/<group>/...).
 MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
 # Threads of one bridge that verify and stage detections concurrently.

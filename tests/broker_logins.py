@@ -52,6 +52,27 @@ def device_client(uid: str, password: str, **kwargs: object) -> mqtt.Client:
     return client
 
 
+def suite_broker_start(work: Path, *, port: int | None = None) -> ChildService:
+    """Another embedded broker for this test session: same identity files as the session's broker
+    (the server, provisioned devices, the observer), see tests/conftest.py."""
+    var = Path(os.environ["ACCESSCTL_VAR_DIR"])
+    return start_mqtt_broker(work, port=port, auth_dir=var / "mqtt-auth", extra_identities_dir=var / "mqtt-observer")
+
+
+def device_login_issue(device: object) -> str:
+    """Give a test's ``EdgeDevice`` a broker password and admit it now; returns the password.
+
+    The broker re-reads its files on each login, so the device may connect right away (also from
+    inside a test transaction: the files are written from this connection's view of the table).
+    """
+    from devices.broker_auth import broker_identities_sync, device_password_issue
+
+    password = device_password_issue(device)  # type: ignore[arg-type]
+    device.save(update_fields=["mqtt_password_hash"])  # type: ignore[attr-defined]
+    broker_identities_sync()
+    return password
+
+
 def standalone_broker_start(
     work: Path, *, devices: dict[str, str], observer: tuple[str, str], port: int | None = None
 ) -> ChildService:
