@@ -78,7 +78,8 @@ def _without_credentials(url: str) -> str:
 
 
 def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | None = None) -> str:
-    """The agent's TOML config for this device (see edge_agent/config.example.toml)."""
+    """The agent's TOML config for this device (see edge_agent/config.example.toml): it holds the
+    device's broker password, so write it with :func:`secret_file_write`."""
     device = provisioned.device
     door = device.door
     fail_mode = door.fail_mode if door and door.fail_mode in ("secure", "safe") else "secure"
@@ -89,7 +90,9 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
         f'private_key_path = "{key_path}"\n'
         f'server_public_key = "{provisioned.server_public_key}"\n\n'
         "[mqtt]\n"
-        f'url = "{mqtt_url or settings.MQTT_URL}"\n\n'
+        f'url = "{_without_credentials(mqtt_url or settings.MQTT_URL)}"\n'
+        f'username = "{device.uid}"\n'
+        f'password = "{provisioned.mqtt_password}"\n\n'
         "[door]\n"
         f'fail_mode = "{fail_mode}"\n'
     )
