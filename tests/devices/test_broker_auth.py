@@ -91,3 +91,13 @@ def test_heartbeat_saves_do_not_rewrite_the_files(settings) -> None:
     broker_identities_sync()  # unchanged content: no rewrite, no broker reload
     device.save(update_fields=["last_seen"])
     assert (Path(settings.MQTT_AUTH_DIR) / "devices.passwd").stat().st_ino == before
+
+
+@pytest.mark.django_db
+def test_mqtt_identities_command_writes_a_mosquitto_config(tmp_path: Path, settings) -> None:
+    call_command("mqtt_identities", "--mosquitto-conf", str(tmp_path / "mosquitto.conf"), "--device-port", "8884")
+    conf = (tmp_path / "mosquitto.conf").read_text()
+    folder = Path(settings.MQTT_AUTH_DIR)
+    assert f"password_file {folder / 'devices.passwd'}" in conf and "use_username_as_clientid true" in conf
+    assert "listener 8884\n" in conf and "allow_anonymous false" in conf
+    assert (folder / "server.passwd").read_text().startswith(f"{settings.MQTT_USERNAME}:$7$")
