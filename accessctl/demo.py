@@ -18,7 +18,7 @@ from django.db import transaction
 
 from accessctl.models import AccessGroup, Door, Person
 from devices.models import EdgeDevice
-from devices.provisioning import agent_config, device_provision
+from devices.provisioning import agent_config, device_provision, secret_file_write
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,10 @@ def demo_prepare(*, lfw_root: Path = DEFAULT_LFW, visitors: int = 300, enrol_peo
     with transaction.atomic():
         rotate = EdgeDevice.objects.filter(uid=DEMO_DEVICE).exists()
         provisioned = device_provision(uid=DEMO_DEVICE, door=door, name="Demo camera", rotate=rotate)
-    key_path.write_text(provisioned.private_key_pem)
-    key_path.chmod(0o600)
+    secret_file_write(key_path, provisioned.private_key_pem)
     config = agent_config(provisioned, key_path=str(key_path))
     config += f'\n[detection]\nmode = "crop"\nmin_face_px = 40\n\n[spool]\ndir = "{work / "spool"}"\n'
     config_path = work / "agent.toml"
-    config_path.write_text(config)
+    secret_file_write(config_path, config)  # holds the device's broker password
     logger.info("demo: door %r, %d enrolled people, device %s", door.name, len(regulars), DEMO_DEVICE)
     return Demo(config_path=config_path, lfw_root=lfw_root, visitors=visitors)

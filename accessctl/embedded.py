@@ -337,19 +337,41 @@ listeners:
     bind: {host}:{port}
     max_connections: 0
 plugins:
-  accessctl.embedded_mqtt.LoopbackAuthPlugin: {{}}
+  accessctl.embedded_mqtt.FileAuthPlugin:
+    auth_dir: "{auth_dir}"
+    extra_dir: "{extra_dir}"
 """
 
 
-def start_mqtt_broker(work_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
-    """Run an amqtt MQTT 3.1.1 broker on ``host:port`` (loopback, no credentials, persistent sessions kept)."""
+def start_mqtt_broker(
+    work_dir: Path,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    auth_dir: Path | None = None,
+    extra_identities_dir: Path | None = None,
+) -> ChildService:
+    """Run an amqtt MQTT 3.1.1 broker on ``host:port`` that admits only the identities in ``auth_dir``.
+
+    ``auth_dir`` holds the server's and the devices' password/ACL files (``devices.broker_auth``
+    writes them; default ``work_dir``, where nobody is admitted until they exist). The broker
+    reloads them when they change. ``extra_identities_dir`` (``extra.passwd``/``extra.acl``) is for
+    tests only; ``up`` never passes it. See ``accessctl.embedded_mqtt``.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     config = work_dir / f"amqtt-{port}.yaml"
-    config.write_text(BROKER_CONFIG.format(host=host, port=port))
+    config.write_text(
+        BROKER_CONFIG.format(
+            host=host,
+            port=port,
+            auth_dir=(auth_dir or work_dir).resolve(),
+            extra_dir=extra_identities_dir.resolve() if extra_identities_dir else "",
+        )
+    )
     log = (work_dir / f"amqtt-{port}.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
+        [sys.executable, "-m", "accessctl.embedded_mqtt", str(config)],
         stdout=log,
         stderr=log,
         cwd=Path(__file__).resolve().parent.parent,  # the broker loads accessctl.embedded_mqtt

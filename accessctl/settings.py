@@ -199,6 +199,31 @@ MQTT_CA_FILE = env_optional("MQTT_CA_FILE")
 MQTT_CERT_FILE = env_optional("MQTT_CERT_FILE")
 MQTT_KEY_FILE = env_optional("MQTT_KEY_FILE")
 MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
+# The server's broker identity (bridge + command publisher; client ids start with "accessctl-"):
+# the credentials in MQTT_URL, else "accessctl-server" with a password generated into a 0600 file.
+# The password/ACL files the broker checks (Mosquitto formats, see devices.broker_auth) live here.
+MQTT_AUTH_DIR = Path(env_str("ACCESSCTL_MQTT_AUTH_DIR", str(VAR_DIR / "mqtt-auth"))).resolve()
+
+
+def _mqtt_server_login() -> tuple[str, str]:
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(MQTT_URL)
+    if url.username:
+        return unquote(url.username), unquote(url.password or "")
+    path = VAR_DIR / "mqtt_server_password"
+    if not path.exists():
+        from accessctl.mqtt_identities import password_generate, secret_write
+
+        secret_write(path, password_generate())
+    return "accessctl-server", path.read_text().strip()
+
+
+MQTT_USERNAME, MQTT_PASSWORD = _mqtt_server_login()
+if not MQTT_CLIENT_ID.startswith("accessctl-"):  # the broker binds this prefix to the server identity
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"MQTT_CLIENT_ID must start with 'accessctl-', got {MQTT_CLIENT_ID!r}")
 # Set to a group name to use MQTT 5 / Mosquitto shared subscriptions ($share/<group>/...).
 MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
 # Threads of one bridge that verify and stage detections concurrently.

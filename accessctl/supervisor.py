@@ -91,7 +91,9 @@ def services_start() -> EmbeddedServices:
     if settings.EMBEDDED_VALKEY:
         services.children.append(embedded.start_valkey(var / "valkey", port=settings.EMBEDDED_VALKEY_PORT))
     if settings.EMBEDDED_MQTT:
-        services.children.append(embedded.start_mqtt_broker(var / "mqtt", port=_port_of(settings.MQTT_URL)))
+        services.children.append(
+            embedded.start_mqtt_broker(var / "mqtt", port=_port_of(settings.MQTT_URL), auth_dir=settings.MQTT_AUTH_DIR)
+        )
     return services
 
 

@@ -85,7 +85,7 @@ def services_start(
         "ACCESSCTL_PGDATA": str(pg.pgdata),
         "ACCESSCTL_DB_NAME": db_name,
         "ACCESSCTL_VAR_DIR": str(work),
-        "MQTT_CLIENT_ID": f"bench-bridge-{run_id}",
+        "MQTT_CLIENT_ID": f"accessctl-bench-bridge-{run_id}",  # server client ids start with accessctl-
         "ACCESSCTL_LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "accessctl.settings",
     }
@@ -100,11 +100,23 @@ def services_start(
     if mqtt == "mosquitto":
         env["MQTT_URL"] = f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"
     else:
-        broker = embedded.start_mqtt_broker(work / "mqtt")
+        broker = broker_start(work)
         children.append(broker)
         env["MQTT_URL"] = f"mqtt://127.0.0.1:{broker.port}"
     os.environ.update(env)
     return Services(work=work, children=children, mqtt=mqtt, celery=celery, run_id=run_id)
+
+
+def broker_start(work: Path, port: int | None = None) -> embedded.ChildService:
+    """The embedded broker of a bench run: the server and the devices provisioned into ``work``
+    (``ACCESSCTL_VAR_DIR``), plus the test-only observer that collects commands (tests/broker_logins)."""
+    from tests.broker_logins import OBSERVER_ENV, observer_identity_write
+
+    if OBSERVER_ENV not in os.environ:
+        os.environ[OBSERVER_ENV] = ":".join(observer_identity_write(work / "mqtt-observer"))
+    return embedded.start_mqtt_broker(
+        work / "mqtt", port=port, auth_dir=work / "mqtt-auth", extra_identities_dir=work / "mqtt-observer"
+    )
 
 
 def django_ready() -> None:
@@ -116,6 +128,9 @@ def django_ready() -> None:
     from django.db import connections
 
     call_command("migrate", verbosity=0)
+    from devices.broker_auth import server_identity_write
+
+    server_identity_write()  # the bridge may log in to the embedded broker
     with connections["owner"].cursor() as cursor:  # the application's role may not truncate the log
         cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
             "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
@@ -135,6 +150,7 @@ class Site:
     model_version: str
     probes: list[Probe]
     keys: dict[str, Any]  # device uid -> Ed25519 private key
+    passwords: dict[str, str]  # device uid -> broker password
 
 
 def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
@@ -173,11 +189,14 @@ def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
                 face = embed_image(image.convert("RGB"), embedder=embedder, max_faces=1)[0]
             probes.append(Probe(jpeg=e2e.aligned_crop_jpeg(path), vector=face.embedding.tolist()))
     keys: dict[str, Any] = {}
+    passwords: dict[str, str] = {}
     EdgeDevice.objects.filter(uid__startswith=uid_prefix).delete()
     for i in range(devices):
         uid = f"{uid_prefix}{i:03d}"
-        keys[uid] = p.load_private_key(device_provision(uid=uid, door=door).private_key_pem)
-    return Site(door_id=door.pk, model_version=embedder.model_version, probes=probes, keys=keys)
+        provisioned = device_provision(uid=uid, door=door)  # the broker admits it from now on
+        keys[uid] = p.load_private_key(provisioned.private_key_pem)
+        passwords[uid] = provisioned.mqtt_password
+    return Site(door_id=door.pk, model_version=embedder.model_version, probes=probes, keys=keys, passwords=passwords)
 
 
 def detection_build(site: Site, uid: str, i: int, mode: str) -> Any:
@@ -203,9 +222,9 @@ class Commands:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        import paho.mqtt.client as mqtt
+        from tests.broker_logins import observer_client
 
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-listener-{uuid.uuid4().hex[:8]}")
+        self.client = observer_client(f"bench-listener-{uuid.uuid4().hex[:8]}")  # reads every device's commands
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe("acs/v1/devices/+/commands", qos=1)
         self.client.connect(self.host, self.port)
@@ -246,13 +265,13 @@ class Commands:
         self.client.disconnect()
 
 
-def device_clients(uids: list[str], host: str, port: int, run_id: str) -> dict[str, Any]:
-    """One MQTT connection per simulated device, as real door devices have."""
-    import paho.mqtt.client as mqtt
+def device_clients(site: Site, uids: list[str], host: str, port: int) -> dict[str, Any]:
+    """One MQTT connection per simulated device, as real door devices have (each logs in as itself)."""
+    from tests.broker_logins import device_client
 
     clients = {}
     for uid in uids:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{run_id}-{uid}")
+        client = device_client(uid, site.passwords[uid])
         client.max_inflight_messages_set(100)
         client.connect(host, port)
         client.loop_start()
@@ -298,7 +317,7 @@ def children(
         procs = [stack.enter_context(e2e.child_process(e2e.worker_argv(workers, "bench"), env, "ready.",
                                                        logs / "worker.log"))]  # fmt: skip
         for i in range(bridges):
-            argv = [*e2e.bridge_argv(), "--client-id", f"bench-bridge-{run_id}-{i}"]
+            argv = [*e2e.bridge_argv(), "--client-id", f"accessctl-bench-bridge-{run_id}-{i}"]
             if shared_group:
                 argv += ["--shared-group", shared_group]
             procs.append(stack.enter_context(e2e.child_process(argv, env, "bridge connected", logs / f"bridge{i}.log")))

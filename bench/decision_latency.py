@@ -44,7 +44,7 @@ def main() -> None:
     host, port = e2e.mqtt_address()
     with _stack.children(work, workers=args.workers, run_id=services.run_id):
         commands = _stack.Commands(host, port, server_public_key_b64(), {uid})
-        client = _stack.device_clients([uid], host, port, services.run_id)[uid]
+        client = _stack.device_clients(site, [uid], host, port)[uid]
         topic = p.detections_topic(uid)
 
         def send_and_wait(i: int, mode: str) -> float:

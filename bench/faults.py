@@ -78,7 +78,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
 
     work.mkdir(parents=True)
     host, port = e2e.mqtt_address()
-    env = {**os.environ, "ACCESSCTL_LOG_LEVEL": "INFO", "MQTT_CLIENT_ID": f"flt-bridge-{services.run_id}-{name}"}
+    env = {**os.environ, "ACCESSCTL_LOG_LEVEL": "INFO", "MQTT_CLIENT_ID": f"accessctl-flt-{services.run_id}-{name}"}
     children = rig.Children(env, work)
     broker_holder: dict[str, object] = {}
     children.start_worker()
@@ -87,7 +87,8 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
     commands = _stack.Commands(host, port, server_public_key_b64(), set(uids))
     devices = {
         uid: rig.AgentDevice(uid, site.keys[uid], host, port, spool_dir=work / "spool" / uid,
-                             server_public_key=server_public_key_b64(), decision_timeout_s=3.0, resend_window_s=15.0)
+                             server_public_key=server_public_key_b64(), password=site.passwords[uid],
+                             decision_timeout_s=3.0, resend_window_s=15.0)
         for uid in uids
     }  # fmt: skip
     sent: dict[str, str] = {}
@@ -114,13 +115,12 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
         marks["back"] = time.monotonic()
 
     def inject_broker() -> None:
-        from accessctl import embedded
 
         broker = next(c for c in services.children if c.name == "mqtt-broker")
         broker.stop()
         marks["fault"] = time.monotonic()
         time.sleep(1.0)
-        restarted = embedded.start_mqtt_broker(services.work / "mqtt", port=port)
+        restarted = _stack.broker_start(services.work, port=port)
         services.children[services.children.index(broker)] = restarted
         broker_holder["broker"] = restarted
         marks["back"] = time.monotonic()

@@ -57,7 +57,7 @@ def main() -> int:
         host, port = e2e.mqtt_address()
         with _stack.children(work, workers=args.workers, run_id=services.run_id):
             commands = _stack.Commands(host, port, server_public_key_b64(), set(uids))
-            clients = _stack.device_clients(uids, host, port, services.run_id)
+            clients = _stack.device_clients(site, uids, host, port)
             rng = random.Random(7)
             interval = 1.0 / args.rate
             # Warm-up: one crop and one embedding detection, decided before the clock starts.

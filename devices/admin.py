@@ -12,4 +12,5 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
     list_display = ["uid", "name", "door", "status", "last_seen", "agent_version", "model_version"]
     list_filter = ["status", "door"]
     search_fields = ["uid", "name"]
+    exclude = ["mqtt_password_hash"]
     readonly_fields = ["public_key", "last_seen", "agent_version", "model_version", "last_heartbeat", "created_at"]

@@ -4,3 +4,14 @@ from django.apps import AppConfig
 class DevicesConfig(AppConfig):
     name = "devices"
     verbose_name = "Edge devices"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from devices.broker_auth import device_changed
+        from devices.models import EdgeDevice
+
+        # Disabling, enabling or deleting a device anywhere (admin included) revokes or restores
+        # its broker login: the broker's identity files follow the committed registry.
+        post_save.connect(device_changed, sender=EdgeDevice, dispatch_uid="devices-broker-identities-save")
+        post_delete.connect(device_changed, sender=EdgeDevice, dispatch_uid="devices-broker-identities-delete")

@@ -20,6 +20,9 @@ class EdgeDevice(models.Model):
     name = models.CharField(max_length=100, blank=True)
     door = models.ForeignKey("accessctl.Door", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices")
     public_key = models.CharField(max_length=100, help_text="Ed25519 public key, base64 (raw 32 bytes).")
+    mqtt_password_hash = models.CharField(
+        max_length=200, blank=True, help_text="Broker password, Mosquitto $7$ hash (devices.broker_auth)."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROVISIONED)
     last_seen = models.DateTimeField(null=True, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)

@@ -37,7 +37,8 @@ def broker_address(url: str | None = None) -> BrokerAddress:
 def client_create(
     client_id: str, *, clean_session: bool = False, url: str | None = None, manual_ack: bool = False
 ) -> tuple[mqtt.Client, BrokerAddress]:
-    """A paho client configured for the broker in settings (TLS and credentials applied)."""
+    """A paho client of the server identity (credentials of ``url``, else ``MQTT_USERNAME``/``MQTT_PASSWORD``;
+    TLS applied). Server client ids start with ``accessctl-`` (the broker refuses others)."""
     address = broker_address(url)
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
@@ -48,6 +49,8 @@ def client_create(
     )
     if address.username:
         client.username_pw_set(address.username, address.password)
+    else:
+        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD)
     if address.tls:
         client.tls_set(
             ca_certs=settings.MQTT_CA_FILE,

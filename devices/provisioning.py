@@ -1,17 +1,23 @@
-"""Provisioning: create a device with a fresh Ed25519 key pair and render its agent config.
+"""Provisioning: create a device with a fresh Ed25519 key pair and broker password; render its agent config.
 
-The private key is generated here, handed to the installer once, and never stored on the server.
+The private key and the broker password are generated here, handed to the installer once (write
+them with :func:`secret_file_write`, 0600), and never stored on the server (the password only as a
+hash, see ``devices.broker_auth``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import transaction
 
 from accessctl.models import Door
+from accessctl.mqtt_identities import secret_write
+from devices.broker_auth import broker_identities_sync_on_commit, device_password_issue, device_uid_check
 from devices.commands import server_public_key_b64
 from devices.models import EdgeDevice
 from edge_agent import protocol as p
@@ -24,11 +30,13 @@ class Provisioned:
     device: EdgeDevice
     private_key_pem: str
     server_public_key: str
+    mqtt_password: str
 
 
 def device_provision(*, uid: str, door: Door | None = None, name: str = "", rotate: bool = False) -> Provisioned:
-    """Create device ``uid`` (or, with ``rotate``, give an existing one a new key)."""
+    """Create device ``uid`` (or, with ``rotate``, give an existing one a new key and broker password)."""
     p.validate_device_uid(uid)
+    device_uid_check(uid)
     private_pem, public_b64 = p.generate_keypair()
     with transaction.atomic():
         device = EdgeDevice.objects.select_for_update().filter(uid=uid).first()
@@ -37,17 +45,41 @@ def device_provision(*, uid: str, door: Door | None = None, name: str = "", rota
         if device is None:
             device = EdgeDevice(uid=uid)
         device.public_key = public_b64
+        mqtt_password = device_password_issue(device)
         device.name = name or device.name
         device.door = door if door is not None else device.door
         device.save()
+        broker_identities_sync_on_commit()
     logger.info(
         "provisioned device %s (door %s)%s", uid, device.door_id or "-", " with a rotated key" if rotate else ""
     )
-    return Provisioned(device=device, private_key_pem=private_pem, server_public_key=server_public_key_b64())
+    return Provisioned(
+        device=device,
+        private_key_pem=private_pem,
+        server_public_key=server_public_key_b64(),
+        mqtt_password=mqtt_password,
+    )
+
+
+def secret_file_write(path: Path, text: str) -> None:
+    """Write a device secret (key, agent config with its broker password): mode 0600, also over an
+    existing file of another mode."""
+    secret_write(path, text)
+
+
+def _without_credentials(url: str) -> str:
+    """The broker URL for a device: never the server's own credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | None = None) -> str:
-    """The agent's TOML config for this device (see edge_agent/config.example.toml)."""
+    """The agent's TOML config for this device (see edge_agent/config.example.toml): it holds the
+    device's broker password, so write it with :func:`secret_file_write`."""
     device = provisioned.device
     door = device.door
     fail_mode = door.fail_mode if door and door.fail_mode in ("secure", "safe") else "secure"
@@ -58,7 +90,9 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
         f'private_key_path = "{key_path}"\n'
         f'server_public_key = "{provisioned.server_public_key}"\n\n'
         "[mqtt]\n"
-        f'url = "{mqtt_url or settings.MQTT_URL}"\n\n'
+        f'url = "{_without_credentials(mqtt_url or settings.MQTT_URL)}"\n'
+        f'username = "{device.uid}"\n'
+        f'password = "{provisioned.mqtt_password}"\n\n'
         "[door]\n"
         f'fail_mode = "{fail_mode}"\n'
     )

@@ -84,6 +84,8 @@ class EdgeLink:
         self.agent_version = agent_version or None
         self.on_command = on_command
         self.commands_rejected = 0
+        self.foreign_ignored = 0
+        self._commands_topic = commands_topic(device_uid)
         self.disconnected_since: float | None = time.monotonic()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -124,8 +126,8 @@ class EdgeLink:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        if s.username:
-            client.username_pw_set(s.username, s.password)
+        if s.username or s.password:  # the broker login: username = device uid unless set otherwise
+            client.username_pw_set(s.username or self.device_uid, s.password)
         client.will_set(status_topic(self.device_uid), OFFLINE_WILL, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=round(s.reconnect_max_s))
         client.max_inflight_messages_set(max(20, s.max_inflight))
@@ -322,7 +324,7 @@ class EdgeLink:
             logger.warning("broker refused connection: %s", reason_code)
             return
         logger.info("connected to %s:%s (session present: %s)", self.host, self.port, flags.session_present)
-        client.subscribe(commands_topic(self.device_uid), qos=1)
+        client.subscribe(self._commands_topic, qos=1)
         status = Status(
             device_uid=self.device_uid, state=DeviceState.ONLINE, sent_at=time.time(), agent_version=self.agent_version
         )
@@ -356,6 +358,12 @@ class EdgeLink:
         self._wake.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.topic != self._commands_topic:
+            # Only our commands topic is subscribed; a broker may still deliver others (retained
+            # messages of other devices, a shared session): never treat them as commands.
+            self.foreign_ignored += 1
+            logger.debug("message on %s ignored (not our commands topic)", message.topic)
+            return
         try:
             command = open_message(
                 message.topic, message.payload, self.server_public_key, window_s=self.settings.command_window_s

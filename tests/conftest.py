@@ -32,9 +32,16 @@ if not os.environ.get("REDIS_URL"):
     _services.append(_valkey)
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_valkey.port}/0"
 if not os.environ.get("MQTT_URL"):
-    _broker = embedded.start_mqtt_broker(_tmp_var / "mqtt")
+    # It admits the server and the devices in the files under the settings' MQTT_AUTH_DIR
+    # (written below and by the tests' provisioning) and a test-only observer (tests/broker_logins.py).
+    _broker = embedded.start_mqtt_broker(
+        _tmp_var / "mqtt", auth_dir=_tmp_var / "mqtt-auth", extra_identities_dir=_tmp_var / "mqtt-observer"
+    )
     _services.append(_broker)
     os.environ["MQTT_URL"] = f"mqtt://127.0.0.1:{_broker.port}"
+    from tests.broker_logins import OBSERVER_ENV, observer_identity_write
+
+    os.environ[OBSERVER_ENV] = ":".join(observer_identity_write(_tmp_var / "mqtt-observer"))
 
 os.environ["ACCESSCTL_TEST_DB_NAME"] = f"test_accessctl_{os.getpid()}"
 os.environ["ACCESSCTL_VAR_DIR"] = str(_tmp_var)
@@ -47,6 +54,10 @@ import django  # noqa: E402
 # pytest-django configures Django before this conftest is imported, when the settings module is
 # not yet known; set it up here (pytest-django's fixtures then find it ready).
 django.setup()
+
+from devices.broker_auth import server_identity_write  # noqa: E402
+
+server_identity_write()  # the bridge and the command publisher may log in (devices: as provisioned)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -131,12 +131,13 @@ def test_lockdown_command_reaches_the_device_over_mqtt(
 ) -> None:
     """The real broker and the real signer: a device subscribed to its topic gets a signed command."""
     from devices.commands import publisher, server_public_key_b64
-    from devices.mqtt import client_create
+    from devices.mqtt import broker_address
+    from tests.broker_logins import device_client, device_login_issue
 
-    EdgeDevice.objects.create(uid="cam-main-1", door=doors[0], public_key="x", status="online")
+    device = EdgeDevice.objects.create(uid="cam-main-1", door=doors[0], public_key="x", status="online")
     received: list[bytes] = []
     subscribed, arrived = threading.Event(), threading.Event()
-    client, address = client_create("test-device-cam-main-1", clean_session=True)
+    client, address = device_client("cam-main-1", device_login_issue(device), clean_session=True), broker_address()
     client.on_subscribe = lambda *args: subscribed.set()
     client.on_message = lambda c, u, msg: (received.append(msg.payload), arrived.set())
     client.on_connect = lambda c, *args: c.subscribe(protocol.commands_topic("cam-main-1"), qos=1)

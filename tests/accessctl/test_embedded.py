@@ -10,10 +10,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from accessctl import embedded
+from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
 
 
-def _client(port: int, client_id: str, clean: bool, received: list[bytes] | None = None) -> mqtt.Client:
+def _client(
+    port: int, client_id: str, clean: bool, received: list[bytes] | None = None, login: tuple[str, str] = SERVER_LOGIN
+) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    client.username_pw_set(*login)
     if received is not None:
         client.on_message = lambda c, u, message: received.append(message.payload)
     client.connect("127.0.0.1", port)
@@ -23,9 +27,10 @@ def _client(port: int, client_id: str, clean: bool, received: list[bytes] | None
 
 def test_broker_keeps_a_persistent_session_across_disconnects(tmp_path: Path) -> None:
     """What the bridge relies on: QoS1 messages published while it was away are delivered on return."""
-    broker = embedded.start_mqtt_broker(tmp_path)
+    standalone_identities_write(tmp_path / "auth", devices={"d1": "d1-password"})
+    broker = embedded.start_mqtt_broker(tmp_path, auth_dir=tmp_path / "auth")
     try:
-        subscriber = _client(broker.port, "bridge-under-test", clean=False)
+        subscriber = _client(broker.port, "accessctl-bridge-under-test", clean=False)
         subscribed = threading.Event()
         subscriber.on_subscribe = lambda *args: subscribed.set()
         subscriber.subscribe("acs/v1/devices/+/detections", qos=1)
@@ -33,13 +38,13 @@ def test_broker_keeps_a_persistent_session_across_disconnects(tmp_path: Path) ->
         subscriber.disconnect()
         subscriber.loop_stop()
 
-        device = _client(broker.port, "device-1", clean=True)
+        device = _client(broker.port, "d1", clean=True, login=("d1", "d1-password"))
         for i in range(3):
             device.publish("acs/v1/devices/d1/detections", f"m{i}".encode(), qos=1).wait_for_publish(5)
         device.disconnect()
 
         received: list[bytes] = []
-        returning = _client(broker.port, "bridge-under-test", clean=False, received=received)
+        returning = _client(broker.port, "accessctl-bridge-under-test", clean=False, received=received)
         deadline = time.monotonic() + 10
         while len(received) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from django.conf import settings
 
 from edge_agent import protocol as p
+from tests.broker_logins import observer_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,7 @@ class CommandListener:
     _event: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{uuid.uuid4().hex[:8]}")
+        self.client = observer_client(f"listener-{uuid.uuid4().hex[:8]}")  # test-only: reads every device's commands
         self.client.on_message = self._on_message
         self.client.connect(self.host, self.port)
         self.client.subscribe("acs/v1/devices/+/commands", qos=1)
@@ -108,7 +109,7 @@ def mqtt_address() -> tuple[str, int]:
 
 def publisher() -> mqtt.Client:
     host, port = mqtt_address()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-sim-{uuid.uuid4().hex[:8]}")
+    client = observer_client(f"device-sim-{uuid.uuid4().hex[:8]}")  # test-only: writes any device's topics
     client.connect(host, port)
     client.loop_start()
     return client

@@ -20,14 +20,18 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from accessctl.embedded import ChildService, start_mqtt_broker
+from accessctl.embedded import ChildService
 from edge_agent import protocol as p
 from edge_agent.config import EdgeConfig
 from edge_agent.vision import Face, FaceCandidate, prepare
 from tests import waiting
+from tests.broker_logins import standalone_broker_start
 from tests.faces import LFW_DIR
 
 UID = "door-test-1"
+DEVICE_PASSWORD = "door-test-1-broker-password"
+#: the test "server" logs in as the test-only observer (it reads and writes every device topic)
+OBSERVER = ("test-observer", "edge-tests-observer-password")
 LFW = LFW_DIR.parent
 
 
@@ -84,9 +88,16 @@ def keys() -> Keys:
     return Keys(dp, dpub, sp, spub)
 
 
+def broker_start(tmp_path: Path, port: int | None = None, devices: dict[str, str] | None = None) -> ChildService:
+    """An embedded broker admitting device ``UID`` (and ``devices``) and the test server (observer)."""
+    return standalone_broker_start(
+        tmp_path / "mqtt", devices={UID: DEVICE_PASSWORD, **(devices or {})}, observer=OBSERVER, port=port
+    )
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[ChildService]:
-    service = start_mqtt_broker(tmp_path / "broker")
+    service = broker_start(tmp_path)
     yield service
     service.stop()
 
@@ -99,6 +110,7 @@ def make_config(tmp_path: Path, keys: Keys, mqtt_url: str, **door: object) -> Ed
     config.device.private_key_path = key_path
     config.device.server_public_key = keys.server_public
     config.mqtt.url = mqtt_url
+    config.mqtt.username, config.mqtt.password = UID, DEVICE_PASSWORD
     config.mqtt.reconnect_min_s = 1
     config.mqtt.reconnect_max_s = 1
     config.spool.dir = tmp_path / "spool"
@@ -118,6 +130,7 @@ class ServerClient:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        self.client.username_pw_set(*OBSERVER)
         self.client.on_connect = lambda c, *a: c.subscribe(f"{p.TOPIC_ROOT}/+/#", 1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))

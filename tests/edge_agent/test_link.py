@@ -7,14 +7,25 @@ import queue
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from PIL import Image
 
-from accessctl.embedded import ChildService, free_port, start_mqtt_broker
+from accessctl.embedded import ChildService, free_port
 from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
-from tests.edge_agent.conftest import UID, GatedProxy, Keys, ServerClient, candidate, make_config, wait_until
+from tests.broker_logins import device_client
+from tests.edge_agent.conftest import (
+    UID,
+    GatedProxy,
+    Keys,
+    ServerClient,
+    broker_start,
+    candidate,
+    make_config,
+    wait_until,
+)
 
 
 def make_agent(tmp_path: Path, keys: Keys, url: str, **door: object) -> tuple[EdgeAgent, SimulatedRelay]:
@@ -55,7 +66,7 @@ def test_signed_detection_and_status_reach_the_server(
 
 def test_broker_restart_replays_spool_in_order(tmp_path: Path, keys: Keys) -> None:
     port = free_port()
-    broker = start_mqtt_broker(tmp_path / "broker", port=port)
+    broker = broker_start(tmp_path, port=port)
     proxy = GatedProxy(port)
     server = ServerClient(broker.host, port)
     agent, _ = make_agent(tmp_path, keys, f"mqtt://127.0.0.1:{proxy.port}", offline_grace_s=600)
@@ -75,7 +86,7 @@ def test_broker_restart_replays_spool_in_order(tmp_path: Path, keys: Keys) -> No
         time.sleep(0.3)
         assert len(agent.spool) == 5 and agent.link.inflight == 0
 
-        broker = start_mqtt_broker(tmp_path / "broker", port=port)
+        broker = broker_start(tmp_path, port=port)
         server = ServerClient(broker.host, port, client_id="test-server-2")
         proxy.open_gate()
         assert agent.link.wait_connected(15)
@@ -262,3 +273,42 @@ def test_applied_open_is_not_applied_again_after_a_restart(
         assert relay.pulses == [450]  # only the fresh command opened the door
     finally:
         again.stop()
+
+
+def test_agent_gets_no_retained_status_of_other_devices(tmp_path: Path, keys: Keys) -> None:
+    """Issue 15 item 2: amqtt sent a connecting client the retained messages matching *anyone's*
+    subscriptions, so with the bridge subscribed to ``+/status`` every agent start received the
+    other devices' retained status on its commands subscription (logged as ``bad_signature``)."""
+    broker = broker_start(tmp_path, devices={"door-other": "other-password"})
+    server = ServerClient(broker.host, broker.port)  # subscribed to acs/v1/devices/+/# (persistent)
+    other = device_client("door-other", "other-password")
+    other.connect(broker.host, broker.port)
+    other.loop_start()
+    other.publish(p.status_topic("door-other"), b"online (retained)", qos=1, retain=True).wait_for_publish(5)
+    assert server.next(p.TopicKind.STATUS)[0] == p.status_topic("door-other")
+    agent, relay = make_agent(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        server.next(p.TopicKind.STATUS)  # the agent's own signed "online": it has subscribed by now
+        server.publish(p.commands_topic(UID), p.seal(command(keys), keys.server_private))
+        assert wait_until(lambda: relay.pulses, 10)
+        assert agent.link.foreign_ignored == 0 and agent.link.commands_rejected == 0
+    finally:
+        agent.stop()
+        other.loop_stop()
+        other.disconnect()
+        server.close()
+        broker.stop()
+
+
+def test_link_ignores_messages_off_its_commands_topic(tmp_path: Path, keys: Keys) -> None:
+    """Whatever a broker delivers, only the agent's own commands topic can carry commands."""
+    agent, relay = make_agent(tmp_path, keys, "mqtt://127.0.0.1:1")
+    link = agent.link
+    genuine = p.seal(command(keys, uid="door-other"), keys.server_private)
+    for topic in (p.status_topic("door-other"), p.commands_topic("door-other"), "acs/v1/bridge/probe"):
+        message = paho.MQTTMessage(topic=topic.encode())
+        message.payload = genuine
+        link._on_message(link.client, None, message)
+    assert link.foreign_ignored == 3 and link.commands_rejected == 0 and not relay.pulses

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent import protocol as p
 from recognition.models import EMBEDDING_DIMS
+from tests.broker_logins import observer_client
 from tests.devices import e2e
 from tests.waiting import wait_until  # noqa: F401  (rig.wait_until in the reliability tests)
 
@@ -87,7 +88,7 @@ class CommandCollector:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rel-listener-{uuid.uuid4().hex[:8]}")
+        self.client = observer_client(f"rel-listener-{uuid.uuid4().hex[:8]}")
         self.client.on_connect = lambda c, *_: c.subscribe([(p.commands_topic(uid), 1) for uid in self.uids])
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
@@ -139,7 +140,8 @@ class Device:
         self.uid, self.key = uid, key
         self.rng = random.Random(uid)
         self.sent: dict[str, bytes] = {}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rel-dev-{uid}-{uuid.uuid4().hex[:4]}")
+        # the test-only observer (may write any device's topics): also plays unknown devices
+        self.client = observer_client(f"rel-dev-{uid}-{uuid.uuid4().hex[:4]}")
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
         self.client.max_queued_messages_set(0)
         self.client.connect(host, port)
@@ -175,6 +177,7 @@ class AgentDevice:
         *,
         spool_dir: Path,
         server_public_key: str,
+        password: str,
         decision_timeout_s: float = 1.0,
         resend_window_s: float = 20.0,
     ) -> None:
@@ -188,6 +191,8 @@ class AgentDevice:
         self.spool = Spool(spool_dir)
         settings = MqttSection(
             url=f"mqtt://{host}:{port}",
+            username=uid,
+            password=password,
             reconnect_min_s=1,
             reconnect_max_s=2,
             max_inflight=20,

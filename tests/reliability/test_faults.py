@@ -26,6 +26,7 @@ from devices.models import InboundDetection
 from devices.provisioning import device_provision
 from devices.staging import inbound_requeue
 from edge_agent import protocol as p
+from tests.broker_logins import suite_broker_start
 from tests.devices import e2e
 from tests.reliability import rig
 
@@ -119,9 +120,11 @@ def test_worker_killed_mid_burst(children, device, settings) -> None:
 @pytest.fixture
 def agent_device(db, tmp_path) -> Iterator[rig.AgentDevice]:
     door = Door.objects.create(name="Fault door")
-    key = p.load_private_key(device_provision(uid=UID, door=door).private_key_pem)
+    provisioned = device_provision(uid=UID, door=door)
+    key = p.load_private_key(provisioned.private_key_pem)
     host, port = e2e.mqtt_address()
-    dev = rig.AgentDevice(UID, key, host, port, spool_dir=tmp_path / "spool", server_public_key=server_public_key_b64())
+    dev = rig.AgentDevice(UID, key, host, port, spool_dir=tmp_path / "spool", server_public_key=server_public_key_b64(),
+                          password=provisioned.mqtt_password)  # fmt: skip
     yield dev
     dev.close()
 
@@ -164,24 +167,26 @@ def test_bridge_killed_with_messages_in_flight(children, agent_device) -> None:
 def test_mqtt_broker_restart(django_db_setup, test_env, tmp_path, db) -> None:
     """The embedded broker (amqtt) restarts mid-burst and forgets its sessions; the device re-sends
     what the server never answered (as the edge agent's spool does). Every detection decided once."""
-    broker = embedded.start_mqtt_broker(tmp_path / "mqtt")
+    broker = suite_broker_start(tmp_path / "mqtt")
     env = {**test_env, "MQTT_URL": f"mqtt://127.0.0.1:{broker.port}"}
     procs = rig.Children(env, tmp_path)
     door = Door.objects.create(name="Broker door")
-    key = p.load_private_key(device_provision(uid=UID, door=door).private_key_pem)
+    provisioned = device_provision(uid=UID, door=door)
+    key = p.load_private_key(provisioned.private_key_pem)
     holder = {"broker": broker}
     try:
         procs.start_worker()
         procs.start_bridge()
         dev = rig.AgentDevice(UID, key, "127.0.0.1", broker.port, spool_dir=tmp_path / "spool",
-                              server_public_key=server_public_key_b64())  # fmt: skip
+                              server_public_key=server_public_key_b64(),
+                              password=provisioned.mqtt_password)  # fmt: skip
         commands = rig.CommandCollector("127.0.0.1", broker.port, server_public_key_b64(), {UID})
 
         def restart_midway(i: int) -> None:
             if i == BURST // 2:
                 holder["broker"].stop()
                 time.sleep(1.0)
-                holder["broker"] = embedded.start_mqtt_broker(tmp_path / "mqtt", port=broker.port)
+                holder["broker"] = suite_broker_start(tmp_path / "mqtt", port=broker.port)
 
         ids = dev.publish(BURST, interval=0.02, between=restart_midway)
         restarted_at = time.monotonic()
@@ -226,9 +231,9 @@ def test_database_restart(test_env) -> None:
     work = Path(tempfile.mkdtemp(prefix="acf-"))  # short: the unix socket lives in pgdata
     pg = embedded.start_postgres(work / "pg")
     pg.ensure_database("faults")
-    broker = embedded.start_mqtt_broker(work / "mqtt")
+    broker = suite_broker_start(work / "mqtt")
     env = {**test_env, "ACCESSCTL_PGDATA": str(pg.pgdata), "ACCESSCTL_DB_NAME": "faults",
-           "MQTT_CLIENT_ID": f"fault-db-bridge-{os.getpid()}",
+           "MQTT_CLIENT_ID": f"accessctl-fault-db-bridge-{os.getpid()}",
            "MQTT_URL": f"mqtt://127.0.0.1:{broker.port}"}  # fmt: skip
     manage = [sys.executable, str(e2e.ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=e2e.ROOT)

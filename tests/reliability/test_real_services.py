@@ -119,7 +119,7 @@ def test_decisions_with_celery_on_a_real_broker(
 @pytest.fixture
 def on_mosquitto(env, children, run_id) -> Iterator[dict[str, str]]:
     _require("mosquitto", MOSQUITTO)
-    client_id = f"rs-bridge-{run_id}"
+    client_id = f"accessctl-rs-bridge-{run_id}"
     children.env = {**env, "MQTT_URL": f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}", "MQTT_CLIENT_ID": client_id}
     yield children.env
     children.close()

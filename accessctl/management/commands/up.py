@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from accessctl import supervisor
+from devices.broker_auth import broker_identities_sync
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Command(BaseCommand):
         services = supervisor.services_start()
         try:
             call_command("migrate", interactive=False, verbosity=0)
+            broker_identities_sync()  # the broker admits the server and the enabled devices
             supervisor.admin_ensure()
             children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
             if options["demo"]:
