@@ -237,6 +237,19 @@ def person_webhook_payload(person: Person) -> dict[str, Any]:
 # --- delivery ----------------------------------------------------------------------------------
 
 
+def _connect_to(address: str, port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection to the literal ``address`` (no name resolution at all)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to an address checked beforehand, whatever the host name resolves to now."""
 
@@ -245,7 +258,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._address = address
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect_to(self._address, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -256,7 +269,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self._address = address
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect_to(self._address, self.port, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -280,7 +293,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> t
             response.read(1024)
             status = response.status
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = f"{type(exc).__name__}: {exc} (connecting to {address})"[:500]
             continue
         finally:
             connection.close()
