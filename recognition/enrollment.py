@@ -133,11 +133,14 @@ class DecodeSlots:
         self._semaphore: threading.BoundedSemaphore | None = None
         self.waiting = 0
 
+    @property
+    def size(self) -> int:
+        return max(1, int(getattr(settings, "RECOGNITION_DECODE_CONCURRENCY", 2)))
+
     def _slots(self) -> threading.BoundedSemaphore:
         with self._lock:
             if self._semaphore is None:
-                size = max(1, int(getattr(settings, "RECOGNITION_DECODE_CONCURRENCY", 2)))
-                self._semaphore = threading.BoundedSemaphore(size)
+                self._semaphore = threading.BoundedSemaphore(self.size)
             return self._semaphore
 
     @contextmanager
@@ -170,8 +173,11 @@ def _decode_size(img: Any) -> tuple[int, int]:
     (1/2..1/8, libjpeg's DCT scaling) that still covers ``MAX_WORKING_SIDE``. Progressive JPEGs keep
     every coefficient of the full picture in memory whatever the scale, so they count in full."""
     progressive = img.info.get("progressive") or img.info.get("progression")
-    if img.format == "JPEG" and not progressive and img.width * img.height <= MAX_DECLARED_JPEG_PIXELS:
-        img.draft("RGB", (MAX_WORKING_SIDE, MAX_WORKING_SIDE))
+    width, height = img.size
+    if img.format == "JPEG" and not progressive and width * height <= MAX_DECLARED_JPEG_PIXELS:
+        longer = max(width, height)
+        if longer > MAX_WORKING_SIDE:  # the smallest scale whose longer side still covers the working side
+            img.draft("RGB", (max(1, width * MAX_WORKING_SIDE // longer), max(1, height * MAX_WORKING_SIDE // longer)))
     return img.size
 
 

@@ -26,6 +26,15 @@ from tests.api_support import make_user, session_client, token_client
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _request_threads_close_their_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Views served through the ASGI app use connections in their own threads; closed after each
+    request (as with ``DATABASE_CONN_MAX_AGE=0``) so the test database can be dropped at the end."""
+    from django.db import connections
+
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 0)
+
+
 def asgi_request(method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict:
     """One request through ``accessctl.asgi.application`` with the scope daphne builds (path
     percent-decoded, ``Content-Length`` sent with a body); returns ``{"status", "headers", "body"}``."""
