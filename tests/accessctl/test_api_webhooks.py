@@ -31,13 +31,8 @@ pytestmark = pytest.mark.django_db
 SECRET = "whsec_test_secret_0123456789"
 
 
-@pytest.fixture
-def receiver(settings) -> Iterator[SimpleNamespace]:
-    """A real HTTP endpoint on 127.0.0.1: answers the queued status codes, then 200.
-
-    Loopback is not a webhook target unless allow-listed (accessctl.webhook_targets): it is here."""
-    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+def _receiver_handler(state: SimpleNamespace) -> type[BaseHTTPRequestHandler]:
+    """A request handler recording each POST in ``state.received`` and answering ``state.statuses``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -56,6 +51,17 @@ def receiver(settings) -> Iterator[SimpleNamespace]:
         def log_message(self, *args: object) -> None:
             pass
 
+    return Handler
+
+
+@pytest.fixture
+def receiver(settings) -> Iterator[SimpleNamespace]:
+    """A real HTTP endpoint on 127.0.0.1: answers the queued status codes, then 200.
+
+    Loopback is not a webhook target unless allow-listed (accessctl.webhook_targets): it is here."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+    Handler = _receiver_handler(state)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -430,3 +436,76 @@ def test_delivery_reaches_an_allow_listed_name_with_its_host_header(receiver, mo
     assert webhook_delivery_attempt(delivery_id=delivery.pk, final=True) == "succeeded"
     (request,) = receiver.received
     assert request.path == "/in?x=1" and request.headers["Host"] == f"hooks.internal.test:{port}"
+
+
+def _tls_files(directory, host: str) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for ``host`` signed by it: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name(host)).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+def test_https_delivery_to_the_checked_address_verifies_the_host_name(monkeypatch, settings, tmp_path) -> None:
+    """HTTPS to a pinned address still sends SNI and verifies the certificate against the URL's name."""
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path, "hooks.tls.test")
+    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _receiver_handler(state))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_port
+    try:
+        settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.tls.test", "wrong.tls.test"]
+        monkeypatch.setenv("SSL_CERT_FILE", ca)  # the system trust store, for this test: the throwaway CA
+        answer = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: answer)
+        delivery = _delivery(f"https://hooks.tls.test:{port}/tls")
+        assert webhook_delivery_attempt(delivery_id=delivery.pk, final=True) == "succeeded"
+        (request,) = state.received
+        assert request.path == "/tls" and verify_signature(
+            SECRET, request.headers["X-Accessctl-Signature"], request.body
+        )
+        # The same server under a name its certificate does not carry: refused by the TLS check.
+        wrong = _delivery(f"https://wrong.tls.test:{port}/tls")
+        assert webhook_delivery_attempt(delivery_id=wrong.pk, final=True) == "failed"
+        wrong.refresh_from_db()
+        assert "certificate" in wrong.last_error.lower() and len(state.received) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
