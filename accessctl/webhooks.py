@@ -294,7 +294,9 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> t
             status = response.status
         except (OSError, http.client.HTTPException, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc} (connecting to {address})"[:500]
-            continue
+            if connection.sock is None:
+                continue  # could not connect: try the host's next address
+            return None, error  # connected, so the body may have arrived: retried later, never twice now
         finally:
             connection.close()
         return status, "" if 200 <= status < 300 else f"HTTP {status}"
