@@ -146,7 +146,8 @@ def test_json_bodies_over_the_form_limit_are_413(settings) -> None:
 
 def _import_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "ACCESSCTL_VAR_DIR": str(tmp_path), **env}
-    full.pop("DJANGO_DEBUG", None) if "DJANGO_DEBUG" not in env else None
+    if "DJANGO_DEBUG" not in env:
+        full.pop("DJANGO_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-c", "import accessctl.settings"],
         env=full, cwd=ROOT, capture_output=True, text=True, timeout=120,
