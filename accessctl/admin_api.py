@@ -16,6 +16,7 @@ from django.utils import timezone
 from accessctl.exceptions import DomainError
 from accessctl.models import ApiToken, WebhookDelivery, WebhookSubscription
 from accessctl.tokens import api_token_grant_check, api_token_issue, api_token_revoke
+from accessctl.webhook_targets import WebhookTargetRefused, webhook_target_check
 from accessctl.webhooks import EVENT_TYPE_CHOICES, webhook_redeliver, webhook_secret_generate
 
 
@@ -138,6 +139,14 @@ class WebhookSubscriptionForm(forms.ModelForm):
 
     def clean_secret(self) -> str:
         return self.cleaned_data.get("secret") or self.instance.secret or webhook_secret_generate()
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        try:
+            webhook_target_check(url=url)
+        except WebhookTargetRefused as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return url
 
 
 @admin.register(WebhookSubscription)

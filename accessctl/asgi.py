@@ -12,13 +12,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from accessctl.origins import SiteOriginValidator  # noqa: E402
+from accessctl.request_limits import RequestBodyLimitMiddleware  # noqa: E402
 from accessctl.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = django_asgi_app
 if settings.SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+    from accessctl.static_files import StaticFilesHandler
 
-    http_app = ASGIStaticFilesHandler(django_asgi_app)
+    http_app = StaticFilesHandler(django_asgi_app)
+# Outermost: oversized bodies are refused before anything reads them (accessctl/request_limits.py).
+http_app = RequestBodyLimitMiddleware(http_app)
 
 application = ProtocolTypeRouter(
     {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
@@ -93,6 +94,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             error_body("protected", "The object is still referenced and cannot be deleted."),
             status=status.HTTP_409_CONFLICT,
         )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("too_large", str(exc) or "The request body is too large."), status=413)
+    if isinstance(exc, SuspiciousOperation):  # too many fields or files, malformed multipart, ...
+        return Response(error_body("invalid", str(exc) or "Invalid request."), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -19,6 +19,7 @@ from accessctl.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
+from accessctl.webhook_targets import WebhookTargetRefused, webhook_target_check
 from accessctl.webhooks import EVENT_TYPE_CHOICES
 
 
@@ -239,6 +240,13 @@ class WebhookSubscriptionSerializer(serializers.ModelSerializer):
 
     def validate_event_types(self, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    def validate_url(self, value: str) -> str:
+        try:
+            webhook_target_check(url=value)
+        except WebhookTargetRefused as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+        return value
 
 
 class WebhookSubscriptionSecretSerializer(serializers.ModelSerializer):

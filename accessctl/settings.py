@@ -46,6 +46,11 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+if env_bool("ACCESSCTL_PRODUCTION", False):
+    # Refuse to start (not merely warn) with DEBUG or a weak key; see accessctl/production.py.
+    from accessctl.production import production_settings_refuse
+
+    production_settings_refuse(debug=DEBUG, secret_key=SECRET_KEY)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -78,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # turns a locked-out sign-in into the lockout page
+    "accessctl.csp.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "accessctl.urls"
@@ -329,6 +335,21 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # Daphne does not serve static files; the ASGI app does unless a proxy is configured to.
 SERVE_STATIC = env_bool("ACCESSCTL_SERVE_STATIC", True)
 
+# --- Request limits (accessctl/request_limits.py): bodies declared or streamed over the limit get
+# 413 before they are read (the served daphne stops reading at the headers); the enrolment pages
+# (zip archives, batches of photos) get the larger import limit. Decoding an uploaded picture is
+# capped at RECOGNITION_MAX_DECODE_PIXELS (checked from its header) with at most
+# RECOGNITION_DECODE_CONCURRENCY decodes at once per process (recognition/enrollment.py).
+MAX_REQUEST_BYTES = env_int("ACCESSCTL_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+MAX_IMPORT_REQUEST_BYTES = env_int("ACCESSCTL_MAX_IMPORT_REQUEST_BYTES", 1024 * 1024 * 1024)
+IMPORT_REQUEST_PATH_PREFIX = "/enrol/"
+RECOGNITION_MAX_DECODE_PIXELS = env_int("ACCESSCTL_MAX_DECODE_PIXELS", 16_000_000)
+RECOGNITION_DECODE_CONCURRENCY = env_int("ACCESSCTL_DECODE_CONCURRENCY", 2)
+
+# --- Webhooks go to public addresses only, unless listed here (host names, IPs, CIDR networks;
+# accessctl/webhook_targets.py).
+WEBHOOK_ALLOWED_HOSTS = env_list("ACCESSCTL_WEBHOOK_ALLOWED_HOSTS", [])
+
 # --- Auth and security.
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
@@ -379,6 +400,12 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # JSON bodies: size-capped, and nesting too deep for the parser is a 400 (accessctl/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "accessctl.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": 50,
     # API errors as {"error": {"code", "message", "details"?}} (accessctl/exceptions.py).
     "EXCEPTION_HANDLER": "accessctl.exceptions.api_exception_handler",

@@ -116,7 +116,7 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
     python = sys.executable
     manage = str(Path(settings.BASE_DIR) / "manage.py")
     children = [
-        Child("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "accessctl.asgi:application"]),
+        Child("web", [python, "-m", "accessctl.web_server", "-b", host, "-p", str(port), "accessctl.asgi:application"]),
         Child(
             "worker",
             [

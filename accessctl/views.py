@@ -29,6 +29,7 @@ from accessctl.codes import Reason
 from accessctl.doors import DoorActionError, door_lockdown, door_lockdown_lift, door_unlock
 from accessctl.forms import EventFilterForm
 from accessctl.models import AccessEvent, Alarm, Door
+from accessctl.spreadsheet import csv_row_safe
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class _Echo:
 
 @require_GET
 def audit_export(request: HttpRequest) -> StreamingHttpResponse:
-    """The filtered log as CSV, streamed in chunks (never built in memory)."""
+    """The filtered log as CSV, streamed in chunks (never built in memory); formula-like cells are
+    quoted (``accessctl.spreadsheet``)."""
     if not selectors.may_browse_audit(request.user):
         raise PermissionDenied
     form = EventFilterForm(request.GET or None)
@@ -192,12 +194,12 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
     def rows() -> Iterator[str]:
         yield writer.writerow(CSV_HEADER)
         for event in events.iterator(chunk_size=2000):
-            yield writer.writerow(_csv_row(event))
+            yield writer.writerow(csv_row_safe(_csv_row(event)))
 
     async def arows() -> AsyncIterator[str]:
         yield writer.writerow(CSV_HEADER)
         async for event in events.aiterator(chunk_size=2000):
-            yield writer.writerow(_csv_row(event))
+            yield writer.writerow(csv_row_safe(_csv_row(event)))
 
     # Under ASGI a sync iterator would be consumed whole before sending; give each server its kind.
     content = arows() if isinstance(request, ASGIRequest) else rows()

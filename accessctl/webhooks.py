@@ -11,7 +11,8 @@ with the headers
 * ``X-Accessctl-Signature``: ``t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{body}")>``.
 
 A 2xx answer is success; anything else (or no answer within the timeout) is retried with
-exponential backoff and jitter, then the delivery is marked failed. Redirects are not followed.
+exponential backoff and jitter, then the delivery is marked failed. Redirects are not followed, and
+only public addresses are called unless allow-listed (``accessctl.webhook_targets``).
 Integrators check the signature with :func:`verify_signature`.
 """
 
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import secrets
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from django.utils import timezone
 
 from accessctl.models import WebhookDelivery, WebhookSubscription
 from accessctl.process_cache import ProcessCache
+from accessctl.webhook_targets import WebhookTargetRefused, WebhookTargetUnresolved, webhook_target_resolve
 
 if TYPE_CHECKING:
     from accessctl.models import AccessEvent, Alarm, Person
@@ -235,28 +237,70 @@ def person_webhook_payload(person: Person) -> dict[str, Any]:
 # --- delivery ----------------------------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a 3xx is an answer like any other non-2xx: the delivery failed
+def _connect_to(address: str, port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection to the literal ``address`` (no name resolution at all)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to an address checked beforehand, whatever the host name resolves to now."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = _connect_to(self._address, self.port, self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a checked address; the certificate is still verified against the URL's host name."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = _connect_to(self._address, self.port, self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
-    """POST; returns ``(status code or None, error text)``."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        return None, "unsupported URL scheme"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - scheme checked
+    """POST to a checked address of ``url``; returns ``(status code or None, error text)``.
+
+    Raises :class:`WebhookTargetRefused` when the URL may not receive webhooks (see
+    ``accessctl.webhook_targets``). Redirects are answers like any other non-2xx: not followed.
+    """
     try:
-        with _opener.open(request, timeout=timeout_s) as response:
+        target = webhook_target_resolve(url=url)
+    except WebhookTargetUnresolved as exc:
+        return None, str(exc)[:500]
+    connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    error = "no address"
+    for address in target.addresses:
+        connection = connection_class(target.host, target.port, address=address, timeout=timeout_s)
+        try:
+            connection.request("POST", target.path, body=body, headers=headers)
+            response = connection.getresponse()
             response.read(1024)
-            return response.status, ""
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(exc).__name__}: {reason}"[:500]
+            status = response.status
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc} (connecting to {address})"[:500]
+            if connection.sock is None:
+                continue  # could not connect: try the host's next address
+            return None, error  # connected, so the body may have arrived: retried later, never twice now
+        finally:
+            connection.close()
+        return status, "" if 200 <= status < 300 else f"HTTP {status}"
+    return None, error
 
 
 def webhook_delivery_attempt(*, delivery_id: int, final: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
@@ -286,7 +330,15 @@ def webhook_delivery_attempt(*, delivery_id: int, final: bool, timeout_s: float 
         DELIVERY_HEADER: str(delivery.delivery_id),
         SIGNATURE_HEADER: webhook_signature(subscription.secret, body, int(time.time())),
     }
-    status_code, error = _post(subscription.url, body, headers, timeout_s)
+    try:
+        status_code, error = _post(subscription.url, body, headers, timeout_s)
+    except WebhookTargetRefused as exc:
+        # Not a passing fault: retrying cannot help, and the target must not be tried again.
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            status=WebhookDelivery.Status.FAILED, attempts=F("attempts") + 1, last_error=f"refused: {exc}"[:500]
+        )
+        logger.warning("webhook delivery %s to subscription %s refused: %s", delivery.delivery_id, subscription.pk, exc)
+        return "refused"
     ok = status_code is not None and 200 <= status_code < 300
     if ok:
         new_status = WebhookDelivery.Status.SUCCEEDED

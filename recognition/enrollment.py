@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePath
@@ -46,8 +48,12 @@ logger = logging.getLogger(__name__)
 
 #: Largest upload accepted (bytes); larger files are not stored.
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-#: Largest picture accepted, in pixels (checked from the header, before decoding).
-MAX_IMAGE_PIXELS = 40_000_000
+#: Most pixels decoded for one picture, checked from its header before decoding (default of
+#: ``settings.RECOGNITION_MAX_DECODE_PIXELS``): sized for faces, it admits 12-16 MP phone photos at
+#: full size and larger camera JPEGs decoded at a reduced scale (see :func:`decode_image`).
+MAX_IMAGE_PIXELS = 16_000_000
+#: A baseline JPEG may declare at most this many pixels (it is decoded at a reduced scale).
+MAX_DECLARED_JPEG_PIXELS = 64_000_000
 #: Pictures smaller than this (shorter side, px) cannot hold a usable face.
 MIN_IMAGE_SIDE = 32
 #: Detection runs on a copy whose longer side is at most this (faster on camera-sized photos).
@@ -114,9 +120,75 @@ def _read_upload(image: bytes | IO[bytes]) -> bytes:
     return bytes(data)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """RGB uint8 array of an uploaded picture (EXIF orientation applied).
+class DecodeSlots:
+    """At most ``settings.RECOGNITION_DECODE_CONCURRENCY`` pictures decoded at once in this process.
 
+    Views run in threads (daphne/ASGI runs sync views off the event loop), so several uploads could
+    otherwise decode side by side, each holding up to ~100 MB at the pixel cap. A thread waits here
+    for a slot; ``waiting`` says how many do (logged, and observable in tests).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._semaphore: threading.BoundedSemaphore | None = None
+        self.waiting = 0
+
+    @property
+    def size(self) -> int:
+        return max(1, int(getattr(settings, "RECOGNITION_DECODE_CONCURRENCY", 2)))
+
+    def _slots(self) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._semaphore is None:
+                self._semaphore = threading.BoundedSemaphore(self.size)
+            return self._semaphore
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        slots = self._slots()
+        if not slots.acquire(blocking=False):
+            with self._lock:
+                self.waiting += 1
+            logger.info("picture decode waits for a free slot")
+            try:
+                slots.acquire()
+            finally:
+                with self._lock:
+                    self.waiting -= 1
+        try:
+            yield
+        finally:
+            slots.release()
+
+
+DECODE_SLOTS = DecodeSlots()
+
+
+def _max_decode_pixels() -> int:
+    return int(getattr(settings, "RECOGNITION_MAX_DECODE_PIXELS", MAX_IMAGE_PIXELS))
+
+
+def _decode_size(img: Any) -> tuple[int, int]:
+    """The size Pillow will decode ``img`` at: a large baseline JPEG is decoded at a reduced scale
+    (1/2..1/8, libjpeg's DCT scaling) that still covers ``MAX_WORKING_SIDE``. Progressive JPEGs keep
+    every coefficient of the full picture in memory whatever the scale, so they count in full."""
+    progressive = img.info.get("progressive") or img.info.get("progression")
+    width, height = img.size
+    if img.format == "JPEG" and not progressive and width * height <= MAX_DECLARED_JPEG_PIXELS:
+        longer = max(width, height)
+        if longer > MAX_WORKING_SIDE:  # the smallest scale whose longer side still covers the working side
+            img.draft("RGB", (max(1, width * MAX_WORKING_SIDE // longer), max(1, height * MAX_WORKING_SIDE // longer)))
+    return img.size
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """RGB uint8 array of an uploaded picture (EXIF orientation applied, longer side at most
+    ``MAX_WORKING_SIDE``).
+
+    The picture's size is read from its header first: one that would decode to more than
+    ``settings.RECOGNITION_MAX_DECODE_PIXELS`` is refused before any pixel is decoded (a 35 KB PNG
+    can declare 6000x6000, ~400 MB and seconds of CPU to decode). At most
+    ``settings.RECOGNITION_DECODE_CONCURRENCY`` decodes run at once (:data:`DECODE_SLOTS`).
     Raises :class:`BadImageError` for anything that is not a complete picture of sane size.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -125,18 +197,25 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadImageError("The file is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadImageError(f"The file is too large (over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB).")
+    limit = _max_decode_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
                 width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
+                decoded_width, decoded_height = _decode_size(img)
+                if decoded_width * decoded_height > limit:
                     raise BadImageError(
-                        f"The picture is too large ({width}x{height}, over {MAX_IMAGE_PIXELS // 1_000_000} MP)."
+                        f"The picture is too large to process ({width}x{height} pixels; at most "
+                        f"{limit / 1_000_000:g} megapixels): a photo of a face needs far fewer."
                     )
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = img.convert("RGB")
+                with DECODE_SLOTS.held():
+                    img.load()
+                    rgb = img.convert("RGB")
+                    del img  # the decoded original; only the RGB copy is kept
+                    if max(rgb.size) > MAX_WORKING_SIDE:
+                        rgb.thumbnail((MAX_WORKING_SIDE, MAX_WORKING_SIDE))
+                    rgb = ImageOps.exif_transpose(rgb)
     except BadImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -145,8 +224,6 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadImageError("The picture is damaged or truncated.") from exc
     if min(rgb.size) < MIN_IMAGE_SIDE:
         raise BadImageError(f"The picture is too small ({rgb.size[0]}x{rgb.size[1]}).")
-    if max(rgb.size) > MAX_WORKING_SIDE:
-        rgb.thumbnail((MAX_WORKING_SIDE, MAX_WORKING_SIDE))
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 

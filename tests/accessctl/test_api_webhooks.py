@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from django.urls import reverse
 from accessctl.celery import app as celery_app
 from accessctl.models import WebhookDelivery, WebhookSubscription
 from accessctl.tasks import WEBHOOK_MAX_RETRIES, webhook_deliver
+from accessctl.webhook_targets import WebhookTargetRefused, address_is_public, webhook_target_resolve
 from accessctl.webhooks import (
     verify_signature,
     webhook_delivery_attempt,
@@ -28,10 +31,8 @@ pytestmark = pytest.mark.django_db
 SECRET = "whsec_test_secret_0123456789"
 
 
-@pytest.fixture
-def receiver() -> Iterator[SimpleNamespace]:
-    """A real HTTP endpoint on 127.0.0.1: answers the queued status codes, then 200."""
-    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+def _receiver_handler(state: SimpleNamespace) -> type[BaseHTTPRequestHandler]:
+    """A request handler recording each POST in ``state.received`` and answering ``state.statuses``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -50,6 +51,17 @@ def receiver() -> Iterator[SimpleNamespace]:
         def log_message(self, *args: object) -> None:
             pass
 
+    return Handler
+
+
+@pytest.fixture
+def receiver(settings) -> Iterator[SimpleNamespace]:
+    """A real HTTP endpoint on 127.0.0.1: answers the queued status codes, then 200.
+
+    Loopback is not a webhook target unless allow-listed (accessctl.webhook_targets): it is here."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+    Handler = _receiver_handler(state)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -279,3 +291,221 @@ def test_admin_shows_the_delivery_log_and_redelivers(monkeypatch, django_capture
         )
     delivery.refresh_from_db()
     assert delivery.status == "pending" and enqueued == [delivery.pk]
+
+
+# --- targets: public addresses only, unless allow-listed (SSRF) -----------------------------------
+
+INTERNAL_URLS = [
+    "http://127.0.0.1:8000/hook",
+    "http://localhost/hook",
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://10.1.2.3/",
+    "http://172.16.0.1/",
+    "http://192.168.1.1/",
+    "http://100.64.0.1/",  # CGNAT
+    "http://224.0.0.1/",  # multicast
+    "http://0.0.0.0:8000/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",  # IPv4-mapped
+    "http://[::ffff:a9fe:a9fe]/",  # IPv4-mapped 169.254.169.254
+    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of the metadata address
+    "http://[fe80::1]/",
+    "http://[fd00::1]/",
+    "http://2130706433/",  # 127.0.0.1 as one decimal number
+    "http://0x7f.1/",  # 127.0.0.1 in inet_aton's hex shorthand
+    "https://192.0.2.10/",  # documentation range
+    "http://240.0.0.1/",  # reserved
+]
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("224.0.0.251", False),
+        ("255.255.255.255", False),
+        ("::", False),
+        ("::ffff:10.0.0.1", False),
+        ("::ffff:93.184.215.14", True),
+        ("64:ff9b::7f00:1", False),
+        ("2002:7f00:1::1", False),  # 6to4 wrapping 127.0.0.1
+        ("ff02::1", False),
+        ("fec0::1", False),  # site-local
+    ],
+)
+def test_address_classification(address: str, public: bool) -> None:
+    assert address_is_public(ipaddress.ip_address(address)) is public
+
+
+def test_subscription_api_refuses_internal_targets(settings) -> None:
+    client = token_client(["webhooks:write"])
+    for url in INTERNAL_URLS:
+        response = client.post(
+            "/api/v1/webhook-subscriptions/", {"name": "x", "url": url, "event_types": ["*"]}, format="json"
+        )
+        assert response.status_code == 400, (url, response.content)
+        problem = str(response.json()["error"]["details"]["url"])
+        # Obfuscated numeric hosts are not even valid URLs to Django; everything else resolves inside.
+        expected = "valid URL" if url in ("http://2130706433/", "http://0x7f.1/") else "non-public address"
+        assert expected in problem, (url, problem)
+    assert not WebhookSubscription.objects.exists()
+    # Changing an existing subscription to an internal URL is refused too.
+    created = client.post(
+        "/api/v1/webhook-subscriptions/",
+        {"name": "ok", "url": "https://93.184.215.14/hook", "event_types": ["*"]},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    patched = client.patch(
+        f"/api/v1/webhook-subscriptions/{created.json()['id']}/", {"url": "http://127.0.0.1:6390/"}, format="json"
+    )
+    assert patched.status_code == 400
+    # The allow-list opens named hosts and networks, and nothing else.
+    settings.WEBHOOK_ALLOWED_HOSTS = ["localhost", "10.0.0.0/8", "::1"]
+    for url in ("http://localhost/hook", "http://10.1.2.3/", "http://[::1]/"):
+        response = client.post(
+            "/api/v1/webhook-subscriptions/", {"name": url, "url": url, "event_types": ["*"]}, format="json"
+        )
+        assert response.status_code == 201, (url, response.content)
+    refused = client.post(
+        "/api/v1/webhook-subscriptions/",
+        {"name": "meta", "url": "http://169.254.169.254/", "event_types": ["*"]},
+        format="json",
+    )
+    assert refused.status_code == 400
+
+
+def test_admin_refuses_internal_targets() -> None:
+    client = session_client(make_user(superuser=True))
+    response = client.post(
+        reverse("admin:accessctl_webhooksubscription_add"),
+        {"name": "meta", "url": "http://169.254.169.254/latest/", "event_types": ["alarm.raised"], "active": "on"},
+    )
+    assert response.status_code == 200 and "non-public address" in response.content.decode()
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_delivery_refuses_an_internal_target_stored_before_the_check(receiver, settings) -> None:
+    """A row that points inside (saved before this check, or an allow-list entry since removed) is refused
+    at delivery: never connected to, not retried."""
+    delivery = _delivery(receiver.url)
+    settings.WEBHOOK_ALLOWED_HOSTS = []  # the receiver fixture allowed 127.0.0.1: take it back
+    assert webhook_delivery_attempt(delivery_id=delivery.pk, final=False) == "refused"
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and delivery.attempts == 1 and delivery.last_status_code is None
+    assert delivery.last_error.startswith("refused:") and "127.0.0.1" in delivery.last_error
+    assert receiver.received == []  # the attempt is synchronous: it is over, and nothing arrived
+
+
+def test_delivery_connects_to_the_checked_address_not_a_rebound_one(receiver, monkeypatch, settings) -> None:
+    """DNS rebinding: the name resolves to a public address when checked, to loopback right after. The
+    delivery connects to the checked address; the loopback receiver never hears from it."""
+    settings.WEBHOOK_ALLOWED_HOSTS = []
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    answers = [[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]]  # public (unreachable here)
+    rebound = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    calls: list[str] = []
+
+    def resolver(host, *args, **kwargs):
+        calls.append(host)
+        return answers.pop(0) if answers else rebound
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    delivery = _delivery(f"http://hooks.rebind.test:{port}/hooks/accessctl")
+    assert webhook_delivery_attempt(delivery_id=delivery.pk, final=True, timeout_s=0.5) == "failed"
+    delivery.refresh_from_db()
+    assert calls == ["hooks.rebind.test"]  # resolved once, by the check; the connection used its answer
+    assert receiver.received == []
+    assert "93.184.215.14" in delivery.last_error or "timed out" in delivery.last_error.lower()
+    # The same name answering loopback at check time is refused outright.
+    with pytest.raises(WebhookTargetRefused, match="non-public"):
+        webhook_target_resolve(url=f"http://hooks.rebind.test:{port}/")
+
+
+def test_delivery_reaches_an_allow_listed_name_with_its_host_header(receiver, monkeypatch, settings) -> None:
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.internal.test"]
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    )
+    delivery = _delivery(f"http://hooks.internal.test:{port}/in?x=1")
+    assert webhook_delivery_attempt(delivery_id=delivery.pk, final=True) == "succeeded"
+    (request,) = receiver.received
+    assert request.path == "/in?x=1" and request.headers["Host"] == f"hooks.internal.test:{port}"
+
+
+def _tls_files(directory, host: str) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for ``host`` signed by it: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name(host)).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+def test_https_delivery_to_the_checked_address_verifies_the_host_name(monkeypatch, settings, tmp_path) -> None:
+    """HTTPS to a pinned address still sends SNI and verifies the certificate against the URL's name."""
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path, "hooks.tls.test")
+    state = SimpleNamespace(statuses=[], received=[], delay_s=0.0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _receiver_handler(state))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_port
+    try:
+        settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.tls.test", "wrong.tls.test"]
+        monkeypatch.setenv("SSL_CERT_FILE", ca)  # the system trust store, for this test: the throwaway CA
+        answer = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: answer)
+        delivery = _delivery(f"https://hooks.tls.test:{port}/tls")
+        assert webhook_delivery_attempt(delivery_id=delivery.pk, final=True) == "succeeded"
+        (request,) = state.received
+        assert request.path == "/tls" and verify_signature(
+            SECRET, request.headers["X-Accessctl-Signature"], request.body
+        )
+        # The same server under a name its certificate does not carry: refused by the TLS check.
+        wrong = _delivery(f"https://wrong.tls.test:{port}/tls")
+        assert webhook_delivery_attempt(delivery_id=wrong.pk, final=True) == "failed"
+        wrong.refresh_from_db()
+        assert "certificate" in wrong.last_error.lower() and len(state.received) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

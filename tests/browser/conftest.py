@@ -46,8 +46,10 @@ def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, s
     ARTIFACTS.mkdir(exist_ok=True)
     log = (ARTIFACTS / "daphne.log").open("w")
     env = {**test_env, "PYTHONUNBUFFERED": "1", "DATABASE_CONN_MAX_AGE": "0"}
+    # The web process as `manage.py up` runs it (daphne with the request body limits).
+    server = [sys.executable, "-m", "accessctl.web_server", "-b", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "accessctl.asgi:application"],
+        [*server, "accessctl.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=log,
