@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accessctl import supervisor
+from accessctl import embedded, supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,10 @@ class Command(BaseCommand):
         parser.add_argument("--lfw", default=None, help="LFW folder for --demo (default ../shared/data/lfw)")
 
     def handle(self, *args: object, **options: object) -> None:
-        services = supervisor.services_start()
+        try:
+            services = supervisor.services_start()
+        except embedded.EmbeddedServiceError as exc:
+            raise CommandError(str(exc)) from exc
         try:
             call_command("migrate", interactive=False, verbosity=0)
             supervisor.admin_ensure()
