@@ -229,8 +229,9 @@ def _listens(pid: int, host: str, port: int) -> bool:
         connections = psutil.Process(pid).net_connections(kind="inet")
     except psutil.Error:
         return False
+    addresses = {host, "0.0.0.0", "::"}  # noqa: S104  (a listener on every address serves host too)
     return any(
-        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in (host, "0.0.0.0", "::")
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in addresses
         for c in connections
     )
 
@@ -278,7 +279,9 @@ def child_wait_listening(
             f"cannot start the embedded {name}: port {port} on {host} is held by another process; "
             f"set {setting} to a free port{_log_tail(log)}"
         )
-    raise EmbeddedServiceError(f"the embedded {name} did not listen on {host}:{port} within {timeout:.0f}s{_log_tail(log)}")
+    raise EmbeddedServiceError(
+        f"the embedded {name} did not listen on {host}:{port} within {timeout:.0f}s{_log_tail(log)}"
+    )
 
 
 _VALKEY_PASSWORD = re.compile(r"^[A-Za-z0-9_.~-]{16,}$")
@@ -355,6 +358,8 @@ def start_mqtt_broker(work_dir: Path, *, port: int | None = None, host: str = "1
         cwd=Path(__file__).resolve().parent.parent,  # the broker loads accessctl.embedded_mqtt
         start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us last
     )
-    child_wait_listening(proc, name="MQTT broker", host=host, port=port, setting="ACCESSCTL_MQTT_PORT", log=Path(log.name))
+    child_wait_listening(
+        proc, name="MQTT broker", host=host, port=port, setting="ACCESSCTL_MQTT_PORT", log=Path(log.name)
+    )
     logger.info("embedded MQTT broker on %s:%s", host, port)
     return ChildService("mqtt-broker", host, port, proc)

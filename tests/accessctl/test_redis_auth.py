@@ -69,12 +69,12 @@ def test_valkey_refuses_a_forged_bulk_import_without_the_password(valkey) -> Non
     service, password, _ = valkey
     forger = Celery("forger", broker=f"redis://{service.host}:{service.port}/0")
     forger.conf.broker_transport_options = {"max_retries": 0}  # refused for good: no need to retry
-    with pytest.raises(OperationalError, match="(?i)auth"):
+    with pytest.raises(OperationalError, match=r"(?i)auth"):
         forger.send_task(
             "recognition.bulk_import_run", kwargs={"job_id": "forged", "user_id": None}, queue="default", retry=False
         )
     raw = redis.Redis(host=service.host, port=service.port, protocol=2)  # as redis-cli speaks
-    with pytest.raises(redis.AuthenticationError, match="(?i)authenticat"):
+    with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
         raw.lpush("default", json.dumps({"headers": {"task": "recognition.bulk_import_run"}}))
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host=service.host, port=service.port, password="not-the-password").ping()
@@ -91,9 +91,9 @@ def test_valkey_refuses_dashboard_events_without_the_password(valkey) -> None:
     service, password, _ = valkey
     forged = {"type": "event.created", "event": {"decision": "granted", "door": "Main"}}
     intruder = RedisChannelLayer(hosts=[f"redis://{service.host}:{service.port}/0"])
-    with pytest.raises(redis.AuthenticationError, match="(?i)authenticat"):
+    with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
         async_to_sync(intruder.group_send)(DASHBOARD_GROUP, forged)
-    with pytest.raises(redis.AuthenticationError, match="(?i)authenticat"):
+    with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
         redis.Redis(host=service.host, port=service.port, protocol=2).publish("asgi__group__dashboard", b"x")
 
     layer = RedisChannelLayer(hosts=[embedded.valkey_url(host=service.host, port=service.port, password=password)])
@@ -133,7 +133,10 @@ def test_settings_read_the_password_file_so_every_process_connects(valkey) -> No
 
 def test_secret_file_is_generated_once_0600_and_shared_by_processes_starting_together(tmp_path: Path) -> None:
     path = tmp_path / "var" / "valkey-password"
-    code = "import sys; from accessctl.embedded import secret_file_ensure as s; print(s(__import__('pathlib').Path(sys.argv[1])))"
+    code = (
+        "import sys, pathlib; from accessctl import embedded; "
+        "print(embedded.secret_file_ensure(pathlib.Path(sys.argv[1])))"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(6)]  # fmt: skip
     values = {proc.communicate(timeout=60)[0].strip() for proc in procs}
@@ -178,7 +181,9 @@ def test_rediss_url_gives_every_client_verified_tls(tmp_path: Path) -> None:
     plain = _roundtrip({**env, "REDIS_URL": "redis://user:pass@redis.example:6379/0"}, "--config-only")
     assert json.loads(plain.stdout.strip().splitlines()[-1])["broker_use_ssl"] is False
 
-    refused = _roundtrip({**env, "REDIS_URL": "rediss://:pass@redis.example:6380/0?ssl_cert_reqs=none"}, "--config-only")
+    refused = _roundtrip(
+        {**env, "REDIS_URL": "rediss://:pass@redis.example:6380/0?ssl_cert_reqs=none"}, "--config-only"
+    )
     assert refused.returncode != 0 and "may not turn certificate verification off" in refused.stderr
 
 
@@ -214,7 +219,9 @@ def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     paths[2].write_bytes(key_pem)
     paths[2].chmod(0o600)
     return paths
@@ -228,8 +235,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         pytest.skip("redis-server is not installed")
     work = tmp_path_factory.mktemp("redis")
     ca, cert, key = _tls_files(work)
-    info: dict[str, object] = {"password": "default-pass-0123456789", "user": "accessctl", "user_password": "p@ss/w:rd 1",
-                               "port": embedded.free_port(), "tls_port": embedded.free_port(), "ca": ca}  # fmt: skip
+    info: dict[str, object] = {
+        "password": "default-pass-0123456789", "user": "accessctl", "user_password": "p@ss/w:rd 1",
+        "port": embedded.free_port(), "tls_port": embedded.free_port(), "ca": ca,
+    }  # fmt: skip
     config = work / "redis.conf"
     config.write_text(
         f"bind 127.0.0.1\nport {info['port']}\ntls-port {info['tls_port']}\ntls-cert-file {cert}\n"
