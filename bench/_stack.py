@@ -92,9 +92,10 @@ def services_start(
     if celery == "redis":
         env["REDIS_URL"] = f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}"
     else:
-        valkey = embedded.start_valkey(work / "valkey")
+        password = embedded.secret_file_ensure(work / "valkey-password")
+        valkey = embedded.start_valkey(work / "valkey", password=password)
         children.append(valkey)
-        env["REDIS_URL"] = f"redis://127.0.0.1:{valkey.port}/0"
+        env["REDIS_URL"] = embedded.valkey_url(host=valkey.host, port=valkey.port, password=password)
     if celery == "rabbitmq":
         env["CELERY_BROKER_URL"] = f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}//"
     if mqtt == "mosquitto":

@@ -28,9 +28,11 @@ if not os.environ.get("DATABASE_URL"):
     os.environ["ACCESSCTL_DB_NAME"] = "postgres"
     os.environ["ACCESSCTL_PGDATA"] = str(_pg.pgdata)
 if not os.environ.get("REDIS_URL"):
-    _valkey = embedded.start_valkey(_tmp_var / "valkey")
+    # The password file settings would read with ACCESSCTL_VAR_DIR=_tmp_var (set below).
+    _valkey_password = embedded.secret_file_ensure(_tmp_var / "valkey-password")
+    _valkey = embedded.start_valkey(_tmp_var / "valkey", password=_valkey_password)
     _services.append(_valkey)
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_valkey.port}/0"
+    os.environ["REDIS_URL"] = embedded.valkey_url(host=_valkey.host, port=_valkey.port, password=_valkey_password)
 if not os.environ.get("MQTT_URL"):
     # It admits the server and the devices in the files under the settings' MQTT_AUTH_DIR
     # (written below and by the tests' provisioning) and a test-only observer (tests/broker_logins.py).

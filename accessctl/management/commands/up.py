@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accessctl import supervisor
+from accessctl import embedded, supervisor
 from devices.broker_auth import broker_identities_sync
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,10 @@ class Command(BaseCommand):
         parser.add_argument("--lfw", default=None, help="LFW folder for --demo (default ../shared/data/lfw)")
 
     def handle(self, *args: object, **options: object) -> None:
-        services = supervisor.services_start()
+        try:
+            services = supervisor.services_start()
+        except embedded.EmbeddedServiceError as exc:
+            raise CommandError(str(exc)) from exc
         try:
             call_command("migrate", interactive=False, verbosity=0)
             broker_identities_sync()  # the broker admits the server and the enabled devices
