@@ -81,10 +81,11 @@ def test_client_id_takeover_deafens_the_bridge_and_it_recovers_by_itself(test_en
     """The report: a client connects with the bridge's client id (persistent session) and leaves
     again. Anonymous clients and other identities are refused that id now (test_broker_identities);
     what remains is a second bridge with the same ``MQTT_CLIENT_ID`` and the server's credentials
-    (a misconfigured second instance, or a leaked server secret). The bridge reconnects and subscribes, yet the broker delivers nothing more to it (amqtt
-    marks the shared session disconnected when the intruder leaves and queues everything). Before:
-    no AccessEvent until a manual restart. Now: the bridge's probe does not come back, it raises a
-    ``bridge_deaf`` alarm, reconnects, and the queued detections are decided; no restart."""
+    (a misconfigured second instance, or a leaked server secret). The bridge reconnects and
+    subscribes, yet the broker delivers nothing more to it (amqtt marks the shared session
+    disconnected when the intruder leaves and queues everything). Before: no AccessEvent until a
+    manual restart. Now: the bridge's probe does not come back, it raises a ``bridge_deaf`` alarm,
+    reconnects, and the queued detections are decided; no restart."""
     client_id = f"accessctl-liveness-bridge-{os.getpid()}"
     env = {
         **test_env,
