@@ -21,11 +21,13 @@ import pytest
 
 from accessctl import embedded
 from accessctl import mqtt_identities as mi
+from devices.bridge import probe_topic
 from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 DEVICES = {"cam-a": "password-of-a", "cam-b": "password-of-b"}
 SERVER_ID = "accessctl-bridge-id-test"
+PROBE = probe_topic(SERVER_ID)  # acs/v1/bridge/<client id>/probe: the bridge's liveness probe
 
 
 @dataclass
@@ -196,9 +198,10 @@ def test_server_identity_reads_devices_writes_commands_and_bridge_topics(broker:
         assert sorted(srv.topics()) == sorted(topic("cam-a", k) for k in ("detections", "heartbeat", "status"))
         srv.publish(topic("cam-a", "commands"), b"open")
         assert cam.wait_for(lambda: cam.topics() == [topic("cam-a", "commands")])
-        assert srv.subscribe("acs/v1/bridge/#") == 1  # the bridge's self-probe
-        srv.publish("acs/v1/bridge/probe/1", b"probe")
-        assert srv.wait_for(lambda: "acs/v1/bridge/probe/1" in srv.topics())
+        # the bridge's self-probe: it subscribes to its own probe topic and publishes there
+        assert srv.subscribe(PROBE) == 1
+        srv.publish(PROBE, b"probe")
+        assert srv.wait_for(lambda: PROBE in srv.topics())
     finally:
         srv.close()
         cam.close()
@@ -207,20 +210,26 @@ def test_server_identity_reads_devices_writes_commands_and_bridge_topics(broker:
 def test_a_device_writes_only_its_topics_and_reads_only_its_commands(broker: Broker) -> None:
     srv, a, b = server(broker), device(broker, "cam-a"), device(broker, "cam-b")
     try:
+        assert srv.subscribe("acs/v1/bridge/#") == 1  # would hear a forged probe (below)
         assert b.subscribe(topic("cam-b", "commands")) == 1
         # a cannot read b's commands nor every device's detections, nor the bridge's topics: amqtt
         # refuses the subscription, Mosquitto 2.0 grants it but delivers nothing a may not read
-        for forbidden in (topic("cam-b", "commands"), "acs/v1/devices/+/detections", "acs/v1/#"):
+        for forbidden in (topic("cam-b", "commands"), "acs/v1/devices/+/detections", "acs/v1/#", "acs/v1/bridge/#"):
             granted = a.subscribe(forbidden)
             assert granted == 0x80 or broker.kind == "mosquitto"
         assert a.subscribe(topic("cam-a", "commands")) == 1
-        # a cannot write as b, nor commands, nor on the bridge's topics; its own detection goes through
+        # a cannot write as b, nor commands, nor on the bridge's topics (a device faking the bridge's
+        # probe would keep a deaf bridge believing it hears); its own detection goes through
         for forbidden in (topic("cam-b", "detections"), topic("cam-b", "status"), topic("cam-a", "commands")):
             a.publish(forbidden, b"forged")
+        a.publish(PROBE, b"forged")
         a.publish("acs/v1/bridge/probe/1", b"forged")
         a.publish(topic("cam-a", "detections"), b"mine")
         assert srv.wait_for(lambda: topic("cam-a", "detections") in srv.topics())
-        assert srv.topics() == [topic("cam-a", "detections")]
+        # the bridge's own probe still arrives (so the forged one above would have, had it passed)
+        srv.publish(PROBE, b"probe")
+        assert srv.wait_for(lambda: PROBE in srv.topics())
+        assert srv.messages == [(topic("cam-a", "detections"), b"mine"), (PROBE, b"probe")]
         # b's traffic never reaches a: b publishes, then the server answers a (a sees only that)
         b.publish(topic("cam-b", "detections"), b"b")
         srv.publish(topic("cam-b", "commands"), b"for b")

@@ -1,7 +1,12 @@
 """Deaf links (issue 15, item 1): the bridge notices when the broker stops delivering to it and
 recovers by itself; a device that heartbeats but gets no answers shows as degraded.
 
-A real amqtt broker, a real bridge and a real Celery worker (child processes), signed detections.
+A real amqtt broker (authenticated: tests/broker_logins.py), a real bridge and a real Celery worker
+(child processes), signed detections. The broker admits nobody anonymous and binds client ids to
+identities, so the takeovers below use the legitimate identity's own credentials: a second bridge
+started with the same ``MQTT_CLIENT_ID`` (misconfiguration, or the server's secret leaked) and a
+cloned device (its key and broker password copied). amqtt 0.12 still shares one session object per
+client id between the two connections, which is what deafens the legitimate one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from django.conf import settings
 
 from accessctl import embedded
 from accessctl.models import AccessEvent, Alarm, Door
@@ -25,6 +31,7 @@ from devices.provisioning import device_provision
 from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
+from tests.broker_logins import observer_client, suite_broker_start
 from tests.edge_agent.conftest import Keys, make_config
 from tests.reliability import rig
 
@@ -35,8 +42,8 @@ UID = "liveness-cam"
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[embedded.ChildService]:
-    """A broker of its own: the takeover below breaks the bridge's session on it."""
-    service = embedded.start_mqtt_broker(tmp_path / "mqtt")
+    """A broker of its own (the suite's identities): the takeover below breaks the bridge's session on it."""
+    service = suite_broker_start(tmp_path / "mqtt")
     yield service
     service.stop()
 
@@ -49,8 +56,9 @@ def _log(children: rig.Children, name: str) -> str:
     return (children.logs / f"{name}-{children.starts[name]}.log").read_text(errors="replace")
 
 
-def _intruder(client_id: str) -> tuple[mqtt.Client, threading.Event]:
-    """A client that uses someone else's client id with a persistent session (and does not retry)."""
+def _intruder(client_id: str, login: tuple[str, str]) -> tuple[mqtt.Client, threading.Event]:
+    """A second client with the same identity and client id as a legitimate one, persistent session
+    (and it does not retry). ``connected`` is set only when the broker accepted it."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -58,18 +66,27 @@ def _intruder(client_id: str) -> tuple[mqtt.Client, threading.Event]:
         protocol=mqtt.MQTTv311,
         reconnect_on_failure=False,
     )
+    client.username_pw_set(*login)
     connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
+
+    def on_connect(c: mqtt.Client, u: object, flags: object, reason: mqtt.ReasonCode, props: object) -> None:
+        if not reason.is_failure:
+            connected.set()
+
+    client.on_connect = on_connect
     return client, connected
 
 
 def test_client_id_takeover_deafens_the_bridge_and_it_recovers_by_itself(test_env, tmp_path, broker) -> None:
     """The report: a client connects with the bridge's client id (persistent session) and leaves
-    again. The bridge reconnects and subscribes, yet the broker delivers nothing more to it (amqtt
-    marks the shared session disconnected when the intruder leaves and queues everything). Before:
-    no AccessEvent until a manual restart. Now: the bridge's probe does not come back, it raises a
-    ``bridge_deaf`` alarm, reconnects, and the queued detections are decided; no restart."""
-    client_id = f"liveness-bridge-{os.getpid()}"
+    again. Anonymous clients and other identities are refused that id now (test_broker_identities);
+    what remains is a second bridge with the same ``MQTT_CLIENT_ID`` and the server's credentials
+    (a misconfigured second instance, or a leaked server secret). The bridge reconnects and
+    subscribes, yet the broker delivers nothing more to it (amqtt marks the shared session
+    disconnected when the intruder leaves and queues everything). Before: no AccessEvent until a
+    manual restart. Now: the bridge's probe does not come back, it raises a ``bridge_deaf`` alarm,
+    reconnects, and the queued detections are decided; no restart."""
+    client_id = f"accessctl-liveness-bridge-{os.getpid()}"
     env = {
         **test_env,
         "MQTT_URL": f"mqtt://{broker.host}:{broker.port}",
@@ -81,7 +98,7 @@ def test_client_id_takeover_deafens_the_bridge_and_it_recovers_by_itself(test_en
     key = p.load_private_key(device_provision(uid=UID, door=door).private_key_pem)
     children = rig.Children(env, tmp_path)
     device = rig.Device(UID, key, broker.host, broker.port)
-    intruder, connected = _intruder(client_id)
+    intruder, connected = _intruder(client_id, (settings.MQTT_USERNAME, settings.MQTT_PASSWORD))
     try:
         children.start_worker()
         children.start_bridge()
@@ -109,17 +126,19 @@ def test_client_id_takeover_deafens_the_bridge_and_it_recovers_by_itself(test_en
 
 
 def test_device_without_answers_shows_degraded_then_recovers(test_env, tmp_path, broker) -> None:
-    """The same takeover against a device's client id: the agent keeps heartbeating, its detections
+    """The same takeover against a device's client id, by a clone of the device (its key and broker
+    password copied; nothing else gets that client id in): the agent keeps heartbeating, its detections
     get decided, but the answers never reach it. Before: the dashboard said "online". Now: its
     heartbeat reports the overdue answers and the server shows it ``degraded`` (alarm); the agent
     reconnects by itself, the answers arrive, and it is ``online`` again."""
     env = {**test_env, "MQTT_URL": f"mqtt://{broker.host}:{broker.port}",
-           "MQTT_CLIENT_ID": f"liveness-bridge-{os.getpid()}"}  # fmt: skip
+           "MQTT_CLIENT_ID": f"accessctl-liveness-bridge-{os.getpid()}"}  # fmt: skip
     door = Door.objects.create(name="Degraded door")
     provisioned = device_provision(uid=UID, door=door)
     keys = Keys(provisioned.private_key_pem, provisioned.device.public_key, "", server_public_key_b64())
     config = make_config(tmp_path, keys, f"mqtt://{broker.host}:{broker.port}")
     config.device.uid = UID
+    config.mqtt.username, config.mqtt.password = UID, provisioned.mqtt_password
     config.agent.heartbeat_interval_s = 0.5
     config.mqtt.decision_timeout_s = 1.0
     config.mqtt.resend_window_s = 20.0
@@ -127,7 +146,7 @@ def test_device_without_answers_shows_degraded_then_recovers(test_env, tmp_path,
     agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay())
     rng = random.Random(UID)
     children = rig.Children(env, tmp_path)
-    intruder, connected = _intruder(UID)
+    intruder, connected = _intruder(UID, (UID, provisioned.mqtt_password))
 
     def detect() -> str:
         detection = rig.embedding_detection(UID, rng)
@@ -201,7 +220,7 @@ def running_bridge(broker):
         from devices.bridge import Bridge
 
         with override_settings(MQTT_URL=f"mqtt://{broker.host}:{broker.port}"):
-            bridge = Bridge(handler, client_id=f"inproc-bridge-{os.getpid()}", workers=1, **options)
+            bridge = Bridge(handler, client_id=f"accessctl-inproc-bridge-{os.getpid()}", workers=1, **options)
         thread = threading.Thread(target=bridge.run_forever, daemon=True)
         thread.start()
         started.append((bridge, thread))
@@ -215,7 +234,7 @@ def running_bridge(broker):
 
 
 def _publisher(broker) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}")
+    client = observer_client(f"pub-{os.getpid()}")
     client.connect(broker.host, broker.port)
     client.loop_start()
     return client
@@ -223,7 +242,7 @@ def _publisher(broker) -> mqtt.Client:
 
 def test_bridge_probes_only_when_idle_and_keeps_the_probe_tiny(broker, running_bridge) -> None:
     heard: list[bytes] = []
-    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"spy-{os.getpid()}")
+    spy = observer_client(f"spy-{os.getpid()}")  # the test-only observer reads acs/v1/#, the bridge's topics too
     spy.on_message = lambda c, u, m: heard.append(m.payload)
     spy.connect(broker.host, broker.port)
     spy.subscribe("acs/v1/bridge/#", qos=1)
