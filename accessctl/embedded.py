@@ -97,34 +97,12 @@ OWNER_ROLE = "accessctl_owner"
 APP_ROLE = "accessctl_app"
 
 
-def secret_file_read(path: Path, *, nbytes: int = 32) -> str:
-    """The secret in ``path``; created (random, mode 0600, atomically) when missing."""
-    import secrets
-
-    with contextlib.suppress(FileNotFoundError):
-        value = path.read_text().strip()
-        if value:
-            return value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(nbytes) + "\n")
-    try:
-        os.link(tmp, path)  # fails when another process created it first: theirs wins
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return path.read_text().strip()
-
-
 def postgres_role_passwords(pgdata: Path) -> dict[str, str]:
     """Passwords of the embedded cluster's roles, kept (0600) next to its data directory."""
     parent = Path(pgdata).resolve().parent
     return {
-        OWNER_ROLE: secret_file_read(parent / "db-owner-password"),
-        APP_ROLE: secret_file_read(parent / "db-app-password"),
+        OWNER_ROLE: secret_file_ensure(parent / "db-owner-password"),
+        APP_ROLE: secret_file_ensure(parent / "db-app-password"),
     }
 
 

@@ -234,12 +234,7 @@ def _mqtt_server_login() -> tuple[str, str]:
     url = urlsplit(MQTT_URL)
     if url.username:
         return unquote(url.username), unquote(url.password or "")
-    path = VAR_DIR / "mqtt_server_password"
-    if not path.exists():
-        from accessctl.mqtt_identities import password_generate, secret_write
-
-        secret_write(path, password_generate())
-    return "accessctl-server", path.read_text().strip()
+    return "accessctl-server", secret_file_ensure(VAR_DIR / "mqtt_server_password")
 
 
 MQTT_USERNAME, MQTT_PASSWORD = _mqtt_server_login()
