@@ -220,12 +220,45 @@ _SIZE = re.compile(r"^\d+\s*(kB|MB|GB|TB)$")
 
 
 def default_shared_buffers() -> str:
-    """A quarter of this machine's memory, between 128MB and 8GB (PostgreSQL's usual advice)."""
+    """A quarter of this machine's memory, between 128MB and 8GB (PostgreSQL's usual advice): the
+    most :func:`gallery_shared_buffers` asks for."""
     try:
         total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
     except (ValueError, OSError, AttributeError):  # not on Linux/macOS
         return "128MB"
     return f"{min(max(total_mb // 4, 128), 8192)}MB"
+
+
+GALLERY_TABLE = "recognition_faceembedding"  # the embeddings and their HNSW indexes
+
+
+def shared_buffers_for_gallery(gallery_bytes: int, *, cap: str | None = None) -> str:
+    """``shared_buffers`` for a gallery of ``gallery_bytes`` (table + indexes): half as much again to
+    grow into, in 128MB steps (a growing gallery changes it, and restarts the cluster, rarely),
+    between 128MB (PostgreSQL's own default) and ``cap`` (default :func:`default_shared_buffers`)."""
+    cap_mb = _size_mb(cap or default_shared_buffers())
+    wanted_mb = -(-int(gallery_bytes * 1.5) // (128 * 2**20)) * 128
+    return f"{max(128, min(wanted_mb, cap_mb))}MB"
+
+
+def _size_mb(size: str) -> int:
+    if not _SIZE.match(size.strip()):
+        raise ValueError(f"shared_buffers must look like 512MB or 2GB, not {size!r}")
+    number, unit = re.match(r"(\d+)\s*(\w+)", size.strip()).groups()  # type: ignore[union-attr]
+    return int(number) * {"kB": 1, "MB": 2**10, "GB": 2**20, "TB": 2**30}[unit] // 2**10
+
+
+def gallery_shared_buffers(pg: EmbeddedPostgres, *, database: str, cap: str | None = None) -> str:
+    """``shared_buffers`` sized from the gallery in ``database`` (see :func:`shared_buffers_for_gallery`);
+    128MB while it is empty or not migrated yet."""
+    import psycopg
+
+    with psycopg.connect(host=pg.socket_dir, user="postgres", dbname=database) as conn:
+        row = conn.execute("SELECT coalesce(pg_total_relation_size(to_regclass(%s)), 0)", [GALLERY_TABLE])
+        gallery_bytes = int(row.fetchone()[0])
+    size = shared_buffers_for_gallery(gallery_bytes, cap=cap)
+    logger.info("embedded postgres: gallery %.0f MB, shared_buffers %s", gallery_bytes / 2**20, size)
+    return size
 
 
 def postgres_shared_buffers(pg: EmbeddedPostgres, size: str) -> bool:

@@ -18,8 +18,8 @@ from celery.schedules import crontab
 
 from accessctl.embedded import APP_ROLE as EMBEDDED_APP_ROLE
 from accessctl.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
-from accessctl.embedded import default_shared_buffers, secret_file_ensure, valkey_url
 from accessctl.embedded import postgres_role_passwords as embedded_role_passwords
+from accessctl.embedded import secret_file_ensure, valkey_url
 from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
 from accessctl.redis_options import redis_tls_options
 
@@ -110,9 +110,10 @@ TEMPLATES = [
 DATABASE_URL = env_optional("DATABASE_URL")
 EMBEDDED_POSTGRES = DATABASE_URL is None
 EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve()
-# The embedded cluster's page cache (default: a quarter of the memory, 128MB..8GB); the gallery's
-# HNSW index should fit in it (~1 GB per million 128-d photos).
-EMBEDDED_PG_SHARED_BUFFERS = env_str("ACCESSCTL_PG_SHARED_BUFFERS", default_shared_buffers())
+# The embedded cluster's page cache; the gallery's HNSW index should fit in it (~1 GB per million
+# 128-d photos). Unset: sized from the gallery at every start (its table and indexes with half as much
+# again, 128MB .. a quarter of the memory, at most 8GB; accessctl/embedded.py gallery_shared_buffers).
+EMBEDDED_PG_SHARED_BUFFERS = env_optional("ACCESSCTL_PG_SHARED_BUFFERS")
 # The application logs in as a role that may only read and append to the access log ("default");
 # migrations (and other schema work) use the owner role ("owner"): see accessctl/dbroles.py.
 # Embedded: both roles are created by `up` with passwords in 0600 files next to the data directory.

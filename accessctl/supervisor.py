@@ -88,6 +88,9 @@ def services_start() -> EmbeddedServices:
             settings.EMBEDDED_PGDATA, shared_buffers=settings.EMBEDDED_PG_SHARED_BUFFERS
         )
         services.postgres.ensure_database(settings.DATABASES["default"]["NAME"])
+        if not settings.EMBEDDED_PG_SHARED_BUFFERS:  # sized from the gallery, not the host
+            size = embedded.gallery_shared_buffers(services.postgres, database=settings.DATABASES["default"]["NAME"])
+            embedded.postgres_shared_buffers(services.postgres, size)
     try:  # a service that cannot start (its port taken, say) stops those already started
         if settings.EMBEDDED_VALKEY:
             password = embedded.secret_file_ensure(settings.EMBEDDED_VALKEY_PASSWORD_FILE)
