@@ -17,13 +17,13 @@ from django.conf import settings
 from django.db import transaction
 
 from accessctl.models import AccessGroup, Door, Person
+from accessctl.progress import progress_bar
 from devices.models import EdgeDevice
 from devices.provisioning import agent_config, device_provision, secret_file_write
 
 logger = logging.getLogger(__name__)
 
 DEMO_DEVICE = "demo-cam-1"
-DEFAULT_LFW = Path(settings.BASE_DIR).parent / "shared" / "data" / "lfw"
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,15 @@ def _visitor_photos(lfw_root: Path, count: int) -> list[Path]:
     return sorted(base.rglob("*.jpg"))[:count]
 
 
-def demo_prepare(*, lfw_root: Path = DEFAULT_LFW, visitors: int = 300, enrol_people: int = 12) -> Demo:
-    """Create the demo door, group, people (enrolled from their first LFW photo) and device."""
+def demo_prepare(*, lfw_root: Path | None = None, visitors: int = 300, enrol_people: int = 12) -> Demo:
+    """Create the demo door, group, people (enrolled from their first LFW photo) and device.
+
+    ``lfw_root``: the LFW folder (default: :func:`recognition.datasets.lfw_locate`, which downloads it once).
+    """
+    from recognition.datasets import lfw_locate
     from recognition.enrollment import photo_enroll
 
-    if not lfw_root.is_dir():
-        raise FileNotFoundError(f"LFW photos not found at {lfw_root} (set ACCESSCTL_DEMO_LFW)")
+    lfw_root = lfw_root or lfw_locate()
     door, _ = Door.objects.get_or_create(name="Demo entrance", defaults={"location": "Lobby", "timezone": "UTC"})
     group, _ = AccessGroup.objects.get_or_create(name="Demo staff", defaults={"description": "Enrolled demo people"})
     group.doors.add(door)
@@ -57,7 +60,7 @@ def demo_prepare(*, lfw_root: Path = DEFAULT_LFW, visitors: int = 300, enrol_peo
     for path in _visitor_photos(lfw_root, visitors):
         by_person[path.parent.name].append(path)
     regulars = [name for name, paths in by_person.items() if len(paths) >= 3][:enrol_people]
-    for name in regulars:
+    for name in progress_bar(regulars, desc="demo: enrolling", unit="person"):
         person, created = Person.objects.get_or_create(name=name.replace("_", " "), defaults={"notes": "demo (LFW)"})
         group.people.add(person)
         if created:

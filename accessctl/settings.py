@@ -269,6 +269,9 @@ SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(
 # --- Recognition.
 RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
 RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
+# LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
+# ../shared/data/lfw beside the checkout, else downloaded once into VAR_DIR/datasets/lfw.
+LFW_DIR = env_optional("ACCESSCTL_LFW")
 RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
 RECOGNITION_FACENET_FLIP = env_bool("ACCESSCTL_FACENET_FLIP", True)
 RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")

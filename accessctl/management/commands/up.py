@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,9 +26,22 @@ class Command(BaseCommand):
             action="store_true",
             help="add a demo door, enrol LFW people and run a simulated door camera playing LFW visitors",
         )
-        parser.add_argument("--lfw", default=None, help="LFW folder for --demo (default ../shared/data/lfw)")
+        parser.add_argument(
+            "--lfw",
+            default=None,
+            metavar="PATH",
+            help="LFW photos for --demo (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
+        )
 
     def handle(self, *args: object, **options: object) -> None:
+        lfw_root = None
+        if options["demo"]:  # before anything starts: a missing dataset is one line, not a traceback
+            from recognition.datasets import DatasetError, lfw_locate
+
+            try:
+                lfw_root = lfw_locate(explicit=options["lfw"])  # type: ignore[arg-type]
+            except DatasetError as exc:
+                raise CommandError(str(exc)) from exc
         try:
             services = supervisor.services_start()
         except embedded.EmbeddedServiceError as exc:
@@ -37,8 +51,8 @@ class Command(BaseCommand):
             broker_identities_sync()  # the broker admits the server and the enabled devices
             supervisor.admin_ensure()
             children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
-            if options["demo"]:
-                children.append(self._demo_child(options["lfw"]))  # type: ignore[arg-type]
+            if lfw_root is not None:
+                children.append(self._demo_child(lfw_root))
             logger.info(
                 "accessctl is starting on http://%s:%s/ (Ctrl-C stops everything)", options["host"], options["port"]
             )
@@ -47,11 +61,9 @@ class Command(BaseCommand):
             services.stop()
             logger.info("accessctl stopped")
 
-    def _demo_child(self, lfw: str | None) -> supervisor.Child:
-        from pathlib import Path
+    def _demo_child(self, lfw_root: Path) -> supervisor.Child:
+        from accessctl.demo import demo_prepare
 
-        from accessctl.demo import DEFAULT_LFW, demo_prepare
-
-        logger.info("preparing the demo (enrolling LFW people; takes a minute on first run)")
-        demo = demo_prepare(lfw_root=Path(lfw) if lfw else DEFAULT_LFW)
+        logger.info("preparing the demo (enrolling LFW people from %s; takes a minute on first run)", lfw_root)
+        demo = demo_prepare(lfw_root=lfw_root)
         return supervisor.Child("edge", demo.simulator_argv())
