@@ -35,13 +35,10 @@ DEFAULT_FARS = (1e-3, 1e-4)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _tqdm(iterable: Iterable[Any], **kwargs: Any) -> Iterable[Any]:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a listed requirement
-        return iterable
-    kwargs.setdefault("disable", None)  # off when not a terminal
-    return tqdm(iterable, **kwargs)
+def _progress(iterable: Sequence[Any], *, desc: str, unit: str) -> Iterable[Any]:
+    from accessctl.progress import progress_bar  # a bar on a terminal, nothing otherwise
+
+    return progress_bar(iterable, desc=desc, unit=unit, total=len(iterable))
 
 
 # --------------------------------------------------------------------------- LFW layout
@@ -186,7 +183,7 @@ def detect_images(
     todo = [p for p in dict.fromkeys(relpaths) if p not in cache.counts]
     if todo:
         logger.info("detecting faces in %d images (%d cached)", len(todo), len(cache.counts))
-    for i, rel in enumerate(_tqdm(todo, desc="detect", unit="img")):
+    for i, rel in enumerate(_progress(todo, desc="detect faces", unit="img")):
         rgb = load_rgb(root / rel)
         h, w = rgb.shape[:2]
         faces = detect_faces(rgb)
@@ -240,7 +237,7 @@ def embed_images(
         logger.info("embedding %d images with %s (%d cached)", len(todo), embedder.model_version, len(out))
     done_since_save = 0
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    for batch in _tqdm(batches, desc=f"embed {embedder.name}", unit="batch"):
+    for batch in _progress(batches, desc=f"embed {embedder.name}", unit="batch"):
         crops = []
         for rel in batch:
             face = detections.face(rel) or detections.fallback_face(rel)

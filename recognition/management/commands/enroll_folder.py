@@ -16,11 +16,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("source", help="folder or .zip file")
         parser.add_argument("--uploaded-by", default=None, help="username recorded as the uploader")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar (none when not a terminal)")
         parser.add_argument("--list-rejected", action="store_true", help="print each rejected picture")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from tqdm import tqdm
+        from accessctl.progress import progress_bar
 
         user = None
         if options["uploaded_by"]:
@@ -34,7 +34,7 @@ class Command(BaseCommand):
             if options["no_progress"]:
                 return
             if bar is None:
-                bar = tqdm(total=total, unit="photo", desc="enrol", file=self.stderr._out)
+                bar = progress_bar(total=total, unit="photo", desc="enrol", stream=self.stderr._out)
             bar.update(1)
             bar.set_postfix_str(f"{outcome.folder[:20]}: {outcome.status}")
 

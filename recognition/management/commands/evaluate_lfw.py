@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import evaluation
+from recognition.datasets import DatasetError, lfw_locate
+
+
+def _lfw_root(named: str | None) -> Path:
+    try:
+        return lfw_locate(explicit=named, stream=sys.stderr)
+    except DatasetError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 class Command(BaseCommand):
@@ -15,7 +25,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--backend", action="append", dest="backends", help="repeatable; default: sface")
-        parser.add_argument("--lfw-root", default=str(evaluation.DEFAULT_LFW_ROOT))
+        parser.add_argument(
+            "--lfw-root",
+            "--lfw",
+            default=None,
+            metavar="PATH",
+            help="LFW folder (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
+        )
         parser.add_argument("--cache-dir", default=None, help="default: var/cache")
         parser.add_argument("--flip", action="store_true", help="average with the mirrored crop")
         parser.add_argument("--standardization", choices=["fixed", "prewhiten"], default=None)
@@ -24,21 +40,20 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         reports: list[dict[str, Any]] = []
+        lfw_root = _lfw_root(options["lfw_root"])
         for backend in options["backends"] or ["sface"]:
             opts: dict[str, Any] = {}
             if options["flip"]:
                 opts["flip"] = True
             if options["standardization"] and backend.startswith("facenet"):
                 opts["standardization"] = options["standardization"]
-            report = evaluation.evaluate_lfw(
-                backend, lfw_root=options["lfw_root"], cache_dir=options["cache_dir"], **opts
-            )
+            report = evaluation.evaluate_lfw(backend, lfw_root=lfw_root, cache_dir=options["cache_dir"], **opts)
             reports.append(report.as_dict())
             if not options["json"]:
                 self.stdout.write(report.summary())
             if options["identification"]:
                 ident = evaluation.identification_benchmark(
-                    backend, lfw_root=options["lfw_root"], cache_dir=options["cache_dir"], **opts
+                    backend, lfw_root=lfw_root, cache_dir=options["cache_dir"], **opts
                 )
                 reports.append(ident.as_dict())
                 if not options["json"]:

@@ -25,9 +25,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings
-        from tqdm import tqdm
 
         from accessctl.models import Person
+        from accessctl.progress import progress_bar
 
         backend = options["backend"] or settings.RECOGNITION_EMBEDDER
         if backend not in available_backends():
@@ -48,7 +48,9 @@ class Command(BaseCommand):
             if options["no_progress"]:
                 return
             if bar is None:
-                bar = tqdm(total=total, unit="photo", desc=f"embed {embedder.model_version}", file=self.stderr._out)
+                bar = progress_bar(
+                    total=total, unit="photo", desc=f"embed {embedder.model_version}", stream=self.stderr._out
+                )
             bar.update(1)
 
         try:
