@@ -13,9 +13,11 @@ decisions go on meanwhile), then swaps it in under the old name in one short tra
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ from django.db import connection
 from accessctl.dbroles import owner_connection
 from recognition.gallery import dim_for
 from recognition.models import FaceEmbedding
+
+logger = logging.getLogger(__name__)
 
 _TABLE = FaceEmbedding._meta.db_table
 _MEMORY = re.compile(r"^\d+\s*(kB|MB|GB)$")
@@ -107,6 +111,46 @@ def _one_transaction(cursor: Any) -> Iterator[None]:
     cursor.execute("COMMIT")
 
 
+BuildProgress = Callable[[str, int, int], None]  # phase, done, total (blocks, else tuples)
+
+
+@contextlib.contextmanager
+def _build_watched(pid: int, progress: BuildProgress | None) -> Iterator[None]:
+    """Report PostgreSQL's ``pg_stat_progress_create_index`` of backend ``pid`` twice a second."""
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        watcher = owner_connection()  # the build's role: it sees the build's progress; made in this thread
+        try:
+            with watcher.cursor() as cursor:
+                while not stop.wait(0.5):
+                    cursor.execute(
+                        "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
+                        "FROM pg_stat_progress_create_index WHERE pid = %s",
+                        [pid],
+                    )
+                    row = cursor.fetchone()
+                    if row is not None:
+                        phase, blocks_done, blocks_total, tuples_done, tuples_total = row
+                        done, total = (blocks_done, blocks_total) if blocks_total else (tuples_done, tuples_total)
+                        progress(str(phase), int(done or 0), int(total or 0))
+        except Exception:  # progress is a nicety: never fail the build over it
+            logger.debug("index build progress unavailable", exc_info=True)
+        finally:
+            watcher.close()
+
+    thread = threading.Thread(target=watch, name="index-build-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def hnsw_rebuild(
     model_version: str,
     *,
@@ -114,9 +158,11 @@ def hnsw_rebuild(
     ef_construction: int,
     maintenance_work_mem: str = "1GB",
     parallel_workers: int = 2,
+    progress: BuildProgress | None = None,
 ) -> HnswIndex:
     """Build ``model_version``'s index with ``m`` / ``ef_construction`` beside the current one, then
-    swap it in. Searches use the old index until the swap; a failed build leaves the old one."""
+    swap it in. Searches use the old index until the swap; a failed build leaves the old one.
+    ``progress(phase, done, total)`` is called twice a second while the index builds."""
     if not _MEMORY.match(maintenance_work_mem):
         raise IndexBuildError("maintenance_work_mem must look like 512MB or 2GB")
     if not 0 <= parallel_workers <= 64:
@@ -131,9 +177,12 @@ def hnsw_rebuild(
             cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")  # what a failed build left
             cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
             cursor.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(parallel_workers)])
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
             started = time.perf_counter()
             try:
-                cursor.execute(create_sql(model_version, m=m, ef_construction=ef_construction, name=building))
+                with _build_watched(pid, progress):
+                    cursor.execute(create_sql(model_version, m=m, ef_construction=ef_construction, name=building))
             except Exception:
                 cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")
                 raise

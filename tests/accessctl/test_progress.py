@@ -28,7 +28,9 @@ def test_a_bar_on_a_terminal_and_nothing_elsewhere() -> None:
 def test_long_commands_draw_their_bars_through_the_helper() -> None:
     """tqdm is used only by the helper (which disables it off a terminal); the long commands use it."""
     sources = [p for top in ("accessctl", "recognition", "devices") for p in (ROOT / top).rglob("*.py")]
-    direct = [str(p.relative_to(ROOT)) for p in sources if re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(), re.M)]
+    direct = [
+        str(p.relative_to(ROOT)) for p in sources if re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(), re.M)
+    ]
     assert direct == ["accessctl/progress.py"]
     for module in (
         "recognition/management/commands/enroll_folder.py",

@@ -66,3 +66,67 @@ def test_enroll_folder_draws_a_bar_on_a_terminal(enrol_env: Path, tmp_path: Path
     assert pipe.getvalue() == ""
     call_command("reembed_gallery", "--force", stdout=io.StringIO(), stderr=terminal)
     assert "embed " in terminal.getvalue() and "1/1" in terminal.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gallery_index_rebuild_draws_a_bar_on_a_terminal() -> None:
+    from recognition.indexing import hnsw_index
+
+    model_version = "sface-2021dec-int8bq"
+    before = hnsw_index(model_version)
+    assert before is not None
+    terminal, pipe = Terminal(), io.StringIO()
+    try:
+        call_command("gallery_index", rebuild=model_version, stdout=io.StringIO(), stderr=pipe)
+        assert pipe.getvalue() == ""
+        call_command("gallery_index", rebuild=model_version, stdout=io.StringIO(), stderr=terminal)
+        assert f"index {model_version}" in terminal.getvalue() and "100/100" in terminal.getvalue()
+    finally:
+        from recognition.indexing import hnsw_rebuild
+
+        hnsw_rebuild(model_version, m=before.m, ef_construction=before.ef_construction)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_build_reports_postgres_progress_while_it_runs() -> None:
+    """A concurrent build waits for a transaction that writes the table: its phase is reported meanwhile."""
+    import threading
+
+    from django.db import connection
+
+    from accessctl.dbroles import owner_connection
+    from recognition.indexing import hnsw_index, hnsw_rebuild
+    from recognition.models import FaceEmbedding
+
+    model_version = "sface-2021dec-int8bq"
+    before = hnsw_index(model_version)
+    assert before is not None
+    phases: list[str] = []
+    waiting = threading.Event()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        phases.append(phase)
+        if phase.startswith("waiting for writers"):
+            waiting.set()
+
+    def build() -> None:
+        try:
+            hnsw_rebuild(model_version, m=before.m, ef_construction=before.ef_construction, progress=progress)
+        finally:
+            connection.close()  # this thread's own
+
+    writer = owner_connection()
+    try:
+        with writer.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(f"LOCK TABLE {FaceEmbedding._meta.db_table} IN ROW EXCLUSIVE MODE")  # as a writer holds
+            builder = threading.Thread(target=build)
+            builder.start()
+            assert waiting.wait(60), f"no 'waiting for writers' phase reported (saw {phases})"
+            cursor.execute("ROLLBACK")
+        builder.join(60)
+        assert not builder.is_alive()
+    finally:
+        writer.close()
+    after = hnsw_index(model_version)
+    assert after is not None and after.valid

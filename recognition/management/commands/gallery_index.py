@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from accessctl.progress import progress_bar
 from recognition.gallery import GalleryError
 from recognition.indexing import IndexBuildError, hnsw_index, hnsw_rebuild
 from recognition.models import EMBEDDING_DIMS
@@ -32,6 +33,13 @@ class Command(BaseCommand):
                 f"building the {options['rebuild']} index (m={options['m']}, "
                 f"ef_construction={options['ef_construction']}) beside the current one..."
             )
+            bar = progress_bar(total=100, desc=f"index {options['rebuild']}", unit="%", stream=self.stderr._out)
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if total:
+                    bar.n = min(100, done * 100 // total)
+                bar.set_postfix_str(phase)  # redraws
+
             try:
                 index = hnsw_rebuild(
                     options["rebuild"],
@@ -39,9 +47,14 @@ class Command(BaseCommand):
                     ef_construction=options["ef_construction"],
                     maintenance_work_mem=options["maintenance_work_mem"],
                     parallel_workers=options["workers"],
+                    progress=progress,
                 )
+                bar.n = 100
+                bar.set_postfix_str("done")
             except (GalleryError, IndexBuildError, DatabaseError) as exc:
                 raise CommandError(f"rebuild failed, the current index is unchanged: {exc}") from exc
+            finally:
+                bar.close()
             self.stdout.write(self.style.SUCCESS(f"rebuilt in {index.build_s:.1f} s"))
         for model_version in sorted(EMBEDDING_DIMS):
             index = hnsw_index(model_version)
