@@ -8,27 +8,35 @@ Authentication: ``Authorization: Bearer <prefix>.<secret>`` (API tokens with sco
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.urls import Resolver404, resolve, reverse
 from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
 from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
 
 from accessctl import filters, serializers
 from accessctl.alarms import alarm_acknowledge
 from accessctl.authentication import ApiTokenAuthentication
 from accessctl.erasure import person_erase
-from accessctl.exceptions import NotFound
+from accessctl.exceptions import NotFound, error_body
 from accessctl.models import (
     AccessEvent,
     AccessGroup,
@@ -93,6 +101,8 @@ class ApiMixin:
     permission_classes = [ScopeOrModelPermission]
     throttle_classes = [ApiTokenRateThrottle]
     pagination_class = ApiPagination
+    # Unknown query parameters are refused; every bad one is reported (accessctl/filters.py).
+    filter_backends = [filters.ApiFilterBackend]
     schema = ScopedAutoSchema()
     # OPTIONS answers 405: the OpenAPI schema describes the API (and DRF's metadata introspection
     # would call get_object() on extra actions).
@@ -114,6 +124,64 @@ class ApiModelViewSet(ApiMixin, viewsets.ModelViewSet):
 
 class ApiReadOnlyViewSet(ApiMixin, viewsets.ReadOnlyModelViewSet):
     pass
+
+
+# --- the root and unknown paths ------------------------------------------------------------------
+
+_URL_KWARG = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+
+
+class ApiRootView(ApiMixin, APIView):
+    """``GET /api/v1/``: every endpoint by name (DRF's API root format), with the schema and its docs.
+
+    Open to any valid token, whatever its scopes, and to any signed-in user: it lists URLs, no data.
+    A nested collection is given as a URI template (``people/{person_pk}/photos/``).
+    """
+
+    permission_classes = [IsAuthenticated]
+    router: SimpleRouter | None = None  # set by api_urls.py (as_view(router=...))
+    extra_url_names = {"identify": "api-identify", "schema": "api-schema", "docs": "api-docs", "redoc": "api-redoc"}
+
+    @extend_schema(
+        summary="List the API's endpoints",
+        description="Name -> URL of every collection, `identify`, the OpenAPI schema and its viewers. "
+        "Any valid token (whatever its scopes) or signed-in user.",
+        tags=["api"],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="endpoint name -> absolute URL")},
+    )
+    def get(self, request: Request) -> Response:
+        root = request.build_absolute_uri(reverse("api-root"))
+        links: dict[str, str] = {}
+        for prefix, _viewset, _basename in self.router.registry if self.router else []:
+            name = _URL_KWARG.sub(r"{\1}", prefix)
+            links[name] = f"{root}{name}/"
+        for name, url_name in self.extra_url_names.items():
+            links[name] = request.build_absolute_uri(reverse(url_name))
+        return Response(links)
+
+
+@csrf_exempt  # a token client's POST to a wrong path gets this 404, not a CSRF page
+@login_not_required  # ... and not the login page: the API answers JSON, signed in or not
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """Any path under ``/api/`` that names no endpoint: a JSON 404 in the API's error format.
+
+    Mounted last in ``accessctl/urls.py``. A path that exists with a trailing slash is redirected
+    for GET and HEAD, as Django's ``APPEND_SLASH`` would; other methods are told the right path.
+    """
+    path = request.path
+    shown = path if len(path) <= 200 else f"{path[:200]}…"
+    root = reverse("api-root")
+    message = f"No API endpoint at {shown}. The endpoints are listed at {root}."
+    if not path.endswith("/"):
+        try:
+            match = resolve(f"{request.path_info}/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "api-not-found":
+            if request.method in ("GET", "HEAD"):
+                return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+            message = f"No API endpoint at {shown}: the path ends with a slash ({shown}/)."
+    return JsonResponse(error_body("not_found", message), status=status.HTTP_404_NOT_FOUND)
 
 
 # --- people ------------------------------------------------------------------------------------
