@@ -2,7 +2,9 @@
 
 Authentication: ``Authorization: Bearer <prefix>.<secret>`` (API tokens with scopes, see
 ``accessctl/tokens.py``) or a staff session (Django model permissions). Errors are
-``{"error": {"code", "message", "details"?}}`` (``accessctl/exceptions.py``).
+``{"error": {"code", "message", "details"?}}`` (``accessctl/exceptions.py``), also for a path under
+``/api/`` that names no endpoint (``api_not_found``); ``GET /api/v1/`` lists the endpoints. A list
+refuses query parameters it does not know and names every bad one (``accessctl/filters.py``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class ApiRootView(ApiMixin, APIView):
     extra_url_names = {"identify": "api-identify", "schema": "api-schema", "docs": "api-docs", "redoc": "api-redoc"}
 
     @extend_schema(
+        operation_id="api_root",
         summary="List the API's endpoints",
         description="Name -> URL of every collection, `identify`, the OpenAPI schema and its viewers. "
         "Any valid token (whatever its scopes) or signed-in user.",
