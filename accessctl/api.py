@@ -16,10 +16,9 @@ from typing import Any
 from django.contrib.auth.decorators import login_not_required
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.http import HttpResponsePermanentRedirect
 from django.urls import Resolver404, resolve, reverse
 from django.utils.dateparse import parse_datetime
-from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions as drf_exceptions
@@ -27,7 +26,6 @@ from rest_framework import status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
@@ -38,7 +36,7 @@ from accessctl import filters, serializers
 from accessctl.alarms import alarm_acknowledge
 from accessctl.authentication import ApiTokenAuthentication
 from accessctl.erasure import person_erase
-from accessctl.exceptions import NotFound, error_body
+from accessctl.exceptions import NotFound
 from accessctl.models import (
     AccessEvent,
     AccessGroup,
@@ -50,7 +48,7 @@ from accessctl.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from accessctl.permissions import ScopedAutoSchema, ScopeOrModelPermission
+from accessctl.permissions import ApiUser, ScopedAutoSchema, ScopeOrModelPermission
 from accessctl.throttling import ApiTokenRateThrottle
 from accessctl.webhooks import (
     EventType,
@@ -136,11 +134,12 @@ _URL_KWARG = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 class ApiRootView(ApiMixin, APIView):
     """``GET /api/v1/``: every endpoint by name (DRF's API root format), with the schema and its docs.
 
-    Open to any valid token, whatever its scopes, and to any signed-in user: it lists URLs, no data.
-    A nested collection is given as a URI template (``people/{person_pk}/photos/``).
+    Open to whoever can use some endpoint (``ApiUser``: any valid token, whatever its scopes, or a
+    signed-in user with an API permission): it lists URLs, no data. A nested collection is given as
+    a URI template (``people/{person_pk}/photos/``).
     """
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [ApiUser]
     router: SimpleRouter | None = None  # set by api_urls.py (as_view(router=...))
     extra_url_names = {"identify": "api-identify", "schema": "api-schema", "docs": "api-docs", "redoc": "api-redoc"}
 
@@ -148,7 +147,7 @@ class ApiRootView(ApiMixin, APIView):
         operation_id="api_root",
         summary="List the API's endpoints",
         description="Name -> URL of every collection, `identify`, the OpenAPI schema and its viewers. "
-        "Any valid token (whatever its scopes) or signed-in user.",
+        "Any valid token (whatever its scopes) or a signed-in user with an API permission.",
         tags=["api"],
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="endpoint name -> absolute URL")},
     )
@@ -163,28 +162,41 @@ class ApiRootView(ApiMixin, APIView):
         return Response(links)
 
 
-@csrf_exempt  # a token client's POST to a wrong path gets this 404, not a CSRF page
-@login_not_required  # ... and not the login page: the API answers JSON, signed in or not
-def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+@extend_schema(exclude=True)
+class ApiNotFoundView(ApiMixin, APIView):
     """Any path under ``/api/`` that names no endpoint: a JSON 404 in the API's error format.
 
-    Mounted last in ``accessctl/urls.py``. A path that exists with a trailing slash is redirected
-    for GET and HEAD, as Django's ``APPEND_SLASH`` would; other methods are told the right path.
+    Mounted last in ``accessctl/urls.py``. Authenticated like the rest of the API (strangers get
+    401/403, a session's POST needs its CSRF token). A path that exists with a trailing slash is
+    redirected for GET and HEAD, as Django's ``APPEND_SLASH`` would; other methods are told the path.
     """
-    path = request.path
-    shown = path if len(path) <= 200 else f"{path[:200]}…"
-    root = reverse("api-root")
-    message = f"No API endpoint at {shown}. The endpoints are listed at {root}."
-    if not path.endswith("/"):
+
+    permission_classes = [ApiUser]
+
+    @login_not_required  # the login wall would redirect API clients to the login page
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.method in ("GET", "HEAD") and self._slash_path_exists(request):
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+        return super().dispatch(request, *args, **kwargs)
+
+    @staticmethod
+    def _slash_path_exists(request: Any) -> bool:
+        if request.path_info.endswith("/"):
+            return False
         try:
             match = resolve(f"{request.path_info}/")
         except Resolver404:
-            match = None
-        if match is not None and match.url_name != "api-not-found":
-            if request.method in ("GET", "HEAD"):
-                return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
-            message = f"No API endpoint at {shown}: the path ends with a slash ({shown}/)."
-    return JsonResponse(error_body("not_found", message), status=status.HTTP_404_NOT_FOUND)
+            return False
+        return match.url_name != "api-not-found"
+
+    def not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        path = request.path
+        shown = path if len(path) <= 200 else f"{path[:200]}…"
+        if self._slash_path_exists(request):
+            raise NotFound(f"No API endpoint at {shown}: the path ends with a slash ({shown}/).")
+        raise NotFound(f"No API endpoint at {shown}. The endpoints are listed at {reverse('api-root')}.")
+
+    get = post = put = patch = delete = head = options = not_found
 
 
 # --- people ------------------------------------------------------------------------------------

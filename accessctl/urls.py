@@ -33,7 +33,7 @@ urlpatterns = [
     # REST API (accessctl/api_urls.py):
     path("api/v1/", include("accessctl.api_urls")),
     # Any other path under /api/: a JSON 404 in the API's error format, not the HTML page.
-    re_path(r"^api(?:/.*)?$", api.api_not_found, name="api-not-found"),
+    re_path(r"^api(?:/.*)?$", api.ApiNotFoundView.as_view(), name="api-not-found"),
     # One sign-in page for the admin too (the admin's own login view would be locked out as well).
     path("admin/login/", auth_views.LoginView.as_view(), name="admin_login"),
     path("admin/", admin.site.urls),

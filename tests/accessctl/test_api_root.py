@@ -51,9 +51,11 @@ def test_root_is_authenticated_like_the_rest() -> None:
     bad = APIClient()
     bad.credentials(HTTP_AUTHORIZATION="Bearer abc.def")
     assert bad.get(ROOT).status_code == 401
-    # Any valid token, whatever its scopes, and any signed-in user may read the list.
+    # Any valid token, whatever its scopes, and a signed-in user holding some API permission.
     assert token_client(["identify"]).get(ROOT).status_code == 200
-    assert session_client(make_user(staff=True)).get(ROOT).status_code == 200
+    assert session_client(make_user(perms=["devices.view_edgedevice"])).get(ROOT).status_code == 200
+    refused = session_client(make_user(staff=True)).get(ROOT)  # no permission of any scope
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
 
 
 @pytest.mark.parametrize(
@@ -63,10 +65,17 @@ def test_root_is_authenticated_like_the_rest() -> None:
 def test_unknown_api_paths_answer_json_404(path: str) -> None:
     error = _not_found(token_client().get(path))
     assert path in error["message"] and "/api/v1/" in error["message"]
-    # The same without credentials (no login page, no HTML), and for a write (no CSRF page).
-    _not_found(APIClient().get(path))
-    _not_found(APIClient().post(path, {"a": 1}, format="json"))
-    _not_found(token_client().delete(path))
+    _not_found(token_client().post(path, {"a": 1}, format="json"))
+    _not_found(token_client(["identify"]).delete(path))
+    _not_found(session_client(make_user(perms=["accessctl.view_person"])).get(path))
+    # Strangers are refused as everywhere in the API: in JSON, not with the login page.
+    for response in (APIClient().get(path), APIClient().post(path, {"a": 1}, format="json")):
+        assert response.status_code == 401 and response.json()["error"]["code"] == "not_authenticated"
+    # A browser session's write still needs its CSRF token (refused in JSON, not a CSRF page).
+    browser = APIClient(enforce_csrf_checks=True)
+    browser.force_login(make_user(superuser=True))
+    csrf = browser.post(path, {"a": 1}, format="json")
+    assert csrf.status_code == 403 and "CSRF" in csrf.json()["error"]["message"]
 
 
 def test_a_missing_trailing_slash_is_redirected_for_reads_and_named_for_writes() -> None:
