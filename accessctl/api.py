@@ -26,6 +26,7 @@ from rest_framework import status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
@@ -172,6 +173,7 @@ class ApiNotFoundView(ApiMixin, APIView):
     """
 
     permission_classes = [ApiUser]
+    renderer_classes = [JSONRenderer]  # JSON also for a browser: no browsable-API page for a wrong path
 
     @login_not_required  # the login wall would redirect API clients to the login page
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:

@@ -64,6 +64,7 @@ def test_root_is_authenticated_like_the_rest() -> None:
 )
 def test_unknown_api_paths_answer_json_404(path: str) -> None:
     error = _not_found(token_client().get(path))
+    _not_found(token_client().get(path, HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8"))
     assert path in error["message"] and "/api/v1/" in error["message"]
     _not_found(token_client().post(path, {"a": 1}, format="json"))
     _not_found(token_client(["identify"]).delete(path))
