@@ -66,7 +66,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at", "expires_at"]
     search_fields = ["name", "prefix", "user__username"]
     list_select_related = ["user"]
-    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "issued_by", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_tokens"]
 
     @admin.display(description="scopes")
@@ -95,7 +95,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
         fields = ["name", "user", "scopes", "rate_limit_per_minute", "expires_at"]
-        return fields if obj is None else [*fields, "prefix", "created_at", "last_used_at", "revoked_at"]
+        return fields if obj is None else [*fields, "prefix", "issued_by", "created_at", "last_used_at", "revoked_at"]
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: forms.ModelForm, change: bool) -> None:
         if change:

@@ -2,27 +2,36 @@
 
 Authentication: ``Authorization: Bearer <prefix>.<secret>`` (API tokens with scopes, see
 ``accessctl/tokens.py``) or a staff session (Django model permissions). Errors are
-``{"error": {"code", "message", "details"?}}`` (``accessctl/exceptions.py``).
+``{"error": {"code", "message", "details"?}}`` (``accessctl/exceptions.py``), also for a path under
+``/api/`` that names no endpoint (``api_not_found``); ``GET /api/v1/`` lists the endpoints. A list
+refuses query parameters it does not know and names every bad one (``accessctl/filters.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
+from django.http import HttpResponsePermanentRedirect
+from django.urls import Resolver404, resolve, reverse
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
 from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
 
 from accessctl import filters, serializers
 from accessctl.alarms import alarm_acknowledge
@@ -40,7 +49,7 @@ from accessctl.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from accessctl.permissions import ScopedAutoSchema, ScopeOrModelPermission
+from accessctl.permissions import ApiUser, ScopedAutoSchema, ScopeOrModelPermission
 from accessctl.throttling import ApiTokenRateThrottle
 from accessctl.webhooks import (
     EventType,
@@ -93,6 +102,8 @@ class ApiMixin:
     permission_classes = [ScopeOrModelPermission]
     throttle_classes = [ApiTokenRateThrottle]
     pagination_class = ApiPagination
+    # Unknown query parameters are refused; every bad one is reported (accessctl/filters.py).
+    filter_backends = [filters.ApiFilterBackend]
     schema = ScopedAutoSchema()
     # OPTIONS answers 405: the OpenAPI schema describes the API (and DRF's metadata introspection
     # would call get_object() on extra actions).
@@ -114,6 +125,80 @@ class ApiModelViewSet(ApiMixin, viewsets.ModelViewSet):
 
 class ApiReadOnlyViewSet(ApiMixin, viewsets.ReadOnlyModelViewSet):
     pass
+
+
+# --- the root and unknown paths ------------------------------------------------------------------
+
+_URL_KWARG = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+
+
+class ApiRootView(ApiMixin, APIView):
+    """``GET /api/v1/``: every endpoint by name (DRF's API root format), with the schema and its docs.
+
+    Open to whoever can use some endpoint (``ApiUser``: any valid token, whatever its scopes, or a
+    signed-in user with an API permission): it lists URLs, no data. A nested collection is given as
+    a URI template (``people/{person_pk}/photos/``).
+    """
+
+    permission_classes = [ApiUser]
+    router: SimpleRouter | None = None  # set by api_urls.py (as_view(router=...))
+    extra_url_names = {"identify": "api-identify", "schema": "api-schema", "docs": "api-docs", "redoc": "api-redoc"}
+
+    @extend_schema(
+        operation_id="api_root",
+        summary="List the API's endpoints",
+        description="Name -> URL of every collection, `identify`, the OpenAPI schema and its viewers. "
+        "Any valid token (whatever its scopes) or a signed-in user with an API permission.",
+        tags=["api"],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="endpoint name -> absolute URL")},
+    )
+    def get(self, request: Request) -> Response:
+        root = request.build_absolute_uri(reverse("api-root"))
+        links: dict[str, str] = {}
+        for prefix, _viewset, _basename in self.router.registry if self.router else []:
+            name = _URL_KWARG.sub(r"{\1}", prefix)
+            links[name] = f"{root}{name}/"
+        for name, url_name in self.extra_url_names.items():
+            links[name] = request.build_absolute_uri(reverse(url_name))
+        return Response(links)
+
+
+@extend_schema(exclude=True)
+class ApiNotFoundView(ApiMixin, APIView):
+    """Any path under ``/api/`` that names no endpoint: a JSON 404 in the API's error format.
+
+    Mounted last in ``accessctl/urls.py``. Authenticated like the rest of the API (strangers get
+    401/403, a session's POST needs its CSRF token). A path that exists with a trailing slash is
+    redirected for GET and HEAD, as Django's ``APPEND_SLASH`` would; other methods are told the path.
+    """
+
+    permission_classes = [ApiUser]
+    renderer_classes = [JSONRenderer]  # JSON also for a browser: no browsable-API page for a wrong path
+
+    @login_not_required  # the login wall would redirect API clients to the login page
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.method in ("GET", "HEAD") and self._slash_path_exists(request):
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+        return super().dispatch(request, *args, **kwargs)
+
+    @staticmethod
+    def _slash_path_exists(request: Any) -> bool:
+        if request.path_info.endswith("/"):
+            return False
+        try:
+            match = resolve(f"{request.path_info}/")
+        except Resolver404:
+            return False
+        return match.url_name != "api-not-found"
+
+    def not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        path = request.path
+        shown = path if len(path) <= 200 else f"{path[:200]}…"
+        if self._slash_path_exists(request):
+            raise NotFound(f"No API endpoint at {shown}: the path ends with a slash ({shown}/).")
+        raise NotFound(f"No API endpoint at {shown}. The endpoints are listed at {reverse('api-root')}.")
+
+    get = post = put = patch = delete = head = options = not_found
 
 
 # --- people ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ router.register("webhook-subscriptions", api.WebhookSubscriptionViewSet, basenam
 router.register("webhook-deliveries", api.WebhookDeliveryViewSet, basename="api-webhook-delivery")
 
 urlpatterns = [
+    path("", api.ApiRootView.as_view(router=router), name="api-root"),
     path("identify", IdentifyView.as_view(), name="api-identify"),
     path("identify/", IdentifySlashView.as_view(), name="api-identify-slash"),
     # The schema and its viewers are public: they describe an open-source API and hold no data.

@@ -281,6 +281,9 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    issued_by = models.CharField(
+        max_length=150, blank=True, default="", help_text="Who issued it: a username, or the command line."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

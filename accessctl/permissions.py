@@ -22,6 +22,7 @@ from rest_framework import permissions
 from rest_framework.request import Request
 
 from accessctl.models import ApiToken
+from accessctl.tokens import SCOPE_PERMISSIONS
 
 _METHOD_ACTIONS = {
     "GET": "view",
@@ -91,6 +92,23 @@ class ScopeOrModelPermission(permissions.BasePermission):
             )
             return False
         return True
+
+
+_API_PERMISSIONS = sorted({perm for perms in SCOPE_PERMISSIONS.values() for perm in perms})
+
+
+class ApiUser(permissions.BasePermission):
+    """Whoever can use some endpoint: any valid token (whatever its scopes), or a signed-in user
+    holding a permission of some scope. For the API's root and its unknown paths, which show no data:
+    strangers get 401/403 there as everywhere else in the API."""
+
+    message = "You have no access to the API."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not user or not user.is_authenticated or not user.is_active:
+            return False
+        return isinstance(request.auth, ApiToken) or any(user.has_perm(perm) for perm in _API_PERMISSIONS)
 
 
 class ScopedAutoSchema(AutoSchema):

@@ -431,7 +431,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "accessctl API",
     "DESCRIPTION": (
         "Face-recognition access control: people, doors, devices and access events. Authenticate with "
-        "`Authorization: Bearer <prefix>.<secret>` (tokens are issued in the admin; each operation names "
+        "`Authorization: Bearer <prefix>.<secret>` (tokens are issued in the admin or with "
+        "`manage.py create_api_token`; each operation names "
         'the scope it needs). Errors are `{"error": {"code": ..., "message": ...}}`. Webhooks are '
         'signed: `X-Accessctl-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`.'
     ),

@@ -9,6 +9,11 @@ owner's current Django permissions, checked on every request (``accessctl/permis
 taking a permission from the owner (or deactivating them) restricts their tokens at once. Issuing
 follows the same rule: only a superuser issues a token for someone else, and a token gets a scope
 only when its owner holds every permission that scope covers (``SCOPE_PERMISSIONS``).
+
+``manage.py create_api_token`` issues as a :class:`SystemActor`: whoever runs it has the server's
+own access (its database and secrets), so it may issue for any active user, like a superuser, but
+still never a scope the owner does not hold. The token records who issued it (``issued_by``: the
+issuing user's username, or ``command line (OS user ...)``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -59,6 +65,30 @@ PREFIX_BYTES = 5  # 10 hex characters (the column holds 12)
 SECRET_BYTES = 32
 # Hash compared against when the prefix is unknown, so a miss costs the same as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"accessctl-no-such-token").hexdigest()
+
+
+@dataclass(frozen=True)
+class SystemActor:
+    """An issuer that is no account: someone with server access (a management command).
+
+    Acts with a superuser's authority over tokens (issue for any active user); ``label`` is what the
+    token and the log record as its issuer.
+    """
+
+    label: str
+    pk: None = None
+    is_active: bool = True
+    is_superuser: bool = True
+
+
+Issuer = AbstractBaseUser | SystemActor
+ISSUED_BY_MAX = 150  # ApiToken.issued_by
+
+
+def api_token_issuer_label(issuer: Issuer) -> str:
+    """What a token records as its issuer: the username, or the system actor's label."""
+    label = issuer.label if isinstance(issuer, SystemActor) else issuer.get_username()
+    return label[:ISSUED_BY_MAX]
 
 
 def api_token_hash(secret: str) -> str:
@@ -109,11 +139,12 @@ def api_token_scopes_missing(*, user: AbstractBaseUser, scopes: Iterable[str]) -
     return missing
 
 
-def api_token_grant_check(*, owner: AbstractBaseUser, granted_by: AbstractBaseUser, scopes: Iterable[str]) -> list[str]:
+def api_token_grant_check(*, owner: AbstractBaseUser, granted_by: Issuer, scopes: Iterable[str]) -> list[str]:
     """Refuse what ``granted_by`` may not give ``owner``; returns the validated scopes.
 
-    Only superusers issue (or re-scope) tokens of other users; a scope is given only when the owner
-    holds all its permissions (a superuser holds every permission).
+    Only superusers (and the command line, a :class:`SystemActor`) issue (or re-scope) tokens of
+    other users; a scope is given only when the owner holds all its permissions (a superuser holds
+    every permission).
     """
     scopes = _validate_scopes(scopes)
     if not (granted_by.is_active and (granted_by.is_superuser or granted_by.pk == owner.pk)):
@@ -132,13 +163,14 @@ def api_token_grant_check(*, owner: AbstractBaseUser, granted_by: AbstractBaseUs
 def api_token_issue(
     *,
     user: AbstractBaseUser,
-    issued_by: AbstractBaseUser,
+    issued_by: Issuer,
     name: str,
     scopes: Iterable[str],
     expires_at: dt.datetime | None = None,
     rate_limit_per_minute: int = 600,
 ) -> tuple[ApiToken, str]:
-    """Create a token for ``user``, issued by ``issued_by`` (``user`` or a superuser); ``(token, plaintext)``.
+    """Create a token for ``user``, issued by ``issued_by`` (``user``, a superuser or a
+    :class:`SystemActor`); ``(token, plaintext)``. The token records its issuer (``issued_by``).
 
     The plaintext is not stored anywhere.
     """
@@ -160,6 +192,7 @@ def api_token_issue(
                     scopes=scopes,
                     expires_at=expires_at,
                     rate_limit_per_minute=rate_limit_per_minute,
+                    issued_by=api_token_issuer_label(issued_by),
                 )
             break
         except IntegrityError:  # prefix collision: astronomically rare, try another
@@ -167,7 +200,11 @@ def api_token_issue(
     else:  # pragma: no cover
         raise RuntimeError("could not allocate a unique token prefix")
     logger.info(
-        "api token %s issued for user %s by user %s scopes=%s", token.prefix, user.pk, issued_by.pk, ",".join(scopes)
+        "api token %s issued for user %s by %s scopes=%s",
+        token.prefix,
+        user.pk,
+        issued_by.label if isinstance(issued_by, SystemActor) else f"user {issued_by.pk}",
+        ",".join(scopes),
     )
     return token, f"{prefix}.{secret}"
 

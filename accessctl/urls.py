@@ -2,9 +2,9 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from accessctl import views
+from accessctl import api, views
 
 admin.site.site_header = "accessctl administration"
 admin.site.site_title = "accessctl"
@@ -32,6 +32,8 @@ urlpatterns = [
     path("enrol/", include("recognition.urls")),
     # REST API (accessctl/api_urls.py):
     path("api/v1/", include("accessctl.api_urls")),
+    # Any other path under /api/: a JSON 404 in the API's error format, not the HTML page.
+    re_path(r"^api(?:/.*)?$", api.ApiNotFoundView.as_view(), name="api-not-found"),
     # One sign-in page for the admin too (the admin's own login view would be locked out as well).
     path("admin/login/", auth_views.LoginView.as_view(), name="admin_login"),
     path("admin/", admin.site.urls),
