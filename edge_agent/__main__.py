@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, load_config
+from edge_agent.protocol import MIN_FACE_PX
 
 logger = logging.getLogger("edge_agent")
 
@@ -75,7 +76,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config.detection.embedding_encoding = args.encoding
     if args.spool_dir:
         config.spool.dir = args.spool_dir
-    config.detection.min_face_px = args.min_face_px
+    if args.min_face_px:
+        config.detection.min_face_px = args.min_face_px
     config.validate()
     images = lfw_images(args.lfw, args.count, offset=args.offset)
     if not images:
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--offset", type=int, default=0)
     sim.add_argument("--mode", choices=("crop", "embedding"))
     sim.add_argument("--encoding", choices=("f32", "f16", "int8"))
-    sim.add_argument("--min-face-px", type=int, default=40, help="LFW faces are 50-80 px (default 40)")
+    sim.add_argument("--min-face-px", type=int, help=f"smallest face sent (default: the config's, {MIN_FACE_PX})")
     sim.add_argument("--wait", type=float, default=10.0, help="seconds to wait for each decision")
     sim.add_argument("--spool-dir", type=Path, help="spool directory (default var/edge/spool)")
     sim.set_defaults(func=cmd_simulate)
