@@ -1,8 +1,10 @@
 """Demo data for ``manage.py up --demo``: a door, a group of LFW people and a simulated door camera.
 
 Idempotent: running it again reuses what exists. The simulated camera is the real edge agent
-(``python -m edge_agent simulate``) playing LFW photos as visitors: people enrolled here are let
-in by their other photos; everyone else is an unknown face.
+(``python -m edge_agent simulate --loop``) playing LFW photos as visitors of a calm site, for ever:
+a visitor every few seconds, mostly the people enrolled here (let in by their other photos), now
+and then a stranger (an unknown face), never enough of them to raise the repeated unknown faces
+alarm.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from devices.provisioning import agent_config, device_provision, secret_file_wri
 logger = logging.getLogger(__name__)
 
 DEMO_DEVICE = "demo-cam-1"
+DEMO_VISITOR_GAP_S = 8.0  # seconds between visitors, on average
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,13 @@ class Demo:
     config_path: Path
     lfw_root: Path
     visitors: int
+    regulars: tuple[str, ...] = ()  # LFW names of the enrolled people: most visitors
 
     def simulator_argv(self) -> list[str]:
         return [
             sys.executable, "-m", "edge_agent", "--log-level", "WARNING", "simulate", "--config", str(self.config_path),
             "--lfw", str(self.lfw_root), "--count", str(self.visitors), "--wait", "15",
+            "--loop", "--regulars", ",".join(self.regulars), "--gap", str(DEMO_VISITOR_GAP_S),
         ]  # fmt: skip
 
 
@@ -79,4 +84,4 @@ def demo_prepare(*, lfw_root: Path | None = None, visitors: int = 300, enrol_peo
     config_path = work / "agent.toml"
     secret_file_write(config_path, config)  # holds the device's broker password
     logger.info("demo: door %r, %d enrolled people, device %s", door.name, len(regulars), DEMO_DEVICE)
-    return Demo(config_path=config_path, lfw_root=lfw_root, visitors=visitors)
+    return Demo(config_path=config_path, lfw_root=lfw_root, visitors=visitors, regulars=tuple(regulars))

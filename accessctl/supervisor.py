@@ -1,7 +1,8 @@
 """Run the whole system on one machine: embedded services plus the web, worker, beat and bridge processes.
 
 Used by ``manage.py up``. Children's output is prefixed with their name; a child that dies is
-restarted with backoff; Ctrl-C (SIGINT) or SIGTERM stops everything cleanly, children first.
+restarted with backoff (logged as an error, unless it exited cleanly with code 0); Ctrl-C (SIGINT)
+or SIGTERM stops everything cleanly, children first.
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ class Supervisor:
         uptime = time.monotonic() - child.started_at
         child.restarts = 0 if uptime > 60 else child.restarts + 1
         delay = min(30.0, 0.5 * 2**child.restarts)
-        logger.error("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
+        if code == 0:  # it finished its work: not a crash (the demo camera did, after its visitors)
+            logger.info("%s finished (exit code 0); starting it again in %.1fs", child.name, delay)
+        else:
+            logger.error("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
         child.process = None
         child.next_start = time.monotonic() + delay

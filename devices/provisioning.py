@@ -68,13 +68,28 @@ def secret_file_write(path: Path, text: str) -> None:
 
 
 def _without_credentials(url: str) -> str:
-    """The broker URL for a device: never the server's own credentials."""
+    """The broker URL for a device: never the server's own credentials; always with its port
+    (the embedded broker's is not MQTT's usual 1883, see ``ACCESSCTL_MQTT_PORT``)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
+    netloc += f":{parts.port or (8883 if parts.scheme == 'mqtts' else 1883)}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+#: Appended to every generated agent config: where the frames come from, and the face filters.
+_CAMERA_SECTION = f"""
+# Where the frames come from (the default is the first local camera, "0"). Uncomment and edit:
+# [camera]
+# source = "0"          # 0, /dev/video0, rtsp://..., http(s)://... (MJPEG), a video file or a folder of images
+# max_fps = 10.0
+# folder_repeat = 1     # a folder of images: frames each image is shown (a visitor standing there)
+# folder_loop = false   # a folder of images: start again at the end instead of stopping
+#
+# [detection]
+# min_face_px = {p.MIN_FACE_PX}      # smaller faces are not sent (the server denies them as low_quality)
+# min_detector_score = 0.9
+"""
 
 
 def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | None = None) -> str:
@@ -83,6 +98,8 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
     device = provisioned.device
     door = device.door
     fail_mode = door.fail_mode if door and door.fail_mode in ("secure", "safe") else "secure"
+    url = _without_credentials(mqtt_url or settings.MQTT_URL)
+    loopback = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
     return (
         f"# accessctl edge agent config for device {device.uid}\n"
         "[device]\n"
@@ -90,9 +107,15 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
         f'private_key_path = "{key_path}"\n'
         f'server_public_key = "{provisioned.server_public_key}"\n\n'
         "[mqtt]\n"
-        f'url = "{_without_credentials(mqtt_url or settings.MQTT_URL)}"\n'
+        + (
+            "# the server's broker as seen from this machine: on another machine, use the server's address\n"
+            if loopback
+            else ""
+        )
+        + f'url = "{url}"\n'
         f'username = "{device.uid}"\n'
         f'password = "{provisioned.mqtt_password}"\n\n'
         "[door]\n"
         f'fail_mode = "{fail_mode}"\n'
+        f"{_CAMERA_SECTION}"
     )

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import sys
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, load_config
+from edge_agent.protocol import MIN_FACE_PX
 
 logger = logging.getLogger("edge_agent")
 
@@ -56,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.agent import EdgeAgent
     from edge_agent.relay import SimulatedRelay
-    from edge_agent.simulate import lfw_images, simulate
+    from edge_agent.simulate import Pace, Visitor, lfw_images, simulate, visitor_schedule, visitors_split
     from edge_agent.vision import LocalEmbedder, MtcnnDetector
 
     config = load_config(args.config) if args.config else EdgeConfig()
@@ -75,16 +79,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config.detection.embedding_encoding = args.encoding
     if args.spool_dir:
         config.spool.dir = args.spool_dir
-    config.detection.min_face_px = args.min_face_px
+    if args.min_face_px:
+        config.detection.min_face_px = args.min_face_px
     config.validate()
     images = lfw_images(args.lfw, args.count, offset=args.offset)
     if not images:
         print(f"no images under {args.lfw}", file=sys.stderr)
         return 1
+    visitors: Iterable[Path | Visitor] = images
+    if args.loop:  # a calm site for ever: mostly the regulars, now and then a stranger
+        regulars, strangers = visitors_split(images, args.regulars.split(",") if args.regulars else [])
+        pace = Pace(gap_s=args.gap)
+        visitors = visitor_schedule(regulars, strangers, pace=pace, rng=random.Random(args.seed))
+        logger.warning(
+            "playing %d photos of %d regulars and %d of strangers for ever, a visitor every %.0f s or so",
+            len(regulars), len(set(path.parent.name for path in regulars)), len(strangers), pace.gap_s,
+        )  # fmt: skip
     d = config.detection
     embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
     agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay(), embedder=embedder)
-    counts = simulate(agent, MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads), images, wait_s=args.wait)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        logger.warning("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    detector = MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads)
+    counts = simulate(agent, detector, visitors, wait_s=args.wait, stop=stop)
     return 0 if counts["visitors"] else 1
 
 
@@ -113,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--offset", type=int, default=0)
     sim.add_argument("--mode", choices=("crop", "embedding"))
     sim.add_argument("--encoding", choices=("f32", "f16", "int8"))
-    sim.add_argument("--min-face-px", type=int, default=40, help="LFW faces are 50-80 px (default 40)")
+    sim.add_argument("--min-face-px", type=int, help=f"smallest face sent (default: the config's, {MIN_FACE_PX})")
     sim.add_argument("--wait", type=float, default=10.0, help="seconds to wait for each decision")
     sim.add_argument("--spool-dir", type=Path, help="spool directory (default var/edge/spool)")
+    sim.add_argument("--loop", action="store_true", help="a calm site: visitors seconds apart, for ever")
+    sim.add_argument("--regulars", help="--loop: LFW names (Colin_Powell,...) of the enrolled people, most visitors")
+    sim.add_argument("--gap", type=float, default=8.0, help="--loop: mean seconds between visitors (default 8)")
+    sim.add_argument("--seed", type=int, default=None, help="--loop: random seed (the same visitors each time)")
     sim.set_defaults(func=cmd_simulate)
     return parser
 

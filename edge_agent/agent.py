@@ -32,7 +32,7 @@ from edge_agent.protocol import (
 from edge_agent.relay import RelayDriver, make_relay
 from edge_agent.spool import Spool
 from edge_agent.tracker import Emission, IouTracker
-from edge_agent.vision import FaceCandidate, FaceDetector, LocalEmbedder, encode_jpeg, prepare
+from edge_agent.vision import FaceCandidate, FaceDetector, FilterWatch, LocalEmbedder, encode_jpeg, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class EdgeAgent:
         self.tracker: IouTracker[FaceCandidate] = IouTracker(
             iou_threshold=d.iou_threshold, max_dwell_s=d.max_dwell_s, timeout_s=d.track_timeout_s
         )
+        self.filter_watch = FilterWatch(min_face_px=d.min_face_px, min_score=d.min_detector_score)
         self.started_at = time.monotonic()
         self.detections_sent = 0
         self.bytes_sent = 0
@@ -104,8 +105,13 @@ class EdgeAgent:
         assert self.detector is not None
         d = self.config.detection
         candidates = prepare(
-            frame.rgb, self.detector.detect(frame.rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score
+            frame.rgb,
+            self.detector.detect(frame.rgb),
+            min_face_px=d.min_face_px,
+            min_score=d.min_detector_score,
+            tally=self.filter_watch.tally,
         )
+        self.filter_watch.frame_done(frame.ts)
         emissions = self.tracker.update([(c.face.box, c.rank, c) for c in candidates], frame.ts)
         return [self.emit(e) for e in emissions]
 
@@ -265,6 +271,8 @@ class EdgeAgent:
                 except Exception:
                     logger.exception("frame %d failed", frame.index)
         finally:
+            total = self.filter_watch.finish()
+            logger.info("camera stopped: %d frame(s), %d detection(s) sent", total.frames, self.detections_sent)
             self.stop()
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge_agent.protocol import MIN_FACE_PX
+
 ENV_PREFIX = "ACS_EDGE_"
 DEFAULT_VAR_DIR = Path("var/edge")
 
@@ -78,7 +80,8 @@ class CameraSection:
 
 @dataclass
 class DetectionSection:
-    min_face_px: int = 60
+    #: smaller faces are not sent (the server would deny them as low_quality): the shared rule
+    min_face_px: int = MIN_FACE_PX
     min_detector_score: float = 0.9
     #: crop (aligned JPEG leaves the device) or embedding (privacy mode: only the vector leaves)
     mode: str = "crop"

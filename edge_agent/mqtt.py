@@ -19,7 +19,9 @@
   happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
 * Commands are verified with the server public key, checked against the device uid and the
   timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
-  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. The
+  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. An
+  answered detection never awaits again, also when the broker's acknowledgement of a re-sent
+  copy is handled (by the sender thread) after the answer (:meth:`Spool.resolve`). The
   ids of applied commands are kept in the spool database, so a genuine ``open`` replayed after
   a restart (still inside the window) is not carried out again.
 * Liveness of the commands subscription: a connection can stay up while the broker no longer
@@ -95,6 +97,7 @@ class EdgeLink:
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._last_handed = 0
         self.resent = 0
+        self.passes = 0  # sender loop iterations completed (tests wait on it, not on a sleep)
         self.connects = 0  # successful connections (diagnostics, tests)
         self.reconnects = 0  # for missing answers (see _check_answers)
         self._answer_at = time.monotonic()  # last verified command, or the start of this connection
@@ -225,6 +228,7 @@ class EdgeLink:
             except Exception:
                 logger.exception("sender loop error")
                 time.sleep(0.5)
+            self.passes += 1
 
     def _reap_acks(self) -> None:
         while True:
@@ -232,9 +236,10 @@ class EdgeLink:
                 mid = self._acks.get_nowait()
             except queue.Empty:
                 return
-            entry_id = self._inflight.pop(mid, None)
-            if entry_id is not None:
+            entry_id = self._inflight.get(mid)
+            if entry_id is not None:  # recorded before it leaves the in-flight map (see wait_drained)
                 self.spool.accepted(entry_id, answer_by=time.time() + self.settings.decision_timeout_s)
+                self._inflight.pop(mid, None)
 
     def _resend_unanswered(self, now: float | None = None) -> None:
         """Sign again and re-queue the detections whose answer is overdue; give up after the window."""

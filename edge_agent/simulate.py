@@ -4,14 +4,22 @@ Each image is one visitor: the real detector finds the largest face, the agent b
 detection (crop or embedding mode), signs it and sends it through the normal spool + MQTT path;
 then the simulator waits for the server's decision on the commands topic. One line per visitor
 is written to ``out`` (CLI output) with the decision and the bytes sent.
+
+By default the images are played once, back to back. ``--loop`` makes a calm site instead (the
+demo camera of ``manage.py up --demo``): visitors seconds apart for ever, mostly the enrolled
+``--regulars``, now and then a stranger, never so many strangers that the door's repeated
+unknown faces alarm (3 in 60 s) goes off; see :func:`visitor_schedule`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +27,57 @@ import numpy as np
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import IMAGE_SUFFIXES
 from edge_agent.protocol import Command
-from edge_agent.vision import FaceDetector, prepare
+from edge_agent.vision import FaceDetector, FilterTally, prepare
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """One photo shown to the camera, ``delay_s`` after the previous visitor arrived."""
+
+    photo: Path
+    delay_s: float = 0.0
+    stranger: bool = False
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a calm site looks: visitors ``gap_s`` apart (each gap drawn from ``gap_s`` times 1 plus or
+    minus ``jitter``), a share of strangers, and never two strangers within ``stranger_gap_s``
+    (so at most two in any minute: the repeated unknown faces alarm wants three)."""
+
+    gap_s: float = 8.0
+    jitter: float = 0.5
+    stranger_share: float = 0.15
+    stranger_gap_s: float = 45.0
+
+
+def visitor_schedule(
+    regulars: Sequence[Path], strangers: Sequence[Path], *, pace: Pace, rng: random.Random | None = None
+) -> Iterator[Visitor]:
+    """Endless visitors: mostly ``regulars`` (enrolled people), sometimes ``strangers``, paced."""
+    if not regulars and not strangers:
+        raise ValueError("no photos to play")
+    rng = rng or random.Random()
+    since_stranger = math.inf
+    while True:
+        delay = pace.gap_s * rng.uniform(1 - pace.jitter, 1 + pace.jitter)
+        if not regulars:  # strangers only: each waits until the last one is far enough back
+            delay = max(delay, pace.stranger_gap_s - since_stranger)
+        since_stranger += delay
+        stranger = bool(strangers) and since_stranger >= pace.stranger_gap_s
+        stranger = stranger and (not regulars or rng.random() < pace.stranger_share)
+        if stranger:
+            since_stranger = 0.0
+        yield Visitor(rng.choice(strangers if stranger else regulars), delay_s=delay, stranger=stranger)
+
+
+def visitors_split(images: Sequence[Path], regulars: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Photos of the ``regulars`` (LFW folder names, e.g. ``Colin_Powell``) and of everyone else."""
+    names = set(regulars)
+    known = [path for path in images if path.parent.name in names]
+    return known, [path for path in images if path.parent.name not in names]
 
 
 def lfw_images(root: Path, count: int, *, offset: int = 0) -> list[Path]:
@@ -53,31 +109,47 @@ class DecisionWaiter:
 def simulate(
     agent: EdgeAgent,
     detector: FaceDetector,
-    images: list[Path],
+    visitors: Iterable[Path | Visitor],
     *,
     wait_s: float = 10.0,
     connect_timeout_s: float = 15.0,
     out: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
-    """Run the visitors through ``agent`` (its link must not be started yet); returns counts."""
+    """Run the visitors through ``agent`` (its link must not be started yet) until they end or
+    ``stop`` is set; returns counts. A :class:`Visitor` arrives ``delay_s`` after the previous one
+    arrived (waiting on ``stop``, so a stop request ends the wait at once)."""
     from PIL import Image
 
+    stop = stop or threading.Event()
     waiter = DecisionWaiter()
     agent.command_listeners.append(waiter)
     agent.start()
     counts = {"visitors": 0, "no_face": 0, "decided": 0, "bytes": 0}
+    total = len(visitors) if isinstance(visitors, Sequence) else None
+    d = agent.config.detection
     try:
         if not agent.link.wait_connected(connect_timeout_s):
             out(f"not connected to {agent.config.mqtt.url} after {connect_timeout_s:.0f}s: detections stay spooled")
-        for n, path in enumerate(images, 1):
+        arrived = time.monotonic()
+        for n, item in enumerate(visitors, 1):
+            visitor = item if isinstance(item, Visitor) else Visitor(item)
+            if stop.wait(max(0.0, arrived + visitor.delay_s - time.monotonic())):
+                break
+            arrived = time.monotonic()
+            label = f"visitor {n}/{total}" if total is not None else f"visitor {n}"
+            path = visitor.photo
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-            d = agent.config.detection
-            candidates = prepare(rgb, detector.detect(rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score)
+            tally = FilterTally()
+            candidates = prepare(
+                rgb, detector.detect(rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score, tally=tally
+            )
             counts["visitors"] += 1
             if not candidates:
                 counts["no_face"] += 1
-                out(f"visitor {n}/{len(images)} {path.name}: no usable face")
+                why = tally.why_none(min_face_px=d.min_face_px, min_score=d.min_detector_score)
+                out(f"{label} {path.name}: no usable face ({why})")
                 continue
             best = max(candidates, key=lambda c: c.face.size)
             started = time.monotonic()
@@ -85,15 +157,15 @@ def simulate(
             counts["bytes"] += size
             command = waiter.wait(detection.detection_id, wait_s)
             if command is None:
-                out(f"visitor {n}/{len(images)} {path.name}: no decision within {wait_s:.0f}s, {size} bytes sent")
+                out(f"{label} {path.name}: no decision within {wait_s:.0f}s, {size} bytes sent")
                 continue
             counts["decided"] += 1
             latency_ms = (time.monotonic() - started) * 1000
             out(
-                f"visitor {n}/{len(images)} {path.name}: {command.command} ({command.reason})"
+                f"{label} {path.name}: {command.command} ({command.reason})"
                 f" pulse {command.pulse_ms} ms, {size} bytes sent, decision after {latency_ms:.0f} ms"
             )
-        sent = len(images) - counts["no_face"]
+        sent = counts["visitors"] - counts["no_face"]
         if sent:
             out(f"{sent} detection(s), {counts['bytes'] / sent:.0f} bytes per detection ({d.mode} mode)")
         agent.link.wait_drained(5.0)

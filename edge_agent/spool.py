@@ -8,7 +8,9 @@ A broker's acknowledgement is not the server's answer: a broker that restarts or
 dies can still lose a message it had accepted. So an acknowledged detection moves to the
 ``awaiting`` table until the door command for it arrives (:meth:`Spool.resolve`); the link sends
 the ones that stay unanswered again (:meth:`Spool.due`, :meth:`Spool.reschedule`) and gives up
-after its resend window (:meth:`Spool.give_up`, counted as ``unanswered``).
+after its resend window (:meth:`Spool.give_up`, counted as ``unanswered``). An answered
+detection is remembered (``answered`` table): the broker's acknowledgement of a re-sent copy can
+be handled after its answer, and must not make it await (and be sent) again.
 
 The ``applied`` table remembers the server commands the door carried out (command id, and the
 detection it answered), so a genuine command replayed after a restart, still inside the
@@ -58,12 +60,18 @@ CREATE TABLE IF NOT EXISTS applied (
     applied_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS applied_detection ON applied (detection_id);
+CREATE TABLE IF NOT EXISTS answered (detection_id TEXT PRIMARY KEY, answered_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS answered_at ON answered (answered_at);
 CREATE INDEX IF NOT EXISTS applied_issued ON applied (issued_at);
 """
 
 #: Applied commands kept at most (the oldest go first); entries issued longer ago than the
 #: caller's ``keep_s`` go anyway, since the timestamp window rejects those commands by itself.
 APPLIED_KEEP = 4096
+
+#: Answered detections remembered at most (the oldest go first): far more than can be in flight or
+#: queued at once, so a late acknowledgement always finds its detection answered.
+ANSWERED_KEEP = 4096
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -175,13 +183,19 @@ class Spool:
 
     def accepted(self, entry_id: int, *, answer_by: float) -> None:
         """The broker acknowledged entry ``entry_id``: out of the queue; a detection now awaits its
-        answer until ``answer_by`` (a re-sent one keeps its first acceptance and its schedule)."""
+        answer until ``answer_by`` (a re-sent one keeps its first acceptance and its schedule),
+        unless its answer arrived already (the acknowledgement of a re-send can come late)."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
                 "SELECT topic, payload, detection_id FROM messages WHERE id = ?", (entry_id,)
             ).fetchone()
-            if row is not None and row[2]:
+            answered = (
+                row is not None
+                and row[2]
+                and self._db.execute("SELECT 1 FROM answered WHERE detection_id = ?", (row[2],)).fetchone()
+            )
+            if row is not None and row[2] and not answered:
                 self._db.execute(
                     "INSERT INTO awaiting (detection_id, topic, payload, accepted_at, attempts, next_at) "
                     "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (detection_id) DO UPDATE SET payload = excluded.payload",
@@ -190,11 +204,22 @@ class Spool:
             self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
 
     def resolve(self, detection_id: str) -> bool:
-        """The answer for ``detection_id`` arrived; True when it was awaited. Answers flow again:
-        the detections given up before no longer count as overdue (:meth:`overdue`)."""
+        """The answer for ``detection_id`` arrived; True when it was awaited. It never awaits again:
+        re-sent copies still queued are dropped, and one acknowledged later is not awaited
+        (:meth:`accepted`). Answers flow again: the detections given up before no longer count as
+        overdue (:meth:`overdue`)."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("DELETE FROM awaiting WHERE detection_id = ?", (detection_id,))
+            self._db.execute("DELETE FROM messages WHERE detection_id = ?", (detection_id,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO answered (detection_id, answered_at) VALUES (?, ?)", (detection_id, time.time())
+            )
+            self._db.execute(
+                "DELETE FROM answered WHERE detection_id IN "
+                "(SELECT detection_id FROM answered ORDER BY answered_at DESC LIMIT -1 OFFSET ?)",
+                (ANSWERED_KEEP,),
+            )
             self._db.execute("UPDATE counters SET value = 0 WHERE name = 'given_up_since_answer'")
             return cur.rowcount > 0
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_agent.protocol import MIN_FACE_PX
+
 logger = logging.getLogger(__name__)
 
 CROP_SIZE = 112
@@ -66,11 +68,11 @@ def quality_rank(quality: dict[str, float]) -> float:
 class MtcnnDetector:
     """:class:`FaceDetector` over ``recognition.detector`` (MTCNN, torch, lazily loaded)."""
 
-    def __init__(self, *, min_face_px: int = 40, threads: int | None = 2) -> None:
+    def __init__(self, *, min_face_px: int = MIN_FACE_PX, threads: int | None = 2) -> None:
         from recognition.detector import FaceDetector as EngineDetector
 
         # MTCNN's pyramid starts at min_face_size: smaller faces cost time and are dropped anyway
-        self._detector = EngineDetector(min_face_size=max(20, int(min_face_px * 0.8)), num_threads=threads)
+        self._detector = EngineDetector(min_face_size=detector_min_face_px(min_face_px), num_threads=threads)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         return [
@@ -115,15 +117,127 @@ def measure_quality(face: Face, crop: np.ndarray) -> dict[str, float]:
     return {k: round(v, 4) for k, v in quality.items() if math.isfinite(v)}
 
 
-def prepare(rgb: np.ndarray, faces: Sequence[Face], *, min_face_px: float, min_score: float) -> list[FaceCandidate]:
-    """Filter faces by size and score and cut + score a crop for each."""
+@dataclass
+class FilterTally:
+    """What the filters of :func:`prepare` did to the faces of some frames (see :class:`FilterWatch`)."""
+
+    frames: int = 0
+    faces: int = 0
+    passed: int = 0
+    too_small: int = 0
+    low_score: int = 0
+    largest_small_px: float = 0.0  # the largest face dropped as too small
+    best_low_score: float = 0.0  # the best detector score dropped as too low
+
+    def add(self, other: FilterTally) -> None:
+        self.frames += other.frames
+        self.faces += other.faces
+        self.passed += other.passed
+        self.too_small += other.too_small
+        self.low_score += other.low_score
+        self.largest_small_px = max(self.largest_small_px, other.largest_small_px)
+        self.best_low_score = max(self.best_low_score, other.best_low_score)
+
+    def why_none(self, *, min_face_px: float, min_score: float) -> str:
+        """Why no face passed, naming the filter (config key) and the counts."""
+        if not self.faces:
+            return (
+                f"no face detected in {self.frames} frame(s) (the detector looks for faces from about "
+                f"{detector_min_face_px(min_face_px)} px, see [detection] min_face_px = {min_face_px:g}; is the "
+                "camera pointed at the door, lit and in focus?)"
+            )
+        reasons = []
+        if self.too_small:
+            reasons.append(
+                f"{self.too_small} smaller than [detection] min_face_px = {min_face_px:g} "
+                f"(largest {self.largest_small_px:.0f} px)"
+            )
+        if self.low_score:
+            reasons.append(
+                f"{self.low_score} below [detection] min_detector_score = {min_score:g} "
+                f"(best {self.best_low_score:.2f})"
+            )
+        return f"{self.faces} face(s) in {self.frames} frame(s), none passed the filters: " + "; ".join(reasons)
+
+
+def detector_min_face_px(min_face_px: float) -> int:
+    """The smallest face :class:`MtcnnDetector` looks for, given the configured ``min_face_px``."""
+    return max(20, int(min_face_px * 0.8))
+
+
+def prepare(
+    rgb: np.ndarray,
+    faces: Sequence[Face],
+    *,
+    min_face_px: float,
+    min_score: float,
+    tally: FilterTally | None = None,
+) -> list[FaceCandidate]:
+    """Filter faces by size and score and cut + score a crop for each (counted into ``tally``)."""
     out = []
+    tally = tally if tally is not None else FilterTally()
+    tally.frames += 1
     for face in faces:
-        if face.size < min_face_px or face.score < min_score:
+        tally.faces += 1
+        if face.size < min_face_px:
+            tally.too_small += 1
+            tally.largest_small_px = max(tally.largest_small_px, float(face.size))
+            continue
+        if face.score < min_score:
+            tally.low_score += 1
+            tally.best_low_score = max(tally.best_low_score, float(face.score))
             continue
         crop = align_crop(rgb, face)
         out.append(FaceCandidate(face=face, crop=crop, quality=measure_quality(face, crop), frame=rgb))
+        tally.passed += 1
     return out
+
+
+class FilterWatch:
+    """Warns when frames arrive but no face passes the filters: once per ``every_s`` seconds of
+    frames (by their timestamps), naming the filter and the counts; :meth:`finish` sums up the run.
+
+    An agent that sends nothing looks the same as a quiet door from the server; this says why.
+    """
+
+    def __init__(self, *, min_face_px: float, min_score: float, every_s: float = 30.0) -> None:
+        self.min_face_px = min_face_px
+        self.min_score = min_score
+        self.every_s = every_s
+        self.tally = FilterTally()  # the current window: pass it to prepare()
+        self.total = FilterTally()
+        self.warnings = 0
+        self._window_start: float | None = None
+
+    def frame_done(self, ts: float) -> None:
+        """Call after each frame's :func:`prepare` (``ts``: the frame's capture time)."""
+        if self._window_start is None:
+            self._window_start = ts
+        if ts - self._window_start < self.every_s:
+            return
+        window, self.tally = self.tally, FilterTally()
+        self._window_start = ts
+        self.total.add(window)
+        if window.frames and not window.passed:
+            self.warnings += 1
+            logger.warning(
+                "no face sent in the last %.0f s: %s",
+                self.every_s,
+                window.why_none(min_face_px=self.min_face_px, min_score=self.min_score),
+            )
+
+    def finish(self) -> FilterTally:
+        """The camera ended: warn if no face ever passed; returns the totals."""
+        self.total.add(self.tally)
+        self.tally = FilterTally()
+        if self.total.frames and not self.total.passed:
+            self.warnings += 1
+            logger.warning(
+                "camera ended after %d frame(s) and no face was sent: %s",
+                self.total.frames,
+                self.total.why_none(min_face_px=self.min_face_px, min_score=self.min_score),
+            )
+        return self.total
 
 
 def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:

@@ -13,11 +13,12 @@ from enum import StrEnum
 
 import numpy as np
 
+from edge_agent.protocol import MIN_FACE_PX
 from recognition.alignment import ARCFACE_TEMPLATE_112, align_arcface, to_grey
 from recognition.detector import DetectedFace
 
-#: shorter side of the detector box, in pixels
-MIN_FACE_SIZE_PX = 40.0
+#: shorter side of the detector box, in pixels (the one rule shared with the edge agents)
+MIN_FACE_SIZE_PX = float(MIN_FACE_PX)
 #: MTCNN probability
 MIN_DETECTOR_SCORE = 0.90
 #: variance of the Laplacian on the aligned grey 112x112 crop; ~1st percentile of LFW (median 130)

@@ -74,11 +74,13 @@ class CommandListener:
 
     def __post_init__(self) -> None:
         self.client = observer_client(f"listener-{uuid.uuid4().hex[:8]}")  # test-only: reads every device's commands
+        subscribed = threading.Event()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(self.host, self.port)
         self.client.subscribe("acs/v1/devices/+/commands", qos=1)
         self.client.loop_start()
-        time.sleep(0.2)
+        assert subscribed.wait(10), "command listener did not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         command = p.open_message(message.topic, message.payload, self.server_public_key)

@@ -6,6 +6,7 @@ import threading
 import time
 
 from devices.batching import DecisionBatcher
+from tests.waiting import wait_until
 
 
 def test_a_burst_becomes_batches_of_at_most_max_size() -> None:
@@ -54,13 +55,21 @@ def test_close_sends_what_is_pending() -> None:
 def test_while_the_queue_has_a_backlog_a_due_batch_is_held_and_grows() -> None:
     sent: list[tuple[float, list[str]]] = []
     backlog = [3]  # tasks waiting in the recognition queue: every worker is busy
+    asked = []
+
+    def queue_backlog() -> int:
+        asked.append(time.monotonic())
+        return backlog[0]
+
     batcher = DecisionBatcher(
         lambda ids: sent.append((time.monotonic(), ids)),
-        max_size=8, wait_s=0.005, backlog=lambda: backlog[0], hold_s=5.0, poll_s=0.005, quiet_s=1.0,
+        max_size=8, wait_s=0.005, backlog=queue_backlog, hold_s=5.0, poll_s=0.005, quiet_s=1.0,
     )  # fmt: skip
     assert batcher.add("idle").wait(5)  # the first batch after a quiet spell goes out without asking
     first = batcher.add("0")
-    time.sleep(0.1)  # long past wait_s: held, because a new task would only wait behind the others
+    # Due (past wait_s) and asked about the backlog again and again: held each time, because a new
+    # task would only wait behind the others (waits on the batcher's own polls, not on a sleep).
+    assert wait_until(lambda: len(asked) >= 3, 5, step=0.005)
     assert not first.is_set() and len(sent) == 1
     for i in range(1, 5):
         batcher.add(str(i))

@@ -42,6 +42,38 @@ def test_provision_out_writes_secrets_0600_even_over_existing_files(tmp_path: Pa
 
 
 @pytest.mark.django_db
+def test_provisioned_config_names_the_actual_broker_port_and_a_camera_section(tmp_path: Path, settings) -> None:
+    """Issue 16 item 5: the agent.toml of ``provision_device`` reaches the server's own broker (the
+    embedded one listens on ACCESSCTL_MQTT_PORT, not 1883) and shows where to set the camera."""
+    import re
+
+    from edge_agent.config import load_config
+    from edge_agent.protocol import MIN_FACE_PX
+
+    Door.objects.create(name="Lobby")
+    call_command("provision_device", "lobby-1", "--door", "Lobby", "--out", str(tmp_path / "a"))
+    text = (tmp_path / "a" / "agent.toml").read_text()
+    url = tomllib.loads(text)["mqtt"]["url"]
+    assert url == settings.MQTT_URL and not url.endswith(":1883")  # the broker these tests run on
+    assert "on another machine, use the server's address" in text  # 127.0.0.1 is only right locally
+    assert "camera" not in tomllib.loads(text)  # commented out: the agent's defaults apply as they are
+    assert "# [camera]" in text and f"# min_face_px = {MIN_FACE_PX} " in text
+    # Uncommented, the section is a valid agent config (the installer's next step).
+    folder = tmp_path / "photos"
+    uncommented = re.sub(r"^# (\[camera\]|\[detection\]|\w+ = )", r"\1", text, flags=re.MULTILINE)
+    uncommented = uncommented.replace('source = "0"', f'source = "{folder}"')
+    (tmp_path / "a" / "agent.toml").write_text(uncommented)
+    config = load_config(tmp_path / "a" / "agent.toml", environ={})
+    assert config.camera.source == str(folder) and config.detection.min_face_px == MIN_FACE_PX
+    assert config.mqtt.url == url and config.mqtt.username == "lobby-1"
+
+    # A broker URL without a port gets the scheme's port written out, never left to a guess.
+    settings.MQTT_URL = "mqtts://broker.example"
+    call_command("provision_device", "lobby-2", "--out", str(tmp_path / "b"))
+    assert tomllib.loads((tmp_path / "b" / "agent.toml").read_text())["mqtt"]["url"] == "mqtts://broker.example:8883"
+
+
+@pytest.mark.django_db
 def test_reserved_uids_cannot_be_provisioned() -> None:
     for uid in ("accessctl-bridge", "accessctl-server"):
         with pytest.raises(ValueError, match="reserved"):

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from accessctl.embedded import ChildService
 from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
-from edge_agent.simulate import lfw_images, simulate
+from edge_agent.simulate import Pace, Visitor, lfw_images, simulate, visitor_schedule, visitors_split
 from edge_agent.vision import MtcnnDetector
-from tests.edge_agent.conftest import Keys, ServerClient, face_image, make_config
+from tests.edge_agent.conftest import Keys, ServerClient, face_at, face_image, make_config
 
 
 def answer_detections(server: ServerClient, keys: Keys, stop: threading.Event) -> None:
@@ -64,3 +69,83 @@ def test_simulate_visitors(tmp_path: Path, keys: Keys, broker: ChildService, ser
     assert "open (granted) pulse 500 ms" in lines[1] and "bytes sent" in lines[1]
     assert "bytes per detection (crop mode)" in lines[-1]
     assert relay.pulses == [500, 500]
+
+
+# -- issue 16 item 7: the demo camera is a calm site that never ends --------------------------
+
+
+def _arrivals(visitors: list[Visitor]) -> list[float]:
+    t, out = 0.0, []
+    for v in visitors:
+        t += v.delay_s
+        out.append(t)
+    return out
+
+
+def test_calm_site_schedule_loops_for_ever_mostly_regulars_and_never_three_strangers_a_minute() -> None:
+    regulars = [Path(f"Regular_{i}/Regular_{i}_0001.jpg") for i in range(6)]
+    strangers = [Path(f"Stranger_{i}/Stranger_{i}_0001.jpg") for i in range(4)]
+    pace = Pace()
+    visitors = list(itertools.islice(visitor_schedule(regulars, strangers, pace=pace, rng=random.Random(7)), 5000))
+    assert len(visitors) == 5000  # far more visitors than photos: it loops
+    assert all(pace.gap_s * 0.5 <= v.delay_s <= pace.gap_s * 1.5 for v in visitors)  # seconds apart
+    assert all((v.photo in strangers) == v.stranger for v in visitors)
+    share = sum(v.stranger for v in visitors) / len(visitors)
+    assert 0.03 < share < 0.15  # mostly enrolled people, occasional strangers
+    times = [t for t, v in zip(_arrivals(visitors), visitors, strict=True) if v.stranger]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= pace.stranger_gap_s
+    assert all(c - a > 60 for a, _, c in zip(times, times[1:], times[2:], strict=False))  # the alarm wants 3 in 60 s
+    assert {v.photo for v in visitors} == set(regulars) | set(strangers)
+
+    only_strangers = list(itertools.islice(visitor_schedule([], strangers, pace=pace, rng=random.Random(1)), 50))
+    assert all(v.stranger for v in only_strangers)
+    assert all(v.delay_s >= pace.stranger_gap_s for v in only_strangers[1:])
+    with pytest.raises(ValueError, match="no photos"):
+        next(visitor_schedule([], [], pace=pace))
+
+
+def test_visitors_split_by_enrolled_names(tmp_path: Path) -> None:
+    images = [tmp_path / "A_B" / "A_B_0001.jpg", tmp_path / "C_D" / "C_D_0001.jpg", tmp_path / "A_B" / "A_B_0002.jpg"]
+    assert visitors_split(images, ["A_B"]) == ([images[0], images[2]], [images[1]])
+
+
+def test_simulate_waits_each_visitors_gap_and_runs_until_stopped(tmp_path: Path, keys: Keys) -> None:
+    """At unit level, no broker and no long waits: an endless schedule is played at its pace until
+    the stop event, and a stop during a long gap ends the wait at once."""
+    photo = tmp_path / "Some_Person" / "Some_Person_0001.jpg"
+    photo.parent.mkdir()
+    Image.fromarray(face_image()).save(photo)
+    stop = threading.Event()
+    seen: list[float] = []
+
+    class Detector:
+        def detect(self, rgb: object) -> list:
+            seen.append(time.monotonic())
+            if len(seen) == 4:
+                stop.set()
+            return [face_at((50, 36, 110, 114))]
+
+    def endless() -> Iterator[Visitor]:
+        yield Visitor(photo)
+        while True:
+            yield Visitor(photo, delay_s=0.2)
+
+    agent = EdgeAgent(make_config(tmp_path, keys, "mqtt://127.0.0.1:1"), camera=None, detector=None,
+                      relay=SimulatedRelay())  # fmt: skip
+    lines: list[str] = []
+    counts = simulate(agent, Detector(), endless(), wait_s=0, connect_timeout_s=0, out=lines.append, stop=stop)
+    assert counts["visitors"] == 4 and len(seen) == 4  # it stopped on the event, not at the end of the photos
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(seen))  # each visitor waited for its gap
+    assert lines[1].startswith("visitor 1 Some_Person_0001.jpg: no decision within 0s")  # no "n/total": endless
+
+    stop.clear()
+    seen.clear()
+    long_gap = iter([Visitor(photo), Visitor(photo, delay_s=3600.0)])
+    (tmp_path / "b").mkdir()
+    agent = EdgeAgent(make_config(tmp_path / "b", keys, "mqtt://127.0.0.1:1"), camera=None, detector=None,
+                      relay=SimulatedRelay())  # fmt: skip
+    stopper = threading.Timer(0.3, stop.set)
+    stopper.start()
+    started = time.monotonic()
+    counts = simulate(agent, Detector(), long_gap, wait_s=0, connect_timeout_s=0, out=lines.append, stop=stop)
+    assert counts["visitors"] == 1 and time.monotonic() - started < 60  # not an hour

@@ -157,3 +157,35 @@ def test_overdue_answers_count_until_an_answer_arrives(tmp_path: Path) -> None:
     assert again.resolve("b")
     assert again.overdue(now + 10, timeout_s=3.0) == (0, None)  # answers flow again
     again.close()
+
+
+def test_answered_detection_never_awaits_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 3: the answer arrives while the broker's acknowledgement of a re-sent copy is
+    still unhandled; the late acknowledgement must not make the detection await (and go) again."""
+    from edge_agent import spool as spool_module
+
+    spool = Spool(tmp_path)
+    spool.accepted(spool.put("det", b"d-0", detection_id="d"), answer_by=10.0)
+    assert [e.detection_id for e in spool.due(10.0)] == ["d"]  # no answer in time: signed again, queued
+    spool.reschedule("d", attempts=1, next_at=30.0)
+    resent = spool.put("det", b"d-1", detection_id="d")  # handed to the broker, acknowledgement pending
+    queued = spool.put("det", b"d-2", detection_id="d")  # a copy not handed over yet
+    assert spool.resolve("d")  # the answer is handled first
+    assert len(spool) == 0  # the copies still queued are not sent any more
+    spool.accepted(resent, answer_by=50.0)  # then the late acknowledgement
+    spool.accepted(queued, answer_by=50.0)
+    assert spool.awaiting == 0 and spool.due(1e12) == []
+    assert spool.overdue(1e12, timeout_s=1.0) == (0, None)
+    spool.close()
+
+    again = Spool(tmp_path)  # remembered across a restart (paho re-sends in-flight copies on reconnect)
+    late = again.put("det", b"d-1", detection_id="d")
+    again.accepted(late, answer_by=50.0)
+    assert again.awaiting == 0
+    monkeypatch.setattr(spool_module, "ANSWERED_KEEP", 2)  # bounded: the oldest answers are forgotten
+    for name in ("x", "y", "z"):
+        again.resolve(name)
+    forgotten = again.put("det", b"d-1", detection_id="d")
+    again.accepted(forgotten, answer_by=50.0)
+    assert again.awaiting == 1
+    again.close()

@@ -88,13 +88,15 @@ class CommandCollector:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        subscribed = threading.Event()
         self.client = observer_client(f"rel-listener-{uuid.uuid4().hex[:8]}")
         self.client.on_connect = lambda c, *_: c.subscribe([(p.commands_topic(uid), 1) for uid in self.uids])
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
         self.client.connect(self.host, self.port)
         self.client.loop_start()
-        time.sleep(0.3)
+        assert subscribed.wait(10), "command collector did not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
@@ -202,8 +204,7 @@ class AgentDevice:
         self.link = EdgeLink(settings, device_uid=uid, private_key=key, server_public_key=server_public_key,
                              spool=self.spool)  # fmt: skip
         self.link.start()
-        assert self.link.wait_connected(10), "agent link did not connect"
-        time.sleep(0.3)  # its command subscription settles
+        assert self.link.wait_subscribed(10), "agent link did not subscribe to its commands"
 
     def publish(self, count: int, interval: float = 0.0, between: Callable[[int], None] | None = None) -> list[str]:
         return _burst(self, self._send, count, interval, between)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,10 +64,12 @@ def _device(door: Door, uid: str, address: tuple[str, int]) -> rig.Device:
 def _forget_session(client_id: str, address: tuple[str, int]) -> None:
     """Connect once with clean_session so the broker drops a persistent session we left behind."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
     try:
         client.connect(*address)
         client.loop_start()
-        time.sleep(0.3)
+        connected.wait(10)  # the broker dropped the old session when it accepted this one
         client.disconnect()
         client.loop_stop()
     except OSError:
