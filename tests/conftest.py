@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,15 @@ def _process_caches_cleared() -> None:
 
     CALIBRATIONS.clear()
     SUBSCRIPTIONS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _channel_layer_per_test() -> Iterator[None]:
+    """Each test gets its own channel layer instance. A server process runs one event loop for its
+    life; tests open a new loop per ``async_to_sync`` call, and a receive that a closed loop left
+    pending keeps channels-redis's receive lock bound to that loop (the next test using the layer
+    then fails with "bound to a different event loop")."""
+    from channels.layers import channel_layers
+
+    yield
+    channel_layers.backends.clear()
