@@ -159,3 +159,21 @@ def test_bulk_import_errors_name_the_step_that_failed(browser, live_url, tmp_pat
     assert message.startswith("Uploading people.zip failed: ") and message.endswith("(HTTP 403)"), message
     assert "sign in again" in message
     assert errors == ["Failed to load resource: the server responded with a status of 403 (Forbidden)"], errors
+
+
+def test_a_non_image_upload_says_so_without_a_broken_image(page, live_url, tmp_path) -> None:
+    """Issue 16: the card of a file that is not a picture showed the browser's broken-image icon."""
+    get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    person = Person.objects.create(name="Ada Lovelace")
+    notes = tmp_path / "notes.jpg"
+    notes.write_bytes(b"meeting notes, saved with the wrong name")
+    login(page, live_url, "admin", PASSWORD)
+    page.goto(f"{live_url}/enrol/people/{person.pk}/")
+    page.set_input_files("#id_photos", str(notes))
+    page.click("text=Upload and check")
+    page.locator(".messages li.success").wait_for()
+    card = page.locator(".photo-card.status-rejected")
+    assert card.count() == 1
+    assert card.locator(".crop.none").inner_text() == "not an image"
+    assert card.locator(".reason-code").inner_text() == "bad_image"
+    assert card.locator("img").count() == 0  # nothing the browser cannot draw
