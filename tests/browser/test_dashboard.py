@@ -171,3 +171,19 @@ def test_degraded_device_turns_its_tile_and_raises_an_alarm(page, live_url) -> N
 
     off_loop(beat, 0)
     page.wait_for_selector('.device.status-online >> text="cam-side-1"')
+
+
+def test_site_wide_lockdown_buttons_wait_for_a_door(page, live_url) -> None:
+    """Issue 16: "Lock down all doors" showed on a fresh install with no door to lock."""
+    user_create("olga", "accessctl.view_dashboard", "accessctl.operate_doors")
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    assert page.locator("#doors .empty").is_visible()
+    assert page.locator('button[data-action="lockdown-all"]').is_hidden()
+    assert page.locator('button[data-action="lift-all"]').is_hidden()
+
+    Door.objects.create(name="Main entrance")
+    page.reload()
+    page.wait_for_selector("#live-status.live")
+    assert page.locator('button[data-action="lockdown-all"]').is_visible()
+    assert page.locator('button[data-action="lift-all"]').is_visible()
