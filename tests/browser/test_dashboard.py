@@ -13,7 +13,7 @@ from django.utils import timezone
 from accessctl.alarms import alarm_raise
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.realtime import event_broadcast
+from accessctl.realtime import MessageType, broadcast, door_payload, event_broadcast
 from devices.models import EdgeDevice
 from tests.accessctl.helpers import PASSWORD, event_make, user_create
 from tests.browser.conftest import ARTIFACTS, login, off_loop
@@ -182,8 +182,12 @@ def test_site_wide_lockdown_buttons_wait_for_a_door(page, live_url) -> None:
     assert page.locator('button[data-action="lockdown-all"]').is_hidden()
     assert page.locator('button[data-action="lift-all"]').is_hidden()
 
-    Door.objects.create(name="Main entrance")
+    # A door appears while the page is open (its first state message): the page resyncs and shows them.
+    door = Door.objects.create(name="Main entrance")
+    off_loop(broadcast, MessageType.DOOR_STATE, door_payload(door))
+    page.locator(f'.tile[data-door-id="{door.pk}"]').wait_for()
+    page.locator('button[data-action="lockdown-all"]').wait_for(state="visible")
+    assert page.locator('button[data-action="lift-all"]').is_visible()
     page.reload()
     page.wait_for_selector("#live-status.live")
     assert page.locator('button[data-action="lockdown-all"]').is_visible()
-    assert page.locator('button[data-action="lift-all"]').is_visible()
