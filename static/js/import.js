@@ -31,6 +31,13 @@
     503: "the server is unavailable"
   };
 
+  function size(bytes) {
+    var units = ["bytes", "KiB", "MiB", "GiB"];
+    var i = 0;
+    while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
+    return (i ? bytes.toFixed(1) : bytes) + " " + units[i];
+  }
+
   function label(status) {
     return LABELS[status] || (status.charAt(0).toUpperCase() + status.slice(1).replace(/_/g, " "));
   }
@@ -164,6 +171,8 @@
 
   function wait(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
 
+  var waited = 0;
+
   function poll(statusUrl) {
     var what = "Checking the import's progress";
     return fetch(statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
@@ -190,7 +199,11 @@
           return;
         }
         if (state.total) show(100 * state.done / state.total, "Checked " + state.done + " of " + state.total + " photos");
-        else show(0, state.state === "PENDING" ? "Waiting for a worker…" : "Starting…");
+        else if (state.state === "PENDING") {
+          waited += 1;
+          show(0, waited < 20 ? "Waiting for a worker…" :
+            "Still waiting for a worker after " + waited + " s: is the Celery worker running? (./scripts/run starts one.)");
+        } else show(0, "Starting…");
         return wait(1000).then(function () { return poll(statusUrl); });
       });
   }
@@ -201,6 +214,14 @@
     var zip = document.getElementById("import-zip").files[0];
     var images = Array.prototype.filter.call(folder || [], function (f) { return IMAGE.test(f.name); });
     if (!zip && !images.length) { window.alert("Choose a folder with photos or a zip archive first."); return; }
+    var maxBytes = parseInt(form.getAttribute("data-max-bytes"), 10) || 0;
+    if (zip && maxBytes && zip.size > maxBytes) {
+      panel.hidden = false;
+      phase.textContent = "Import failed";
+      show(0, zip.name + " is " + size(zip.size) + "; one upload may hold at most " + size(maxBytes) +
+        ". Split the archive, or choose the folder instead (it is sent in batches).");
+      return;
+    }
     form.querySelector("button").disabled = true;
     panel.hidden = false;
     results.hidden = true;
@@ -213,6 +234,7 @@
       .then(function (job) {
         phase.textContent = "Checking faces…";
         show(0, "Starting…");
+        waited = 0;
         var base = uploadUrl.replace(/upload\/$/, "") + job + "/";
         // No body: the job is in the URL.
         return post(base + "start/", null, "Starting the import").then(function (body) { return poll(body.status_url); });
