@@ -66,3 +66,13 @@ def test_door_time_zone_is_a_choice_of_iana_zones(admin_client) -> None:
     response = admin_client.post(add, {**form, "timezone": "Europe/Berlin"})
     assert response.status_code == 302, response.context["adminform"].form.errors
     assert Door.objects.get().timezone == "Europe/Berlin"
+
+
+def test_door_time_zone_is_validated_in_the_api_too() -> None:
+    from tests.api_support import token_client
+
+    client = token_client(["doors:write", "doors:read"])
+    url = reverse("api-door-list")
+    response = client.post(url, {"name": "Main", "timezone": "Mars/Olympus_Mons"}, format="json")
+    assert response.status_code == 400 and "timezone" in response.content.decode(), response.content
+    assert client.post(url, {"name": "Main", "timezone": "Europe/Berlin"}, format="json").status_code == 201
