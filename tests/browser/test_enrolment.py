@@ -182,6 +182,7 @@ def test_a_non_image_upload_says_so_without_a_broken_image(page, live_url, tmp_p
     page.locator(".messages li.success").wait_for()
     card = page.locator(".photo-card.status-rejected")
     assert card.count() == 1
-    assert card.locator(".crop.none").inner_text() == "not an image"
+    assert card.locator(".crop.none").inner_text() == "not a readable image"
+    assert "not a picture" in card.locator(".verdict-message").inner_text()
     assert card.locator(".reason-code").inner_text() == "bad_image"
     assert card.locator("img").count() == 0  # nothing the browser cannot draw
