@@ -77,7 +77,7 @@ def test_enrol_a_person_through_the_ui(page, live_url, tmp_path) -> None:
 
 
 @pytest.fixture
-def worker(test_env, tmp_path) -> Iterator[None]:
+def worker(test_env) -> Iterator[None]:
     """A Celery worker (as ``manage.py up`` runs one) for the bulk import task."""
     with e2e.child_process(e2e.worker_argv(), test_env, "ready.", ARTIFACTS / "import-worker.log"):
         yield
