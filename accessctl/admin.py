@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import zoneinfo
+from functools import cache
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 
 from accessctl.admin_privacy import erase_people, export_people
@@ -51,11 +57,30 @@ class ScheduleAdmin(admin.ModelAdmin):
     inlines = [ScheduleWindowInline, HolidayInline]
 
 
+@cache
+def _timezone_choices() -> list[tuple[str, str]]:
+    """IANA zones (the same set ``validate_timezone`` accepts), UTC first, the rest alphabetical."""
+    zones = sorted(zoneinfo.available_timezones() - {"UTC"})
+    return [("UTC", "UTC"), *((zone, zone.replace("_", " ")) for zone in zones)]
+
+
 @admin.register(Door)
 class DoorAdmin(admin.ModelAdmin):
     list_display = ["name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold"]
     list_filter = ["mode", "fail_mode"]
     search_fields = ["name", "location"]
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field | None:
+        if db_field.name == "timezone":
+            # A choice of IANA zones, not free text; the model's validator still checks what is saved.
+            return forms.ChoiceField(
+                choices=_timezone_choices(),
+                initial=db_field.default,
+                label="Time zone",
+                help_text="Schedules of this door are read in this zone.",
+                validators=db_field.validators,
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
 
 @admin.register(AccessGroup)

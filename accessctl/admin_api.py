@@ -71,7 +71,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.display(description="scopes")
     def scope_list(self, token: ApiToken) -> str:
-        return ", ".join(token.scopes or [])
+        # Grouped per resource ("people:read+write") so the list stays narrow (issue 16).
+        grouped: dict[str, list[str]] = {}
+        for scope in token.scopes or []:
+            resource, _, access = scope.partition(":")
+            grouped.setdefault(resource, []).append(access)
+        return ", ".join(f"{r}:{'+'.join(a)}" if any(a) else r for r, a in grouped.items())
 
     # Only superusers see, issue and change the tokens of other users (accessctl.tokens).
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:

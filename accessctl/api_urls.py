@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
-from django.urls import path
+from django.urls import path, reverse
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from accessctl import api
+from accessctl.api_docs import redoc_bundle
 from devices.api import EdgeDeviceViewSet
 from recognition.api import IdentifyView, PersonPhotoViewSet
 
@@ -19,9 +20,14 @@ class IdentifySlashView(IdentifyView):
 
 
 class ApiRedocView(SpectacularRedocView):
-    """Redoc without the web fonts of the stock page (the CSP allows the site's own files only)."""
+    """Redoc without the web fonts of the stock page and with its logo served locally (the CSP
+    allows the site's own files only; see accessctl/api_docs.py)."""
 
     template_name = "accessctl/api_redoc.html"
+
+    @staticmethod
+    def _redoc_standalone() -> str:
+        return reverse("api-redoc-bundle")
 
 
 router = SimpleRouter()
@@ -45,5 +51,6 @@ urlpatterns = [
     # Swagger UI's initialiser is served as a script file (the split view), not inline: see accessctl/csp.py.
     path("docs/", login_not_required(SpectacularSwaggerSplitView.as_view(url_name="api-schema")), name="api-docs"),
     path("redoc/", login_not_required(ApiRedocView.as_view(url_name="api-schema")), name="api-redoc"),
+    path("redoc/redoc.standalone.js", login_not_required(redoc_bundle), name="api-redoc-bundle"),
     *router.urls,
 ]

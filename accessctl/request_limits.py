@@ -12,7 +12,8 @@ zip archives and batches of photos):
   application. :func:`daphne_body_limit_install` (run by ``python -m accessctl.web_server``, the
   web process of ``manage.py up``) makes it answer 413 as soon as the headers declare too much, and
   stop storing a chunked body at the limit; the rest of such a body is read and discarded (so the
-  client sees the answer instead of a reset), then the connection is closed.
+  client sees the answer instead of a reset), then the connection is closed. It also stops
+  Twisted from parsing multipart bodies itself (a bare 400 for a form without fields, issue 16).
 
 Errors are ``{"error": {"code": "too_large", "message": ...}}`` under ``/api/``, ``{"error": ...}``
 for other callers asking for JSON and plain text otherwise. Each refusal is logged (warning, with
@@ -151,6 +152,13 @@ def daphne_body_limit_install() -> None:
         _body_refused = False
         _body_limit = 0
         _body_stored = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # daphne hands the raw body to the application and never reads ``request.args``: without
+            # this, Twisted parses every multipart body in memory a second time, and answers a bare
+            # 400 before the application for one it cannot parse (a browser's empty FormData).
+            self._parsePOSTFormSubmission = False
 
         def _target(self) -> tuple[str, str]:
             raw = getattr(self.channel, "_path", b"/") or b"/"

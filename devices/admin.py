@@ -1,10 +1,57 @@
-"""Admin for edge devices. Keys are created by the ``provision_device`` command, never typed in."""
+"""Admin for edge devices. Keys are created by the ``provision_device`` command, never typed in.
+
+The last heartbeat and the pushed configuration are shown as readable tables (one row per setting,
+nested values as ``a.b``), and the configuration is edited as indented JSON, not one raw line.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.db import models
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
 
 from devices.models import EdgeDevice
+
+
+def _flattened(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            yield from _flattened(value[key], f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and not all(isinstance(item, str | int | float) for item in value):
+        for index, item in enumerate(value):
+            yield from _flattened(item, f"{prefix}[{index}]")
+    elif isinstance(value, list):
+        yield prefix, ", ".join(str(item) for item in value) or "(none)"
+    elif value is None:
+        yield prefix, "–"
+    elif isinstance(value, bool):
+        yield prefix, "yes" if value else "no"
+    else:
+        yield prefix, str(value)
+
+
+def settings_table(value: Any) -> str:
+    """HTML table of a JSON object (escaped), or a dash when it is empty."""
+    rows = list(_flattened(value or {}))
+    if not rows:
+        return "–"
+    body = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows)
+    return format_html('<table class="json-table">{}</table>', body)
+
+
+class IndentedJSONField(forms.JSONField):
+    """Edit JSON indented, one key a line, keys sorted."""
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, cls=self.encoder)
 
 
 @admin.register(EdgeDevice)
@@ -12,5 +59,19 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
     list_display = ["uid", "name", "door", "status", "last_seen", "agent_version", "model_version"]
     list_filter = ["status", "door"]
     search_fields = ["uid", "name"]
-    exclude = ["mqtt_password_hash"]
-    readonly_fields = ["public_key", "last_seen", "agent_version", "model_version", "last_heartbeat", "created_at"]
+    exclude = ["mqtt_password_hash", "last_heartbeat"]
+    readonly_fields = ["public_key", "last_seen", "agent_version", "model_version", "heartbeat", "created_at"]
+
+    @admin.display(description="Last heartbeat")
+    def heartbeat(self, obj: EdgeDevice) -> str:
+        return settings_table(obj.last_heartbeat)
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field | None:
+        if db_field.name == "config":
+            return IndentedJSONField(
+                required=False,
+                initial=dict,
+                help_text=db_field.help_text,
+                widget=forms.Textarea(attrs={"rows": 12, "cols": 60, "class": "json-editor"}),
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)

@@ -13,7 +13,7 @@ import logging
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,9 @@ class ImportSummary:
     errors: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     outcomes: list[ItemOutcome] = field(default_factory=list)
+    #: Names the import would have created a person for, but whose photos were all refused.
+    people_discarded: list[str] = field(default_factory=list)
+    created_ids: set[int] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class ImportSummary:
             "duplicates": self.duplicates,
             "errors": self.errors,
             "reasons": dict(self.reasons),
+            "people_discarded": list(self.people_discarded),
         }
 
 
@@ -149,9 +153,44 @@ def _person_for(name: str, cache: dict[str, Person], summary: ImportSummary) -> 
         else:
             person = Person.objects.create(name=name)
             summary.people_created += 1
+            summary.created_ids.add(person.pk)
             logger.info("bulk import created person %s", person.pk)
     cache[name] = person
     return person
+
+
+def _people_without_photos_discard(summary: ImportSummary) -> None:
+    """Remove the people this import created when every photo of theirs was rejected (or failed).
+
+    A person is kept when at least one photo is accepted or awaits review (any status other than
+    rejected): a folder of non-face pictures must not leave an empty "Nobody" behind. Their
+    rejected photos (rows and files) go with them; the outcomes then name no person or photo.
+    """
+    if not summary.created_ids:
+        return
+    kept = set(
+        EnrollmentPhoto.objects.filter(person_id__in=summary.created_ids)
+        .exclude(status=EnrollmentPhoto.Status.REJECTED)
+        .values_list("person_id", flat=True)
+    )
+    doomed = summary.created_ids - kept
+    if not doomed:
+        return
+    photos = list(EnrollmentPhoto.objects.filter(person_id__in=doomed))
+    names = dict(Person.objects.filter(pk__in=doomed).values_list("pk", "name"))
+    with transaction.atomic():
+        Person.objects.filter(pk__in=doomed).delete()  # photos cascade
+    for photo in photos:
+        for stored in (photo.image, photo.crop):
+            if stored:
+                stored.storage.delete(stored.name)
+    summary.people_created -= len(doomed)
+    summary.created_ids -= doomed
+    summary.people_discarded = sorted(names[pk] for pk in doomed)
+    summary.outcomes = [
+        replace(o, person_id=None, photo_id=None) if o.person_id in doomed else o for o in summary.outcomes
+    ]
+    logger.info("bulk import: %d new people discarded (no photo accepted or awaiting review)", len(doomed))
 
 
 def photos_import(
@@ -195,5 +234,6 @@ def photos_import(
         summary.outcomes.append(outcome)
         if progress is not None:
             progress(done, summary.total, outcome)
+    _people_without_photos_discard(summary)
     logger.info("bulk import of %d pictures: %s", summary.total, summary.as_dict())
     return summary

@@ -48,6 +48,7 @@ class EnrollmentPhoto(models.Model):
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]
+        verbose_name = "enrolment photo"
 
     def __str__(self) -> str:
         return f"photo {self.pk} of {self.person_id} ({self.status})"

@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_process_init
@@ -93,6 +94,15 @@ def _import_stage_local(job_id: str, target: Path) -> Path:
     return root
 
 
+#: Per-photo verdicts listed in a finished import's result (the page shows them all).
+IMPORT_ITEMS_LISTED = 5000
+
+
+def _import_item(outcome: Any) -> dict[str, Any]:
+    return {"person": outcome.folder, "file": outcome.filename, "status": outcome.status, "reason": outcome.reason,
+            "person_id": outcome.person_id, "photo_id": outcome.photo_id}  # fmt: skip
+
+
 def _import_unstage(job_id: str) -> None:
     from django.core.files.storage import default_storage
 
@@ -123,16 +133,17 @@ def bulk_import_run(self, job_id: str, user_id: int | None = None) -> dict:
 
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
     counts = {"done": 0, "total": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "errors": 0}
+    verdicts: dict[str, int] = {}  # photos per status, whatever statuses the enrolment service uses
     recent: list[dict] = []
 
     def progress(done: int, total: int, outcome: object) -> None:
         counts.update(done=done, total=total)
         key = {"accepted": "accepted", "pending": "duplicates", "rejected": "rejected"}.get(outcome.status, "errors")
         counts[key] += 1
-        recent.append({"person": outcome.folder, "file": outcome.filename, "status": outcome.status,
-                       "reason": outcome.reason, "person_id": outcome.person_id})  # fmt: skip
+        verdicts[outcome.status] = verdicts.get(outcome.status, 0) + 1
+        recent.append(_import_item(outcome))
         del recent[:-8]
-        self.update_state(state="PROGRESS", meta={**counts, "recent": recent})
+        self.update_state(state="PROGRESS", meta={**counts, "verdicts": verdicts, "recent": recent})
 
     with tempfile.TemporaryDirectory(prefix=f"import-{job_id}-") as tmp:
         source = _import_stage_local(job_id, Path(tmp))
@@ -142,7 +153,10 @@ def bulk_import_run(self, job_id: str, user_id: int | None = None) -> dict:
             logger.warning("bulk import %s: %s", job_id, exc)
             result = {**counts, "finished": True, "error": "The upload is not a folder of photos or a .zip file."}
         else:
-            result = {**counts, **summary.as_dict(), "done": summary.total, "finished": True, "recent": recent}
+            items = [_import_item(o) for o in summary.outcomes[:IMPORT_ITEMS_LISTED]]
+            listed = {"items": items, "items_omitted": max(0, summary.total - len(items))}
+            result = {**counts, **summary.as_dict(), "done": summary.total, "finished": True, "verdicts": verdicts,
+                      "recent": recent, **listed}  # fmt: skip
     _import_unstage(job_id)
     logger.info("bulk import %s finished: %d pictures, %d accepted", job_id, result["total"], result["accepted"])
     return result

@@ -173,7 +173,10 @@ def _job_remember(request: HttpRequest, job: str) -> None:
 @enrol_admin_required
 def bulk_import(request: HttpRequest) -> HttpResponse:
     """The bulk import page (a folder of ``<Person_Name>/*.jpg`` or a zip of the same)."""
-    return render(request, "recognition/bulk_import.html", {"max_batch": 50})
+    from django.conf import settings
+
+    context = {"max_batch": 50, "max_upload_bytes": settings.MAX_IMPORT_REQUEST_BYTES}
+    return render(request, "recognition/bulk_import.html", context)
 
 
 @require_POST

@@ -196,6 +196,8 @@
         });
         feedBody = document.querySelector("#feed tbody");
         alarmsEl = document.getElementById("alarms");
+        var siteActions = document.getElementById("site-actions");
+        if (siteActions) siteActions.hidden = !document.querySelector("#doors .tile");
         localiseTimes(document);
         updateAlarmCount();
       })

@@ -217,3 +217,19 @@ def test_served_web_process_still_serves_ordinary_requests(served) -> None:
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
     )
     assert small.split(b" ", 2)[1] in (b"401", b"403")  # reached the API, which wants credentials
+
+
+def test_served_web_process_passes_multipart_bodies_to_the_application(served) -> None:
+    """Twisted used to parse multipart bodies itself and answer a bare 400 to a form without fields
+    (a browser's empty ``FormData``: only the closing boundary) before Django saw it (issue 16)."""
+    boundary = b"----WebKitFormBoundarynZYTunPj56OWRY0y"
+    for body in (b"--" + boundary + b"--\r\n", b"not multipart at all"):
+        answer = _exchange(
+            served,
+            b"POST /enrol/import/0123456789abcdef0123456789abcdef/start/ HTTP/1.1\r\nHost: localhost\r\n"
+            b"Connection: close\r\nContent-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        # Django answered (CSRF, for an anonymous client without a token), not Twisted's bare 400.
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+        assert b"Server: daphne" in answer

@@ -13,7 +13,7 @@ from django.utils import timezone
 from accessctl.alarms import alarm_raise
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.realtime import event_broadcast
+from accessctl.realtime import MessageType, broadcast, door_payload, event_broadcast
 from devices.models import EdgeDevice
 from tests.accessctl.helpers import PASSWORD, event_make, user_create
 from tests.browser.conftest import ARTIFACTS, login, off_loop
@@ -171,3 +171,23 @@ def test_degraded_device_turns_its_tile_and_raises_an_alarm(page, live_url) -> N
 
     off_loop(beat, 0)
     page.wait_for_selector('.device.status-online >> text="cam-side-1"')
+
+
+def test_site_wide_lockdown_buttons_wait_for_a_door(page, live_url) -> None:
+    """Issue 16: "Lock down all doors" showed on a fresh install with no door to lock."""
+    user_create("olga", "accessctl.view_dashboard", "accessctl.operate_doors")
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    assert page.locator("#doors .empty").is_visible()
+    assert page.locator('button[data-action="lockdown-all"]').is_hidden()
+    assert page.locator('button[data-action="lift-all"]').is_hidden()
+
+    # A door appears while the page is open (its first state message): the page resyncs and shows them.
+    door = Door.objects.create(name="Main entrance")
+    off_loop(broadcast, MessageType.DOOR_STATE, door_payload(door))
+    page.locator(f'.tile[data-door-id="{door.pk}"]').wait_for()
+    page.locator('button[data-action="lockdown-all"]').wait_for(state="visible")
+    assert page.locator('button[data-action="lift-all"]').is_visible()
+    page.reload()
+    page.wait_for_selector("#live-status.live")
+    assert page.locator('button[data-action="lockdown-all"]').is_visible()

@@ -75,6 +75,7 @@ def test_zip_import_summary(enrol_env: Path, tmp_path: Path) -> None:
         "duplicates": 1,
         "errors": 0,
         "reasons": {"bad_image": 1},
+        "people_discarded": [],
     }
     colin = Person.objects.get(name="Colin Powell")
     double = Person.objects.get(name="Mr Double")
@@ -82,6 +83,32 @@ def test_zip_import_summary(enrol_env: Path, tmp_path: Path) -> None:
     flagged = EnrollmentPhoto.objects.get(person=double)
     assert (flagged.status, flagged.duplicate_of_id) == (EnrollmentPhoto.Status.PENDING, colin.pk)
     assert not FaceEmbedding.objects.filter(person=double).exists()
+
+
+@pytest.mark.django_db
+def test_import_creates_no_person_without_a_kept_photo(enrol_env: Path, tmp_path: Path) -> None:
+    """Issue 16: a folder of non-faces ("Nobody") left a person with zero accepted photos behind."""
+    root = tmp_path / "people"
+    for name, photos in {
+        "Nobody": [blank_jpeg(), b"not an image"],
+        "Colin_Powell": [face_jpeg("Colin_Powell", 0)],
+        "Existing_Person": [blank_jpeg()],
+    }.items():
+        (root / name).mkdir(parents=True)
+        for i, data in enumerate(photos):
+            (root / name / f"{i}.jpg").write_bytes(data)
+    existing = Person.objects.create(name="Existing Person")
+    summary = photos_import(source=root)
+    assert (summary.people_created, summary.people_discarded) == (1, ["Nobody"])
+    assert not Person.objects.filter(name="Nobody").exists()
+    assert Person.objects.filter(name="Colin Powell").exists()
+    assert Person.objects.filter(pk=existing.pk).exists() and existing.photos.count() == 1  # not created here
+    nobody = [o for o in summary.outcomes if o.folder == "Nobody"]
+    assert [(o.status, o.person_id, o.photo_id) for o in nobody] == [("rejected", None, None)] * 2
+    assert not EnrollmentPhoto.objects.filter(person__isnull=True).exists()
+    # Their rejected photos' files went with them: only Colin's and the existing person's remain.
+    stored = [p for p in (enrol_env / "enrollment").rglob("*") if p.is_file()]
+    assert len(stored) == EnrollmentPhoto.objects.count() == 2
 
 
 @pytest.mark.django_db

@@ -141,7 +141,7 @@ def test_every_upload_path_refuses_the_bomb_with_a_clear_message(client, no_embe
 
     archive = tmp_path / "import.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("Bob_Bomb/z.png", bomb)
+        zf.writestr("Ada/z.png", bomb)  # an existing person: a new one with no kept photo is not created
     summary = photos_import(source=archive, embedder=object())
     assert summary.rejected == 1 and summary.reasons == {"bad_image": 1}
 

@@ -24,7 +24,7 @@ from tests.api_support import make_user
 from tests.devices.e2e import ROOT
 
 FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-PUBLIC_API = {"api-schema", "api-docs", "api-redoc"}
+PUBLIC_API = {"api-schema", "api-docs", "api-redoc", "api-redoc-bundle"}
 
 
 def test_deploy_checklist_is_clean_with_production_settings(tmp_path) -> None:

@@ -52,6 +52,9 @@ class Command(BaseCommand):
         )
         for reason, count in summary.reasons.most_common():
             self.stdout.write(f"  rejected {reason}: {count}")
+        if summary.people_discarded:
+            names = ", ".join(summary.people_discarded)
+            self.stdout.write(f"  not created (no photo accepted or awaiting review): {names}")
         if options["list_rejected"]:
             for outcome in summary.outcomes:
                 if outcome.status not in ("accepted",):
