@@ -5,7 +5,7 @@ from django.db import migrations
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accessctl", "0008_alarm_kinds_bridge_deaf_device_degraded"),
+        ("accessctl", "0009_apitoken_issued_by"),
     ]
 
     operations = [
