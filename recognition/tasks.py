@@ -127,7 +127,9 @@ def bulk_import_run(self, job_id: str, user_id: int | None = None) -> dict:
 
     def progress(done: int, total: int, outcome: object) -> None:
         counts.update(done=done, total=total)
-        key = {"accepted": "accepted", "pending": "duplicates", "rejected": "rejected"}.get(outcome.status, "errors")
+        key = {"accepted": "accepted", "held": "duplicates", "pending": "duplicates", "rejected": "rejected"}.get(
+            outcome.status, "errors"
+        )
         counts[key] += 1
         recent.append({"person": outcome.folder, "file": outcome.filename, "status": outcome.status,
                        "reason": outcome.reason, "person_id": outcome.person_id})  # fmt: skip
