@@ -466,7 +466,7 @@ def _photo_decide(staged: _Staged, *, person: Person) -> FaceEmbedding | None:
             photo.save()
             return None
         # One decision at a time per person: a concurrent upload sees the photos accepted before it.
-        type(person).objects.select_for_update().filter(pk=person.pk).exists()
+        list(type(person).objects.select_for_update().filter(pk=person.pk).values_list("pk", flat=True))
         photo.quality["quality_score"] = analysis.quality_score
         check = face_identity_check(
             embedding=analysis.embedding, model_version=analysis.model_version, person_id=person.pk
