@@ -13,6 +13,11 @@ person, ``face_identity_check`` (what ``photos_enroll`` runs on every new face) 
 The probes are checked read-only, so the trials are independent. The rates are printed at the
 model's threshold (``recognition.calibration.threshold_for``) and, from the stored similarities,
 at a few other thresholds.
+
+Measured 2026-11-30 (sface-2021dec-int8bq, threshold 0.476, all 610 people, seed 0): enrolment of
+3 photos each: 1572 accepted, 14 held (0.77 %), 244 rejected for quality; false holds of a right 4th
+photo 5/525 (0.95 %); wrong photo of another enrolled person through 0/517; wrong photo of a
+stranger through 0/533 (at 0.3644, the 1:1 threshold at FAR 1e-3: 0.19 % / 0 / 0.19 %).
 """
 
 from __future__ import annotations
