@@ -23,6 +23,8 @@ class Reason(StrEnum):
     RETENTION_PURGE = "retention_purge"
     HELD_OPEN = "held_open"
     OFFLINE_ALLOWED = "offline_allowed"
+    ENROLMENT_APPROVED = "enrolment_approved"  # a reviewer accepted an enrolment photo into the gallery
+    ENROLMENT_REJECTED = "enrolment_rejected"  # a reviewer rejected an enrolment photo
     # policy denials
     UNKNOWN_FACE = "unknown_face"
     AMBIGUOUS_MATCH = "ambiguous_match"

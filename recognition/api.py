@@ -91,9 +91,12 @@ _PERSON_PK = OpenApiParameter("person_pk", int, OpenApiParameter.PATH, descripti
     create=extend_schema(
         summary="Upload an enrolment photo",
         description=(
-            "Multipart upload. The answer is the quality verdict: `accepted` (in the gallery), "
-            "`rejected` (`quality_reason`/`quality_message` say why) or `pending` (the face matches "
-            "another person, `duplicate_of`; a reviewer decides)."
+            "Multipart upload. The answer is the verdict: `accepted` (in the gallery), "
+            "`rejected` (`quality_reason`/`quality_message` say why) or `held` for review, not in the "
+            "gallery until an administrator approves it: `quality_reason` `not_same_person` (below the "
+            "model's threshold against the person's accepted photos, `own_similarity`) or "
+            "`matches_other_person` (another person, `duplicate_of`, matches it better: "
+            "`other_similarity`)."
         ),
         tags=["people"],
         parameters=[_PERSON_PK],

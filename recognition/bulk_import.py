@@ -2,9 +2,10 @@
 
 The reusable core of ``manage.py enroll_folder``; a web upload or a Celery task calls
 :func:`photos_import` with its own ``progress`` callback. Each picture goes through
-:func:`recognition.enrollment.photo_enroll`, so the quality checks and duplicate flagging are the
-same as for a single upload. People are found by name (``Colin_Powell`` -> ``Colin Powell``) and
-created when missing.
+:func:`recognition.enrollment.photos_enroll` (a person's pictures in batches of
+:data:`PERSON_BATCH`), so the quality checks and the identity check (held for review) are the same
+as for a web upload. People are found by name (``Colin_Powell`` -> ``Colin Powell``) and created
+when missing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 
 from accessctl.models import Person
-from recognition.enrollment import MAX_UPLOAD_BYTES, EnrollmentCode, photo_enroll
+from recognition.enrollment import MAX_UPLOAD_BYTES, EnrollmentCode, PhotoUpload, photos_enroll
 from recognition.models import EnrollmentPhoto
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+#: A person's pictures are checked together in batches of this many (the first batch of a new
+#: person picks its reference face by consensus, see recognition.enrollment).
+PERSON_BATCH = 8
 
 
 class ImportSourceError(ValueError):
@@ -64,7 +68,7 @@ class ImportSummary:
     people_created: int = 0
     accepted: int = 0
     rejected: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # held for review (the identity check); the key the import page shows
     errors: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     outcomes: list[ItemOutcome] = field(default_factory=list)
@@ -193,6 +197,36 @@ def _people_without_photos_discard(summary: ImportSummary) -> None:
     logger.info("bulk import: %d new people discarded (no photo accepted or awaiting review)", len(doomed))
 
 
+def _batches(items: list[ImportItem], size: int) -> list[list[ImportItem]]:
+    """Consecutive pictures of the same folder (person), at most ``size`` together."""
+    batches: list[list[ImportItem]] = []
+    for item in items:
+        if batches and batches[-1][0].folder == item.folder and len(batches[-1]) < size:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _outcome(item: ImportItem, photo: EnrollmentPhoto, summary: ImportSummary) -> ItemOutcome:
+    if photo.status == EnrollmentPhoto.Status.ACCEPTED:
+        summary.accepted += 1
+    elif photo.status in (EnrollmentPhoto.Status.HELD, EnrollmentPhoto.Status.PENDING):
+        summary.duplicates += 1
+        summary.reasons[photo.quality_reason] += 1
+    else:
+        summary.rejected += 1
+        summary.reasons[photo.quality_reason or EnrollmentCode.BAD_IMAGE] += 1
+    return ItemOutcome(
+        folder=item.folder,
+        filename=item.filename,
+        status=photo.status,
+        reason=photo.quality_reason,
+        photo_id=photo.pk,
+        person_id=photo.person_id,
+    )
+
+
 def photos_import(
     *,
     source: str | Path,
@@ -205,35 +239,45 @@ def photos_import(
     items = import_items(source)
     summary = ImportSummary(total=len(items))
     people: dict[str, Person] = {}
-    for done, item in enumerate(items, start=1):
-        try:
-            person = _person_for(item.person_name, people, summary)
-            photo = photo_enroll(
-                person=person, image=item.read(), uploaded_by=uploaded_by, filename=item.filename, embedder=embedder
-            )
-        except (LookupError, OSError, zipfile.BadZipFile) as exc:
-            logger.warning("bulk import: %s/%s failed: %s", item.folder, item.filename, exc)
-            outcome = ItemOutcome(folder=item.folder, filename=item.filename, status="error", reason=str(exc)[:200])
-            summary.errors += 1
-        else:
-            outcome = ItemOutcome(
-                folder=item.folder,
-                filename=item.filename,
-                status=photo.status,
-                reason=photo.quality_reason,
-                photo_id=photo.pk,
-                person_id=person.pk,
-            )
-            if photo.status == EnrollmentPhoto.Status.ACCEPTED:
-                summary.accepted += 1
-            elif photo.status == EnrollmentPhoto.Status.PENDING:
-                summary.duplicates += 1
-            else:
-                summary.rejected += 1
-                summary.reasons[photo.quality_reason or EnrollmentCode.BAD_IMAGE] += 1
+
+    def report(outcome: ItemOutcome) -> None:
         summary.outcomes.append(outcome)
         if progress is not None:
-            progress(done, summary.total, outcome)
+            progress(len(summary.outcomes), summary.total, outcome)
+
+    def failed(item: ImportItem, exc: Exception) -> None:
+        logger.warning("bulk import: %s/%s failed: %s", item.folder, item.filename, exc)
+        summary.errors += 1
+        report(ItemOutcome(folder=item.folder, filename=item.filename, status="error", reason=str(exc)[:200]))
+
+    for batch in _batches(items, PERSON_BATCH):
+        readable: list[tuple[ImportItem, PhotoUpload]] = []
+        for item in batch:
+            try:
+                readable.append((item, PhotoUpload(image=item.read(), filename=item.filename)))
+            except (OSError, zipfile.BadZipFile) as exc:
+                failed(item, exc)
+        if not readable:
+            continue
+        decided: set[int] = set()
+
+        def decided_one(index: int, photo: EnrollmentPhoto, readable: list = readable, decided: set = decided) -> None:
+            decided.add(index)
+            report(_outcome(readable[index][0], photo, summary))
+
+        try:
+            person = _person_for(batch[0].person_name, people, summary)
+            photos_enroll(
+                person=person,
+                uploads=[upload for _, upload in readable],
+                uploaded_by=uploaded_by,
+                embedder=embedder,
+                progress=decided_one,
+            )
+        except (LookupError, OSError) as exc:
+            for index, (item, _) in enumerate(readable):
+                if index not in decided:
+                    failed(item, exc)
     _people_without_photos_discard(summary)
     logger.info("bulk import of %d pictures: %s", summary.total, summary.as_dict())
     return summary

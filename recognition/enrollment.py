@@ -1,18 +1,32 @@
-"""Enrolment services: photos in, quality verdicts and gallery embeddings out.
+"""Enrolment services: photos in, quality verdicts, identity checks and gallery embeddings out.
 
-``photo_enroll`` stores the uploaded file in Django's default storage (never in the database),
-decodes it defensively (not an image, truncated, too many pixels -> ``bad_image``), detects faces
-and checks quality (exactly one usable face), stores the aligned crop (JPEG) and embeds it with the
-configured embedder (``settings.RECOGNITION_EMBEDDER``).
+``photo_enroll`` / ``photos_enroll`` store each uploaded file in Django's default storage (never in
+the database), decode it defensively (not an image, truncated, too many pixels -> ``bad_image``),
+detect faces and check quality (exactly one usable face), store the aligned crop (JPEG) and embed
+it with the configured embedder (``settings.RECOGNITION_EMBEDDER``).
 
-Pending embeddings: the ``FaceEmbedding`` table *is* the gallery. A row exists only for an
-ACCEPTED photo, so the matcher needs no status filter (and the partial HNSW index stays exact).
-A photo whose face already matches ANOTHER person above that model's threshold is kept PENDING
-with ``duplicate_of`` set and gets no embedding; :func:`photo_accept` computes the embedding again
-from the stored original (same deterministic pipeline) when a reviewer accepts it.
-:func:`photo_reject` deletes the photo's embeddings. :func:`person_reembed` adds embeddings of
-another model version for the accepted photos (gallery migration); versions coexist because every
-search is restricted to one version.
+Identity check (:func:`face_identity_check`): every usable new face is compared with the person's
+ACCEPTED photos and with the rest of the gallery, at the model's calibrated threshold
+(:func:`recognition.calibration.threshold_for`). It is HELD for review, with no embedding, when
+
+* another person matches it at or above the threshold and better than the person's own photos do
+  (``matches_other_person``, ``duplicate_of`` = that person); for a person's first photo, any other
+  person at or above the threshold; or
+* it does not reach the threshold against any of the person's accepted photos (``not_same_person``).
+
+The similarities and the closest photos (the person's own, the other person's) are stored on the
+photo so a reviewer sees both faces side by side. Photos uploaded together (a web upload, one
+person's folder of a bulk import) are checked one after another, each against the photos accepted
+before it; for a person with no accepted photo yet, the face most like the others of the batch is
+checked first, so that one wrong picture in a batch cannot become the reference for the right ones.
+
+The ``FaceEmbedding`` table *is* the gallery: a row exists only for an ACCEPTED photo, so the
+matcher needs no status filter (and the partial HNSW index stays exact). :func:`photo_accept`
+(a reviewer approves a held photo) computes the embedding again from the stored original (same
+deterministic pipeline); :func:`photo_reject` deletes the photo's embeddings. Both are recorded in
+the access log (reasons ``enrolment_approved`` / ``enrolment_rejected``, the reviewer as actor).
+:func:`person_reembed` adds embeddings of another model version for the accepted photos (gallery
+migration); versions coexist because every search is restricted to one version.
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ import logging
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,8 +79,17 @@ class EnrollmentCode(StrEnum):
     """Codes stored in ``EnrollmentPhoto.quality_reason`` besides the :class:`QualityReason` values."""
 
     BAD_IMAGE = "bad_image"
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # before the identity check: now held as MATCHES_OTHER_PERSON
     REVIEWER_REJECTED = "reviewer_rejected"
+    # held for review by the identity check
+    MATCHES_OTHER_PERSON = "matches_other_person"
+    NOT_SAME_PERSON = "not_same_person"
+
+
+HOLD_MESSAGES = {
+    EnrollmentCode.MATCHES_OTHER_PERSON: "This face matches another enrolled person better; review it before use.",
+    EnrollmentCode.NOT_SAME_PERSON: "This face does not match the person's accepted photos; review it before use.",
+}
 
 
 class EnrollmentError(Exception):
@@ -290,15 +313,70 @@ def face_analyse(data: bytes, *, embedder: Embedder) -> FaceAnalysis:
     )
 
 
-def _duplicate_of(embedding: np.ndarray, *, model_version: str, person_id: int) -> tuple[int, float] | None:
-    """The most similar OTHER person at or above the model's threshold, if any."""
+@dataclass(frozen=True)
+class IdentityCheck:
+    """How a new face compares with its person's accepted photos and with everyone else.
+
+    ``own_*``: the person's closest accepted photo (None when the person has none of this model
+    version); ``other_*``: the closest other person of the gallery (None when there is nobody else).
+    """
+
+    threshold: float
+    own_similarity: float | None = None
+    own_photo_id: int | None = None
+    other_person_id: int | None = None
+    other_similarity: float | None = None
+    other_photo_id: int | None = None
+
+    @property
+    def hold_reason(self) -> str:
+        """``matches_other_person``, ``not_same_person`` or "" (the face may join the gallery)."""
+        other, own = self.other_similarity, self.own_similarity
+        if other is not None and other >= self.threshold and (own is None or other > own):
+            return EnrollmentCode.MATCHES_OTHER_PERSON
+        if own is not None and own < self.threshold:
+            return EnrollmentCode.NOT_SAME_PERSON
+        return ""
+
+
+def _cosine(vectors: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors @ (probe / max(float(np.linalg.norm(probe)), 1e-12))
+
+
+def face_identity_check(*, embedding: np.ndarray, model_version: str, person_id: int) -> IdentityCheck:
+    """Compare a new face of ``person_id`` with that person's accepted photos (exactly) and with the
+    rest of the gallery (the matcher's search), at the model's calibrated threshold.
+
+    Reads only; :attr:`IdentityCheck.hold_reason` says whether the face must be held for review.
+    """
     threshold = threshold_for(model_version)
-    for candidate in gallery_search(embedding, model_version=model_version, limit_people=5):
-        if candidate.similarity < threshold:
-            return None
-        if candidate.person_id != person_id:
-            return candidate.person_id, candidate.similarity
-    return None
+    probe = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    own = list(
+        FaceEmbedding.objects.filter(person_id=person_id, model_version=model_version).values_list(
+            "photo_id", "embedding"
+        )
+    )
+    own_similarity = own_photo_id = None
+    if own:
+        scores = _cosine(np.asarray([np.asarray(e, dtype=np.float32) for _, e in own]), probe)
+        best = int(np.argmax(scores))
+        own_similarity, own_photo_id = round(float(scores[best]), 4), own[best][0]
+    other = next(
+        (c for c in gallery_search(probe, model_version=model_version, limit_people=3) if c.person_id != person_id),
+        None,
+    )
+    if other is None:
+        return IdentityCheck(threshold=threshold, own_similarity=own_similarity, own_photo_id=own_photo_id)
+    other_photo_id = FaceEmbedding.objects.filter(pk=other.embedding_id).values_list("photo_id", flat=True).first()
+    return IdentityCheck(
+        threshold=threshold,
+        own_similarity=own_similarity,
+        own_photo_id=own_photo_id,
+        other_person_id=other.person_id,
+        other_similarity=round(float(other.similarity), 4),
+        other_photo_id=other_photo_id,
+    )
 
 
 def _extension(data: bytes, filename: str | None) -> str:
@@ -322,6 +400,157 @@ def _review_note(photo: EnrollmentPhoto, *, action: str, by: Any, reason: str = 
 # --------------------------------------------------------------------------- services
 
 
+@dataclass(frozen=True)
+class PhotoUpload:
+    """One picture to enrol: its bytes (or a file object) and, when known, its file name."""
+
+    image: bytes | IO[bytes]
+    filename: str | None = None
+
+
+@dataclass
+class _Staged:
+    photo: EnrollmentPhoto
+    analysis: FaceAnalysis
+
+
+def _photo_stage(*, person: Person, upload: PhotoUpload, uploaded_by: Any, embedder: Callable[[], Embedder]) -> _Staged:
+    """Store the original and the crop of one upload and analyse it; the photo is not saved yet."""
+    try:
+        data = _read_upload(upload.image)
+    except BadImageError as exc:
+        data, early = b"", str(exc)
+    else:
+        early = ""
+    filename = upload.filename if upload.filename is not None else getattr(upload.image, "name", None)
+    photo = EnrollmentPhoto(person=person, uploaded_by=uploaded_by)
+    staged = _Staged(photo=photo, analysis=FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message=early))
+    if data and len(data) <= MAX_UPLOAD_BYTES:
+        photo.image.save(f"{uuid.uuid4().hex}{_extension(data, filename)}", ContentFile(data), save=False)
+    if not early:
+        staged.analysis = face_analyse(data, embedder=embedder())
+    photo.quality = dict(staged.analysis.metrics)
+    photo.box = staged.analysis.box
+    if staged.analysis.crop_jpeg is not None:
+        photo.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(staged.analysis.crop_jpeg), save=False)
+    return staged
+
+
+def _check_order(staged: Sequence[_Staged], *, person: Person) -> list[int]:
+    """The order in which to decide ``staged``: as uploaded, except that for a person with no
+    accepted photo yet the usable face most like the others of the batch goes first (the first
+    accepted face becomes the reference of the next ones)."""
+    order = list(range(len(staged)))
+    usable = [i for i in order if staged[i].analysis.ok and staged[i].analysis.embedding is not None]
+    if len(usable) < 3:
+        return order
+    versions = {staged[i].analysis.model_version for i in usable}
+    if len(versions) != 1 or FaceEmbedding.objects.filter(person=person, model_version=versions.pop()).exists():
+        return order
+    vectors = np.asarray([staged[i].analysis.embedding for i in usable], dtype=np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, np.nan)
+    seed = usable[int(np.nanargmax(np.nanmedian(similarity, axis=1)))]
+    return [seed, *(i for i in order if i != seed)]
+
+
+def _photo_decide(staged: _Staged, *, person: Person) -> FaceEmbedding | None:
+    """Save the photo: REJECTED (quality), HELD (identity check) or ACCEPTED with its embedding."""
+    photo, analysis = staged.photo, staged.analysis
+    with transaction.atomic():
+        if not analysis.ok or analysis.embedding is None:
+            photo.status = EnrollmentPhoto.Status.REJECTED
+            photo.quality_reason = analysis.reason
+            photo.quality_message = analysis.message
+            photo.save()
+            return None
+        # One decision at a time per person: a concurrent upload sees the photos accepted before it.
+        list(type(person).objects.select_for_update().filter(pk=person.pk).values_list("pk", flat=True))
+        photo.quality["quality_score"] = analysis.quality_score
+        check = face_identity_check(
+            embedding=analysis.embedding, model_version=analysis.model_version, person_id=person.pk
+        )
+        photo.own_similarity, photo.own_photo_id = check.own_similarity, check.own_photo_id
+        photo.other_similarity, photo.other_photo_id = check.other_similarity, check.other_photo_id
+        photo.quality["identity_check"] = {
+            "threshold": round(check.threshold, 4),
+            "model_version": analysis.model_version,
+            "other_person": check.other_person_id,
+        }
+        reason = check.hold_reason
+        if reason:
+            photo.status = EnrollmentPhoto.Status.HELD
+            photo.quality_reason = reason
+            photo.quality_message = HOLD_MESSAGES[EnrollmentCode(reason)]
+            if reason == EnrollmentCode.MATCHES_OTHER_PERSON:
+                photo.duplicate_of_id = check.other_person_id
+            photo.save()
+            return None
+        photo.status = EnrollmentPhoto.Status.ACCEPTED
+        photo.save()
+        return FaceEmbedding.objects.create(
+            person=person,
+            photo=photo,
+            model_version=analysis.model_version,
+            embedding=analysis.embedding.tolist(),
+            quality=analysis.quality_score,
+        )
+
+
+def photos_enroll(
+    *,
+    person: Person,
+    uploads: Sequence[PhotoUpload],
+    uploaded_by: Any = None,
+    embedder: Embedder | None = None,
+    progress: Callable[[int, EnrollmentPhoto], None] | None = None,
+) -> list[EnrollmentPhoto]:
+    """Store, assess and check photos of ``person`` uploaded together; the saved photos, in the
+    order of ``uploads``. ``progress(index, photo)`` is called as each photo is decided.
+
+    ACCEPTED: one usable face that passed the identity check, embedded into the gallery.
+    REJECTED: ``quality_reason`` is a :class:`~recognition.quality.QualityReason` value or
+    ``bad_image``, ``quality_message`` says why in words. HELD: the face failed the identity check
+    (module docstring); not in the gallery until :func:`photo_accept`.
+    """
+    loaded: list[Embedder] = [embedder] if embedder is not None else []
+
+    def active() -> Embedder:
+        if not loaded:
+            loaded.append(configured_embedder())
+        return loaded[0]
+
+    staged: list[_Staged] = []
+    try:
+        for upload in uploads:
+            staged.append(_photo_stage(person=person, upload=upload, uploaded_by=uploaded_by, embedder=active))
+        for index in _check_order(staged, person=person):
+            item = staged[index]
+            embedding = _photo_decide(item, person=person)
+            photo = item.photo
+            logger.info(
+                "enrolment photo %s of person %s: %s%s%s (own %s, other %s)",
+                photo.pk, person.pk, photo.status,
+                f" ({photo.quality_reason})" if photo.quality_reason else "",
+                f", matches person {photo.duplicate_of_id}" if photo.duplicate_of_id else "",
+                photo.own_similarity, photo.other_similarity,
+            )  # fmt: skip
+            if embedding is not None:
+                logger.debug("embedding %s (%s) created for photo %s", embedding.pk, embedding.model_version, photo.pk)
+            if progress is not None:
+                progress(index, photo)
+    except Exception:
+        # The files are not transactional: remove what we wrote for photos that were not saved.
+        for item in staged:
+            if item.photo.pk is None:
+                for f in (item.photo.image, item.photo.crop):
+                    if f:
+                        f.storage.delete(f.name)
+        raise
+    return [item.photo for item in staged]
+
+
 def photo_enroll(
     *,
     person: Person,
@@ -330,77 +559,39 @@ def photo_enroll(
     filename: str | None = None,
     embedder: Embedder | None = None,
 ) -> EnrollmentPhoto:
-    """Store and assess one enrolment photo of ``person``; returns the saved photo.
-
-    ACCEPTED: one usable face, embedded into the gallery. REJECTED: ``quality_reason`` is a
-    :class:`~recognition.quality.QualityReason` value or ``bad_image``, ``quality_message`` says
-    why in words. PENDING: the face matches another person (``duplicate_of``); not in the gallery
-    until :func:`photo_accept`.
-    """
-    try:
-        data = _read_upload(image)
-    except BadImageError as exc:
-        data, early = b"", str(exc)
-    else:
-        early = ""
-    if filename is None:
-        filename = getattr(image, "name", None)
-    photo = EnrollmentPhoto(person=person, uploaded_by=uploaded_by)
-    embedding: FaceEmbedding | None = None
-    try:
-        if data and len(data) <= MAX_UPLOAD_BYTES:
-            photo.image.save(f"{uuid.uuid4().hex}{_extension(data, filename)}", ContentFile(data), save=False)
-        if early:
-            analysis = FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message=early)
-        else:
-            analysis = face_analyse(data, embedder=embedder or configured_embedder())
-        photo.quality = dict(analysis.metrics)
-        photo.box = analysis.box
-        if analysis.crop_jpeg is not None:
-            photo.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(analysis.crop_jpeg), save=False)
-        with transaction.atomic():
-            if not analysis.ok or analysis.embedding is None:
-                photo.status = EnrollmentPhoto.Status.REJECTED
-                photo.quality_reason = analysis.reason
-                photo.quality_message = analysis.message
-                photo.save()
-            else:
-                photo.quality["quality_score"] = analysis.quality_score
-                dup = _duplicate_of(analysis.embedding, model_version=analysis.model_version, person_id=person.pk)
-                if dup is not None:
-                    photo.status = EnrollmentPhoto.Status.PENDING
-                    photo.duplicate_of_id = dup[0]
-                    photo.quality_reason = EnrollmentCode.DUPLICATE
-                    photo.quality_message = "This face already matches another enrolled person; review it before use."
-                    photo.quality["duplicate_similarity"] = round(dup[1], 4)
-                    photo.save()
-                else:
-                    photo.status = EnrollmentPhoto.Status.ACCEPTED
-                    photo.save()
-                    embedding = FaceEmbedding.objects.create(
-                        person=person,
-                        photo=photo,
-                        model_version=analysis.model_version,
-                        embedding=analysis.embedding.tolist(),
-                        quality=analysis.quality_score,
-                    )
-    except Exception:
-        # The files are not transactional: remove what we wrote for a photo that was not saved.
-        for f in (photo.image, photo.crop):
-            if f:
-                f.storage.delete(f.name)
-        raise
-    logger.info(
-        "enrolment photo %s of person %s: %s%s%s",
-        photo.pk,
-        person.pk,
-        photo.status,
-        f" ({photo.quality_reason})" if photo.quality_reason else "",
-        f", duplicate of person {photo.duplicate_of_id}" if photo.duplicate_of_id else "",
+    """Store, assess and check one enrolment photo of ``person`` (:func:`photos_enroll`)."""
+    (photo,) = photos_enroll(
+        person=person, uploads=[PhotoUpload(image=image, filename=filename)], uploaded_by=uploaded_by, embedder=embedder
     )
-    if embedding is not None:
-        logger.debug("embedding %s (%s) created for photo %s", embedding.pk, embedding.model_version, photo.pk)
     return photo
+
+
+def _review_audit(photo: EnrollmentPhoto, *, approved: bool, by: Any, held_reason: str, reason: str = "") -> None:
+    """One access-log record of a reviewer's decision on an enrolment photo (same transaction)."""
+    from accessctl.audit import event_record
+    from accessctl.codes import Decision, Reason
+    from accessctl.models import AccessEvent
+
+    details: dict[str, Any] = {
+        "action": "enrolment_photo_approved" if approved else "enrolment_photo_rejected",
+        "photo": photo.pk,
+        "was": held_reason or photo.status,
+        "own_similarity": photo.own_similarity,
+        "other_similarity": photo.other_similarity,
+        "other_person": photo.duplicate_of_id,
+    }
+    if reason:
+        details["reason"] = reason[:200]
+    event_record(
+        detection_id=None,
+        occurred_at=timezone.now(),
+        decision=Decision.GRANT if approved else Decision.DENY,
+        reason=Reason.ENROLMENT_APPROVED if approved else Reason.ENROLMENT_REJECTED,
+        source=AccessEvent.Source.OPERATOR,
+        person_id=photo.person_id,
+        actor_id=getattr(by, "pk", None),
+        details=details,
+    )
 
 
 def _embed_stored_photo(photo: EnrollmentPhoto, embedder: Embedder) -> FaceAnalysis:
@@ -412,7 +603,7 @@ def _embed_stored_photo(photo: EnrollmentPhoto, embedder: Embedder) -> FaceAnaly
 
 
 def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder | None = None) -> EnrollmentPhoto:
-    """Accept a PENDING photo (typically a flagged duplicate) into the gallery.
+    """Approve a HELD (or PENDING) photo into the gallery: a reviewer's decision, audited.
 
     A photo rejected for quality cannot be accepted (it has no usable face). Accepting an already
     accepted photo changes nothing.
@@ -421,6 +612,8 @@ def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder |
         return photo
     if photo.status == EnrollmentPhoto.Status.REJECTED and photo.quality_reason not in (
         EnrollmentCode.DUPLICATE,
+        EnrollmentCode.MATCHES_OTHER_PERSON,
+        EnrollmentCode.NOT_SAME_PERSON,
         EnrollmentCode.REVIEWER_REJECTED,
         "",
     ):
@@ -432,6 +625,7 @@ def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder |
     with transaction.atomic():
         locked = EnrollmentPhoto.objects.select_for_update().get(pk=photo.pk)
         if locked.status != EnrollmentPhoto.Status.ACCEPTED:
+            held_reason = locked.quality_reason
             locked.status = EnrollmentPhoto.Status.ACCEPTED
             locked.quality_reason = ""
             locked.quality_message = ""
@@ -445,15 +639,17 @@ def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder |
                 embedding=analysis.embedding.tolist(),
                 quality=analysis.quality_score,
             )
+            _review_audit(locked, approved=True, by=by, held_reason=held_reason)
     logger.info("enrolment photo %s accepted by user %s", photo.pk, getattr(by, "pk", None))
     photo.refresh_from_db()
     return photo
 
 
 def photo_reject(*, photo: EnrollmentPhoto, by: Any = None, reason: str = "") -> EnrollmentPhoto:
-    """Reject a photo (pending or accepted) and remove its embeddings from the gallery."""
+    """Reject a photo (held, pending or accepted) and remove its embeddings from the gallery; audited."""
     with transaction.atomic():
         locked = EnrollmentPhoto.objects.select_for_update().get(pk=photo.pk)
+        was = locked.quality_reason if locked.status == EnrollmentPhoto.Status.HELD else locked.status
         deleted, _ = FaceEmbedding.objects.filter(photo=locked).delete()
         if locked.status != EnrollmentPhoto.Status.REJECTED or not locked.quality_reason:
             locked.quality_reason = EnrollmentCode.REVIEWER_REJECTED
@@ -462,6 +658,7 @@ def photo_reject(*, photo: EnrollmentPhoto, by: Any = None, reason: str = "") ->
         locked.status = EnrollmentPhoto.Status.REJECTED
         _review_note(locked, action="rejected", by=by, reason=reason)
         locked.save()
+        _review_audit(locked, approved=False, by=by, held_reason=was, reason=reason)
     logger.info(
         "enrolment photo %s rejected by user %s (%d embeddings removed)", photo.pk, getattr(by, "pk", None), deleted
     )

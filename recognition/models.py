@@ -24,6 +24,7 @@ class EnrollmentPhoto(models.Model):
         PENDING = "pending"
         ACCEPTED = "accepted"
         REJECTED = "rejected"
+        HELD = "held", "Held for review"
 
     person = models.ForeignKey("accessctl.Person", on_delete=models.CASCADE, related_name="photos")
     image = models.FileField(upload_to="enrollment/%Y/%m/", max_length=300)
@@ -41,6 +42,21 @@ class EnrollmentPhoto(models.Model):
         related_name="+",
         help_text="Another person this face already matches (flagged for review).",
     )
+    # Identity check of a new face (recognition.enrollment.face_identity_check), kept for review.
+    own_similarity = models.FloatField(
+        null=True, blank=True, help_text="Best similarity with the person's accepted photos (none for a first photo)."
+    )
+    own_photo = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The person's accepted photo closest to this face.",
+    )  # fmt: skip
+    other_similarity = models.FloatField(
+        null=True, blank=True, help_text="Best similarity with anyone else in the gallery."
+    )
+    other_photo = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The other person's photo closest to this face.",
+    )  # fmt: skip
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

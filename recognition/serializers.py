@@ -21,6 +21,8 @@ class EnrollmentPhotoSerializer(serializers.ModelSerializer):
             "quality",
             "box",
             "duplicate_of",
+            "own_similarity",
+            "other_similarity",
             "uploaded_at",
         ]
         read_only_fields = fields

@@ -138,7 +138,9 @@ def bulk_import_run(self, job_id: str, user_id: int | None = None) -> dict:
 
     def progress(done: int, total: int, outcome: object) -> None:
         counts.update(done=done, total=total)
-        key = {"accepted": "accepted", "pending": "duplicates", "rejected": "rejected"}.get(outcome.status, "errors")
+        key = {"accepted": "accepted", "held": "duplicates", "pending": "duplicates", "rejected": "rejected"}.get(
+            outcome.status, "errors"
+        )
         counts[key] += 1
         verdicts[outcome.status] = verdicts.get(outcome.status, 0) + 1
         recent.append(_import_item(outcome))

@@ -60,7 +60,9 @@ def enrol_index(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     people = Person.objects.annotate(
         accepted=Count("photos", filter=Q(photos__status=EnrollmentPhoto.Status.ACCEPTED)),
-        pending=Count("photos", filter=Q(photos__status=EnrollmentPhoto.Status.PENDING)),
+        pending=Count(
+            "photos", filter=Q(photos__status__in=[EnrollmentPhoto.Status.PENDING, EnrollmentPhoto.Status.HELD])
+        ),
     ).order_by("name", "id")
     if query:
         people = people.filter(Q(name__icontains=query) | Q(external_id__iexact=query))
@@ -70,22 +72,28 @@ def enrol_index(request: HttpRequest) -> HttpResponse:
 
 @enrol_admin_required
 def enrol_person(request: HttpRequest, pk: int) -> HttpResponse:
-    """A person's photos with crop, verdict and reason; upload more (POST)."""
-    from recognition.enrollment import photo_enroll
+    """A person's photos with crop, verdict and reason; held photos beside the face they were
+    compared with; upload more (POST: checked together, see ``photos_enroll``)."""
+    from recognition.enrollment import PhotoUpload, photos_enroll
 
     person = get_object_or_404(Person, pk=pk)
     form = PhotoUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST":
         if form.is_valid():
             verdicts: dict[str, int] = {}
-            for upload in form.cleaned_data["photos"]:
-                photo = photo_enroll(person=person, image=upload, uploaded_by=request.user, filename=upload.name)
-                verdicts[photo.status] = verdicts.get(photo.status, 0) + 1
+            uploads = [PhotoUpload(image=upload, filename=upload.name) for upload in form.cleaned_data["photos"]]
+            for photo in photos_enroll(person=person, uploads=uploads, uploaded_by=request.user):
+                label = str(photo.get_status_display()).lower()
+                verdicts[label] = verdicts.get(label, 0) + 1
             summary = ", ".join(f"{n} {status}" for status, n in sorted(verdicts.items()))
-            messages.success(request, f"{sum(verdicts.values())} photo(s) processed: {summary}.")
+            held = verdicts.get(str(EnrollmentPhoto.Status.HELD.label).lower(), 0)
+            notify = messages.warning if held else messages.success
+            notify(request, f"{sum(verdicts.values())} photo(s) processed: {summary}.")
             return redirect("recognition:enrol_person", pk=person.pk)
         messages.error(request, "Choose one or more photos to upload.")
-    photos = person.photos.select_related("duplicate_of").order_by("-uploaded_at", "-id")
+    photos = person.photos.select_related("duplicate_of", "own_photo", "other_photo__person").order_by(
+        "-uploaded_at", "-id"
+    )
     counts = {s: 0 for s in EnrollmentPhoto.Status.values}
     for photo in photos:
         counts[photo.status] += 1

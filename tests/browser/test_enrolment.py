@@ -186,3 +186,39 @@ def test_a_non_image_upload_says_so_without_a_broken_image(page, live_url, tmp_p
     assert "not a picture" in card.locator(".verdict-message").inner_text()
     assert card.locator(".reason-code").inner_text() == "bad_image"
     assert card.locator("img").count() == 0  # nothing the browser cannot draw
+
+    page.screenshot(path=str(ARTIFACTS / "bulk-import.png"))
+
+
+@pytest.mark.skipif(not lfw_available(), reason="needs two different people's photos (LFW)")
+def test_wrong_persons_photo_is_held_with_both_faces_shown(page, live_url, tmp_path) -> None:
+    """Issue 16: a George W. Bush photo among Tony Blair's was accepted. Now it is held, shown beside
+    the Blair photo it was compared with, and the reviewer's decision is audited."""
+    from accessctl.codes import Reason
+    from accessctl.models import AccessEvent
+
+    get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    blair = Person.objects.create(name="Tony Blair")
+    files = [_photo(tmp_path / f"blair_{i}.jpg", face_jpeg("Tony_Blair", i), 2.0) for i in range(2)]
+    files.insert(0, _photo(tmp_path / "bush.jpg", face_jpeg("George_W_Bush", 0), 2.0))
+
+    login(page, live_url, "admin", PASSWORD)
+    page.goto(f"{live_url}/enrol/people/{blair.pk}/")
+    page.set_input_files("#id_photos", [str(p) for p in files])
+    page.click("text=Upload and check")
+    page.locator(".messages li.warning").wait_for(timeout=120_000)
+    assert "2 accepted, 1 held for review" in page.locator(".messages li.warning").inner_text()
+    held = page.locator(".photo-card.status-held")
+    assert held.count() == 1 and page.locator(".photo-card.status-accepted").count() == 2
+    assert held.locator(".reason-code").inner_text() == "not_same_person"
+    faces = held.locator(".review-compare img.crop")
+    assert faces.count() == 2  # the held face and Tony Blair's closest accepted photo
+    for i in range(2):
+        page.wait_for_function("img => img.complete && img.naturalWidth === 112", arg=faces.nth(i).element_handle())
+    page.screenshot(path=str(ARTIFACTS / "enrolment-held.png"), full_page=True)
+
+    photo_id = int(held.get_attribute("data-photo-id"))
+    held.locator('button[data-action="reject"]').click()
+    page.locator(f'.photo-card.status-rejected[data-photo-id="{photo_id}"]').wait_for()
+    assert not EnrollmentPhoto.objects.get(pk=photo_id).embeddings.exists()
+    assert AccessEvent.objects.get(reason=Reason.ENROLMENT_REJECTED).details["photo"] == photo_id

@@ -90,7 +90,9 @@ def test_upload_flags_a_face_of_another_person_for_review(engine) -> None:
     engine.queue = [good(face), good(unit(8, near=face, noise=0.01))]
     client.post(photos_url(ada), {"image": upload()}, format="multipart")
     duplicate = client.post(photos_url(bob), {"image": upload()}, format="multipart").json()
-    assert duplicate["status"] == "pending" and duplicate["duplicate_of"] == ada.pk
+    assert duplicate["status"] == "held" and duplicate["duplicate_of"] == ada.pk
+    assert duplicate["quality_reason"] == "matches_other_person" and duplicate["other_similarity"] > 0.9
+    assert not FaceEmbedding.objects.filter(person=bob).exists()
 
 
 def test_upload_errors_and_permissions(engine) -> None:

@@ -74,14 +74,14 @@ def test_zip_import_summary(enrol_env: Path, tmp_path: Path) -> None:
         "rejected": 1,
         "duplicates": 1,
         "errors": 0,
-        "reasons": {"bad_image": 1},
+        "reasons": {"bad_image": 1, "matches_other_person": 1},
         "people_discarded": [],
     }
     colin = Person.objects.get(name="Colin Powell")
     double = Person.objects.get(name="Mr Double")
     assert colin.embeddings.count() == 2
     flagged = EnrollmentPhoto.objects.get(person=double)
-    assert (flagged.status, flagged.duplicate_of_id) == (EnrollmentPhoto.Status.PENDING, colin.pk)
+    assert (flagged.status, flagged.duplicate_of_id) == (EnrollmentPhoto.Status.HELD, colin.pk)
     assert not FaceEmbedding.objects.filter(person=double).exists()
 
 
@@ -121,7 +121,7 @@ def test_enroll_folder_command(enrol_env: Path, tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     call_command("enroll_folder", str(root), "--list-rejected", stdout=out, stderr=err)
     text = out.getvalue()
-    assert "2 pictures: 1 accepted, 1 rejected, 0 flagged as duplicates (pending review), 0 errors" in text
+    assert "2 pictures: 1 accepted, 1 rejected, 0 held for review, 0 errors" in text
     assert "0 people created" in text and "rejected no_face: 1" in text
     assert "Colin_Powell/2.jpg: rejected no_face" in text
     assert err.getvalue() == "", "no progress bar when stderr is not a terminal"

@@ -140,10 +140,10 @@ def test_duplicate_face_is_flagged_then_reviewed(enrol_env: Path, embedder: Embe
     assert photo_enroll(person=colin, image=face_jpeg("Colin_Powell", 0)).status == EnrollmentPhoto.Status.ACCEPTED
 
     dup = photo_enroll(person=impostor, image=face_jpeg("Colin_Powell", 1))
-    assert dup.status == EnrollmentPhoto.Status.PENDING
-    assert dup.duplicate_of_id == colin.pk and dup.quality_reason == EnrollmentCode.DUPLICATE
-    assert dup.quality["duplicate_similarity"] > 0.4
-    assert not FaceEmbedding.objects.filter(photo=dup).exists(), "pending photos are not in the gallery"
+    assert dup.status == EnrollmentPhoto.Status.HELD
+    assert dup.duplicate_of_id == colin.pk and dup.quality_reason == EnrollmentCode.MATCHES_OTHER_PERSON
+    assert dup.other_similarity > 0.4 and dup.own_similarity is None
+    assert not FaceEmbedding.objects.filter(photo=dup).exists(), "held photos are not in the gallery"
 
     # the matcher never sees the pending embedding: Colin is matched, not ambiguous
     probe = get_embedder(DEFAULT_BACKEND)

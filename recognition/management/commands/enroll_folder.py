@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition.bulk_import import ImportSourceError, ItemOutcome, photos_import
+from recognition.enrollment import HOLD_MESSAGES
 
 
 class Command(BaseCommand):
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("source", help="folder or .zip file")
         parser.add_argument("--uploaded-by", default=None, help="username recorded as the uploader")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar (none when not a terminal)")
-        parser.add_argument("--list-rejected", action="store_true", help="print each rejected picture")
+        parser.add_argument("--list-rejected", action="store_true", help="print each rejected or held picture")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from accessctl.progress import progress_bar
@@ -47,11 +48,12 @@ class Command(BaseCommand):
                 bar.close()
         self.stdout.write(
             f"{summary.total} pictures: {summary.accepted} accepted, {summary.rejected} rejected, "
-            f"{summary.duplicates} flagged as duplicates (pending review), {summary.errors} errors; "
+            f"{summary.duplicates} held for review, {summary.errors} errors; "
             f"{summary.people_created} people created"
         )
         for reason, count in summary.reasons.most_common():
-            self.stdout.write(f"  rejected {reason}: {count}")
+            verb = "held" if reason in HOLD_MESSAGES else "rejected"
+            self.stdout.write(f"  {verb} {reason}: {count}")
         if summary.people_discarded:
             names = ", ".join(summary.people_discarded)
             self.stdout.write(f"  not created (no photo accepted or awaiting review): {names}")
