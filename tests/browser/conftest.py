@@ -7,6 +7,7 @@ so the server process sees what the test writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -39,12 +40,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, str]) -> Iterator[str]:
-    """Base URL of a daphne process serving ``accessctl.asgi`` against the test database."""
+@contextlib.contextmanager
+def _served(test_env: dict[str, str], log_name: str = "daphne.log") -> Iterator[str]:
+    """A daphne process serving ``accessctl.asgi`` against the test database; yields its base URL."""
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = (ARTIFACTS / "daphne.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     env = {**test_env, "PYTHONUNBUFFERED": "1", "DATABASE_CONN_MAX_AGE": "0"}
     # The web process as `manage.py up` runs it (daphne with the request body limits).
     server = [sys.executable, "-m", "accessctl.web_server", "-b", "127.0.0.1", "-p", str(port)]
@@ -66,7 +67,7 @@ def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, s
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not start; see {ARTIFACTS / 'daphne.log'}")
+                raise RuntimeError(f"daphne did not start; see {ARTIFACTS / log_name}")
             time.sleep(0.3)
         yield url
     finally:
@@ -76,6 +77,22 @@ def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, s
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, str]) -> Iterator[str]:
+    """Base URL of a daphne process serving ``accessctl.asgi`` against the test database."""
+    with _served(test_env) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_live_url(django_db_setup: Any, test_env: dict[str, str]) -> Iterator[str]:
+    """A daphne process of this test's own. The session's server caches content-type ids, which
+    the flush between transactional tests renumbers: admin pages that write a change log (adding a
+    door, a group) need a server started after that flush."""
+    with _served(test_env, "daphne-fresh.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="package")

@@ -57,7 +57,8 @@ def _admin_select(page, field: str, label: str) -> None:
     page.click(f"#id_{field}_add")
 
 
-def test_an_administrators_first_hour(page, live_url, stack, tmp_path) -> None:
+def test_an_administrators_first_hour(page, fresh_live_url, stack, tmp_path) -> None:
+    live_url = fresh_live_url
     get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
     login(page, live_url, "admin", PASSWORD)
 
