@@ -8,22 +8,13 @@ Genuine/impostor cosine scores come from LFW pairs (default) or from a labelled 
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import evaluation
-from recognition.datasets import DatasetError, lfw_locate
 from recognition.embedder import get_embedder
-
-
-def _lfw_root(named: str | None) -> Path:
-    try:
-        return lfw_locate(explicit=named, stream=sys.stderr)
-    except DatasetError as exc:
-        raise CommandError(str(exc)) from exc
+from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
 
 
 class Command(BaseCommand):
@@ -33,13 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--backend", default=None, help="embedder backend (default: sface)")
         parser.add_argument("--target-fmr", type=float, default=1e-3)
         parser.add_argument("--folder", default=None, help="labelled images <folder>/<person>/*.jpg")
-        parser.add_argument(
-            "--lfw-root",
-            "--lfw",
-            default=None,
-            metavar="PATH",
-            help="LFW folder (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
-        )
+        lfw_option_add(parser)
         parser.add_argument("--cache-dir", default=None)
         parser.add_argument("--dry-run", action="store_true", help="print only, do not store")
 
@@ -52,7 +37,7 @@ class Command(BaseCommand):
             dist = evaluation.folder_distributions(options["folder"], embedder, cache_dir=options["cache_dir"])
         else:
             dist = evaluation.lfw_pair_distributions(
-                embedder, lfw_root=_lfw_root(options["lfw_root"]), cache_dir=options["cache_dir"]
+                embedder, lfw_root=lfw_root_locate(options["lfw_root"]), cache_dir=options["cache_dir"]
             )
         if dist.genuine.size == 0 or dist.impostor.size == 0:
             raise CommandError("need at least one genuine and one impostor pair")

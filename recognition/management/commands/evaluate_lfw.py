@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from recognition import evaluation
-from recognition.datasets import DatasetError, lfw_locate
-
-
-def _lfw_root(named: str | None) -> Path:
-    try:
-        return lfw_locate(explicit=named, stream=sys.stderr)
-    except DatasetError as exc:
-        raise CommandError(str(exc)) from exc
+from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
 
 
 class Command(BaseCommand):
@@ -25,13 +16,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--backend", action="append", dest="backends", help="repeatable; default: sface")
-        parser.add_argument(
-            "--lfw-root",
-            "--lfw",
-            default=None,
-            metavar="PATH",
-            help="LFW folder (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
-        )
+        lfw_option_add(parser)
         parser.add_argument("--cache-dir", default=None, help="default: var/cache")
         parser.add_argument("--flip", action="store_true", help="average with the mirrored crop")
         parser.add_argument("--standardization", choices=["fixed", "prewhiten"], default=None)
@@ -40,7 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         reports: list[dict[str, Any]] = []
-        lfw_root = _lfw_root(options["lfw_root"])
+        lfw_root = lfw_root_locate(options["lfw_root"])
         for backend in options["backends"] or ["sface"]:
             opts: dict[str, Any] = {}
             if options["flip"]:
