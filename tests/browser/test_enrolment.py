@@ -8,6 +8,7 @@ import io
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -76,6 +77,18 @@ def test_enrol_a_person_through_the_ui(page, live_url, tmp_path) -> None:
     assert row.locator("td.num").first.inner_text() == "1"
 
 
+def bulk_import_through_page(page: Any, live_url: str, archive: Path) -> None:
+    """Import ``archive`` on the bulk import page and wait until it says it finished."""
+    page.goto(f"{live_url}/enrol/import/")
+    page.set_input_files("#import-zip", str(archive))
+    page.click("#import-start")
+    page.wait_for_function(
+        "() => ['Import finished', 'Import failed'].includes(document.getElementById('import-phase').textContent)",
+        timeout=180_000,
+    )
+    assert page.locator("#import-phase").inner_text() == "Import finished", page.locator("#import-text").inner_text()
+
+
 @pytest.fixture
 def worker(test_env) -> Iterator[None]:
     """A Celery worker (as ``manage.py up`` runs one) for the bulk import task."""
@@ -95,14 +108,7 @@ def test_bulk_import_of_a_zip_through_the_page(page, live_url, worker, tmp_path)
         zf.writestr("staff/Nobody/notes.jpg", b"meeting notes, not a photo")
 
     login(page, live_url, "admin", PASSWORD)
-    page.goto(f"{live_url}/enrol/import/")
-    page.set_input_files("#import-zip", str(archive))
-    page.click("#import-start")
-    page.wait_for_function(
-        "() => ['Import finished', 'Import failed'].includes(document.getElementById('import-phase').textContent)",
-        timeout=180_000,
-    )
-    assert page.locator("#import-phase").inner_text() == "Import finished", page.locator("#import-text").inner_text()
+    bulk_import_through_page(page, live_url, archive)
     assert page.locator("#import-text").inner_text() == "4 photo(s) processed, 1 new person(s)."
 
     rows = page.locator("#import-results li.verdict")

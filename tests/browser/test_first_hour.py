@@ -27,7 +27,7 @@ from recognition.models import EnrollmentPhoto
 from tests.accessctl.helpers import PASSWORD
 from tests.broker_logins import device_client
 from tests.browser.conftest import ARTIFACTS, login
-from tests.browser.test_enrolment import _photo
+from tests.browser.test_enrolment import _photo, bulk_import_through_page
 from tests.devices import e2e
 from tests.faces import face_jpeg, face_paths, lfw_available
 
@@ -108,14 +108,7 @@ def test_an_administrators_first_hour(page, fresh_live_url, stack, tmp_path) -> 
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(2):
             zf.write(_photo(tmp_path / f"colin_{i}.jpg", face_jpeg("Colin_Powell", i), 2.0), f"Colin_Powell/{i}.jpg")
-    page.goto(f"{live_url}/enrol/import/")
-    page.set_input_files("#import-zip", str(archive))
-    page.click("#import-start")
-    page.wait_for_function(
-        "() => ['Import finished', 'Import failed'].includes(document.getElementById('import-phase').textContent)",
-        timeout=180_000,
-    )
-    assert page.locator("#import-phase").inner_text() == "Import finished", page.locator("#import-text").inner_text()
+    bulk_import_through_page(page, live_url, archive)
     assert page.locator("#import-stats [data-status=accepted] dd").inner_text() == "2"
     assert Person.objects.get(name="Colin Powell").embeddings.count() == 2
 
