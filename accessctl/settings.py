@@ -9,7 +9,6 @@ part to a real service. The ``up`` command starts the embedded parts; see ``acce
 
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,12 +38,7 @@ def _secret_key() -> str:
 
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when ACCESSCTL_PRODUCTION=1")
     # Embedded default: a random key kept under var/ so sessions survive restarts.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return secret_file_ensure(VAR_DIR / "secret_key", nbytes=50)
 
 
 SECRET_KEY = _secret_key()
