@@ -1,5 +1,1 @@
-"""accessctl: the Django project and the core access-control domain."""
-
-from accessctl.celery import app as celery_app
-
-__all__ = ["celery_app"]
+"""accessctl: the core access-control domain, and (``accessctl.project``) the Django project that wires the apps."""

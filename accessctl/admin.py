@@ -11,9 +11,9 @@ from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
-from accessctl.admin_privacy import erase_people, export_people
-from accessctl.erasure import person_erase
 from accessctl.models import AccessEvent, AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
+from accessctl.privacy.admin import erase_people, export_people
+from accessctl.privacy.erasure import person_erase
 
 
 @admin.register(Person)

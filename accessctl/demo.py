@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 
 from accessctl.models import AccessGroup, Door, Person
-from accessctl.progress import progress_bar
+from accessctl.project.progress import progress_bar
 from devices.models import EdgeDevice
 from devices.provisioning import agent_config, device_provision, secret_file_write
 

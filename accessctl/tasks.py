@@ -14,7 +14,7 @@ WEBHOOK_MAX_RETRIES = 10  # backoff 5 s, 10 s, 20 s, ... capped at 1 h: about 2.
 @shared_task(name="accessctl.retention_apply", acks_late=True)
 def retention_apply() -> dict[str, Any]:
     """Daily retention run (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
-    from accessctl.retention import retention_apply as apply
+    from accessctl.privacy.retention import retention_apply as apply
 
     return apply().as_dict()
 

@@ -5,7 +5,7 @@ the secret is stored and it is compared in constant time. Clients send
 ``Authorization: Bearer <prefix>.<secret>``.
 
 A token never does more than its owner may: what it can do is its scopes intersected with the
-owner's current Django permissions, checked on every request (``accessctl/permissions.py``), so
+owner's current Django permissions, checked on every request (``accessctl/api/permissions.py``), so
 taking a permission from the owner (or deactivating them) restricts their tokens at once. Issuing
 follows the same rule: only a superuser issues a token for someone else, and a token gets a scope
 only when its owner holds every permission that scope covers (``SCOPE_PERMISSIONS``).

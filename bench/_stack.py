@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from accessctl import embedded  # noqa: E402
+from accessctl.project import embedded  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402, F401  (_stack.wait_until in the benches)
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def services_start(
         "ACCESSCTL_VAR_DIR": str(work),
         "MQTT_CLIENT_ID": f"accessctl-bench-bridge-{run_id}",  # server client ids start with accessctl-
         "ACCESSCTL_LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "accessctl.settings",
+        "DJANGO_SETTINGS_MODULE": "accessctl.project.settings",
     }
     if celery == "redis":
         env["REDIS_URL"] = f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}"

@@ -147,7 +147,7 @@ def evaluate(model_version: str, *, quick: bool, train_set: str = "devtrain") ->
 def db_bench(models: list[str], *, queries: int, seed: int = 0) -> None:
     import psycopg
 
-    from accessctl import embedded
+    from accessctl.project import embedded
 
     tmp = Path(tempfile.mkdtemp(prefix="accessctl-halfvec-bench-"))
     pg = embedded.start_postgres(tmp / "pg")

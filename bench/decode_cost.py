@@ -119,7 +119,7 @@ def main() -> None:
     }
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "accessctl.settings",
+        "DJANGO_SETTINGS_MODULE": "accessctl.project.settings",
         "ACCESSCTL_VAR_DIR": str(workdir / "var"),
         "PYTHONPATH": str(ROOT),
     }

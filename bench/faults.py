@@ -126,7 +126,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
         marks["back"] = time.monotonic()
 
     def inject_db() -> None:
-        from accessctl import embedded
+        from accessctl.project import embedded
         from tests.reliability.test_faults import _pg_ctl, _pg_start
 
         pg = embedded.start_postgres(_stack.ROOT / "var" / "bench" / "pg")

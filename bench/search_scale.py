@@ -107,7 +107,7 @@ class FaceLikeGenerator:
 
 def setup_database(pgdata: Path, dbname: str, shared_buffers: str) -> None:
     """Start the bench cluster with ``shared_buffers`` (restarts it once), migrate, set up Django."""
-    from accessctl import embedded
+    from accessctl.project import embedded
 
     pg = embedded.start_postgres(pgdata, shared_buffers=shared_buffers)
     pg.ensure_database(dbname)
@@ -120,7 +120,7 @@ def setup_database(pgdata: Path, dbname: str, shared_buffers: str) -> None:
     os.environ["ACCESSCTL_DB_NAME"] = dbname
     os.environ["DATABASE_CONN_MAX_AGE"] = "600"
     os.environ.pop("DATABASE_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
     import django
 
     django.setup()
@@ -213,7 +213,7 @@ def load_gallery(
 
     from recognition.models import FaceEmbedding
 
-    connection = connections["owner"]  # TRUNCATE, COPY and indexes: the schema owner's (accessctl/dbroles.py)
+    connection = connections["owner"]  # TRUNCATE, COPY and indexes: the schema owner's (accessctl/project/dbroles.py)
 
     create, drop = index_sql(MODEL_VERSION, m, ef_construction, halfvec)
     with_clause = create[create.index("WITH (") + 6 : create.index(")", create.index("WITH ("))]

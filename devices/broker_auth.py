@@ -1,6 +1,6 @@
 """The MQTT broker's identities, kept by the server as Mosquitto password and ACL files.
 
-Who may connect and what they may do (formats and the broker side: ``accessctl.mqtt_identities``):
+Who may connect and what they may do (formats and the broker side: ``accessctl.project.mqtt_identities``):
 
 * the server (bridge, command publisher): ``settings.MQTT_USERNAME`` / ``MQTT_PASSWORD``, client ids
   starting with ``accessctl-``; reads ``+/detections``, ``+/heartbeat``, ``+/status``, writes
@@ -23,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from accessctl import mqtt_identities as mi
+from accessctl.project import mqtt_identities as mi
 from devices.models import EdgeDevice
 
 logger = logging.getLogger(__name__)

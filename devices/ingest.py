@@ -351,7 +351,7 @@ def decision_enqueue(detection_id: str) -> None:
 
 def decision_backlog() -> int:
     """Tasks waiting (not yet taken by a worker) in the recognition queue."""
-    from accessctl.celery import app
+    from accessctl.project.celery import app
 
     global _backlog_connection
     if _backlog_connection is None:

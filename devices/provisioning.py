@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 
 from accessctl.models import Door
-from accessctl.mqtt_identities import secret_write
+from accessctl.project.mqtt_identities import secret_write
 from devices.broker_auth import broker_identities_sync_on_commit, device_password_issue, device_uid_check
 from devices.commands import server_public_key_b64
 from devices.models import EdgeDevice

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from accessctl.progress import progress_bar
+from accessctl.project.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

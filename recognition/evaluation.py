@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _progress(iterable: Sequence[Any], *, desc: str, unit: str) -> Iterable[Any]:
-    from accessctl.progress import progress_bar  # a bar on a terminal, nothing otherwise
+    from accessctl.project.progress import progress_bar  # a bar on a terminal, nothing otherwise
 
     return progress_bar(iterable, desc=desc, unit=unit, total=len(iterable))
 

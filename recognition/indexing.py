@@ -23,7 +23,7 @@ from typing import Any
 
 from django.db import connection
 
-from accessctl.dbroles import owner_connection
+from accessctl.project.dbroles import owner_connection
 from recognition.gallery import dim_for
 from recognition.models import FaceEmbedding
 
@@ -171,7 +171,7 @@ def hnsw_rebuild(
         raise IndexBuildError("an index is built concurrently, outside any transaction")
     name = index_name(model_version)
     building = name[:55] + "_build"
-    owner = owner_connection()  # an index is schema: built with the owner's rights (accessctl/dbroles.py)
+    owner = owner_connection()  # an index is schema: built with the owner's rights (accessctl/project/dbroles.py)
     try:
         with owner.cursor() as cursor:
             cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {building}")  # what a failed build left

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from accessctl import mqtt_identities as mi
-from accessctl.embedded import ChildService, start_mqtt_broker
+from accessctl.project import mqtt_identities as mi
+from accessctl.project.embedded import ChildService, start_mqtt_broker
 
 OBSERVER_ENV = "ACCESSCTL_TEST_MQTT_OBSERVER"  # "<username>:<password>", set by tests/conftest.py
 OBSERVER_USERNAME = "test-observer"

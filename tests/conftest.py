@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from accessctl import embedded
+from accessctl.project import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_VAR = Path(os.environ.get("ACCESSCTL_TEST_VAR_DIR", ROOT / "var" / "test"))
@@ -50,7 +50,7 @@ os.environ["ACCESSCTL_TEST_DB_NAME"] = f"test_accessctl_{os.getpid()}"
 os.environ["ACCESSCTL_VAR_DIR"] = str(_tmp_var)
 os.environ["ACCESSCTL_MODELS_DIR"] = os.environ.get("ACCESSCTL_MODELS_DIR", str(ROOT / "var" / "models"))
 os.environ["MQTT_CLIENT_ID"] = f"accessctl-bridge-test-{os.getpid()}"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
 
 import django  # noqa: E402
 
@@ -72,7 +72,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def django_db_setup(django_test_environment: None, django_db_blocker: object) -> object:
     """The test database, created and migrated by the owner role; tests (and child processes) then
-    use the application's role, with the privileges it has in production (accessctl/dbroles.py)."""
+    use the application's role, with the privileges it has in production (accessctl/project/dbroles.py)."""
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connections

@@ -57,7 +57,7 @@ def superuser_execute(
 
 def owner_execute(statement: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
     """Run ``statement`` as the schema owner role (what ``migrate`` uses); committed at once."""
-    from accessctl.dbroles import owner_connection
+    from accessctl.project.dbroles import owner_connection
 
     owner = owner_connection()
     try:

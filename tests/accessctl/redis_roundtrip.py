@@ -23,7 +23,7 @@ def _plain(options: object) -> object:
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
     import django
 
     django.setup()
@@ -32,7 +32,7 @@ def main() -> None:
     from django.conf import settings
     from django.core.cache import cache
 
-    from accessctl.celery import app
+    from accessctl.project.celery import app
 
     host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
     report: dict[str, object] = {

@@ -140,7 +140,7 @@ def test_last_used_at_is_written_at_most_once_a_minute() -> None:
 
 
 def test_rate_limit_per_token_is_429_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("accessctl.throttling.time.time", lambda: 1_800_000_030.0)  # mid-minute, fixed
+    monkeypatch.setattr("accessctl.api.throttling.time.time", lambda: 1_800_000_030.0)  # mid-minute, fixed
     limited = token_client(rate=3)
     other = token_client(rate=3)
     assert [limited.get(PEOPLE).status_code for _ in range(3)] == [200, 200, 200]
@@ -149,7 +149,7 @@ def test_rate_limit_per_token_is_429_with_retry_after(monkeypatch: pytest.Monkey
     assert response.json()["error"]["code"] == "throttled"
     assert int(response["Retry-After"]) == 30
     assert other.get(PEOPLE).status_code == 200  # counted per token
-    monkeypatch.setattr("accessctl.throttling.time.time", lambda: 1_800_000_061.0)  # next minute
+    monkeypatch.setattr("accessctl.api.throttling.time.time", lambda: 1_800_000_061.0)  # next minute
     assert limited.get(PEOPLE).status_code == 200
 
 
@@ -360,7 +360,7 @@ def _api_routes():
 
 def test_every_scope_covers_the_permissions_its_endpoints_need() -> None:
     """The issuing rule (owner holds the scope's permissions) matches what requests need (SCOPE_PERMISSIONS)."""
-    from accessctl.permissions import required_model_perms, required_scope
+    from accessctl.api.permissions import required_model_perms, required_scope
 
     checked = 0
     for view_class, actions in _api_routes():

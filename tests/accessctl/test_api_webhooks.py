@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 from django.urls import reverse
 
-from accessctl.celery import app as celery_app
 from accessctl.models import WebhookDelivery, WebhookSubscription
+from accessctl.project.celery import app as celery_app
 from accessctl.tasks import WEBHOOK_MAX_RETRIES, webhook_deliver
 from accessctl.webhook_targets import WebhookTargetRefused, address_is_public, webhook_target_resolve
 from accessctl.webhooks import (

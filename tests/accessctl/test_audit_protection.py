@@ -23,7 +23,7 @@ from accessctl.anchoring import anchors_verify, checkpoint_create, checkpoint_si
 from accessctl.audit import chain_verify, event_hash, event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
-from accessctl.retention import DataKind, retention_apply
+from accessctl.privacy.retention import DataKind, retention_apply
 from tests.accessctl.helpers import owner_execute, superuser_execute
 
 TABLE = "accessctl_accessevent"
@@ -294,7 +294,7 @@ def test_verify_reports_the_last_anchor_and_its_age(settings: pytest.FixtureRequ
 @pytest.mark.django_db
 def test_checkpoints_are_written_by_celery_beat(settings: pytest.FixtureRequest, anchor_dir: Path) -> None:
     import accessctl.tasks  # noqa: F401  (registers the tasks)
-    from accessctl.celery import app
+    from accessctl.project.celery import app
 
     entry = settings.CELERY_BEAT_SCHEDULE["audit-anchor"]  # type: ignore[attr-defined]
     assert float(entry["schedule"]) <= 600

@@ -14,12 +14,12 @@ from django.test import Client
 from django.urls import reverse
 
 from accessctl.alarms import alarm_acknowledge, alarm_raise
-from accessctl.asgi import application
 from accessctl.codes import Decision, Reason
 from accessctl.consumers import DashboardConsumer
 from accessctl.doors import door_lockdown
 from accessctl.models import Alarm, Door, Person
-from accessctl.origins import origin_is_trusted
+from accessctl.project.asgi import application
+from accessctl.project.origins import origin_is_trusted
 from accessctl.realtime import event_broadcast
 from tests.accessctl.helpers import event_make, user_create
 

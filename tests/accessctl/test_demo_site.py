@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from accessctl.demo import DEMO_VISITOR_GAP_S, Demo
-from accessctl.supervisor import Child, Supervisor
+from accessctl.project.supervisor import Child, Supervisor
 from edge_agent.__main__ import build_parser
 
 
@@ -34,7 +34,7 @@ def test_supervisor_logs_a_clean_exit_as_info_and_a_crash_as_error(
     child.start(supervisor.env)
     assert child.process is not None
     child.process.wait(30)
-    caplog.set_level(logging.INFO, logger="accessctl.supervisor")
+    caplog.set_level(logging.INFO, logger="accessctl.project.supervisor")
     supervisor._watch(child)
     (record,) = [r for r in caplog.records if "exit code" in r.getMessage() or "exited" in r.getMessage()]
     assert record.levelno == level and text in record.getMessage()

@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from accessctl import embedded
+from accessctl.project import embedded
 from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
 
 ROOT = Path(__file__).resolve().parents[2]

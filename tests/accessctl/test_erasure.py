@@ -20,8 +20,8 @@ from django.urls import reverse
 
 from accessctl.audit import chain_verify, event_record
 from accessctl.codes import Decision, Reason
-from accessctl.erasure import ErasureError, person_erase, person_export, person_find
 from accessctl.models import AccessEvent, AccessGroup, Alarm, Person, WebhookDelivery, WebhookSubscription
+from accessctl.privacy.erasure import ErasureError, person_erase, person_export, person_find
 from accessctl.storage import crop_store
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 
@@ -141,7 +141,7 @@ def test_erase_rolls_back_when_storage_fails(media_root: Path, monkeypatch: pyte
     def broken(storage: object, names: list[str]) -> None:
         raise OSError("storage down")
 
-    monkeypatch.setattr("accessctl.erasure.storage_delete_many", broken)
+    monkeypatch.setattr("accessctl.privacy.erasure.storage_delete_many", broken)
     with pytest.raises(OSError, match="storage down"):
         person_erase(person=ada, actor=None)
     assert Person.objects.filter(pk=ada.pk).exists()

@@ -97,7 +97,7 @@ def test_events_recorded_together_chain_in_order_and_skip_known_detections() -> 
 
 def test_database_refuses_to_rewrite_or_delete_events() -> None:
     event = _event()
-    # The application's role may not update hashed columns nor delete (accessctl/dbroles.py) ...
+    # The application's role may not update hashed columns nor delete (accessctl/project/dbroles.py) ...
     with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
         AccessEvent.objects.filter(pk=event.pk).update(decision="grant")
     with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():

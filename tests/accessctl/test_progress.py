@@ -6,7 +6,7 @@ import io
 import re
 from pathlib import Path
 
-from accessctl.progress import progress_bar
+from accessctl.project.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -31,7 +31,7 @@ def test_long_commands_draw_their_bars_through_the_helper() -> None:
     direct = [
         str(p.relative_to(ROOT)) for p in sources if re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(), re.M)
     ]
-    assert direct == ["accessctl/progress.py"]
+    assert direct == ["accessctl/project/progress.py"]
     for module in (
         "recognition/management/commands/enroll_folder.py",
         "recognition/management/commands/reembed_gallery.py",

@@ -32,9 +32,9 @@ from cryptography.x509.oid import NameOID
 from django.core.exceptions import ImproperlyConfigured
 from kombu.exceptions import OperationalError
 
-from accessctl import embedded
+from accessctl.project import embedded
+from accessctl.project.redis_options import redis_tls_options
 from accessctl.realtime import DASHBOARD_GROUP
-from accessctl.redis_options import redis_tls_options
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables that point the settings at a Redis: removed so each child process gets only what we set.

@@ -1,5 +1,5 @@
 """Request bodies over the limit are refused (413) before they are read: by the ASGI application
-(declared or streamed sizes) and by the web process as served (daphne via ``accessctl.web_server``),
+(declared or streamed sizes) and by the web process as served (daphne via ``accessctl.project.web_server``),
 which answers at the headers instead of spooling the body."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ async def _response(communicator: ApplicationCommunicator) -> dict[str, Any]:
 
 
 def test_declared_oversized_body_is_refused_without_reading_it(settings) -> None:
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     settings.MAX_REQUEST_BYTES = 1000
 
@@ -70,7 +70,7 @@ def test_declared_oversized_body_is_refused_without_reading_it(settings) -> None
 
 
 def test_import_pages_have_their_own_larger_limit(settings) -> None:
-    from accessctl.request_limits import request_body_limit
+    from accessctl.project.request_limits import request_body_limit
 
     settings.MAX_REQUEST_BYTES = 1000
     settings.MAX_IMPORT_REQUEST_BYTES = 5000
@@ -81,7 +81,7 @@ def test_import_pages_have_their_own_larger_limit(settings) -> None:
 @pytest.mark.django_db
 def test_a_streamed_body_is_cut_off_at_the_limit(settings) -> None:
     """No Content-Length (chunked): counted while it streams; Django never sees the rest."""
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     settings.MAX_REQUEST_BYTES = 1000
 
@@ -101,7 +101,7 @@ def test_a_streamed_body_is_cut_off_at_the_limit(settings) -> None:
 
 
 def test_bodies_within_the_limit_pass(settings) -> None:
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     settings.MAX_REQUEST_BYTES = 1000
 
@@ -131,13 +131,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """``python -m accessctl.web_server`` (what ``manage.py up`` runs) with a 100 kB body limit."""
+    """``python -m accessctl.project.web_server`` (what ``manage.py up`` runs) with a 100 kB body limit."""
     port = _free_port()
     log = (tmp_path_factory.mktemp("web") / "web.log").open("w")
     env = {**test_env, "ACCESSCTL_MAX_REQUEST_BYTES": "100000", "DATABASE_CONN_MAX_AGE": "0"}
-    command = [sys.executable, "-m", "accessctl.web_server", "-b", "127.0.0.1", "-p", str(port)]
+    command = [sys.executable, "-m", "accessctl.project.web_server", "-b", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [*command, "accessctl.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [*command, "accessctl.project.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 60
@@ -207,7 +207,8 @@ def test_served_web_process_still_serves_ordinary_requests(served) -> None:
     answer = _exchange(served, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200") and b'"ok"' in answer
     traversal = _exchange(
-        served, b"GET /static/..%2f..%2faccessctl/settings.py HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        served,
+        b"GET /static/..%2f..%2faccessctl/project/settings.py HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     assert traversal.startswith(b"HTTP/1.1 400") and b"SECRET_KEY" not in traversal
     body = b'{"name": "x"}'

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from accessctl.audit import chain_verify, event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Person
-from accessctl.retention import DataKind, expired_files, retention_apply, retention_plan
+from accessctl.privacy.retention import DataKind, expired_files, retention_apply, retention_plan
 from accessctl.storage import crop_name
 from recognition.models import EnrollmentPhoto
 
@@ -254,7 +254,7 @@ def test_management_command_dry_run_and_apply() -> None:
 
 def test_celery_task_and_beat_schedule(settings: pytest.FixtureRequest) -> None:
     import accessctl.tasks  # noqa: F401  (registers the tasks)
-    from accessctl.celery import app
+    from accessctl.project.celery import app
 
     name = settings.CELERY_BEAT_SCHEDULE["retention-daily"]["task"]  # type: ignore[attr-defined]
     result = app.tasks[name].apply().get()
@@ -283,7 +283,7 @@ def test_one_retention_run_at_a_time() -> None:
     import psycopg
     from django.db import connection
 
-    from accessctl.retention import _RETENTION_LOCK_KEY, RetentionBusy
+    from accessctl.privacy.retention import _RETENTION_LOCK_KEY, RetentionBusy
 
     params = connection.get_connection_params()
     with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}) as other:

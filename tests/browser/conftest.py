@@ -42,15 +42,15 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _served(test_env: dict[str, str], log_name: str = "daphne.log") -> Iterator[str]:
-    """A daphne process serving ``accessctl.asgi`` against the test database; yields its base URL."""
+    """A daphne process serving ``accessctl.project.asgi`` against the test database; yields its base URL."""
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = (ARTIFACTS / log_name).open("w")
     env = {**test_env, "PYTHONUNBUFFERED": "1", "DATABASE_CONN_MAX_AGE": "0"}
     # The web process as `manage.py up` runs it (daphne with the request body limits).
-    server = [sys.executable, "-m", "accessctl.web_server", "-b", "127.0.0.1", "-p", str(port)]
+    server = [sys.executable, "-m", "accessctl.project.web_server", "-b", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [*server, "accessctl.asgi:application"],
+        [*server, "accessctl.project.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -81,7 +81,7 @@ def _served(test_env: dict[str, str], log_name: str = "daphne.log") -> Iterator[
 
 @pytest.fixture(scope="session")
 def live_url(django_db_setup: Any, django_db_blocker: Any, test_env: dict[str, str]) -> Iterator[str]:
-    """Base URL of a daphne process serving ``accessctl.asgi`` against the test database."""
+    """Base URL of a daphne process serving ``accessctl.project.asgi`` against the test database."""
     with _served(test_env) as url:
         yield url
 

@@ -10,8 +10,8 @@ import pytest
 from django.utils import timezone
 
 from accessctl.codes import Decision, Reason
-from accessctl.csp import API_DOCS_CSP, PAGE_CSP
 from accessctl.models import Door, Person
+from accessctl.project.csp import API_DOCS_CSP, PAGE_CSP
 from devices.models import EdgeDevice
 from tests.accessctl.helpers import PASSWORD, event_make, user_create
 from tests.browser.conftest import login

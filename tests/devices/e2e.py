@@ -51,7 +51,8 @@ def child_process(
 
 def worker_argv(concurrency: int = 1, name: str = "e2e") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "accessctl", "worker", "-Q", f"{settings.RECOGNITION_QUEUE},default",
+        sys.executable, "-m", "celery", "-A", "accessctl.project", "worker",
+        "-Q", f"{settings.RECOGNITION_QUEUE},default",
         "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip

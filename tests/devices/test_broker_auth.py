@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from accessctl import mqtt_identities as mi
 from accessctl.models import Door
+from accessctl.project import mqtt_identities as mi
 from devices.broker_auth import broker_identities_sync
 from devices.models import EdgeDevice
 from devices.provisioning import device_provision

@@ -19,8 +19,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from accessctl import embedded
-from accessctl import mqtt_identities as mi
+from accessctl.project import embedded
+from accessctl.project import mqtt_identities as mi
 from devices.bridge import probe_topic
 from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
 

@@ -22,8 +22,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from django.conf import settings
 
-from accessctl import embedded
 from accessctl.models import AccessEvent, Alarm, Door
+from accessctl.project import embedded
 from devices.bridge import probe_topic
 from devices.commands import server_public_key_b64
 from devices.models import EdgeDevice

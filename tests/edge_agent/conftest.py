@@ -20,7 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from accessctl.embedded import ChildService
+from accessctl.project.embedded import ChildService
 from edge_agent import protocol as p
 from edge_agent.config import EdgeConfig
 from edge_agent.vision import Face, FaceCandidate, prepare

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from accessctl.embedded import free_port
+from accessctl.project.embedded import free_port
 from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.door import DoorController

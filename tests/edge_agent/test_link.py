@@ -9,7 +9,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from PIL import Image
 
-from accessctl.embedded import ChildService, free_port
+from accessctl.project.embedded import ChildService, free_port
 from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay

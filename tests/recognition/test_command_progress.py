@@ -94,7 +94,7 @@ def test_an_index_build_reports_postgres_progress_while_it_runs() -> None:
 
     from django.db import connection
 
-    from accessctl.dbroles import owner_connection
+    from accessctl.project.dbroles import owner_connection
     from recognition.indexing import hnsw_index, hnsw_rebuild
     from recognition.models import FaceEmbedding
 

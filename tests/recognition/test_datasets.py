@@ -20,7 +20,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from accessctl import embedded
+from accessctl.project import embedded
 from recognition import datasets
 from recognition.datasets import DatasetError, RemoteFile
 
@@ -198,7 +198,7 @@ def test_up_demo_offline_fails_in_one_line_before_starting_anything(
     settings.LFW_DIR = None
     closed = RemoteFile(filename="lfw.tgz", url=f"http://127.0.0.1:{embedded.free_port()}/lfw.tgz", sha256="0" * 64)
     monkeypatch.setattr(datasets, "LFW_ARCHIVE", closed)
-    from accessctl import supervisor
+    from accessctl.project import supervisor
 
     monkeypatch.setattr(supervisor, "services_start", lambda: pytest.fail("services started before LFW was found"))
     with pytest.raises(CommandError, match=r"^LFW photos not found and .* pass --lfw PATH") as caught:

@@ -185,7 +185,7 @@ async def _response(communicator: ApplicationCommunicator, timeout: float = 30) 
 def test_decodes_wait_for_a_slot_in_their_thread_not_on_the_event_loop(no_embedder, all_slots_taken) -> None:
     """With every decode slot taken, an identify request waits for one in its own thread while the same
     ASGI application keeps answering other requests; once a slot frees, it completes."""
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     client = token_client(["identify"])
     token = client._credentials["HTTP_AUTHORIZATION"].encode()

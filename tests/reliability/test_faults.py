@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from django.db.models import Count
 
-from accessctl import embedded
 from accessctl.models import AccessEvent, Door
+from accessctl.project import embedded
 from devices.commands import server_public_key_b64
 from devices.models import InboundDetection
 from devices.provisioning import device_provision

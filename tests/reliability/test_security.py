@@ -19,7 +19,7 @@ from django.test import Client
 from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from accessctl import login_throttle
+from accessctl.project import login_throttle
 from tests.api_support import make_user
 from tests.devices.e2e import ROOT
 
@@ -151,7 +151,7 @@ async def _close_code(communicator: WebsocketCommunicator) -> int | None:
 
 @pytest.mark.django_db(transaction=True)
 def test_dashboard_websocket_refuses_anonymous_and_unprivileged_users() -> None:
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     origin = (b"origin", b"http://localhost")
     host = (b"host", b"localhost")
@@ -164,7 +164,7 @@ def test_dashboard_websocket_refuses_anonymous_and_unprivileged_users() -> None:
     assert async_to_sync(_close_code)(communicator) == 4403
 
 
-# --- login rate limiting (django-axes, accessctl/login_throttle.py) --------------------------------
+# --- login rate limiting (django-axes, accessctl/project/login_throttle.py) --------------------------------
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def _fail(username: str, ip: str, times: int) -> list[int]:
 
 def test_login_locks_out_a_username_after_repeated_failures(login_env, caplog) -> None:
     user, ip = login_env["username"], login_env["ip"]
-    with caplog.at_level(logging.WARNING, logger="accessctl.login_throttle"):
+    with caplog.at_level(logging.WARNING, logger="accessctl.project.login_throttle"):
         assert _fail(user, ip, settings.LOGIN_FAILURES_PER_USER - 1) == [200] * (settings.LOGIN_FAILURES_PER_USER - 1)
         assert _login(user, "wrong", ip)[0] == 429  # the failure that locks
         status, client, body = _login(user, "right-horse-battery", ip)  # the right password, too late

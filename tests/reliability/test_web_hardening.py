@@ -20,7 +20,7 @@ from channels.testing import ApplicationCommunicator
 from django.test import Client
 from django.urls import reverse
 
-from accessctl.csp import API_DOCS_CSP, PAGE_CSP
+from accessctl.project.csp import API_DOCS_CSP, PAGE_CSP
 from tests.api_support import make_user, session_client, token_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,9 +36,9 @@ def _request_threads_close_their_connections(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def asgi_request(method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict:
-    """One request through ``accessctl.asgi.application`` with the scope daphne builds (path
+    """One request through ``accessctl.project.asgi.application`` with the scope daphne builds (path
     percent-decoded, ``Content-Length`` sent with a body); returns ``{"status", "headers", "body"}``."""
-    from accessctl.asgi import application
+    from accessctl.project.asgi import application
 
     raw_path, _, query = path.partition("?")
     all_headers = [(b"host", b"localhost"), *(headers or [])]
@@ -87,9 +87,9 @@ def test_static_path_traversal_is_400_not_500(settings) -> None:
     control = asgi_request("GET", "/static/css/app.css")
     assert control["status"] == 200 and b"{" in control["body"]
     for path in (
-        "/static/..%2f..%2faccessctl/settings.py",
+        "/static/..%2f..%2faccessctl/project/settings.py",
         "/static/..%2F..%2F..%2Fetc/passwd",
-        "/static/css/..%2f..%2f..%2faccessctl/settings.py",
+        "/static/css/..%2f..%2f..%2faccessctl/project/settings.py",
     ):
         response = asgi_request("GET", path)
         assert response["status"] == 400, (path, response["status"])
@@ -149,7 +149,7 @@ def _import_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     if "DJANGO_DEBUG" not in env:
         full.pop("DJANGO_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-c", "import accessctl.settings"],
+        [sys.executable, "-c", "import accessctl.project.settings"],
         env=full, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

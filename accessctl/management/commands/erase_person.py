@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accessctl.erasure import ErasureError, person_erase, person_find
+from accessctl.privacy.erasure import ErasureError, person_erase, person_find
 
 
 class Command(BaseCommand):

