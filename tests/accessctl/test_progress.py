@@ -38,6 +38,6 @@ def test_long_commands_draw_their_bars_through_the_helper() -> None:
         "recognition/management/commands/gallery_index.py",
         "recognition/evaluation.py",  # evaluate_lfw and calibrate_threshold: detection and embedding
         "recognition/datasets.py",  # the LFW download
-        "accessctl/demo.py",  # the demo's enrolment
+        "devices/demo.py",  # the demo's enrolment
     ):
         assert "progress_bar(" in (ROOT / module).read_text(), module

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
-from pathlib import Path
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accessctl.project import embedded, supervisor
-from devices.broker_auth import broker_identities_sync
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +35,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         lfw_root = None
-        if options["demo"]:  # before anything starts: a missing dataset is one line, not a traceback
-            from recognition.datasets import DatasetError, lfw_locate
-
-            try:
-                lfw_root = lfw_locate(explicit=options["lfw"])  # type: ignore[arg-type]
-            except DatasetError as exc:
-                raise CommandError(str(exc)) from exc
+        if options["demo"]:  # before anything starts: a missing dataset is one line (the devices app's `demo`)
+            lfw_root = call_command("demo", "--locate", lfw=options["lfw"], stdout=io.StringIO())
         try:
             services = supervisor.services_start()
         except embedded.EmbeddedServiceError as exc:
             raise CommandError(str(exc)) from exc
         try:
             call_command("migrate", interactive=False, verbosity=0)
-            broker_identities_sync()  # the broker admits the server and the enabled devices
+            # The broker admits the server and the enabled devices (the devices app's command).
+            call_command("mqtt_identities", stdout=io.StringIO())
             supervisor.admin_ensure()
             children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
             if lfw_root is not None:
@@ -61,9 +57,7 @@ class Command(BaseCommand):
             services.stop()
             logger.info("accessctl stopped")
 
-    def _demo_child(self, lfw_root: Path) -> supervisor.Child:
-        from accessctl.demo import demo_prepare
-
-        logger.info("preparing the demo (enrolling LFW people from %s; takes a minute on first run)", lfw_root)
-        demo = demo_prepare(lfw_root=lfw_root)
-        return supervisor.Child("edge", demo.simulator_argv())
+    def _demo_child(self, lfw_root: str) -> supervisor.Child:
+        """The simulated door camera, prepared by the devices app's ``demo`` command."""
+        argv = json.loads(call_command("demo", lfw=lfw_root, stdout=io.StringIO()))
+        return supervisor.Child("edge", argv)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from accessctl.demo import DEMO_VISITOR_GAP_S, Demo
 from accessctl.project.supervisor import Child, Supervisor
+from devices.demo import DEMO_VISITOR_GAP_S, Demo
 from edge_agent.__main__ import build_parser
 
 

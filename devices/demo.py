@@ -1,4 +1,5 @@
-"""Demo data for ``manage.py up --demo``: a door, a group of LFW people and a simulated door camera.
+"""Demo data for ``manage.py up --demo`` (through ``manage.py demo``): a door, a group of LFW people and a
+simulated door camera.
 
 Idempotent: running it again reuses what exists. The simulated camera is the real edge agent
 (``python -m edge_agent simulate --loop``) playing LFW photos as visitors of a calm site, for ever:
@@ -22,6 +23,8 @@ from accessctl.models import AccessGroup, Door, Person
 from accessctl.project.progress import progress_bar
 from devices.models import EdgeDevice
 from devices.provisioning import agent_config, device_provision, secret_file_write
+from recognition.datasets import lfw_locate
+from recognition.enrollment import photo_enroll
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +57,6 @@ def demo_prepare(*, lfw_root: Path | None = None, visitors: int = 300, enrol_peo
 
     ``lfw_root``: the LFW folder (default: :func:`recognition.datasets.lfw_locate`, which downloads it once).
     """
-    from recognition.datasets import lfw_locate
-    from recognition.enrollment import photo_enroll
-
     lfw_root = lfw_root or lfw_locate()
     door, _ = Door.objects.get_or_create(name="Demo entrance", defaults={"location": "Lobby", "timezone": "UTC"})
     group, _ = AccessGroup.objects.get_or_create(name="Demo staff", defaults={"description": "Enrolled demo people"})
