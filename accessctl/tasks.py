@@ -6,7 +6,9 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from accessctl.webhooks import WebhookDeliveryFailed, webhook_delivery_attempt
+from accessctl.anchoring import checkpoint_create
+from accessctl.privacy.retention import retention_apply as retention_run
+from accessctl.webhook_delivery import WebhookDeliveryFailed, webhook_delivery_attempt
 
 WEBHOOK_MAX_RETRIES = 10  # backoff 5 s, 10 s, 20 s, ... capped at 1 h: about 2.5 h in all
 
@@ -14,16 +16,12 @@ WEBHOOK_MAX_RETRIES = 10  # backoff 5 s, 10 s, 20 s, ... capped at 1 h: about 2.
 @shared_task(name="accessctl.retention_apply", acks_late=True)
 def retention_apply() -> dict[str, Any]:
     """Daily retention run (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
-    from accessctl.privacy.retention import retention_apply as apply
-
-    return apply().as_dict()
+    return retention_run().as_dict()
 
 
 @shared_task(name="accessctl.audit_checkpoint", acks_late=True)
 def audit_checkpoint() -> dict[str, Any]:
     """Periodic signed checkpoint of the access log's head (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
-    from accessctl.anchoring import checkpoint_create
-
     checkpoint = checkpoint_create()
     return {"head_id": checkpoint.head_id, "count": checkpoint.count, "at": checkpoint.at.isoformat()}
 

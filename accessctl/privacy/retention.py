@@ -43,6 +43,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accessctl.anchoring import checkpoint_create
 from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
@@ -394,8 +395,6 @@ def _events_run(report: KindReport, now: datetime, *, dry_run: bool) -> int | No
 
 
 def _anchor_after_purge() -> None:
-    from accessctl.anchoring import checkpoint_create
-
     checkpoint_create()
 
 

@@ -17,13 +17,9 @@ from django.urls import reverse
 from accessctl.models import WebhookDelivery, WebhookSubscription
 from accessctl.project.celery import app as celery_app
 from accessctl.tasks import WEBHOOK_MAX_RETRIES, webhook_deliver
+from accessctl.webhook_delivery import verify_signature, webhook_delivery_attempt, webhook_signature
 from accessctl.webhook_targets import WebhookTargetRefused, address_is_public, webhook_target_resolve
-from accessctl.webhooks import (
-    verify_signature,
-    webhook_delivery_attempt,
-    webhook_dispatch,
-    webhook_signature,
-)
+from accessctl.webhooks import webhook_dispatch
 from tests.api_support import make_user, session_client, token_client
 
 pytestmark = pytest.mark.django_db
