@@ -36,7 +36,7 @@ from accessctl.project import embedded
 from accessctl.project.redis_options import redis_tls_options
 from accessctl.realtime import DASHBOARD_GROUP
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Variables that point the settings at a Redis: removed so each child process gets only what we set.
 REDIS_VARS = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CHANNELS_REDIS_URL", "CACHE_REDIS_URL",
               "REDIS_CA_FILE", "REDIS_CERT_FILE", "REDIS_KEY_FILE")  # fmt: skip
@@ -54,7 +54,7 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[embedded.
 
 def _roundtrip(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.accessctl.redis_roundtrip", *args],
+        [sys.executable, "-m", "tests.accessctl.project.redis_roundtrip", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -134,7 +134,7 @@ def test_settings_read_the_password_file_so_every_process_connects(valkey) -> No
 def test_secret_file_is_generated_once_0600_and_shared_by_processes_starting_together(tmp_path: Path) -> None:
     path = tmp_path / "var" / "valkey-password"
     code = (
-        "import sys, pathlib; from accessctl import embedded; "
+        "import sys, pathlib; from accessctl.project import embedded; "
         "print(embedded.secret_file_ensure(pathlib.Path(sys.argv[1])))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)

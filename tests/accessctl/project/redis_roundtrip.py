@@ -1,6 +1,6 @@
 """Run in a child process by the tests: settings built from this environment reach the Redis server.
 
-``python -m tests.accessctl.redis_roundtrip [--config-only]`` sets Django up from the environment
+``python -m tests.accessctl.project.redis_roundtrip [--config-only]`` sets Django up from the environment
 (REDIS_URL, REDIS_CA_FILE, ACCESSCTL_VAR_DIR...), then writes and reads back through each client the
 settings configure: Celery's broker (a message on a private queue) and result backend, the channel
 layer and the cache. It prints one JSON line: the TLS options each client got (never the URLs, which

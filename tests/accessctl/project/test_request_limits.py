@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import ApplicationCommunicator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
