@@ -1,8 +1,9 @@
-"""REST API v1 for integrators (thin DRF adapters; URLs in ``accessctl/api/urls.py``).
+"""The domain's REST API v1 for integrators (thin DRF adapters; URLs in ``accessctl/api/urls.py``), and
+what every app's API views share (:class:`ApiMixin`; ``recognition/api``, ``devices/api``).
 
 Authentication: ``Authorization: Bearer <prefix>.<secret>`` (API tokens with scopes, see
 ``accessctl/tokens.py``) or a staff session (Django model permissions). Errors are
-``{"error": {"code", "message", "details"?}}`` (``accessctl/exceptions.py``), also for a path under
+``{"error": {"code", "message", "details"?}}`` (``accessctl/api/exceptions.py``), also for a path under
 ``/api/`` that names no endpoint (``api_not_found``); ``GET /api/v1/`` lists the endpoints. A list
 refuses query parameters it does not know and names every bad one (``accessctl/api/filters.py``).
 """

@@ -420,8 +420,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "PAGE_SIZE": 50,
-    # API errors as {"error": {"code", "message", "details"?}} (accessctl/exceptions.py).
-    "EXCEPTION_HANDLER": "accessctl.exceptions.api_exception_handler",
+    # API errors as {"error": {"code", "message", "details"?}} (accessctl/api/exceptions.py).
+    "EXCEPTION_HANDLER": "accessctl.api.exceptions.api_exception_handler",
     # Per-token limits come from ApiToken.rate_limit_per_minute (accessctl/api/throttling.py, via CACHES).
 }
 SPECTACULAR_SETTINGS = {
