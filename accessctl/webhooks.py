@@ -1,15 +1,17 @@
 """Signed webhooks: fan an event out to matching subscriptions and enqueue each delivery.
 
 One :class:`~accessctl.models.WebhookDelivery` row per active subscription to the event type,
-sent after commit by the ``accessctl.webhook_deliver`` task (``accessctl.tasks``), which runs
-``accessctl.webhook_delivery`` (the signed POST, its retries, the body format and
-:func:`~accessctl.webhook_delivery.verify_signature` for integrators).
+sent after commit by the ``accessctl.webhook_deliver`` task (``accessctl.tasks``, handed over at
+startup: :func:`webhook_sender_register`), which runs ``accessctl.webhook_delivery`` (the signed
+POST, its retries, the body format and :func:`~accessctl.webhook_delivery.verify_signature` for
+integrators).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,6 @@ from django.db import transaction
 
 from accessctl.models import WebhookDelivery, WebhookSubscription
 from accessctl.process_cache import ProcessCache
-from accessctl.tasks import webhook_deliver
 
 if TYPE_CHECKING:
     from accessctl.models import AccessEvent, Alarm, Person
@@ -46,9 +47,21 @@ def webhook_secret_generate() -> str:
 # --- dispatch ----------------------------------------------------------------------------------
 
 
+#: How a recorded delivery is sent later: the ``accessctl.webhook_deliver`` task's ``delay``, registered
+#: by ``AccessctlConfig.ready`` (the task runs ``accessctl.webhook_delivery``; this module only fans out).
+_SENDERS: list[Callable[[int], object]] = []
+
+
+def webhook_sender_register(send_later: Callable[[int], object]) -> None:
+    """Set what sends a delivery (by id) after commit: called once, at startup."""
+    _SENDERS[:] = [send_later]
+
+
 def _enqueue(delivery_pk: int) -> None:
     try:
-        webhook_deliver.delay(delivery_pk)
+        if not _SENDERS:
+            raise RuntimeError("no webhook sender registered (AccessctlConfig.ready registers the task)")
+        _SENDERS[0](delivery_pk)
     except Exception:
         # The row stays pending; it can be re-sent from the admin.
         logger.exception("could not enqueue webhook delivery %s", delivery_pk)
