@@ -24,6 +24,20 @@ def test_demo_camera_runs_the_calm_site_loop(tmp_path: Path) -> None:
     assert args.regulars == "Colin_Powell,Tony_Blair" and args.gap == DEMO_VISITOR_GAP_S >= 5
 
 
+def test_up_gets_the_demo_camera_from_the_devices_command_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``up --demo`` imports no app: it runs ``manage.py demo`` and starts the command line it prints."""
+    from accessctl.project.management.commands.up import Command as Up
+    from devices.management.commands import demo as demo_command
+
+    demo = Demo(config_path=tmp_path / "agent.toml", lfw_root=tmp_path, visitors=3, regulars=("Tony_Blair",))
+    monkeypatch.setattr(demo_command, "lfw_locate", lambda explicit=None: Path(explicit or tmp_path))
+    monkeypatch.setattr(demo_command, "demo_prepare", lambda *, lfw_root: demo)
+    child = Up()._demo_child(str(tmp_path))
+    assert child.name == "edge" and child.argv == demo.simulator_argv()
+
+
 @pytest.mark.parametrize(("code", "level", "text"), [(0, logging.INFO, "finished (exit code 0)"),
                                                       (3, logging.ERROR, "exited with code 3")])  # fmt: skip
 def test_supervisor_logs_a_clean_exit_as_info_and_a_crash_as_error(
