@@ -19,7 +19,7 @@ from accessctl.embedded import APP_ROLE as EMBEDDED_APP_ROLE
 from accessctl.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
 from accessctl.embedded import postgres_role_passwords as embedded_role_passwords
 from accessctl.embedded import secret_file_ensure, valkey_url
-from accessctl.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+from accessctl.env import env_bool, env_float, env_float_optional, env_int, env_list, env_optional, env_str
 from accessctl.redis_options import redis_tls_options
 from edge_agent.protocol import MIN_FACE_PX
 
@@ -269,7 +269,8 @@ RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "mod
 LFW_DIR = env_optional("ACCESSCTL_LFW")
 RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
 RECOGNITION_FACENET_FLIP = env_bool("ACCESSCTL_FACENET_FLIP", True)
-RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
+# A cosine similarity: checked here, so that a bad value stops the process at start.
+RECOGNITION_DEFAULT_THRESHOLD = env_float_optional("ACCESSCTL_MATCH_THRESHOLD", minimum=-1.0, maximum=1.0)
 RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
 # HNSW search breadth, and the second, wider search of probes whose best two people are within
 # the gap (near-ties: strangers, look-alikes, and most of what a narrow search gets wrong). Measured
@@ -365,6 +366,9 @@ WEBHOOK_ALLOWED_HOSTS = env_list("ACCESSCTL_WEBHOOK_ALLOWED_HOSTS", [])
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+# The first administrator's password (`manage.py up` creates "admin" when there is none); random
+# when unset, written to VAR_DIR/admin-password.txt either way (accessctl/supervisor.py).
+ADMIN_INITIAL_PASSWORD = env_optional("ACCESSCTL_ADMIN_PASSWORD")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
