@@ -88,6 +88,5 @@ def test_the_migration_sets_allowlist_doors_to_secure() -> None:
     finally:
         superuser_execute("DELETE FROM accessctl_door WHERE fail_mode = 'allowlist'")
         superuser_execute(
-            "ALTER TABLE accessctl_door ADD CONSTRAINT door_fail_mode_available "
-            "CHECK (fail_mode IN ('secure', 'safe'))"
+            "ALTER TABLE accessctl_door ADD CONSTRAINT door_fail_mode_available CHECK (fail_mode IN ('secure', 'safe'))"
         )
