@@ -265,7 +265,7 @@ SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(
 RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
 RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
 # LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
-# ../shared/data/lfw beside the checkout, else downloaded once into VAR_DIR/datasets/lfw.
+# VAR_DIR/datasets/lfw (downloaded there once). The tests look here too (tests/faces.py).
 LFW_DIR = env_optional("ACCESSCTL_LFW")
 RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
 RECOGNITION_FACENET_FLIP = env_bool("ACCESSCTL_FACENET_FLIP", True)

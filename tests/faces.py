@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Where the shared research data sets live: ``<name>/`` folders (``ACCESSCTL_RESEARCH_DATA``
-#: overrides it; by default ``../shared/data`` beside the checkout).
+#: A folder of research data sets, ``<name>/`` each (e.g. a shared, read-only copy on a team machine);
+#: by default ``var/datasets``, where ``recognition.datasets`` downloads LFW.
 RESEARCH_DATA_ENV = "ACCESSCTL_RESEARCH_DATA"
 
 
@@ -38,8 +38,8 @@ DATASETS = {
         "lfw",
         "ACCESSCTL_LFW",
         ("images/*/*.jpg", "*/*.jpg"),  # the LFW folder, or its images/ folder (as recognition.datasets)
-        "set ACCESSCTL_LFW to a folder holding images/<Name>/<Name>_0001.jpg, or run "
-        "`manage.py evaluate_lfw` once to download it into var/datasets/lfw",
+        f"set ACCESSCTL_LFW to a folder holding images/<Name>/<Name>_0001.jpg (or {RESEARCH_DATA_ENV} to a "
+        "folder holding lfw/), or run `manage.py evaluate_lfw` once to download it into var/datasets/lfw",
     ),
     "celeba-dev": Dataset(
         "celeba-dev", "ACCESSCTL_CELEBA_DEV", ("*/*.jpg",), f"set ACCESSCTL_CELEBA_DEV or {RESEARCH_DATA_ENV}"
@@ -54,11 +54,9 @@ def dataset_candidates(name: str, environ: Mapping[str, str] | None = None) -> l
     dataset = DATASETS[name]
     if environ.get(dataset.env):
         return [Path(environ[dataset.env]).expanduser()]  # named explicitly: that folder or nothing
-    shared = Path(environ.get(RESEARCH_DATA_ENV) or ROOT.parent / "shared" / "data").expanduser()
-    found = [shared / name]
-    if name == "lfw":
-        found.append(ROOT / "var" / "datasets" / "lfw")  # where recognition.datasets.lfw_fetch keeps it
-    return found
+    if environ.get(RESEARCH_DATA_ENV):
+        return [Path(environ[RESEARCH_DATA_ENV]).expanduser() / name]
+    return [ROOT / "var" / "datasets" / name]
 
 
 def dataset_dir(name: str, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -92,6 +90,8 @@ def dataset_require(name: str, environ: Mapping[str, str] | None = None) -> Path
 _LFW_ROOT = dataset_dir("lfw")
 #: LFW's photo folder (``<Name>/<Name>_0001.jpg``); one that does not exist when LFW is missing.
 _LFW_BASE = _LFW_ROOT or dataset_candidates("lfw")[0]
+#: The LFW folder (``images/`` and ``pairs.txt``), where it is or would be.
+LFW_ROOT = _LFW_BASE
 LFW_DIR = _LFW_BASE if _LFW_ROOT and not (_LFW_BASE / "images").is_dir() else _LFW_BASE / "images"
 # People with many LFW photos: enough to enrol several and probe with others.
 PEOPLE = ("Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "George_W_Bush")
