@@ -19,6 +19,7 @@ from accessctl.embedded import APP_ROLE as EMBEDDED_APP_ROLE
 from accessctl.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
 from accessctl.embedded import postgres_role_passwords as embedded_role_passwords
 from accessctl.embedded import secret_file_ensure, valkey_url
+from accessctl.embedded import size_valid as embedded_size_valid
 from accessctl.env import env_bool, env_float, env_float_optional, env_int, env_list, env_optional, env_str
 from accessctl.redis_options import redis_tls_options
 from edge_agent.protocol import MIN_FACE_PX
@@ -109,6 +110,12 @@ EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve
 # 128-d photos). Unset: sized from the gallery at every start (its table and indexes with half as much
 # again, 128MB .. a quarter of the memory, at most 8GB; accessctl/embedded.py gallery_shared_buffers).
 EMBEDDED_PG_SHARED_BUFFERS = env_optional("ACCESSCTL_PG_SHARED_BUFFERS")
+if EMBEDDED_PG_SHARED_BUFFERS and not embedded_size_valid(EMBEDDED_PG_SHARED_BUFFERS):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"ACCESSCTL_PG_SHARED_BUFFERS must look like 512MB or 2GB, got {EMBEDDED_PG_SHARED_BUFFERS!r}"
+    )
 # The application logs in as a role that may only read and append to the access log ("default");
 # migrations (and other schema work) use the owner role ("owner"): see accessctl/dbroles.py.
 # Embedded: both roles are created by `up` with passwords in 0600 files next to the data directory.

@@ -34,6 +34,21 @@ def test_a_bad_match_threshold_fails_at_start(tmp_path: Path, value: str, messag
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ACCESSCTL_PG_SHARED_BUFFERS", "lots", "ACCESSCTL_PG_SHARED_BUFFERS must look like 512MB or 2GB, got 'lots'"),
+        ("ACCESSCTL_HNSW_EF_SEARCH", "wide", "ACCESSCTL_HNSW_EF_SEARCH must be an integer, got 'wide'"),
+        ("ACCESSCTL_MATCH_MIN_MARGIN", "x", "ACCESSCTL_MATCH_MIN_MARGIN must be a number, got 'x'"),
+        ("ACCESSCTL_RETAIN_EVENTS_DAYS", "a year", "ACCESSCTL_RETAIN_EVENTS_DAYS must be an integer"),
+    ],
+)
+def test_other_bad_values_fail_at_start(tmp_path: Path, name: str, value: str, message: str) -> None:
+    result = _manage_check(tmp_path, **{name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def test_env_float_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ACCESSCTL_TEST_VALUE", raising=False)
     assert env_float_optional("ACCESSCTL_TEST_VALUE", minimum=0, maximum=1) is None
