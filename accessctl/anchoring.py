@@ -120,7 +120,7 @@ def _public_b64(key: Any) -> str:
 def trusted_keys() -> set[str]:
     """Public keys (base64) whose checkpoints are accepted: the server's (when this host has it:
     verifying never creates one) and the configured earlier ones."""
-    keys = set(getattr(settings, "AUDIT_ANCHOR_TRUSTED_KEYS", []))
+    keys = set(settings.AUDIT_ANCHOR_TRUSTED_KEYS)
     if Path(settings.SERVER_SIGNING_KEY_FILE).exists():
         keys.add(_public_b64(_server_key()))
     return keys

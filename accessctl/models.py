@@ -17,6 +17,15 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
 
 
+#: Why a door cannot be set to the offline allow-list yet (model validation, API, admin, DB constraint).
+FAIL_MODE_ALLOWLIST_UNAVAILABLE = "the offline allow-list is not available yet; choose secure or safe"
+
+
+def validate_fail_mode_available(value: str) -> None:
+    if value == "allowlist":
+        raise ValidationError(FAIL_MODE_ALLOWLIST_UNAVAILABLE, code="allowlist_unavailable")
+
+
 class Person(models.Model):
     """Someone who may be recognised at a door: an employee, contractor or visitor."""
 
@@ -126,27 +135,31 @@ class Door(models.Model):
     class FailMode(models.TextChoices):
         SECURE = "secure", "fail secure (stay locked when offline)"
         SAFE = "safe", "fail safe (release when offline)"
-        ALLOWLIST = "allowlist", "signed offline allow-list"
-
-    class SnapshotPolicy(models.TextChoices):
-        NONE = "none", "never keep context snapshots"
-        DENIED = "denied", "keep for denied attempts"
-        ALL = "all", "keep for every attempt"
+        # Planned (a signed list the door checks while offline); refused until it exists.
+        ALLOWLIST = "allowlist", "signed offline allow-list (not available yet)"
 
     name = models.CharField(max_length=100, unique=True)
     location = models.CharField(max_length=200, blank=True)
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.NORMAL)
-    fail_mode = models.CharField(max_length=16, choices=FailMode.choices, default=FailMode.SECURE)
+    fail_mode = models.CharField(
+        max_length=16, choices=FailMode.choices, default=FailMode.SECURE, validators=[validate_fail_mode_available]
+    )
     relay_pulse_ms = models.PositiveIntegerField(default=3000)
     match_threshold = models.FloatField(
         null=True, blank=True, help_text="Cosine-similarity threshold override; empty uses the calibrated value."
     )
-    snapshot_policy = models.CharField(max_length=16, choices=SnapshotPolicy.choices, default=SnapshotPolicy.NONE)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(fail_mode__in=["secure", "safe"]),
+                name="door_fail_mode_available",
+                violation_error_message=FAIL_MODE_ALLOWLIST_UNAVAILABLE,
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

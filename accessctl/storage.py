@@ -324,16 +324,3 @@ def crop_store(*, detection_id: uuid.UUID | str, jpeg: bytes, known: bool, stora
     name = _store_once(crop_name(detection_id=detection_id, known=known), jpeg, storage=storage)
     logger.debug("stored %s crop for detection %s", "known" if known else "unknown", detection_id)
     return name
-
-
-def context_store(*, detection_id: uuid.UUID | str, jpeg: bytes, storage: Storage | None = None) -> str:
-    """Store a context snapshot (only for doors whose snapshot policy keeps one); returns its name."""
-    day = timezone.now().astimezone(UTC).date()
-    name = _store_once(_dated_name(CONTEXT_PREFIX, day, detection_id), jpeg, storage=storage)
-    logger.debug("stored context snapshot for detection %s", detection_id)
-    return name
-
-
-def storage_url(name: str, *, storage: Storage | None = None) -> str:
-    """A URL for an authenticated view to hand out: presigned on S3, ``MEDIA_URL`` path locally."""
-    return (storage or default_storage).url(name)

@@ -72,7 +72,7 @@ def _allow_list(entries: tuple[str, ...]) -> tuple[frozenset[str], tuple[IPNetwo
 
 
 def _allowed() -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
-    return _allow_list(tuple(getattr(settings, "WEBHOOK_ALLOWED_HOSTS", ()) or ()))
+    return _allow_list(tuple(settings.WEBHOOK_ALLOWED_HOSTS))
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

@@ -2,7 +2,7 @@
 
     python bench/compact_codes.py [--models sface-2021dec-int8bq facenet-casia-20180408] [--db]
 
-Uses the LFW embeddings cached by ``recognition.evaluation`` (``var/cache/embeddings-<model>.npz``;
+Uses the LFW embeddings cached by ``recognition.embedding_cache`` (``var/cache/embeddings-<model>.npz``;
 run ``manage.py evaluate_lfw`` first). For every codec: bytes per embedding, LFW 10-fold accuracy
 (threshold chosen on the other 9 folds) and TAR at FAR 1e-3 over the 6000 pairs, with the first
 image of each pair stored compactly and the second a float32 probe ("asym", how a gallery is
@@ -40,9 +40,11 @@ from recognition.compact import (  # noqa: E402
     int8_encode,
     pq_codebook_path,
 )
-from recognition.evaluation import DEFAULT_LFW_ROOT, kfold_accuracy, read_lfw_pairs, tar_at_far  # noqa: E402
+from recognition.datasets import read_lfw_pairs  # noqa: E402
+from recognition.metrics import kfold_accuracy, tar_at_far  # noqa: E402
+from tests.faces import LFW_ROOT  # noqa: E402  (ACCESSCTL_LFW, ACCESSCTL_RESEARCH_DATA or var/datasets)
 
-LFW = DEFAULT_LFW_ROOT
+LFW = LFW_ROOT
 CACHE = ROOT / "var" / "cache"
 MODELS = ROOT / "var" / "models"
 FAR = 1e-3

@@ -2,8 +2,8 @@
 
 Prints frames per second for the detector alone and for the agent's per-frame work (detect,
 align, quality, track). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2]``.
-Uses an LFW photo pasted into a 640x480 frame when /work/shared/data/lfw exists, else skimage's
-astronaut.
+Uses an LFW photo pasted into a 640x480 frame when LFW is found (tests/faces.py: ACCESSCTL_LFW,
+ACCESSCTL_RESEARCH_DATA or var/datasets/lfw), else skimage's astronaut.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LFW = Path("/work/shared/data/lfw/images")
+from tests.faces import LFW_DIR as LFW  # noqa: E402
 
 
 def test_frame() -> np.ndarray:

@@ -127,13 +127,12 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
 
     def inject_db() -> None:
         from accessctl.project import embedded
-        from tests.reliability.test_faults import _pg_ctl, _pg_start
 
         pg = embedded.start_postgres(_stack.ROOT / "var" / "bench" / "pg")
-        _pg_ctl(pg, "-w", "-m", "immediate", "stop")
+        rig.postgres_ctl(pg, "-w", "-m", "immediate", "stop")
         marks["fault"] = time.monotonic()
         time.sleep(args.db_down)
-        _pg_start(pg)
+        rig.postgres_start(pg)
         marks["back"] = time.monotonic()
 
     inject: Callable[[], None] = {"worker": inject_worker, "bridge": inject_bridge, "broker": inject_broker,

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognition.detector import detect_faces, set_torch_threads
 from recognition.embedder import INPUT_SIZES, EmbedderError, get_embedder
-from recognition.evaluation import DEFAULT_LFW_ROOT
+from tests.faces import LFW_DIR
 
-LFW_SAMPLE = DEFAULT_LFW_ROOT / "images" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+LFW_SAMPLE = LFW_DIR / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
 
 
 def frame_640x480() -> np.ndarray:

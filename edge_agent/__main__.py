@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="play LFW images as visitors against a server")
     sim.add_argument("--config", type=Path, default=None)
     sim.add_argument("--server-mqtt", help="mqtt:// or mqtts:// URL of the server's broker")
-    sim.add_argument("--lfw", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw")
+    sim.add_argument(
+        "--lfw", type=Path, default=Path("var/datasets/lfw"), help="LFW folder (default: var/datasets/lfw)"
+    )
     sim.add_argument("--device-key", type=Path, help="device private key (PEM)")
     sim.add_argument("--device-uid", help="device uid registered on the server")
     sim.add_argument("--server-public-key", help="base64 server public key (verifies decisions)")

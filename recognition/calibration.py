@@ -89,13 +89,9 @@ def store_threshold(
 
 
 def _setting_threshold() -> float | None:
-    value = getattr(settings, "RECOGNITION_DEFAULT_THRESHOLD", None)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationError(f"ACCESSCTL_MATCH_THRESHOLD must be a number, got {value!r}") from exc
+    """``settings.RECOGNITION_DEFAULT_THRESHOLD``: parsed and checked when the settings load."""
+    value = settings.RECOGNITION_DEFAULT_THRESHOLD
+    return None if value is None else float(value)
 
 
 #: Read on every door decision, changed a few times a year (see accessctl.process_cache).
@@ -140,4 +136,4 @@ def margin_for(model_version: str) -> float:
     stored = _stored(model_version)[1]
     if stored:
         return float(stored)
-    return float(getattr(settings, "RECOGNITION_MIN_MARGIN", 0.05))
+    return float(settings.RECOGNITION_MIN_MARGIN)

@@ -1,13 +1,14 @@
-"""Public face datasets, found on this machine or downloaded once (as scikit-learn's loaders do).
+"""Public face datasets, found on this machine or downloaded once (as scikit-learn's loaders do),
+and their layout: LFW's ``pairs.txt`` and labelled folders ``<person>/*.jpg``.
 
 :func:`lfw_locate` answers the LFW folder the demo (``manage.py up --demo``) and the benchmarks
 (``evaluate_lfw``, ``calibrate_threshold``) read: ``images/<Name>/<Name>_0001.jpg`` and ``pairs.txt``.
 It looks, in this order, at
 
-1. the folder the user named (``--lfw PATH``), then ``ACCESSCTL_LFW``: it must hold LFW photos;
-2. ``../shared/data/lfw`` beside the checkout, when it is there;
-3. the copy downloaded before, under ``var/datasets/lfw``;
-4. else it downloads LFW (~173 MB) from the mirror scikit-learn uses, checks each file's SHA-256,
+1. the folder the user named (``--lfw PATH``), then ``settings.LFW_DIR`` (``ACCESSCTL_LFW``): it
+   must hold LFW photos;
+2. the copy downloaded before (or put there), under ``VAR_DIR/datasets/lfw``;
+3. else it downloads LFW (~173 MB) from the mirror scikit-learn uses, checks each file's SHA-256,
    extracts the archive (regular files and folders only, nothing outside the target) and keeps it
    under ``var/datasets/lfw``. Offline, it fails with one line saying what to do.
 """
@@ -53,6 +54,7 @@ LFW_PAIRS = RemoteFile(
     url="https://ndownloader.figshare.com/files/5976006",
     sha256="ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
 )
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 WHAT_TO_DO = "pass --lfw PATH (a folder of LFW photos, <Name>/<Name>_0001.jpg) or set ACCESSCTL_LFW"
 
 
@@ -73,9 +75,6 @@ def lfw_locate(*, explicit: str | Path | None = None, download: bool = True, str
             source = "--lfw" if explicit else "ACCESSCTL_LFW"
             raise DatasetError(f"no LFW photos in {root} ({source}): name a folder of <Name>/<Name>_0001.jpg photos")
         return root
-    beside = Path(settings.BASE_DIR).parent / "shared" / "data" / "lfw"
-    if lfw_has_photos(beside):
-        return beside
     cache = Path(settings.VAR_DIR) / "datasets" / "lfw"
     if lfw_has_photos(cache) or download:
         return lfw_fetch(dest=cache, stream=stream)
@@ -162,3 +161,51 @@ def tar_extract_safely(archive: Path, dest: Path) -> None:
                 raise DatasetError(f"{archive.name}: refused, {member.name!r} points outside its folder")
         dest.mkdir(parents=True, exist_ok=True)
         tar.extractall(dest, members=members, filter="data")  # the standard library's own checks as well
+
+
+# --- LFW layout
+
+
+@dataclass(frozen=True)
+class Pair:
+    path1: str  # relative to the images folder: "<Name>/<Name>_0001.jpg"
+    path2: str
+    same: bool
+    fold: int
+
+
+def lfw_relpath(name: str, number: int) -> str:
+    return f"{name}/{name}_{int(number):04d}.jpg"
+
+
+def read_lfw_pairs(pairs_path: str | Path) -> list[Pair]:
+    """Parse the standard ``pairs.txt`` (header "folds n", then per fold n same + n different)."""
+    lines = Path(pairs_path).read_text().split("\n")
+    header = lines[0].split()
+    folds, per = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
+    pairs: list[Pair] = []
+    rows = [ln.split() for ln in lines[1:] if ln.strip()]
+    if len(rows) != folds * per * 2:
+        raise ValueError(f"{pairs_path}: expected {folds * per * 2} pairs, found {len(rows)}")
+    for i, row in enumerate(rows):
+        fold = i // (2 * per)
+        if len(row) == 3:
+            pairs.append(Pair(lfw_relpath(row[0], row[1]), lfw_relpath(row[0], row[2]), True, fold))
+        elif len(row) == 4:
+            pairs.append(Pair(lfw_relpath(row[0], row[1]), lfw_relpath(row[2], row[3]), False, fold))
+        else:
+            raise ValueError(f"{pairs_path}: bad line {row}")
+    return pairs
+
+
+def list_identity_folder(root: str | Path) -> dict[str, list[str]]:
+    """``root/<person>/*.jpg`` -> {person: [relative paths, sorted]} (people with >= 1 image)."""
+    root = Path(root)
+    people: dict[str, list[str]] = {}
+    for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(
+            f"{person_dir.name}/{f.name}" for f in person_dir.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if files:
+            people[person_dir.name] = files
+    return people

@@ -62,10 +62,9 @@ logger = logging.getLogger(__name__)
 
 #: Largest upload accepted (bytes); larger files are not stored.
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-#: Most pixels decoded for one picture, checked from its header before decoding (default of
-#: ``settings.RECOGNITION_MAX_DECODE_PIXELS``): sized for faces, it admits 12-16 MP phone photos at
-#: full size and larger camera JPEGs decoded at a reduced scale (see :func:`decode_image`).
-MAX_IMAGE_PIXELS = 16_000_000
+# Most pixels decoded for one picture, checked from its header before decoding:
+# settings.RECOGNITION_MAX_DECODE_PIXELS (sized for faces, it admits 12-16 MP phone photos at
+# full size and larger camera JPEGs decoded at a reduced scale, see decode_image).
 #: A baseline JPEG may declare at most this many pixels (it is decoded at a reduced scale).
 MAX_DECLARED_JPEG_PIXELS = 64_000_000
 #: Pictures smaller than this (shorter side, px) cannot hold a usable face.
@@ -126,7 +125,7 @@ def configured_embedder() -> Embedder:
 
 
 def _quality_thresholds() -> QualityThresholds:
-    return QualityThresholds(min_face_size=float(getattr(settings, "RECOGNITION_MIN_FACE_PX", 40)))
+    return QualityThresholds(min_face_size=float(settings.RECOGNITION_MIN_FACE_PX))
 
 
 def _read_upload(image: bytes | IO[bytes]) -> bytes:
@@ -158,7 +157,7 @@ class DecodeSlots:
 
     @property
     def size(self) -> int:
-        return max(1, int(getattr(settings, "RECOGNITION_DECODE_CONCURRENCY", 2)))
+        return max(1, int(settings.RECOGNITION_DECODE_CONCURRENCY))
 
     def _slots(self) -> threading.BoundedSemaphore:
         with self._lock:
@@ -188,7 +187,7 @@ DECODE_SLOTS = DecodeSlots()
 
 
 def _max_decode_pixels() -> int:
-    return int(getattr(settings, "RECOGNITION_MAX_DECODE_PIXELS", MAX_IMAGE_PIXELS))
+    return int(settings.RECOGNITION_MAX_DECODE_PIXELS)
 
 
 def _decode_size(img: Any) -> tuple[int, int]:
@@ -286,7 +285,7 @@ def face_analyse(data: bytes, *, embedder: Embedder) -> FaceAnalysis:
     thresholds = _quality_thresholds()
     height, width = rgb.shape[:2]
     try:
-        faces = detect_faces(rgb, num_threads=getattr(settings, "RECOGNITION_TORCH_THREADS", None))
+        faces = detect_faces(rgb, num_threads=settings.RECOGNITION_TORCH_THREADS)
     except (RuntimeError, ValueError) as exc:
         logger.warning("face detection failed on a %dx%d picture: %s", width, height, exc)
         return FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE, message="The picture could not be processed.")

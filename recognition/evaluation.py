@@ -1,344 +1,41 @@
-"""Accuracy evaluation: LFW 10-fold verification, TAR@FAR, ROC, threshold calibration helpers,
-and an open-set identification benchmark.
+"""Accuracy evaluation: LFW 10-fold verification, an open-set identification benchmark on LFW, and
+the genuine/impostor score distributions threshold calibration reads.
 
-Detections and embeddings are cached per image under ``var/cache`` (npz), so reruns and other
-backends only redo what is missing. Everything here is plain functions over numpy arrays; the
-management commands ``evaluate_lfw`` and ``calibrate_threshold`` are thin wrappers.
+The LFW folder is an argument (the management commands ``evaluate_lfw`` and ``calibrate_threshold``
+find it with ``recognition.datasets.lfw_locate``: ``--lfw``, ``settings.LFW_DIR``, or a download).
+Datasets are read by ``recognition.datasets``, faces detected and embedded once per image by
+``recognition.embedding_cache``, and scored by ``recognition.metrics``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from recognition.backends import REPO_ROOT
-from recognition.detector import DetectedFace, detect_faces
+from recognition.datasets import Pair, list_identity_folder, read_lfw_pairs
 from recognition.embedder import Embedder, get_embedder
-from recognition.pipeline import crop_for
+from recognition.embedding_cache import DetectionCache, detect_images, embed_images
+from recognition.metrics import (
+    cosine_scores,
+    identification_scores,
+    kfold_accuracy,
+    roc_auc,
+    tar_at_far,
+    threshold_for_far,
+)
 
 logger = logging.getLogger(__name__)
 
-# ../shared/data/lfw beside the checkout (research data, read in place), or ACCESSCTL_LFW.
-DEFAULT_LFW_ROOT = Path(
-    os.environ.get("ACCESSCTL_LFW") or Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
-)
-DEFAULT_CACHE_DIR = REPO_ROOT / "var" / "cache"
 DEFAULT_FARS = (1e-3, 1e-4)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _progress(iterable: Sequence[Any], *, desc: str, unit: str) -> Iterable[Any]:
-    from accessctl.project.progress import progress_bar  # a bar on a terminal, nothing otherwise
-
-    return progress_bar(iterable, desc=desc, unit=unit, total=len(iterable))
-
-
-# --------------------------------------------------------------------------- LFW layout
-
-
-@dataclass(frozen=True)
-class Pair:
-    path1: str  # relative to the images folder: "<Name>/<Name>_0001.jpg"
-    path2: str
-    same: bool
-    fold: int
-
-
-def lfw_relpath(name: str, number: int) -> str:
-    return f"{name}/{name}_{int(number):04d}.jpg"
-
-
-def read_lfw_pairs(pairs_path: str | Path) -> list[Pair]:
-    """Parse the standard ``pairs.txt`` (header "folds n", then per fold n same + n different)."""
-    lines = Path(pairs_path).read_text().split("\n")
-    header = lines[0].split()
-    folds, per = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
-    pairs: list[Pair] = []
-    rows = [ln.split() for ln in lines[1:] if ln.strip()]
-    if len(rows) != folds * per * 2:
-        raise ValueError(f"{pairs_path}: expected {folds * per * 2} pairs, found {len(rows)}")
-    for i, row in enumerate(rows):
-        fold = i // (2 * per)
-        if len(row) == 3:
-            pairs.append(Pair(lfw_relpath(row[0], row[1]), lfw_relpath(row[0], row[2]), True, fold))
-        elif len(row) == 4:
-            pairs.append(Pair(lfw_relpath(row[0], row[1]), lfw_relpath(row[2], row[3]), False, fold))
-        else:
-            raise ValueError(f"{pairs_path}: bad line {row}")
-    return pairs
-
-
-def list_identity_folder(root: str | Path) -> dict[str, list[str]]:
-    """``root/<person>/*.jpg`` -> {person: [relative paths, sorted]} (people with >= 1 image)."""
-    root = Path(root)
-    people: dict[str, list[str]] = {}
-    for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(
-            f"{person_dir.name}/{f.name}" for f in person_dir.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if files:
-            people[person_dir.name] = files
-    return people
-
-
-# --------------------------------------------------------------------------- detection cache
-
-
-def select_central_face(faces: Sequence[DetectedFace], width: int, height: int) -> DetectedFace:
-    """Largest face near the centre (Sandberg's rule: box area - 2 x squared centre offset)."""
-    cx, cy = width / 2.0, height / 2.0
-
-    def key(f: DetectedFace) -> float:
-        bx, by = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
-        return f.area - 2.0 * ((bx - cx) ** 2 + (by - cy) ** 2)
-
-    return max(faces, key=key)
-
-
-@dataclass
-class DetectionCache:
-    """Chosen face per image (relative path): box (4,), score, landmarks (5, 2), faces found."""
-
-    boxes: dict[str, np.ndarray] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
-    landmarks: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> DetectionCache:
-        cache = cls()
-        if not path.is_file():
-            return cache
-        with np.load(path, allow_pickle=False) as data:  # read each array once (npz decompresses per access)
-            paths, boxes, scores = data["paths"].tolist(), data["boxes"], data["scores"]
-            landmarks, counts, sizes = data["landmarks"], data["counts"], data["sizes"]
-        for i, key in enumerate(paths):
-            cache.boxes[key] = boxes[i]
-            cache.scores[key] = float(scores[i])
-            cache.landmarks[key] = landmarks[i]
-            cache.counts[key] = int(counts[i])
-            cache.sizes[key] = (int(sizes[i][0]), int(sizes[i][1]))
-        return cache
-
-    def save(self, path: Path) -> None:
-        keys = sorted(self.counts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            paths=np.array(keys),
-            boxes=np.array([self.boxes[k] for k in keys], dtype=np.float32).reshape(-1, 4),
-            scores=np.array([self.scores[k] for k in keys], dtype=np.float32),
-            landmarks=np.array([self.landmarks[k] for k in keys], dtype=np.float32).reshape(-1, 5, 2),
-            counts=np.array([self.counts[k] for k in keys], dtype=np.int32),
-            sizes=np.array([self.sizes[k] for k in keys], dtype=np.int32).reshape(-1, 2),
-        )
-        tmp.replace(path)
-
-    def face(self, key: str) -> DetectedFace | None:
-        if self.counts.get(key, 0) == 0:
-            return None
-        return DetectedFace(box=self.boxes[key], score=self.scores[key], landmarks=self.landmarks[key])
-
-    def fallback_face(self, key: str) -> DetectedFace:
-        """For an image without detection: the dataset-median face, scaled to its size."""
-        found = [k for k, c in self.counts.items() if c > 0]
-        if not found:
-            raise ValueError("no detections at all to derive a fallback face from")
-        wh = np.array([self.sizes[k] for k in found], dtype=np.float64)
-        rel_boxes = np.array([self.boxes[k] for k in found]) / np.tile(wh, 2)
-        rel_lms = np.array([self.landmarks[k] for k in found]) / wh[:, None, :]
-        w, h = self.sizes[key]
-        box = np.median(rel_boxes, axis=0) * np.array([w, h, w, h])
-        lms = np.median(rel_lms, axis=0) * np.array([w, h])
-        return DetectedFace(box=box.astype(np.float32), score=0.0, landmarks=lms.astype(np.float32))
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def detect_images(
-    root: str | Path,
-    relpaths: Sequence[str],
-    *,
-    cache_dir: str | Path | None = None,
-    cache_name: str = "detections",
-    save_every: int = 1000,
-) -> DetectionCache:
-    """MTCNN on each image (skipping cached ones); keeps the central face per image."""
-    root = Path(root)
-    cache_path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{cache_name}.npz"
-    cache = DetectionCache.load(cache_path)
-    todo = [p for p in dict.fromkeys(relpaths) if p not in cache.counts]
-    if todo:
-        logger.info("detecting faces in %d images (%d cached)", len(todo), len(cache.counts))
-    for i, rel in enumerate(_progress(todo, desc="detect faces", unit="img")):
-        rgb = load_rgb(root / rel)
-        h, w = rgb.shape[:2]
-        faces = detect_faces(rgb)
-        cache.sizes[rel] = (w, h)
-        cache.counts[rel] = len(faces)
-        if faces:
-            face = select_central_face(faces, w, h)
-            cache.boxes[rel], cache.scores[rel], cache.landmarks[rel] = face.box, face.score, face.landmarks
-        else:
-            cache.boxes[rel] = np.zeros(4, np.float32)
-            cache.scores[rel] = 0.0
-            cache.landmarks[rel] = np.zeros((5, 2), np.float32)
-        if (i + 1) % save_every == 0:
-            cache.save(cache_path)
-    if todo:
-        cache.save(cache_path)
-    return cache
-
-
-# --------------------------------------------------------------------------- embeddings cache
-
-
-def embed_images(
-    root: str | Path,
-    relpaths: Sequence[str],
-    embedder: Embedder,
-    *,
-    detections: DetectionCache,
-    cache_dir: str | Path | None = None,
-    batch_size: int = 32,
-    save_every: int = 2000,
-) -> dict[str, np.ndarray]:
-    """Embedding per image (the central face; dataset-median fallback when none was detected),
-    cached in ``<cache_dir>/embeddings-<model_version>.npz``."""
-    root = Path(root)
-    cache_path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"embeddings-{embedder.model_version}.npz"
-    out: dict[str, np.ndarray] = {}
-    if cache_path.is_file():
-        data = np.load(cache_path, allow_pickle=False)
-        out = dict(zip(data["paths"].tolist(), data["embeddings"], strict=True))
-
-    def save() -> None:
-        keys = sorted(out)
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(f"{cache_path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, paths=np.array(keys), embeddings=np.stack([out[k] for k in keys]))
-        tmp.replace(cache_path)
-
-    todo = [p for p in dict.fromkeys(relpaths) if p not in out]
-    if todo:
-        logger.info("embedding %d images with %s (%d cached)", len(todo), embedder.model_version, len(out))
-    done_since_save = 0
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    for batch in _progress(batches, desc=f"embed {embedder.name}", unit="batch"):
-        crops = []
-        for rel in batch:
-            face = detections.face(rel) or detections.fallback_face(rel)
-            crops.append(crop_for(load_rgb(root / rel), face, embedder.input_kind))
-        for rel, vec in zip(batch, embedder.embed(np.stack(crops)), strict=True):
-            out[rel] = vec
-        done_since_save += len(batch)
-        if done_since_save >= save_every:
-            save()
-            done_since_save = 0
-    if todo:
-        save()
-    return {p: out[p] for p in relpaths}
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (N, d) arrays."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
-
-
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(far, tar, thresholds), accept when ``score >= threshold``; thresholds decreasing."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tp = np.cumsum(y)[distinct]
-    fp = np.cumsum(~y)[distinct]
-    tar = np.r_[0.0, tp / max(y.sum(), 1)]
-    far = np.r_[0.0, fp / max((~y).sum(), 1)]
-    thresholds = np.r_[np.inf, s[distinct]]
-    return far, tar, thresholds
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    far, tar, _ = roc_curve(scores, labels)
-    return float(np.trapezoid(tar, far))
-
-
-def threshold_for_far(impostor_scores: np.ndarray, target_far: float) -> float:
-    """Smallest threshold with empirical FAR <= ``target_far`` (accept when score >= threshold).
-
-    With n impostor scores the resolution is 1/n: a target below 1/n yields a threshold just
-    above the highest impostor score (empirical FAR 0).
-    """
-    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
-    if imp.size == 0:
-        raise ValueError("no impostor scores")
-    k = int(np.floor(target_far * imp.size))  # number of impostors we may accept
-    k = min(k, imp.size - 1)
-    return float(np.nextafter(imp[k], np.inf))
-
-
-def tar_at_far(scores: np.ndarray, labels: np.ndarray, target_far: float) -> tuple[float, float]:
-    """(TAR, threshold) at the threshold from :func:`threshold_for_far` on the impostors."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    thr = threshold_for_far(scores[~labels], target_far)
-    return float(np.mean(scores[labels] >= thr)), thr
-
-
-def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(threshold, accuracy) maximising verification accuracy on these pairs."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    s = np.unique(scores)
-    candidates = np.r_[s[0] - 1e-6, (s[:-1] + s[1:]) / 2.0, s[-1] + 1e-6]
-    order = np.argsort(scores)
-    ss, yy = scores[order], labels[order]
-    # rejected = scores < t: count genuine rejected and impostors rejected for every candidate
-    idx = np.searchsorted(ss, candidates, side="left")
-    gen_below = np.r_[0, np.cumsum(yy)][idx]
-    imp_below = np.r_[0, np.cumsum(~yy)][idx]
-    correct = (labels.sum() - gen_below) + imp_below
-    best = int(np.argmax(correct))
-    return float(candidates[best]), float(correct[best] / scores.size)
-
-
-def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold accuracy with the threshold chosen on the other folds; returns (acc, thr)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    folds = np.asarray(folds)
-    accs, thrs = [], []
-    for f in np.unique(folds):
-        test = folds == f
-        thr, _ = best_accuracy_threshold(scores[~test], labels[~test])
-        accs.append(float(np.mean((scores[test] >= thr) == labels[test])))
-        thrs.append(thr)
-    return np.array(accs), np.array(thrs)
-
-
-# --------------------------------------------------------------------------- LFW verification
+# --- LFW verification
 
 
 @dataclass
@@ -418,7 +115,7 @@ def lfw_embeddings(
     embedder: Embedder,
     relpaths: Sequence[str],
     *,
-    lfw_root: str | Path = DEFAULT_LFW_ROOT,
+    lfw_root: str | Path,
     cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, np.ndarray], DetectionCache]:
     images = Path(lfw_root) / "images"
@@ -430,7 +127,7 @@ def lfw_embeddings(
 def evaluate_lfw(
     backend: str | None = None,
     *,
-    lfw_root: str | Path = DEFAULT_LFW_ROOT,
+    lfw_root: str | Path,
     cache_dir: str | Path | None = None,
     embedder: Embedder | None = None,
     fars: Sequence[float] = DEFAULT_FARS,
@@ -456,7 +153,7 @@ def evaluate_lfw(
     return report
 
 
-# --------------------------------------------------------------------------- identification
+# --- identification
 
 
 @dataclass
@@ -489,23 +186,10 @@ class IdentificationReport:
         )
 
 
-def identification_scores(
-    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best-matching identity and its score for every probe (max over a person's entries)."""
-    sims = probes @ gallery.T  # unit vectors -> cosine
-    ids = np.unique(gallery_ids)
-    per_id = np.full((probes.shape[0], ids.size), -np.inf)
-    for j, pid in enumerate(ids):
-        per_id[:, j] = sims[:, gallery_ids == pid].max(axis=1)
-    best = per_id.argmax(axis=1)
-    return ids[best], per_id[np.arange(probes.shape[0]), best]
-
-
 def identification_benchmark(
     backend: str | None = None,
     *,
-    lfw_root: str | Path = DEFAULT_LFW_ROOT,
+    lfw_root: str | Path,
     cache_dir: str | Path | None = None,
     embedder: Embedder | None = None,
     min_images: int = 5,
@@ -571,7 +255,7 @@ def identification_benchmark(
     return report
 
 
-# --------------------------------------------------------------------------- calibration data
+# --- calibration data
 
 
 @dataclass
@@ -589,7 +273,7 @@ class ScoreDistributions:
 
 
 def lfw_pair_distributions(
-    embedder: Embedder, *, lfw_root: str | Path = DEFAULT_LFW_ROOT, cache_dir: str | Path | None = None
+    embedder: Embedder, *, lfw_root: str | Path, cache_dir: str | Path | None = None
 ) -> ScoreDistributions:
     """Genuine/impostor cosine scores of the 6000 LFW pairs."""
     pairs = read_lfw_pairs(Path(lfw_root) / "pairs.txt")

@@ -41,18 +41,15 @@ from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
 logger = logging.getLogger(__name__)
 
-#: HNSW candidate list size of the first search (``settings.RECOGNITION_HNSW_EF_SEARCH`` overrides
-#: it). Narrow on purpose: what it gets wrong shows up as a near-tie and is searched again wider.
-#: bench/search_scale.py, face-like 128-d vectors, 10 % strangers among the probes, 2 cores: 100k
-#: photos (the migration's index) p50 2.9 ms, recall@1 1.000; 1M photos (m=32, ef_construction=128)
-#: p50 7.6 ms, recall@1 0.995, 12 % of probes searched again (p99 94 ms).
-DEFAULT_EF_SEARCH = 48
+# The HNSW candidate list of the first search (settings.RECOGNITION_HNSW_EF_SEARCH) is narrow on
+# purpose: what it gets wrong shows up as a near-tie and is searched again wider
+# (settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH, 0: never) when the best two people are closer than
+# settings.RECOGNITION_SEARCH_ESCALATE_GAP. bench/search_scale.py, face-like 128-d vectors, 10 %
+# strangers among the probes, 2 cores: 100k photos (the migration's index) p50 2.9 ms, recall@1
+# 1.000; 1M photos (m=32, ef_construction=128) p50 7.6 ms, recall@1 0.995, 12 % of probes searched
+# again (p99 94 ms).
 #: How many nearest vectors to fetch per requested person (a person has several embeddings).
 DEFAULT_NEIGHBOURS_PER_PERSON = 8
-#: Search again, wider, when the best two people are closer than this (cosine similarity).
-DEFAULT_ESCALATE_GAP = 0.08
-#: The wider search's candidate list (0: never search again).
-DEFAULT_ESCALATED_EF_SEARCH = 800
 #: pgvector 0.8 iterative index scan: keeps scanning the graph when filtering left too few rows.
 ITERATIVE_SCAN = "relaxed_order"
 #: Upper bound of tuples an iterative scan may visit (pgvector's default is 20000).
@@ -149,7 +146,7 @@ def ann_neighbours_many(
     *,
     model_version: str,
     k: int,
-    ef_search: int = DEFAULT_EF_SEARCH,
+    ef_search: int,
 ) -> list[list[Row]]:
     """The ``k`` nearest embeddings of each probe by the HNSW index, in one statement:
     ``(embedding_id, person_id, distance)`` rows per probe, in order.
@@ -237,8 +234,8 @@ def best_per_person(rows: Sequence[Row], limit_people: int) -> list[Candidate]:
 
 
 def default_ef_search() -> int:
-    """``settings.RECOGNITION_HNSW_EF_SEARCH`` when defined, else :data:`DEFAULT_EF_SEARCH`."""
-    return int(getattr(settings, "RECOGNITION_HNSW_EF_SEARCH", None) or DEFAULT_EF_SEARCH)
+    """``settings.RECOGNITION_HNSW_EF_SEARCH``."""
+    return int(settings.RECOGNITION_HNSW_EF_SEARCH)
 
 
 def gallery_search(
@@ -313,14 +310,9 @@ def gallery_search_many(
 
 
 def escalation_defaults() -> tuple[int, float]:
-    """(escalated ef_search, gap) from ``settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH`` and
-    ``settings.RECOGNITION_SEARCH_ESCALATE_GAP``, else the module defaults."""
-    wide = getattr(settings, "RECOGNITION_HNSW_ESCALATED_EF_SEARCH", None)
-    gap = getattr(settings, "RECOGNITION_SEARCH_ESCALATE_GAP", None)
-    return (
-        DEFAULT_ESCALATED_EF_SEARCH if wide is None else int(wide),
-        DEFAULT_ESCALATE_GAP if gap is None else float(gap),
-    )
+    """(escalated ef_search, gap): ``settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH`` and
+    ``settings.RECOGNITION_SEARCH_ESCALATE_GAP``."""
+    return int(settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH), float(settings.RECOGNITION_SEARCH_ESCALATE_GAP)
 
 
 def _rescored(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from accessctl.project import embedded
+from tests.faces import dataset_require
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_VAR = Path(os.environ.get("ACCESSCTL_TEST_VAR_DIR", ROOT / "var" / "test"))
@@ -61,6 +62,12 @@ django.setup()
 from devices.broker_auth import server_identity_write  # noqa: E402
 
 server_identity_write()  # the bridge and the command publisher may log in (devices: as provisioned)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.dataset("lfw")``: skip when the data set is missing (fail under CI=true)."""
+    for mark in item.iter_markers("dataset"):
+        dataset_require(*mark.args)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -73,7 +73,6 @@ class DoorSerializer(serializers.ModelSerializer):
             "fail_mode",
             "relay_pulse_ms",
             "match_threshold",
-            "snapshot_policy",
             "created_at",
         ]
         # Lockdown / held-open are audited operator actions (accessctl.doors), not plain edits.

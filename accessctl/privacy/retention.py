@@ -81,13 +81,6 @@ _SETTING = {
     DataKind.ACCESS_EVENTS: "RETAIN_EVENTS_DAYS",
     DataKind.REJECTED_PHOTOS: "RETAIN_REJECTED_PHOTOS_DAYS",
 }
-_DEFAULT_DAYS = {
-    DataKind.UNKNOWN_CROPS: 7,
-    DataKind.KNOWN_CROPS: 30,
-    DataKind.CONTEXT_SNAPSHOTS: 7,
-    DataKind.ACCESS_EVENTS: 365,
-    DataKind.REJECTED_PHOTOS: 30,
-}
 _FILE_PREFIX = {
     DataKind.UNKNOWN_CROPS: CROPS_UNKNOWN_PREFIX,
     DataKind.KNOWN_CROPS: CROPS_KNOWN_PREFIX,
@@ -109,7 +102,7 @@ def retention_policies() -> dict[DataKind, RetentionPolicy]:
     """The configured policy for every data kind."""
     policies = {}
     for kind, name in _SETTING.items():
-        days = int(getattr(settings, name, _DEFAULT_DAYS[kind]))
+        days = int(getattr(settings, name))  # each RETAIN_*_DAYS has its default in settings
         policies[kind] = RetentionPolicy(kind, None if days < 0 else days)
     return policies
 

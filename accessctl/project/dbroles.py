@@ -63,7 +63,7 @@ def app_role() -> str:
 
 
 def _retention_days() -> int | None:
-    days = int(getattr(settings, "RETAIN_EVENTS_DAYS", 365))
+    days = int(settings.RETAIN_EVENTS_DAYS)
     return None if days < 0 else days
 
 
@@ -129,7 +129,7 @@ def db_roles_check(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """System check: warn loudly when the application also owns the schema (only DATABASE_URL set)."""
     from django.core.checks import Warning as CheckWarning
 
-    if not getattr(settings, "DATABASE_SINGLE_ROLE", False):
+    if not settings.DATABASE_SINGLE_ROLE:
         return []
     return [
         CheckWarning(

@@ -241,8 +241,13 @@ def shared_buffers_for_gallery(gallery_bytes: int, *, cap: str | None = None) ->
     return f"{max(128, min(wanted_mb, cap_mb))}MB"
 
 
+def size_valid(size: str) -> bool:
+    """True when ``size`` is a PostgreSQL memory size this module reads (``512MB``, ``2GB``, ...)."""
+    return bool(_SIZE.match(size.strip()))
+
+
 def _size_mb(size: str) -> int:
-    if not _SIZE.match(size.strip()):
+    if not size_valid(size):
         raise ValueError(f"shared_buffers must look like 512MB or 2GB, not {size!r}")
     number, unit = re.match(r"(\d+)\s*(\w+)", size.strip()).groups()  # type: ignore[union-attr]
     return int(number) * {"kB": 1, "MB": 2**10, "GB": 2**20, "TB": 2**30}[unit] // 2**10

@@ -69,7 +69,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def scope_is_secure(scope: Scope) -> bool:
     """As ``HttpRequest.is_secure()``: the proxy's header when one is configured and present, else the scheme."""
-    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    proxy_header = settings.SECURE_PROXY_SSL_HEADER  # Django's own default: None
     if proxy_header:
         meta_name, expected = proxy_header
         name = meta_name.removeprefix("HTTP_").replace("_", "-").lower().encode()

@@ -19,7 +19,8 @@ from accessctl.project.embedded import APP_ROLE as EMBEDDED_APP_ROLE
 from accessctl.project.embedded import OWNER_ROLE as EMBEDDED_OWNER_ROLE
 from accessctl.project.embedded import postgres_role_passwords as embedded_role_passwords
 from accessctl.project.embedded import secret_file_ensure, valkey_url
-from accessctl.project.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+from accessctl.project.embedded import size_valid as embedded_size_valid
+from accessctl.project.env import env_bool, env_float, env_float_optional, env_int, env_list, env_optional, env_str
 from accessctl.project.redis_options import redis_tls_options
 from edge_agent.protocol import MIN_FACE_PX
 
@@ -111,6 +112,12 @@ EMBEDDED_PGDATA = Path(env_str("ACCESSCTL_PGDATA", str(VAR_DIR / "pg"))).resolve
 # 128-d photos). Unset: sized from the gallery at every start (its table and indexes with half as much
 # again, 128MB .. a quarter of the memory, at most 8GB; accessctl/project/embedded.py gallery_shared_buffers).
 EMBEDDED_PG_SHARED_BUFFERS = env_optional("ACCESSCTL_PG_SHARED_BUFFERS")
+if EMBEDDED_PG_SHARED_BUFFERS and not embedded_size_valid(EMBEDDED_PG_SHARED_BUFFERS):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"ACCESSCTL_PG_SHARED_BUFFERS must look like 512MB or 2GB, got {EMBEDDED_PG_SHARED_BUFFERS!r}"
+    )
 # The application logs in as a role that may only read and append to the access log ("default");
 # migrations (and other schema work) use the owner role ("owner"): see accessctl/project/dbroles.py.
 # Embedded: both roles are created by `up` with passwords in 0600 files next to the data directory.
@@ -267,11 +274,12 @@ SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(
 RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
 RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
 # LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
-# ../shared/data/lfw beside the checkout, else downloaded once into VAR_DIR/datasets/lfw.
+# VAR_DIR/datasets/lfw (downloaded there once). The tests look here too (tests/faces.py).
 LFW_DIR = env_optional("ACCESSCTL_LFW")
 RECOGNITION_FACENET_VGGFACE2_WEIGHTS = env_optional("ACCESSCTL_FACENET_VGGFACE2_WEIGHTS")
 RECOGNITION_FACENET_FLIP = env_bool("ACCESSCTL_FACENET_FLIP", True)
-RECOGNITION_DEFAULT_THRESHOLD = env_optional("ACCESSCTL_MATCH_THRESHOLD")
+# A cosine similarity: checked here, so that a bad value stops the process at start.
+RECOGNITION_DEFAULT_THRESHOLD = env_float_optional("ACCESSCTL_MATCH_THRESHOLD", minimum=-1.0, maximum=1.0)
 RECOGNITION_MIN_MARGIN = env_float("ACCESSCTL_MATCH_MIN_MARGIN", 0.05)
 # HNSW search breadth, and the second, wider search of probes whose best two people are within
 # the gap (near-ties: strangers, look-alikes, and most of what a narrow search gets wrong). Measured
@@ -367,6 +375,9 @@ WEBHOOK_ALLOWED_HOSTS = env_list("ACCESSCTL_WEBHOOK_ALLOWED_HOSTS", [])
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+# The first administrator's password (`manage.py up` creates "admin" when there is none); random
+# when unset, written to VAR_DIR/admin-password.txt either way (accessctl/supervisor.py).
+ADMIN_INITIAL_PASSWORD = env_optional("ACCESSCTL_ADMIN_PASSWORD")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

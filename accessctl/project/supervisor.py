@@ -117,7 +117,7 @@ def admin_ensure() -> None:
     user_model = get_user_model()
     if user_model.objects.filter(is_superuser=True).exists():
         return
-    password = os.environ.get("ACCESSCTL_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    password = settings.ADMIN_INITIAL_PASSWORD or secrets.token_urlsafe(12)
     user_model.objects.create_superuser("admin", "", password)
     path = Path(settings.VAR_DIR) / "admin-password.txt"
     path.write_text(password + "\n")

@@ -16,7 +16,7 @@ def lfw_option_add(parser: CommandParser) -> None:
         "--lfw",
         default=None,
         metavar="PATH",
-        help="LFW folder (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
+        help="LFW folder (default: ACCESSCTL_LFW, else var/datasets/lfw, downloaded there once)",
     )
 
 

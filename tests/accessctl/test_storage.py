@@ -15,7 +15,6 @@ from moto import mock_aws
 
 from accessctl.storage import (
     S3Storage,
-    context_store,
     crop_name,
     crop_store,
     storage_delete_many,
@@ -50,7 +49,6 @@ def test_crop_names_are_dated_and_split_known_unknown(media_root: Path) -> None:
     assert crop_name(detection_id=detection, known=True, day=dt.date(2026, 2, 3)) == (
         f"crops/known/2026/02/03/{detection}.jpg"
     )
-    assert context_store(detection_id=detection, jpeg=JPEG).startswith(f"context/{today:%Y/%m/%d}/")
 
 
 def test_crop_store_is_idempotent_on_detection_id(media_root: Path) -> None:

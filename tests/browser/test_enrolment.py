@@ -196,7 +196,7 @@ def test_a_non_image_upload_says_so_without_a_broken_image(page, live_url, tmp_p
     page.screenshot(path=str(ARTIFACTS / "bulk-import.png"))
 
 
-@pytest.mark.skipif(not lfw_available(), reason="needs two different people's photos (LFW)")
+@pytest.mark.dataset("lfw")  # two different people's photos
 def test_wrong_persons_photo_is_held_with_both_faces_shown(page, live_url, tmp_path) -> None:
     """Issue 16: a George W. Bush photo among Tony Blair's was accepted. Now it is held, shown beside
     the Blair photo it was compared with, and the reviewer's decision is audited."""

@@ -29,13 +29,13 @@ from tests.broker_logins import device_client
 from tests.browser.conftest import ARTIFACTS, login
 from tests.browser.test_enrolment import _photo, bulk_import_through_page
 from tests.devices import e2e
-from tests.faces import face_jpeg, face_paths, lfw_available
+from tests.faces import face_jpeg, face_paths
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not lfw_available(), reason="needs LFW photos"),
+    pytest.mark.dataset("lfw"),
 ]
 
 UID = "main-entrance-cam"

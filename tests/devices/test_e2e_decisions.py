@@ -22,7 +22,7 @@ from tests.devices import e2e
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not faces.lfw_available(), reason="needs LFW photos"),
+    pytest.mark.dataset("lfw"),
 ]
 
 

@@ -32,12 +32,11 @@ UID = "door-test-1"
 DEVICE_PASSWORD = "door-test-1-broker-password"
 #: the test "server" logs in as the test-only observer (it reads and writes every device topic)
 OBSERVER = ("test-observer", "edge-tests-observer-password")
-LFW = LFW_DIR.parent
 
 
 def face_image() -> np.ndarray:
     """A real face photo (RGB uint8): an LFW image when present, else skimage's astronaut."""
-    images = sorted((LFW / "images").glob("*/*.jpg"))[:1] if LFW.is_dir() else []
+    images = sorted(LFW_DIR.glob("*/*.jpg"))[:1] if LFW_DIR.is_dir() else []
     if images:
         from PIL import Image
 

@@ -19,7 +19,7 @@ from recognition.calibration import threshold_for
 from recognition.enrollment import FaceAnalysis
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from tests.api_support import make_user, session_client, token_client
-from tests.faces import face_jpeg, lfw_available
+from tests.faces import face_jpeg
 
 pytestmark = pytest.mark.django_db
 
@@ -152,7 +152,7 @@ def test_identify_needs_its_scope(engine) -> None:
     assert session_client(make_user(staff=True)).post("/api/v1/identify", {"image": upload()}).status_code == 403
 
 
-@pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
+@pytest.mark.dataset("lfw")
 def test_enrol_and_identify_with_the_real_engine(settings, media_root) -> None:
     from recognition.embedder import DEFAULT_BACKEND
 

@@ -13,9 +13,9 @@ from PIL import Image
 from accessctl.models import Person
 from recognition.bulk_import import ImportSourceError, ItemOutcome, import_items, photos_import
 from recognition.models import EnrollmentPhoto, FaceEmbedding
-from tests.faces import face_jpeg, lfw_available
+from tests.faces import face_jpeg
 
-pytestmark = pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
+pytestmark = pytest.mark.dataset("lfw")
 
 
 def blank_jpeg() -> bytes:

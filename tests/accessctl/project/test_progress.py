@@ -36,7 +36,7 @@ def test_long_commands_draw_their_bars_through_the_helper() -> None:
         "recognition/management/commands/enroll_folder.py",
         "recognition/management/commands/reembed_gallery.py",
         "recognition/management/commands/gallery_index.py",
-        "recognition/evaluation.py",  # evaluate_lfw and calibrate_threshold: detection and embedding
+        "recognition/embedding_cache.py",  # evaluate_lfw and calibrate_threshold: detection and embedding
         "recognition/datasets.py",  # the LFW download
         "devices/demo.py",  # the demo's enrolment
     ):

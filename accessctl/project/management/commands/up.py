@@ -30,7 +30,7 @@ class Command(BaseCommand):
             "--lfw",
             default=None,
             metavar="PATH",
-            help="LFW photos for --demo (default: ACCESSCTL_LFW, ../shared/data/lfw, else downloaded once into var/)",
+            help="LFW photos for --demo (default: ACCESSCTL_LFW, else var/datasets/lfw, downloaded there once)",
         )
 
     def handle(self, *args: object, **options: object) -> None:

@@ -1,0 +1,101 @@
+"""Verification and identification metrics over similarity scores: ROC, AUC, TAR at FAR, the
+threshold for a target FAR, k-fold accuracy, best match per probe. Plain numpy, no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, d) arrays."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(far, tar, thresholds), accept when ``score >= threshold``; thresholds decreasing."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(y)[distinct]
+    fp = np.cumsum(~y)[distinct]
+    tar = np.r_[0.0, tp / max(y.sum(), 1)]
+    far = np.r_[0.0, fp / max((~y).sum(), 1)]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return far, tar, thresholds
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    far, tar, _ = roc_curve(scores, labels)
+    return float(np.trapezoid(tar, far))
+
+
+def threshold_for_far(impostor_scores: np.ndarray, target_far: float) -> float:
+    """Smallest threshold with empirical FAR <= ``target_far`` (accept when score >= threshold).
+
+    With n impostor scores the resolution is 1/n: a target below 1/n yields a threshold just
+    above the highest impostor score (empirical FAR 0).
+    """
+    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    if imp.size == 0:
+        raise ValueError("no impostor scores")
+    k = int(np.floor(target_far * imp.size))  # number of impostors we may accept
+    k = min(k, imp.size - 1)
+    return float(np.nextafter(imp[k], np.inf))
+
+
+def tar_at_far(scores: np.ndarray, labels: np.ndarray, target_far: float) -> tuple[float, float]:
+    """(TAR, threshold) at the threshold from :func:`threshold_for_far` on the impostors."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    thr = threshold_for_far(scores[~labels], target_far)
+    return float(np.mean(scores[labels] >= thr)), thr
+
+
+def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) maximising verification accuracy on these pairs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    s = np.unique(scores)
+    candidates = np.r_[s[0] - 1e-6, (s[:-1] + s[1:]) / 2.0, s[-1] + 1e-6]
+    order = np.argsort(scores)
+    ss, yy = scores[order], labels[order]
+    # rejected = scores < t: count genuine rejected and impostors rejected for every candidate
+    idx = np.searchsorted(ss, candidates, side="left")
+    gen_below = np.r_[0, np.cumsum(yy)][idx]
+    imp_below = np.r_[0, np.cumsum(~yy)][idx]
+    correct = (labels.sum() - gen_below) + imp_below
+    best = int(np.argmax(correct))
+    return float(candidates[best]), float(correct[best] / scores.size)
+
+
+def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold accuracy with the threshold chosen on the other folds; returns (acc, thr)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    folds = np.asarray(folds)
+    accs, thrs = [], []
+    for f in np.unique(folds):
+        test = folds == f
+        thr, _ = best_accuracy_threshold(scores[~test], labels[~test])
+        accs.append(float(np.mean((scores[test] >= thr) == labels[test])))
+        thrs.append(thr)
+    return np.array(accs), np.array(thrs)
+
+
+def identification_scores(
+    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best-matching identity and its score for every probe (max over a person's entries)."""
+    sims = probes @ gallery.T  # unit vectors -> cosine
+    ids = np.unique(gallery_ids)
+    per_id = np.full((probes.shape[0], ids.size), -np.inf)
+    for j, pid in enumerate(ids):
+        per_id[:, j] = sims[:, gallery_ids == pid].max(axis=1)
+    best = per_id.argmax(axis=1)
+    return ids[best], per_id[np.arange(probes.shape[0]), best]

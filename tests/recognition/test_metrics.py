@@ -1,0 +1,57 @@
+"""Verification and identification metrics (recognition/metrics.py) on small hand-checked scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recognition.metrics import (
+    best_accuracy_threshold,
+    cosine_scores,
+    identification_scores,
+    kfold_accuracy,
+    roc_auc,
+    tar_at_far,
+    threshold_for_far,
+)
+
+SCORES = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.1, 0.75])
+LABELS = np.array([True, True, True, True, False, False, False, False])
+
+
+def test_cosine_scores_are_row_wise() -> None:
+    a = np.array([[1.0, 0.0], [3.0, 4.0]])
+    b = np.array([[2.0, 0.0], [-3.0, -4.0]])
+    assert cosine_scores(a, b) == pytest.approx([1.0, -1.0])
+
+
+def test_roc_auc() -> None:
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([True, True, False, False])) == pytest.approx(1.0)
+    # one impostor (0.75) above two genuine scores (0.7, 0.4): 2 of 16 pairs ordered wrongly
+    assert roc_auc(SCORES, LABELS) == pytest.approx(14 / 16)
+
+
+def test_threshold_and_tar_at_far() -> None:
+    impostors = SCORES[~LABELS]
+    assert threshold_for_far(impostors, 0.25) == np.nextafter(0.3, np.inf)  # accepts one of four impostors
+    assert threshold_for_far(impostors, 1e-6) == np.nextafter(0.75, np.inf)  # below 1/n: none accepted
+    tar, threshold = tar_at_far(SCORES, LABELS, 1e-6)
+    assert (tar, threshold) == (0.5, np.nextafter(0.75, np.inf))
+    with pytest.raises(ValueError, match="no impostor"):
+        threshold_for_far(np.array([]), 0.1)
+
+
+def test_best_accuracy_and_kfold() -> None:
+    threshold, accuracy = best_accuracy_threshold(SCORES, LABELS)
+    assert accuracy == pytest.approx(7 / 8) and 0.3 < threshold < 0.4
+    accs, thresholds = kfold_accuracy(SCORES, LABELS, np.array([0, 1, 0, 1, 0, 1, 0, 1]))
+    assert accs.shape == thresholds.shape == (2,)
+    assert np.all((accs >= 0) & (accs <= 1))
+
+
+def test_identification_scores_take_each_persons_best_entry() -> None:
+    gallery = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    ids = np.array([7, 7, 9])
+    best, score = identification_scores(gallery, ids, np.array([[0.0, 1.0], [1.0, 0.0]]))
+    assert best.tolist() == [9, 7]
+    assert score == pytest.approx([1.0, 1.0])
