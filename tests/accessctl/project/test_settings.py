@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from accessctl.project.env import env_float_optional
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _manage_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
