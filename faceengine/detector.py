@@ -107,7 +107,7 @@ def get_mtcnn(
     with _model_lock:
         model = _models.get(key)
         if model is None:
-            from recognition.tv_shim import ensure_torchvision
+            from faceengine.tv_shim import ensure_torchvision
 
             ensure_torchvision()
             import torch

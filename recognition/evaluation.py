@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recognition.backends import REPO_ROOT
-from recognition.detector import DetectedFace, detect_faces
-from recognition.embedder import Embedder, get_embedder
-from recognition.pipeline import crop_for
+from faceengine.detector import DetectedFace, detect_faces
+from faceengine.embedder import Embedder
+from faceengine.pipeline import crop_for
+from faceengine.registry import get_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LFW_ROOT = Path(
     os.environ.get("ACCESSCTL_LFW") or Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 )
-DEFAULT_CACHE_DIR = REPO_ROOT / "var" / "cache"
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / "var" / "cache"
 DEFAULT_FARS = (1e-3, 1e-4)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -1,391 +1,50 @@
-"""The accessctl device wire protocol (v1): topics, payloads, signing. Shared by edge and server.
-
-This module is imported by both the edge agent and the server (``devices/``), so it uses only
-the standard library at import time. The Ed25519 helpers (:func:`generate_keypair`,
-:func:`sign_envelope`, :func:`open_envelope`, ...) import ``cryptography`` lazily, inside the
-functions; the embedding helpers use numpy only when handed a numpy array.
-
-Wire format
------------
-Every message except the MQTT last will is a signed envelope, UTF-8 JSON::
-
-    {"payload": {...}, "sig": "<base64 Ed25519 signature of canonical_json(payload)>"}
-
-``canonical_json`` is JSON with sorted keys, separators ``(",", ":")``, ``ensure_ascii=False``,
-no NaN/Infinity, UTF-8. The verifier re-canonicalises the payload it parsed, so the outer
-spacing and key order of the envelope do not matter. Devices sign detections, heartbeats and
-status with their device key; the server signs commands with its server key (the device gets
-the server public key at provisioning and ignores any command that does not verify, so a broker
-user cannot open a door).
-
-The MQTT last will is the exception: a retained, *unsigned* plain ``offline`` on the status
-topic (the broker publishes it, so it cannot be signed). It is a hint only; a clean shutdown
-publishes a signed ``offline`` status first.
-
-Parsing is strict: unknown keys, wrong types, bools where numbers are expected, non-finite
-numbers, oversized fields all raise :class:`ProtocolError` with a :class:`RejectReason` code.
-Replay protection is split: :func:`check_freshness` checks the timestamp window here; the server
-enforces ``detection_id`` uniqueness in its database and the device remembers recent
-``command_id`` values.
-"""
+"""The payload dataclasses (detection, heartbeat, status, command), strict both ways."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import json
-import math
-import re
-import struct
-import sys
-import time
 import uuid
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
-PROTOCOL_VERSION = 1
-TOPIC_ROOT = "acs/v1/devices"
+from faceengine.protocol.codes import (
+    CommandKind,
+    DeviceState,
+    EmbeddingEncoding,
+    Mode,
+    OfflineAction,
+    ProtocolError,
+    Reason,
+)
+from faceengine.protocol.embedding import decode_embedding, encode_embedding
+from faceengine.protocol.limits import (
+    MAX_CROP_BYTES,
+    MAX_EMBEDDING_DIM,
+    MAX_PULSE_MS,
+    MAX_QUALITY_KEYS,
+    PROTOCOL_VERSION,
+)
+from faceengine.protocol.topics import TopicKind, validate_device_uid
+from faceengine.protocol.validation import (
+    _CODE_RE,
+    _b64decode,
+    _b64encode,
+    _check_jpeg,
+    _check_keys,
+    _check_timestamp,
+    _enum,
+    _fail,
+    _integer,
+    _label,
+    _number,
+    _opt_label,
+    _opt_number,
+    _uuid4,
+    validate_uuid4,
+)
 
-#: Hard limits, enforced when parsing (and when signing, so a device never builds what the
-#: server would reject).
-MAX_MESSAGE_BYTES = 256 * 1024
-MAX_CROP_BYTES = 128 * 1024
-MAX_EMBEDDING_DIM = 4096
-MAX_QUALITY_KEYS = 32
-MAX_PULSE_MS = 60_000
-#: Smallest face a detection is worth (shorter side of the detector box, in frame pixels): the
-#: one rule for both sides. The agent sends nothing smaller (``[detection] min_face_px``, this by
-#: default) and the server denies smaller ones as ``low_quality`` (``ACCESSCTL_MIN_FACE_PX``, this by
-#: default; LFW accuracy is measured on such faces).
-MIN_FACE_PX = 40
-#: Default timestamp windows (seconds) for :func:`check_freshness`.
-DETECTION_WINDOW_S = 30.0
-COMMAND_WINDOW_S = 30.0
-
-#: Payload of the unsigned MQTT last will on the status topic.
-OFFLINE_WILL = b"offline"
-
-_E = TypeVar("_E", bound=StrEnum)
 _T = TypeVar("_T")
-
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
-_LABEL_MAX = 64
-_SIG_BYTES = 64
-_KEY_BYTES = 32
-
-
-class RejectReason(StrEnum):
-    """Machine codes for why a message was rejected (also used as AccessEvent reason codes)."""
-
-    MALFORMED = "malformed"
-    BAD_VERSION = "bad_version"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_DEVICE = "unknown_device"
-    STALE_TIMESTAMP = "stale_timestamp"
-    REPLAY = "replay"
-    TOPIC_MISMATCH = "topic_mismatch"
-    TOO_LARGE = "too_large"
-    BAD_EMBEDDING = "bad_embedding"
-    BAD_IMAGE = "bad_image"
-
-
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol; ``code`` says why, ``message`` for logs."""
-
-    def __init__(self, code: RejectReason, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = RejectReason(code)
-        self.message = message
-
-
-class TopicKind(StrEnum):
-    DETECTIONS = "detections"
-    HEARTBEAT = "heartbeat"
-    STATUS = "status"
-    COMMANDS = "commands"
-
-
-class Mode(StrEnum):
-    CROP = "crop"
-    EMBEDDING = "embedding"
-
-
-class EmbeddingEncoding(StrEnum):
-    F32 = "f32"
-    F16 = "f16"
-    INT8 = "int8"
-
-
-class DeviceState(StrEnum):
-    ONLINE = "online"
-    OFFLINE = "offline"
-
-
-class CommandKind(StrEnum):
-    OPEN = "open"
-    DENY = "deny"
-    LOCKDOWN = "lockdown"
-    LIFT_LOCKDOWN = "lift_lockdown"
-    CONFIG = "config"
-    ALLOWLIST = "allowlist"
-
-
-class OfflineAction(StrEnum):
-    OPEN = "open"
-    DENY = "deny"
-
-
-# --------------------------------------------------------------------------------------------
-# Topics
-
-
-def validate_device_uid(uid: object) -> str:
-    """Return ``uid`` if it is a valid device uid (1-64 chars of ``[A-Za-z0-9_.:-]``)."""
-    if not isinstance(uid, str) or not _UID_RE.match(uid):
-        raise ProtocolError(RejectReason.MALFORMED, f"invalid device uid {uid!r}")
-    return uid
-
-
-def topic_for(uid: str, kind: TopicKind | str) -> str:
-    """``acs/v1/devices/<uid>/<kind>``."""
-    return f"{TOPIC_ROOT}/{validate_device_uid(uid)}/{TopicKind(kind)}"
-
-
-def detections_topic(uid: str) -> str:
-    return topic_for(uid, TopicKind.DETECTIONS)
-
-
-def heartbeat_topic(uid: str) -> str:
-    return topic_for(uid, TopicKind.HEARTBEAT)
-
-
-def status_topic(uid: str) -> str:
-    return topic_for(uid, TopicKind.STATUS)
-
-
-def commands_topic(uid: str) -> str:
-    return topic_for(uid, TopicKind.COMMANDS)
-
-
-def subscription_filter(kind: TopicKind | str) -> str:
-    """MQTT filter for one kind over all devices, e.g. ``acs/v1/devices/+/detections``."""
-    return f"{TOPIC_ROOT}/+/{TopicKind(kind)}"
-
-
-def parse_topic(topic: str) -> tuple[str, TopicKind]:
-    """Split ``acs/v1/devices/<uid>/<kind>`` into ``(uid, kind)``; anything else is malformed."""
-    parts = topic.split("/") if isinstance(topic, str) else []
-    if len(parts) != 5 or "/".join(parts[:3]) != TOPIC_ROOT:
-        raise ProtocolError(RejectReason.MALFORMED, f"not an accessctl v1 topic: {topic!r}")
-    try:
-        kind = TopicKind(parts[4])
-    except ValueError:
-        raise ProtocolError(RejectReason.MALFORMED, f"unknown topic kind in {topic!r}") from None
-    return validate_device_uid(parts[3]), kind
-
-
-# --------------------------------------------------------------------------------------------
-# Field readers (strict: bool is not a number, NaN is not a number)
-
-
-def _fail(message: str, code: RejectReason = RejectReason.MALFORMED) -> ProtocolError:
-    return ProtocolError(code, message)
-
-
-def _number(
-    data: Mapping[str, Any],
-    key: str,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"{key} must be a number")
-    value = float(value)
-    if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise _fail(f"{key} out of range")
-    return value
-
-
-def _opt_number(data: Mapping[str, Any], key: str, **bounds: float) -> float | None:
-    return None if data.get(key) is None else _number(data, key, **bounds)
-
-
-def _integer(data: Mapping[str, Any], key: str, *, lo: int = 0, hi: int = 2**53) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(f"{key} must be an integer")
-    if not lo <= value <= hi:
-        raise _fail(f"{key} out of range")
-    return value
-
-
-def _label(data: Mapping[str, Any], key: str, *, pattern: re.Pattern[str] | None = None) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not 0 < len(value) <= _LABEL_MAX or not value.isprintable():
-        raise _fail(f"{key} must be a short printable string")
-    if pattern is not None and not pattern.match(value):
-        raise _fail(f"{key} has an invalid format")
-    return value
-
-
-def _opt_label(data: Mapping[str, Any], key: str, **kw: Any) -> str | None:
-    return None if data.get(key) is None else _label(data, key, **kw)
-
-
-def _enum(data: Mapping[str, Any], key: str, enum: type[_E]) -> _E:
-    value = data.get(key)
-    try:
-        return enum(value)
-    except ValueError:
-        raise _fail(f"{key} must be one of {[e.value for e in enum]}") from None
-
-
-def _uuid4(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    return validate_uuid4(value, key)
-
-
-def validate_uuid4(value: object, what: str = "id") -> str:
-    """Return ``value`` if it is a canonical lowercase uuid4 string."""
-    try:
-        parsed = uuid.UUID(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.version != 4 or str(parsed) != value:
-        raise _fail(f"{what} must be a canonical uuid4 string")
-    return value
-
-
-def _check_keys(data: object, required: set[str], optional: set[str], what: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise _fail(f"{what} must be a JSON object")
-    if "v" in required:
-        version = data.get("v")
-        if isinstance(version, bool) or version != PROTOCOL_VERSION:
-            raise ProtocolError(RejectReason.BAD_VERSION, f"unsupported protocol version {version!r}")
-    keys = set(data)
-    if missing := required - keys:
-        raise _fail(f"{what} misses {sorted(missing)}")
-    if unknown := keys - required - optional:
-        raise _fail(f"{what} has unknown keys {sorted(unknown)}")
-    return data
-
-
-def _b64decode(value: object, key: str, code: RejectReason, max_bytes: int) -> bytes:
-    if not isinstance(value, str):
-        raise _fail(f"{key} must be a base64 string", code)
-    if len(value) > (max_bytes + 2) // 3 * 4:
-        raise _fail(f"{key} larger than {max_bytes} bytes", RejectReason.TOO_LARGE)
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise _fail(f"{key} is not valid base64", code) from None
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _check_jpeg(data: bytes, key: str) -> bytes:
-    if len(data) > MAX_CROP_BYTES:
-        raise _fail(f"{key} larger than {MAX_CROP_BYTES} bytes", RejectReason.TOO_LARGE)
-    if len(data) < 4 or not data.startswith(b"\xff\xd8\xff"):
-        raise _fail(f"{key} is not a JPEG", RejectReason.BAD_IMAGE)
-    return data
-
-
-def _check_timestamp(value: float, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise _fail(f"{key} must be a positive unix timestamp")
-    return float(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Embeddings (stdlib; numpy fast path when given a numpy array)
-
-_ITEMSIZE = {
-    EmbeddingEncoding.F32: 4,
-    EmbeddingEncoding.F16: 2,
-    EmbeddingEncoding.INT8: 1,
-}
-
-
-def _is_numpy(values: object) -> bool:
-    return type(values).__module__ == "numpy"
-
-
-def encode_embedding(
-    values: Sequence[float], encoding: EmbeddingEncoding | str = EmbeddingEncoding.F32
-) -> tuple[bytes, float | None]:
-    """Encode a vector as little-endian bytes; returns ``(data, scale)``.
-
-    ``scale`` is None except for ``int8``, where ``value = int8 * scale`` (one scale per vector,
-    ``max(|x|) / 127``). Non-finite or all-zero vectors raise ``bad_embedding``.
-    """
-    encoding = EmbeddingEncoding(encoding)
-    if _is_numpy(values):
-        floats = [float(v) for v in values.reshape(-1)]  # type: ignore[attr-defined]
-    else:
-        floats = [float(v) for v in values]
-    if not 0 < len(floats) <= MAX_EMBEDDING_DIM:
-        raise _fail(f"embedding dim must be 1..{MAX_EMBEDDING_DIM}", RejectReason.BAD_EMBEDDING)
-    if not all(math.isfinite(v) for v in floats):
-        raise _fail("embedding has non-finite values", RejectReason.BAD_EMBEDDING)
-    peak = max(abs(v) for v in floats)
-    if peak == 0.0:
-        raise _fail("embedding is all zeros", RejectReason.BAD_EMBEDDING)
-    if encoding is EmbeddingEncoding.F32:
-        return struct.pack(f"<{len(floats)}f", *floats), None
-    if encoding is EmbeddingEncoding.F16:
-        try:
-            return struct.pack(f"<{len(floats)}e", *floats), None
-        except (OverflowError, struct.error):
-            raise _fail("embedding value does not fit float16", RejectReason.BAD_EMBEDDING) from None
-    scale = peak / 127.0
-    quantised = array("b", (max(-127, min(127, round(v / scale))) for v in floats))
-    return quantised.tobytes(), scale
-
-
-def decode_embedding(
-    data: bytes, encoding: EmbeddingEncoding | str, dim: int, scale: float | None = None
-) -> list[float]:
-    """Decode :func:`encode_embedding` output back to floats; validates length and finiteness."""
-    encoding = EmbeddingEncoding(encoding)
-    if len(data) != dim * _ITEMSIZE[encoding]:
-        raise _fail(
-            f"embedding has {len(data)} bytes, expected {dim} x {encoding}",
-            RejectReason.BAD_EMBEDDING,
-        )
-    if encoding is EmbeddingEncoding.F32:
-        values = array("f", data)
-        if sys.byteorder != "little":
-            values.byteswap()
-        floats = values.tolist()
-    elif encoding is EmbeddingEncoding.F16:
-        floats = list(struct.unpack(f"<{dim}e", data))
-    else:
-        if scale is None or not math.isfinite(scale) or scale <= 0:
-            raise _fail(
-                "int8 embedding needs a positive finite scale",
-                RejectReason.BAD_EMBEDDING,
-            )
-        floats = [q * scale for q in array("b", data)]
-    if not all(math.isfinite(v) for v in floats):
-        raise _fail("embedding has non-finite values", RejectReason.BAD_EMBEDDING)
-    if not any(floats):
-        raise _fail("embedding is all zeros", RejectReason.BAD_EMBEDDING)
-    return floats
-
-
-# --------------------------------------------------------------------------------------------
-# Payloads
 
 
 def new_id() -> str:
@@ -496,7 +155,7 @@ class Detection:
     def embedding_values(self) -> list[float]:
         """The embedding as floats (dequantised); ``bad_embedding`` if there is none."""
         if self.embedding is None or self.embedding_encoding is None or self.dim is None:
-            raise _fail("detection carries no embedding", RejectReason.BAD_EMBEDDING)
+            raise _fail("detection carries no embedding", Reason.BAD_EMBEDDING)
         return decode_embedding(self.embedding, self.embedding_encoding, self.dim, self.embedding_scale)
 
     def to_dict(self) -> dict[str, Any]:
@@ -570,8 +229,8 @@ class Detection:
             if any(d.get(k) is not None for k in embedding_keys):
                 raise _fail("crop mode detection must not carry an embedding")
             if d.get("crop_jpeg") is None:
-                raise _fail("crop mode detection needs crop_jpeg", RejectReason.BAD_IMAGE)
-            jpeg = _b64decode(d["crop_jpeg"], "crop_jpeg", RejectReason.BAD_IMAGE, MAX_CROP_BYTES)
+                raise _fail("crop mode detection needs crop_jpeg", Reason.BAD_IMAGE)
+            jpeg = _b64decode(d["crop_jpeg"], "crop_jpeg", Reason.BAD_IMAGE, MAX_CROP_BYTES)
             fields["crop_jpeg"] = _check_jpeg(jpeg, "crop_jpeg")
         else:
             if d.get("crop_jpeg") is not None:
@@ -579,23 +238,23 @@ class Detection:
             if d.get("embedding") is None or fields["model_version"] is None:
                 raise _fail(
                     "embedding mode detection needs embedding and model_version",
-                    RejectReason.BAD_EMBEDDING,
+                    Reason.BAD_EMBEDDING,
                 )
             encoding = _enum(d, "embedding_encoding", EmbeddingEncoding)
             try:
                 dim = _integer(d, "dim", lo=1, hi=MAX_EMBEDDING_DIM)
                 scale = _opt_number(d, "embedding_scale")
             except ProtocolError as exc:
-                raise _fail(exc.message, RejectReason.BAD_EMBEDDING) from None
+                raise _fail(exc.message, Reason.BAD_EMBEDDING) from None
             if (scale is None) != (encoding is not EmbeddingEncoding.INT8):
                 raise _fail(
                     "embedding_scale is required for int8 and only for int8",
-                    RejectReason.BAD_EMBEDDING,
+                    Reason.BAD_EMBEDDING,
                 )
             raw = _b64decode(
                 d["embedding"],
                 "embedding",
-                RejectReason.BAD_EMBEDDING,
+                Reason.BAD_EMBEDDING,
                 MAX_EMBEDDING_DIM * 4,
             )
             decode_embedding(raw, encoding, dim, scale)  # validates length and finiteness
@@ -841,212 +500,3 @@ def _normalise(message: Any) -> None:
 def payload_from_dict(kind: TopicKind | str, data: object) -> Message:
     """Parse a payload dict for topic ``kind`` into its dataclass (strict)."""
     return _BY_KIND[TopicKind(kind)].from_dict(data)
-
-
-# --------------------------------------------------------------------------------------------
-# Canonical JSON, envelopes, Ed25519
-
-
-def canonical_json(payload: Mapping[str, Any]) -> bytes:
-    """The bytes that are signed: sorted keys, compact separators, UTF-8, no NaN."""
-    try:
-        text = json.dumps(
-            payload,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
-    except (TypeError, ValueError) as exc:
-        raise _fail(f"payload is not canonical JSON: {exc}") from None
-    return text.encode("utf-8")
-
-
-def _reject_constant(name: str) -> Any:
-    raise _fail(f"{name} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _fail(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def loads_strict(raw: bytes | str) -> Any:
-    """``json.loads`` that rejects NaN/Infinity, duplicate keys and absurd nesting."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except ProtocolError:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _fail("not valid UTF-8 JSON") from None
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """An envelope split but not yet verified (server side: read ids before knowing the key)."""
-
-    payload: dict[str, Any]
-    sig: bytes
-
-
-def split_envelope(raw: bytes) -> Envelope:
-    """Parse ``raw`` into payload and signature WITHOUT verifying it (``too_large``/``malformed``)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise _fail(
-            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}",
-            RejectReason.TOO_LARGE,
-        )
-    doc = loads_strict(raw)
-    if not isinstance(doc, dict) or set(doc) != {"payload", "sig"} or not isinstance(doc["payload"], dict):
-        raise _fail('envelope must be {"payload": {...}, "sig": "..."}')
-    sig = _b64decode(doc["sig"], "sig", RejectReason.BAD_SIGNATURE, _SIG_BYTES)
-    if len(sig) != _SIG_BYTES:
-        raise _fail("signature must be 64 bytes", RejectReason.BAD_SIGNATURE)
-    return Envelope(payload=doc["payload"], sig=sig)
-
-
-def generate_keypair() -> tuple[str, str]:
-    """New Ed25519 key pair: ``(private_key_pem, public_key_b64)`` (lazily imports cryptography).
-
-    The private key is unencrypted PKCS#8 PEM (store it mode 0600); the public key is the raw
-    32-byte key in base64, which is what the server stores and what :func:`open_envelope` takes.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-    return pem, public_key_b64(key)
-
-
-def load_private_key(key: Any) -> Any:
-    """An ``Ed25519PrivateKey`` from PEM (str/bytes), raw 32 bytes, base64 of those, or a key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    if isinstance(key, Ed25519PrivateKey):
-        return key
-    if isinstance(key, str):
-        key = key.strip().encode("ascii")
-    if isinstance(key, bytes) and key.startswith(b"-----BEGIN"):
-        loaded = serialization.load_pem_private_key(key, password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError("private key is not Ed25519")
-        return loaded
-    if isinstance(key, bytes) and len(key) != _KEY_BYTES:
-        key = base64.b64decode(key, validate=True)
-    return Ed25519PrivateKey.from_private_bytes(key)
-
-
-def public_key_b64(private_key: Any) -> str:
-    """Base64 of the raw public key belonging to ``private_key`` (any form :func:`load_private_key` takes)."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = (
-        load_private_key(private_key)
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
-    return _b64encode(raw)
-
-
-@functools.lru_cache(maxsize=1024)
-def _public_key(public_key_b64: str) -> Any:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        raw = base64.b64decode(public_key_b64.encode("ascii"), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise _fail(
-            "public key is not base64 of 32 raw Ed25519 bytes",
-            RejectReason.BAD_SIGNATURE,
-        ) from None
-
-
-def sign_envelope(payload: Mapping[str, Any], private_key: Any) -> bytes:
-    """Sign ``canonical_json(payload)`` and return the envelope bytes to publish.
-
-    Raises ``too_large`` if the envelope would exceed :data:`MAX_MESSAGE_BYTES`.
-    """
-    sig = load_private_key(private_key).sign(canonical_json(payload))
-    envelope = {"payload": payload, "sig": _b64encode(sig)}
-    raw = canonical_json(envelope)
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise _fail(
-            f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}",
-            RejectReason.TOO_LARGE,
-        )
-    return raw
-
-
-def verify_envelope(envelope: Envelope, public_key_b64: str) -> dict[str, Any]:
-    """Verify a split envelope against ``public_key_b64``; returns the payload or raises ``bad_signature``."""
-    from cryptography.exceptions import InvalidSignature
-
-    try:
-        _public_key(public_key_b64).verify(envelope.sig, canonical_json(envelope.payload))
-    except InvalidSignature:
-        raise _fail("signature does not verify", RejectReason.BAD_SIGNATURE) from None
-    return envelope.payload
-
-
-def open_envelope(raw: bytes, public_key_b64: str) -> dict[str, Any]:
-    """Size-check, parse and verify ``raw``; returns the payload dict.
-
-    Raises :class:`ProtocolError` with ``too_large``, ``malformed`` or ``bad_signature``.
-    """
-    return verify_envelope(split_envelope(raw), public_key_b64)
-
-
-def check_freshness(ts: float, now: float, window_s: float) -> None:
-    """Raise ``stale_timestamp`` unless ``|now - ts| <= window_s`` (both unix seconds)."""
-    if not isinstance(ts, int | float) or not math.isfinite(ts) or abs(now - ts) > window_s:
-        raise _fail(
-            f"timestamp {ts!r} outside +-{window_s:g}s of {now:.3f}",
-            RejectReason.STALE_TIMESTAMP,
-        )
-
-
-def open_message(
-    topic: str,
-    raw: bytes,
-    public_key_b64: str,
-    *,
-    now: float | None = None,
-    window_s: float | None = None,
-) -> Message:
-    """Everything a receiver checks for one MQTT message, in order.
-
-    Topic shape, the unsigned last will (status only: returns ``Status.last_will``), size,
-    envelope, signature, version and payload schema, ``payload.device_uid == topic uid``
-    (``topic_mismatch``) and, when ``window_s`` is given, freshness of ``sent_at``/``issued_at``.
-    Replay (duplicate ``detection_id``/``command_id``) is the caller's job.
-    """
-    uid, kind = parse_topic(topic)
-    if kind is TopicKind.STATUS and raw.strip() == OFFLINE_WILL:
-        return Status.last_will(uid)
-    message = payload_from_dict(kind, open_envelope(raw, public_key_b64))
-    if message.device_uid != uid:
-        raise _fail(
-            f"payload device {message.device_uid!r} on topic of {uid!r}",
-            RejectReason.TOPIC_MISMATCH,
-        )
-    if window_s is not None:
-        ts = message.issued_at if isinstance(message, Command) else message.sent_at
-        check_freshness(ts, time.time() if now is None else now, window_s)  # type: ignore[arg-type]
-    return message
-
-
-def seal(message: Message, private_key: Any) -> bytes:
-    """Sign a payload dataclass: ``sign_envelope(message.to_dict(), private_key)``."""
-    return sign_envelope(message.to_dict(), private_key)

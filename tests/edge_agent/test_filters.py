@@ -16,13 +16,13 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import FolderSource, Frame
 from edge_agent.config import EdgeConfig
 from edge_agent.relay import SimulatedRelay
 from edge_agent.vision import FilterWatch
-from recognition.quality import QualityThresholds
+from faceengine import protocol as p
+from faceengine.quality import QualityThresholds
 from tests.edge_agent.conftest import FakeDetector, Keys, face_at, face_image, make_config
 
 CANVAS = np.zeros((240, 320, 3), dtype=np.uint8)

@@ -10,11 +10,11 @@ from pathlib import Path
 EDGE = Path(__file__).resolve().parents[2] / "edge_agent"
 #: the only server-side modules the agent may use: the Django-free face engine
 ALLOWED_RECOGNITION = {
-    "recognition.detector",
-    "recognition.alignment",
-    "recognition.quality",
-    "recognition.embedder",
-    "recognition.tv_shim",
+    "faceengine.detector",
+    "faceengine.alignment",
+    "faceengine.quality",
+    "faceengine.embedder",
+    "faceengine.tv_shim",
 }
 
 
