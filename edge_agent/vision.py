@@ -1,9 +1,9 @@
 """The agent's view of the face engine: detect faces, cut the crop that leaves the device, score it.
 
 The rest of the agent only sees :class:`Face`, :class:`FaceDetector` and :class:`FaceCandidate`,
-so it can be tested with a fake detector. The real implementations reuse the Django-free
-face-engine modules of the server (``faceengine.detector``, ``faceengine.alignment``,
-``faceengine.quality``, ``faceengine.embedder``), imported lazily; nothing else from the server.
+so it can be tested with a fake detector. The real implementations use the Django-free face
+engine the server uses too (``faceengine.detector``, ``faceengine.alignment``,
+``faceengine.quality``, ``faceengine.registry``), imported lazily; nothing from the server apps.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
 
 
 class LocalEmbedder:
-    """Privacy mode: embed on the device with ``faceengine.embedder.get_embedder(name)``."""
+    """Privacy mode: embed on the device with ``faceengine.registry.get_embedder(name)``."""
 
     def __init__(self, name: str) -> None:
         from faceengine.registry import get_embedder

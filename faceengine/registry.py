@@ -2,7 +2,7 @@
 
 The backends (:mod:`faceengine.backends`) implement :class:`faceengine.embedder.Embedder` and
 import only that interface; this module imports them (none imports torch or onnxruntime at
-import time). Options are constructor arguments: the engine reads no environment or settings.
+import time). Options are constructor arguments: nothing here reads the environment or settings.
 """
 
 from __future__ import annotations

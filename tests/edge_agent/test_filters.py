@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
+import edge_agent
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import FolderSource, Frame
 from edge_agent.config import EdgeConfig
@@ -45,7 +46,7 @@ def test_one_minimum_face_size_for_agent_and_server() -> None:
     assert QualityThresholds().min_face_size == p.MIN_FACE_PX
     # the server's setting defaults to it (tests may run with ACCESSCTL_MIN_FACE_PX unset only)
     assert settings.RECOGNITION_MIN_FACE_PX == p.MIN_FACE_PX
-    example = Path(p.__file__).with_name("config.example.toml").read_text()
+    example = Path(edge_agent.__file__).with_name("config.example.toml").read_text()
     assert f"min_face_px = {p.MIN_FACE_PX} " in example
 
 
