@@ -16,7 +16,8 @@ def test_importing_edge_agent_does_not_import_django() -> None:
     code = (
         "import sys\n"
         f"for m in {modules!r}: __import__(m)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'torch', 'accessctl', 'devices', 'recognition'))\n"
+        "bad = sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in ('django', 'torch', 'accessctl', 'devices', 'recognition'))\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=EDGE.parent, env={"PATH": ""})
