@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from faceengine.backends import package_data_path
+from faceengine.backends.tf_graphdef import read_constants
+from faceengine.detector import set_torch_threads
 from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.tv_shim import ensure_torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +130,6 @@ def convert_casia_graph(graph_path: str | Path) -> dict[str, Any]:
     """Map the frozen graph's constants onto an ``InceptionResnetV1`` state dict (torch tensors)."""
     import torch
 
-    from faceengine.backends.tf_graphdef import read_constants
-
     consts = read_constants(graph_path)
     _check_scales(consts)
     used: set[str] = set()
@@ -201,8 +202,6 @@ def casia_state_dict(*, graph_path: str | Path | None = None, cache_dir: str | P
 
 def build_inception_resnet_v1() -> Any:
     """facenet-pytorch ``InceptionResnetV1`` without pretrained weights (no download)."""
-    from faceengine.tv_shim import ensure_torchvision
-
     ensure_torchvision()
     from facenet_pytorch import InceptionResnetV1
 
@@ -237,8 +236,6 @@ class _FaceNetBase(Embedder):
         device: str = "cpu",
     ) -> None:
         import torch
-
-        from faceengine.detector import set_torch_threads
 
         if standardization not in STANDARDIZATIONS:
             raise EmbedderConfigError(f"unknown standardization {standardization!r}")
