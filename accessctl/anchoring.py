@@ -98,7 +98,7 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def _server_key() -> Any:
     """The server's Ed25519 key (the one devices trust for commands); created on first use."""
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
 
     path = Path(settings.SERVER_SIGNING_KEY_FILE)
     if not path.exists():
@@ -112,7 +112,7 @@ def _server_key() -> Any:
 
 
 def _public_b64(key: Any) -> str:
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
 
     return p.public_key_b64(key)
 

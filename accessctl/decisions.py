@@ -206,7 +206,7 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False,
     else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
     ``wait=False``: see :func:`devices.commands.command_send` (the caller flushes)."""
     from devices.commands import command_send
-    from edge_agent.protocol import CommandKind
+    from faceengine.protocol import CommandKind
 
     granted = event.decision == Decision.GRANT
     opens = granted and not stale

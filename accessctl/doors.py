@@ -19,7 +19,7 @@ from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
 from accessctl.exceptions import Conflict
 from accessctl.models import AccessEvent, Door
-from edge_agent import protocol
+from faceengine import protocol
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser

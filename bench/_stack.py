@@ -161,10 +161,10 @@ def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
     from accessctl.models import AccessGroup, Door, Person
     from devices.models import EdgeDevice
     from devices.provisioning import device_provision
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
+    from faceengine.pipeline import embed_image
     from recognition.engine import active_embedder
     from recognition.models import FaceEmbedding
-    from recognition.pipeline import embed_image
     from tests import faces
     from tests.devices import e2e
 
@@ -233,7 +233,7 @@ class Commands:
         time.sleep(0.3)
 
     def _on_message(self, client: Any, userdata: object, message: Any) -> None:
-        from edge_agent import protocol as p
+        from faceengine import protocol as p
 
         uid = message.topic.split("/")[3] if message.topic.count("/") == 4 else ""
         if uid not in self.uids:

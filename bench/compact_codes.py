@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recognition.compact import (  # noqa: E402
+from faceengine.compact import (  # noqa: E402
     Int8PerDimension,
     ProductQuantizer,
     cosine_rows,

@@ -35,7 +35,7 @@ def main() -> None:
     services = _stack.services_start(work)
     _stack.django_ready()
     from devices.commands import server_public_key_b64
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
     from tests.devices import e2e
 
     print("setting up: enrolling LFW people ...", flush=True)

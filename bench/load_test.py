@@ -47,7 +47,7 @@ def main() -> int:
     try:
         _stack.django_ready()
         from devices.commands import server_public_key_b64
-        from edge_agent import protocol as p
+        from faceengine import protocol as p
         from tests.devices import e2e
 
         prefix = f"load{services.run_id}-"

@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognition.detector import detect_faces, set_torch_threads
-from recognition.embedder import INPUT_SIZES, EmbedderError, get_embedder
+from faceengine.detector import detect_faces, set_torch_threads
+from faceengine.embedder import INPUT_SIZES, EmbedderError
+from faceengine.registry import get_embedder
 from tests.faces import LFW_DIR
 
 LFW_SAMPLE = LFW_DIR / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
@@ -71,6 +72,8 @@ def main() -> None:
         opts = {"num_threads": args.threads} if args.threads else {}
         if name == "facenet-vggface2":
             opts["weights_path"] = args.vggface2_weights
+        if name == "facenet-casia":
+            opts["cache_dir"] = Path(__file__).resolve().parents[1] / "var" / "models"
         try:
             emb = get_embedder(name, **opts)
         except (EmbedderError, FileNotFoundError, ImportError) as exc:

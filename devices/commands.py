@@ -16,7 +16,7 @@ from django.conf import settings
 
 from devices.models import EdgeDevice
 from devices.mqtt import client_create
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accessctl import realtime
 from devices.models import EdgeDevice
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevi
         )
     except p.ProtocolError as exc:
         logger.warning("%s from device %s rejected: %s (%s)", kind, device_uid, exc.code, exc)
-        if exc.code == p.RejectReason.BAD_SIGNATURE:
+        if exc.code == p.Reason.BAD_SIGNATURE:
             from accessctl.alarms import alarm_raise
             from accessctl.models import Alarm
 

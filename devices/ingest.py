@@ -40,7 +40,7 @@ from accessctl.models import AccessEvent
 from devices import health
 from devices.batching import DecisionBatcher
 from devices.models import EdgeDevice, InboundDetection
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -
         detection = p.payload_from_dict(p.TopicKind.DETECTIONS, payload)
         assert isinstance(detection, p.Detection)
         if detection.device_uid != device_uid:
-            raise p.ProtocolError(p.RejectReason.TOPIC_MISMATCH, "payload device_uid differs from the topic's")
+            raise p.ProtocolError(p.Reason.TOPIC_MISMATCH, "payload device_uid differs from the topic's")
     except p.ProtocolError as exc:
         _reject(
             reason=Reason(exc.code),
@@ -190,7 +190,7 @@ def detection_ingest(*, device_uid: str, raw: bytes, now: float | None = None) -
             device_uid=device_uid,
             raw=raw,
             device=device,
-            detection_id=claimed if exc.code == p.RejectReason.TOPIC_MISMATCH else None,
+            detection_id=claimed if exc.code == p.Reason.TOPIC_MISMATCH else None,
             details={"claimed_detection_id": claimed},
         )
         return str(exc.code)

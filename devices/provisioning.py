@@ -20,7 +20,7 @@ from accessctl.project.mqtt_identities import secret_write
 from devices.broker_auth import broker_identities_sync_on_commit, device_password_issue, device_uid_check
 from devices.commands import server_public_key_b64
 from devices.models import EdgeDevice
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, load_config
-from edge_agent.protocol import MIN_FACE_PX
+from faceengine.protocol import MIN_FACE_PX, generate_keypair
 
 logger = logging.getLogger("edge_agent")
 
@@ -24,8 +24,6 @@ def _setup_logging(level: str) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a new device key (0600) and print the public key to register on the server."""
-    from edge_agent.protocol import generate_keypair
-
     path: Path = args.out
     if path.exists() and not args.force:
         print(f"{path} exists; use --force to replace it", file=sys.stderr)

@@ -19,7 +19,11 @@ from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
 from edge_agent.mqtt import EdgeLink
-from edge_agent.protocol import (
+from edge_agent.relay import RelayDriver, make_relay
+from edge_agent.spool import Spool
+from edge_agent.tracker import Emission, IouTracker
+from edge_agent.vision import FaceCandidate, FaceDetector, FilterWatch, LocalEmbedder, encode_jpeg, prepare
+from faceengine.protocol import (
     Command,
     Detection,
     Heartbeat,
@@ -29,10 +33,6 @@ from edge_agent.protocol import (
     new_id,
     seal,
 )
-from edge_agent.relay import RelayDriver, make_relay
-from edge_agent.spool import Spool
-from edge_agent.tracker import Emission, IouTracker
-from edge_agent.vision import FaceCandidate, FaceDetector, FilterWatch, LocalEmbedder, encode_jpeg, prepare
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.protocol import MIN_FACE_PX
+from faceengine.protocol import MIN_FACE_PX, ProtocolError, validate_device_uid
 
 ENV_PREFIX = "ACS_EDGE_"
 DEFAULT_VAR_DIR = Path("var/edge")
@@ -138,8 +138,6 @@ class EdgeConfig:
 
     def validate(self, *, need_keys: bool = True) -> EdgeConfig:
         """Fail fast on missing or inconsistent values; returns ``self``."""
-        from edge_agent.protocol import ProtocolError, validate_device_uid
-
         try:
             validate_device_uid(self.device.uid)
         except ProtocolError:

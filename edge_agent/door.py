@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from edge_agent.protocol import Command, CommandKind, OfflineAction, OfflineDecision
 from edge_agent.relay import RelayDriver
 from edge_agent.spool import private_dir, private_file
+from faceengine.protocol import Command, CommandKind, OfflineAction, OfflineDecision
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttSection
-from edge_agent.protocol import (
+from edge_agent.spool import CommandSeen, Spool
+from faceengine.protocol import (
     OFFLINE_WILL,
     Command,
     Detection,
@@ -61,7 +62,6 @@ from edge_agent.protocol import (
     split_envelope,
     status_topic,
 )
-from edge_agent.spool import CommandSeen, Spool
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import IMAGE_SUFFIXES
-from edge_agent.protocol import Command
 from edge_agent.vision import FaceDetector, FilterTally, prepare
+from faceengine.protocol import Command
 
 logger = logging.getLogger(__name__)
 

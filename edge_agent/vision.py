@@ -1,9 +1,10 @@
 """The agent's view of the face engine: detect faces, cut the crop that leaves the device, score it.
 
 The rest of the agent only sees :class:`Face`, :class:`FaceDetector` and :class:`FaceCandidate`,
-so it can be tested with a fake detector. The real implementations reuse the Django-free
-face-engine modules of the server (``recognition.detector``, ``recognition.alignment``,
-``recognition.quality``, ``recognition.embedder``), imported lazily; nothing else from the server.
+so it can be tested with a fake detector. The real implementations use the Django-free face
+engine the server uses too (``faceengine.detector``, ``faceengine.alignment``,
+``faceengine.quality``, ``faceengine.registry``; torch loads only with the first model); nothing
+from the server apps.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.protocol import MIN_FACE_PX
+from faceengine.alignment import align_arcface, crop_facenet, to_grey
+from faceengine.detector import FaceDetector as EngineDetector
+from faceengine.protocol import MIN_FACE_PX
+from faceengine.quality import estimate_pose, laplacian_variance
+from faceengine.registry import get_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +71,9 @@ def quality_rank(quality: dict[str, float]) -> float:
 
 
 class MtcnnDetector:
-    """:class:`FaceDetector` over ``recognition.detector`` (MTCNN, torch, lazily loaded)."""
+    """:class:`FaceDetector` over ``faceengine.detector`` (MTCNN, torch, lazily loaded)."""
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, threads: int | None = 2) -> None:
-        from recognition.detector import FaceDetector as EngineDetector
-
         # MTCNN's pyramid starts at min_face_size: smaller faces cost time and are dropped anyway
         self._detector = EngineDetector(min_face_size=detector_min_face_px(min_face_px), num_threads=threads)
 
@@ -83,8 +86,6 @@ class MtcnnDetector:
 
 def align_crop(rgb: np.ndarray, face: Face, size: int = CROP_SIZE) -> np.ndarray:
     """ArcFace 5-point aligned ``size`` x ``size`` RGB crop (box crop when there are no landmarks)."""
-    from recognition.alignment import align_arcface
-
     if face.landmarks is not None:
         return align_arcface(rgb, np.asarray(face.landmarks, dtype=np.float64), size)
     return box_crop(rgb, face, size)
@@ -102,9 +103,6 @@ def box_crop(rgb: np.ndarray, face: Face, size: int) -> np.ndarray:
 
 def measure_quality(face: Face, crop: np.ndarray) -> dict[str, float]:
     """face_px, score, sharpness (Laplacian variance of the grey crop), yaw/pitch and frontal (0..1)."""
-    from recognition.alignment import to_grey
-    from recognition.quality import estimate_pose, laplacian_variance
-
     quality = {
         "face_px": float(face.size),
         "score": float(face.score),
@@ -249,11 +247,9 @@ def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
 
 
 class LocalEmbedder:
-    """Privacy mode: embed on the device with ``recognition.embedder.get_embedder(name)``."""
+    """Privacy mode: embed on the device with ``faceengine.registry.get_embedder(name)``."""
 
     def __init__(self, name: str) -> None:
-        from recognition.embedder import get_embedder
-
         self._embedder: Any = get_embedder(name)
         self.model_version: str = self._embedder.model_version
         self.input_kind = str(self._embedder.input_kind)
@@ -261,8 +257,6 @@ class LocalEmbedder:
     def embed(self, candidate: FaceCandidate) -> np.ndarray:
         """Prepare the crop the model wants (ArcFace 112 or FaceNet 160) and return its vector."""
         if self.input_kind == "facenet160":
-            from recognition.alignment import crop_facenet
-
             crop = crop_facenet(candidate.frame, np.asarray(candidate.face.box, dtype=np.float32))
         else:
             crop = candidate.crop

@@ -25,7 +25,7 @@ from recognition.enrollment import MAX_UPLOAD_BYTES, EnrollmentCode, PhotoUpload
 from recognition.models import EnrollmentPhoto
 
 if TYPE_CHECKING:
-    from recognition.embedder import Embedder
+    from faceengine.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 

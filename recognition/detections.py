@@ -26,7 +26,7 @@ from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
 from devices.commands import commands_flush
 from devices.models import InboundDetection
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from recognition.engine import active_embedder
 from recognition.matcher import match_decide_many
 from recognition.models import EMBEDDING_DIMS

@@ -19,9 +19,9 @@ from django.conf import settings
 from PIL import Image
 
 from accessctl.project.progress import progress_bar
-from recognition.detector import DetectedFace, detect_faces
-from recognition.embedder import Embedder
-from recognition.pipeline import crop_for
+from faceengine.detector import DetectedFace, detect_faces
+from faceengine.embedder import Embedder
+from faceengine.pipeline import crop_for
 
 logger = logging.getLogger(__name__)
 

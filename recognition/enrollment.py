@@ -49,14 +49,14 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
+from faceengine.quality import QualityThresholds, assess_image, significant_faces
 from recognition.calibration import threshold_for
 from recognition.gallery import gallery_search
 from recognition.models import EnrollmentPhoto, FaceEmbedding
-from recognition.quality import QualityThresholds, assess_image, significant_faces
 
 if TYPE_CHECKING:
     from accessctl.models import Person
-    from recognition.embedder import Embedder
+    from faceengine.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +274,9 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def face_analyse(data: bytes, *, embedder: Embedder) -> FaceAnalysis:
     """Decode, detect, check quality, crop and embed the one face of an enrolment picture."""
-    from recognition.alignment import align_arcface
-    from recognition.detector import detect_faces
-    from recognition.pipeline import crop_for
+    from faceengine.alignment import align_arcface
+    from faceengine.detector import detect_faces
+    from faceengine.pipeline import crop_for
 
     try:
         rgb = decode_image(data)
@@ -509,7 +509,7 @@ def photos_enroll(
     order of ``uploads``. ``progress(index, photo)`` is called as each photo is decided.
 
     ACCEPTED: one usable face that passed the identity check, embedded into the gallery.
-    REJECTED: ``quality_reason`` is a :class:`~recognition.quality.QualityReason` value or
+    REJECTED: ``quality_reason`` is a :class:`~faceengine.quality.QualityReason` value or
     ``bad_image``, ``quality_message`` says why in words. HELD: the face failed the identity check
     (module docstring); not in the gallery until :func:`photo_accept`.
     """
@@ -684,13 +684,13 @@ def person_reembed(
 ) -> ReembedSummary:
     """Embed the accepted photos (of ``person``, or everyone) with another model (gallery migration).
 
-    ``embedder`` is an :class:`~recognition.embedder.Embedder` or a backend name (default: the
+    ``embedder`` is an :class:`~faceengine.embedder.Embedder` or a backend name (default: the
     configured one). Photos that already have an embedding of that model version are skipped
     unless ``force``. Embeddings of other versions are left alone (searches never mix versions);
     delete them with :func:`embeddings_prune` once the new version is the configured one.
     ``progress(done, total)`` is called after each photo.
     """
-    from recognition.embedder import Embedder as EmbedderBase
+    from faceengine.embedder import Embedder as EmbedderBase
     from recognition.engine import active_embedder
 
     emb = (

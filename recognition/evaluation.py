@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from faceengine.embedder import Embedder
+from faceengine.registry import get_embedder
 from recognition.datasets import Pair, list_identity_folder, read_lfw_pairs
-from recognition.embedder import Embedder, get_embedder
 from recognition.embedding_cache import DetectionCache, detect_images, embed_images
 from recognition.metrics import (
     cosine_scores,

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 

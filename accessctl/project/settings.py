@@ -22,7 +22,7 @@ from accessctl.project.embedded import secret_file_ensure, valkey_url
 from accessctl.project.embedded import size_valid as embedded_size_valid
 from accessctl.project.env import env_bool, env_float, env_float_optional, env_int, env_list, env_optional, env_str
 from accessctl.project.redis_options import redis_tls_options
-from edge_agent.protocol import MIN_FACE_PX
+from faceengine.protocol import MIN_FACE_PX
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("ACCESSCTL_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -290,7 +290,7 @@ RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 48)
 # search); an escalated ef_search of 0 turns the second search off.
 RECOGNITION_SEARCH_ESCALATE_GAP = env_float("ACCESSCTL_SEARCH_ESCALATE_GAP", 0.08)
 RECOGNITION_HNSW_ESCALATED_EF_SEARCH = env_int("ACCESSCTL_HNSW_ESCALATED_EF_SEARCH", 800)
-RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", MIN_FACE_PX)  # the agents' default too (edge_agent.protocol)
+RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", MIN_FACE_PX)  # the agents' default too (faceengine.protocol)
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
 RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
 # Load the embedder when a worker process starts rather than on its first detection.

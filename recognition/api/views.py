@@ -33,9 +33,9 @@ def face_identify(*, image: bytes | IO[bytes], limit: int = 5) -> dict[str, Any]
     Raises :class:`Unprocessable` (code = the quality reason, e.g. ``no_face``) when the picture
     holds no usable face, :class:`ServiceUnavailable` when the embedder cannot be loaded.
     """
+    from faceengine.embedder import EmbedderError
     from recognition import enrollment
     from recognition.calibration import CalibrationError, threshold_for
-    from recognition.embedder import EmbedderError
     from recognition.gallery import gallery_search
 
     if hasattr(image, "read"):

@@ -255,7 +255,7 @@ def test_young_anchored_events_wiped_under_a_forged_purge_record_are_detected() 
 
 @pytest.mark.django_db(transaction=True)
 def test_altered_or_forged_checkpoints_are_detected(anchor_dir: Path) -> None:
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
 
     _event()
     checkpoint = checkpoint_create()

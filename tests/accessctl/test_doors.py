@@ -15,7 +15,7 @@ from accessctl.codes import Decision, Reason
 from accessctl.doors import DoorActionError, door_lockdown, door_lockdown_lift, door_unlock
 from accessctl.models import AccessEvent, Door
 from devices.models import EdgeDevice
-from edge_agent import protocol
+from faceengine import protocol
 from tests.accessctl.helpers import user_create
 
 pytestmark = pytest.mark.django_db

@@ -141,7 +141,7 @@ def test_degraded_device_turns_its_tile_and_raises_an_alarm(page, live_url) -> N
 
     from devices.health import heartbeat_ingest
     from devices.provisioning import device_provision
-    from edge_agent import protocol as p
+    from faceengine import protocol as p
 
     user_create("olga", "accessctl.view_dashboard")
     door = Door.objects.create(name="Side gate")

@@ -22,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from accessctl.models import AccessGroup, Door, Person
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from recognition.models import EnrollmentPhoto
 from tests.accessctl.helpers import PASSWORD
 from tests.broker_logins import device_client

@@ -18,7 +18,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from tests.broker_logins import observer_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ def aligned_crop_jpeg(path: Path) -> bytes:
     """The ArcFace-aligned 112x112 crop of the largest face in ``path``, as the edge agent sends it."""
     from PIL import Image
 
-    from recognition.pipeline import faces_from_image
+    from faceengine.pipeline import faces_from_image
 
     with Image.open(path) as image:
         sample = faces_from_image(image.convert("RGB"), max_faces=1)[0]

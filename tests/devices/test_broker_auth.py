@@ -48,7 +48,7 @@ def test_provisioned_config_names_the_actual_broker_port_and_a_camera_section(tm
     import re
 
     from edge_agent.config import load_config
-    from edge_agent.protocol import MIN_FACE_PX
+    from faceengine.protocol import MIN_FACE_PX
 
     Door.objects.create(name="Lobby")
     call_command("provision_device", "lobby-1", "--door", "Lobby", "--out", str(tmp_path / "a"))

@@ -12,10 +12,10 @@ from django.utils import timezone
 from accessctl.models import AccessEvent, AccessGroup, Door, Person, Schedule, ScheduleWindow
 from devices.commands import server_public_key_b64
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
+from faceengine.pipeline import embed_image
 from recognition.engine import active_embedder
 from recognition.models import FaceEmbedding
-from recognition.pipeline import embed_image
 from tests import faces
 from tests.devices import e2e
 

@@ -13,7 +13,7 @@ from accessctl.models import Alarm, Door
 from devices import health, staging
 from devices.models import EdgeDevice, InboundDetection
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from accessctl.models import AccessEvent, Alarm, Door
 from devices import ingest
 from devices.models import EdgeDevice, InboundDetection
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from tests import faces
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -28,9 +28,9 @@ from devices.bridge import probe_topic
 from devices.commands import server_public_key_b64
 from devices.models import EdgeDevice
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
+from faceengine import protocol as p
 from tests.broker_logins import observer_client, suite_broker_start
 from tests.edge_agent.conftest import Keys, make_config
 from tests.reliability import rig

@@ -21,9 +21,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from accessctl.project.embedded import ChildService
-from edge_agent import protocol as p
 from edge_agent.config import EdgeConfig
 from edge_agent.vision import Face, FaceCandidate, prepare
+from faceengine import protocol as p
 from tests import waiting
 from tests.broker_logins import standalone_broker_start
 from tests.faces import LFW_DIR
@@ -49,7 +49,7 @@ def face_image() -> np.ndarray:
 
 def face_at(box: tuple[float, float, float, float], score: float = 0.99) -> Face:
     """A Face with plausible 5-point landmarks (ArcFace template scaled into ``box``)."""
-    from recognition.alignment import ARCFACE_TEMPLATE_112
+    from faceengine.alignment import ARCFACE_TEMPLATE_112
 
     x1, y1, x2, y2 = box
     landmarks = ARCFACE_TEMPLATE_112 / 112.0 * np.array([x2 - x1, y2 - y1]) + np.array([x1, y1])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import protocol as p
 from edge_agent.__main__ import main
+from faceengine import protocol as p
 
 
 def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from accessctl.project.embedded import free_port
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.door import DoorController
 from edge_agent.relay import SimulatedRelay
+from faceengine import protocol as p
 from tests.edge_agent.conftest import Keys, candidate, make_config, wait_until
 
 

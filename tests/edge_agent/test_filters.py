@@ -16,13 +16,14 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
-from edge_agent import protocol as p
+import edge_agent
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import FolderSource, Frame
 from edge_agent.config import EdgeConfig
 from edge_agent.relay import SimulatedRelay
 from edge_agent.vision import FilterWatch
-from recognition.quality import QualityThresholds
+from faceengine import protocol as p
+from faceengine.quality import QualityThresholds
 from tests.edge_agent.conftest import FakeDetector, Keys, face_at, face_image, make_config
 
 CANVAS = np.zeros((240, 320, 3), dtype=np.uint8)
@@ -45,7 +46,7 @@ def test_one_minimum_face_size_for_agent_and_server() -> None:
     assert QualityThresholds().min_face_size == p.MIN_FACE_PX
     # the server's setting defaults to it (tests may run with ACCESSCTL_MIN_FACE_PX unset only)
     assert settings.RECOGNITION_MIN_FACE_PX == p.MIN_FACE_PX
-    example = Path(p.__file__).with_name("config.example.toml").read_text()
+    example = Path(edge_agent.__file__).with_name("config.example.toml").read_text()
     assert f"min_face_px = {p.MIN_FACE_PX} " in example
 
 

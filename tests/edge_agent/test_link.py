@@ -10,9 +10,9 @@ import paho.mqtt.client as paho
 from PIL import Image
 
 from accessctl.project.embedded import ChildService, free_port
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
+from faceengine import protocol as p
 from tests.broker_logins import device_client
 from tests.edge_agent.conftest import (
     UID,

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from accessctl.project.embedded import ChildService
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
 from edge_agent.simulate import Pace, Visitor, lfw_images, simulate, visitor_schedule, visitors_split
 from edge_agent.vision import MtcnnDetector
+from faceengine import protocol as p
 from tests.edge_agent.conftest import Keys, ServerClient, face_at, face_image, make_config
 
 

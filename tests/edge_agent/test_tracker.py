@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge_agent import protocol as p
 from edge_agent.agent import EdgeAgent
 from edge_agent.camera import Frame
 from edge_agent.relay import SimulatedRelay
 from edge_agent.tracker import IouTracker, iou
+from faceengine import protocol as p
 from tests.edge_agent.conftest import FakeDetector, Keys, face_at, face_image, make_config
 
 

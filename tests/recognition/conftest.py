@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recognition.embedder import DEFAULT_BACKEND
+from faceengine.registry import DEFAULT_BACKEND
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def test_identify_needs_its_scope(engine) -> None:
 
 @pytest.mark.dataset("lfw")
 def test_enrol_and_identify_with_the_real_engine(settings, media_root) -> None:
-    from recognition.embedder import DEFAULT_BACKEND
+    from faceengine.registry import DEFAULT_BACKEND
 
     settings.RECOGNITION_MIN_FACE_PX = 40  # the shared LFW copy has ~55 px faces
     settings.RECOGNITION_EMBEDDER = DEFAULT_BACKEND

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from recognition.embedder import DEFAULT_BACKEND
+from faceengine.registry import DEFAULT_BACKEND
 from tests.faces import face_jpeg
 
 

@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from accessctl.models import AccessEvent, Door
 from devices.models import InboundDetection
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from recognition.detections import detection_decide, detections_decide
 
 pytestmark = pytest.mark.django_db(transaction=True)

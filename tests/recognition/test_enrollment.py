@@ -13,7 +13,9 @@ from PIL import Image, ImageFilter
 
 from accessctl.codes import Reason
 from accessctl.models import Person
-from recognition.embedder import DEFAULT_BACKEND, Embedder, get_embedder
+from faceengine.embedder import Embedder
+from faceengine.quality import QualityReason
+from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition.enrollment import (
     EnrollmentCode,
     EnrollmentError,
@@ -25,7 +27,6 @@ from recognition.enrollment import (
 )
 from recognition.matcher import match_decide
 from recognition.models import EnrollmentPhoto, FaceEmbedding
-from recognition.quality import QualityReason
 from tests.faces import face_jpeg, face_paths, lfw_available
 
 pytestmark = pytest.mark.dataset("lfw")
@@ -147,7 +148,7 @@ def test_duplicate_face_is_flagged_then_reviewed(enrol_env: Path, embedder: Embe
 
     # the matcher never sees the pending embedding: Colin is matched, not ambiguous
     probe = get_embedder(DEFAULT_BACKEND)
-    from recognition.pipeline import embed_image
+    from faceengine.pipeline import embed_image
 
     vector = embed_image(lfw_image("Colin_Powell", 2), embedder=probe, max_faces=1)[0].embedding
     assert match_decide(vector, model_version=embedder.model_version).person_id == colin.pk

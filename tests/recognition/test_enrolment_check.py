@@ -17,9 +17,9 @@ from django.urls import reverse
 
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent, Person
+from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition.api.views import face_identify
 from recognition.calibration import threshold_for
-from recognition.embedder import DEFAULT_BACKEND, get_embedder
 from recognition.enrollment import (
     EnrollmentCode,
     PhotoUpload,

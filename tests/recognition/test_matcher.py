@@ -7,6 +7,8 @@ import pytest
 
 from accessctl.codes import Reason
 from accessctl.models import Door, Person
+from faceengine.embedder import Embedder
+from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition.calibration import (
     BUILTIN_THRESHOLDS,
     CalibrationError,
@@ -14,7 +16,6 @@ from recognition.calibration import (
     store_threshold,
     threshold_for,
 )
-from recognition.embedder import DEFAULT_BACKEND, Embedder, get_embedder
 from recognition.matcher import match_decide
 from recognition.models import FaceEmbedding, ModelCalibration
 from tests.faces import face_paths
@@ -35,7 +36,7 @@ def vectors(embedder: Embedder) -> dict[str, np.ndarray]:
     """Embeddings of photos 0..3 of each enrolled person and photo 0 of the stranger (computed once)."""
     from PIL import Image
 
-    from recognition.pipeline import embed_image
+    from faceengine.pipeline import embed_image
 
     def embed(person: str, index: int) -> np.ndarray:
         with Image.open(face_paths(person, 1, index)[0]) as img:

@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from accessctl.project import embedded
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from recognition.models import EMBEDDING_DIMS
 from tests.broker_logins import observer_client
 from tests.devices import e2e

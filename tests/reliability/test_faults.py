@@ -25,7 +25,7 @@ from devices.commands import server_public_key_b64
 from devices.models import InboundDetection
 from devices.provisioning import device_provision
 from devices.staging import inbound_requeue
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from tests.broker_logins import suite_broker_start
 from tests.devices import e2e
 from tests.reliability import rig

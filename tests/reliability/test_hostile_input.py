@@ -22,7 +22,7 @@ from accessctl.models import AccessEvent, Door
 from devices import ingest
 from devices.models import EdgeDevice, InboundDetection
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from recognition.detections import detection_decide
 from recognition.models import EMBEDDING_DIMS
 

@@ -22,7 +22,7 @@ import pytest
 from accessctl.models import Door
 from devices.commands import server_public_key_b64
 from devices.provisioning import device_provision
-from edge_agent import protocol as p
+from faceengine import protocol as p
 from tests.devices import e2e
 from tests.reliability import rig
 from tests.reliability.test_faults import _assert_exactly_once, bridge_kill_scenario

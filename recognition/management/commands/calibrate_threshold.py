@@ -12,8 +12,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition import evaluation
-from recognition.embedder import get_embedder
+from recognition.engine import model_files_options
 from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
 
 
@@ -32,7 +33,8 @@ class Command(BaseCommand):
         target = options["target_fmr"]
         if not 0 < target < 1:
             raise CommandError("--target-fmr must be in (0, 1)")
-        embedder = get_embedder(options["backend"])
+        name = options["backend"] or DEFAULT_BACKEND
+        embedder = get_embedder(name, **model_files_options(name))
         if options["folder"]:
             dist = evaluation.folder_distributions(options["folder"], embedder, cache_dir=options["cache_dir"])
         else:

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition.embedder import EmbedderError, available_backends
+from faceengine.embedder import EmbedderError
+from faceengine.registry import available_backends
 from recognition.engine import active_embedder
 from recognition.enrollment import embeddings_prune, person_reembed
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from edge_agent import protocol as p
-from edge_agent.protocol import ProtocolError, RejectReason
+from faceengine import protocol as p
+from faceengine.protocol import ProtocolError, Reason
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200 + b"\xff\xd9"
 UID = "door-1"
@@ -53,7 +53,7 @@ def embedding_detection(encoding: str = "f32", values: list[float] | None = None
     )
 
 
-def expect(code: RejectReason, fn, *args, **kwargs) -> ProtocolError:
+def expect(code: Reason, fn, *args, **kwargs) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
         fn(*args, **kwargs)
     assert info.value.code == code, info.value
@@ -87,12 +87,12 @@ def test_topics_and_parse_round_trip() -> None:
     ],
 )
 def test_parse_topic_rejects(topic: str) -> None:
-    expect(RejectReason.MALFORMED, p.parse_topic, topic)
+    expect(Reason.MALFORMED, p.parse_topic, topic)
 
 
 def test_topic_for_rejects_wildcards_in_uid() -> None:
-    expect(RejectReason.MALFORMED, p.topic_for, "a/b", "detections")
-    expect(RejectReason.MALFORMED, p.topic_for, "a+", "detections")
+    expect(Reason.MALFORMED, p.topic_for, "a/b", "detections")
+    expect(Reason.MALFORMED, p.topic_for, "a+", "detections")
 
 
 # -- payload round trips ----------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_last_will_is_unsigned_offline(keys: tuple[str, str]) -> None:
     assert got.state is p.DeviceState.OFFLINE and got.signed is False and got.device_uid == UID
     # ... but only on the status topic
     expect(
-        RejectReason.MALFORMED,
+        Reason.MALFORMED,
         p.open_message,
         p.detections_topic(UID),
         b"offline",
@@ -194,7 +194,7 @@ def test_canonical_json_is_stable() -> None:
     assert p.canonical_json(a) == '{"a":[1.5,"é",null],"b":1,"c":{"y":0.1,"z":true}}'.encode()
     # parse -> re-canonicalise is the identity (what the verifier relies on)
     assert p.canonical_json(json.loads(p.canonical_json(a))) == p.canonical_json(a)
-    expect(RejectReason.MALFORMED, p.canonical_json, {"x": float("nan")})
+    expect(Reason.MALFORMED, p.canonical_json, {"x": float("nan")})
 
 
 def test_envelope_key_order_and_spacing_do_not_matter(keys: tuple[str, str]) -> None:
@@ -215,14 +215,14 @@ def test_tampered_payload_is_bad_signature(keys: tuple[str, str]) -> None:
     priv, pub = keys
     doc = json.loads(p.seal(crop_detection(), priv))
     doc["payload"]["box"] = [0, 0, 999, 999]
-    expect(RejectReason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
+    expect(Reason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
 
 
 def test_wrong_key_is_bad_signature(keys: tuple[str, str]) -> None:
     priv, _ = keys
     _, other_pub = p.generate_keypair()
     expect(
-        RejectReason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
         p.open_envelope,
         p.seal(crop_detection(), priv),
         other_pub,
@@ -233,9 +233,9 @@ def test_bad_sig_field(keys: tuple[str, str]) -> None:
     priv, pub = keys
     doc = json.loads(p.seal(crop_detection(), priv))
     doc["sig"] = base64.b64encode(b"\x00" * 10).decode()
-    expect(RejectReason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
+    expect(Reason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
     doc["sig"] = "not base64!"
-    expect(RejectReason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
+    expect(Reason.BAD_SIGNATURE, p.open_envelope, json.dumps(doc).encode(), pub)
 
 
 def test_private_key_forms(keys: tuple[str, str]) -> None:
@@ -257,7 +257,7 @@ def test_topic_mismatch(keys: tuple[str, str]) -> None:
     priv, pub = keys
     raw = p.seal(crop_detection(), priv)
     expect(
-        RejectReason.TOPIC_MISMATCH,
+        Reason.TOPIC_MISMATCH,
         p.open_message,
         p.detections_topic("door-2"),
         raw,
@@ -269,13 +269,13 @@ def test_freshness(keys: tuple[str, str]) -> None:
     now = 1_700_000_000.0
     p.check_freshness(now - 29, now, 30)
     p.check_freshness(now + 29, now, 30)
-    expect(RejectReason.STALE_TIMESTAMP, p.check_freshness, now - 31, now, 30)
-    expect(RejectReason.STALE_TIMESTAMP, p.check_freshness, now + 31, now, 30)
-    expect(RejectReason.STALE_TIMESTAMP, p.check_freshness, float("nan"), now, 30)
+    expect(Reason.STALE_TIMESTAMP, p.check_freshness, now - 31, now, 30)
+    expect(Reason.STALE_TIMESTAMP, p.check_freshness, now + 31, now, 30)
+    expect(Reason.STALE_TIMESTAMP, p.check_freshness, float("nan"), now, 30)
     priv, pub = keys
     raw = p.seal(crop_detection(sent_at=time.time() - 120), priv)
     expect(
-        RejectReason.STALE_TIMESTAMP,
+        Reason.STALE_TIMESTAMP,
         p.open_message,
         p.detections_topic(UID),
         raw,
@@ -290,13 +290,13 @@ def test_freshness(keys: tuple[str, str]) -> None:
 def test_message_too_large(keys: tuple[str, str]) -> None:
     priv, pub = keys
     expect(
-        RejectReason.TOO_LARGE,
+        Reason.TOO_LARGE,
         p.open_envelope,
         b"{" + b" " * p.MAX_MESSAGE_BYTES + b"}",
         pub,
     )
     expect(
-        RejectReason.TOO_LARGE,
+        Reason.TOO_LARGE,
         p.sign_envelope,
         {"blob": "x" * p.MAX_MESSAGE_BYTES},
         priv,
@@ -306,14 +306,14 @@ def test_message_too_large(keys: tuple[str, str]) -> None:
 def test_crop_too_large() -> None:
     big = b"\xff\xd8\xff" + b"\x00" * p.MAX_CROP_BYTES
     expect(
-        RejectReason.TOO_LARGE,
+        Reason.TOO_LARGE,
         crop_detection().__class__.with_crop,
         jpeg=big,
         **_base_fields(),
     )
     payload = crop_detection().to_dict()
     payload["crop_jpeg"] = base64.b64encode(big).decode()
-    expect(RejectReason.TOO_LARGE, p.Detection.from_dict, payload)
+    expect(Reason.TOO_LARGE, p.Detection.from_dict, payload)
 
 
 def _base_fields() -> dict[str, object]:
@@ -361,45 +361,45 @@ def _base_fields() -> dict[str, object]:
 def test_detection_wrong_types(key: str, value: object) -> None:
     payload = crop_detection().to_dict()
     payload[key] = value
-    expect(RejectReason.MALFORMED, p.Detection.from_dict, payload)
+    expect(Reason.MALFORMED, p.Detection.from_dict, payload)
 
 
 def test_missing_key_and_bad_version() -> None:
     payload = crop_detection().to_dict()
     del payload["box"]
-    expect(RejectReason.MALFORMED, p.Detection.from_dict, payload)
+    expect(Reason.MALFORMED, p.Detection.from_dict, payload)
     for version in (2, "1", True, None):
         payload = crop_detection().to_dict()
         payload["v"] = version
-        expect(RejectReason.BAD_VERSION, p.Detection.from_dict, payload)
+        expect(Reason.BAD_VERSION, p.Detection.from_dict, payload)
 
 
 def test_crop_must_be_jpeg() -> None:
     payload = crop_detection().to_dict()
     payload["crop_jpeg"] = base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()
-    expect(RejectReason.BAD_IMAGE, p.Detection.from_dict, payload)
+    expect(Reason.BAD_IMAGE, p.Detection.from_dict, payload)
     payload["crop_jpeg"] = "@@@"
-    expect(RejectReason.BAD_IMAGE, p.Detection.from_dict, payload)
+    expect(Reason.BAD_IMAGE, p.Detection.from_dict, payload)
     del payload["crop_jpeg"]
-    expect(RejectReason.BAD_IMAGE, p.Detection.from_dict, payload)
+    expect(Reason.BAD_IMAGE, p.Detection.from_dict, payload)
 
 
 def test_modes_do_not_mix() -> None:
     payload = crop_detection().to_dict()
     payload["embedding"] = embedding_detection().to_dict()["embedding"]
-    expect(RejectReason.MALFORMED, p.Detection.from_dict, payload)
+    expect(Reason.MALFORMED, p.Detection.from_dict, payload)
 
 
 def test_nan_in_embedding_rejected() -> None:
     values = [0.1] * 16
-    expect(RejectReason.BAD_EMBEDDING, p.encode_embedding, [*values, float("nan")])
+    expect(Reason.BAD_EMBEDDING, p.encode_embedding, [*values, float("nan")])
     payload = embedding_detection().to_dict()
     nan_vec = struct.pack("<4f", 0.1, float("nan"), 0.2, 0.3)
     payload.update(embedding=base64.b64encode(nan_vec).decode(), dim=4)
-    expect(RejectReason.BAD_EMBEDDING, p.Detection.from_dict, payload)
+    expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
     inf_vec = struct.pack("<4e", 0.1, float("inf"), 0.2, 0.3)
     payload.update(embedding=base64.b64encode(inf_vec).decode(), embedding_encoding="f16")
-    expect(RejectReason.BAD_EMBEDDING, p.Detection.from_dict, payload)
+    expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
 
 
 @pytest.mark.parametrize(
@@ -417,19 +417,19 @@ def test_nan_in_embedding_rejected() -> None:
 def test_bad_embedding(change: dict[str, object]) -> None:
     payload = embedding_detection().to_dict()
     payload.update(change)
-    expect(RejectReason.BAD_EMBEDDING, p.Detection.from_dict, payload)
+    expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
 
 
 def test_embedding_mode_needs_model_version() -> None:
     payload = embedding_detection().to_dict()
     del payload["model_version"]
-    expect(RejectReason.BAD_EMBEDDING, p.Detection.from_dict, payload)
+    expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
 
 
 def test_int8_zero_scale_rejected() -> None:
     payload = embedding_detection("int8").to_dict()
     payload["embedding_scale"] = 0.0
-    expect(RejectReason.BAD_EMBEDDING, p.Detection.from_dict, payload)
+    expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
 
 
 def test_command_validation() -> None:
@@ -449,13 +449,13 @@ def test_command_validation() -> None:
         {"data": []},
         {"detection_id": "x"},
     ):
-        expect(RejectReason.MALFORMED, p.Command.from_dict, {**good, **change})
+        expect(Reason.MALFORMED, p.Command.from_dict, {**good, **change})
 
 
 def test_constructor_validates() -> None:
-    expect(RejectReason.MALFORMED, crop_detection, box=(0, 0, 0, 0))
+    expect(Reason.MALFORMED, crop_detection, box=(0, 0, 0, 0))
     expect(
-        RejectReason.MALFORMED,
+        Reason.MALFORMED,
         p.Command,
         device_uid=UID,
         command="open",
@@ -479,7 +479,7 @@ def test_constructor_validates() -> None:
     ],
 )
 def test_malformed_envelopes(keys: tuple[str, str], raw: bytes) -> None:
-    expect(RejectReason.MALFORMED, p.open_envelope, raw, keys[1])
+    expect(Reason.MALFORMED, p.open_envelope, raw, keys[1])
 
 
 def test_protocol_imports_only_stdlib() -> None:
@@ -487,7 +487,7 @@ def test_protocol_imports_only_stdlib() -> None:
     import sys
 
     code = (
-        "import sys; import edge_agent.protocol; "
+        "import sys; import faceengine.protocol; "
         "bad = [m for m in ('cryptography', 'numpy', 'django', 'torch') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from recognition.alignment import ARCFACE_TEMPLATE_112
-from recognition.detector import DetectedFace
-from recognition.quality import (
+from faceengine.alignment import ARCFACE_TEMPLATE_112
+from faceengine.detector import DetectedFace
+from faceengine.quality import (
     QualityReason,
     QualityThresholds,
     assess_face,

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from faceengine.tv_shim import ensure_torchvision
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -107,8 +109,6 @@ def get_mtcnn(
     with _model_lock:
         model = _models.get(key)
         if model is None:
-            from recognition.tv_shim import ensure_torchvision
-
             ensure_torchvision()
             import torch
             from facenet_pytorch import MTCNN

@@ -127,7 +127,7 @@ def _real_torchvision_available() -> bool:
 
 
 def _make_module(name: str) -> types.ModuleType:
-    module = types.ModuleType(name, "accessctl stand-in for torchvision (see recognition.tv_shim)")
+    module = types.ModuleType(name, "accessctl stand-in for torchvision (see faceengine.tv_shim)")
     module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
     module.__path__ = []  # a package, so that submodule imports resolve through sys.modules
     setattr(module, SHIM_MARKER, True)

@@ -10,7 +10,7 @@ folded offset, running_mean 0, running_var 1 - eps). The converted state dict is
 ``facenet-vggface2``: InceptionResnetV1 with a state dict from a file you configure (for example
 facenet-pytorch's ``20180402-114759-vggface2.pt``); nothing is downloaded.
 
-Input: 160x160 RGB crops (:func:`recognition.alignment.crop_facenet`), standardised with
+Input: 160x160 RGB crops (:func:`faceengine.alignment.crop_facenet`), standardised with
 ``(x - 127.5) / 128`` (what the 2018 models were trained with) or, optionally, per-image
 prewhitening.
 """
@@ -25,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from recognition.backends import DEFAULT_MODEL_CACHE_DIR, package_data_path
-from recognition.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.backends import package_data_path
+from faceengine.backends.tf_graphdef import read_constants
+from faceengine.detector import set_torch_threads
+from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.tv_shim import ensure_torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +130,6 @@ def convert_casia_graph(graph_path: str | Path) -> dict[str, Any]:
     """Map the frozen graph's constants onto an ``InceptionResnetV1`` state dict (torch tensors)."""
     import torch
 
-    from recognition.backends.tf_graphdef import read_constants
-
     consts = read_constants(graph_path)
     _check_scales(consts)
     used: set[str] = set()
@@ -171,16 +172,25 @@ _convert_lock = threading.Lock()
 
 
 def casia_state_dict(*, graph_path: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """The converted CASIA state dict, from the cache or converted now (and cached)."""
+    """The converted CASIA state dict, from the cache or converted now (and cached).
+
+    ``cache_dir`` is where the converted weights are kept (the server passes its models
+    directory); without one the graph is converted in memory at every start.
+    """
     import torch
 
-    cache = Path(cache_dir) if cache_dir else DEFAULT_MODEL_CACHE_DIR
+    source = Path(graph_path) if graph_path else None
+    if not cache_dir:
+        source = source or package_data_path(CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH)
+        logger.info("converting FaceNet CASIA graph %s (no cache_dir: not cached)", source)
+        return convert_casia_graph(source)
+    cache = Path(cache_dir)
     cached = cache / CASIA_CACHE_NAME
     with _convert_lock:
         if cached.is_file():
             logger.debug("loading converted FaceNet CASIA weights from %s", cached)
             return torch.load(cached, map_location="cpu", weights_only=True)
-        source = Path(graph_path) if graph_path else package_data_path(CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH)
+        source = source or package_data_path(CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH)
         logger.info("converting FaceNet CASIA graph %s (once; cached at %s)", source, cached)
         sd = convert_casia_graph(source)
         cache.mkdir(parents=True, exist_ok=True)
@@ -192,8 +202,6 @@ def casia_state_dict(*, graph_path: str | Path | None = None, cache_dir: str | P
 
 def build_inception_resnet_v1() -> Any:
     """facenet-pytorch ``InceptionResnetV1`` without pretrained weights (no download)."""
-    from recognition.tv_shim import ensure_torchvision
-
     ensure_torchvision()
     from facenet_pytorch import InceptionResnetV1
 
@@ -228,8 +236,6 @@ class _FaceNetBase(Embedder):
         device: str = "cpu",
     ) -> None:
         import torch
-
-        from recognition.detector import set_torch_threads
 
         if standardization not in STANDARDIZATIONS:
             raise EmbedderConfigError(f"unknown standardization {standardization!r}")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recognition.alignment import (
+from faceengine.alignment import (
     ARCFACE_TEMPLATE_112,
     align_arcface,
     arcface_transform,

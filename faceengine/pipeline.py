@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recognition.alignment import align_arcface, crop_facenet
-from recognition.detector import DetectedFace, detect_faces, to_rgb_array
-from recognition.embedder import Embedder, InputKind, get_embedder
-from recognition.quality import QualityThresholds, QualityVerdict, assess_face
+from faceengine.alignment import align_arcface, crop_facenet
+from faceengine.detector import DetectedFace, detect_faces, to_rgb_array
+from faceengine.embedder import Embedder, InputKind
+from faceengine.quality import QualityThresholds, QualityVerdict, assess_face
+from faceengine.registry import get_embedder
 
 if TYPE_CHECKING:
     from PIL import Image

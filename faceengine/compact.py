@@ -5,7 +5,7 @@ Embeddings are L2-normalised float32 vectors compared by cosine similarity. Stor
 * ``halfvec``: IEEE float16 per dimension, 2 bytes/dim. pgvector stores and indexes this type
   natively (``embedding::halfvec(d)``), so an HNSW index on it is half the size.
 * ``int8`` (per vector): ``round(x / s)`` with ``s = max|x| / 127``, 1 byte/dim + a float32 scale.
-  The same encoding as the edge wire protocol's ``int8`` (``edge_agent.protocol``).
+  The same encoding as the edge wire protocol's ``int8`` (``faceengine.protocol``).
 * ``int8`` (per dimension): one trained scale per dimension (a high percentile of ``|x_j|``,
   clipped), 1 byte/dim and nothing per vector.
 * PQ (product quantisation, Jegou et al. 2011): the vector is cut into ``m`` sub-vectors, each

@@ -1,13 +1,9 @@
-"""Embedder backends; import lazily through :func:`recognition.embedder.get_embedder`."""
+"""Embedder backends (build them by name with :func:`faceengine.registry.get_embedder`)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
-
-#: repository root (recognition/backends/__init__.py -> parents[2])
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_CACHE_DIR = REPO_ROOT / "var" / "models"
 
 
 def package_data_path(distribution: str, relative: str) -> Path:

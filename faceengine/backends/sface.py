@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from recognition.backends import package_data_path
-from recognition.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.backends import package_data_path
+from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
 
 logger = logging.getLogger(__name__)
 

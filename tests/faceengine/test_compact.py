@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognition.compact import (
+from faceengine.compact import (
     PQ_MAX_BYTES,
     Int8PerDimension,
     ProductQuantizer,
@@ -53,7 +53,7 @@ def test_int8_per_vector_round_trip_error_bound() -> None:
 
 
 def test_int8_matches_the_wire_protocol_encoding() -> None:
-    from edge_agent.protocol import EmbeddingEncoding, decode_embedding, encode_embedding
+    from faceengine.protocol import EmbeddingEncoding, decode_embedding, encode_embedding
 
     x = unit_vectors(1, 128, seed=2)[0]
     data, scale = encode_embedding([float(v) for v in x], EmbeddingEncoding.INT8)

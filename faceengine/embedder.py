@@ -1,10 +1,10 @@
-"""One embedder interface for every face-recognition model, and the per-process registry.
+"""One embedder interface for every face-recognition model (the backends implement it).
 
 An :class:`Embedder` turns face crops (prepared as its ``input_kind`` says, see
-:mod:`recognition.alignment`) into L2-normalised float32 vectors. ``model_version`` is stored
+:mod:`faceengine.alignment`) into L2-normalised float32 vectors. ``model_version`` is stored
 with every embedding and event; vectors of different versions are never compared.
 
-Backends (see :mod:`recognition.backends`):
+Backends (see :mod:`faceengine.backends`; built by name through :mod:`faceengine.registry`):
 
 * ``sface`` (default): OpenCV-zoo SFace int8, 128-d, ArcFace-aligned 112x112, via onnxruntime.
 * ``facenet-casia``: FaceNet 20180408-102900 (CASIA-WebFace), 512-d, 160x160 box crop, torch.
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import abc
 import logging
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BACKEND = "sface"
 
 
 class InputKind(StrEnum):
@@ -110,71 +106,3 @@ class Embedder(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_version} dim={self.dim} {self.input_kind}>"
-
-
-BackendFactory = Callable[..., Embedder]
-_factories: dict[str, BackendFactory] = {}
-_instances: dict[tuple[str, tuple[tuple[str, Any], ...]], Embedder] = {}
-_lock = threading.Lock()
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Register (or replace) a backend factory under ``name``."""
-    _factories[name] = factory
-
-
-def _register_builtin() -> None:
-    if _factories:
-        return
-
-    def sface(**kwargs: Any) -> Embedder:
-        from recognition.backends.sface import SFaceEmbedder
-
-        return SFaceEmbedder(**kwargs)
-
-    def facenet_casia(**kwargs: Any) -> Embedder:
-        from recognition.backends.facenet import FaceNetCasiaEmbedder
-
-        return FaceNetCasiaEmbedder(**kwargs)
-
-    def facenet_vggface2(**kwargs: Any) -> Embedder:
-        from recognition.backends.facenet import FaceNetVGGFace2Embedder
-
-        return FaceNetVGGFace2Embedder(**kwargs)
-
-    register_backend("sface", sface)
-    register_backend("facenet-casia", facenet_casia)
-    register_backend("facenet-vggface2", facenet_vggface2)
-
-
-def available_backends() -> list[str]:
-    """Names accepted by :func:`get_embedder`."""
-    _register_builtin()
-    return sorted(_factories)
-
-
-def get_embedder(name: str | None = None, **options: Any) -> Embedder:
-    """Return the process-wide embedder ``name`` (default :data:`DEFAULT_BACKEND`).
-
-    ``options`` go to the backend constructor (e.g. ``model_path=`` for sface, ``cache_dir=`` /
-    ``flip=`` for facenet-casia, ``weights_path=`` for facenet-vggface2); each distinct
-    combination is built once per process and then reused.
-    """
-    _register_builtin()
-    name = name or DEFAULT_BACKEND
-    key = (name, tuple(sorted((k, str(v)) for k, v in options.items())))
-    embedder = _instances.get(key)
-    if embedder is not None:
-        return embedder
-    with _lock:
-        embedder = _instances.get(key)
-        if embedder is None:
-            factory = _factories.get(name)
-            if factory is None:
-                raise EmbedderConfigError(
-                    f"unknown embedder backend {name!r}; available: {', '.join(sorted(_factories))}"
-                )
-            embedder = factory(**options)
-            _instances[key] = embedder
-            logger.info("loaded embedder %s (%s, dim=%d)", name, embedder.model_version, embedder.dim)
-    return embedder

@@ -13,9 +13,9 @@ from enum import StrEnum
 
 import numpy as np
 
-from edge_agent.protocol import MIN_FACE_PX
-from recognition.alignment import ARCFACE_TEMPLATE_112, align_arcface, to_grey
-from recognition.detector import DetectedFace
+from faceengine.alignment import ARCFACE_TEMPLATE_112, align_arcface, to_grey
+from faceengine.detector import DetectedFace
+from faceengine.protocol import MIN_FACE_PX
 
 #: shorter side of the detector box, in pixels (the one rule shared with the edge agents)
 MIN_FACE_SIZE_PX = float(MIN_FACE_PX)

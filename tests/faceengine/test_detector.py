@@ -25,8 +25,8 @@ def _face_photo() -> np.ndarray:
 
 def test_importing_detector_does_not_import_torch() -> None:
     code = (
-        "import sys; import recognition.detector, recognition.embedder, recognition.quality, "
-        "recognition.pipeline, recognition.alignment, recognition.tv_shim; "
+        "import sys; import faceengine.detector, faceengine.embedder, faceengine.quality, "
+        "faceengine.pipeline, faceengine.alignment, faceengine.tv_shim; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'onnxruntime' not in sys.modules"
     )
@@ -56,7 +56,7 @@ def _reference_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, thr:
 
 def test_shim_batched_nms_matches_reference() -> None:
     torch = pytest.importorskip("torch")
-    from recognition.tv_shim import batched_nms
+    from faceengine.tv_shim import batched_nms
 
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 100, (300, 2))
@@ -72,7 +72,7 @@ def test_shim_batched_nms_matches_reference() -> None:
 
 def test_shim_to_tensor() -> None:
     torch = pytest.importorskip("torch")
-    from recognition.tv_shim import to_tensor
+    from faceengine.tv_shim import to_tensor
 
     u8 = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
     t = to_tensor(u8)
@@ -85,7 +85,7 @@ def test_shim_to_tensor() -> None:
 def test_shim_registered_only_without_torchvision() -> None:
     import importlib.util
 
-    from recognition.tv_shim import ensure_torchvision, is_shim_active
+    from faceengine.tv_shim import ensure_torchvision, is_shim_active
 
     ensure_torchvision()
     real = importlib.util.find_spec("torchvision") is not None and not is_shim_active()
@@ -97,7 +97,7 @@ def test_shim_registered_only_without_torchvision() -> None:
 
 
 def test_detects_one_face_with_landmarks() -> None:
-    from recognition.detector import DetectedFace, detect_faces
+    from faceengine.detector import DetectedFace, detect_faces
 
     img = _face_photo()
     faces = detect_faces(img)
@@ -118,7 +118,7 @@ def test_detects_one_face_with_landmarks() -> None:
 
 
 def test_no_face_and_model_cached() -> None:
-    from recognition.detector import detect_faces, get_mtcnn
+    from faceengine.detector import detect_faces, get_mtcnn
 
     assert detect_faces(np.zeros((120, 160, 3), np.uint8)) == []
     assert get_mtcnn() is get_mtcnn()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recognition.embedder import EmbedderConfigError, available_backends, get_embedder
+from faceengine.embedder import EmbedderConfigError
+from faceengine.registry import available_backends, get_embedder
 from tests.faces import LFW_DIR
 
 LFW_IMAGES = LFW_DIR
@@ -26,8 +27,8 @@ def _has_module(name: str) -> bool:
 
 
 def _crops(input_kind: str) -> np.ndarray:
-    from recognition.detector import detect_faces
-    from recognition.pipeline import crop_for
+    from faceengine.detector import detect_faces
+    from faceengine.pipeline import crop_for
 
     out = []
     for rel in LFW_TRIPLET:
@@ -38,8 +39,8 @@ def _crops(input_kind: str) -> np.ndarray:
 
 
 def _astronaut_crop(input_kind: str) -> np.ndarray:
-    from recognition.detector import detect_faces
-    from recognition.pipeline import crop_for
+    from faceengine.detector import detect_faces
+    from faceengine.pipeline import crop_for
 
     img = pytest.importorskip("skimage.data").astronaut()
     return crop_for(img, detect_faces(img)[0], input_kind)
@@ -99,8 +100,8 @@ def test_facenet_casia_genuine_closer_than_impostor() -> None:
 def test_facenet_casia_matches_opencv_dnn() -> None:
     """The converted weights reproduce the frozen TF graph (run by OpenCV's dnn) exactly."""
     cv2 = pytest.importorskip("cv2")
-    from recognition.backends import package_data_path
-    from recognition.backends.facenet import CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH
+    from faceengine.backends import package_data_path
+    from faceengine.backends.facenet import CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH
 
     net = cv2.dnn.readNetFromTensorflow(str(package_data_path(CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH)))
     x = np.random.default_rng(0).integers(0, 256, (2, 160, 160, 3)).astype(np.uint8)

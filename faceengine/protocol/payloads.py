@@ -1,0 +1,502 @@
+"""The payload dataclasses (detection, heartbeat, status, command), strict both ways."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, replace
+from enum import StrEnum
+from typing import Any, ClassVar, Self, TypeVar
+
+from faceengine.protocol.codes import (
+    CommandKind,
+    DeviceState,
+    EmbeddingEncoding,
+    Mode,
+    OfflineAction,
+    ProtocolError,
+    Reason,
+)
+from faceengine.protocol.embedding import decode_embedding, encode_embedding
+from faceengine.protocol.limits import (
+    MAX_CROP_BYTES,
+    MAX_EMBEDDING_DIM,
+    MAX_PULSE_MS,
+    MAX_QUALITY_KEYS,
+    PROTOCOL_VERSION,
+)
+from faceengine.protocol.topics import TopicKind, validate_device_uid
+from faceengine.protocol.validation import (
+    _CODE_RE,
+    _b64decode,
+    _b64encode,
+    _check_jpeg,
+    _check_keys,
+    _check_timestamp,
+    _enum,
+    _fail,
+    _integer,
+    _label,
+    _number,
+    _opt_label,
+    _opt_number,
+    _uuid4,
+    validate_uuid4,
+)
+
+_T = TypeVar("_T")
+
+
+def new_id() -> str:
+    """A fresh uuid4 string (detection_id / command_id)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineDecision:
+    """What a device decided on its own while it had no server (synced back with the detection).
+
+    ``action``: open/deny; ``basis``: why (``fail_safe``, ``fail_secure``, ``allowlist``,
+    ``lockdown``, ...); ``person_ref``: allow-list entry that matched, if any.
+    """
+
+    action: OfflineAction
+    basis: str
+    decided_at: float
+    person_ref: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "action": str(self.action),
+            "basis": self.basis,
+            "decided_at": self.decided_at,
+        }
+        if self.person_ref is not None:
+            out["person_ref"] = self.person_ref
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, {"action", "basis", "decided_at"}, {"person_ref"}, "offline_decision")
+        return cls(
+            action=_enum(d, "action", OfflineAction),
+            basis=_label(d, "basis", pattern=_CODE_RE),
+            decided_at=_check_timestamp(d["decided_at"], "decided_at"),
+            person_ref=_opt_label(d, "person_ref"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detection:
+    """One face seen by a device (one per tracked person), device -> server.
+
+    ``crop`` mode carries ``crop_jpeg`` (raw JPEG bytes here, base64 on the wire); ``embedding``
+    mode carries ``embedding`` (raw encoded bytes here, base64 on the wire) with
+    ``embedding_encoding``, ``embedding_scale`` (int8 only), ``dim`` and ``model_version``.
+    Use :meth:`embedding_values` for the floats.
+    """
+
+    device_uid: str
+    detection_id: str
+    captured_at: float
+    sent_at: float
+    detector_score: float
+    box: tuple[int, int, int, int]
+    quality: dict[str, float]
+    mode: Mode
+    crop_jpeg: bytes | None = None
+    embedding: bytes | None = None
+    embedding_encoding: EmbeddingEncoding | None = None
+    embedding_scale: float | None = None
+    dim: int | None = None
+    model_version: str | None = None
+    offline_decision: OfflineDecision | None = None
+    attempt: int = 0
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
+    _REQUIRED: ClassVar[set[str]] = {
+        "v", "device_uid", "detection_id", "captured_at", "sent_at", "detector_score", "box", "quality", "mode",
+    }  # fmt: skip
+    _OPTIONAL: ClassVar[set[str]] = {
+        "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
+        "attempt",
+    }  # fmt: skip
+    #: Highest ``attempt``: a device re-sends an unanswered detection a few times, never forever.
+    MAX_ATTEMPT: ClassVar[int] = 16
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    @classmethod
+    def with_crop(cls, *, jpeg: bytes, **fields: Any) -> Self:
+        return cls(mode=Mode.CROP, crop_jpeg=jpeg, **fields)
+
+    @classmethod
+    def with_embedding(
+        cls,
+        *,
+        values: Sequence[float],
+        model_version: str,
+        encoding: EmbeddingEncoding | str = EmbeddingEncoding.F32,
+        **fields: Any,
+    ) -> Self:
+        data, scale = encode_embedding(values, encoding)
+        return cls(
+            mode=Mode.EMBEDDING,
+            embedding=data,
+            embedding_encoding=EmbeddingEncoding(encoding),
+            embedding_scale=scale,
+            dim=len(values),
+            model_version=model_version,
+            **fields,
+        )
+
+    def embedding_values(self) -> list[float]:
+        """The embedding as floats (dequantised); ``bad_embedding`` if there is none."""
+        if self.embedding is None or self.embedding_encoding is None or self.dim is None:
+            raise _fail("detection carries no embedding", Reason.BAD_EMBEDDING)
+        return decode_embedding(self.embedding, self.embedding_encoding, self.dim, self.embedding_scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.v,
+            "device_uid": self.device_uid,
+            "detection_id": self.detection_id,
+            "captured_at": self.captured_at,
+            "sent_at": self.sent_at,
+            "detector_score": self.detector_score,
+            "box": list(self.box),
+            "quality": dict(self.quality),
+            "mode": str(self.mode),
+        }
+        if self.crop_jpeg is not None:
+            out["crop_jpeg"] = _b64encode(self.crop_jpeg)
+        if self.embedding is not None:
+            out["embedding"] = _b64encode(self.embedding)
+        for key in ("embedding_encoding", "embedding_scale", "dim", "model_version"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = str(value) if isinstance(value, StrEnum) else value
+        if self.offline_decision is not None:
+            out["offline_decision"] = self.offline_decision.to_dict()
+        if self.attempt:
+            out["attempt"] = self.attempt
+        return out
+
+    def resent(self, *, sent_at: float) -> Self:
+        """The same detection (same id, capture and face) sent again because no decision came back:
+        ``attempt`` + 1 and a new ``sent_at``, so it must be signed again (a copy of the old bytes
+        is a replay; this is not)."""
+        return replace(self, sent_at=sent_at, attempt=self.attempt + 1)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "detection")
+        box = d["box"]
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or any(isinstance(c, bool) or not isinstance(c, int) or abs(c) > 100_000 for c in box)
+            or box[2] <= box[0]
+            or box[3] <= box[1]
+        ):
+            raise _fail("box must be [x1, y1, x2, y2] integers with x2 > x1 and y2 > y1")
+        quality = d["quality"]
+        if not isinstance(quality, Mapping) or len(quality) > MAX_QUALITY_KEYS:
+            raise _fail(f"quality must be an object of at most {MAX_QUALITY_KEYS} numbers")
+        for key in quality:
+            if not _CODE_RE.match(key):
+                raise _fail(f"quality key {key!r} invalid")
+        mode = _enum(d, "mode", Mode)
+        fields: dict[str, Any] = {
+            "device_uid": validate_device_uid(d["device_uid"]),
+            "detection_id": _uuid4(d, "detection_id"),
+            "captured_at": _check_timestamp(d["captured_at"], "captured_at"),
+            "sent_at": _check_timestamp(d["sent_at"], "sent_at"),
+            "detector_score": _number(d, "detector_score", lo=0.0, hi=1.0),
+            "box": tuple(box),
+            "quality": {k: _number(quality, k) for k in quality},
+            "mode": mode,
+            "model_version": _opt_label(d, "model_version"),
+        }
+        if d.get("offline_decision") is not None:
+            fields["offline_decision"] = OfflineDecision.from_dict(d["offline_decision"])
+        if d.get("attempt") is not None:
+            fields["attempt"] = _integer(d, "attempt", lo=0, hi=cls.MAX_ATTEMPT)
+        embedding_keys = ("embedding", "embedding_encoding", "embedding_scale", "dim")
+        if mode is Mode.CROP:
+            if any(d.get(k) is not None for k in embedding_keys):
+                raise _fail("crop mode detection must not carry an embedding")
+            if d.get("crop_jpeg") is None:
+                raise _fail("crop mode detection needs crop_jpeg", Reason.BAD_IMAGE)
+            jpeg = _b64decode(d["crop_jpeg"], "crop_jpeg", Reason.BAD_IMAGE, MAX_CROP_BYTES)
+            fields["crop_jpeg"] = _check_jpeg(jpeg, "crop_jpeg")
+        else:
+            if d.get("crop_jpeg") is not None:
+                raise _fail("embedding mode detection must not carry a crop")
+            if d.get("embedding") is None or fields["model_version"] is None:
+                raise _fail(
+                    "embedding mode detection needs embedding and model_version",
+                    Reason.BAD_EMBEDDING,
+                )
+            encoding = _enum(d, "embedding_encoding", EmbeddingEncoding)
+            try:
+                dim = _integer(d, "dim", lo=1, hi=MAX_EMBEDDING_DIM)
+                scale = _opt_number(d, "embedding_scale")
+            except ProtocolError as exc:
+                raise _fail(exc.message, Reason.BAD_EMBEDDING) from None
+            if (scale is None) != (encoding is not EmbeddingEncoding.INT8):
+                raise _fail(
+                    "embedding_scale is required for int8 and only for int8",
+                    Reason.BAD_EMBEDDING,
+                )
+            raw = _b64decode(
+                d["embedding"],
+                "embedding",
+                Reason.BAD_EMBEDDING,
+                MAX_EMBEDDING_DIM * 4,
+            )
+            decode_embedding(raw, encoding, dim, scale)  # validates length and finiteness
+            fields.update(
+                embedding=raw,
+                embedding_encoding=encoding,
+                embedding_scale=scale,
+                dim=dim,
+            )
+        return _construct(cls, **fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """Periodic device health, device -> server."""
+
+    device_uid: str
+    sent_at: float
+    agent_version: str
+    model_version: str | None
+    camera_fps: float
+    spool_depth: int
+    spool_dropped: int
+    uptime_s: float
+    temperature_c: float | None = None
+    detections_sent: int = 0
+    bytes_per_detection: float | None = None
+    offline_decisions: int = 0
+    lockdown: bool = False
+    #: detections the broker accepted that still wait for their answer / that never got one
+    awaiting_answer: int = 0
+    unanswered: int = 0
+    #: detections whose answer is overdue now (past the decision timeout) plus those given up since
+    #: the last answer arrived, and the age of the oldest overdue one; None: not measured (older agent)
+    answers_overdue: int | None = None
+    oldest_overdue_s: float | None = None
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.HEARTBEAT
+    _REQUIRED: ClassVar[set[str]] = {
+        "v", "device_uid", "sent_at", "agent_version", "model_version", "camera_fps", "spool_depth",
+        "spool_dropped", "uptime_s", "temperature_c",
+    }  # fmt: skip
+    _OPTIONAL: ClassVar[set[str]] = {
+        "detections_sent",
+        "bytes_per_detection",
+        "offline_decisions",
+        "lockdown",
+        "awaiting_answer",
+        "unanswered",
+        "answers_overdue",
+        "oldest_overdue_s",
+    }
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._REQUIRED | self._OPTIONAL}
+        for key in ("bytes_per_detection", "answers_overdue", "oldest_overdue_s"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "heartbeat")
+        lockdown = d.get("lockdown", False)
+        if not isinstance(lockdown, bool):
+            raise _fail("lockdown must be a boolean")
+        return _construct(
+            cls,
+            device_uid=validate_device_uid(d["device_uid"]),
+            sent_at=_check_timestamp(d["sent_at"], "sent_at"),
+            agent_version=_label(d, "agent_version"),
+            model_version=_opt_label(d, "model_version"),
+            camera_fps=_number(d, "camera_fps", lo=0.0, hi=1000.0),
+            spool_depth=_integer(d, "spool_depth"),
+            spool_dropped=_integer(d, "spool_dropped"),
+            uptime_s=_number(d, "uptime_s", lo=0.0),
+            temperature_c=_opt_number(d, "temperature_c", lo=-100.0, hi=200.0),
+            detections_sent=_integer(d, "detections_sent") if "detections_sent" in d else 0,
+            bytes_per_detection=_opt_number(d, "bytes_per_detection", lo=0.0),
+            offline_decisions=_integer(d, "offline_decisions") if "offline_decisions" in d else 0,
+            lockdown=lockdown,
+            awaiting_answer=_integer(d, "awaiting_answer") if "awaiting_answer" in d else 0,
+            unanswered=_integer(d, "unanswered") if "unanswered" in d else 0,
+            answers_overdue=_integer(d, "answers_overdue") if d.get("answers_overdue") is not None else None,
+            oldest_overdue_s=_opt_number(d, "oldest_overdue_s", lo=0.0),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Status:
+    """Device presence on the retained status topic, device -> server.
+
+    ``signed`` is False only for the broker-published last will (plain ``offline``); it is not
+    part of the wire payload.
+    """
+
+    device_uid: str
+    state: DeviceState
+    sent_at: float | None
+    agent_version: str | None = None
+    signed: bool = field(default=True, compare=False)
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.STATUS
+
+    def __post_init__(self) -> None:
+        if self.signed:
+            _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.v,
+            "device_uid": self.device_uid,
+            "state": str(self.state),
+        }
+        out["sent_at"] = self.sent_at
+        if self.agent_version is not None:
+            out["agent_version"] = self.agent_version
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, {"v", "device_uid", "state", "sent_at"}, {"agent_version"}, "status")
+        return _construct(
+            cls,
+            device_uid=validate_device_uid(d["device_uid"]),
+            state=_enum(d, "state", DeviceState),
+            sent_at=_check_timestamp(d["sent_at"], "sent_at"),
+            agent_version=_opt_label(d, "agent_version"),
+            signed=True,
+        )
+
+    @classmethod
+    def last_will(cls, device_uid: str) -> Self:
+        """The unsigned ``offline`` the broker publishes for a vanished device."""
+        return _construct(
+            cls,
+            device_uid=device_uid,
+            state=DeviceState.OFFLINE,
+            sent_at=None,
+            signed=False,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """An instruction for one device, server -> device, signed with the server key.
+
+    ``device_uid`` names the target (a command for another door is rejected as
+    ``topic_mismatch``); ``pulse_ms`` is the relay pulse for ``open`` (0 otherwise); ``reason``
+    is a machine code (AccessEvent reason); ``data`` carries ``config``/``allowlist`` content.
+    """
+
+    device_uid: str
+    command: CommandKind
+    command_id: str
+    issued_at: float
+    reason: str
+    detection_id: str | None = None
+    pulse_ms: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.COMMANDS
+    _REQUIRED: ClassVar[set[str]] = {
+        "v",
+        "device_uid",
+        "command",
+        "command_id",
+        "issued_at",
+        "reason",
+        "pulse_ms",
+    }
+    _OPTIONAL: ClassVar[set[str]] = {"detection_id", "data"}
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._REQUIRED | self._OPTIONAL}
+        out["command"] = str(self.command)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "command")
+        payload = d.get("data", {})
+        if not isinstance(payload, Mapping):
+            raise _fail("data must be a JSON object")
+        command = _enum(d, "command", CommandKind)
+        pulse_ms = _integer(d, "pulse_ms", hi=MAX_PULSE_MS)
+        if command is CommandKind.OPEN and pulse_ms <= 0:
+            raise _fail("open needs pulse_ms > 0")
+        detection_id = d.get("detection_id")
+        return _construct(
+            cls,
+            device_uid=validate_device_uid(d["device_uid"]),
+            command=command,
+            command_id=_uuid4(d, "command_id"),
+            issued_at=_check_timestamp(d["issued_at"], "issued_at"),
+            reason=_label(d, "reason", pattern=_CODE_RE),
+            detection_id=None if detection_id is None else validate_uuid4(detection_id, "detection_id"),
+            pulse_ms=pulse_ms,
+            data=dict(payload),
+        )
+
+
+Message = Detection | Heartbeat | Status | Command
+_BY_KIND: dict[TopicKind, type[Detection | Heartbeat | Status | Command]] = {
+    TopicKind.DETECTIONS: Detection,
+    TopicKind.HEARTBEAT: Heartbeat,
+    TopicKind.STATUS: Status,
+    TopicKind.COMMANDS: Command,
+}
+
+
+def _construct(cls: type[_T], **fields: Any) -> _T:
+    """Build a frozen payload from already-validated fields without validating twice."""
+    obj = object.__new__(cls)
+    for f in cls.__dataclass_fields__.values():  # type: ignore[attr-defined]
+        if f.name in fields:
+            value = fields[f.name]
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            value = f.default
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+def _normalise(message: Any) -> None:
+    """Validate a directly built payload with the strict parser (one rule set for both
+    directions) and adopt the parsed field values (tuples, floats)."""
+    parsed = type(message).from_dict(message.to_dict())
+    for name in message.__dataclass_fields__:
+        object.__setattr__(message, name, getattr(parsed, name))
+
+
+def payload_from_dict(kind: TopicKind | str, data: object) -> Message:
+    """Parse a payload dict for topic ``kind`` into its dataclass (strict)."""
+    return _BY_KIND[TopicKind(kind)].from_dict(data)
