@@ -23,9 +23,11 @@ from django.db import transaction
 from accessctl import realtime
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
+from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
+from edge_agent.protocol import CommandKind
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def access_decide(
     recorded with who it was, but denied ``stale_timestamp``: a door never opens minutes late.
     Returns ``(event, created)``; ``created`` is False when this detection was decided before
     (a redelivered task), in which case no side effect is repeated. The door command goes out
-    after commit without waiting for the broker: see :func:`devices.commands.commands_flush`.
+    after commit; the commands of one call are awaited together (:func:`door_commands_flush`).
     """
     decision_input = DecisionInput(
         detection_id=detection_id, occurred_at=occurred_at, device_id=device_id, device_uid=device_uid, door=door,
@@ -119,6 +121,9 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                     unknown_faces[item.door] += 1
         for door, faces in unknown_faces.items():
             _unknown_faces_check(door, faces)
+        if any(created and event.device_id for event, created in recorded):
+            # After the door commands (callbacks run in order): they are awaited together.
+            transaction.on_commit(door_commands_flush)
     return recorded
 
 
@@ -204,14 +209,11 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool, unknown_che
 def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False, wait: bool = True) -> None:
     """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
     else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
-    ``wait=False``: see :func:`devices.commands.command_send` (the caller flushes)."""
-    from devices.commands import command_send
-    from edge_agent.protocol import CommandKind
-
+    ``wait=False``: see :func:`accessctl.door_commands.device_command_send` (the caller flushes)."""
     granted = event.decision == Decision.GRANT
     opens = granted and not stale
     try:
-        command_send(
+        device_command_send(
             event.device_uid,
             CommandKind.OPEN if opens else CommandKind.DENY,
             reason=Reason.STALE_TIMESTAMP if granted and stale else event.reason,

@@ -8,8 +8,13 @@ class DevicesConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        from accessctl.door_commands import door_commands_register
         from devices.broker_auth import device_changed
+        from devices.commands import MqttDoorCommands
         from devices.models import EdgeDevice
+
+        # The domain asks for door commands through its interface; this app answers over MQTT.
+        door_commands_register(MqttDoorCommands())
 
         # Disabling, enabling or deleting a device anywhere (admin included) revokes or restores
         # its broker login: the broker's identity files follow the committed registry.

@@ -24,7 +24,6 @@ from django.db import InterfaceError, OperationalError, transaction
 from accessctl.codes import Reason
 from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
-from devices.commands import commands_flush
 from devices.models import InboundDetection
 from edge_agent import protocol as p
 from recognition.engine import active_embedder
@@ -104,7 +103,7 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
     any more was decided before (a redelivered task): its recorded reason is returned, nothing
     is repeated. If deciding them together fails for another reason than the database (a bug,
     a bad row), they are decided one by one, so one bad detection does not hold up the others.
-    The door commands are published as each transaction commits and acknowledged together.
+    The door commands are published as each transaction commits (see :mod:`accessctl.decisions`).
     """
     ids = list(dict.fromkeys(str(i) for i in detection_ids))
     staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("device__door")
@@ -120,8 +119,6 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
             raise
         logger.exception("deciding %d detections together failed; deciding them one by one", len(prepared))
         reasons.update(_decide_one_by_one(prepared))
-    finally:
-        commands_flush()
     missing = [i for i in ids if i not in reasons]
     if missing:
         # Decided already (a redelivered task: the event and the unstaging commit together).
