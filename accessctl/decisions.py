@@ -1,7 +1,9 @@
 """Record a door decision and start its side effects: door command, dashboards, webhooks, alarms.
 
 Called by the recognition task with the outcome of the face match (who, how similar), by the
-bridge for rejected or late messages. The policy (``accessctl.policy``) decides; this module
+bridge for rejected, late or repeated messages (one function each: :func:`rejection_record`,
+:func:`late_detection_record`, :func:`decision_repeat`): this module is the only writer of
+detection events. The policy (``accessctl.policy``) decides; this module
 writes the one AccessEvent for the detection and, once it is committed, tells the door, the
 dashboards, the webhooks and the alarm rules. Nothing here knows how faces are embedded or how
 MQTT works.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from accessctl import realtime
 from accessctl.audit import EventDraft, event_record, events_record
@@ -27,7 +31,7 @@ from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
-from edge_agent.protocol import CommandKind
+from edge_agent import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -138,20 +142,57 @@ def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, 
     )  # fmt: skip
 
 
-def rejection_notify(*, event: AccessEvent) -> None:
+def _rejection_notify(event: AccessEvent) -> None:
     """Side effects of a rejected message's event: dashboards, webhooks, alarms for hostile input."""
     door = Door.objects.filter(pk=event.door_id).first() if event.door_id else None
     event.door = door
     _notify(event, door=door, command=False)
 
 
-def late_detection_record(*, detection: Any, device: Any, error: str) -> AccessEvent:
+def rejection_record(
+    *,
+    detection_id: str | uuid.UUID,
+    reason: Reason,
+    message: str,
+    device_uid: str,
+    size: int,
+    device_id: int | None = None,
+    door_id: int | None = None,
+    occurred_at: dt.datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> AccessEvent:
+    """Record a rejected detection message (malformed, unknown device, bad signature, replay, ...)
+    as a denied event and, the first time, tell the dashboards, the webhooks and the alarm rules.
+
+    ``detection_id``: the device's id when the message is authentic, else one derived from the
+    message bytes (a redelivered copy of the same bad message is recorded once). ``size``: the
+    message's length in bytes.
+    """
+    event, created = event_record(
+        detection_id=detection_id,
+        occurred_at=occurred_at or timezone.now(),
+        decision=Decision.DENY,
+        reason=reason,
+        device_id=device_id,
+        door_id=door_id,
+        device_uid=device_uid[:64],
+        details={"error": message[:300], "bytes": size, **(details or {})},
+    )
+    if created:
+        logger.warning("rejected detection from %s: %s (%s) event=%s", device_uid[:64], reason, message[:200], event.pk)
+        _rejection_notify(event)
+    return event
+
+
+def late_detection_record(
+    *, detection: p.Detection, device_id: int | None, device_uid: str, door_id: int | None, error: str
+) -> AccessEvent:
     """A signed detection that arrived outside the timestamp window (e.g. replayed from the spool).
 
     It never opens a door now. If the device decided alone while offline, that decision is
     synced into the log (source ``device_offline``); otherwise it is denied ``stale_timestamp``.
     """
-    offline = getattr(detection, "offline_decision", None)
+    offline = detection.offline_decision
     details: dict[str, Any] = {"error": error[:300], "sent_at": detection.sent_at}
     source = AccessEvent.Source.DETECTION
     decision, reason = Decision.DENY, Reason.STALE_TIMESTAMP
@@ -168,27 +209,28 @@ def late_detection_record(*, detection: Any, device: Any, error: str) -> AccessE
         decision=decision,
         reason=reason,
         source=source,
-        door_id=device.door_id,
-        device_id=device.pk,
-        device_uid=device.uid,
-        model_version=getattr(detection, "model_version", None) or "",
+        door_id=door_id,
+        device_id=device_id,
+        device_uid=device_uid,
+        model_version=detection.model_version or "",
         details=details,
     )
     if created:
-        rejection_notify(event=event)
+        _rejection_notify(event)
     return event
 
 
-def decision_repeat(*, event: AccessEvent, now: float | None = None) -> None:
-    """Send the door command of a recorded decision again: the device asked again (a re-sent
-    detection) because the first answer never reached it.
+def decision_repeat(*, event: AccessEvent, detection: p.Detection, now: float | None = None) -> None:
+    """Send the door command of a recorded decision again: the device asked again (``detection``,
+    a re-send) because the first answer never reached it.
 
-    Nothing is recorded (the event exists). It still opens only while the face's capture is
-    within the device timestamp window: a re-send never opens a door late. The device applies
-    one answer per detection, so a second copy of this command changes nothing.
+    Nothing is recorded (the event exists). It still opens only while the detection is fresh
+    (:func:`edge_agent.protocol.check_detection_freshness`: for a re-send, also its capture): a
+    re-send never opens a door late. The device applies one answer per detection, so a second
+    copy of this command changes nothing.
     """
     now = time.time() if now is None else now
-    stale = now - event.occurred_at.timestamp() > settings.DEVICE_TIMESTAMP_WINDOW_S
+    stale = not p.detection_is_fresh(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     opens = event.decision == Decision.GRANT and not stale
     _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
@@ -215,7 +257,7 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False,
     try:
         device_command_send(
             event.device_uid,
-            CommandKind.OPEN if opens else CommandKind.DENY,
+            p.CommandKind.OPEN if opens else p.CommandKind.DENY,
             reason=Reason.STALE_TIMESTAMP if granted and stale else event.reason,
             pulse_ms=door.relay_pulse_ms if (opens and door) else 0,
             detection_id=str(event.detection_id),

@@ -292,7 +292,7 @@ def events_check(ids: list[str]) -> dict[str, int]:
     from django.db.models import Count
 
     from accessctl.models import AccessEvent
-    from devices.models import InboundDetection
+    from recognition.models import InboundDetection
 
     per_id = dict(AccessEvent.objects.filter(detection_id__in=ids).values_list("detection_id").annotate(n=Count("id")))
     return {

@@ -1017,6 +1017,24 @@ def check_freshness(ts: float, now: float, window_s: float) -> None:
         )
 
 
+def check_detection_freshness(detection: Detection, now: float, window_s: float) -> None:
+    """The one freshness rule of a detection, wherever it is applied (at the bridge, when deciding a
+    backlog, when answering a re-send): sent within ``window_s`` of ``now`` and, for a re-send
+    (``attempt`` > 0, signed anew), also captured within it. Raises ``stale_timestamp``."""
+    check_freshness(detection.sent_at, now, window_s)
+    if detection.attempt:
+        check_freshness(detection.captured_at, now, window_s)
+
+
+def detection_is_fresh(detection: Detection, now: float, window_s: float) -> bool:
+    """:func:`check_detection_freshness` as a yes/no."""
+    try:
+        check_detection_freshness(detection, now, window_s)
+    except ProtocolError:
+        return False
+    return True
+
+
 def open_message(
     topic: str,
     raw: bytes,

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accessctl.models import Alarm, Door
-from devices import health, staging
-from devices.models import EdgeDevice, InboundDetection
+from devices import health
+from devices.models import EdgeDevice
 from devices.provisioning import device_provision
 from edge_agent import protocol as p
 
@@ -72,18 +72,6 @@ def test_silent_device_is_swept_offline(device) -> None:
     assert health.devices_offline_sweep() == 1
     assert EdgeDevice.objects.get(pk=dev.pk).status == EdgeDevice.Status.OFFLINE
     assert health.devices_offline_sweep() == 0
-
-
-def test_lost_decisions_are_enqueued_again(device, monkeypatch: pytest.MonkeyPatch) -> None:
-    dev, _ = device
-    calls: list[str] = []
-    monkeypatch.setattr(staging, "decision_enqueue", calls.append)
-    old = InboundDetection.objects.create(detection_id=p.new_id(), device=dev, payload={})
-    InboundDetection.objects.filter(pk=old.pk).update(received_at=timezone.now() - dt.timedelta(minutes=5))
-    InboundDetection.objects.create(detection_id=p.new_id(), device=dev, payload={})  # fresh: left alone
-    assert staging.inbound_requeue() == 1
-    assert calls == [str(old.detection_id)]
-    assert InboundDetection.objects.get(pk=old.pk).enqueued == 2
 
 
 def test_provision_command_writes_key_and_config(tmp_path, capsys) -> None:

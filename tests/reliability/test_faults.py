@@ -22,10 +22,10 @@ from django.db.models import Count
 from accessctl import embedded
 from accessctl.models import AccessEvent, Door
 from devices.commands import server_public_key_b64
-from devices.models import InboundDetection
 from devices.provisioning import device_provision
-from devices.staging import inbound_requeue
 from edge_agent import protocol as p
+from recognition.models import InboundDetection
+from recognition.tasks import inbound_sweep
 from tests.broker_logins import suite_broker_start
 from tests.devices import e2e
 from tests.reliability import rig
@@ -105,7 +105,7 @@ def test_worker_killed_mid_burst(children, device, settings) -> None:
     restarted_at = time.monotonic()
 
     def sweep_and_check() -> bool:
-        inbound_requeue()
+        inbound_sweep()
         return _all_decided(ids)
 
     assert rig.wait_until(sweep_and_check, 90, step=1.0), f"{len(ids) - len(_decisions(ids))} never decided"
