@@ -72,7 +72,7 @@ def _message_handle(topic: str, raw: bytes, queue: DecisionQueue | None) -> None
         if len(parts) == 5 and "/".join(parts[:3]) == p.TOPIC_ROOT and parts[4] == p.TopicKind.DETECTIONS:
             # A detection message from a uid the protocol forbids: recorded like any other bad message.
             uid = parts[3].encode("unicode_escape").decode("ascii")[:64]
-            _reject(reason=Reason.MALFORMED, message="invalid device uid in topic", device_uid=uid, raw=raw)
+            detection_ingest(device_uid=uid, raw=raw, queue=queue, topic_error="invalid device uid in topic")
             return
         logger.warning("ignoring message on unexpected topic %r (%d bytes)", topic[:200], len(raw))
         return
@@ -98,72 +98,77 @@ def _claimed_id(payload: Any) -> str | None:
     return None
 
 
-def _reject(
-    *,
-    reason: Reason,
-    message: str,
-    device_uid: str,
-    raw: bytes,
-    device: EdgeDevice | None = None,
-    detection_id: str | uuid.UUID | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Have the domain record a rejected detection message (it alarms when hostile)."""
-    rejection_record(
-        detection_id=detection_id or _message_id(str(reason), device_uid, raw),
-        reason=reason,
-        message=message,
-        device_uid=device_uid,
-        size=len(raw),
-        device_id=device.pk if device else None,
-        door_id=device.door_id if device else None,
-        details=details,
-    )
+class Rejected(Exception):
+    """Why a detection message is refused; :func:`detection_ingest` has the domain record it."""
+
+    def __init__(
+        self,
+        reason: Reason | str,
+        message: str,
+        *,
+        device: EdgeDevice | None = None,
+        detection_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = Reason(reason)
+        self.message = message
+        self.device = device
+        self.detection_id = detection_id
+        self.details = details
 
 
 def detection_ingest(
-    *, device_uid: str, raw: bytes, now: float | None = None, queue: DecisionQueue | None = None
+    *,
+    device_uid: str,
+    raw: bytes,
+    now: float | None = None,
+    queue: DecisionQueue | None = None,
+    topic_error: str = "",
 ) -> str:
-    """Verify one detection message and stage it for a decision. Returns what happened (for logs/tests)."""
+    """Verify one detection message and stage it for a decision. Returns what happened (for logs/tests).
+
+    The steps, in order: verify (:func:`detection_verify`), check freshness, stage
+    (:func:`recognition.staging.detection_stage`, which enqueues the decision). A refused message
+    is recorded once, here, by the domain (:func:`accessctl.decisions.rejection_record`).
+    """
     now = time.time() if now is None else now
+    try:
+        if topic_error:
+            raise Rejected(Reason.MALFORMED, topic_error)
+        detection, device = detection_verify(device_uid=device_uid, raw=raw)
+        return _fresh_stage(detection=detection, device=device, now=now, queue=queue)
+    except Rejected as rejected:
+        device = rejected.device
+        rejection_record(
+            detection_id=rejected.detection_id or _message_id(str(rejected.reason), device_uid, raw),
+            reason=rejected.reason,
+            message=rejected.message,
+            device_uid=device_uid,
+            size=len(raw),
+            device_id=device.pk if device else None,
+            door_id=device.door_id if device else None,
+            details=rejected.details,
+        )
+        return str(rejected.reason)
+
+
+def detection_verify(*, device_uid: str, raw: bytes) -> tuple[p.Detection, EdgeDevice]:
+    """The authentic detection in ``raw`` and its device (noted as seen); raises :class:`Rejected`."""
     try:
         envelope = p.split_envelope(raw)
     except p.ProtocolError as exc:
-        _reject(reason=Reason(exc.code), message=str(exc), device_uid=device_uid, raw=raw)
-        return str(exc.code)
-    claimed = _claimed_id(envelope.payload)
+        raise Rejected(exc.code, str(exc)) from None
+    claimed = {"claimed_detection_id": _claimed_id(envelope.payload)}
     device = EdgeDevice.objects.filter(uid=device_uid).first()
     if device is None:
-        _reject(
-            reason=Reason.UNKNOWN_DEVICE,
-            message="no such device",
-            device_uid=device_uid,
-            raw=raw,
-            details={"claimed_detection_id": claimed},
-        )
-        return Reason.UNKNOWN_DEVICE
+        raise Rejected(Reason.UNKNOWN_DEVICE, "no such device", details=claimed)
     if device.status == EdgeDevice.Status.DISABLED:
-        _reject(
-            reason=Reason.DEVICE_DISABLED,
-            message="device is disabled",
-            device_uid=device_uid,
-            raw=raw,
-            device=device,
-            details={"claimed_detection_id": claimed},
-        )
-        return Reason.DEVICE_DISABLED
+        raise Rejected(Reason.DEVICE_DISABLED, "device is disabled", device=device, details=claimed)
     try:
         payload = p.verify_envelope(envelope, device.public_key)
     except p.ProtocolError as exc:
-        _reject(
-            reason=Reason.BAD_SIGNATURE,
-            message=str(exc),
-            device_uid=device_uid,
-            raw=raw,
-            device=device,
-            details={"claimed_detection_id": claimed},
-        )
-        return Reason.BAD_SIGNATURE
+        raise Rejected(Reason.BAD_SIGNATURE, str(exc), device=device, details=claimed) from None
     # From here the message is authentic: its detection id is the device's own.
     try:
         detection = p.payload_from_dict(p.TopicKind.DETECTIONS, payload)
@@ -171,34 +176,36 @@ def detection_ingest(
         if detection.device_uid != device_uid:
             raise p.ProtocolError(p.RejectReason.TOPIC_MISMATCH, "payload device_uid differs from the topic's")
     except p.ProtocolError as exc:
-        _reject(
-            reason=Reason(exc.code),
-            message=str(exc),
-            device_uid=device_uid,
-            raw=raw,
+        mismatch = exc.code == p.RejectReason.TOPIC_MISMATCH
+        raise Rejected(
+            exc.code,
+            str(exc),
             device=device,
-            detection_id=claimed if exc.code == p.RejectReason.TOPIC_MISMATCH else None,
-            details={"claimed_detection_id": claimed},
-        )
-        return str(exc.code)
+            detection_id=claimed["claimed_detection_id"] if mismatch else None,
+            details=claimed,
+        ) from None
     health.device_seen(device=device)
     try:
         dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)  # representable (the event's time)
     except (OverflowError, OSError, ValueError):
-        _reject(
-            reason=Reason.MALFORMED,
-            message=f"captured_at {detection.captured_at!r} is not a representable time",
-            device_uid=device_uid,
-            raw=raw,
-            device=device,
-            details={"claimed_detection_id": claimed},
-        )
-        return Reason.MALFORMED
+        message = f"captured_at {detection.captured_at!r} is not a representable time"
+        raise Rejected(Reason.MALFORMED, message, device=device, details=claimed) from None
+    return detection, device
+
+
+def _replay(detection: p.Detection, device: EdgeDevice) -> Rejected:
+    details = {"replayed_detection_id": detection.detection_id, "attempt": detection.attempt}
+    return Rejected(Reason.REPLAY, "detection already decided", device=device, details=details)
+
+
+def _fresh_stage(*, detection: p.Detection, device: EdgeDevice, now: float, queue: DecisionQueue | None) -> str:
+    """Stage a verified detection if it is fresh; a late one is the domain's to record (it never
+    opens a door now), a copy of a decided one is a replay or a device asking again."""
     try:
         p.check_detection_freshness(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     except p.ProtocolError as exc:
         if AccessEvent.objects.filter(detection_id=detection.detection_id).exists():
-            return _replay_reject(detection=detection, device=device, raw=raw)
+            raise _replay(detection, device) from None
         late_detection_record(
             detection=detection, device_id=device.pk, device_uid=device.uid, door_id=device.door_id, error=str(exc)
         )
@@ -222,19 +229,7 @@ def detection_ingest(
             detection.detection_id, device.uid, detection.attempt, event.reason,
         )  # fmt: skip
         return "repeated"
-    return _replay_reject(detection=detection, device=device, raw=raw)
-
-
-def _replay_reject(*, detection: p.Detection, device: EdgeDevice, raw: bytes) -> str:
-    _reject(
-        reason=Reason.REPLAY,
-        message="detection already decided",
-        device_uid=device.uid,
-        raw=raw,
-        device=device,
-        details={"replayed_detection_id": detection.detection_id, "attempt": detection.attempt},
-    )
-    return Reason.REPLAY
+    raise _replay(detection, device)
 
 
 def _first_sight(detection: p.Detection) -> bool:
