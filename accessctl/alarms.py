@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
@@ -20,19 +20,24 @@ from accessctl.models import AccessEvent, Alarm, Door
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from devices.models import EdgeDevice
-
 logger = logging.getLogger(__name__)
 
 _ALARM_LOCK_NAMESPACE = 0x616C61  # "ala": advisory locks serialising raises of the same alarm
 ACKNOWLEDGE_PERMISSION = "accessctl.view_dashboard"
 
 
+class DeviceRef(Protocol):
+    """A device as an alarm names it (the devices app passes its registry row)."""
+
+    pk: int
+    uid: str
+
+
 def alarm_raise(
     *,
     kind: Alarm.Kind | str,
     door: Door | None = None,
-    device: EdgeDevice | None = None,
+    device: DeviceRef | None = None,
     event: AccessEvent | None = None,
     details: dict[str, Any] | None = None,
     occurrences: int = 1,
@@ -74,7 +79,7 @@ def alarm_raise(
             )
             alarm.refresh_from_db()
             created = False
-        alarm.device = device
+        alarm.device = device  # type: ignore[assignment]
         realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
         if created:
             from accessctl.webhooks import webhook_dispatch_alarm

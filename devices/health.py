@@ -53,7 +53,9 @@ def _status_set(
         setattr(device, key, value)
     if changed:
         logger.info("device %s is now %s", device.uid, status)
-        realtime.broadcast(realtime.MessageType.DEVICE_STATUS, dict(realtime.device_payload(device)))
+        realtime.device_status_broadcast(
+            device_id=device.pk, uid=device.uid, door_id=device.door_id, status=status, last_seen=device.last_seen
+        )
         if status in (EdgeDevice.Status.OFFLINE, EdgeDevice.Status.DEGRADED):
             kind = Alarm.Kind.DEVICE_OFFLINE if status == EdgeDevice.Status.OFFLINE else Alarm.Kind.DEVICE_DEGRADED
             details = {"uid": device.uid, **(alarm_details or {})}
