@@ -275,7 +275,10 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
     if event.reason == Reason.WATCHLIST:
         kind = Alarm.Kind.WATCHLIST
     if kind is not None:
-        alarm_raise(kind=kind, door=door, device=event.device, event=event, details={"reason": event.reason})
+        alarm_raise(
+            kind=kind, door=door, device_id=event.device_id, device_uid=event.device_uid, event=event,
+            details={"reason": event.reason},
+        )  # fmt: skip
     elif event.reason == Reason.UNKNOWN_FACE and door is not None and unknown_check:
         _unknown_faces_check(door)
 

@@ -180,12 +180,12 @@ def device_status_broadcast(
 
 
 def alarm_payload(alarm: Alarm) -> AlarmPayload:
-    """``Alarm`` -> payload. Select ``device`` with it to avoid an extra query."""
+    """``Alarm`` -> payload."""
     return AlarmPayload(
         id=alarm.pk,
         kind=alarm.kind,
         door_id=alarm.door_id,
-        device_uid=alarm.device.uid if alarm.device_id else None,
+        device_uid=alarm.device_uid or None,
         raised_at=alarm.raised_at.isoformat(),
         count=alarm.count,
         acknowledged=alarm.acknowledged_at is not None,

@@ -73,7 +73,7 @@ def event_list(*, user: User, filters: EventFilter | None = None) -> QuerySet[Ac
     """
     if not (may_browse_audit(user) or may_watch_dashboard(user)):
         return AccessEvent.objects.none()
-    queryset = AccessEvent.objects.select_related("door", "person", "device", "actor").order_by("-occurred_at", "-id")
+    queryset = AccessEvent.objects.select_related("door", "person", "actor").order_by("-occurred_at", "-id")
     f = filters or EventFilter()
     if f.since is not None:
         queryset = queryset.filter(occurred_at__gte=f.since)
@@ -117,9 +117,7 @@ def alarm_open_list(*, user: User, limit: int = 50) -> list[Alarm]:
     """Unacknowledged alarms, newest first."""
     if not may_watch_dashboard(user):
         return []
-    return list(
-        Alarm.objects.filter(acknowledged_at__isnull=True).select_related("door", "device").order_by("-id")[:limit]
-    )
+    return list(Alarm.objects.filter(acknowledged_at__isnull=True).select_related("door").order_by("-id")[:limit])
 
 
 def person_get(*, user: User, person_id: int) -> Person | None:

@@ -59,7 +59,7 @@ def _status_set(
         if status in (EdgeDevice.Status.OFFLINE, EdgeDevice.Status.DEGRADED):
             kind = Alarm.Kind.DEVICE_OFFLINE if status == EdgeDevice.Status.OFFLINE else Alarm.Kind.DEVICE_DEGRADED
             details = {"uid": device.uid, **(alarm_details or {})}
-            alarm_raise(kind=kind, door=device.door, device=device, details=details)
+            alarm_raise(kind=kind, door=device.door, device_id=device.pk, device_uid=device.uid, details=details)
 
 
 def device_seen(*, device: EdgeDevice) -> None:
@@ -98,7 +98,10 @@ def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevi
     except p.ProtocolError as exc:
         logger.warning("%s from device %s rejected: %s (%s)", kind, device_uid, exc.code, exc)
         if exc.code == p.RejectReason.BAD_SIGNATURE:
-            alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=device.door, device=device, details={"topic": str(kind)})
+            alarm_raise(
+                kind=Alarm.Kind.FORGED_SIGNATURE, door=device.door, device_id=device.pk, device_uid=device.uid,
+                details={"topic": str(kind)},
+            )  # fmt: skip
         return None
     return device, message
 

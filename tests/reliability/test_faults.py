@@ -94,10 +94,10 @@ def test_worker_killed_mid_burst(children, device, settings) -> None:
 
     def kill_halfway(i: int) -> None:
         if i == BURST // 2:
-            assert rig.wait_until(lambda: AccessEvent.objects.filter(device__uid=UID).count() >= 3, 60, step=0.01)
+            assert rig.wait_until(lambda: AccessEvent.objects.filter(device_uid=UID).count() >= 3, 60, step=0.01)
             children.kill("worker")
             killed["at"] = time.monotonic()
-            killed["decided"] = AccessEvent.objects.filter(device__uid=UID).count()
+            killed["decided"] = AccessEvent.objects.filter(device_uid=UID).count()
 
     ids = device.publish(BURST, interval=0.05, between=kill_halfway)
     killed_at, decided_before = killed["at"], int(killed["decided"])
