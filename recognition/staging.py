@@ -15,7 +15,6 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F
@@ -23,6 +22,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accessctl.models import AccessEvent
+from accessctl.storage import crop_store
 from edge_agent import protocol as p
 from recognition.models import InboundDetection
 
@@ -50,12 +50,6 @@ _STAGE_SQL = (
 )
 
 
-def _crop_store(detection_id: str, jpeg: bytes, captured_at: float) -> str:
-    day = dt.datetime.fromtimestamp(captured_at, tz=dt.UTC)
-    name = f"crops/{day:%Y/%m/%d}/{detection_id}.jpg"
-    return default_storage.save(name, ContentFile(jpeg))
-
-
 def detection_stage(
     *,
     detection: p.Detection,
@@ -72,8 +66,9 @@ def detection_stage(
     """
     payload = detection.to_dict()
     payload.pop("crop_jpeg", None)
+    captured_at = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
     jpeg = detection.crop_jpeg
-    crop = _crop_store(detection.detection_id, jpeg, detection.captured_at) if jpeg else ""
+    crop = crop_store(detection_id=detection.detection_id, jpeg=jpeg, captured_at=captured_at) if jpeg else ""
     with connection.cursor() as cursor:
         cursor.execute(
             _STAGE_SQL,
