@@ -134,7 +134,7 @@ def django_ready() -> None:
     server_identity_write()  # the bridge may log in to the embedded broker
     with connections["owner"].cursor() as cursor:  # the application's role may not truncate the log
         cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
-            "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
+            "TRUNCATE accessctl_accessevent, recognition_inbounddetection, accessctl_alarm, recognition_faceembedding, "
             "recognition_enrollmentphoto, accessctl_person CASCADE"
         )
 
