@@ -44,7 +44,7 @@ class DecisionInput:
 
     detection_id: str
     occurred_at: dt.datetime
-    device_id: int
+    device_id: int | None
     device_uid: str
     door: Door | None
     person_id: int | None
@@ -62,7 +62,7 @@ def access_decide(
     *,
     detection_id: str,
     occurred_at: dt.datetime,
-    device_id: int,
+    device_id: int | None,
     device_uid: str,
     door: Door | None,
     person_id: int | None,

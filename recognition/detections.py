@@ -169,7 +169,7 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
     except p.ProtocolError as exc:  # verified at the bridge, so only a row staged by other means
         logger.error("staged detection %s from %s unreadable: %s", detection_id, device_uid, exc)
         decision = DecisionInput(
-            detection_id=detection_id, occurred_at=inbound.received_at, device_id=inbound.device_id,  # type: ignore[arg-type]
+            detection_id=detection_id, occurred_at=inbound.received_at, device_id=inbound.device_id,
             device_uid=device_uid, door=inbound.door, person_id=None, unknown_reason=Reason(exc.code),
             snapshot=inbound.crop, details={"error": str(exc)[:300]},
         )  # fmt: skip
@@ -187,7 +187,7 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         decision=DecisionInput(
             detection_id=detection_id,
             occurred_at=dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC),
-            device_id=inbound.device_id,  # type: ignore[arg-type]
+            device_id=inbound.device_id,
             device_uid=device_uid,
             door=inbound.door,
             person_id=None,
