@@ -20,8 +20,6 @@ from accessctl.models import AccessEvent, Alarm, Door
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from devices.models import EdgeDevice
-
 logger = logging.getLogger(__name__)
 
 _ALARM_LOCK_NAMESPACE = 0x616C61  # "ala": advisory locks serialising raises of the same alarm
@@ -32,12 +30,15 @@ def alarm_raise(
     *,
     kind: Alarm.Kind | str,
     door: Door | None = None,
-    device: EdgeDevice | None = None,
+    device_id: int | None = None,
+    device_uid: str = "",
     event: AccessEvent | None = None,
     details: dict[str, Any] | None = None,
     occurrences: int = 1,
 ) -> Alarm:
     """Raise an alarm, or fold it into the open (unacknowledged) one of the same kind, door and device.
+
+    The device is named by its registry id and uid (``device_id``, ``device_uid``) when there is one.
 
     Folding bumps ``count`` (by ``occurrences``: several at once) and ``last_seen_at``, points
     ``event`` at the latest occurrence and merges ``details``. Dashboards get ``alarm.raised`` after
@@ -45,7 +46,6 @@ def alarm_raise(
     """
     kind = Alarm.Kind(kind)
     door_id = door.pk if door is not None else None
-    device_id = device.pk if device is not None else None
     with transaction.atomic():
         with connection.cursor() as cursor:
             # Two workers seeing the same incident at once must not open two alarms.
@@ -61,8 +61,8 @@ def alarm_raise(
         )
         if alarm is None:
             alarm = Alarm.objects.create(
-                kind=kind, door_id=door_id, device_id=device_id, event=event, details=details or {},
-                count=max(occurrences, 1),
+                kind=kind, door_id=door_id, device_id=device_id, device_uid=device_uid[:64], event=event,
+                details=details or {}, count=max(occurrences, 1),
             )  # fmt: skip
             created = True
         else:
@@ -74,7 +74,6 @@ def alarm_raise(
             )
             alarm.refresh_from_db()
             created = False
-        alarm.device = device
         realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
         if created:
             from accessctl.webhooks import webhook_dispatch_alarm
@@ -82,7 +81,7 @@ def alarm_raise(
             webhook_dispatch_alarm(alarm)
     logger.warning(
         "alarm %s %s door=%s device=%s event=%s count=%d",
-        alarm.pk, "raised" if created else "repeated", door_id or "-", device.uid if device else "-",
+        alarm.pk, "raised" if created else "repeated", door_id or "-", device_uid or "-",
         event.pk if event else "-", alarm.count,
     )  # fmt: skip
     return alarm
@@ -93,7 +92,7 @@ def alarm_acknowledge(*, alarm: Alarm, actor: AbstractBaseUser) -> Alarm:
     if not (actor.is_authenticated and actor.is_active and actor.has_perm(ACKNOWLEDGE_PERMISSION)):
         raise PermissionDenied("acknowledging alarms needs the accessctl.view_dashboard permission")
     with transaction.atomic():
-        alarm = Alarm.objects.select_for_update(of=("self",)).select_related("device").get(pk=alarm.pk)
+        alarm = Alarm.objects.select_for_update().get(pk=alarm.pk)
         if alarm.acknowledged_at is not None:
             return alarm
         alarm.acknowledged_at = timezone.now()

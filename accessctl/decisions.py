@@ -1,7 +1,9 @@
 """Record a door decision and start its side effects: door command, dashboards, webhooks, alarms.
 
 Called by the recognition task with the outcome of the face match (who, how similar), by the
-bridge for rejected or late messages. The policy (``accessctl.policy``) decides; this module
+bridge for rejected, late or repeated messages (one function each: :func:`rejection_record`,
+:func:`late_detection_record`, :func:`decision_repeat`): this module is the only writer of
+detection events. The policy (``accessctl.policy``) decides; this module
 writes the one AccessEvent for the detection and, once it is committed, tells the door, the
 dashboards, the webhooks and the alarm rules. Nothing here knows how faces are embedded or how
 MQTT works.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,13 +22,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from accessctl import realtime
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
+from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ class DecisionInput:
 
     detection_id: str
     occurred_at: dt.datetime
-    device_id: int
+    device_id: int | None
     device_uid: str
     door: Door | None
     person_id: int | None
@@ -56,7 +62,7 @@ def access_decide(
     *,
     detection_id: str,
     occurred_at: dt.datetime,
-    device_id: int,
+    device_id: int | None,
     device_uid: str,
     door: Door | None,
     person_id: int | None,
@@ -75,7 +81,7 @@ def access_decide(
     recorded with who it was, but denied ``stale_timestamp``: a door never opens minutes late.
     Returns ``(event, created)``; ``created`` is False when this detection was decided before
     (a redelivered task), in which case no side effect is repeated. The door command goes out
-    after commit without waiting for the broker: see :func:`devices.commands.commands_flush`.
+    after commit; the commands of one call are awaited together (:func:`door_commands_flush`).
     """
     decision_input = DecisionInput(
         detection_id=detection_id, occurred_at=occurred_at, device_id=device_id, device_uid=device_uid, door=door,
@@ -119,6 +125,9 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                     unknown_faces[item.door] += 1
         for door, faces in unknown_faces.items():
             _unknown_faces_check(door, faces)
+        if any(created and event.device_id for event, created in recorded):
+            # After the door commands (callbacks run in order): they are awaited together.
+            transaction.on_commit(door_commands_flush)
     return recorded
 
 
@@ -133,20 +142,57 @@ def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, 
     )  # fmt: skip
 
 
-def rejection_notify(*, event: AccessEvent) -> None:
+def _rejection_notify(event: AccessEvent) -> None:
     """Side effects of a rejected message's event: dashboards, webhooks, alarms for hostile input."""
     door = Door.objects.filter(pk=event.door_id).first() if event.door_id else None
     event.door = door
     _notify(event, door=door, command=False)
 
 
-def late_detection_record(*, detection: Any, device: Any, error: str) -> AccessEvent:
+def rejection_record(
+    *,
+    detection_id: str | uuid.UUID,
+    reason: Reason,
+    message: str,
+    device_uid: str,
+    size: int,
+    device_id: int | None = None,
+    door_id: int | None = None,
+    occurred_at: dt.datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> AccessEvent:
+    """Record a rejected detection message (malformed, unknown device, bad signature, replay, ...)
+    as a denied event and, the first time, tell the dashboards, the webhooks and the alarm rules.
+
+    ``detection_id``: the device's id when the message is authentic, else one derived from the
+    message bytes (a redelivered copy of the same bad message is recorded once). ``size``: the
+    message's length in bytes.
+    """
+    event, created = event_record(
+        detection_id=detection_id,
+        occurred_at=occurred_at or timezone.now(),
+        decision=Decision.DENY,
+        reason=reason,
+        device_id=device_id,
+        door_id=door_id,
+        device_uid=device_uid[:64],
+        details={"error": message[:300], "bytes": size, **(details or {})},
+    )
+    if created:
+        logger.warning("rejected detection from %s: %s (%s) event=%s", device_uid[:64], reason, message[:200], event.pk)
+        _rejection_notify(event)
+    return event
+
+
+def late_detection_record(
+    *, detection: p.Detection, device_id: int | None, device_uid: str, door_id: int | None, error: str
+) -> AccessEvent:
     """A signed detection that arrived outside the timestamp window (e.g. replayed from the spool).
 
     It never opens a door now. If the device decided alone while offline, that decision is
     synced into the log (source ``device_offline``); otherwise it is denied ``stale_timestamp``.
     """
-    offline = getattr(detection, "offline_decision", None)
+    offline = detection.offline_decision
     details: dict[str, Any] = {"error": error[:300], "sent_at": detection.sent_at}
     source = AccessEvent.Source.DETECTION
     decision, reason = Decision.DENY, Reason.STALE_TIMESTAMP
@@ -163,27 +209,28 @@ def late_detection_record(*, detection: Any, device: Any, error: str) -> AccessE
         decision=decision,
         reason=reason,
         source=source,
-        door_id=device.door_id,
-        device_id=device.pk,
-        device_uid=device.uid,
-        model_version=getattr(detection, "model_version", None) or "",
+        door_id=door_id,
+        device_id=device_id,
+        device_uid=device_uid,
+        model_version=detection.model_version or "",
         details=details,
     )
     if created:
-        rejection_notify(event=event)
+        _rejection_notify(event)
     return event
 
 
-def decision_repeat(*, event: AccessEvent, now: float | None = None) -> None:
-    """Send the door command of a recorded decision again: the device asked again (a re-sent
-    detection) because the first answer never reached it.
+def decision_repeat(*, event: AccessEvent, detection: p.Detection, now: float | None = None) -> None:
+    """Send the door command of a recorded decision again: the device asked again (``detection``,
+    a re-send) because the first answer never reached it.
 
-    Nothing is recorded (the event exists). It still opens only while the face's capture is
-    within the device timestamp window: a re-send never opens a door late. The device applies
-    one answer per detection, so a second copy of this command changes nothing.
+    Nothing is recorded (the event exists). It still opens only while the detection is fresh
+    (:func:`faceengine.protocol.check_detection_freshness`: for a re-send, also its capture): a
+    re-send never opens a door late. The device applies one answer per detection, so a second
+    copy of this command changes nothing.
     """
     now = time.time() if now is None else now
-    stale = now - event.occurred_at.timestamp() > settings.DEVICE_TIMESTAMP_WINDOW_S
+    stale = not p.detection_is_fresh(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     opens = event.decision == Decision.GRANT and not stale
     _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
@@ -204,16 +251,13 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool, unknown_che
 def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False, wait: bool = True) -> None:
     """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
     else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
-    ``wait=False``: see :func:`devices.commands.command_send` (the caller flushes)."""
-    from devices.commands import command_send
-    from faceengine.protocol import CommandKind
-
+    ``wait=False``: see :func:`accessctl.door_commands.device_command_send` (the caller flushes)."""
     granted = event.decision == Decision.GRANT
     opens = granted and not stale
     try:
-        command_send(
+        device_command_send(
             event.device_uid,
-            CommandKind.OPEN if opens else CommandKind.DENY,
+            p.CommandKind.OPEN if opens else p.CommandKind.DENY,
             reason=Reason.STALE_TIMESTAMP if granted and stale else event.reason,
             pulse_ms=door.relay_pulse_ms if (opens and door) else 0,
             detection_id=str(event.detection_id),
@@ -231,7 +275,10 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
     if event.reason == Reason.WATCHLIST:
         kind = Alarm.Kind.WATCHLIST
     if kind is not None:
-        alarm_raise(kind=kind, door=door, device=event.device, event=event, details={"reason": event.reason})
+        alarm_raise(
+            kind=kind, door=door, device_id=event.device_id, device_uid=event.device_uid, event=event,
+            details={"reason": event.reason},
+        )  # fmt: skip
     elif event.reason == Reason.UNKNOWN_FACE and door is not None and unknown_check:
         _unknown_faces_check(door)
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from accessctl import realtime
 from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
+from accessctl.door_commands import door_command_send
 from accessctl.exceptions import Conflict
 from accessctl.models import AccessEvent, Door
 from faceengine import protocol
@@ -50,8 +51,6 @@ def _require_operator(actor: AbstractBaseUser | AnonymousUser) -> None:
 
 def _commands_send(door_id: int, kind: protocol.CommandKind, *, reason: str, pulse_ms: int = 0) -> None:
     """Publish ``kind`` to the door's devices; a broker problem is logged, never raised after commit."""
-    from devices.commands import door_command_send  # MQTT client: imported only when used
-
     try:
         sent = door_command_send(door_id, kind, reason=reason, pulse_ms=pulse_ms)
     except Exception:

@@ -203,9 +203,9 @@ class AccessEvent(models.Model):
     recorded_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.DETECTION)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
-    device = models.ForeignKey(
-        "devices.EdgeDevice", null=True, blank=True, on_delete=models.PROTECT, related_name="events"
-    )
+    #: The device's registry id when the device was known (no foreign key: the domain does not know
+    #: the device registry; ``device_uid`` names the device).
+    device_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     device_uid = models.CharField(max_length=64, blank=True, help_text="As claimed by the message, even if unknown.")
     person = models.ForeignKey(Person, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
     subject_uid = models.UUIDField(null=True, blank=True, db_index=True)
@@ -249,9 +249,9 @@ class Alarm(models.Model):
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")
-    device = models.ForeignKey(
-        "devices.EdgeDevice", null=True, blank=True, on_delete=models.CASCADE, related_name="alarms"
-    )
+    #: The device it is about, if any: registry id and uid (no foreign key, as on the access log).
+    device_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    device_uid = models.CharField(max_length=64, blank=True)
     event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     raised_at = models.DateTimeField(auto_now_add=True, db_index=True)
     last_seen_at = models.DateTimeField(auto_now_add=True)

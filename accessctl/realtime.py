@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from accessctl.models import AccessEvent, Alarm, Door
-    from devices.models import EdgeDevice
 
 logger = logging.getLogger(__name__)
 
@@ -172,19 +171,21 @@ def door_payload(door: Door) -> DoorStatePayload:
     return DoorStatePayload(id=door.pk, name=door.name, mode=door.mode)
 
 
-def device_payload(device: EdgeDevice) -> DeviceStatusPayload:
-    return DeviceStatusPayload(
-        id=device.pk, uid=device.uid, door_id=device.door_id, status=device.status, last_seen=_iso(device.last_seen)
-    )
+def device_status_broadcast(
+    *, device_id: int, uid: str, door_id: int | None, status: str, last_seen: datetime | None
+) -> None:
+    """Announce a device's new status (the devices app calls this; after commit)."""
+    payload = DeviceStatusPayload(id=device_id, uid=uid, door_id=door_id, status=status, last_seen=_iso(last_seen))
+    broadcast(MessageType.DEVICE_STATUS, dict(payload))
 
 
 def alarm_payload(alarm: Alarm) -> AlarmPayload:
-    """``Alarm`` -> payload. Select ``device`` with it to avoid an extra query."""
+    """``Alarm`` -> payload."""
     return AlarmPayload(
         id=alarm.pk,
         kind=alarm.kind,
         door_id=alarm.door_id,
-        device_uid=alarm.device.uid if alarm.device_id else None,
+        device_uid=alarm.device_uid or None,
         raised_at=alarm.raised_at.isoformat(),
         count=alarm.count,
         acknowledged=alarm.acknowledged_at is not None,

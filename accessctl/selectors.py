@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Q, QuerySet
 
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from devices.models import EdgeDevice
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -73,7 +73,7 @@ def event_list(*, user: User, filters: EventFilter | None = None) -> QuerySet[Ac
     """
     if not (may_browse_audit(user) or may_watch_dashboard(user)):
         return AccessEvent.objects.none()
-    queryset = AccessEvent.objects.select_related("door", "person", "device", "actor").order_by("-occurred_at", "-id")
+    queryset = AccessEvent.objects.select_related("door", "person", "actor").order_by("-occurred_at", "-id")
     f = filters or EventFilter()
     if f.since is not None:
         queryset = queryset.filter(occurred_at__gte=f.since)
@@ -94,21 +94,30 @@ def event_list(*, user: User, filters: EventFilter | None = None) -> QuerySet[Ac
     return queryset
 
 
+#: Adds to a door queryset what the dashboard tiles show of each door's devices (``door.devices``);
+#: the devices app registers it at startup (:func:`door_devices_register`).
+DoorDevices = Callable[[QuerySet[Door]], QuerySet[Door]]
+_door_devices: DoorDevices | None = None
+
+
+def door_devices_register(prefetch: DoorDevices | None) -> None:
+    global _door_devices
+    _door_devices = prefetch
+
+
 def door_list_with_devices(*, user: User) -> list[Door]:
     """Doors with their (non-disabled) devices prefetched, for the dashboard tiles."""
     if not may_watch_dashboard(user):
         return []
-    devices = EdgeDevice.objects.exclude(status=EdgeDevice.Status.DISABLED).order_by("uid")
-    return list(Door.objects.order_by("name").prefetch_related(Prefetch("devices", queryset=devices)))
+    doors = Door.objects.order_by("name")
+    return list(_door_devices(doors) if _door_devices is not None else doors)
 
 
 def alarm_open_list(*, user: User, limit: int = 50) -> list[Alarm]:
     """Unacknowledged alarms, newest first."""
     if not may_watch_dashboard(user):
         return []
-    return list(
-        Alarm.objects.filter(acknowledged_at__isnull=True).select_related("door", "device").order_by("-id")[:limit]
-    )
+    return list(Alarm.objects.filter(acknowledged_at__isnull=True).select_related("door").order_by("-id")[:limit])
 
 
 def person_get(*, user: User, person_id: int) -> Person | None:

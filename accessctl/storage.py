@@ -8,11 +8,10 @@ chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profile, instance role),
 
 Generated images use dated names so retention can find expired ones without a database:
 
-* ``crops/known/YYYY/MM/DD/<detection_id>.jpg``: face crop of a detection matched to a person
-* ``crops/unknown/YYYY/MM/DD/<detection_id>.jpg``: face crop nobody was matched to
+* ``crops/YYYY/MM/DD/<detection_id>.jpg``: a detection's face crop, stored when it is staged
+  (before the match is known; UTC day of capture); retention tells known from unknown by the
+  access event pointing at it
 * ``context/YYYY/MM/DD/<detection_id>.jpg``: context snapshot (only for doors configured to keep one)
-* ``crops/YYYY/MM/DD/<detection_id>.jpg``: crop stored at ingest before the match is known (the
-  device bridge does this); retention tells known from unknown by the access event pointing at it.
 """
 
 from __future__ import annotations
@@ -29,14 +28,11 @@ from typing import IO, Any
 
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, Storage, default_storage
-from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
 logger = logging.getLogger(__name__)
 
-CROPS_PREFIX = "crops/"  # crops/YYYY/MM/DD/<id>.jpg: stored at ingest, before the match is known
-CROPS_KNOWN_PREFIX = "crops/known/"
-CROPS_UNKNOWN_PREFIX = "crops/unknown/"
+CROPS_PREFIX = "crops/"  # crops/YYYY/MM/DD/<id>.jpg: stored when staged, before the match is known
 CONTEXT_PREFIX = "context/"
 
 
@@ -297,30 +293,22 @@ def _dated_name(prefix: str, day: date, detection_id: uuid.UUID | str) -> str:
     return f"{prefix}{day:%Y/%m/%d}/{ident}.jpg"
 
 
-def crop_name(*, detection_id: uuid.UUID | str, known: bool, day: date | None = None) -> str:
-    """Storage name of a detection's face crop (``day`` defaults to today, UTC)."""
-    day = day or timezone.now().astimezone(UTC).date()
-    return _dated_name(CROPS_KNOWN_PREFIX if known else CROPS_UNKNOWN_PREFIX, day, detection_id)
+def crop_name(*, detection_id: uuid.UUID | str, day: date) -> str:
+    """Storage name of a detection's face crop captured on ``day`` (UTC)."""
+    return _dated_name(CROPS_PREFIX, day, detection_id)
 
 
-def _store_once(name: str, jpeg: bytes, *, storage: Storage | None) -> str:
-    storage = storage or default_storage
+def crop_store(
+    *, detection_id: uuid.UUID | str, jpeg: bytes, captured_at: datetime, storage: Storage | None = None
+) -> str:
+    """Store a detection's face crop as it is staged; returns the storage name (``AccessEvent.snapshot``).
+
+    ``crops/YYYY/MM/DD/<detection_id>.jpg`` (UTC day of capture). Another copy of the same
+    detection gets a name of its own: the caller deletes it when that copy is not staged.
+    """
     if not jpeg:
         raise ValueError("no image bytes to store")
-    if storage.exists(name):  # a redelivered detection: the crop is already there
-        return name
-    saved = storage.save(name, ContentFile(jpeg))
-    if saved != name:  # lost a race with another worker storing the same detection
-        storage.delete(saved)
-    return name
-
-
-def crop_store(*, detection_id: uuid.UUID | str, jpeg: bytes, known: bool, storage: Storage | None = None) -> str:
-    """Store a detection's face crop; returns the storage name for ``AccessEvent.snapshot``.
-
-    ``crops/known|unknown/YYYY/MM/DD/<detection_id>.jpg`` (UTC date of storing). Idempotent on
-    ``detection_id`` for the same day: a redelivered detection keeps the first crop.
-    """
-    name = _store_once(crop_name(detection_id=detection_id, known=known), jpeg, storage=storage)
-    logger.debug("stored %s crop for detection %s", "known" if known else "unknown", detection_id)
-    return name
+    name = crop_name(detection_id=detection_id, day=captured_at.astimezone(UTC).date())
+    saved = (storage or default_storage).save(name, ContentFile(jpeg))
+    logger.debug("stored crop %s for detection %s", saved, detection_id)
+    return saved

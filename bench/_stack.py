@@ -134,7 +134,7 @@ def django_ready() -> None:
     server_identity_write()  # the bridge may log in to the embedded broker
     with connections["owner"].cursor() as cursor:  # the application's role may not truncate the log
         cursor.execute(  # a clean slate: no events, people or gallery left by earlier runs
-            "TRUNCATE accessctl_accessevent, devices_inbounddetection, accessctl_alarm, recognition_faceembedding, "
+            "TRUNCATE accessctl_accessevent, recognition_inbounddetection, accessctl_alarm, recognition_faceembedding, "
             "recognition_enrollmentphoto, accessctl_person CASCADE"
         )
 
@@ -292,7 +292,7 @@ def events_check(ids: list[str]) -> dict[str, int]:
     from django.db.models import Count
 
     from accessctl.models import AccessEvent
-    from devices.models import InboundDetection
+    from recognition.models import InboundDetection
 
     per_id = dict(AccessEvent.objects.filter(detection_id__in=ids).values_list("detection_id").annotate(n=Count("id")))
     return {

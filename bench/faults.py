@@ -72,7 +72,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
     from django.db import connection
 
     from devices.commands import server_public_key_b64
-    from devices.staging import inbound_requeue
+    from recognition.tasks import inbound_sweep
     from tests.devices import e2e
     from tests.reliability import rig
 
@@ -156,7 +156,7 @@ def run_scenario(name: str, site: _stack.Site, services: _stack.Services, args: 
 
     def recovered() -> bool:
         try:
-            inbound_requeue()  # what Celery beat runs every 15 s in production
+            inbound_sweep()  # what Celery beat runs every 15 s in production
         except Exception:
             connection.close()
         return decided() == len(ids)

@@ -16,6 +16,7 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from accessctl.models import AccessEvent
 from devices.models import EdgeDevice
 
 
@@ -61,6 +62,14 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
     search_fields = ["uid", "name"]
     exclude = ["mqtt_password_hash", "last_heartbeat"]
     readonly_fields = ["public_key", "last_seen", "agent_version", "model_version", "heartbeat", "created_at"]
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, list[Any]]:
+        """A device the access log names is kept (the log refers to it by id and uid): listed as protected."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        ids = [obj.pk for obj in objs]
+        logged = set(AccessEvent.objects.filter(device_id__in=ids).values_list("device_id", flat=True).distinct())
+        protected = [*protected, *(f"{obj} (named by the access log)" for obj in objs if obj.pk in logged)]
+        return deleted, counts, perms_needed, protected
 
     @admin.display(description="Last heartbeat")
     def heartbeat(self, obj: EdgeDevice) -> str:

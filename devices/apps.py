@@ -8,8 +8,16 @@ class DevicesConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        from accessctl.door_commands import door_commands_register
+        from accessctl.selectors import door_devices_register
         from devices.broker_auth import device_changed
+        from devices.commands import MqttDoorCommands
         from devices.models import EdgeDevice
+        from devices.selectors import door_devices_prefetch
+
+        # The domain asks for door commands and shows devices through its interfaces; this app answers.
+        door_commands_register(MqttDoorCommands())
+        door_devices_register(door_devices_prefetch)
 
         # Disabling, enabling or deleting a device anywhere (admin included) revokes or restores
         # its broker login: the broker's identity files follow the committed registry.

@@ -36,11 +36,16 @@ import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
+from accessctl.alarms import alarm_raise
+from accessctl.models import Alarm
 from devices.mqtt import client_create
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = ("acs/v1/devices/+/detections", "acs/v1/devices/+/heartbeat", "acs/v1/devices/+/status")
+SUBSCRIPTIONS = tuple(
+    p.subscription_filter(kind) for kind in (p.TopicKind.DETECTIONS, p.TopicKind.HEARTBEAT, p.TopicKind.STATUS)
+)
 
 #: ``handler(topic, payload, ack)``: handles one message and calls ``ack`` once the message may be
 #: acknowledged to the broker: before it returns, or later from another thread (the decision
@@ -168,7 +173,7 @@ class Bridge:
         if message.topic == self.probe_topic:
             client.ack(message.mid, message.qos)
             return
-        if not message.topic.endswith("/detections"):
+        if not message.topic.endswith(f"/{p.TopicKind.DETECTIONS}"):
             self._handle(client, message)
             return
         self._slots.acquire()
@@ -252,9 +257,6 @@ class Bridge:
         )  # fmt: skip
         self._reconnect("no delivery")
         try:
-            from accessctl.alarms import alarm_raise
-            from accessctl.models import Alarm
-
             close_old_connections()
             alarm_raise(
                 kind=Alarm.Kind.BRIDGE_DEAF,

@@ -141,3 +141,25 @@ def door_command_send(door_id: int, kind: p.CommandKind, *, reason: str, pulse_m
         command_send(device, kind, reason=reason, pulse_ms=pulse_ms)
         sent += 1
     return sent
+
+
+class MqttDoorCommands:
+    """The devices app's :class:`accessctl.door_commands.DoorCommands`: signed commands over MQTT."""
+
+    def device_command(
+        self,
+        device_uid: str,
+        kind: p.CommandKind,
+        *,
+        reason: str,
+        pulse_ms: int = 0,
+        detection_id: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        command_send(device_uid, kind, reason=reason, pulse_ms=pulse_ms, detection_id=detection_id, wait=wait)
+
+    def door_command(self, door_id: int, kind: p.CommandKind, *, reason: str, pulse_ms: int = 0) -> int:
+        return door_command_send(door_id, kind, reason=reason, pulse_ms=pulse_ms)
+
+    def flush(self, timeout: float = 5.0) -> int:
+        return commands_flush(timeout)

@@ -18,6 +18,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accessctl import realtime
+from accessctl.alarms import alarm_raise
+from accessctl.models import Alarm
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 
@@ -51,14 +53,13 @@ def _status_set(
         setattr(device, key, value)
     if changed:
         logger.info("device %s is now %s", device.uid, status)
-        realtime.broadcast(realtime.MessageType.DEVICE_STATUS, dict(realtime.device_payload(device)))
+        realtime.device_status_broadcast(
+            device_id=device.pk, uid=device.uid, door_id=device.door_id, status=status, last_seen=device.last_seen
+        )
         if status in (EdgeDevice.Status.OFFLINE, EdgeDevice.Status.DEGRADED):
-            from accessctl.alarms import alarm_raise
-            from accessctl.models import Alarm
-
             kind = Alarm.Kind.DEVICE_OFFLINE if status == EdgeDevice.Status.OFFLINE else Alarm.Kind.DEVICE_DEGRADED
             details = {"uid": device.uid, **(alarm_details or {})}
-            alarm_raise(kind=kind, door=device.door, device=device, details=details)
+            alarm_raise(kind=kind, door=device.door, device_id=device.pk, device_uid=device.uid, details=details)
 
 
 def device_seen(*, device: EdgeDevice) -> None:
@@ -97,10 +98,10 @@ def _authentic(device_uid: str, raw: bytes, kind: p.TopicKind) -> tuple[EdgeDevi
     except p.ProtocolError as exc:
         logger.warning("%s from device %s rejected: %s (%s)", kind, device_uid, exc.code, exc)
         if exc.code == p.Reason.BAD_SIGNATURE:
-            from accessctl.alarms import alarm_raise
-            from accessctl.models import Alarm
-
-            alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=device.door, device=device, details={"topic": str(kind)})
+            alarm_raise(
+                kind=Alarm.Kind.FORGED_SIGNATURE, door=device.door, device_id=device.pk, device_uid=device.uid,
+                details={"topic": str(kind)},
+            )  # fmt: skip
         return None
     return device, message
 

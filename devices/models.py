@@ -36,26 +36,3 @@ class EdgeDevice(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.uid
-
-
-class InboundDetection(models.Model):
-    """A verified detection waiting for its decision (the durable hand-off from bridge to worker).
-
-    The bridge inserts it (unique ``detection_id``: a transport duplicate is dropped here) and
-    enqueues the recognition task with only the id. The decision deletes it in the same
-    transaction that records the AccessEvent, so a row that lingers means a lost or failed task;
-    a periodic sweep re-enqueues those. The crop is in storage (``crop``), never in the database.
-    """
-
-    detection_id = models.UUIDField(unique=True)
-    device = models.ForeignKey(EdgeDevice, on_delete=models.CASCADE, related_name="+")
-    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    payload = models.JSONField(help_text="Verified detection payload without the crop bytes.")
-    crop = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop (crop mode).")
-    enqueued = models.PositiveSmallIntegerField(default=1, help_text="How many times the task was enqueued.")
-
-    class Meta:
-        ordering = ["received_at", "id"]
-
-    def __str__(self) -> str:
-        return str(self.detection_id)

@@ -10,10 +10,3 @@ def offline_sweep() -> int:
     from devices.health import devices_offline_sweep
 
     return devices_offline_sweep()
-
-
-@shared_task(name="devices.inbound_sweep", ignore_result=True)
-def inbound_sweep() -> int:
-    from devices.staging import inbound_requeue
-
-    return inbound_requeue()

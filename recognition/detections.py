@@ -24,12 +24,10 @@ from django.db import InterfaceError, OperationalError, transaction
 from accessctl.codes import Reason
 from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
-from devices.commands import commands_flush
-from devices.models import InboundDetection
 from faceengine import protocol as p
 from recognition.engine import active_embedder
 from recognition.matcher import match_decide_many
-from recognition.models import EMBEDDING_DIMS
+from recognition.models import EMBEDDING_DIMS, InboundDetection
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +55,9 @@ def _crop_array(jpeg: bytes, size: int) -> np.ndarray:
         raise ProbeError(Reason.BAD_IMAGE, f"crop is not a readable image: {exc}") from exc
 
 
-def probe_vector(payload: dict[str, Any], crop_name: str) -> tuple[np.ndarray, str]:
+def probe_vector(detection: p.Detection, crop_name: str) -> tuple[np.ndarray, str]:
     """The probe embedding and its model version, from the device's vector or by embedding the crop."""
-    if payload.get("mode") == p.Mode.EMBEDDING:
-        detection = p.Detection.from_dict(payload)  # the verified payload, complete in this mode
+    if detection.mode == p.Mode.EMBEDDING:
         model_version = str(detection.model_version or "")
         if model_version not in EMBEDDING_DIMS:
             raise ProbeError(Reason.MODEL_MISMATCH, f"no gallery for model version {model_version!r}")
@@ -104,10 +101,10 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
     any more was decided before (a redelivered task): its recorded reason is returned, nothing
     is repeated. If deciding them together fails for another reason than the database (a bug,
     a bad row), they are decided one by one, so one bad detection does not hold up the others.
-    The door commands are published as each transaction commits and acknowledged together.
+    The door commands are published as each transaction commits (see :mod:`accessctl.decisions`).
     """
     ids = list(dict.fromkeys(str(i) for i in detection_ids))
-    staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("device__door")
+    staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("door")
     prepared = [_prepare(inbound) for inbound in staged]
     reasons: dict[str, str] = {}
     try:
@@ -120,8 +117,6 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
             raise
         logger.exception("deciding %d detections together failed; deciding them one by one", len(prepared))
         reasons.update(_decide_one_by_one(prepared))
-    finally:
-        commands_flush()
     missing = [i for i in ids if i not in reasons]
     if missing:
         # Decided already (a redelivered task: the event and the unstaging commit together).
@@ -153,30 +148,48 @@ def _decide_one_by_one(prepared: list[_Prepared]) -> dict[str, str]:
     return reasons
 
 
+def _staged_detection(inbound: InboundDetection) -> p.Detection:
+    """The staged payload parsed once (it was verified at the bridge; the crop is in storage)."""
+    payload = inbound.payload
+    if payload.get("mode") == p.Mode.CROP:  # the crop bytes are not staged: a stand-in to parse
+        payload = {**payload, "crop_jpeg": _STAGED_CROP}
+    return p.Detection.from_dict(payload)
+
+
+#: Stands for the stored crop while parsing a staged crop-mode payload (base64 of a JPEG header).
+_STAGED_CROP = "/9j/4A=="
+
+
 def _prepare(inbound: InboundDetection) -> _Prepared:
-    """Read the staged payload and compute the probe (or the reason there is none)."""
-    payload, device = inbound.payload, inbound.device
+    """Parse the staged detection and compute the probe (or the reason there is none)."""
     detection_id = str(inbound.detection_id)
-    quality = payload.get("quality") or {}
+    device_uid = inbound.device_uid
+    try:
+        detection = _staged_detection(inbound)
+    except p.ProtocolError as exc:  # verified at the bridge, so only a row staged by other means
+        logger.error("staged detection %s from %s unreadable: %s", detection_id, device_uid, exc)
+        decision = DecisionInput(
+            detection_id=detection_id, occurred_at=inbound.received_at, device_id=inbound.device_id,
+            device_uid=device_uid, door=inbound.door, person_id=None, unknown_reason=Reason(exc.code),
+            snapshot=inbound.crop, details={"error": str(exc)[:300]},
+        )  # fmt: skip
+        return _Prepared(inbound=inbound, decision=decision)
+    quality = detection.quality
     details: dict[str, Any] = {
-        "mode": payload.get("mode"),
-        "detector_score": payload.get("detector_score"),
+        "mode": str(detection.mode),
+        "detector_score": detection.detector_score,
         "quality": quality,
     }
-    # A backlog must not open a door long after the person left: same window as at the bridge,
-    # and for a re-sent detection (signed anew) also from when the face was seen.
-    now, window = time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S
-    too_late = now - float(payload["sent_at"]) > window or (
-        bool(payload.get("attempt")) and now - float(payload["captured_at"]) > window
-    )
+    # A backlog must not open a door long after the person left: the same rule as at the bridge.
+    too_late = not p.detection_is_fresh(detection, time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S)
     item = _Prepared(
         inbound=inbound,
         decision=DecisionInput(
             detection_id=detection_id,
-            occurred_at=dt.datetime.fromtimestamp(float(payload["captured_at"]), tz=dt.UTC),
-            device_id=device.pk,
-            device_uid=device.uid,
-            door=device.door,
+            occurred_at=dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC),
+            device_id=inbound.device_id,
+            device_uid=device_uid,
+            door=inbound.door,
             person_id=None,
             snapshot=inbound.crop,
             details=details,
@@ -188,10 +201,10 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         item.decision.unknown_reason = Reason.LOW_QUALITY
         return item
     try:
-        item.vector, item.model_version = probe_vector(payload, inbound.crop)
+        item.vector, item.model_version = probe_vector(detection, inbound.crop)
     except (ProbeError, p.ProtocolError) as exc:
         reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
-        logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device.uid, reason, exc)
+        logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device_uid, reason, exc)
         item.decision.unknown_reason = reason
         details["error"] = str(exc)[:300]
     except (OperationalError, InterfaceError):
@@ -199,7 +212,7 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
     except Exception as exc:
         # Unforeseen input or engine failure: deny with a reason rather than fail the task, which
         # would leave the detection staged and re-enqueued by the sweep forever.
-        logger.exception("detection %s from %s could not be processed", detection_id, device.uid)
+        logger.exception("detection %s from %s could not be processed", detection_id, device_uid)
         item.decision.unknown_reason = Reason.PROCESSING_ERROR
         details["error"] = f"{type(exc).__name__}: {exc}"[:300]
     return item

@@ -107,3 +107,30 @@ class ModelCalibration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_version}: {self.threshold:.3f} @ FMR {self.target_fmr:g}"
+
+
+class InboundDetection(models.Model):
+    """A verified detection waiting for its decision (the durable hand-off from bridge to worker).
+
+    The bridge stages it (``recognition.staging``; unique ``detection_id``: a transport duplicate
+    is dropped here) and enqueues the recognition task with only the id. The decision deletes it
+    in the same transaction that records the AccessEvent, so a row that lingers means a lost or
+    failed task; a periodic sweep re-enqueues those. The crop is in storage (``crop``), never in
+    the database. The device is named by its uid (and its row id, recorded on the event), not by
+    a foreign key: recognition knows doors, not the device registry.
+    """
+
+    detection_id = models.UUIDField(unique=True)
+    device_uid = models.CharField(max_length=64)
+    device_id = models.BigIntegerField(null=True, blank=True, help_text="The device's row id (devices app).")
+    door = models.ForeignKey("accessctl.Door", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    payload = models.JSONField(help_text="Verified detection payload without the crop bytes.")
+    crop = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop (crop mode).")
+    enqueued = models.PositiveSmallIntegerField(default=1, help_text="How many times the task was enqueued.")
+
+    class Meta:
+        ordering = ["received_at", "id"]
+
+    def __str__(self) -> str:
+        return str(self.detection_id)

@@ -10,7 +10,10 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
+
+from recognition.staging import inbound_requeue
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +21,6 @@ logger = logging.getLogger(__name__)
 @worker_process_init.connect
 def _load_model(**_: object) -> None:
     """Load the embedder once per worker process, before the first detection arrives."""
-    from django.conf import settings
-
     from recognition.engine import active_embedder
 
     if settings.RECOGNITION_PRELOAD:
@@ -51,7 +52,7 @@ def decide(detection_id: str) -> str:
 
 @shared_task(name="recognition.decide_many", **_DECISION_TASK)
 def decide_many(detection_ids: list[str]) -> list[str]:
-    """Decide staged detections that arrived together, in one transaction (see devices.batching).
+    """Decide staged detections that arrived together, in one transaction (see recognition.queueing).
 
     A transient database error retries the whole batch; what was decided before it is skipped
     then, because each decision is idempotent.
@@ -59,6 +60,28 @@ def decide_many(detection_ids: list[str]) -> list[str]:
     from recognition.detections import detections_decide
 
     return detections_decide(detection_ids)
+
+
+def decisions_send(detection_ids: list[str]) -> None:
+    """One ``recognition.decide`` task for one id, one ``recognition.decide_many`` for several.
+    If the task broker is unreachable the staged rows stay and the inbound sweep enqueues them
+    again, so the detections are delayed, not lost."""
+    task, args = (decide, detection_ids) if len(detection_ids) == 1 else (decide_many, [detection_ids])
+    try:
+        task.apply_async(
+            args=args,
+            queue=settings.RECOGNITION_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception:
+        logger.exception("could not enqueue the decision of %s; the inbound sweep will retry", ", ".join(detection_ids))
+
+
+@shared_task(name="recognition.inbound_sweep", ignore_result=True)
+def inbound_sweep() -> int:
+    """Enqueue again the decisions of detections staged too long (a lost task); Celery beat."""
+    return inbound_requeue(send=decisions_send)
 
 
 # =============================================================================================

@@ -158,6 +158,7 @@ class AccessEventSerializer(serializers.ModelSerializer):
     door_name = serializers.CharField(source="door.name", read_only=True, default=None, allow_null=True)
     person_name = serializers.CharField(source="person.name", read_only=True, default=None, allow_null=True)
     has_snapshot = serializers.SerializerMethodField()
+    device = serializers.IntegerField(source="device_id", read_only=True, allow_null=True)
 
     class Meta:
         model = AccessEvent
@@ -194,6 +195,7 @@ class AccessEventSerializer(serializers.ModelSerializer):
 
 class AlarmSerializer(serializers.ModelSerializer):
     acknowledged = serializers.SerializerMethodField()
+    device = serializers.IntegerField(source="device_id", read_only=True, allow_null=True)
 
     class Meta:
         model = Alarm

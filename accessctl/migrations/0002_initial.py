@@ -9,20 +9,15 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("accessctl", "0001_initial"),
-        ("devices", "0001_initial"),
     ]
 
     operations = [
+        # Was a foreign key to devices.EdgeDevice (the same column and index); 0012 drops that
+        # constraint where it exists. The domain's migrations depend on no other app.
         migrations.AddField(
             model_name="accessevent",
-            name="device",
-            field=models.ForeignKey(
-                blank=True,
-                null=True,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="events",
-                to="devices.edgedevice",
-            ),
+            name="device_id",
+            field=models.BigIntegerField(blank=True, db_index=True, null=True),
         ),
         migrations.AddField(
             model_name="accessgroup",

@@ -10,7 +10,6 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("accessctl", "0003_access_event_append_only"),
-        ("devices", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -135,16 +134,8 @@ class Migration(migrations.Migration):
                         to=settings.AUTH_USER_MODEL,
                     ),
                 ),
-                (
-                    "device",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="alarms",
-                        to="devices.edgedevice",
-                    ),
-                ),
+                # Was a foreign key to devices.EdgeDevice (same column and index; see 0012).
+                ("device_id", models.BigIntegerField(blank=True, db_index=True, null=True)),
                 (
                     "door",
                     models.ForeignKey(

@@ -17,8 +17,8 @@ The erasure itself is recorded in the access log as a system event (actor, pseud
 Files are deleted last inside the transaction: when storage fails, the database changes roll
 back and the erasure can simply be run again.
 
-What this cannot reach: crops of the person that were never matched to them (stored as
-``crops/unknown/...``; they expire under the unknown-crop retention policy), ``AccessEvent.details``
+What this cannot reach: crops of the person that were never matched to them (their events name
+nobody; they expire under the unknown-crop retention policy), ``AccessEvent.details``
 (covered by the hash chain; the decision pipeline must never put names there), webhook payloads
 already received by integrators, and database backups (they age out under the backup policy).
 

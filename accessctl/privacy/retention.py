@@ -49,9 +49,7 @@ from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
 from accessctl.storage import (
     CONTEXT_PREFIX,
-    CROPS_KNOWN_PREFIX,
     CROPS_PREFIX,
-    CROPS_UNKNOWN_PREFIX,
     StoredFile,
     storage_delete_many,
     storage_listdir,
@@ -82,8 +80,6 @@ _SETTING = {
     DataKind.REJECTED_PHOTOS: "RETAIN_REJECTED_PHOTOS_DAYS",
 }
 _FILE_PREFIX = {
-    DataKind.UNKNOWN_CROPS: CROPS_UNKNOWN_PREFIX,
-    DataKind.KNOWN_CROPS: CROPS_KNOWN_PREFIX,
     DataKind.CONTEXT_SNAPSHOTS: CONTEXT_PREFIX,
 }
 
@@ -179,13 +175,13 @@ def _human(n: int) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _numbered_dirs(storage: Storage, path: str, *, skip: frozenset[str] = frozenset()) -> list[tuple[int, str]]:
+def _numbered_dirs(storage: Storage, path: str) -> list[tuple[int, str]]:
     dirs, _ = storage_listdir(storage, path)
     out = []
     for name in dirs:
         if name.isdigit():
             out.append((int(name), name))
-        elif name not in skip:
+        else:
             logger.warning("retention: ignoring unexpected folder %s/%s", path, name)
     return sorted(out)
 
@@ -195,16 +191,14 @@ def _is_expired(day: date, stored: StoredFile, cutoff: datetime) -> bool:
     return day < cut.date() or (day == cut.date() and stored.modified < cut)
 
 
-def dated_files(
-    storage: Storage, prefix: str, not_after: datetime, *, skip: frozenset[str] = frozenset()
-) -> Iterator[tuple[date, StoredFile]]:
+def dated_files(storage: Storage, prefix: str, not_after: datetime) -> Iterator[tuple[date, StoredFile]]:
     """Files under ``prefix`` + ``YYYY/MM/DD/`` in day folders up to ``not_after``'s day (UTC).
 
-    Later days are never listed; ``skip`` names first-level folders that are not years.
+    Later days are never listed.
     """
     cut_day = not_after.astimezone(UTC).date()
     root = prefix.rstrip("/")
-    for year, ys in _numbered_dirs(storage, root, skip=skip):
+    for year, ys in _numbered_dirs(storage, root):
         if year > cut_day.year:
             continue
         for month, ms in _numbered_dirs(storage, f"{root}/{ys}"):
@@ -268,11 +262,9 @@ def _files_run(storage: Storage, report: KindReport, prefix: str, *, dry_run: bo
     purge.flush()
 
 
-def _mixed_crops_run(
-    storage: Storage, unknown: KindReport, known: KindReport, *, dry_run: bool, only: set[DataKind]
-) -> None:
-    """Crops stored before the match was known (``crops/YYYY/MM/DD/``, as the device ingest does):
-    known when an access event that names a person (or their pseudonym) points at the file."""
+def _crops_run(storage: Storage, unknown: KindReport, known: KindReport, *, dry_run: bool, only: set[DataKind]) -> None:
+    """Face crops (``crops/YYYY/MM/DD/``, stored before the match is known): known when an access
+    event that names a person (or their pseudonym) points at the file, else unknown."""
     cutoffs = [r.cutoff for r in (unknown, known) if r.cutoff is not None and r.kind in only]
     if not cutoffs:
         return
@@ -294,8 +286,7 @@ def _mixed_crops_run(
                 purges[is_known].add(stored)
         pending.clear()
 
-    skip = frozenset(p.removeprefix(CROPS_PREFIX).strip("/") for p in (CROPS_KNOWN_PREFIX, CROPS_UNKNOWN_PREFIX))
-    for item in dated_files(storage, CROPS_PREFIX, max(cutoffs), skip=skip):
+    for item in dated_files(storage, CROPS_PREFIX, max(cutoffs)):
         pending.append(item)
         if len(pending) >= BATCH:
             classify()
@@ -407,7 +398,7 @@ def _run(
             _files_run(storage, report.kinds[kind], prefix, dry_run=dry_run)
     crop_kinds = {DataKind.UNKNOWN_CROPS, DataKind.KNOWN_CROPS} if kinds is None else kinds
     if crop_kinds & {DataKind.UNKNOWN_CROPS, DataKind.KNOWN_CROPS}:
-        _mixed_crops_run(
+        _crops_run(
             storage,
             report.kinds[DataKind.UNKNOWN_CROPS],
             report.kinds[DataKind.KNOWN_CROPS],

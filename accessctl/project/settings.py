@@ -197,7 +197,7 @@ CELERY_TIMEZONE = "UTC"
 # Periodic tasks (beat). Retention runs daily at ACCESSCTL_RETENTION_HOUR_UTC (see "Retention" below).
 CELERY_BEAT_SCHEDULE = {
     "devices-offline-sweep": {"task": "devices.offline_sweep", "schedule": 30.0},
-    "devices-inbound-sweep": {"task": "devices.inbound_sweep", "schedule": 15.0},
+    "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
     "retention-daily": {
         "task": "accessctl.retention_apply",
         "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
@@ -251,7 +251,7 @@ if not MQTT_CLIENT_ID.startswith("accessctl-"):  # the broker binds this prefix 
 MQTT_SHARED_GROUP = env_optional("MQTT_SHARED_GROUP")
 # Threads of one bridge that verify and stage detections concurrently.
 MQTT_BRIDGE_WORKERS = env_int("MQTT_BRIDGE_WORKERS", 4)
-# Decision batches (devices.batching): at most this many detections per task; while every worker
+# Decision batches (recognition.queueing): at most this many detections per task; while every worker
 # is busy a batch waits up to this many milliseconds to grow (bigger batches cost less per decision).
 MQTT_BRIDGE_BATCH_MAX = env_int("MQTT_BRIDGE_BATCH_MAX", 32)
 MQTT_BRIDGE_BATCH_HOLD_MS = env_int("MQTT_BRIDGE_BATCH_HOLD_MS", 100)

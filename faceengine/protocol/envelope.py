@@ -11,7 +11,7 @@ from typing import Any
 
 from faceengine.protocol.codes import ProtocolError, Reason
 from faceengine.protocol.limits import MAX_MESSAGE_BYTES
-from faceengine.protocol.payloads import Command, Message, Status, payload_from_dict
+from faceengine.protocol.payloads import Command, Detection, Message, Status, payload_from_dict
 from faceengine.protocol.signing import _public_key, load_private_key
 from faceengine.protocol.topics import OFFLINE_WILL, TopicKind, parse_topic
 from faceengine.protocol.validation import _b64decode, _b64encode, _fail
@@ -124,6 +124,24 @@ def check_freshness(ts: float, now: float, window_s: float) -> None:
             f"timestamp {ts!r} outside +-{window_s:g}s of {now:.3f}",
             Reason.STALE_TIMESTAMP,
         )
+
+
+def check_detection_freshness(detection: Detection, now: float, window_s: float) -> None:
+    """The one freshness rule of a detection, wherever it is applied (at the bridge, when deciding a
+    backlog, when answering a re-send): sent within ``window_s`` of ``now`` and, for a re-send
+    (``attempt`` > 0, signed anew), also captured within it. Raises ``stale_timestamp``."""
+    check_freshness(detection.sent_at, now, window_s)
+    if detection.attempt:
+        check_freshness(detection.captured_at, now, window_s)
+
+
+def detection_is_fresh(detection: Detection, now: float, window_s: float) -> bool:
+    """:func:`check_detection_freshness` as a yes/no."""
+    try:
+        check_detection_freshness(detection, now, window_s)
+    except ProtocolError:
+        return False
+    return True
 
 
 def open_message(

@@ -33,11 +33,12 @@ def door() -> Door:
 
 def test_repeats_fold_into_one_open_alarm(door, sent, django_capture_on_commit_callbacks) -> None:
     device = EdgeDevice.objects.create(uid="cam-1", door=door, public_key="x")
+    of_device = {"device_id": device.pk, "device_uid": device.uid}
     first_event, second_event = event_make(), event_make(reason=Reason.BAD_SIGNATURE)
     with django_capture_on_commit_callbacks(execute=True):
-        first = alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=door, device=device, event=first_event)
+        first = alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=door, **of_device, event=first_event)
         again = alarm_raise(
-            kind=Alarm.Kind.FORGED_SIGNATURE, door=door, device=device, event=second_event, details={"topic": "x"}
+            kind=Alarm.Kind.FORGED_SIGNATURE, door=door, **of_device, event=second_event, details={"topic": "x"}
         )
     assert again.pk == first.pk and again.count == 2 and again.event_id == second_event.pk
     assert again.details == {"topic": "x"} and again.last_seen_at >= first.raised_at
@@ -50,10 +51,10 @@ def test_repeats_fold_into_one_open_alarm(door, sent, django_capture_on_commit_c
     # Another kind, another door or an acknowledged alarm: a new alarm.
     other_door = Door.objects.create(name="Dock")
     assert alarm_raise(kind=Alarm.Kind.WATCHLIST, door=door).pk != first.pk
-    assert alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=other_door, device=device).pk != first.pk
+    assert alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=other_door, **of_device).pk != first.pk
     operator = user_create("olga", "accessctl.view_dashboard")
     alarm_acknowledge(alarm=first, actor=operator)
-    fresh = alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=door, device=device)
+    fresh = alarm_raise(kind=Alarm.Kind.FORGED_SIGNATURE, door=door, **of_device)
     assert fresh.pk != first.pk and fresh.count == 1
 
 

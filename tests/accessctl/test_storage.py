@@ -24,6 +24,8 @@ from accessctl.storage import (
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes\xff\xd9"
 BUCKET = "accessctl-test"
 
+CAPTURED = dt.datetime(2026, 2, 3, 10, 0, tzinfo=dt.UTC)
+
 
 @pytest.fixture
 def s3() -> S3Storage:
@@ -35,41 +37,38 @@ def s3() -> S3Storage:
 
 def test_default_storage_is_local_files(media_root: Path) -> None:
     assert isinstance(storages["default"], FileSystemStorage)
-    name = crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, known=False)
+    name = crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, captured_at=CAPTURED)
     assert (media_root / name).read_bytes() == JPEG
 
 
-def test_crop_names_are_dated_and_split_known_unknown(media_root: Path) -> None:
+def test_crop_names_are_dated_by_the_day_of_capture(media_root: Path) -> None:
     detection = uuid.UUID("6f1c1d7e-4f0a-4d39-9a53-44d1ea7e0a01")
-    today = dt.datetime.now(dt.UTC).date()
-    known = crop_store(detection_id=detection, jpeg=JPEG, known=True)
-    unknown = crop_store(detection_id=str(detection), jpeg=JPEG, known=False)
-    assert known == f"crops/known/{today:%Y/%m/%d}/{detection}.jpg"
-    assert unknown == f"crops/unknown/{today:%Y/%m/%d}/{detection}.jpg"
-    assert crop_name(detection_id=detection, known=True, day=dt.date(2026, 2, 3)) == (
-        f"crops/known/2026/02/03/{detection}.jpg"
+    late_evening = dt.datetime(2026, 2, 3, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))  # Feb 4 in UTC
+    assert crop_store(detection_id=str(detection), jpeg=JPEG, captured_at=late_evening) == (
+        f"crops/2026/02/04/{detection}.jpg"
     )
+    assert crop_name(detection_id=detection, day=dt.date(2026, 2, 3)) == f"crops/2026/02/03/{detection}.jpg"
 
 
-def test_crop_store_is_idempotent_on_detection_id(media_root: Path) -> None:
+def test_another_copy_of_a_crop_gets_a_name_of_its_own(media_root: Path) -> None:
+    """A redelivered detection stores its copy aside (staging deletes it when the copy is not staged)."""
     detection = uuid.uuid4()
-    first = crop_store(detection_id=detection, jpeg=JPEG, known=True)
-    again = crop_store(detection_id=detection, jpeg=b"\xff\xd8other", known=True)
-    assert first == again
+    first = crop_store(detection_id=detection, jpeg=JPEG, captured_at=CAPTURED)
+    again = crop_store(detection_id=detection, jpeg=b"\xff\xd8other", captured_at=CAPTURED)
+    assert first != again
     assert default_storage.open(first).read() == JPEG
-    assert len(list((media_root / first).parent.iterdir())) == 1
 
 
 def test_crop_store_refuses_bad_ids_and_empty_images(media_root: Path) -> None:
     with pytest.raises(ValueError, match="badly formed"):
-        crop_store(detection_id="../../etc/passwd", jpeg=JPEG, known=True)
+        crop_store(detection_id="../../etc/passwd", jpeg=JPEG, captured_at=CAPTURED)
     with pytest.raises(ValueError, match="no image"):
-        crop_store(detection_id=uuid.uuid4(), jpeg=b"", known=True)
+        crop_store(detection_id=uuid.uuid4(), jpeg=b"", captured_at=CAPTURED)
 
 
 def test_walk_and_delete_many_local(media_root: Path) -> None:
-    names = [crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, known=False) for _ in range(3)]
-    listed = {f.name: f for f in storage_walk(default_storage, "crops/unknown")}
+    names = [crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, captured_at=CAPTURED) for _ in range(3)]
+    listed = {f.name: f for f in storage_walk(default_storage, "crops")}
     assert set(listed) == set(names)
     assert all(f.size == len(JPEG) and f.modified.tzinfo is not None for f in listed.values())
     storage_delete_many(default_storage, names)
@@ -131,10 +130,10 @@ def test_s3_presigned_url_is_short_lived(s3: S3Storage) -> None:
 
 
 def test_s3_listdir_walk_and_delete_many(s3: S3Storage) -> None:
-    names = [crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, known=True, storage=s3) for _ in range(3)]
+    names = [crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, captured_at=CAPTURED, storage=s3) for _ in range(3)]
     day = names[0].rsplit("/", 1)[0]
-    dirs, files = s3.listdir("crops/known")
-    assert dirs == [day.split("/")[2]] and files == []
+    dirs, files = s3.listdir("crops")
+    assert dirs == [day.split("/")[1]] and files == []
     dirs, files = s3.listdir(day)
     assert dirs == [] and sorted(files) == sorted(n.rsplit("/", 1)[1] for n in names)
     walked = list(storage_walk(s3, "crops"))
@@ -156,5 +155,5 @@ def test_settings_switch_default_storage_to_s3(settings: pytest.FixtureRequest) 
         }
         storage = storages["default"]
         assert isinstance(storage, S3Storage) and storage.url_expiry_s == 60
-        name = crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, known=False)
+        name = crop_store(detection_id=uuid.uuid4(), jpeg=JPEG, captured_at=CAPTURED)
         assert storage.exists(name)

@@ -11,9 +11,12 @@ from django.utils import timezone
 
 from accessctl.models import AccessEvent, Alarm, Door
 from devices import ingest
-from devices.models import EdgeDevice, InboundDetection
+from devices.models import EdgeDevice
 from devices.provisioning import device_provision
 from faceengine import protocol as p
+from recognition import staging
+from recognition.models import InboundDetection
+from recognition.queueing import DecisionQueue
 from tests import faces
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +27,7 @@ UID = "gate-1"
 @pytest.fixture
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    monkeypatch.setattr(ingest, "decision_enqueue", calls.append)
+    monkeypatch.setattr(ingest, "decision_enqueue", lambda detection_id, queue=None: calls.append(detection_id))
     return calls
 
 
@@ -243,7 +246,9 @@ def test_resend_of_a_lost_detection_is_staged_and_decided_normally(device, enque
     twice = det.resent(sent_at=time.time()).resent(sent_at=time.time())
     assert ingest_raw(p.seal(twice, key)) == "duplicate"  # staged just now: it is only queued
     # Asked again while staged for a while: its task may be lost, so it is enqueued again (deciding is idempotent).
-    InboundDetection.objects.update(received_at=timezone.now() - dt.timedelta(seconds=ingest.REQUEUE_ON_RESEND_AFTER_S))
+    InboundDetection.objects.update(
+        received_at=timezone.now() - dt.timedelta(seconds=staging.REQUEUE_ON_RESEND_AFTER_S)
+    )
     assert ingest_raw(p.seal(twice.resent(sent_at=time.time()), key)) == "requeued"
     assert enqueued == [det.detection_id, det.detection_id]
     assert InboundDetection.objects.get().enqueued == 2
@@ -285,11 +290,9 @@ def test_a_batched_detection_is_acknowledged_once_its_task_is_out(device, monkey
 
     _, key = device
     gate, sent, acks = threading.Event(), [], []
-    monkeypatch.setattr(ingest, "decisions_send", lambda ids: (gate.wait(5), sent.append(ids)))
-    monkeypatch.setattr(ingest, "decision_backlog", lambda: 0)
     det = detection()
-    with ingest.decision_batching(wait_s=0.001):
-        ingest.message_ingest(p.detections_topic(UID), p.seal(det, key), ack=lambda: acks.append("det"))
+    with DecisionQueue(wait_s=0.001, send=lambda ids: (gate.wait(5), sent.append(ids)), backlog=lambda: 0) as queue:
+        ingest.message_ingest(p.detections_topic(UID), p.seal(det, key), ack=lambda: acks.append("det"), queue=queue)
         assert acks == [] and InboundDetection.objects.filter(detection_id=det.detection_id).exists()
         gate.set()
         for _ in range(500):
@@ -298,10 +301,5 @@ def test_a_batched_detection_is_acknowledged_once_its_task_is_out(device, monkey
             time.sleep(0.01)
         assert sent == [[det.detection_id]] and acks == ["det"]
         # Anything that is not handed to the batcher is acknowledged when the handler returns.
-        ingest.message_ingest(p.detections_topic(UID), b"not json", ack=lambda: acks.append("bad"))
+        ingest.message_ingest(p.detections_topic(UID), b"not json", ack=lambda: acks.append("bad"), queue=queue)
         assert acks == ["det", "bad"]
-
-
-def test_the_recognition_backlog_is_read_from_the_task_broker() -> None:
-    assert ingest.decision_backlog() >= 0
-    assert ingest.decision_backlog() >= 0  # the connection is kept for the next read

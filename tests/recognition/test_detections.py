@@ -9,10 +9,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from accessctl.models import AccessEvent, Door
-from devices.models import InboundDetection
 from devices.provisioning import device_provision
 from faceengine import protocol as p
 from recognition.detections import detection_decide, detections_decide
+from recognition.models import InboundDetection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,7 +49,10 @@ def stage(device, *, mode: str = "crop", crop: bytes | None = None, **payload_ov
     payload.pop("crop_jpeg", None)
     payload.update(payload_overrides)
     name = default_storage.save(f"crops/test/{det.detection_id}.jpg", ContentFile(crop)) if crop is not None else ""
-    InboundDetection.objects.create(detection_id=det.detection_id, device=device, payload=payload, crop=name)
+    InboundDetection.objects.create(
+        detection_id=det.detection_id, device_uid=device.uid, device_id=device.pk, door=device.door, payload=payload,
+        crop=name,
+    )  # fmt: skip
     return det.detection_id
 
 

@@ -22,10 +22,10 @@ from django.db.models import Count
 from accessctl.models import AccessEvent, Door
 from accessctl.project import embedded
 from devices.commands import server_public_key_b64
-from devices.models import InboundDetection
 from devices.provisioning import device_provision
-from devices.staging import inbound_requeue
 from faceengine import protocol as p
+from recognition.models import InboundDetection
+from recognition.tasks import inbound_sweep
 from tests.broker_logins import suite_broker_start
 from tests.devices import e2e
 from tests.reliability import rig
@@ -94,10 +94,10 @@ def test_worker_killed_mid_burst(children, device, settings) -> None:
 
     def kill_halfway(i: int) -> None:
         if i == BURST // 2:
-            assert rig.wait_until(lambda: AccessEvent.objects.filter(device__uid=UID).count() >= 3, 60, step=0.01)
+            assert rig.wait_until(lambda: AccessEvent.objects.filter(device_uid=UID).count() >= 3, 60, step=0.01)
             children.kill("worker")
             killed["at"] = time.monotonic()
-            killed["decided"] = AccessEvent.objects.filter(device__uid=UID).count()
+            killed["decided"] = AccessEvent.objects.filter(device_uid=UID).count()
 
     ids = device.publish(BURST, interval=0.05, between=kill_halfway)
     killed_at, decided_before = killed["at"], int(killed["decided"])
@@ -105,7 +105,7 @@ def test_worker_killed_mid_burst(children, device, settings) -> None:
     restarted_at = time.monotonic()
 
     def sweep_and_check() -> bool:
-        inbound_requeue()
+        inbound_sweep()
         return _all_decided(ids)
 
     assert rig.wait_until(sweep_and_check, 90, step=1.0), f"{len(ids) - len(_decisions(ids))} never decided"

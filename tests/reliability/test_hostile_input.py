@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from accessctl.models import AccessEvent, Door
 from devices import ingest
-from devices.models import EdgeDevice, InboundDetection
+from devices.models import EdgeDevice
 from devices.provisioning import device_provision
 from faceengine import protocol as p
 from recognition.detections import detection_decide
-from recognition.models import EMBEDDING_DIMS
+from recognition.models import EMBEDDING_DIMS, InboundDetection
 
 SFACE = "sface-2021dec-int8bq"
 UID_A, UID_B = "fuzz-cam-a", "fuzz-cam-b"
@@ -57,7 +57,9 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 @pytest.fixture
 def devices(db, monkeypatch, media_root) -> dict[str, Any]:
     """Two provisioned devices at one door; decisions run inline instead of through Celery."""
-    monkeypatch.setattr(ingest, "decision_enqueue", lambda detection_id: detection_decide(detection_id=detection_id))
+    monkeypatch.setattr(
+        ingest, "decision_enqueue", lambda detection_id, queue=None: detection_decide(detection_id=detection_id)
+    )
     monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door, **_: None)  # no broker round trip
     door = Door.objects.create(name="Fuzz door")
     keys = {uid: p.load_private_key(device_provision(uid=uid, door=door).private_key_pem) for uid in (UID_A, UID_B)}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from devices.bridge import Bridge
-from devices.ingest import decision_batching, message_ingest
+from devices.ingest import message_ingest
+from recognition.queueing import DecisionQueue
 
 
 class Command(BaseCommand):
@@ -19,8 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--shared-group", default=None, help="use $share/<group>/ subscriptions")
 
     def handle(self, *args: object, **options: object) -> None:
-        bridge = Bridge(message_ingest, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
-        signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
-        signal.signal(signal.SIGINT, lambda *_: bridge.stop())
-        with decision_batching():
+        with DecisionQueue() as queue:  # this run's batching of decision tasks
+            handler = functools.partial(message_ingest, queue=queue)
+            bridge = Bridge(handler, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
+            signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
+            signal.signal(signal.SIGINT, lambda *_: bridge.stop())
             bridge.run_forever()

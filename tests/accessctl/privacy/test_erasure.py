@@ -54,12 +54,13 @@ def _enrolled(name: str, seed: int) -> Person:
     return person
 
 
-def _sighting(person: Person | None, *, known: bool = True) -> AccessEvent:
+def _sighting(person: Person | None) -> AccessEvent:
     detection = uuid.uuid4()
-    snapshot = crop_store(detection_id=detection, jpeg=JPEG, known=known)
+    occurred_at = dt.datetime.now(dt.UTC)
+    snapshot = crop_store(detection_id=detection, jpeg=JPEG, captured_at=occurred_at)
     event, _ = event_record(
         detection_id=detection,
-        occurred_at=dt.datetime.now(dt.UTC),
+        occurred_at=occurred_at,
         decision=Decision.GRANT if person else Decision.DENY,
         reason=Reason.MATCHED if person else Reason.UNKNOWN_FACE,
         device_uid="door-1",
@@ -82,7 +83,7 @@ def test_erase_removes_everything_and_pseudonymises_events(media_root: Path, adm
     bob = _enrolled("bob", 2)
     ada_events = [_sighting(ada), _sighting(ada)]
     bob_event = _sighting(bob)
-    stranger = _sighting(None, known=False)
+    stranger = _sighting(None)
     Alarm.objects.create(kind=Alarm.Kind.WATCHLIST, event=ada_events[0], details={"person_name": "ada", "door": 3})
     hook = WebhookSubscription.objects.create(
         name="hr", url="https://hr.example.org/hook", secret="s", event_types=["*"]

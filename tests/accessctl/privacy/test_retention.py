@@ -36,9 +36,16 @@ def _policies(settings: pytest.FixtureRequest, media_root: Path) -> None:
 
 
 def _crop(days_ago: int, *, known: bool) -> str:
+    """A face crop captured ``days_ago``; a known one is pointed at by an event naming a person."""
     day = (NOW - dt.timedelta(days=days_ago)).date()
-    name = crop_name(detection_id=uuid.uuid4(), known=known, day=day)
-    return default_storage.save(name, ContentFile(JPEG))
+    name = default_storage.save(crop_name(detection_id=uuid.uuid4(), day=day), ContentFile(JPEG))
+    if known:
+        person = Person.objects.create(name=f"Known {name}")
+        event_record(
+            detection_id=None, occurred_at=NOW - dt.timedelta(days=days_ago), decision=Decision.GRANT,
+            reason=Reason.MATCHED, person_id=person.pk, subject_uid=person.uid, snapshot=name,
+        )  # fmt: skip
+    return name
 
 
 def _event(days_ago: float, snapshot: str = "") -> AccessEvent:
@@ -66,11 +73,11 @@ def _rejected_photo(person: Person, days_ago: int) -> EnrollmentPhoto:
 
 
 def test_dry_run_reports_counts_and_bytes_and_changes_nothing(media_root: Path) -> None:
+    _event(400)  # first: events are purged as a prefix of the log
     old_unknown = [_crop(8, known=False), _crop(30, known=False)]
     _crop(3, known=False)
     old_known = _crop(31, known=True)
     _crop(29, known=True)
-    _event(400)
     _event(8, snapshot=old_unknown[0])
     _event(10)
     person = Person.objects.create(name="Ada")
@@ -91,8 +98,8 @@ def test_dry_run_reports_counts_and_bytes_and_changes_nothing(media_root: Path) 
     assert any("would delete" in line for line in report.lines())
     # nothing changed
     assert all(default_storage.exists(n) for n in [*old_unknown, old_known])
-    assert AccessEvent.objects.count() == 3
-    assert AccessEvent.objects.exclude(snapshot="").count() == 1
+    assert AccessEvent.objects.count() == 5  # 3 + the events of the 2 known crops
+    assert AccessEvent.objects.exclude(snapshot="").count() == 3
     assert EnrollmentPhoto.objects.count() == 2
 
 
@@ -108,6 +115,7 @@ def test_apply_deletes_expired_files_and_clears_snapshot_references() -> None:
 
     assert not report.dry_run
     assert report[DataKind.UNKNOWN_CROPS].count == 1 and report[DataKind.KNOWN_CROPS].count == 1
+    assert report[DataKind.KNOWN_CROPS].references_cleared == 1
     assert not default_storage.exists(old) and not default_storage.exists(old_known)
     assert default_storage.exists(fresh) and default_storage.exists(kept_known)
     event_old.refresh_from_db()
@@ -119,12 +127,12 @@ def test_apply_deletes_expired_files_and_clears_snapshot_references() -> None:
 
 
 def _ingest_crop(days_ago: int) -> str:
-    """A crop as the device ingest stores it, before the match is known: crops/YYYY/MM/DD/<id>.jpg."""
+    """A crop as staging stores it, before the match is known: crops/YYYY/MM/DD/<id>.jpg."""
     day = NOW - dt.timedelta(days=days_ago)
     return default_storage.save(f"crops/{day:%Y/%m/%d}/{uuid.uuid4()}.jpg", ContentFile(JPEG))
 
 
-def test_ingest_layout_crops_are_classified_by_their_event() -> None:
+def test_crops_are_classified_by_their_event() -> None:
     person = Person.objects.create(name="Ada")
     unknown_old = _ingest_crop(10)  # unknown face, past 7 days
     known_young = _ingest_crop(10)  # matched to Ada: kept until 30 days
@@ -161,13 +169,13 @@ def test_files_on_the_cutoff_day_go_by_modification_time(media_root: Path) -> No
     after = _crop(7, known=False)
     os.utime(media_root / before, (cutoff.timestamp() - 60, cutoff.timestamp() - 60))
     os.utime(media_root / after, (cutoff.timestamp() + 60, cutoff.timestamp() + 60))
-    default_storage.save("crops/unknown/not-a-year/x.jpg", ContentFile(JPEG))  # ignored, not deleted
+    default_storage.save("crops/not-a-year/x.jpg", ContentFile(JPEG))  # ignored, not deleted
 
-    assert [f.name for f in expired_files(default_storage, "crops/unknown/", cutoff)] == [before]
+    assert [f.name for f in expired_files(default_storage, "crops/", cutoff)] == [before]
     retention_apply(now=NOW)
     assert not default_storage.exists(before)
     assert default_storage.exists(after)
-    assert default_storage.exists("crops/unknown/not-a-year/x.jpg")
+    assert default_storage.exists("crops/not-a-year/x.jpg")
 
 
 def test_rejected_photos_past_the_policy_are_deleted_with_their_files() -> None:
@@ -270,8 +278,8 @@ def test_retention_on_s3_storage() -> None:
     with mock_aws():
         s3 = S3Storage(bucket="retention-test", region="us-east-1")
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="retention-test")
-        old = s3.save(crop_name(detection_id=uuid.uuid4(), known=False, day=dt.date(2026, 2, 1)), ContentFile(JPEG))
-        young = s3.save(crop_name(detection_id=uuid.uuid4(), known=False, day=dt.date(2026, 2, 28)), ContentFile(JPEG))
+        old = s3.save(crop_name(detection_id=uuid.uuid4(), day=dt.date(2026, 2, 1)), ContentFile(JPEG))
+        young = s3.save(crop_name(detection_id=uuid.uuid4(), day=dt.date(2026, 2, 28)), ContentFile(JPEG))
         ingest_old = s3.save(f"crops/2026/01/15/{uuid.uuid4()}.jpg", ContentFile(JPEG))
         plan = retention_plan(now=NOW, storage=s3)
         assert plan[DataKind.UNKNOWN_CROPS].count == 2 and plan[DataKind.UNKNOWN_CROPS].bytes == 2000

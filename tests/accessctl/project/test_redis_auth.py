@@ -67,7 +67,7 @@ def _child_env(var: Path, **extra: str) -> dict[str, str]:
 def test_valkey_refuses_a_forged_bulk_import_without_the_password(valkey) -> None:
     """The reported attack: a Celery message for ``bulk_import_run`` pushed by a local user is refused."""
     service, password, _ = valkey
-    forger = Celery("forger", broker=f"redis://{service.host}:{service.port}/0")
+    forger = Celery("forger", broker=f"redis://{service.host}:{service.port}/0", set_as_current=False)
     forger.conf.broker_transport_options = {"max_retries": 0}  # refused for good: no need to retry
     with pytest.raises(OperationalError, match=r"(?i)auth"):
         forger.send_task(
@@ -82,7 +82,8 @@ def test_valkey_refuses_a_forged_bulk_import_without_the_password(valkey) -> Non
     owner = redis.Redis(host=service.host, port=service.port, password=password)
     assert owner.llen("default") == 0, "a forged task reached the queue"
     url = embedded.valkey_url(host=service.host, port=service.port, password=password)
-    Celery("owner", broker=url).send_task("recognition.bulk_import_run", kwargs={"job_id": "x"}, queue="default")
+    owner_app = Celery("owner", broker=url, set_as_current=False)  # the process's own app stays current
+    owner_app.send_task("recognition.bulk_import_run", kwargs={"job_id": "x"}, queue="default")
     assert owner.llen("default") == 1, "the password URL enqueues"
     owner.delete("default")
 

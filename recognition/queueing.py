@@ -17,7 +17,7 @@ idempotently, so one that is retried or redelivered decides nothing twice.
 handed to the task broker (or failed to be), and calls ``on_sent`` then: the bridge acknowledges
 an MQTT message only then, so a bridge killed between staging and sending leaves the message
 unacknowledged. Whatever is staged and never sent is found by the inbound sweep
-(``devices.staging.inbound_requeue``) or, sooner, when the device re-sends the detection.
+(:func:`recognition.staging.inbound_requeue`) or, sooner, when the device re-sends the detection.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+
+from recognition.tasks import decide, decisions_send
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +148,75 @@ class DecisionBatcher:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout)
+
+
+#: Longest a staging thread waits for its batch to reach the task broker (then the sweep has it).
+ENQUEUE_WAIT_S = 5.0
+
+
+class DecisionQueue:
+    """Hands staged detections to the recognition queue; owned by one bridge run (``with``).
+
+    Batching (see :class:`DecisionBatcher`): a due batch is held up to ``hold_s`` while the
+    recognition queue has a backlog. Defaults: ``MQTT_BRIDGE_BATCH_MAX`` and
+    ``MQTT_BRIDGE_BATCH_HOLD_MS``. Once closed, each detection is sent on its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_size: int | None = None,
+        wait_s: float = 0.002,
+        hold_s: float | None = None,
+        send: Sender | None = None,
+        backlog: Callable[[], int] | None = None,
+    ) -> None:
+        self.send = send or decisions_send
+        self._connection: Any = None
+        self.batcher = DecisionBatcher(
+            self.send,
+            max_size=max_size if max_size is not None else settings.MQTT_BRIDGE_BATCH_MAX,
+            wait_s=wait_s,
+            backlog=backlog or self.backlog,
+            hold_s=hold_s if hold_s is not None else settings.MQTT_BRIDGE_BATCH_HOLD_MS / 1000,
+        )
+
+    def __enter__(self) -> DecisionQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enqueue(self, detection_id: str, *, on_sent: Callback | None = None) -> bool:
+        """Queue the decision of ``detection_id``. Returns True when ``on_sent`` was taken: it is
+        called once the task is out (the caller must not call it). Without ``on_sent`` this waits
+        up to ``ENQUEUE_WAIT_S`` for the batch to go out."""
+        try:
+            sent = self.batcher.add(str(detection_id), on_sent=on_sent)
+        except RuntimeError:  # closing: send it directly
+            self.send([str(detection_id)])
+            return False
+        if on_sent is None:
+            sent.wait(ENQUEUE_WAIT_S)
+        return on_sent is not None
+
+    def backlog(self) -> int:
+        """Tasks waiting (not yet taken by a worker) in the recognition queue."""
+        if self._connection is None:
+            self._connection = decide.app.connection_for_read()
+        try:
+            declared = self._connection.default_channel.queue_declare(queue=settings.RECOGNITION_QUEUE, passive=True)
+        except Exception as exc:
+            self._connection.release()  # a failed passive declare closes the channel (AMQP)
+            self._connection = None
+            if str(getattr(exc, "reply_code", "")) == "404":  # amqp NotFound; kombu's virtual transports say "404"
+                return 0  # no worker declared the queue yet: nothing is waiting in it
+            raise
+        return int(declared.message_count)
+
+    def close(self) -> None:
+        """Send what is pending and stop batching."""
+        self.batcher.close()
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from devices.batching import DecisionBatcher
+from recognition.queueing import DecisionBatcher, DecisionQueue
 from tests.waiting import wait_until
 
 
@@ -97,3 +97,9 @@ def test_a_held_batch_goes_when_full_or_after_hold_s_and_a_broken_backlog_reads_
     assert batcher.add("x", on_sent=lambda: calls.append("acked")).wait(5)
     batcher.close()
     assert sent[-1] == ["x"] and calls == ["acked"]
+
+
+def test_the_recognition_backlog_is_read_from_the_task_broker() -> None:
+    with DecisionQueue() as queue:
+        assert queue.backlog() >= 0
+        assert queue.backlog() >= 0  # the connection is kept for the next read

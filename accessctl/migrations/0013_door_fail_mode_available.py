@@ -30,7 +30,7 @@ def allowlist_doors_to_secure(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accessctl", "0011_enrolment_review_reason_codes"),
+        ("accessctl", "0012_device_references"),
     ]
 
     operations = [
