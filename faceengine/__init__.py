@@ -1,0 +1,1 @@
+"""Django-free face engine shared by the server and the edge agent."""
