@@ -138,6 +138,7 @@ class LivenessScorer:
         self.model_version = MODEL_VERSION if tuple(models) == DEFAULT_MODELS else "+".join(models)
         self._lock = threading.Lock()
         self._networks = [self._load(spec) for spec in self.specs]
+        self._warm_up()
 
     def _load(self, spec: PadModel) -> Any:
         import torch
@@ -159,6 +160,15 @@ class LivenessScorer:
         network.to(torch.device(self.device))
         logger.info("loaded liveness network %s from %s", spec.name, path)
         return network
+
+    def _warm_up(self) -> None:
+        """One forward pass per network, so that the first face is not also the slowest."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            dummy = torch.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), device=torch.device(self.device))
+            for network in self._networks:
+                network(dummy)
 
     def crops(self, frame_rgb: np.ndarray, boxes: Any, scale: float) -> torch.Tensor:
         """The network input for ``boxes`` at ``scale``: ``(N, 3, 80, 80)`` float32 BGR 0-255."""

@@ -33,7 +33,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         report = evaluation.pad_report(scored, threshold, model_version=scorer.model_version)
-        self.stdout.write(f"{threshold:.6f}")
+        self.stdout.write(repr(threshold))
         self.stderr.write(report.summary())
         if report.n_attack and target < 1 / report.n_attack:
             self.stderr.write("warning: too few attacks to resolve this APCER; the threshold is conservative")
