@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -64,6 +66,17 @@ def _frame(seed: int = 0, height: int = 480, width: int = 640) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], axis=-1)
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_importing_the_scorer_needs_neither_django_nor_torch() -> None:
+    """The engine is Django-free (the edge agent imports it); torch loads with the first scorer."""
+    code = (
+        "import sys, faceengine.liveness, faceengine.liveness.evaluation; "
+        "bad = sorted(m for m in ('django', 'torch') if m in sys.modules); "
+        "sys.exit(', '.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 # --- the networks ---------------------------------------------------------------------------------
