@@ -157,7 +157,7 @@ class LivenessScorer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state_dict_unwrap(state), strict=True)
         network.eval().fuse()
-        network.to(torch.device(self.device))
+        network.to(torch.device(self.device), memory_format=torch.channels_last)
         logger.info("loaded liveness network %s from %s", spec.name, path)
         return network
 
@@ -167,6 +167,7 @@ class LivenessScorer:
 
         with self._lock, torch.inference_mode():
             dummy = torch.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), device=torch.device(self.device))
+            dummy = dummy.contiguous(memory_format=torch.channels_last)
             for network in self._networks:
                 network(dummy)
 
@@ -178,9 +179,9 @@ class LivenessScorer:
         box_arr = _boxes_array(boxes)
         batch = np.empty((len(box_arr), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.float32)
         for i, box in enumerate(box_arr):
-            batch[i] = crop_resized(frame, box, scale, INPUT_SIZE)
-        # NHWC RGB -> NCHW BGR
-        return torch.from_numpy(np.ascontiguousarray(batch[:, :, :, ::-1].transpose(0, 3, 1, 2)))
+            batch[i] = crop_resized(frame, box, scale, INPUT_SIZE)[:, :, ::-1]  # RGB -> BGR
+        # NHWC in memory seen as NCHW: torch's channels-last layout, the faster one for these networks on CPU.
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
 
     def probabilities(self, frame_rgb: np.ndarray, boxes: Any) -> np.ndarray:
         """Softmax outputs ``(n_models, N, 3)`` of each network for each box (index 1 = live)."""

@@ -165,6 +165,7 @@ def test_the_networks_get_bgr_crops_of_the_full_frame(scorer: LivenessScorer) ->
     frame[:, :, 0] = 200  # red in RGB
     crops = scorer.crops(frame, [(300, 200, 340, 240)], 2.7)
     assert crops.shape == (1, 3, 80, 80) and crops.dtype == torch.float32
+    assert crops.is_contiguous(memory_format=torch.channels_last)
     assert torch.all(crops[0, 2] == 200) and torch.all(crops[0, :2] == 0)  # BGR: red is the last channel
 
 
