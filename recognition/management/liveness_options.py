@@ -1,0 +1,44 @@
+"""What ``evaluate_liveness`` and ``calibrate_liveness`` share: options, scoring a folder, the calibration file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import CommandError, CommandParser
+
+from accessctl.project.progress import progress_bar
+from faceengine.detector import FaceDetector
+from faceengine.liveness import evaluation
+from faceengine.liveness.scorer import LivenessScorer, get_scorer
+
+
+def liveness_options_add(parser: CommandParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR", help="live/<subject>/*.jpg, print/<subject>/*.jpg")
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="use one photo in K (quicker, rougher)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as on a door device)")
+    parser.add_argument(
+        "--min-face-px", type=int, default=None, help="smallest face detected (default: RECOGNITION_MIN_FACE_PX)"
+    )
+
+
+def calibration_path() -> Path:
+    """Where ``calibrate_liveness --save`` writes the threshold (read back by ``evaluate_liveness``)."""
+    return Path(settings.VAR_DIR) / evaluation.CALIBRATION_FILENAME
+
+
+def folder_score(options: dict[str, Any], stream: Any) -> tuple[LivenessScorer, list[evaluation.ScoredPresentation]]:
+    """Detect and score every presentation of ``--data`` (a progress bar on a terminal)."""
+    try:
+        presentations = evaluation.dataset_scan(options["data"], every=options["every"])
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from exc
+    if not presentations:
+        raise CommandError(f"no photos under {options['data']}")
+    scorer = get_scorer(num_threads=options["threads"])
+    min_face = options["min_face_px"] or settings.RECOGNITION_MIN_FACE_PX
+    detector = FaceDetector(min_face_size=min_face, num_threads=options["threads"])
+    with progress_bar(total=len(presentations), desc="liveness", unit="photo", stream=stream) as bar:
+        scored = evaluation.presentations_score(presentations, scorer, detector, progress=lambda _done: bar.update(1))
+    return scorer, scored
