@@ -36,6 +36,8 @@ class Reason(StrEnum):
     LOW_QUALITY = "low_quality"
     DOOR_UNASSIGNED = "door_unassigned"
     OFFLINE_DENIED = "offline_denied"
+    PRESENTATION_ATTACK = "presentation_attack"  # liveness judged the face an attack (photo, screen)
+    LIVENESS_NOT_MEASURED = "liveness_not_measured"  # the door requires liveness; the detection has no score
     # rejected messages (the codes :class:`ProtocolError` carries, and the server's own checks)
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_DEVICE = "unknown_device"

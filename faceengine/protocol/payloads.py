@@ -86,6 +86,24 @@ class OfflineDecision:
         )
 
 
+def _liveness_fields(d: Mapping[str, Any], *, max_frames: int) -> dict[str, Any]:
+    """The optional liveness evidence of a detection: the live score fused over the track (0..1,
+    higher is more likely a live face), how many frames it fused, and the networks' version. Score
+    and frames come together or not at all; a detection without them was not measured (older
+    agents, or liveness off on the device)."""
+    if d.get("liveness") is None:
+        if d.get("liveness_frames") is not None or d.get("liveness_model") is not None:
+            raise _fail("liveness_frames and liveness_model need liveness")
+        return {}
+    if d.get("liveness_frames") is None:
+        raise _fail("liveness needs liveness_frames")
+    return {
+        "liveness": _number(d, "liveness", lo=0.0, hi=1.0),
+        "liveness_frames": _integer(d, "liveness_frames", lo=1, hi=max_frames),
+        "liveness_model": _opt_label(d, "liveness_model"),
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class Detection:
     """One face seen by a device (one per tracked person), device -> server.
@@ -112,6 +130,9 @@ class Detection:
     model_version: str | None = None
     offline_decision: OfflineDecision | None = None
     attempt: int = 0
+    liveness: float | None = None
+    liveness_frames: int | None = None
+    liveness_model: str | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
@@ -120,8 +141,10 @@ class Detection:
     }  # fmt: skip
     _OPTIONAL: ClassVar[set[str]] = {
         "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
-        "attempt",
+        "attempt", "liveness", "liveness_frames", "liveness_model",
     }  # fmt: skip
+    #: Most frames a device may say it scored for liveness over one track.
+    MAX_LIVENESS_FRAMES: ClassVar[int] = 10_000
     #: Highest ``attempt``: a device re-sends an unanswered detection a few times, never forever.
     MAX_ATTEMPT: ClassVar[int] = 16
 
@@ -182,6 +205,11 @@ class Detection:
             out["offline_decision"] = self.offline_decision.to_dict()
         if self.attempt:
             out["attempt"] = self.attempt
+        if self.liveness is not None:
+            out["liveness"] = self.liveness
+            out["liveness_frames"] = self.liveness_frames
+            if self.liveness_model is not None:
+                out["liveness_model"] = self.liveness_model
         return out
 
     def resent(self, *, sent_at: float) -> Self:
@@ -224,6 +252,7 @@ class Detection:
             fields["offline_decision"] = OfflineDecision.from_dict(d["offline_decision"])
         if d.get("attempt") is not None:
             fields["attempt"] = _integer(d, "attempt", lo=0, hi=cls.MAX_ATTEMPT)
+        fields.update(_liveness_fields(d, max_frames=cls.MAX_LIVENESS_FRAMES))
         embedding_keys = ("embedding", "embedding_encoding", "embedding_scale", "dim")
         if mode is Mode.CROP:
             if any(d.get(k) is not None for k in embedding_keys):

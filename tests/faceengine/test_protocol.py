@@ -492,3 +492,54 @@ def test_protocol_imports_only_stdlib() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- liveness evidence (optional: older agents send none) ----------------------------------------
+
+
+def test_liveness_evidence_round_trips_signed_in_both_modes(keys: tuple[str, str]) -> None:
+    priv, pub = keys
+    live = {"liveness": 0.93, "liveness_frames": 7, "liveness_model": "minifasnet-v2+v1se@1"}
+    for det in (
+        crop_detection(**live),
+        p.Detection.with_embedding(values=[0.1] * 128, model_version="sface@1", **_fields(), **live),
+    ):
+        raw = p.seal(det, priv)
+        got = p.open_message(p.detections_topic(UID), raw, pub, window_s=p.DETECTION_WINDOW_S)
+        assert (got.liveness, got.liveness_frames, got.liveness_model) == (0.93, 7, "minifasnet-v2+v1se@1")
+        tampered = json.loads(raw)
+        tampered["payload"]["liveness"] = 0.99  # the score is inside the signature
+        expect(Reason.BAD_SIGNATURE, p.open_message, p.detections_topic(UID), json.dumps(tampered).encode(), pub)
+
+
+def test_a_detection_without_liveness_is_not_measured() -> None:
+    det = p.Detection.from_dict(crop_detection().to_dict())
+    assert det.liveness is None and det.liveness_frames is None
+    assert "liveness" not in crop_detection().to_dict()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"liveness": 1.5, "liveness_frames": 3},
+        {"liveness": -0.1, "liveness_frames": 3},
+        {"liveness": float("nan"), "liveness_frames": 3},
+        {"liveness": True, "liveness_frames": 3},
+        {"liveness": 0.5},
+        {"liveness": 0.5, "liveness_frames": 0},
+        {"liveness": 0.5, "liveness_frames": 10_001},
+        {"liveness_frames": 3},
+        {"liveness_model": "x"},
+    ],
+)
+def test_bad_liveness_evidence_is_malformed(fields: dict[str, object]) -> None:
+    data = {**crop_detection().to_dict(), **fields}
+    expect(Reason.MALFORMED, p.Detection.from_dict, data)
+
+
+def _fields() -> dict[str, object]:
+    d = crop_detection()
+    return {
+        k: getattr(d, k)
+        for k in ("device_uid", "detection_id", "captured_at", "sent_at", "detector_score", "box", "quality")
+    }
