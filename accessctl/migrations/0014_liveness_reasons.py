@@ -4,15 +4,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accessctl', '0013_door_fail_mode_available'),
+        ("accessctl", "0013_door_fail_mode_available"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='accessevent',
-            name='reason',
-            field=models.CharField(choices=[('matched', 'matched'), ('remote_unlock', 'remote unlock'), ('lockdown_lifted', 'lockdown lifted'), ('person_erased', 'person erased'), ('retention_purge', 'retention purge'), ('held_open', 'held open'), ('offline_allowed', 'offline allowed'), ('enrolment_approved', 'enrolment approved'), ('enrolment_rejected', 'enrolment rejected'), ('unknown_face', 'unknown face'), ('ambiguous_match', 'ambiguous match'), ('not_in_group', 'not in group'), ('outside_schedule', 'outside schedule'), ('not_yet_valid', 'not yet valid'), ('expired', 'expired'), ('suspended', 'suspended'), ('watchlist', 'watchlist'), ('lockdown', 'lockdown'), ('low_quality', 'low quality'), ('door_unassigned', 'door unassigned'), ('offline_denied', 'offline denied'), ('presentation_attack', 'presentation attack'), ('liveness_not_measured', 'liveness not measured'), ('bad_signature', 'bad signature'), ('unknown_device', 'unknown device'), ('device_disabled', 'device disabled'), ('malformed', 'malformed'), ('bad_version', 'bad version'), ('too_large', 'too large'), ('stale_timestamp', 'stale timestamp'), ('replay', 'replay'), ('topic_mismatch', 'topic mismatch'), ('model_mismatch', 'model mismatch'), ('bad_embedding', 'bad embedding'), ('bad_image', 'bad image'), ('processing_error', 'processing error')], db_index=True, max_length=32),
+            model_name="accessevent",
+            name="reason",
+            field=models.CharField(
+                choices=[
+                    ("matched", "matched"),
+                    ("remote_unlock", "remote unlock"),
+                    ("lockdown_lifted", "lockdown lifted"),
+                    ("person_erased", "person erased"),
+                    ("retention_purge", "retention purge"),
+                    ("held_open", "held open"),
+                    ("offline_allowed", "offline allowed"),
+                    ("enrolment_approved", "enrolment approved"),
+                    ("enrolment_rejected", "enrolment rejected"),
+                    ("unknown_face", "unknown face"),
+                    ("ambiguous_match", "ambiguous match"),
+                    ("not_in_group", "not in group"),
+                    ("outside_schedule", "outside schedule"),
+                    ("not_yet_valid", "not yet valid"),
+                    ("expired", "expired"),
+                    ("suspended", "suspended"),
+                    ("watchlist", "watchlist"),
+                    ("lockdown", "lockdown"),
+                    ("low_quality", "low quality"),
+                    ("door_unassigned", "door unassigned"),
+                    ("offline_denied", "offline denied"),
+                    ("presentation_attack", "presentation attack"),
+                    ("liveness_not_measured", "liveness not measured"),
+                    ("bad_signature", "bad signature"),
+                    ("unknown_device", "unknown device"),
+                    ("device_disabled", "device disabled"),
+                    ("malformed", "malformed"),
+                    ("bad_version", "bad version"),
+                    ("too_large", "too large"),
+                    ("stale_timestamp", "stale timestamp"),
+                    ("replay", "replay"),
+                    ("topic_mismatch", "topic mismatch"),
+                    ("model_mismatch", "model mismatch"),
+                    ("bad_embedding", "bad embedding"),
+                    ("bad_image", "bad image"),
+                    ("processing_error", "processing error"),
+                ],
+                db_index=True,
+                max_length=32,
+            ),
         ),
     ]
