@@ -66,8 +66,11 @@ def _timezone_choices() -> list[tuple[str, str]]:
 
 @admin.register(Door)
 class DoorAdmin(admin.ModelAdmin):
-    list_display = ["name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold"]
-    list_filter = ["mode", "fail_mode"]
+    list_display = [
+        "name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold", "liveness_required",
+        "liveness_threshold",
+    ]  # fmt: skip
+    list_filter = ["mode", "fail_mode", "liveness_required"]
     search_fields = ["name", "location"]
 
     def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field | None:
@@ -92,7 +95,10 @@ class AccessGroupAdmin(admin.ModelAdmin):
 
 @admin.register(AccessEvent)
 class AccessEventAdmin(admin.ModelAdmin):
-    list_display = ["occurred_at", "door", "device_uid", "person", "decision", "reason", "similarity", "margin"]
+    list_display = [
+        "occurred_at", "door", "device_uid", "person", "decision", "reason", "similarity", "margin", "liveness_edge",
+        "liveness_server",
+    ]  # fmt: skip
     list_filter = ["decision", "reason", "source", "door"]
     search_fields = ["detection_id", "device_uid", "person__name"]
     date_hierarchy = "occurred_at"

@@ -1,5 +1,6 @@
-"""Alarms: raised by services (forged signatures, watchlist hits, repeated unknown faces, devices going
-offline), folded while open so one incident is one alarm with a count, acknowledged by an operator.
+"""Alarms: raised by services (forged signatures, watchlist hits, repeated unknown faces, presentation
+attacks and repeated ones, devices going offline), folded while open so one incident is one alarm
+with a count, acknowledged by an operator.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.db.models import F
@@ -125,4 +127,25 @@ def unknown_faces_check(
         event=recent.first(),
         details={"unknown_faces": seen, "window_s": window_s},
         occurrences=min(max(new_faces, 1), seen - threshold + 1),
+    )
+
+
+def attacks_check(*, door: Door, now: datetime | None = None, new_attacks: int = 1) -> Alarm | None:
+    """Raise ``REPEATED_ATTACK`` when ``door`` denied ``settings.LIVENESS_ATTACK_ALARM_COUNT`` or more
+    presentation attacks in the last ``settings.LIVENESS_ATTACK_ALARM_WINDOW_S`` seconds (each attack
+    raises its own ``PRESENTATION_ATTACK`` alarm too); counted as :func:`unknown_faces_check` counts."""
+    now = now or timezone.now()
+    threshold, window_s = settings.LIVENESS_ATTACK_ALARM_COUNT, settings.LIVENESS_ATTACK_ALARM_WINDOW_S
+    recent = AccessEvent.objects.filter(
+        door_id=door.pk, reason=Reason.PRESENTATION_ATTACK, occurred_at__gt=now - timedelta(seconds=window_s)
+    ).order_by("-occurred_at", "-id")
+    seen = recent.count()
+    if seen < threshold:
+        return None
+    return alarm_raise(
+        kind=Alarm.Kind.REPEATED_ATTACK,
+        door=door,
+        event=recent.first(),
+        details={"attacks": seen, "window_s": window_s},
+        occurrences=min(max(new_attacks, 1), seen - threshold + 1),
     )

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 _CHAIN_LOCK_KEY = 0x61636365  # "acce": one advisory lock for the access-log chain
 GENESIS_HASH = "0" * 64
 _TABLE = AccessEvent._meta.db_table
+#: Chained when any is set (see :func:`event_hash`).
+LIVENESS_FIELDS = ("liveness_edge", "liveness_frames", "liveness_server", "liveness_threshold")
 
 
 def event_hash(event: AccessEvent) -> str:
@@ -45,6 +47,10 @@ def event_hash(event: AccessEvent) -> str:
         "model_version": event.model_version,
         "details": event.details,
     }
+    liveness = {name: getattr(event, name) for name in LIVENESS_FIELDS}
+    if any(value is not None for value in liveness.values()):
+        # Only when measured: events recorded before these columns existed keep their hashes.
+        body.update({k: v if v is None or k == "liveness_frames" else round(v, 6) for k, v in liveness.items()})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -68,6 +74,10 @@ class EventDraft:
     margin: float | None = None
     threshold: float | None = None
     model_version: str = ""
+    liveness_edge: float | None = None
+    liveness_frames: int | None = None
+    liveness_server: float | None = None
+    liveness_threshold: float | None = None
     snapshot: str = ""
     details: dict[str, Any] | None = None
 

@@ -29,7 +29,7 @@ from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.policy import AccessRequest, access_evaluate_many
+from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
 from accessctl.webhooks import webhook_dispatch_access_event
 from faceengine import protocol as p
 
@@ -40,7 +40,12 @@ _HOSTILE = {Reason.BAD_SIGNATURE: Alarm.Kind.FORGED_SIGNATURE, Reason.REPLAY: Al
 
 @dataclass
 class DecisionInput:
-    """A face seen at a door, matched (``person_id``) or not (``unknown_reason``); see :func:`access_decide`."""
+    """A face seen at a door, matched (``person_id``) or not (``unknown_reason``); see :func:`access_decide`.
+
+    Liveness, all None when not measured: ``liveness_edge`` the device's live score fused over
+    ``liveness_frames`` frames (signed, the one the policy judges), ``liveness_server`` the
+    server's score of the crop (recorded, informational).
+    """
 
     detection_id: str
     occurred_at: dt.datetime
@@ -56,6 +61,9 @@ class DecisionInput:
     snapshot: str = ""
     details: dict[str, Any] | None = None
     too_late: bool = False
+    liveness_edge: float | None = None
+    liveness_frames: int | None = None
+    liveness_server: float | None = None
 
 
 def access_decide(
@@ -74,6 +82,9 @@ def access_decide(
     snapshot: str = "",
     details: dict[str, Any] | None = None,
     too_late: bool = False,
+    liveness_edge: float | None = None,
+    liveness_frames: int | None = None,
+    liveness_server: float | None = None,
 ) -> tuple[AccessEvent, bool]:
     """Apply the policy to a recognised (or unknown) face at a door and record the event.
 
@@ -87,6 +98,7 @@ def access_decide(
         detection_id=detection_id, occurred_at=occurred_at, device_id=device_id, device_uid=device_uid, door=door,
         person_id=person_id, unknown_reason=unknown_reason, similarity=similarity, margin=margin,
         threshold=threshold, model_version=model_version, snapshot=snapshot, details=details, too_late=too_late,
+        liveness_edge=liveness_edge, liveness_frames=liveness_frames, liveness_server=liveness_server,
     )  # fmt: skip
     return access_decide_many([decision_input])[0]
 
@@ -110,21 +122,26 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             unknown_reason = item.unknown_reason
             if person is None and unknown_reason == Reason.MATCHED:
                 unknown_reason = Reason.UNKNOWN_FACE  # matched a person deleted since: nobody we know
-            requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason)))
+            requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason, item.liveness_edge)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
         unknown_faces: Counter[Door] = Counter()
+        attacks: Counter[Door] = Counter()
         for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
             if created:
                 event.door, event.person = item.door, person
                 _notify(event, door=item.door, command=True, unknown_check=False)
                 if event.reason == Reason.UNKNOWN_FACE and item.door is not None:
                     unknown_faces[item.door] += 1
+                elif event.reason == Reason.PRESENTATION_ATTACK and item.door is not None:
+                    attacks[item.door] += 1
         for door, faces in unknown_faces.items():
             _unknown_faces_check(door, faces)
+        for door, count in attacks.items():
+            _attacks_check(door, count)
         if any(created and event.device_id for event, created in recorded):
             # After the door commands (callbacks run in order): they are awaited together.
             transaction.on_commit(door_commands_flush)
@@ -138,6 +155,8 @@ def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, 
         door_id=item.door.pk if item.door else None, device_id=item.device_id, device_uid=item.device_uid,
         person_id=person.pk if person else None, subject_uid=person.uid if person else None,
         similarity=item.similarity, margin=item.margin, threshold=item.threshold, model_version=item.model_version,
+        liveness_edge=item.liveness_edge, liveness_frames=item.liveness_frames, liveness_server=item.liveness_server,
+        liveness_threshold=liveness_threshold(item.door) if item.door is not None and not item.too_late else None,
         snapshot=item.snapshot, details=item.details,
     )  # fmt: skip
 
@@ -274,13 +293,28 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
     kind = _HOSTILE.get(Reason(event.reason))
     if event.reason == Reason.WATCHLIST:
         kind = Alarm.Kind.WATCHLIST
-    if kind is not None:
+    if event.reason == Reason.PRESENTATION_ATTACK:
+        # With the face (the dashboard shows the crop) and who it looked like.
+        alarm_raise(
+            kind=Alarm.Kind.PRESENTATION_ATTACK, door=door, device_id=event.device_id, device_uid=event.device_uid,
+            event=event, details={
+                "reason": event.reason, "liveness": event.liveness_edge, "threshold": event.liveness_threshold,
+                "subject": str(event.subject_uid) if event.subject_uid else None, "snapshot": event.snapshot,
+            },
+        )  # fmt: skip
+    elif kind is not None:
         alarm_raise(
             kind=kind, door=door, device_id=event.device_id, device_uid=event.device_uid, event=event,
             details={"reason": event.reason},
         )  # fmt: skip
     elif event.reason == Reason.UNKNOWN_FACE and door is not None and unknown_check:
         _unknown_faces_check(door)
+
+
+def _attacks_check(door: Door, new_attacks: int) -> None:
+    from accessctl.alarms import attacks_check
+
+    attacks_check(door=door, new_attacks=new_attacks)
 
 
 def _unknown_faces_check(door: Door, new_faces: int = 1) -> None:

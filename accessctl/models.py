@@ -7,6 +7,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from accessctl.codes import DECISION_CHOICES, REASON_CHOICES
@@ -149,6 +150,16 @@ class Door(models.Model):
     match_threshold = models.FloatField(
         null=True, blank=True, help_text="Cosine-similarity threshold override; empty uses the calibrated value."
     )
+    liveness_required = models.BooleanField(
+        default=False,
+        help_text="Deny faces the device did not score as live (presentation attacks, and detections without a score).",
+    )
+    liveness_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Live-score threshold (0..1) override; empty uses the site's calibrated value.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -158,7 +169,12 @@ class Door(models.Model):
                 condition=models.Q(fail_mode__in=["secure", "safe"]),
                 name="door_fail_mode_available",
                 violation_error_message=FAIL_MODE_ALLOWLIST_UNAVAILABLE,
-            )
+            ),
+            models.CheckConstraint(
+                condition=models.Q(liveness_threshold__isnull=True)
+                | models.Q(liveness_threshold__gte=0.0, liveness_threshold__lte=1.0),
+                name="door_liveness_threshold_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -218,6 +234,15 @@ class AccessEvent(models.Model):
     margin = models.FloatField(null=True, blank=True)
     threshold = models.FloatField(null=True, blank=True)
     model_version = models.CharField(max_length=64, blank=True)
+    #: Liveness (presentation-attack detection), all null when not measured: the device's live score
+    #: fused over the track and its number of frames (the decision uses these), the server's own
+    #: score of the received crop (crop mode; informational), and the threshold the door applied.
+    liveness_edge = models.FloatField(null=True, blank=True, help_text="The device's fused live score (0..1).")
+    liveness_frames = models.IntegerField(null=True, blank=True, help_text="Frames the device's score is fused over.")
+    liveness_server = models.FloatField(
+        null=True, blank=True, help_text="The server's live score of the received crop (informational)."
+    )
+    liveness_threshold = models.FloatField(null=True, blank=True, help_text="The live-score threshold applied.")
     snapshot = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop, if kept.")
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True)
@@ -246,6 +271,8 @@ class Alarm(models.Model):
         REPLAY = "replay", "replayed message"
         BRIDGE_DEAF = "bridge_deaf", "MQTT bridge stopped receiving"
         DEVICE_DEGRADED = "device_degraded", "device gets no answers"
+        PRESENTATION_ATTACK = "presentation_attack", "presentation attack (photo or screen)"
+        REPEATED_ATTACK = "repeated_attack", "repeated presentation attacks"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")

@@ -4,14 +4,19 @@ Pure domain rules, no I/O beyond reading the person's groups and schedules. Ever
 a reason code. Order matters and is part of the contract:
 
 1. door in lockdown            -> deny ``lockdown`` (whoever it is)
-2. no person (unknown face)    -> deny with the matcher's reason
-3. watchlist                   -> deny ``watchlist``
-4. suspended                   -> deny ``suspended``
-5. before valid_from           -> deny ``not_yet_valid``; after valid_until -> deny ``expired``
-6. no group with this door     -> deny ``not_in_group``
-7. no group whose schedule is open now in the door's time zone (holidays close it)
+2. door requires liveness, and the face was compared with the gallery (recognised, unknown or
+   ambiguous; input problems keep their own reason):
+   no live score from the device -> deny ``liveness_not_measured``;
+   score below the door's threshold (:func:`liveness_threshold`) -> deny ``presentation_attack``
+   (whoever it looked like: a photo of an enrolled person is the attack this rule is for)
+3. no person (unknown face)    -> deny with the matcher's reason
+4. watchlist                   -> deny ``watchlist``
+5. suspended                   -> deny ``suspended``
+6. before valid_from           -> deny ``not_yet_valid``; after valid_until -> deny ``expired``
+7. no group with this door     -> deny ``not_in_group``
+8. no group whose schedule is open now in the door's time zone (holidays close it)
                                -> deny ``outside_schedule``
-8. otherwise                   -> grant ``matched``
+9. otherwise                   -> grant ``matched``
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection
 
 from accessctl.codes import Decision, Reason
@@ -40,21 +46,36 @@ class PolicyResult:
 @dataclass(frozen=True)
 class AccessRequest:
     """One question for the policy: ``person`` (None: not recognised, for ``unknown_reason``) at
-    ``door`` at time ``at``."""
+    ``door`` at time ``at``; ``liveness``: the device's live score of the face (None: not measured)."""
 
     person: Person | None
     door: Door
     at: dt.datetime
     unknown_reason: Reason
+    liveness: float | None = None
+
+
+#: Faces the matcher compared with the gallery: the ones the liveness rule judges.
+_COMPARED = frozenset({Reason.MATCHED, Reason.UNKNOWN_FACE, Reason.AMBIGUOUS_MATCH})
+
+
+def liveness_threshold(door: Door) -> float | None:
+    """The live-score threshold ``door`` applies: its own, else the site's calibrated one
+    (``settings.LIVENESS_THRESHOLD``); None when the door does not require liveness."""
+    if not door.liveness_required:
+        return None
+    return door.liveness_threshold if door.liveness_threshold is not None else settings.LIVENESS_THRESHOLD
 
 
 def _deny(reason: Reason) -> PolicyResult:
     return PolicyResult(Decision.DENY, reason)
 
 
-def access_evaluate(*, person: Person | None, door: Door, at: dt.datetime, unknown_reason: Reason) -> PolicyResult:
+def access_evaluate(
+    *, person: Person | None, door: Door, at: dt.datetime, unknown_reason: Reason, liveness: float | None = None
+) -> PolicyResult:
     """Apply the policy for ``person`` (None when not recognised) at ``door`` at time ``at``."""
-    return access_evaluate_many([AccessRequest(person, door, at, unknown_reason)])[0]
+    return access_evaluate_many([AccessRequest(person, door, at, unknown_reason, liveness)])[0]
 
 
 def access_evaluate_many(requests: Sequence[AccessRequest]) -> list[PolicyResult]:
@@ -71,10 +92,16 @@ def access_evaluate_many(requests: Sequence[AccessRequest]) -> list[PolicyResult
 
 
 def _person_rules(request: AccessRequest) -> PolicyResult | None:
-    """Rules 1-5 (the door and the person alone); None when groups and schedules decide."""
+    """Rules 1-6 (the door and the person alone); None when groups and schedules decide."""
     person, at = request.person, request.at
     if request.door.mode == Door.Mode.LOCKDOWN:
         return _deny(Reason.LOCKDOWN)
+    threshold = liveness_threshold(request.door)
+    if threshold is not None and (person is not None or request.unknown_reason in _COMPARED):
+        if request.liveness is None:
+            return _deny(Reason.LIVENESS_NOT_MEASURED)
+        if request.liveness < threshold:
+            return _deny(Reason.PRESENTATION_ATTACK)
     if person is None:
         return _deny(request.unknown_reason)
     if person.watchlist:

@@ -76,6 +76,7 @@ class AlarmPayload(TypedDict):
     raised_at: str
     count: int
     acknowledged: bool
+    thumbnail_url: str | None  # the face of the latest occurrence, for alarms that keep one (presentation attacks)
 
 
 class _LayerSender:
@@ -189,7 +190,17 @@ def alarm_payload(alarm: Alarm) -> AlarmPayload:
         raised_at=alarm.raised_at.isoformat(),
         count=alarm.count,
         acknowledged=alarm.acknowledged_at is not None,
+        thumbnail_url=alarm_thumbnail_url(alarm),
     )
+
+
+def alarm_thumbnail_url(alarm: Alarm) -> str | None:
+    """The crop of the alarm's latest event, when the alarm keeps one (``details["snapshot"]``)."""
+    from django.urls import reverse
+
+    if not (alarm.event_id and alarm.details.get("snapshot")):
+        return None
+    return reverse("event_thumbnail", args=[alarm.event_id])
 
 
 def event_broadcast(event: AccessEvent) -> None:

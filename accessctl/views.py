@@ -154,8 +154,12 @@ def person_history(request: HttpRequest, pk: int) -> HttpResponse:
 CSV_HEADER = [
     "id", "occurred_at", "recorded_at", "source", "door", "device_uid", "person", "person_external_id",
     "subject_uid", "actor", "decision", "reason", "similarity", "margin", "threshold", "model_version",
-    "detection_id", "hash",
+    "liveness_edge", "liveness_frames", "liveness_server", "liveness_threshold", "detection_id", "hash",
 ]  # fmt: skip
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _csv_row(e: AccessEvent) -> list[Any]:
@@ -164,7 +168,9 @@ def _csv_row(e: AccessEvent) -> list[Any]:
         e.device_uid, e.person.name if e.person else "", (e.person.external_id or "") if e.person else "",
         e.subject_uid or "", e.actor.get_username() if e.actor else "", e.decision, e.reason,
         "" if e.similarity is None else f"{e.similarity:.4f}", "" if e.margin is None else f"{e.margin:.4f}",
-        "" if e.threshold is None else f"{e.threshold:.4f}", e.model_version, e.detection_id, e.hash,
+        "" if e.threshold is None else f"{e.threshold:.4f}", e.model_version,
+        _score(e.liveness_edge), "" if e.liveness_frames is None else e.liveness_frames, _score(e.liveness_server),
+        _score(e.liveness_threshold), e.detection_id, e.hash,
     ]  # fmt: skip
 
 

@@ -73,12 +73,15 @@ class DoorSerializer(serializers.ModelSerializer):
             "fail_mode",
             "relay_pulse_ms",
             "match_threshold",
+            "liveness_required",
+            "liveness_threshold",
             "created_at",
         ]
         # Lockdown / held-open are audited operator actions (accessctl.doors), not plain edits.
         read_only_fields = ["mode", "created_at"]
         extra_kwargs = {
             "match_threshold": {"min_value": -1.0, "max_value": 1.0},
+            "liveness_threshold": {"min_value": 0.0, "max_value": 1.0},
             "relay_pulse_ms": {"min_value": 0, "max_value": 600_000},
         }
 
@@ -182,6 +185,10 @@ class AccessEventSerializer(serializers.ModelSerializer):
             "margin",
             "threshold",
             "model_version",
+            "liveness_edge",
+            "liveness_frames",
+            "liveness_server",
+            "liveness_threshold",
             "has_snapshot",
             "details",
             "prev_hash",

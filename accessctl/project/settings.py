@@ -296,6 +296,49 @@ RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime thr
 # Load the embedder when a worker process starts rather than on its first detection.
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
 
+# --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
+# The site's live-score threshold (a door's liveness_threshold overrides it), read here and only
+# here: ACCESSCTL_LIVENESS_THRESHOLD when set, else the threshold `manage.py calibrate_liveness
+# --save` wrote to VAR_DIR/liveness_calibration.json for the shipped networks (read at start: a new
+# calibration applies when the processes restart), else the value calibrated on nuaa-dev for a
+# target APCER of 1 % (a development set, not a held-out measurement).
+LIVENESS_CALIBRATED_THRESHOLD = 0.0501
+
+
+def _liveness_threshold() -> float:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from faceengine.liveness import MODEL_VERSION
+    from faceengine.liveness.evaluation import CALIBRATION_FILENAME, calibration_load
+
+    configured = env_float_optional("ACCESSCTL_LIVENESS_THRESHOLD", minimum=0.0, maximum=1.0)
+    if configured is not None:
+        return configured
+    path = VAR_DIR / CALIBRATION_FILENAME
+    try:
+        calibrated = calibration_load(path, model_version=MODEL_VERSION)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImproperlyConfigured(f"{path} is not a liveness calibration: {exc}") from exc
+    if calibrated is None:
+        return LIVENESS_CALIBRATED_THRESHOLD
+    if not 0.0 <= calibrated <= 1.0:
+        raise ImproperlyConfigured(f"{path}: threshold must be between 0 and 1, got {calibrated}")
+    return calibrated
+
+
+LIVENESS_THRESHOLD = _liveness_threshold()
+# Score the received crop again at the server (crop mode): recorded as liveness_server, informational.
+LIVENESS_SERVER_SCORE = env_bool("ACCESSCTL_LIVENESS_SERVER_SCORE", True)
+# The repeated-attack alarm: this many presentation attacks at one door within the window.
+LIVENESS_ATTACK_ALARM_COUNT = env_int("ACCESSCTL_LIVENESS_ATTACK_ALARM_COUNT", 3)
+LIVENESS_ATTACK_ALARM_WINDOW_S = env_int("ACCESSCTL_LIVENESS_ATTACK_ALARM_WINDOW_S", 600)
+if LIVENESS_ATTACK_ALARM_COUNT < 1 or LIVENESS_ATTACK_ALARM_WINDOW_S < 1:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "ACCESSCTL_LIVENESS_ATTACK_ALARM_COUNT and ACCESSCTL_LIVENESS_ATTACK_ALARM_WINDOW_S must be at least 1"
+    )
+
 # --- Storage: local files by default, S3 when ACCESSCTL_S3_BUCKET is set.
 MEDIA_ROOT = Path(env_str("ACCESSCTL_MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"

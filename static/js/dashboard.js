@@ -161,6 +161,13 @@
       localiseTimes(item);
       alarmsEl.insertBefore(item, alarmsEl.firstChild);
     }
+    // Alarms that keep a face (presentation attacks) show the latest occurrence's crop.
+    var face = item.querySelector(".alarm-face");
+    if (p.thumbnail_url && !face) {
+      face = el("img", { className: "alarm-face", alt: "Face presented", width: "44", height: "44" });
+      item.insertBefore(face, item.querySelector("form"));
+    }
+    if (face && p.thumbnail_url && face.getAttribute("src") !== p.thumbnail_url) face.setAttribute("src", p.thumbnail_url);
     var count = item.querySelector(".alarm-count");
     count.textContent = "×" + p.count;
     count.hidden = p.count < 2;
