@@ -99,6 +99,10 @@ def event_record(
     margin: float | None = None,
     threshold: float | None = None,
     model_version: str = "",
+    liveness_edge: float | None = None,
+    liveness_frames: int | None = None,
+    liveness_server: float | None = None,
+    liveness_threshold: float | None = None,
     snapshot: str = "",
     details: dict[str, Any] | None = None,
 ) -> tuple[AccessEvent, bool]:
@@ -111,7 +115,8 @@ def event_record(
         detection_id=detection_id, occurred_at=occurred_at, decision=decision, reason=reason, source=source,
         door_id=door_id, device_id=device_id, device_uid=device_uid, person_id=person_id,
         subject_uid=subject_uid, actor_id=actor_id, similarity=similarity, margin=margin, threshold=threshold,
-        model_version=model_version, snapshot=snapshot, details=details,
+        model_version=model_version, liveness_edge=liveness_edge, liveness_frames=liveness_frames,
+        liveness_server=liveness_server, liveness_threshold=liveness_threshold, snapshot=snapshot, details=details,
     )  # fmt: skip
     return events_record([draft])[0]
 

@@ -26,6 +26,7 @@ from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
 from faceengine import protocol as p
 from recognition.engine import active_embedder
+from recognition.liveness import crop_liveness_score
 from recognition.matcher import match_decide_many
 from recognition.models import EMBEDDING_DIMS, InboundDetection
 
@@ -55,8 +56,15 @@ def _crop_array(jpeg: bytes, size: int) -> np.ndarray:
         raise ProbeError(Reason.BAD_IMAGE, f"crop is not a readable image: {exc}") from exc
 
 
-def probe_vector(detection: p.Detection, crop_name: str) -> tuple[np.ndarray, str]:
-    """The probe embedding and its model version, from the device's vector or by embedding the crop."""
+def crop_read(crop_name: str) -> bytes:
+    """The stored crop's JPEG bytes."""
+    with default_storage.open(crop_name, "rb") as handle:
+        return handle.read()
+
+
+def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray, str]:
+    """The probe embedding and its model version, from the device's vector or by embedding the crop
+    (``crop``: its storage name, or its JPEG bytes already read)."""
     if detection.mode == p.Mode.EMBEDDING:
         model_version = str(detection.model_version or "")
         if model_version not in EMBEDDING_DIMS:
@@ -68,10 +76,9 @@ def probe_vector(detection: p.Detection, crop_name: str) -> tuple[np.ndarray, st
         if not np.isfinite(norm) or norm == 0.0:
             raise ProbeError(Reason.BAD_EMBEDDING, "embedding is zero or not finite")
         return vector / norm, model_version
-    if not crop_name:
+    if not crop:
         raise ProbeError(Reason.MALFORMED, "crop-mode detection without a crop")
-    with default_storage.open(crop_name, "rb") as handle:
-        jpeg = handle.read()
+    jpeg = crop if isinstance(crop, bytes) else crop_read(crop)
     embedder = active_embedder()
     crop = _crop_array(jpeg, embedder.input_size)
     return embedder.embed(crop)[0], embedder.model_version
@@ -180,6 +187,8 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         "detector_score": detection.detector_score,
         "quality": quality,
     }
+    if detection.liveness_model is not None:
+        details["liveness_model"] = detection.liveness_model
     # A backlog must not open a door long after the person left: the same rule as at the bridge.
     too_late = not p.detection_is_fresh(detection, time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S)
     item = _Prepared(
@@ -194,14 +203,20 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
             snapshot=inbound.crop,
             details=details,
             too_late=too_late,
+            # The device's signed live score, fused over the track (None: not measured).
+            liveness_edge=detection.liveness,
+            liveness_frames=detection.liveness_frames,
         ),
     )
     face_px = quality.get("face_px")
     if face_px is not None and float(face_px) < settings.RECOGNITION_MIN_FACE_PX:
         item.decision.unknown_reason = Reason.LOW_QUALITY
         return item
+    jpeg: bytes | None = None
     try:
-        item.vector, item.model_version = probe_vector(detection, inbound.crop)
+        if detection.mode == p.Mode.CROP and inbound.crop:
+            jpeg = crop_read(inbound.crop)  # read once: embedded, and scored for liveness below
+        item.vector, item.model_version = probe_vector(detection, jpeg or inbound.crop)
     except (ProbeError, p.ProtocolError) as exc:
         reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
         logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device_uid, reason, exc)
@@ -215,6 +230,8 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         logger.exception("detection %s from %s could not be processed", detection_id, device_uid)
         item.decision.unknown_reason = Reason.PROCESSING_ERROR
         details["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if jpeg is not None and item.vector is not None and settings.LIVENESS_SERVER_SCORE:
+        item.decision.liveness_server = crop_liveness_score(jpeg, detection_id=detection_id)
     return item
 
 

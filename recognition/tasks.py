@@ -20,12 +20,16 @@ logger = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def _load_model(**_: object) -> None:
-    """Load the embedder once per worker process, before the first detection arrives."""
+    """Load the embedder (and the liveness scorer) once per worker process, before the first detection."""
     from recognition.engine import active_embedder
 
     if settings.RECOGNITION_PRELOAD:
         embedder = active_embedder()
         logger.info("worker ready with embedder %s", embedder.model_version)
+        if settings.LIVENESS_SERVER_SCORE:
+            from recognition.liveness import active_liveness_scorer
+
+            logger.info("worker ready with liveness scorer %s", active_liveness_scorer().model_version)
 
 
 #: Decisions survive a killed worker (acks_late + reject_on_worker_lost: redelivered) and retry

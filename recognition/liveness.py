@@ -1,0 +1,59 @@
+"""The server's own live score of a received crop (crop mode): recorded, informational.
+
+The decision judges the device's score (``Detection.liveness``), not this one. The device scores
+every frame of the track on the full camera frame, with the window around the face that the
+networks were trained on (the printed sheet's edge, the hand, a screen's bezel are the evidence),
+and fuses the frames; what reaches the server is one aligned face crop with almost none of that
+surroundings, and in embedding mode no image at all. Scored here, the crop is the whole frame and
+the "box" is the centred square the wider network's window just fills (both networks then see the
+whole crop): a weaker, single-frame measurement, kept on the event (``liveness_server``) to
+compare with the device's and to notice a device whose scores disagree, never to open or shut the
+door. ``ACCESSCTL_LIVENESS_SERVER_SCORE=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from django.conf import settings
+
+from faceengine.liveness.scorer import LivenessScorer
+
+logger = logging.getLogger(__name__)
+
+#: The largest crop scale of the shipped networks (MiniFASNetV2 2.7, MiniFASNetV1SE 4.0): a box
+#: this many times smaller than the crop makes the narrower network's window the whole crop; the
+#: wider one is clamped to the frame, so both see the whole crop.
+_BOX_FRACTION = 1 / 2.7
+
+
+def active_liveness_scorer() -> LivenessScorer:
+    """The liveness scorer of this process (loaded on first use, once)."""
+    from faceengine.liveness import get_scorer
+
+    return get_scorer(num_threads=settings.RECOGNITION_TORCH_THREADS)
+
+
+def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The box, inside a ``width`` x ``height`` face crop, that the crop is scored around."""
+    side_w, side_h = width * _BOX_FRACTION, height * _BOX_FRACTION
+    x1, y1 = (width - side_w) / 2, (height - side_h) / 2
+    return x1, y1, x1 + side_w, y1 + side_h
+
+
+def crop_liveness_score(jpeg: bytes, *, detection_id: str = "") -> float | None:
+    """The live score (0..1) of a face crop, or None when it cannot be scored (logged): it is
+    informational and never stops a decision."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        height, width = rgb.shape[:2]
+        score = active_liveness_scorer().score(rgb, np.asarray([crop_box(width, height)], dtype=np.float32))
+        return float(score[0])
+    except Exception:
+        logger.exception("detection %s: the server could not score the crop for liveness", detection_id)
+        return None
