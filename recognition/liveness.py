@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 
 import numpy as np
-from django.conf import settings
 
 from faceengine.liveness.scorer import LivenessScorer
 
@@ -29,11 +29,18 @@ logger = logging.getLogger(__name__)
 _BOX_FRACTION = 1 / 2.7
 
 
+#: One torch thread: two 80x80 networks gain nothing from more, and more OpenMP threads keep
+#: spinning after each run, taking the cores the rest of the decision (the embedder, the database,
+#: the bridge) needs: measured with bench/decision_latency.py, crop-mode p50 rose by ~150 ms with
+#: two threads on two busy cores, and by no measurable amount with one.
+_THREADS = 1
+
+
 def active_liveness_scorer() -> LivenessScorer:
     """The liveness scorer of this process (loaded on first use, once)."""
     from faceengine.liveness import get_scorer
 
-    return get_scorer(num_threads=settings.RECOGNITION_TORCH_THREADS)
+    return get_scorer(num_threads=_THREADS)
 
 
 def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
@@ -52,7 +59,13 @@ def crop_liveness_score(jpeg: bytes, *, detection_id: str = "") -> float | None:
         with Image.open(io.BytesIO(jpeg)) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         height, width = rgb.shape[:2]
-        score = active_liveness_scorer().score(rgb, np.asarray([crop_box(width, height)], dtype=np.float32))
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else None
+        try:
+            score = active_liveness_scorer().score(rgb, np.asarray([crop_box(width, height)], dtype=np.float32))
+        finally:
+            if threads is not None and threads != _THREADS:
+                torch.set_num_threads(threads)  # a torch embedder in this process keeps its threads
         return float(score[0])
     except Exception:
         logger.exception("detection %s: the server could not score the crop for liveness", detection_id)
