@@ -152,6 +152,7 @@ class Door(models.Model):
     )
     liveness_required = models.BooleanField(
         default=False,
+        db_default=False,  # rows inserted by code that predates the column (a rolling upgrade) are off
         help_text="Deny faces the device did not score as live (presentation attacks, and detections without a score).",
     )
     liveness_threshold = models.FloatField(

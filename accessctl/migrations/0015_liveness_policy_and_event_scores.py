@@ -78,6 +78,7 @@ class Migration(migrations.Migration):
             model_name="door",
             name="liveness_required",
             field=models.BooleanField(
+                db_default=False,
                 default=False,
                 help_text="Deny faces the device did not score as live (presentation attacks, and detections without a score).",
             ),
