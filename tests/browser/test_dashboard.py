@@ -191,3 +191,30 @@ def test_site_wide_lockdown_buttons_wait_for_a_door(page, live_url) -> None:
     page.reload()
     page.wait_for_selector("#live-status.live")
     assert page.locator('button[data-action="lockdown-all"]').is_visible()
+
+
+def test_a_presentation_attack_alarm_arrives_with_the_face(page, live_url) -> None:
+    user_create("olga", "accessctl.view_dashboard", "accessctl.view_accessevent")
+    vault = Door.objects.create(name="Vault", liveness_required=True)
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    snapshot = _crop("Colin_Powell")
+
+    def attack() -> Alarm:
+        event = event_make(
+            door_id=vault.pk, device_uid="vault-cam", reason=Reason.PRESENTATION_ATTACK, occurred_at=timezone.now(),
+            snapshot=snapshot, liveness_edge=0.01, liveness_frames=8, liveness_threshold=0.0501,
+        )  # fmt: skip
+        return alarm_raise(
+            kind=Alarm.Kind.PRESENTATION_ATTACK, door=vault, event=event,
+            details={"reason": event.reason, "liveness": 0.01, "snapshot": snapshot},
+        )  # fmt: skip
+
+    alarm = off_loop(attack)
+    item = page.locator(f'.alarm.kind-presentation_attack[data-alarm-id="{alarm.pk}"]')
+    item.wait_for()
+    assert "presentation attack" in item.inner_text() and "Vault" in item.inner_text()
+    face = item.locator("img.alarm-face")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=face.element_handle())
+    page.reload()  # rendered by the server the same way
+    page.locator(f'.alarm[data-alarm-id="{alarm.pk}"] img.alarm-face').wait_for()
