@@ -230,8 +230,10 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         logger.exception("detection %s from %s could not be processed", detection_id, device_uid)
         item.decision.unknown_reason = Reason.PROCESSING_ERROR
         details["error"] = f"{type(exc).__name__}: {exc}"[:300]
-    if jpeg is not None and item.vector is not None and settings.LIVENESS_SERVER_SCORE:
-        item.decision.liveness_server = crop_liveness_score(jpeg, detection_id=detection_id)
+    door = inbound.door
+    if jpeg is not None and item.vector is not None and settings.LIVENESS_SERVER_SCORE and door is not None:
+        if door.liveness_required:  # doors without liveness decide, and cost, exactly as before
+            item.decision.liveness_server = crop_liveness_score(jpeg, detection_id=detection_id)
     return item
 
 

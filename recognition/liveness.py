@@ -8,7 +8,8 @@ surroundings, and in embedding mode no image at all. Scored here, the crop is th
 the "box" is the centred square the wider network's window just fills (both networks then see the
 whole crop): a weaker, single-frame measurement, kept on the event (``liveness_server``) to
 compare with the device's and to notice a device whose scores disagree, never to open or shut the
-door. ``ACCESSCTL_LIVENESS_SERVER_SCORE=0`` turns it off.
+door. Only crops from doors that require liveness are scored (elsewhere nothing changes, not even
+the time a decision takes); ``ACCESSCTL_LIVENESS_SERVER_SCORE=0`` turns it off everywhere.
 """
 
 from __future__ import annotations

@@ -125,5 +125,5 @@ def test_a_printed_photo_is_an_attack_a_live_face_opens_and_an_unscored_one_is_n
 
     plain, command = _send(site, "lobby-cam", live_frame, None)  # a door without liveness: as before
     assert (plain.decision, plain.reason, command.command) == ("grant", "matched", p.CommandKind.OPEN)
-    assert plain.liveness_threshold is None
+    assert plain.liveness_threshold is None and plain.liveness_server is None  # not re-scored there
     assert Alarm.objects.filter(kind=Alarm.Kind.PRESENTATION_ATTACK).count() == 1

@@ -97,6 +97,15 @@ def test_the_devices_score_decides_and_the_servers_is_recorded(device, settings,
     unscored = _stage(device, jpeg)
     assert detection_decide(detection_id=unscored) == "liveness_not_measured"
 
+    device.door.liveness_required = False  # a door without liveness: the crop is not scored
+    device.door.save()
+    plain = _stage(device, jpeg, liveness=0.1, liveness_frames=3)
+    assert detection_decide(detection_id=plain) == "unknown_face"
+    event = AccessEvent.objects.get(detection_id=plain)
+    assert (event.liveness_edge, event.liveness_server, event.liveness_threshold) == (0.1, None, None)
+
+    device.door.liveness_required = True
+    device.door.save()
     settings.LIVENESS_SERVER_SCORE = False
     off = _stage(device, jpeg, liveness=0.9, liveness_frames=3)
     assert detection_decide(detection_id=off) == "unknown_face"  # live: the match decides (an empty gallery)
