@@ -123,6 +123,10 @@ def access_event_webhook_payload(event: AccessEvent) -> dict[str, Any]:
         "similarity": event.similarity,
         "margin": event.margin,
         "model_version": event.model_version,
+        "liveness_edge": event.liveness_edge,
+        "liveness_frames": event.liveness_frames,
+        "liveness_server": event.liveness_server,
+        "liveness_threshold": event.liveness_threshold,
     }
 
 

@@ -238,6 +238,9 @@ def test_api_admin_audit_log_and_csv_show_the_scores(door: Door, member: Person,
     )  # fmt: skip
     created = api.post("/api/v1/doors/", {"name": "Gate", "liveness_required": True}, format="json").json()
     assert (created["liveness_required"], created["liveness_threshold"]) == (True, None)
+    from accessctl.webhooks import access_event_webhook_payload
+
+    assert access_event_webhook_payload(event)["liveness_edge"] == 0.0123
     bad = api.post("/api/v1/doors/", {"name": "Gate 2", "liveness_threshold": 1.2}, format="json")
     assert bad.status_code == 400
     schema = api.get("/api/v1/schema/", {"format": "json"})
