@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from faceengine.liveness import MODEL_VERSION
+from faceengine.protocol import Detection
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class EdgeLiveness:
         fused = fuse_top_k(scores, self.fuse_top_k)
         if fused is None:
             return None
-        return LivenessEvidence(score=round(fused, 6), frames=len(scores), model=self.model)
+        # a very long track (a large max_dwell_s) must not exceed what the protocol accepts
+        frames = min(len(scores), Detection.MAX_LIVENESS_FRAMES)
+        return LivenessEvidence(score=round(fused, 6), frames=frames, model=self.model)
 
 
 def liveness_load(*, enabled: bool, threads: int, fuse_top_k: int) -> EdgeLiveness | None:

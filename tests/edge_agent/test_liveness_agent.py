@@ -101,6 +101,12 @@ def test_fusion_with_fewer_frames_than_k_uses_them_all() -> None:
         fuse_top_k([0.5], 0)
 
 
+def test_frames_scored_never_exceed_what_the_protocol_accepts() -> None:
+    evidence = EdgeLiveness(ScriptedScorer([]), fuse_top_k=3).fuse([0.9] * (p.Detection.MAX_LIVENESS_FRAMES + 5))
+    assert evidence is not None and evidence.frames == p.Detection.MAX_LIVENESS_FRAMES
+    assert evidence.score == pytest.approx(0.9)
+
+
 def test_tracker_keeps_every_frames_evidence_until_the_emission() -> None:
     tracker: IouTracker[float | None] = IouTracker(max_dwell_s=0.25, evidence=lambda item: item)
     values = [0.3, None, 0.8, 0.5, 0.9]  # None: that frame was not scored
