@@ -196,6 +196,20 @@ def test_scorer_failure_sends_without_a_score_and_the_agent_keeps_running(
         agent.stop()
 
 
+def test_weights_that_do_not_load_leave_the_agent_running_without_liveness(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import faceengine.liveness
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise faceengine.liveness.LivenessWeightsError("liveness weights not found: weights/x.pth")
+
+    monkeypatch.setattr(faceengine.liveness, "get_scorer", broken)
+    with caplog.at_level("ERROR", logger="edge_agent.liveness"):
+        assert liveness_load(enabled=True, threads=2, fuse_top_k=3) is None
+    assert "liveness networks did not load" in caplog.text
+
+
 def test_a_scorer_returning_garbage_counts_as_a_failure(tmp_path: Path, keys: Keys) -> None:
     class NaNScorer:
         def score(self, frame_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
