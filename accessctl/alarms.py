@@ -18,6 +18,7 @@ from django.utils import timezone
 from accessctl import realtime
 from accessctl.codes import Reason
 from accessctl.models import AccessEvent, Alarm, Door
+from accessctl.webhooks import webhook_dispatch_alarm
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -78,8 +79,6 @@ def alarm_raise(
             created = False
         realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
         if created:
-            from accessctl.webhooks import webhook_dispatch_alarm
-
             webhook_dispatch_alarm(alarm)
     logger.warning(
         "alarm %s %s door=%s device=%s event=%s count=%d",

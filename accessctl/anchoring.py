@@ -44,6 +44,7 @@ from django.utils import timezone
 
 from accessctl.codes import Reason
 from accessctl.models import AccessEvent
+from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def _server_key() -> Any:
     """The server's Ed25519 key (the one devices trust for commands); created on first use."""
-    from faceengine import protocol as p
-
     path = Path(settings.SERVER_SIGNING_KEY_FILE)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,8 +111,6 @@ def _server_key() -> Any:
 
 
 def _public_b64(key: Any) -> str:
-    from faceengine import protocol as p
-
     return p.public_key_b64(key)
 
 

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accessctl import realtime
+from accessctl.alarms import alarm_raise, attacks_check, unknown_faces_check
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
@@ -288,8 +289,6 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False,
 
 
 def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True) -> None:
-    from accessctl.alarms import alarm_raise
-
     kind = _HOSTILE.get(Reason(event.reason))
     if event.reason == Reason.WATCHLIST:
         kind = Alarm.Kind.WATCHLIST
@@ -312,12 +311,8 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
 
 
 def _attacks_check(door: Door, new_attacks: int) -> None:
-    from accessctl.alarms import attacks_check
-
     attacks_check(door=door, new_attacks=new_attacks)
 
 
 def _unknown_faces_check(door: Door, new_faces: int = 1) -> None:
-    from accessctl.alarms import unknown_faces_check
-
     unknown_faces_check(door=door, new_faces=new_faces)

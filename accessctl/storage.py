@@ -11,7 +11,6 @@ Generated images use dated names so retention can find expired ones without a da
 * ``crops/YYYY/MM/DD/<detection_id>.jpg``: a detection's face crop, stored when it is staged
   (before the match is known; UTC day of capture); retention tells known from unknown by the
   access event pointing at it
-* ``context/YYYY/MM/DD/<detection_id>.jpg``: context snapshot (only for doors configured to keep one)
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from django.utils.deconstruct import deconstructible
 logger = logging.getLogger(__name__)
 
 CROPS_PREFIX = "crops/"  # crops/YYYY/MM/DD/<id>.jpg: stored when staged, before the match is known
-CONTEXT_PREFIX = "context/"
 
 
 @dataclass(frozen=True)

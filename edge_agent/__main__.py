@@ -56,9 +56,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from edge_agent.agent import EdgeAgent
+    from edge_agent.agent import EdgeAgent, agent_liveness
     from edge_agent.relay import SimulatedRelay
-    from edge_agent.simulate import Pace, Visitor, lfw_images, simulate, visitor_schedule, visitors_split
+    from edge_agent.simulate import (
+        Pace,
+        Visitor,
+        lfw_images,
+        simulate,
+        visitor_schedule,
+        visitors_split,
+    )
     from edge_agent.vision import LocalEmbedder, MtcnnDetector
 
     config = load_config(args.config) if args.config else EdgeConfig()
@@ -79,7 +86,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config.spool.dir = args.spool_dir
     if args.min_face_px:
         config.detection.min_face_px = args.min_face_px
+    if args.liveness is not None:
+        config.liveness.enabled = args.liveness
     config.validate()
+    if args.frames:
+        return _simulate_frames(args, config)
     images = lfw_images(args.lfw, args.count, offset=args.offset)
     if not images:
         print(f"no images under {args.lfw}", file=sys.stderr)
@@ -95,7 +106,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )  # fmt: skip
     d = config.detection
     embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
-    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay(), embedder=embedder)
+    agent = EdgeAgent(
+        config,
+        camera=None,
+        detector=None,
+        relay=SimulatedRelay(),
+        embedder=embedder,
+        liveness=agent_liveness(config),
+    )
+    stop = _stop_on_signals()
+    detector = MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads)
+    counts = simulate(agent, detector, visitors, wait_s=args.wait, stop=stop)
+    return 0 if counts["visitors"] else 1
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -104,9 +129,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    detector = MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads)
-    counts = simulate(agent, detector, visitors, wait_s=args.wait, stop=stop)
-    return 0 if counts["visitors"] else 1
+    return stop
+
+
+def _simulate_frames(args: argparse.Namespace, config: EdgeConfig) -> int:
+    """``simulate --frames DIR ...``: each folder of frames is one visitor seen by the door camera."""
+    from edge_agent.agent import EdgeAgent, agent_liveness
+    from edge_agent.relay import SimulatedRelay
+    from edge_agent.simulate import simulate_frames
+    from edge_agent.vision import LocalEmbedder, MtcnnDetector
+
+    d = config.detection
+    agent = EdgeAgent(
+        config,
+        camera=None,
+        detector=MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads),
+        relay=SimulatedRelay(),
+        embedder=LocalEmbedder(d.embedder) if d.mode == "embedding" else None,
+        liveness=agent_liveness(config),
+    )
+    max_fps = config.camera.max_fps if args.fps is None else args.fps
+    counts = simulate_frames(
+        agent, args.frames, max_fps=max_fps, limit=args.frames_limit, wait_s=args.wait, stop=_stop_on_signals()
+    )
+    return 0 if counts["detections"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--regulars", help="--loop: LFW names (Colin_Powell,...) of the enrolled people, most visitors")
     sim.add_argument("--gap", type=float, default=8.0, help="--loop: mean seconds between visitors (default 8)")
     sim.add_argument("--seed", type=int, default=None, help="--loop: random seed (the same visitors each time)")
+    sim.add_argument(
+        "--frames",
+        type=Path,
+        action="append",
+        help="instead of LFW: a folder of consecutive frames (name order) played by the camera as one visitor "
+        "(detect, liveness, track, as a door does); repeat for more visitors, e.g. nuaa-dev print/0001 then live/0001",
+    )
+    sim.add_argument("--frames-limit", type=int, default=None, help="--frames: the first N frames of each folder")
+    sim.add_argument(
+        "--fps", type=float, default=None, help="--frames: camera frames per second (default camera.max_fps)"
+    )
+    sim.add_argument(
+        "--liveness",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score liveness and send it (default: the config's [liveness] enabled)",
+    )
     sim.set_defaults(func=cmd_simulate)
     return parser
 

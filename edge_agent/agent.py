@@ -1,4 +1,5 @@
-"""The edge agent: camera -> detect -> track -> best crop -> (embed) -> sign -> spool/MQTT; commands -> relay.
+"""The edge agent: camera -> detect -> liveness -> track -> best crop -> (embed) -> sign -> spool/MQTT;
+commands -> relay.
 
 :class:`EdgeAgent` wires the parts; :meth:`EdgeAgent.handle_frame` is the per-frame pipeline
 (testable without threads), :meth:`EdgeAgent.run` the main loop, :func:`build_agent` the
@@ -7,6 +8,7 @@ factory from an :class:`~edge_agent.config.EdgeConfig`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,6 +20,7 @@ from edge_agent import __version__
 from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
+from edge_agent.liveness import EdgeLiveness, LivenessEvidence, liveness_load
 from edge_agent.mqtt import EdgeLink
 from edge_agent.relay import RelayDriver, make_relay
 from edge_agent.spool import Spool
@@ -57,11 +60,14 @@ class EdgeAgent:
         relay: RelayDriver,
         embedder: LocalEmbedder | None = None,
         private_key: Any = None,
+        liveness: EdgeLiveness | None = None,
     ) -> None:
         self.config = config
         self.camera = camera
         self.detector = detector
         self.embedder = embedder
+        #: None: liveness off (or its networks did not load); detections carry no live score
+        self.liveness = liveness
         if config.detection.mode == "embedding" and embedder is None:
             raise ValueError("embedding mode needs an embedder")
         self.private_key = load_private_key(
@@ -84,7 +90,10 @@ class EdgeAgent:
         )
         d = config.detection
         self.tracker: IouTracker[FaceCandidate] = IouTracker(
-            iou_threshold=d.iou_threshold, max_dwell_s=d.max_dwell_s, timeout_s=d.track_timeout_s
+            iou_threshold=d.iou_threshold,
+            max_dwell_s=d.max_dwell_s,
+            timeout_s=d.track_timeout_s,
+            evidence=lambda candidate: candidate.liveness,  # every frame's live score stays on the track
         )
         self.filter_watch = FilterWatch(min_face_px=d.min_face_px, min_score=d.min_detector_score)
         self.started_at = time.monotonic()
@@ -100,7 +109,7 @@ class EdgeAgent:
     # -- pipeline --------------------------------------------------------------------------
 
     def handle_frame(self, frame: Frame) -> list[Detection]:
-        """Detect, track and emit: returns the detections this frame completed (usually none)."""
+        """Detect, score liveness, track and emit: returns the detections this frame completed (usually none)."""
         self._measure_fps(frame.ts)
         assert self.detector is not None
         d = self.config.detection
@@ -112,35 +121,71 @@ class EdgeAgent:
             tally=self.filter_watch.tally,
         )
         self.filter_watch.frame_done(frame.ts)
+        candidates = self.score_liveness(frame.rgb, candidates)
         emissions = self.tracker.update([(c.face.box, c.rank, c) for c in candidates], frame.ts)
         return [self.emit(e) for e in emissions]
+
+    def score_liveness(self, rgb: Any, candidates: list[FaceCandidate]) -> list[FaceCandidate]:
+        """The frame's candidates with their live scores (all boxes in one batch; unchanged when
+        liveness is off, None where the scorer failed)."""
+        if self.liveness is None or not candidates:
+            return candidates
+        scores = self.liveness.score_frame(rgb, [c.face.box for c in candidates])
+        return [dataclasses.replace(c, liveness=s) for c, s in zip(candidates, scores, strict=True)]
+
+    def fuse_liveness(self, scores: tuple[float, ...] | list[float]) -> LivenessEvidence | None:
+        """A track's liveness evidence from its frame scores (None: off, or no frame scored)."""
+        return self.liveness.fuse(scores) if self.liveness is not None else None
 
     def emit(self, emission: Emission[FaceCandidate]) -> Detection:
         """Turn a track's best observation into a signed detection and queue it."""
         extra = {"frames": float(emission.frames), "dwell_s": round(emission.dwell_s, 3)}
-        return self.send_candidate(emission.item, captured_at=emission.captured_at, extra_quality=extra)[0]
+        return self.send_candidate(
+            emission.item,
+            captured_at=emission.captured_at,
+            extra_quality=extra,
+            liveness=self.fuse_liveness(emission.evidence),
+        )[0]
+
+    def end_tracks(self) -> list[Detection]:
+        """Every face left the view (the camera ended, or a simulated visitor left): emit what is owed."""
+        return [self.emit(emission) for emission in self.tracker.flush()]
 
     def send_candidate(
-        self, candidate: FaceCandidate, *, captured_at: float, extra_quality: dict[str, float] | None = None
+        self,
+        candidate: FaceCandidate,
+        *,
+        captured_at: float,
+        extra_quality: dict[str, float] | None = None,
+        liveness: LivenessEvidence | None = None,
     ) -> tuple[Detection, int]:
         """Build, sign and queue one detection; returns it and the size of the signed message."""
-        detection = self.build_detection(candidate, captured_at=captured_at, extra_quality=extra_quality)
+        detection = self.build_detection(
+            candidate, captured_at=captured_at, extra_quality=extra_quality, liveness=liveness
+        )
         raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
         self.detections_sent += 1
         self.bytes_sent += len(raw)
         logger.info(
-            "detection %s queued: %d bytes (%s mode, %s), spool depth %d",
+            "detection %s queued: %d bytes (%s mode, %s), spool depth %d, liveness %s over %s frame(s)",
             detection.detection_id,
             len(raw),
             detection.mode,
             "online" if self.link.connected else "offline",
             len(self.spool),
+            "-" if detection.liveness is None else f"{detection.liveness:.4f}",
+            detection.liveness_frames or 0,
         )
         return detection, len(raw)
 
     def build_detection(
-        self, candidate: FaceCandidate, *, captured_at: float, extra_quality: dict[str, float] | None = None
+        self,
+        candidate: FaceCandidate,
+        *,
+        captured_at: float,
+        extra_quality: dict[str, float] | None = None,
+        liveness: LivenessEvidence | None = None,
     ) -> Detection:
         face = candidate.face
         detection_id = new_id()
@@ -154,6 +199,7 @@ class EdgeAgent:
             "box": tuple(round(v) for v in face.box),
             "quality": {**candidate.quality, **(extra_quality or {})},
             "offline_decision": self.door.decide_offline(detection_id),
+            **(liveness.detection_fields() if liveness is not None else {}),
         }
         if self.config.detection.mode == "embedding":
             assert self.embedder is not None
@@ -250,8 +296,7 @@ class EdgeAgent:
         self._stop.set()
         if self.camera is not None:
             self.camera.close()
-        for emission in self.tracker.flush():
-            self.emit(emission)
+        self.end_tracks()
         if self._supervisor.is_alive():
             self._supervisor.join(2)
         self.link.stop()
@@ -297,4 +342,11 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         detector=MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads),
         relay=relay,
         embedder=embedder,
+        liveness=agent_liveness(config),
     )
+
+
+def agent_liveness(config: EdgeConfig) -> EdgeLiveness | None:
+    """The ``[liveness]`` section's scorer (None when off or when the networks do not load)."""
+    live = config.liveness
+    return liveness_load(enabled=live.enabled, threads=live.threads, fuse_top_k=live.fuse_top_k)

@@ -55,11 +55,25 @@ class _Pacer:
 
 
 class FolderSource:
-    """Images of a folder in name order, each shown ``repeat`` frames (a visitor standing there)."""
+    """Images of a folder in name order, each shown ``repeat`` frames (a visitor standing there).
 
-    def __init__(self, folder: Path | str, *, max_fps: float = 0.0, repeat: int = 1, loop: bool = False) -> None:
+    A folder of consecutive captures (e.g. a webcam recording split into JPEGs) plays as a video:
+    one visitor in front of the camera. ``limit``: only the first ``limit`` images.
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        max_fps: float = 0.0,
+        repeat: int = 1,
+        loop: bool = False,
+        limit: int | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.paths = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if limit is not None:
+            self.paths = self.paths[: max(0, limit)]
         if not self.paths:
             raise FileNotFoundError(f"no images in {self.folder}")
         self.max_fps = max_fps

@@ -98,6 +98,18 @@ class DetectionSection:
 
 
 @dataclass
+class LivenessSection:
+    #: score every frame of a track for presentation attacks (printed photo, screen) and send the
+    #: fused live score in the signed detection. On by default; when the shipped weights cannot be
+    #: loaded the agent logs it and sends detections without a score (the server: "not measured").
+    enabled: bool = True
+    #: torch threads for the liveness networks (process-wide, shared with the detector)
+    threads: int = 2
+    #: the track's score is the mean of its best ``fuse_top_k`` frame scores (all frames if fewer)
+    fuse_top_k: int = 3
+
+
+@dataclass
 class SpoolSection:
     dir: Path = DEFAULT_VAR_DIR / "spool"
     max_entries: int = 10_000
@@ -131,6 +143,7 @@ class EdgeConfig:
     mqtt: MqttSection = field(default_factory=MqttSection)
     camera: CameraSection = field(default_factory=CameraSection)
     detection: DetectionSection = field(default_factory=DetectionSection)
+    liveness: LivenessSection = field(default_factory=LivenessSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
     relay: RelaySection = field(default_factory=RelaySection)
     door: DoorSection = field(default_factory=DoorSection)
@@ -155,6 +168,10 @@ class EdgeConfig:
         _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe"))
         if self.relay.driver == "gpio" and self.relay.gpio_pin is None:
             raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
+        if self.liveness.fuse_top_k < 1:
+            raise ConfigError("liveness.fuse_top_k must be >= 1")
+        if self.liveness.threads < 1:
+            raise ConfigError("liveness.threads must be >= 1")
         if self.spool.max_entries < 1:
             raise ConfigError("spool.max_entries must be >= 1")
         return self

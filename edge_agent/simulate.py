@@ -1,4 +1,4 @@
-"""``python -m edge_agent simulate``: play LFW images as visitors against a real server.
+"""``python -m edge_agent simulate``: play LFW images (or folders of frames) as visitors against a real server.
 
 Each image is one visitor: the real detector finds the largest face, the agent builds one
 detection (crop or embedding mode), signs it and sends it through the normal spool + MQTT path;
@@ -9,6 +9,12 @@ By default the images are played once, back to back. ``--loop`` makes a calm sit
 demo camera of ``manage.py up --demo``): visitors seconds apart for ever, mostly the enrolled
 ``--regulars``, now and then a stranger, never so many strangers that the door's repeated
 unknown faces alarm (3 in 60 s) goes off; see :func:`visitor_schedule`.
+
+``--frames DIR`` plays a folder of consecutive frames instead (name order, e.g. a ``nuaa-dev``
+subject's ``print/0001`` or ``live/0001`` captures) as one visitor through the agent's own camera
+pipeline (:meth:`EdgeAgent.handle_frame`: detect, liveness on every frame, track, fuse, emit):
+what a door camera sees when someone holds a printed photo in front of it; see
+:func:`simulate_frames`. Several ``--frames`` are several visitors, one after the other.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.camera import IMAGE_SUFFIXES
+from edge_agent.camera import IMAGE_SUFFIXES, FolderSource
 from edge_agent.vision import FaceDetector, FilterTally, prepare
-from faceengine.protocol import Command
+from faceengine.protocol import Command, Detection
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +157,12 @@ def simulate(
                 why = tally.why_none(min_face_px=d.min_face_px, min_score=d.min_detector_score)
                 out(f"{label} {path.name}: no usable face ({why})")
                 continue
-            best = max(candidates, key=lambda c: c.face.size)
+            (best,) = agent.score_liveness(rgb, [max(candidates, key=lambda c: c.face.size)])
+            liveness = agent.fuse_liveness([best.liveness] if best.liveness is not None else [])
             started = time.monotonic()
-            detection, size = agent.send_candidate(best, captured_at=time.time(), extra_quality={"frames": 1.0})
+            detection, size = agent.send_candidate(
+                best, captured_at=time.time(), extra_quality={"frames": 1.0}, liveness=liveness
+            )
             counts["bytes"] += size
             command = waiter.wait(detection.detection_id, wait_s)
             if command is None:
@@ -168,6 +177,64 @@ def simulate(
         sent = counts["visitors"] - counts["no_face"]
         if sent:
             out(f"{sent} detection(s), {counts['bytes'] / sent:.0f} bytes per detection ({d.mode} mode)")
+        agent.link.wait_drained(5.0)
+    finally:
+        agent.stop()
+    return counts
+
+
+def _liveness_text(detection: Detection) -> str:
+    if detection.liveness is None:
+        return "liveness not measured"
+    return f"liveness {detection.liveness:.4f} over {detection.liveness_frames} frame(s)"
+
+
+def simulate_frames(
+    agent: EdgeAgent,
+    folders: Sequence[Path],
+    *,
+    max_fps: float = 0.0,
+    limit: int | None = None,
+    wait_s: float = 10.0,
+    connect_timeout_s: float = 15.0,
+    out: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> dict[str, int]:
+    """Play each folder of frames (name order, the first ``limit``) as one visitor through the
+    agent's per-frame pipeline (``agent.detector`` must be set, its link not started); when a
+    folder ends the visitor leaves (its track is emitted). Then wait up to ``wait_s`` for each
+    detection's decision (0: do not wait). Returns counts."""
+    assert agent.detector is not None, "simulate_frames needs the agent's detector"
+    stop = stop or threading.Event()
+    waiter = DecisionWaiter()
+    agent.command_listeners.append(waiter)
+    agent.start()
+    counts = {"visitors": 0, "frames": 0, "detections": 0, "decided": 0}
+    try:
+        if not agent.link.wait_connected(connect_timeout_s):
+            out(f"not connected to {agent.config.mqtt.url} after {connect_timeout_s:.0f}s: detections stay spooled")
+        for n, folder in enumerate(folders, 1):
+            if stop.is_set():
+                break
+            label = f"visitor {n}/{len(folders)} {folder}"
+            camera = FolderSource(folder, max_fps=max_fps, limit=limit)
+            detections: list[Detection] = []
+            for frame in camera.frames():
+                if stop.is_set():
+                    camera.close()
+                    break
+                counts["frames"] += 1
+                detections += agent.handle_frame(frame)
+            detections += agent.end_tracks()  # the visitor left the view
+            counts["visitors"] += 1
+            if not detections:
+                out(f"{label}: no usable face in {len(camera.paths)} frame(s)")
+            for detection in detections:
+                counts["detections"] += 1
+                command = waiter.wait(detection.detection_id, wait_s) if wait_s > 0 else None
+                decided = "no decision" if command is None else f"{command.command} ({command.reason})"
+                counts["decided"] += command is not None
+                out(f"{label}: detection {detection.detection_id}, {_liveness_text(detection)}: {decided}")
         agent.link.wait_drained(5.0)
     finally:
         agent.stop()

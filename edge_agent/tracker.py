@@ -4,13 +4,16 @@ Each frame's faces are matched to live tracks by box overlap (greedy, highest Io
 keeps its best-ranked observation and is emitted exactly once: after ``max_dwell_s`` (so the door
 does not wait for the person to leave the view) or when it ends (unseen for ``timeout_s``),
 whichever comes first. Never one detection per frame.
+
+Besides the best observation, a track can keep one number per observation (``evidence``, e.g. the
+liveness score of each frame), so that the emission carries what every frame of the track said.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -36,6 +39,8 @@ class Track(Generic[T]):
     best_ts: float
     frames: int = 1
     emitted: bool = False
+    #: one value per observation up to the emission (see ``IouTracker(evidence=...)``)
+    evidence: list[float] = field(default_factory=list)
 
     @property
     def dwell_s(self) -> float:
@@ -53,13 +58,26 @@ class Emission(Generic[T]):
     frames: int
     dwell_s: float
     reason: str  # "dwell" (still in view) or "ended"
+    #: the evidence of every observation of the track until it was emitted, in frame order
+    evidence: tuple[float, ...] = ()
 
 
 class IouTracker(Generic[T]):
-    def __init__(self, *, iou_threshold: float = 0.3, max_dwell_s: float = 1.0, timeout_s: float = 0.5) -> None:
+    """``evidence``: reads one value from each observation's item to keep for the whole track
+    (``None`` from it: nothing kept for that observation)."""
+
+    def __init__(
+        self,
+        *,
+        iou_threshold: float = 0.3,
+        max_dwell_s: float = 1.0,
+        timeout_s: float = 0.5,
+        evidence: Callable[[T], float | None] | None = None,
+    ) -> None:
         self.iou_threshold = iou_threshold
         self.max_dwell_s = max_dwell_s
         self.timeout_s = timeout_s
+        self.evidence = evidence
         self.tracks: list[Track[T]] = []
         self._ids = itertools.count(1)
 
@@ -85,7 +103,9 @@ class IouTracker(Generic[T]):
             self._extend(self.tracks[ti], observations[oi], ts)
         for oi, (box, rank, item) in enumerate(observations):
             if oi not in used_obs:
-                self.tracks.append(Track(next(self._ids), box, ts, ts, item, rank, ts))
+                track = Track(next(self._ids), box, ts, ts, item, rank, ts)
+                self._keep_evidence(track, item)
+                self.tracks.append(track)
         out: list[Emission[T]] = []
         alive: list[Track[T]] = []
         for track in self.tracks:
@@ -103,12 +123,18 @@ class IouTracker(Generic[T]):
         self.tracks = []
         return out
 
-    @staticmethod
-    def _extend(track: Track[T], obs: tuple[Box, float, T], ts: float) -> None:
+    def _keep_evidence(self, track: Track[T], item: T) -> None:
+        if self.evidence is not None and not track.emitted:
+            value = self.evidence(item)
+            if value is not None:
+                track.evidence.append(float(value))
+
+    def _extend(self, track: Track[T], obs: tuple[Box, float, T], ts: float) -> None:
         box, rank, item = obs
         track.box = box
         track.last_seen = ts
         track.frames += 1
+        self._keep_evidence(track, item)
         if rank > track.best_rank and not track.emitted:
             track.best, track.best_rank, track.best_ts = item, rank, ts
 
@@ -123,4 +149,5 @@ class IouTracker(Generic[T]):
             frames=track.frames,
             dwell_s=track.dwell_s,
             reason=reason,
+            evidence=tuple(track.evidence),
         )

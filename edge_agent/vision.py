@@ -49,12 +49,14 @@ class FaceDetector(Protocol):
 
 @dataclass(frozen=True)
 class FaceCandidate:
-    """A face prepared for sending: the aligned crop, its quality metrics and the frame it came from."""
+    """A face prepared for sending: the aligned crop, its quality metrics and the frame it came from
+    (and its live score in that frame, when liveness is on and the scorer answered)."""
 
     face: Face
     crop: np.ndarray
     quality: dict[str, float]
     frame: np.ndarray
+    liveness: float | None = None
 
     @property
     def rank(self) -> float:

@@ -70,9 +70,3 @@ def get_embedder(name: str | None = None, **options: Any) -> Embedder:
             _instances[key] = embedder
             logger.info("loaded embedder %s (%s, dim=%d)", name, embedder.model_version, embedder.dim)
     return embedder
-
-
-def clear_cache() -> None:
-    """Forget the loaded embedders (tests)."""
-    with _lock:
-        _instances.clear()

@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from recognition.enrollment import EnrollmentError, photo_accept, photo_reject
 from recognition.models import EnrollmentPhoto, FaceEmbedding, ModelCalibration
 
 
@@ -49,8 +50,6 @@ class EnrollmentPhotoAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve the selected photos into the gallery", permissions=["change"])
     def approve_photos(self, request: HttpRequest, queryset: QuerySet[EnrollmentPhoto]) -> None:
-        from recognition.enrollment import EnrollmentError, photo_accept
-
         done = 0
         for photo in queryset.order_by("id"):
             try:
@@ -63,8 +62,6 @@ class EnrollmentPhotoAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reject the selected photos (removed from the gallery)", permissions=["change"])
     def reject_photos(self, request: HttpRequest, queryset: QuerySet[EnrollmentPhoto]) -> None:
-        from recognition.enrollment import photo_reject
-
         photos = list(queryset.order_by("id"))
         for photo in photos:
             photo_reject(photo=photo, by=request.user, reason="Rejected in the admin.")

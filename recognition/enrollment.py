@@ -49,8 +49,12 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
+from faceengine.alignment import align_arcface
+from faceengine.detector import detect_faces
+from faceengine.pipeline import crop_for
 from faceengine.quality import QualityThresholds, assess_image, significant_faces
 from recognition.calibration import threshold_for
+from recognition.engine import active_embedder
 from recognition.gallery import gallery_search
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 
@@ -119,8 +123,6 @@ class FaceAnalysis:
 
 def configured_embedder() -> Embedder:
     """The embedder named by ``settings.RECOGNITION_EMBEDDER`` (loaded once per process)."""
-    from recognition.engine import active_embedder
-
     return active_embedder()
 
 
@@ -274,9 +276,6 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def face_analyse(data: bytes, *, embedder: Embedder) -> FaceAnalysis:
     """Decode, detect, check quality, crop and embed the one face of an enrolment picture."""
-    from faceengine.alignment import align_arcface
-    from faceengine.detector import detect_faces
-    from faceengine.pipeline import crop_for
 
     try:
         rgb = decode_image(data)

@@ -3,7 +3,7 @@
 Erasure (``person_erase``) removes, in one transaction:
 
 * enrolment photos and their face crops (files and rows), and every face embedding;
-* the face crops / context snapshots of the person's access events (files), clearing
+* the face crops of the person's access events (files), clearing
   ``AccessEvent.snapshot``;
 * the link from the person's events to the person (``person_id`` -> NULL). The event keeps
   ``subject_uid``, a random pseudonym that maps to nobody once the ``Person`` row is gone, so the

@@ -7,7 +7,6 @@ kind                   what                                        default
 =====================  ==========================================  =======
 ``unknown_crops``      face crops nobody was matched to            7 days
 ``known_crops``        face crops matched to a person              30 days
-``context_snapshots``  context snapshots of doors that keep them   7 days
 ``access_events``      the access log                              365 days
 ``rejected_photos``    enrolment photos the quality check refused  30 days
 =====================  ==========================================  =======
@@ -48,7 +47,6 @@ from accessctl.audit import event_record
 from accessctl.codes import Decision, Reason
 from accessctl.models import AccessEvent
 from accessctl.storage import (
-    CONTEXT_PREFIX,
     CROPS_PREFIX,
     StoredFile,
     storage_delete_many,
@@ -67,7 +65,6 @@ HOUSEKEEPING_REASON = Reason.RETENTION_PURGE
 class DataKind(StrEnum):
     UNKNOWN_CROPS = "unknown_crops"
     KNOWN_CROPS = "known_crops"
-    CONTEXT_SNAPSHOTS = "context_snapshots"
     ACCESS_EVENTS = "access_events"
     REJECTED_PHOTOS = "rejected_photos"
 
@@ -75,12 +72,8 @@ class DataKind(StrEnum):
 _SETTING = {
     DataKind.UNKNOWN_CROPS: "RETAIN_UNKNOWN_CROPS_DAYS",
     DataKind.KNOWN_CROPS: "RETAIN_KNOWN_CROPS_DAYS",
-    DataKind.CONTEXT_SNAPSHOTS: "RETAIN_CONTEXT_SNAPSHOTS_DAYS",
     DataKind.ACCESS_EVENTS: "RETAIN_EVENTS_DAYS",
     DataKind.REJECTED_PHOTOS: "RETAIN_REJECTED_PHOTOS_DAYS",
-}
-_FILE_PREFIX = {
-    DataKind.CONTEXT_SNAPSHOTS: CONTEXT_PREFIX,
 }
 
 
@@ -253,15 +246,6 @@ class _FilePurge:
         self.batch = []
 
 
-def _files_run(storage: Storage, report: KindReport, prefix: str, *, dry_run: bool) -> None:
-    if report.cutoff is None:
-        return
-    purge = _FilePurge(storage, report, dry_run=dry_run)
-    for stored in expired_files(storage, prefix, report.cutoff):
-        purge.add(stored)
-    purge.flush()
-
-
 def _crops_run(storage: Storage, unknown: KindReport, known: KindReport, *, dry_run: bool, only: set[DataKind]) -> None:
     """Face crops (``crops/YYYY/MM/DD/``, stored before the match is known): known when an access
     event that names a person (or their pseudonym) points at the file, else unknown."""
@@ -393,9 +377,6 @@ def _run(
     report = RetentionReport(now=now, dry_run=dry_run)
     for kind, policy in retention_policies().items():
         report.kinds[kind] = KindReport(kind=kind, days=policy.days, cutoff=policy.cutoff(now))
-    for kind, prefix in _FILE_PREFIX.items():
-        if kinds is None or kind in kinds:
-            _files_run(storage, report.kinds[kind], prefix, dry_run=dry_run)
     crop_kinds = {DataKind.UNKNOWN_CROPS, DataKind.KNOWN_CROPS} if kinds is None else kinds
     if crop_kinds & {DataKind.UNKNOWN_CROPS, DataKind.KNOWN_CROPS}:
         _crops_run(

@@ -16,12 +16,17 @@ from rest_framework.views import APIView
 from accessctl.api.views import ApiMixin
 from accessctl.exceptions import InvalidInput, ServiceUnavailable, Unprocessable
 from accessctl.models import ApiToken, Person
+from faceengine.embedder import EmbedderError
+from recognition import enrollment
 from recognition.api.serializers import (
     EnrollmentPhotoSerializer,
     IdentifyRequestSerializer,
     IdentifyResponseSerializer,
     PhotoUploadSerializer,
 )
+from recognition.calibration import CalibrationError, threshold_for
+from recognition.enrollment import photo_enroll
+from recognition.gallery import gallery_search
 from recognition.models import EnrollmentPhoto
 
 logger = logging.getLogger(__name__)
@@ -33,11 +38,6 @@ def face_identify(*, image: bytes | IO[bytes], limit: int = 5) -> dict[str, Any]
     Raises :class:`Unprocessable` (code = the quality reason, e.g. ``no_face``) when the picture
     holds no usable face, :class:`ServiceUnavailable` when the embedder cannot be loaded.
     """
-    from faceengine.embedder import EmbedderError
-    from recognition import enrollment
-    from recognition.calibration import CalibrationError, threshold_for
-    from recognition.gallery import gallery_search
-
     if hasattr(image, "read"):
         data = image.read(enrollment.MAX_UPLOAD_BYTES + 1)
     else:
@@ -122,8 +122,6 @@ class PersonPhotoViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
         return super().list(request, *args, **kwargs)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        from recognition.enrollment import photo_enroll
-
         person = self._person()
         upload = PhotoUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)

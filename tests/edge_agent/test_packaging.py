@@ -4,7 +4,8 @@ Builds the ``faceengine`` and ``edge_agent`` wheels, installs them (``--no-deps 
 new virtual environment that sees this venv's third-party packages through a ``.pth`` line (torch,
 numpy, cryptography, ... are not reinstalled; the repository root is NOT on that path), and from a
 folder outside the checkout runs a simulated detection: the real MTCNN finds the face on a photo,
-the agent builds and signs the detection, and the receiver's checks (``open_message``) accept it.
+the shipped liveness networks (inside the faceengine wheel) score it, the agent builds and signs the
+detection, and the receiver's checks (``open_message``) accept it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from PIL import Image
 
 import edge_agent
 import faceengine
-from edge_agent.agent import EdgeAgent
+import faceengine.liveness
+from edge_agent.agent import EdgeAgent, agent_liveness
 from edge_agent.config import EdgeConfig
 from edge_agent.relay import SimulatedRelay
 from edge_agent.vision import MtcnnDetector, prepare
@@ -56,17 +58,23 @@ config.spool.dir = here / "spool"
 config.detection.min_face_px = 20
 config.validate()
 detector = MtcnnDetector(min_face_px=20, threads=1)
-agent = EdgeAgent(config, camera=None, detector=detector, relay=SimulatedRelay())
+liveness = agent_liveness(config)  # [liveness] enabled by default: the weights come with the wheel
+assert liveness is not None, "liveness weights did not load from the installed faceengine"
+agent = EdgeAgent(config, camera=None, detector=detector, relay=SimulatedRelay(), liveness=liveness)
 
 rgb = np.asarray(Image.open(here / "face.jpg").convert("RGB"))
 candidates = prepare(rgb, detector.detect(rgb), min_face_px=20, min_score=0.5)
 assert candidates, "no face found"
-detection, size = agent.send_candidate(candidates[0], captured_at=time.time())
+(scored,) = agent.score_liveness(rgb, candidates[:1])
+evidence = agent.fuse_liveness([scored.liveness])
+detection, size = agent.send_candidate(scored, captured_at=time.time(), liveness=evidence)
+assert detection.liveness is not None and detection.liveness_frames == 1
 assert len(agent.spool) == 1
 
 raw = p.seal(detection, device_private)
 received = p.open_message(p.detections_topic("door-packaged"), raw, device_public, window_s=p.DETECTION_WINDOW_S)
 assert received == detection and received.mode == p.Mode.CROP and received.crop_jpeg.startswith(b"\xff\xd8")
+assert received.liveness_model == faceengine.liveness.MODEL_VERSION
 try:
     p.open_message(p.detections_topic("door-packaged"), raw, server_public)
 except p.ProtocolError as exc:
@@ -77,7 +85,7 @@ agent.spool.close()
 
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("django", "accessctl", "recognition", "devices", "tests"))
 assert not bad, bad
-print(f"packaged detection ok: {size} bytes, box {detection.box}")
+print(f"packaged detection ok: {size} bytes, box {detection.box}, liveness {detection.liveness:.4f}")
 """
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accessctl.project.progress import progress_bar
 from recognition.bulk_import import ImportSourceError, ItemOutcome, photos_import
 from recognition.enrollment import HOLD_MESSAGES
 
@@ -21,7 +22,6 @@ class Command(BaseCommand):
         parser.add_argument("--list-rejected", action="store_true", help="print each rejected or held picture")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from accessctl.project.progress import progress_bar
 
         user = None
         if options["uploaded_by"]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accessctl.models import Person
+from accessctl.project.progress import progress_bar
 from faceengine.embedder import EmbedderError
 from faceengine.registry import available_backends
 from recognition.engine import active_embedder
@@ -26,9 +28,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings
-
-        from accessctl.models import Person
-        from accessctl.project.progress import progress_bar
 
         backend = options["backend"] or settings.RECOGNITION_EMBEDDER
         if backend not in available_backends():

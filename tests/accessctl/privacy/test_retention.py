@@ -30,7 +30,6 @@ JPEG = b"\xff\xd8" + b"x" * 998  # 1000 bytes
 def _policies(settings: pytest.FixtureRequest, media_root: Path) -> None:
     settings.RETAIN_UNKNOWN_CROPS_DAYS = 7  # type: ignore[attr-defined]
     settings.RETAIN_KNOWN_CROPS_DAYS = 30  # type: ignore[attr-defined]
-    settings.RETAIN_CONTEXT_SNAPSHOTS_DAYS = 7  # type: ignore[attr-defined]
     settings.RETAIN_EVENTS_DAYS = 365  # type: ignore[attr-defined]
     settings.RETAIN_REJECTED_PHOTOS_DAYS = 30  # type: ignore[attr-defined]
 
@@ -91,7 +90,6 @@ def test_dry_run_reports_counts_and_bytes_and_changes_nothing(media_root: Path) 
     assert report[DataKind.UNKNOWN_CROPS].bytes == 2000
     assert report[DataKind.UNKNOWN_CROPS].references_cleared == 1
     assert report[DataKind.KNOWN_CROPS].count == 1 and report[DataKind.KNOWN_CROPS].bytes == 1000
-    assert report[DataKind.CONTEXT_SNAPSHOTS].count == 0
     assert report[DataKind.ACCESS_EVENTS].count == 1 and report[DataKind.ACCESS_EVENTS].bytes is None
     assert report[DataKind.REJECTED_PHOTOS].count == 1 and report[DataKind.REJECTED_PHOTOS].bytes == 1500
     assert report.total_bytes == 4500

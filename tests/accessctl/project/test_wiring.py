@@ -4,6 +4,9 @@ autodiscovery, commands by name): neither it nor the domain's API and privacy jo
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from django.urls import reverse
@@ -38,3 +41,22 @@ def test_each_app_mounts_its_own_api_urls_under_one_prefix() -> None:
 
     mounted = [module.__name__ for module in api_urlconfs(reverse("api-root"))]
     assert mounted == ["accessctl.api.urls", "recognition.api.urls", "devices.api.urls"]
+
+
+def test_the_web_process_loads_no_model_runtime() -> None:
+    """Importing the ASGI app, every URL configuration and the admin imports neither torch nor
+    onnxruntime: they are loaded lazily, once per worker process, where faces are processed."""
+    code = (
+        "import sys, django\n"
+        "django.setup()\n"
+        "from accessctl.project.asgi import application\n"
+        "from django.urls import get_resolver\n"
+        "get_resolver().url_patterns\n"
+        "from django.contrib import admin\n"
+        "admin.autodiscover()\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnxruntime', 'facenet_pytorch'})\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "accessctl.project.settings"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

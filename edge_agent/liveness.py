@@ -1,0 +1,111 @@
+"""Liveness at the edge: score every frame's faces in one batch, fuse a track's frame scores.
+
+The agent scores the full frame around each detector box (``faceengine.liveness``: the networks
+need the face's surroundings, the printed sheet's edge and the hand are the evidence), keeps one
+score per frame on the track, and sends the fused score with the number of frames it scored in the
+signed detection. A scorer that fails never stops the agent: the frame counts as not scored, and a
+track with no scored frame is sent without liveness (the server treats it as "not measured").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from faceengine.liveness import MODEL_VERSION
+from faceengine.protocol import Detection
+
+logger = logging.getLogger(__name__)
+
+#: log a failing scorer on its first failure, then once per this many failures
+_LOG_EVERY = 100
+
+
+class FrameScorer(Protocol):
+    """``faceengine.liveness.LivenessScorer``'s interface: live probability per box of one frame."""
+
+    def score(self, frame_rgb: np.ndarray, boxes: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LivenessEvidence:
+    """What a detection says about liveness: fused live score (0..1), frames scored, model label."""
+
+    score: float
+    frames: int
+    model: str
+
+    def detection_fields(self) -> dict[str, Any]:
+        return {"liveness": self.score, "liveness_frames": self.frames, "liveness_model": self.model}
+
+
+def fuse_top_k(scores: Sequence[float], k: int) -> float | None:
+    """The mean of the best ``k`` scores (all of them when there are fewer); None when empty.
+
+    The best frames, not all of them: a live face turning away or blurring for a few frames must
+    not look like an attack, while a printed photo rarely scores high on any frame.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if not scores:
+        return None
+    best = sorted(scores, reverse=True)[:k]
+    return float(min(1.0, max(0.0, sum(best) / len(best))))
+
+
+class EdgeLiveness:
+    """The agent's liveness: ``scorer`` over each frame's boxes, fused over ``fuse_top_k`` frames."""
+
+    def __init__(self, scorer: FrameScorer, *, fuse_top_k: int = 3, model: str = MODEL_VERSION) -> None:
+        if fuse_top_k < 1:
+            raise ValueError("fuse_top_k must be >= 1")
+        self.scorer = scorer
+        self.fuse_top_k = fuse_top_k
+        self.model = model
+        self.failures = 0
+
+    def score_frame(self, frame_rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[float | None]:
+        """Live score of each box of one frame (one batch); all None when the scorer fails."""
+        if not boxes:
+            return []
+        try:
+            scores = np.asarray(self.scorer.score(frame_rgb, np.asarray(boxes, dtype=np.float64)), dtype=np.float64)
+            if scores.shape != (len(boxes),) or not np.all(np.isfinite(scores)):
+                raise ValueError(f"scorer returned {scores.shape} scores for {len(boxes)} boxes")
+        except Exception:
+            self.failures += 1
+            if self.failures % _LOG_EVERY == 1:
+                logger.exception(
+                    "liveness scorer failed (%d time(s) so far): detections go without a live score", self.failures
+                )
+            return [None] * len(boxes)
+        return [float(min(1.0, max(0.0, s))) for s in scores]
+
+    def fuse(self, scores: Sequence[float]) -> LivenessEvidence | None:
+        """The track's evidence from its frame scores; None when no frame was scored."""
+        fused = fuse_top_k(scores, self.fuse_top_k)
+        if fused is None:
+            return None
+        # a very long track (a large max_dwell_s) must not exceed what the protocol accepts
+        frames = min(len(scores), Detection.MAX_LIVENESS_FRAMES)
+        return LivenessEvidence(score=round(fused, 6), frames=frames, model=self.model)
+
+
+def liveness_load(*, enabled: bool, threads: int, fuse_top_k: int) -> EdgeLiveness | None:
+    """The configured liveness (``[liveness]``), or None when disabled or the weights do not load
+    (logged: the agent then sends detections without a score)."""
+    if not enabled:
+        logger.info("liveness disabled ([liveness] enabled = false): detections carry no live score")
+        return None
+    try:
+        from faceengine.liveness import get_scorer
+
+        scorer = get_scorer(num_threads=threads)
+    except Exception:
+        logger.exception("liveness networks did not load: detections carry no live score")
+        return None
+    return EdgeLiveness(scorer, fuse_top_k=fuse_top_k, model=MODEL_VERSION)
