@@ -127,3 +127,41 @@ def test_a_printed_photo_is_an_attack_a_live_face_opens_and_an_unscored_one_is_n
     assert (plain.decision, plain.reason, command.command) == ("grant", "matched", p.CommandKind.OPEN)
     assert plain.liveness_threshold is None and plain.liveness_server is None  # not re-scored there
     assert Alarm.objects.filter(kind=Alarm.Kind.PRESENTATION_ATTACK).count() == 1
+
+
+def test_the_edge_agent_holding_a_print_then_a_live_face_to_a_liveness_door(site, tmp_path) -> None:
+    """The whole path: ``python -m edge_agent simulate`` (the agent's own detector, tracker, liveness
+    fusion and signing) plays the subject's printed-photo frames, then live frames, to the vault's
+    camera; the bridge, the worker and the database decide."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from django.core.management import call_command
+
+    frames_limit = 15
+    call_command("provision_device", "vault-agent", "--door", "Vault", "--out", str(tmp_path / "agent"))
+    root = faces.dataset_require("nuaa-dev")
+    argv = [sys.executable, "-m", "edge_agent", "--log-level", "WARNING", "simulate"]
+    argv += ["--config", str(tmp_path / "agent" / "agent.toml")]
+    argv += ["--frames", str(root / "print" / SUBJECT), "--frames", str(root / "live" / SUBJECT)]
+    argv += ["--frames-limit", str(frames_limit), "--fps", "0", "--wait", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACS_EDGE_")}
+    result = subprocess.run(argv, cwd=e2e.ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sent: dict[str, list[str]] = {"print": [], "live": []}
+    for line in result.stdout.splitlines():
+        if m := re.match(r"visitor \d+/2 (\S+): detection ([0-9a-f-]{36})", line):
+            sent[Path(m.group(1)).parent.name].append(m.group(2))
+    assert sent["print"] and sent["live"], result.stdout
+
+    for kind, (decision, reason) in {"print": ("deny", "presentation_attack"), "live": ("grant", "matched")}.items():
+        for detection_id in sent[kind]:
+            command = site["listener"].wait(detection_id, timeout=60)
+            event = AccessEvent.objects.get(detection_id=detection_id)
+            assert (event.decision, event.reason, command.reason) == (decision, reason, reason), (kind, event.pk)
+            assert event.liveness_edge is not None and event.liveness_frames >= 1
+    attacks = AccessEvent.objects.filter(detection_id__in=sent["print"])
+    alarm = Alarm.objects.get(kind=Alarm.Kind.PRESENTATION_ATTACK, door=site["vault"])
+    assert alarm.event_id in set(attacks.values_list("pk", flat=True)) and alarm.count == len(sent["print"])
