@@ -157,14 +157,7 @@ def _decide_one_by_one(prepared: list[_Prepared]) -> dict[str, str]:
 
 def _staged_detection(inbound: InboundDetection) -> p.Detection:
     """The staged payload parsed once (it was verified at the bridge; the crop is in storage)."""
-    payload = inbound.payload
-    if payload.get("mode") == p.Mode.CROP:  # the crop bytes are not staged: a stand-in to parse
-        payload = {**payload, "crop_jpeg": _STAGED_CROP}
-    return p.Detection.from_dict(payload)
-
-
-#: Stands for the stored crop while parsing a staged crop-mode payload (base64 of a JPEG header).
-_STAGED_CROP = "/9j/4A=="
+    return p.Detection.from_dict(inbound.payload, crop_stored=True)
 
 
 def _prepare(inbound: InboundDetection) -> _Prepared:

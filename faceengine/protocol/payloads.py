@@ -219,7 +219,10 @@ class Detection:
         return replace(self, sent_at=sent_at, attempt=self.attempt + 1)
 
     @classmethod
-    def from_dict(cls, data: object) -> Self:
+    def from_dict(cls, data: object, *, crop_stored: bool = False) -> Self:
+        """Parse and validate a detection. ``crop_stored``: a crop-mode payload whose crop bytes
+        were taken out and stored apart once it was verified (the server's staged copy); it is
+        parsed without them and ``crop_jpeg`` stays None."""
         d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "detection")
         box = d["box"]
         if (
@@ -258,9 +261,11 @@ class Detection:
             if any(d.get(k) is not None for k in embedding_keys):
                 raise _fail("crop mode detection must not carry an embedding")
             if d.get("crop_jpeg") is None:
-                raise _fail("crop mode detection needs crop_jpeg", Reason.BAD_IMAGE)
-            jpeg = _b64decode(d["crop_jpeg"], "crop_jpeg", Reason.BAD_IMAGE, MAX_CROP_BYTES)
-            fields["crop_jpeg"] = _check_jpeg(jpeg, "crop_jpeg")
+                if not crop_stored:
+                    raise _fail("crop mode detection needs crop_jpeg", Reason.BAD_IMAGE)
+            else:
+                jpeg = _b64decode(d["crop_jpeg"], "crop_jpeg", Reason.BAD_IMAGE, MAX_CROP_BYTES)
+                fields["crop_jpeg"] = _check_jpeg(jpeg, "crop_jpeg")
         else:
             if d.get("crop_jpeg") is not None:
                 raise _fail("embedding mode detection must not carry a crop")

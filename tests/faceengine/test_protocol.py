@@ -543,3 +543,12 @@ def _fields() -> dict[str, object]:
         k: getattr(d, k)
         for k in ("device_uid", "detection_id", "captured_at", "sent_at", "detector_score", "box", "quality")
     }
+
+
+def test_a_stored_crop_parses_without_its_bytes_only_when_asked() -> None:
+    """The server stages a verified crop-mode detection without its JPEG (stored apart)."""
+    staged = crop_detection().to_dict()
+    del staged["crop_jpeg"]
+    expect(Reason.BAD_IMAGE, p.Detection.from_dict, staged)
+    det = p.Detection.from_dict(staged, crop_stored=True)
+    assert det.mode == p.Mode.CROP and det.crop_jpeg is None
