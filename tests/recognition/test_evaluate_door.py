@@ -1,0 +1,93 @@
+"""``manage.py evaluate_door`` on a tiny identity folder cut from LFW: real enrolment, real matcher,
+a scratch gallery that leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from accessctl.models import Person
+from recognition.enrollment import photo_enroll
+from recognition.models import EnrollmentPhoto, FaceEmbedding
+from tests.faces import PEOPLE, face_jpeg, face_paths
+
+pytestmark = pytest.mark.dataset("lfw")
+
+PHOTOS_PER_IDENTITY = 6
+KEYS = {"top1", "enrolled_rejected", "strangers_accepted", "wrong_person_admitted", "failure_to_detect", "ms_per_probe"}
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five LFW people, six photos each, as ``<identity>/*.jpg`` (copies in a temporary folder)."""
+    root = tmp_path_factory.mktemp("door-identities")
+    for person in PEOPLE:
+        (root / person).mkdir()
+        for path in face_paths(person, PHOTOS_PER_IDENTITY):
+            shutil.copyfile(path, root / person / path.name)
+    return root
+
+
+def evaluate(data: Path, *args: str) -> dict[str, Any]:
+    out = io.StringIO()
+    call_command("evaluate_door", "--data", str(data), "--stranger-share", "0.4", "--json", *args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+def media_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.mark.django_db
+def test_one_photo_per_attempt_keys_figures_and_nothing_kept(enrol_env: Path, identities: Path) -> None:
+    live = Person.objects.create(name="Someone already here")
+    report = evaluate(identities)
+    assert KEYS <= report.keys()
+    counts = report["counts"]
+    # 5 identities, 40 % strangers: 3 enrolled (3 photos in, 3 probes each) and 2 strangers (6 probes each).
+    assert (counts["enrolled_identities"], counts["stranger_identities"]) == (3, 2)
+    assert counts["enrol_photos"] == 9 and counts["probe_photos"] == 9 + 12
+    assert counts["enrolled_attempts"] + counts["stranger_attempts"] == 21 - counts["probe_photos_no_face"]
+    # Sane figures on easy, well-known LFW faces at the built-in door threshold.
+    assert report["top1"] >= 0.8
+    assert report["enrolled_rejected"] <= 0.34
+    assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
+    assert report["failure_to_detect"] <= 0.1 and report["failure_to_enrol"] == 0
+    assert report["ms_per_probe"] > 0 and report["threshold"] == pytest.approx(0.476)
+    # The scratch gallery was rolled back: the live data is as it was, no file was left behind.
+    assert list(Person.objects.all()) == [live]
+    assert not EnrollmentPhoto.objects.exists() and not FaceEmbedding.objects.exists()
+    assert media_files(enrol_env) == []
+
+
+@pytest.mark.django_db
+def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> None:
+    report = evaluate(identities, "--probes-per-attempt", "3", "--seed", "1")
+    counts = report["counts"]
+    assert report["probes_per_attempt"] == 3
+    # 3 probes per enrolled identity -> one attempt each; 6 per stranger -> two each (all faces found).
+    assert counts["probe_photos_no_face"] == 0
+    assert (counts["enrolled_attempts"], counts["stranger_attempts"]) == (3, 4)
+    assert report["top1"] == 1 and report["enrolled_rejected"] == 0
+    assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
+
+
+@pytest.mark.django_db
+def test_refuses_a_gallery_that_is_not_empty(enrol_env: Path, identities: Path) -> None:
+    person = Person.objects.create(name="Colin Powell")
+    photo = photo_enroll(person=person, image=face_jpeg("Colin_Powell", 0))
+    assert photo.status == EnrollmentPhoto.Status.ACCEPTED
+    with pytest.raises(CommandError, match="already holds"):
+        evaluate(identities)
+    assert FaceEmbedding.objects.filter(person=person).count() == 1 and Person.objects.count() == 1
+
+
+def test_rejects_a_folder_without_identities(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="fewer than two"):
+        evaluate(tmp_path)
