@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accessctl.models import Person
+from recognition.door_evaluation import DoorReport
 from recognition.enrollment import photo_enroll
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from tests.faces import PEOPLE, face_jpeg, face_paths
@@ -91,3 +92,18 @@ def test_refuses_a_gallery_that_is_not_empty(enrol_env: Path, identities: Path) 
 def test_rejects_a_folder_without_identities(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="fewer than two"):
         evaluate(tmp_path)
+
+
+def test_summary_names_every_figure() -> None:
+    counts = dict.fromkeys(
+        ("enrolled_attempts", "stranger_attempts", "probe_photos_no_face", "probe_photos", "identities_not_enrolled"),
+        1,
+    ) | {"enrolled_identities": 3, "photos_not_accepted": 0, "enrol_photos": 9}
+    report = DoorReport(
+        model_version="m", threshold=0.5, min_margin=0.05, probes_per_attempt=1, top1=1.0, enrolled_rejected=0.0,
+        strangers_accepted=0.0, wrong_person_admitted=0.0, failure_to_detect=0.0, failure_to_enrol=0.0,
+        ms_per_probe=12.5, counts=counts,
+    )  # fmt: skip
+    text = report.summary()
+    for name in (*KEYS, "failure_to_enrol", "counts", "scratch gallery"):
+        assert name in text
