@@ -104,47 +104,67 @@ def alarm_acknowledge(*, alarm: Alarm, actor: AbstractBaseUser) -> Alarm:
     return alarm
 
 
-def unknown_faces_check(
-    *, door: Door, window_s: int = 60, threshold: int = 3, now: datetime | None = None, new_faces: int = 1
+def _repeated_denials_check(
+    *,
+    door: Door,
+    reason: Reason,
+    kind: Alarm.Kind,
+    count_key: str,
+    window_s: int,
+    threshold: int,
+    now: datetime | None,
+    new: int,
 ) -> Alarm | None:
-    """Raise ``REPEATED_UNKNOWN`` when ``door`` denied ``threshold`` or more unknown faces in the last
+    """Raise ``kind`` when ``door`` denied ``threshold`` or more detections for ``reason`` in the last
     ``window_s`` seconds; returns the (possibly folded) alarm, or ``None`` below the threshold.
 
-    ``new_faces``: how many of those faces were just recorded (a batch checks once); each one at or
-    past the threshold counts as one occurrence, as if each had been checked on its own.
+    ``new``: how many of those denials were just recorded (a batch checks once); each one at or past
+    the threshold counts as one occurrence, as if each had been checked on its own.
     """
     now = now or timezone.now()
     recent = AccessEvent.objects.filter(
-        door_id=door.pk, reason=Reason.UNKNOWN_FACE, occurred_at__gt=now - timedelta(seconds=window_s)
+        door_id=door.pk, reason=reason, occurred_at__gt=now - timedelta(seconds=window_s)
     ).order_by("-occurred_at", "-id")
     seen = recent.count()
     if seen < threshold:
         return None
     return alarm_raise(
-        kind=Alarm.Kind.REPEATED_UNKNOWN,
+        kind=kind,
         door=door,
         event=recent.first(),
-        details={"unknown_faces": seen, "window_s": window_s},
-        occurrences=min(max(new_faces, 1), seen - threshold + 1),
+        details={count_key: seen, "window_s": window_s},
+        occurrences=min(max(new, 1), seen - threshold + 1),
+    )
+
+
+def unknown_faces_check(
+    *, door: Door, window_s: int = 60, threshold: int = 3, now: datetime | None = None, new_faces: int = 1
+) -> Alarm | None:
+    """Raise ``REPEATED_UNKNOWN`` when ``door`` denied ``threshold`` or more unknown faces in the last
+    ``window_s`` seconds (see :func:`_repeated_denials_check`)."""
+    return _repeated_denials_check(
+        door=door,
+        reason=Reason.UNKNOWN_FACE,
+        kind=Alarm.Kind.REPEATED_UNKNOWN,
+        count_key="unknown_faces",
+        window_s=window_s,
+        threshold=threshold,
+        now=now,
+        new=new_faces,
     )
 
 
 def attacks_check(*, door: Door, now: datetime | None = None, new_attacks: int = 1) -> Alarm | None:
     """Raise ``REPEATED_ATTACK`` when ``door`` denied ``settings.LIVENESS_ATTACK_ALARM_COUNT`` or more
     presentation attacks in the last ``settings.LIVENESS_ATTACK_ALARM_WINDOW_S`` seconds (each attack
-    raises its own ``PRESENTATION_ATTACK`` alarm too); counted as :func:`unknown_faces_check` counts."""
-    now = now or timezone.now()
-    threshold, window_s = settings.LIVENESS_ATTACK_ALARM_COUNT, settings.LIVENESS_ATTACK_ALARM_WINDOW_S
-    recent = AccessEvent.objects.filter(
-        door_id=door.pk, reason=Reason.PRESENTATION_ATTACK, occurred_at__gt=now - timedelta(seconds=window_s)
-    ).order_by("-occurred_at", "-id")
-    seen = recent.count()
-    if seen < threshold:
-        return None
-    return alarm_raise(
-        kind=Alarm.Kind.REPEATED_ATTACK,
+    raises its own ``PRESENTATION_ATTACK`` alarm too)."""
+    return _repeated_denials_check(
         door=door,
-        event=recent.first(),
-        details={"attacks": seen, "window_s": window_s},
-        occurrences=min(max(new_attacks, 1), seen - threshold + 1),
+        reason=Reason.PRESENTATION_ATTACK,
+        kind=Alarm.Kind.REPEATED_ATTACK,
+        count_key="attacks",
+        window_s=settings.LIVENESS_ATTACK_ALARM_WINDOW_S,
+        threshold=settings.LIVENESS_ATTACK_ALARM_COUNT,
+        now=now,
+        new=new_attacks,
     )

@@ -140,9 +140,9 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                 elif event.reason == Reason.PRESENTATION_ATTACK and item.door is not None:
                     attacks[item.door] += 1
         for door, faces in unknown_faces.items():
-            _unknown_faces_check(door, faces)
+            unknown_faces_check(door=door, new_faces=faces)
         for door, count in attacks.items():
-            _attacks_check(door, count)
+            attacks_check(door=door, new_attacks=count)
         if any(created and event.device_id for event, created in recorded):
             # After the door commands (callbacks run in order): they are awaited together.
             transaction.on_commit(door_commands_flush)
@@ -307,12 +307,4 @@ def _alarms(event: AccessEvent, door: Door | None, *, unknown_check: bool = True
             details={"reason": event.reason},
         )  # fmt: skip
     elif event.reason == Reason.UNKNOWN_FACE and door is not None and unknown_check:
-        _unknown_faces_check(door)
-
-
-def _attacks_check(door: Door, new_attacks: int) -> None:
-    attacks_check(door=door, new_attacks=new_attacks)
-
-
-def _unknown_faces_check(door: Door, new_faces: int = 1) -> None:
-    unknown_faces_check(door=door, new_faces=new_faces)
+        unknown_faces_check(door=door)
