@@ -198,14 +198,13 @@ def read_lfw_pairs(pairs_path: str | Path) -> list[Pair]:
     return pairs
 
 
-def list_identity_folder(root: str | Path) -> dict[str, list[str]]:
-    """``root/<person>/*.jpg`` -> {person: [relative paths, sorted]} (people with >= 1 image)."""
+def list_identity_folder(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, list[str]]:
+    """``root/<person>/*.jpg`` -> {person: [relative paths, sorted]} (people with >= 1 image whose
+    suffix, lower-cased, is one of ``extensions``)."""
     root = Path(root)
     people: dict[str, list[str]] = {}
     for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(
-            f"{person_dir.name}/{f.name}" for f in person_dir.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = sorted(f"{person_dir.name}/{f.name}" for f in person_dir.iterdir() if f.suffix.lower() in extensions)
         if files:
             people[person_dir.name] = files
     return people

@@ -54,6 +54,7 @@ from accessctl.models import Person
 from faceengine.detector import detect_faces
 from faceengine.pipeline import crop_for
 from recognition.calibration import margin_for, threshold_for
+from recognition.datasets import list_identity_folder
 from recognition.enrollment import BadImageError, PhotoUpload, configured_embedder, decode_image, photos_enroll
 from recognition.matcher import match_decide_many
 from recognition.models import EnrollmentPhoto, FaceEmbedding
@@ -119,11 +120,10 @@ class _Rollback(Exception):
 def _identities(data: Path, limit: int | None) -> dict[str, list[Path]]:
     if not data.is_dir():
         raise DoorEvaluationError(f"{data} is not a folder")
-    found = {}
-    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
-        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if photos:
-            found[folder.name] = photos
+    found = {
+        name: [data / relpath for relpath in relpaths]
+        for name, relpaths in list_identity_folder(data, IMAGE_SUFFIXES).items()
+    }
     if limit is not None:
         found = dict(list(found.items())[:limit])
     if len(found) < 2:

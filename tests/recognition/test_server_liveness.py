@@ -3,10 +3,8 @@ signed score carried from the staged payload to the decision."""
 
 from __future__ import annotations
 
-import io
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -19,18 +17,7 @@ from recognition.detections import detection_decide
 from recognition.liveness import crop_box, crop_liveness_score
 from recognition.models import InboundDetection
 from tests import faces
-
-
-def _aligned(path: Path) -> bytes:
-    from PIL import Image
-
-    from faceengine.pipeline import faces_from_image
-
-    with Image.open(path) as image:
-        sample = faces_from_image(image.convert("RGB"), max_faces=1)[0]
-    buffer = io.BytesIO()
-    Image.fromarray(sample.aligned).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+from tests.devices import e2e
 
 
 def test_the_crop_is_scored_whole_around_a_centred_box() -> None:
@@ -53,8 +40,12 @@ def test_printed_photo_crops_score_lower_than_live_ones_and_torch_keeps_its_thre
 
     root = faces.dataset_require("nuaa-dev")
     threads = torch.get_num_threads()
-    live = [crop_liveness_score(_aligned(path)) for path in sorted((root / "live" / "0001").glob("*.jpg"))[:3]]
-    attack = [crop_liveness_score(_aligned(path)) for path in sorted((root / "print" / "0001").glob("*.jpg"))[:3]]
+    live = [
+        crop_liveness_score(e2e.aligned_crop_jpeg(path)) for path in sorted((root / "live" / "0001").glob("*.jpg"))[:3]
+    ]
+    attack = [
+        crop_liveness_score(e2e.aligned_crop_jpeg(path)) for path in sorted((root / "print" / "0001").glob("*.jpg"))[:3]
+    ]
     assert all(score is not None and 0.0 <= score <= 1.0 for score in live + attack)
     assert max(attack) < min(live), (attack, live)  # a weaker measurement than the device's, still telling
     assert torch.get_num_threads() == threads
