@@ -19,8 +19,9 @@ import logging
 import sys
 
 import numpy as np
+from PIL import Image
 
-from faceengine.liveness.scorer import LivenessScorer
+from faceengine.liveness.scorer import LivenessScorer, get_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ _THREADS = 1
 
 def active_liveness_scorer() -> LivenessScorer:
     """The liveness scorer of this process (loaded on first use, once)."""
-    from faceengine.liveness import get_scorer
-
     return get_scorer(num_threads=_THREADS)
 
 
@@ -54,8 +53,6 @@ def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
 def crop_liveness_score(jpeg: bytes, *, detection_id: str = "") -> float | None:
     """The live score (0..1) of a face crop, or None when it cannot be scored (logged): it is
     informational and never stops a decision."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
