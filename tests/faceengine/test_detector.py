@@ -54,9 +54,14 @@ def _reference_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, thr:
     return keep
 
 
-def test_shim_batched_nms_matches_reference() -> None:
+@pytest.mark.parametrize("block_elements", [4_000_000, 900, 1])
+def test_shim_batched_nms_matches_reference(block_elements: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when the IoU matrix is computed a few rows at a time (many boxes)."""
     torch = pytest.importorskip("torch")
+    from faceengine import tv_shim
     from faceengine.tv_shim import batched_nms
+
+    monkeypatch.setattr(tv_shim, "_NMS_BLOCK_ELEMENTS", block_elements)
 
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 100, (300, 2))
