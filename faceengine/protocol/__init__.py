@@ -3,7 +3,7 @@
 Use it as ``from faceengine import protocol as p``: this package re-exports every public name of
 :mod:`~faceengine.protocol.limits`, :mod:`~faceengine.protocol.codes`, :mod:`~faceengine.protocol.topics`,
 :mod:`~faceengine.protocol.validation`, :mod:`~faceengine.protocol.embedding`,
-:mod:`~faceengine.protocol.payloads`, :mod:`~faceengine.protocol.signing` and
+:mod:`~faceengine.protocol.payloads`, :mod:`~faceengine.protocol.signing`, :mod:`~faceengine.protocol.allowlist` and
 :mod:`~faceengine.protocol.envelope`. It is imported by both the edge agent and the server
 (``devices/``), so it uses only the standard library at import time. The Ed25519 helpers (:func:`generate_keypair`,
 :func:`sign_envelope`, :func:`open_envelope`, ...) import ``cryptography`` lazily, inside the
@@ -35,14 +35,29 @@ enforces ``detection_id`` uniqueness in its database and the device remembers re
 
 from __future__ import annotations
 
+from faceengine.protocol.allowlist import (
+    ALLOWLIST_FORMAT,
+    ALWAYS,
+    MAX_CHUNK_DATA_BYTES,
+    AllowlistChunk,
+    AllowlistEntry,
+    AllowlistHeader,
+    Revocation,
+    Template,
+    allowlist_chunks,
+    entry_may_pass,
+    window_open,
+)
 from faceengine.protocol.codes import (
     CommandKind,
     DeviceState,
     EmbeddingEncoding,
     Mode,
     OfflineAction,
+    OfflineMode,
     ProtocolError,
     Reason,
+    offline_reason,
 )
 from faceengine.protocol.embedding import decode_embedding, encode_embedding
 from faceengine.protocol.envelope import (
@@ -97,8 +112,11 @@ from faceengine.protocol.topics import (
 from faceengine.protocol.validation import validate_uuid4
 
 __all__ = [
+    "ALLOWLIST_FORMAT",
+    "ALWAYS",
     "COMMAND_WINDOW_S",
     "DETECTION_WINDOW_S",
+    "MAX_CHUNK_DATA_BYTES",
     "MAX_CROP_BYTES",
     "MAX_EMBEDDING_DIM",
     "MAX_MESSAGE_BYTES",
@@ -108,6 +126,9 @@ __all__ = [
     "OFFLINE_WILL",
     "PROTOCOL_VERSION",
     "TOPIC_ROOT",
+    "AllowlistChunk",
+    "AllowlistEntry",
+    "AllowlistHeader",
     "Command",
     "CommandKind",
     "Detection",
@@ -119,10 +140,14 @@ __all__ = [
     "Mode",
     "OfflineAction",
     "OfflineDecision",
+    "OfflineMode",
     "ProtocolError",
     "Reason",
+    "Revocation",
     "Status",
+    "Template",
     "TopicKind",
+    "allowlist_chunks",
     "canonical_json",
     "check_detection_freshness",
     "check_freshness",
@@ -131,11 +156,13 @@ __all__ = [
     "detection_is_fresh",
     "detections_topic",
     "encode_embedding",
+    "entry_may_pass",
     "generate_keypair",
     "heartbeat_topic",
     "load_private_key",
     "loads_strict",
     "new_id",
+    "offline_reason",
     "open_envelope",
     "open_message",
     "parse_topic",
@@ -150,4 +177,5 @@ __all__ = [
     "validate_device_uid",
     "validate_uuid4",
     "verify_envelope",
+    "window_open",
 ]

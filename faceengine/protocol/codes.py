@@ -20,7 +20,8 @@ class Reason(StrEnum):
     PERSON_ERASED = "person_erased"
     RETENTION_PURGE = "retention_purge"
     HELD_OPEN = "held_open"
-    OFFLINE_ALLOWED = "offline_allowed"
+    OFFLINE_ALLOWED = "offline_allowed"  # the device opened alone: fail-safe door while offline
+    OFFLINE_MATCHED = "offline_matched"  # the device opened alone: a person on its signed allow-list
     ENROLMENT_APPROVED = "enrolment_approved"  # a reviewer accepted an enrolment photo into the gallery
     ENROLMENT_REJECTED = "enrolment_rejected"  # a reviewer rejected an enrolment photo
     # policy denials
@@ -35,7 +36,17 @@ class Reason(StrEnum):
     LOCKDOWN = "lockdown"
     LOW_QUALITY = "low_quality"
     DOOR_UNASSIGNED = "door_unassigned"
-    OFFLINE_DENIED = "offline_denied"
+    OFFLINE_DENIED = "offline_denied"  # the device kept the door shut alone: fail-secure (or no valid allow-list)
+    # the device's own allow-list denials while offline (``offline_`` + the device's reason)
+    OFFLINE_UNKNOWN_FACE = "offline_unknown_face"
+    OFFLINE_AMBIGUOUS_MATCH = "offline_ambiguous_match"
+    OFFLINE_OUTSIDE_SCHEDULE = "offline_outside_schedule"
+    OFFLINE_NOT_YET_VALID = "offline_not_yet_valid"
+    OFFLINE_EXPIRED = "offline_expired"
+    OFFLINE_REVOKED = "offline_revoked"
+    OFFLINE_LOCKDOWN = "offline_lockdown"
+    OFFLINE_PRESENTATION_ATTACK = "offline_presentation_attack"
+    OFFLINE_LIVENESS_NOT_MEASURED = "offline_liveness_not_measured"
     PRESENTATION_ATTACK = "presentation_attack"  # liveness judged the face an attack (photo, screen)
     LIVENESS_NOT_MEASURED = "liveness_not_measured"  # the door requires liveness; the detection has no score
     # rejected messages (the codes :class:`ProtocolError` carries, and the server's own checks)
@@ -85,9 +96,33 @@ class CommandKind(StrEnum):
     LOCKDOWN = "lockdown"
     LIFT_LOCKDOWN = "lift_lockdown"
     CONFIG = "config"
-    ALLOWLIST = "allowlist"
+    ALLOWLIST = "allowlist"  # one chunk of an offline allow-list version (faceengine.protocol.allowlist)
+    REVOKE = "revoke"  # drop people from the device's allow-list now
 
 
 class OfflineAction(StrEnum):
     OPEN = "open"
     DENY = "deny"
+
+
+class OfflineMode(StrEnum):
+    """What a door does when its link is down, as the device reports it in heartbeats."""
+
+    SECURE = "secure"  # stay locked
+    SAFE = "safe"  # release until the link returns
+    ALLOWLIST = "allowlist"  # decide alone with a valid (signed, unexpired) allow-list
+
+
+def offline_reason(*, action: OfflineAction | str, basis: str, reason: str | None) -> Reason:
+    """The access-log reason of a decision a device took alone: an allow-list decision is
+    ``offline_`` + the device's reason (when the code set has it); fail-safe / fail-secure and
+    anything else are ``offline_allowed`` / ``offline_denied`` by the action."""
+    opened = str(action) == str(OfflineAction.OPEN)
+    if basis == "allowlist" and reason:
+        try:
+            code = Reason(f"offline_{reason}")
+        except ValueError:
+            code = None
+        if code is not None and (code is Reason.OFFLINE_MATCHED) == opened:
+            return code
+    return Reason.OFFLINE_ALLOWED if opened else Reason.OFFLINE_DENIED

@@ -14,6 +14,7 @@ from faceengine.protocol.codes import (
     EmbeddingEncoding,
     Mode,
     OfflineAction,
+    OfflineMode,
     ProtocolError,
     Reason,
 )
@@ -47,6 +48,10 @@ from faceengine.protocol.validation import (
 _T = TypeVar("_T")
 
 
+def _opt_integer(data: Mapping[str, Any], key: str, **bounds: int) -> int | None:
+    return None if data.get(key) is None else _integer(data, key, **bounds)
+
+
 def new_id() -> str:
     """A fresh uuid4 string (detection_id / command_id)."""
     return str(uuid.uuid4())
@@ -57,13 +62,20 @@ class OfflineDecision:
     """What a device decided on its own while it had no server (synced back with the detection).
 
     ``action``: open/deny; ``basis``: why (``fail_safe``, ``fail_secure``, ``allowlist``,
-    ``lockdown``, ...); ``person_ref``: allow-list entry that matched, if any.
+    ``lockdown``, ...); ``person_ref``: allow-list entry that matched, if any. With an allow-list
+    the evidence too: ``reason`` (the device's policy code: ``matched``, ``unknown_face``,
+    ``outside_schedule``, ...), ``allowlist_version`` and ``similarity`` (best template score).
     """
 
     action: OfflineAction
     basis: str
     decided_at: float
     person_ref: str | None = None
+    reason: str | None = None
+    allowlist_version: int | None = None
+    similarity: float | None = None
+
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("person_ref", "reason", "allowlist_version", "similarity")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -71,18 +83,22 @@ class OfflineDecision:
             "basis": self.basis,
             "decided_at": self.decided_at,
         }
-        if self.person_ref is not None:
-            out["person_ref"] = self.person_ref
+        for key in self._OPTIONAL:
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
-        d = _check_keys(data, {"action", "basis", "decided_at"}, {"person_ref"}, "offline_decision")
+        d = _check_keys(data, {"action", "basis", "decided_at"}, set(cls._OPTIONAL), "offline_decision")
         return cls(
             action=_enum(d, "action", OfflineAction),
             basis=_label(d, "basis", pattern=_CODE_RE),
             decided_at=_check_timestamp(d["decided_at"], "decided_at"),
             person_ref=_opt_label(d, "person_ref"),
+            reason=_opt_label(d, "reason", pattern=_CODE_RE),
+            allowlist_version=_opt_integer(d, "allowlist_version", lo=1),
+            similarity=_opt_number(d, "similarity", lo=-1.0, hi=1.0),
         )
 
 
@@ -325,6 +341,13 @@ class Heartbeat:
     #: the last answer arrived, and the age of the oldest overdue one; None: not measured (older agent)
     answers_overdue: int | None = None
     oldest_overdue_s: float | None = None
+    #: the offline allow-list the device holds (acknowledgement): version, expiry, entries, the
+    #: last revocation applied, and what the door does if the link drops now; None: no list / older agent
+    allowlist_version: int | None = None
+    allowlist_expires_at: float | None = None
+    allowlist_entries: int | None = None
+    revocation_seq: int | None = None
+    offline_mode: OfflineMode | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.HEARTBEAT
@@ -341,14 +364,25 @@ class Heartbeat:
         "unanswered",
         "answers_overdue",
         "oldest_overdue_s",
+        "allowlist_version",
+        "allowlist_expires_at",
+        "allowlist_entries",
+        "revocation_seq",
+        "offline_mode",
     }
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = (
+        "bytes_per_detection", "answers_overdue", "oldest_overdue_s", "allowlist_version", "allowlist_expires_at",
+        "allowlist_entries", "revocation_seq", "offline_mode",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _normalise(self)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._REQUIRED | self._OPTIONAL}
-        for key in ("bytes_per_detection", "answers_overdue", "oldest_overdue_s"):
+        if self.offline_mode is not None:
+            out["offline_mode"] = str(self.offline_mode)
+        for key in self._OMIT_NONE:
             if out[key] is None:
                 del out[key]
         return out
@@ -378,6 +412,13 @@ class Heartbeat:
             unanswered=_integer(d, "unanswered") if "unanswered" in d else 0,
             answers_overdue=_integer(d, "answers_overdue") if d.get("answers_overdue") is not None else None,
             oldest_overdue_s=_opt_number(d, "oldest_overdue_s", lo=0.0),
+            allowlist_version=_opt_integer(d, "allowlist_version", lo=1),
+            allowlist_expires_at=_check_timestamp(d["allowlist_expires_at"], "allowlist_expires_at")
+            if d.get("allowlist_expires_at") is not None
+            else None,
+            allowlist_entries=_opt_integer(d, "allowlist_entries"),
+            revocation_seq=_opt_integer(d, "revocation_seq"),
+            offline_mode=_enum(d, "offline_mode", OfflineMode) if d.get("offline_mode") is not None else None,
         )
 
 
