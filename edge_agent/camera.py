@@ -4,6 +4,9 @@
   video file, through OpenCV's ``cv2.VideoCapture`` (``opencv-python-headless``, imported lazily).
   Live sources are reopened with backoff when they fail; a file ends.
 * :class:`FolderSource`: a folder of images (simulation and tests), needs only Pillow.
+* :class:`InboxSource` (``inbox:DIR``): a folder that visitors are dropped into while the agent
+  runs; each new image is shown for a while, then moved to ``DIR/shown/``; an empty scene in
+  between (benches and end-to-end tests drive a running agent process with it).
 
 :func:`open_camera` picks one from the ``camera.source`` string.
 """
@@ -103,6 +106,62 @@ class FolderSource:
         self._closed.set()
 
 
+class InboxSource:
+    """Visitors dropped into a folder while the agent runs (tests, benches, demos).
+
+    Each image that appears in ``folder`` (write it elsewhere and rename it in, so it is never
+    read half-written) is shown for ``repeat`` frames, in name order, then moved to
+    ``folder/shown/``; between visitors the camera sees an empty grey scene of ``width`` x
+    ``height`` (so the agent's tracks end and are emitted). Frames come at most ``max_fps`` a
+    second (10 when 0: an idle inbox must not spin).
+    """
+
+    def __init__(
+        self, folder: Path | str, *, width: int = 640, height: int = 480, max_fps: float = 0.0, repeat: int = 1
+    ) -> None:
+        self.folder = Path(folder)
+        self.shown = self.folder / "shown"
+        self.shown.mkdir(parents=True, exist_ok=True)
+        self.empty = np.full((height, width, 3), 96, dtype=np.uint8)
+        self.max_fps = max_fps if max_fps > 0 else 10.0
+        self.repeat = max(1, repeat)
+        self._closed = threading.Event()
+
+    def _next_visitor(self) -> Path | None:
+        found = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return found[0] if found else None
+
+    def frames(self) -> Iterator[Frame]:
+        from PIL import Image
+
+        pacer = _Pacer(self.max_fps)
+        index = 0
+        while not self._closed.is_set():
+            visitor = self._next_visitor()
+            shots = [self.empty]
+            if visitor is not None:
+                try:
+                    with Image.open(visitor) as img:
+                        shots = [np.asarray(img.convert("RGB"), dtype=np.uint8)] * self.repeat
+                except OSError:
+                    logger.warning("inbox: cannot read %s; skipped", visitor.name)
+                visitor.replace(self.shown / visitor.name)
+                logger.info("inbox: visitor %s in view for %d frame(s)", visitor.name, len(shots))
+            for rgb in shots:
+                if self._closed.is_set():
+                    return
+                pacer.wait()
+                yield Frame(rgb=rgb, ts=time.time(), index=index)
+                index += 1
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+#: ``camera.source`` prefix of an :class:`InboxSource`
+INBOX_PREFIX = "inbox:"
+
+
 def _capture_target(source: str) -> tuple[Any, bool]:
     """``(cv2 argument, is_live)`` for a source string."""
     if source.isdigit():
@@ -188,7 +247,12 @@ def open_camera(
     folder_repeat: int = 1,
     folder_loop: bool = False,
 ) -> CameraSource:
-    """A folder path gives a :class:`FolderSource`; anything else a :class:`CaptureSource`."""
+    """``inbox:DIR`` gives an :class:`InboxSource`, a folder path a :class:`FolderSource`, anything
+    else a :class:`CaptureSource`."""
+    if source.startswith(INBOX_PREFIX):
+        return InboxSource(
+            source[len(INBOX_PREFIX) :], width=width, height=height, max_fps=max_fps, repeat=folder_repeat
+        )
     if Path(source).is_dir():
         return FolderSource(source, max_fps=max_fps, repeat=folder_repeat, loop=folder_loop)
     return CaptureSource(source, width=width, height=height, max_fps=max_fps)

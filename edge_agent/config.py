@@ -67,13 +67,14 @@ class MqttSection:
 
 @dataclass
 class CameraSection:
-    #: 0 or /dev/video0 (V4L2), rtsp://..., http(s)://... (MJPEG), a video file, or a folder of images
+    #: 0 or /dev/video0 (V4L2), rtsp://..., http(s)://... (MJPEG), a video file, a folder of images,
+    #: or inbox:DIR (visitors dropped into DIR while the agent runs; tests and benches)
     source: str = "0"
     width: int = 640
     height: int = 480
     #: frames per second to process at most (0 = as fast as possible)
     max_fps: float = 10.0
-    #: for folder sources: frames shown per image (a visitor stays in view this long)
+    #: for folder and inbox sources: frames shown per image (a visitor stays in view this long)
     folder_repeat: int = 1
     folder_loop: bool = False
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_agent.camera import CaptureSource, FolderSource, open_camera
+from edge_agent.camera import CaptureSource, FolderSource, InboxSource, open_camera
 
 
 def write_images(folder: Path, n: int) -> None:
@@ -68,3 +68,24 @@ def test_missing_video_file(tmp_path: Path) -> None:
     pytest.importorskip("cv2")
     with pytest.raises(FileNotFoundError):
         list(CaptureSource(str(tmp_path / "nope.mp4")).frames())
+
+
+def test_inbox_source_shows_each_visitor_then_an_empty_scene(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    camera = open_camera(f"inbox:{inbox}", width=64, height=48, max_fps=200, folder_repeat=3)
+    assert isinstance(camera, InboxSource)
+    frames = camera.frames()
+    empty = next(frames)
+    assert empty.rgb.shape == (48, 64, 3) and int(empty.rgb.mean()) == 96
+    staged = tmp_path / "b.png"
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(staged)
+    staged.replace(inbox / "b.png")  # renamed in: never read half-written
+    (inbox / "notes.txt").write_text("not an image")
+    seen = [next(frames) for _ in range(6)]
+    red = [f for f in seen if f.rgb.shape == (10, 20, 3)]
+    assert len(red) == 3 and all(int(f.rgb[0, 0, 0]) == 255 for f in red)
+    assert seen[-1].rgb.shape == (48, 64, 3)  # back to the empty scene
+    assert (inbox / "shown" / "b.png").exists() and not (inbox / "b.png").exists()
+    assert [f.index for f in seen] == sorted(f.index for f in seen)
+    camera.close()
+    assert list(frames) == []
