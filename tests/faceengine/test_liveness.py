@@ -308,3 +308,10 @@ def test_the_commands_calibrate_then_evaluate(tmp_path: Path, settings: pytest.F
     out = StringIO()
     call_command("evaluate_liveness", "--data", str(root), "--threshold", "0.999999", stdout=out, stderr=StringIO())
     assert "threshold 1.0000" in out.getvalue()
+    # Without a stored calibration: the threshold the doors apply, not some other default.
+    (tmp_path / "var" / evaluation.CALIBRATION_FILENAME).unlink()
+    settings.LIVENESS_THRESHOLD = 0.0123  # type: ignore[attr-defined]
+    out, err = StringIO(), StringIO()
+    call_command("evaluate_liveness", "--data", str(root), "--json", stdout=out, stderr=err)
+    assert json.loads(out.getvalue())["threshold"] == pytest.approx(0.0123)
+    assert "the doors' threshold" in err.getvalue()
