@@ -392,6 +392,12 @@ AUDIT_ANCHOR_TRUSTED_KEYS = env_list("ACCESSCTL_AUDIT_ANCHOR_TRUSTED_KEYS", [])
 # verify_audit_chain fails when the latest checkpoint is older than this (0: only reported).
 AUDIT_ANCHOR_MAX_AGE_S = env_int("ACCESSCTL_AUDIT_ANCHOR_MAX_AGE_S", 0)
 
+# --- Backups (manage.py backup / restore, accessctl/project/backup.py): where `backup` writes by
+# default (a folder or s3://bucket/prefix) and the passphrase the archive is encrypted with (or
+# --passphrase-file); without a passphrase there is no backup (it carries the server's signing key).
+BACKUP_TO = env_optional("ACCESSCTL_BACKUP_TO")
+BACKUP_PASSPHRASE = env_optional("ACCESSCTL_BACKUP_PASSPHRASE")
+
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
