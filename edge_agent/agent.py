@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
+from edge_agent.allowlist import AllowlistStore
 from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
@@ -28,6 +29,7 @@ from edge_agent.tracker import Emission, IouTracker
 from edge_agent.vision import FaceCandidate, FaceDetector, FilterWatch, LocalEmbedder, encode_jpeg, prepare
 from faceengine.protocol import (
     Command,
+    CommandKind,
     Detection,
     Heartbeat,
     detections_topic,
@@ -61,6 +63,7 @@ class EdgeAgent:
         embedder: LocalEmbedder | None = None,
         private_key: Any = None,
         liveness: EdgeLiveness | None = None,
+        allowlist_embedder: LocalEmbedder | None = None,
     ) -> None:
         self.config = config
         self.camera = camera
@@ -75,8 +78,28 @@ class EdgeAgent:
         )
         self.uid = config.device.uid
         self.spool = Spool(config.spool.dir, max_entries=config.spool.max_entries)
+        #: what embeds a face for the offline allow-list: the detection embedder in embedding mode
+        #: (embed once), else the one loaded for the list at start (crop mode)
+        self.list_embedder = embedder if config.detection.mode == "embedding" else allowlist_embedder
+        self.allowlist: AllowlistStore | None = None
+        if config.door.fail_mode == "allowlist":
+            if self.list_embedder is None:
+                logger.error("fail mode allowlist without an embedder: every allow-list is refused (secure)")
+            self.allowlist = AllowlistStore(
+                config.spool.dir,
+                device_uid=self.uid,
+                server_public_key=config.device.server_public_key,
+                private_key=self.private_key,
+                model_version=self.list_embedder.model_version if self.list_embedder is not None else None,
+                on_change=self._allowlist_changed,
+            )
+            self.allowlist.load()
         self.door = DoorController(
-            relay, fail_mode=config.door.fail_mode, journal=config.spool.dir / "offline-decisions.jsonl"
+            relay,
+            fail_mode=config.door.fail_mode,
+            journal=config.spool.dir / "offline-decisions.jsonl",
+            allowlist=self.allowlist,
+            pulse_ms=config.door.pulse_ms,
         )
         self.command_listeners: list[Callable[[Command], None]] = []
         self.link = EdgeLink(
@@ -161,7 +184,11 @@ class EdgeAgent:
     ) -> tuple[Detection, int]:
         """Build, sign and queue one detection; returns it and the size of the signed message."""
         detection = self.build_detection(
-            candidate, captured_at=captured_at, extra_quality=extra_quality, liveness=liveness
+            candidate,
+            captured_at=captured_at,
+            extra_quality=extra_quality,
+            liveness=liveness,
+            started=time.perf_counter(),
         )
         raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
@@ -186,10 +213,31 @@ class EdgeAgent:
         captured_at: float,
         extra_quality: dict[str, float] | None = None,
         liveness: LivenessEvidence | None = None,
+        started: float | None = None,
     ) -> Detection:
+        """The signed-to-be detection, with the door's offline decision when the link is down
+        (``started``: ``time.perf_counter()`` when the face was emitted, for the latency)."""
         face = candidate.face
         detection_id = new_id()
         self._update_link_state()
+        vector = None
+        if self.config.detection.mode == "embedding":
+            assert self.embedder is not None
+            vector = self.embedder.embed(candidate)  # once: for the detection and the allow-list
+
+        def embed() -> Any:
+            if vector is not None:
+                return vector
+            if self.list_embedder is None:
+                raise RuntimeError("no embedder for the allow-list")
+            return self.list_embedder.embed(candidate)
+
+        offline = self.door.decide_offline(
+            detection_id,
+            embed=embed,
+            liveness=liveness.score if liveness is not None else None,
+            started=started,
+        )
         fields: dict[str, Any] = {
             "device_uid": self.uid,
             "detection_id": detection_id,
@@ -198,13 +246,13 @@ class EdgeAgent:
             "detector_score": min(1.0, max(0.0, float(face.score))),
             "box": tuple(round(v) for v in face.box),
             "quality": {**candidate.quality, **(extra_quality or {})},
-            "offline_decision": self.door.decide_offline(detection_id),
+            "offline_decision": offline,
             **(liveness.detection_fields() if liveness is not None else {}),
         }
-        if self.config.detection.mode == "embedding":
+        if vector is not None:
             assert self.embedder is not None
             return Detection.with_embedding(
-                values=self.embedder.embed(candidate),
+                values=vector,
                 model_version=self.embedder.model_version,
                 encoding=self.config.detection.embedding_encoding,
                 **fields,
@@ -219,8 +267,19 @@ class EdgeAgent:
 
     # -- commands, link state, heartbeat ---------------------------------------------------
 
-    def _on_command(self, command: Command) -> None:
-        self.door.apply(command)
+    def _on_command(self, command: Command, raw: bytes) -> None:
+        if command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
+            if self.allowlist is not None:
+                self.allowlist.receive(command, raw)
+            else:
+                logger.warning(
+                    "%s command %s ignored: fail mode is %s, not allowlist",
+                    command.command,
+                    command.command_id,
+                    self.config.door.fail_mode,
+                )
+        else:
+            self.door.apply(command)
         for listener in self.command_listeners:
             listener(command)
 
@@ -228,9 +287,15 @@ class EdgeAgent:
         online = self.link.connected or self.link.offline_for() < self.config.door.offline_grace_s
         self.door.set_online(online)
 
+    def _allowlist_changed(self) -> None:
+        """A version or a revocation was applied: acknowledge it at once with a heartbeat."""
+        if self.link.connected:
+            self.send_heartbeat()
+
     def heartbeat(self) -> Heartbeat:
         now = time.time()
         overdue, oldest = self.spool.overdue(now, timeout_s=self.config.mqtt.decision_timeout_s)
+        held = self.allowlist.status() if self.allowlist is not None else None
         return Heartbeat(
             device_uid=self.uid,
             sent_at=now,
@@ -249,6 +314,11 @@ class EdgeAgent:
             unanswered=self.spool.unanswered,
             answers_overdue=overdue,
             oldest_overdue_s=oldest,
+            allowlist_version=held.version if held is not None else None,
+            allowlist_expires_at=held.expires_at if held is not None else None,
+            allowlist_entries=held.entries if held is not None else None,
+            revocation_seq=held.revocation_seq if held is not None else None,
+            offline_mode=self.door.offline_mode,
         )
 
     def send_heartbeat(self) -> bool:
@@ -336,6 +406,8 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
     )
     relay = make_relay(config.relay.driver, gpio_pin=config.relay.gpio_pin, active_high=config.relay.active_high)
     embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
+    # crop mode with an offline allow-list: load the list's model now, not at the first offline face
+    list_embedder = LocalEmbedder(d.embedder) if d.mode == "crop" and config.door.fail_mode == "allowlist" else None
     return EdgeAgent(
         config,
         camera=camera,
@@ -343,6 +415,7 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         relay=relay,
         embedder=embedder,
         liveness=agent_liveness(config),
+        allowlist_embedder=list_embedder,
     )
 
 
