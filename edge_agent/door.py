@@ -140,7 +140,7 @@ class DoorController:
     ) -> OfflineDecision:
         assert self.allowlist is not None
         start = time.perf_counter() if started is None else started
-        now = time.time()
+        now = self.allowlist.clock()
         if self.allowlist.valid(now) is None:
             logger.warning("offline, no valid allow-list (%s): denied (secure)", self.allowlist.unavailable_reason)
             return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now)
