@@ -405,9 +405,13 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         folder_loop=c.folder_loop,
     )
     relay = make_relay(config.relay.driver, gpio_pin=config.relay.gpio_pin, active_high=config.relay.active_high)
-    embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
+    embedder = LocalEmbedder(d.embedder, threads=d.threads) if d.mode == "embedding" else None
     # crop mode with an offline allow-list: load the list's model now, not at the first offline face
-    list_embedder = LocalEmbedder(d.embedder) if d.mode == "crop" and config.door.fail_mode == "allowlist" else None
+    list_embedder = (
+        LocalEmbedder(d.embedder, threads=d.threads)
+        if d.mode == "crop" and config.door.fail_mode == "allowlist"
+        else None
+    )
     return EdgeAgent(
         config,
         camera=camera,
