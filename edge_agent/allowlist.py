@@ -312,9 +312,9 @@ class AllowlistStore:
         )
         return True
 
-    def _chunk(self, chunk: AllowlistChunk, raw: bytes) -> bool:
+    def _chunk(self, chunk: AllowlistChunk, raw: bytes, *, at_rest: bool = False) -> bool:
         header = chunk.header
-        self._check_header(header, self.clock())
+        self._check_header(header, self.clock(), at_rest=at_rest)
         pending = self._pending
         if pending is None or pending.header.version != header.version:
             if pending is not None:
@@ -341,7 +341,10 @@ class AllowlistStore:
         self._apply(version)
         return True
 
-    def _check_header(self, header: AllowlistHeader, now: float) -> None:
+    def _check_header(self, header: AllowlistHeader, now: float, *, at_rest: bool = False) -> None:
+        """Refuse a version for another model, an expired one (at rest: only the last version of
+        the chain must be unexpired, a delta's base may have expired; :meth:`load` checks it) or
+        one not newer than the held one."""
         if self.model_version is None:
             raise AllowlistRefused("this agent has no embedder: it cannot use an allow-list")
         if header.model_version != self.model_version:
@@ -349,7 +352,7 @@ class AllowlistStore:
                 f"version {header.version} is for model {header.model_version}, "
                 f"this agent embeds with {self.model_version}"
             )
-        if header.expires_at <= now:
+        if header.expires_at <= now and not at_rest:
             raise AllowlistRefused(f"version {header.version} expired at {header.expires_at:.0f}")
         held = self._current.header.version if self._current is not None else 0
         if header.version <= held:
@@ -482,7 +485,7 @@ class AllowlistStore:
         return message
 
     def _chunk_at_rest(self, command: Command, raw: bytes) -> None:
-        self._chunk(AllowlistChunk.from_dict(command.data), raw)
+        self._chunk(AllowlistChunk.from_dict(command.data), raw, at_rest=True)
 
 
 def _b64(raw: bytes) -> str:

@@ -303,3 +303,16 @@ def test_thousand_people_match_in_well_under_5_ms() -> None:
         timings.append(time.perf_counter() - start)
     assert decision.person_ref == "p500"
     assert sorted(timings)[len(timings) // 2] < 0.005
+
+
+def test_delta_chain_at_rest_survives_its_base_expiring(tmp_path: Path, keys: Keys) -> None:
+    """At start only the held (last) version must be unexpired: a delta's base may be older."""
+    clock = [time.time()]
+    store = make_store(tmp_path, keys, clock=lambda: clock[0])
+    feed(store, version_commands(keys, header(1, expires_in=60, total_entries=2), people(2)))
+    delta = [entry("person-5", face_vector(5))]
+    feed(store, version_commands(keys, header(2, base=1, expires_in=3600, total_entries=3), delta))
+    clock[0] += 120
+    again = make_store(tmp_path, keys, clock=lambda: clock[0])
+    assert again.load() is True
+    assert again.valid().header.version == 2 and sorted(again.valid().entries) == ["person-0", "person-1", "person-5"]
