@@ -263,3 +263,31 @@ def test_version_and_revocation_are_acknowledged_at_once(
         assert at - start < 3.0
     finally:
         agent.stop()
+
+
+def test_crop_mode_loads_the_list_model_at_start(tmp_path: Path, keys: Keys) -> None:
+    """``build_agent`` in crop mode with fail mode allowlist loads the face model at start (not at
+    the first offline face) and the store accepts lists for that model only."""
+    from PIL import Image
+
+    from edge_agent.agent import build_agent
+    from faceengine.backends.sface import SFACE_MODEL_VERSION
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (64, 64)).save(frames / "0001.jpg")
+    config = make_config(tmp_path, keys, f"mqtt://127.0.0.1:{free_port()}", fail_mode="allowlist")
+    config.camera.source = str(frames)
+    config.liveness.enabled = False
+    agent = build_agent(config)
+    try:
+        assert agent.embedder is None and agent.list_embedder is not None
+        assert agent.list_embedder.model_version == SFACE_MODEL_VERSION == agent.allowlist.model_version
+    finally:
+        agent.stop()
+    config.door.fail_mode = "secure"
+    plain = build_agent(config)
+    try:
+        assert plain.list_embedder is None and plain.allowlist is None
+    finally:
+        plain.stop()
