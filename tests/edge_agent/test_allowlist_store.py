@@ -316,3 +316,22 @@ def test_delta_chain_at_rest_survives_its_base_expiring(tmp_path: Path, keys: Ke
     again = make_store(tmp_path, keys, clock=lambda: clock[0])
     assert again.load() is True
     assert again.valid().header.version == 2 and sorted(again.valid().entries) == ["person-0", "person-1", "person-5"]
+
+
+def test_empty_list_is_valid_and_denies_everyone(tmp_path: Path, keys: Keys) -> None:
+    store = make_store(tmp_path, keys)
+    assert feed(store, version_commands(keys, header(1), [])) == [True]
+    assert store.valid() is not None and store.status().entries == 0
+    decision = store.decide(face_vector(0), at=time.time(), liveness=None)
+    assert (decision.granted, decision.reason, decision.similarity) == (False, "unknown_face", None)
+
+
+def test_chunks_announcing_different_counts_start_over(tmp_path: Path, keys: Keys) -> None:
+    store = make_store(tmp_path, keys)
+    head = header(1)
+    small = version_commands(keys, head, people(12), max_bytes=900)
+    big = version_commands(keys, head, people(12), max_bytes=3000)
+    assert len(small) != len(big)
+    feed(store, small[:1])
+    assert store.receive(*big[-1]) is False and store.valid() is None
+    assert feed(store, small)[-1] is True
