@@ -193,7 +193,7 @@ def test_no_list_or_a_tampered_one_at_start_is_secure(tmp_path: Path, keys: Keys
     try:
         assert agent.heartbeat().offline_mode is p.OfflineMode.SECURE
         assert agent.heartbeat().allowlist_version is None
-        time.sleep(0.3)
+        assert wait_until(lambda agent=agent: agent.link.offline_for() > 0.3, 5)
         assert decide(agent, face_vector(0), fake).offline_decision.basis == "fail_secure"
         give(agent, office_list(keys))
         hb = agent.heartbeat()
@@ -205,7 +205,7 @@ def test_no_list_or_a_tampered_one_at_start_is_secure(tmp_path: Path, keys: Keys
     agent, relay, fake = offline_agent(tmp_path, keys)
     try:
         assert agent.heartbeat().allowlist_version == 1
-        time.sleep(0.3)
+        assert wait_until(lambda agent=agent: agent.link.offline_for() > 0.3, 5)
         assert decide(agent, face_vector(0), fake).offline_decision.reason == "matched"
     finally:
         agent.stop()
@@ -214,7 +214,7 @@ def test_no_list_or_a_tampered_one_at_start_is_secure(tmp_path: Path, keys: Keys
     agent, relay, fake = offline_agent(tmp_path, keys)
     try:
         assert agent.heartbeat().offline_mode is p.OfflineMode.SECURE
-        time.sleep(0.3)
+        assert wait_until(lambda agent=agent: agent.link.offline_for() > 0.3, 5)
         assert decide(agent, face_vector(0), fake).offline_decision.basis == "fail_secure"
         assert relay.pulses == []
     finally:
@@ -257,10 +257,16 @@ def test_version_and_revocation_are_acknowledged_at_once(
         hb, at = next_heartbeat(lambda hb: hb.allowlist_version == 1)
         assert hb.offline_mode is p.OfflineMode.ALLOWLIST and hb.allowlist_entries == 3
         assert at - start < 3.0  # the heartbeat interval is an hour: this is the acknowledgement
-        start = time.monotonic()
-        server.publish(topic, revocation(keys, 1, "alice")[1])
-        hb, at = next_heartbeat(lambda hb: hb.revocation_seq == 1)
-        assert at - start < 3.0
+        latencies = []
+        for seq in range(1, 11):  # revocation -> its acknowledgement, the device's share of the 5 s target
+            start = time.monotonic()
+            server.publish(topic, revocation(keys, seq, f"person-{seq}")[1])
+            hb, at = next_heartbeat(lambda hb, seq=seq: hb.revocation_seq == seq)
+            latencies.append(at - start)
+        assert max(latencies) < 3.0, latencies
+        print(
+            f"revocation acknowledged in {1000 * sorted(latencies)[5]:.0f} ms p50, {1000 * max(latencies):.0f} ms max"
+        )
     finally:
         agent.stop()
 
