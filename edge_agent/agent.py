@@ -300,7 +300,9 @@ class EdgeAgent:
             device_uid=self.uid,
             sent_at=now,
             agent_version=__version__,
-            model_version=self.embedder.model_version if self.embedder is not None else None,
+            # the model this device embeds with (crop mode: the allow-list's, when it has one), which
+            # the server compiles the allow-list's templates for
+            model_version=self.list_embedder.model_version if self.list_embedder is not None else None,
             camera_fps=round(min(self.camera_fps, 1000.0), 2),
             spool_depth=len(self.spool),
             spool_dropped=self.spool.dropped,

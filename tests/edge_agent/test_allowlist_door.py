@@ -178,6 +178,7 @@ def test_lockdown_wins_and_liveness_rules_apply_offline(tmp_path: Path, keys: Ke
 def test_crop_mode_embeds_only_for_an_offline_decision(tmp_path: Path, keys: Keys) -> None:
     agent, relay, fake = offline_agent(tmp_path, keys, mode="crop", offline_grace_s=3600)
     try:
+        assert agent.heartbeat().model_version == MODEL  # what the server compiles templates for
         give(agent, office_list(keys))
         sent = decide(agent, face_vector(0), fake)  # online (within the grace period): the server decides
         assert sent.offline_decision is None and fake.calls == 0 and sent.mode is p.Mode.CROP
