@@ -44,7 +44,6 @@ from edge_agent.spool import private_dir, private_file
 from faceengine.protocol import (
     Command,
     CommandKind,
-    ProtocolError,
     commands_topic,
     open_message,
 )
@@ -283,7 +282,7 @@ class AllowlistStore:
                     raise AllowlistRefused(f"not an allow-list command: {command.command}")
                 if applied:
                     self._persist()
-        except (AllowlistRefused, ProtocolError) as exc:
+        except ValueError as exc:  # AllowlistRefused, ProtocolError (malformed, bad format, bad template)
             self.refused += 1
             logger.warning("allow-list command %s refused: %s", command.command_id, exc)
             return False
@@ -462,7 +461,7 @@ class AllowlistStore:
                     self._revoke(Revocation.from_dict(self._verify(_unb64(raw), CommandKind.REVOKE).data), _unb64(raw))
                 if self._pending is not None:
                     raise AllowlistRefused("an incomplete version at rest")
-        except (AllowlistRefused, ProtocolError, ValueError, KeyError, TypeError, OSError) as exc:
+        except (ValueError, KeyError, TypeError, OSError) as exc:  # refused, protocol, JSON, base64, I/O
             with self._lock:
                 self._current, self._chain, self._pending, self._revocations, self._revoked = None, [], None, [], {}
             self.refused += 1
