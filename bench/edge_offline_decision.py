@@ -128,6 +128,7 @@ def main() -> None:
         started = time.perf_counter()
         for raw in raws:
             agent.link._on_message(agent.link.client, None, mqtt_message(raw, config.device.uid))
+        assert agent.wait_allowlist_applied(600), "list not applied in time"
         apply_s = time.perf_counter() - started
         assert agent.allowlist is not None and agent.allowlist.valid() is not None, "list not applied"
         for _ in range(3):  # warm-up (first runs allocate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -128,6 +129,15 @@ class EdgeAgent:
         self._stop = threading.Event()
         self._stopped = False
         self._supervisor = threading.Thread(target=self._supervise, name="edge-supervisor", daemon=True)
+        # allow-list commands are applied in order on their own thread: a 10,000-person full list
+        # takes seconds to verify and compile, and must not hold up door commands on the link
+        self._allowlist_inbox: queue.SimpleQueue[tuple[Command, bytes] | None] = queue.SimpleQueue()
+        self._allowlist_busy = 0
+        self._allowlist_idle = threading.Condition()
+        self._allowlist_worker: threading.Thread | None = None
+        if self.allowlist is not None:
+            self._allowlist_worker = threading.Thread(target=self._allowlist_loop, name="edge-allowlist", daemon=True)
+            self._allowlist_worker.start()
 
     # -- pipeline --------------------------------------------------------------------------
 
@@ -270,7 +280,9 @@ class EdgeAgent:
     def _on_command(self, command: Command, raw: bytes) -> None:
         if command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
             if self.allowlist is not None:
-                self.allowlist.receive(command, raw)
+                with self._allowlist_idle:
+                    self._allowlist_busy += 1
+                self._allowlist_inbox.put((command, raw))
             else:
                 logger.warning(
                     "%s command %s ignored: fail mode is %s, not allowlist",
@@ -286,6 +298,23 @@ class EdgeAgent:
     def _update_link_state(self) -> None:
         online = self.link.connected or self.link.offline_for() < self.config.door.offline_grace_s
         self.door.set_online(online)
+
+    def _allowlist_loop(self) -> None:
+        assert self.allowlist is not None
+        while (item := self._allowlist_inbox.get()) is not None:
+            try:
+                self.allowlist.receive(*item)
+            except Exception:
+                logger.exception("allow-list command %s failed", item[0].command_id)
+            finally:
+                with self._allowlist_idle:
+                    self._allowlist_busy -= 1
+                    self._allowlist_idle.notify_all()
+
+    def wait_allowlist_applied(self, timeout: float) -> bool:
+        """Block until every allow-list command received so far was handled (tests, benches)."""
+        with self._allowlist_idle:
+            return self._allowlist_idle.wait_for(lambda: self._allowlist_busy == 0, timeout)
 
     def _allowlist_changed(self) -> None:
         """A version or a revocation was applied: acknowledge it at once with a heartbeat."""
@@ -372,6 +401,9 @@ class EdgeAgent:
         if self._supervisor.is_alive():
             self._supervisor.join(2)
         self.link.stop()
+        if self._allowlist_worker is not None:
+            self._allowlist_inbox.put(None)
+            self._allowlist_worker.join(10)
         self.door.relay.close()
         self.spool.close()
 

@@ -49,6 +49,7 @@ def give(agent: EdgeAgent, commands) -> None:
     """Deliver signed commands as the broker would (through the link's verification)."""
     for _command, raw in commands:
         agent.link._on_message(agent.link.client, None, mqtt_message(raw))
+    assert agent.wait_allowlist_applied(10)
 
 
 def office_list(keys: Keys, *, version: int = 1, **kw) -> list:
@@ -298,3 +299,41 @@ def test_crop_mode_loads_the_list_model_at_start(tmp_path: Path, keys: Keys) -> 
         assert plain.list_embedder is None and plain.allowlist is None
     finally:
         plain.stop()
+
+
+def test_a_list_being_applied_does_not_hold_up_door_commands(tmp_path: Path, keys: Keys) -> None:
+    """Allow-list commands are applied on their own thread, in order: a big full list (seconds
+    to verify and compile) never delays an ``open`` arriving behind it on the link."""
+    import threading
+
+    agent, relay, _ = offline_agent(tmp_path, keys)
+    release = threading.Event()
+    real_receive = agent.allowlist.receive
+
+    def slow_receive(command: p.Command, raw: bytes) -> bool:
+        release.wait(10)
+        return real_receive(command, raw)
+
+    agent.allowlist.receive = slow_receive
+    try:
+        for _command, raw in office_list(keys):
+            agent.link._on_message(agent.link.client, None, mqtt_message(raw))
+        agent.link._on_message(agent.link.client, None, mqtt_message(revocation(keys, 1, "alice")[1]))
+        opening = p.Command(
+            device_uid=UID,
+            command="open",
+            command_id=p.new_id(),
+            issued_at=time.time(),
+            reason="granted",
+            pulse_ms=300,
+            detection_id=p.new_id(),
+        )
+        agent.link._on_message(agent.link.client, None, mqtt_message(p.seal(opening, keys.server_private)))
+        assert relay.pulses == [300] and agent.allowlist.valid() is None  # the door acted, the list waits
+        assert not agent.wait_allowlist_applied(0.1)
+        release.set()
+        assert agent.wait_allowlist_applied(10)
+        assert agent.allowlist.valid().header.version == 1 and agent.allowlist.status().revocation_seq == 1
+    finally:
+        release.set()
+        agent.stop()
