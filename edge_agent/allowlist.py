@@ -288,6 +288,8 @@ class AllowlistStore:
                     self._persist()
         except ValueError as exc:  # AllowlistRefused, ProtocolError (malformed, bad format, bad template)
             self.refused += 1
+            if self._current is None:
+                self.unavailable_reason = f"allow-list refused: {exc}"
             logger.warning("allow-list command %s refused: %s", command.command_id, exc)
             return False
         if applied and self.on_change is not None:

@@ -105,6 +105,7 @@ def test_stale_version_model_mismatch_expired_and_unknown_format_are_refused(tmp
     # an agent that cannot embed refuses every list
     blind = make_store(tmp_path / "blind", keys, model=None)
     assert feed(blind, version_commands(keys, header(1), people(1))) == [False]
+    assert "no embedder" in blind.unavailable_reason  # what the door logs when it falls back to secure
 
 
 def test_delta_applies_on_its_base_only(tmp_path: Path, keys: Keys) -> None:
