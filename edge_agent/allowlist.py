@@ -307,7 +307,8 @@ class AllowlistStore:
             return True
         for ref in revocation.refs:
             self._revoked[ref] = max(self._revoked.get(ref, 0), revocation.seq)
-        self._revocations.append((revocation, raw))
+        if revocation not in (r for r, _ in self._revocations):  # a re-sent one is kept once
+            self._revocations.append((revocation, raw))
         self.revocation_seq = max(self.revocation_seq, revocation.seq)
         logger.warning(
             "revocation %d applied (%s): %d ref(s) refused from now on",

@@ -133,6 +133,8 @@ def test_revocation_applies_at_once_and_an_older_version_does_not_bring_it_back(
     feed(store, version_commands(keys, header(1, revocation_seq=2), people(3)))
     assert store.receive(*revocation(keys, 3, "person-1")) is True
     assert store.status().revocation_seq == 3
+    assert store.receive(*revocation(keys, 3, "person-1")) is True  # re-sent (new command id): kept once
+    assert len(store._revocations) == 1
     now = time.time()
     decision = store.decide(face_vector(1), at=now, liveness=None)
     assert not decision.granted and decision.reason == "revoked" and decision.person_ref == "person-1"
