@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
+from edge_agent.allowlist import AllowlistStore
 from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
@@ -28,6 +30,7 @@ from edge_agent.tracker import Emission, IouTracker
 from edge_agent.vision import FaceCandidate, FaceDetector, FilterWatch, LocalEmbedder, encode_jpeg, prepare
 from faceengine.protocol import (
     Command,
+    CommandKind,
     Detection,
     Heartbeat,
     detections_topic,
@@ -61,6 +64,7 @@ class EdgeAgent:
         embedder: LocalEmbedder | None = None,
         private_key: Any = None,
         liveness: EdgeLiveness | None = None,
+        allowlist_embedder: LocalEmbedder | None = None,
     ) -> None:
         self.config = config
         self.camera = camera
@@ -75,8 +79,28 @@ class EdgeAgent:
         )
         self.uid = config.device.uid
         self.spool = Spool(config.spool.dir, max_entries=config.spool.max_entries)
+        #: what embeds a face for the offline allow-list: the detection embedder in embedding mode
+        #: (embed once), else the one loaded for the list at start (crop mode)
+        self.list_embedder = embedder if config.detection.mode == "embedding" else allowlist_embedder
+        self.allowlist: AllowlistStore | None = None
+        if config.door.fail_mode == "allowlist":
+            if self.list_embedder is None:
+                logger.error("fail mode allowlist without an embedder: every allow-list is refused (secure)")
+            self.allowlist = AllowlistStore(
+                config.spool.dir,
+                device_uid=self.uid,
+                server_public_key=config.device.server_public_key,
+                private_key=self.private_key,
+                model_version=self.list_embedder.model_version if self.list_embedder is not None else None,
+                on_change=self._allowlist_changed,
+            )
+            self.allowlist.load()
         self.door = DoorController(
-            relay, fail_mode=config.door.fail_mode, journal=config.spool.dir / "offline-decisions.jsonl"
+            relay,
+            fail_mode=config.door.fail_mode,
+            journal=config.spool.dir / "offline-decisions.jsonl",
+            allowlist=self.allowlist,
+            pulse_ms=config.door.pulse_ms,
         )
         self.command_listeners: list[Callable[[Command], None]] = []
         self.link = EdgeLink(
@@ -105,6 +129,15 @@ class EdgeAgent:
         self._stop = threading.Event()
         self._stopped = False
         self._supervisor = threading.Thread(target=self._supervise, name="edge-supervisor", daemon=True)
+        # allow-list commands are applied in order on their own thread: a 10,000-person full list
+        # takes seconds to verify and compile, and must not hold up door commands on the link
+        self._allowlist_inbox: queue.SimpleQueue[tuple[Command, bytes] | None] = queue.SimpleQueue()
+        self._allowlist_busy = 0
+        self._allowlist_idle = threading.Condition()
+        self._allowlist_worker: threading.Thread | None = None
+        if self.allowlist is not None:
+            self._allowlist_worker = threading.Thread(target=self._allowlist_loop, name="edge-allowlist", daemon=True)
+            self._allowlist_worker.start()
 
     # -- pipeline --------------------------------------------------------------------------
 
@@ -161,7 +194,11 @@ class EdgeAgent:
     ) -> tuple[Detection, int]:
         """Build, sign and queue one detection; returns it and the size of the signed message."""
         detection = self.build_detection(
-            candidate, captured_at=captured_at, extra_quality=extra_quality, liveness=liveness
+            candidate,
+            captured_at=captured_at,
+            extra_quality=extra_quality,
+            liveness=liveness,
+            started=time.perf_counter(),
         )
         raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
@@ -186,10 +223,31 @@ class EdgeAgent:
         captured_at: float,
         extra_quality: dict[str, float] | None = None,
         liveness: LivenessEvidence | None = None,
+        started: float | None = None,
     ) -> Detection:
+        """The signed-to-be detection, with the door's offline decision when the link is down
+        (``started``: ``time.perf_counter()`` when the face was emitted, for the latency)."""
         face = candidate.face
         detection_id = new_id()
         self._update_link_state()
+        vector = None
+        if self.config.detection.mode == "embedding":
+            assert self.embedder is not None
+            vector = self.embedder.embed(candidate)  # once: for the detection and the allow-list
+
+        def embed() -> Any:
+            if vector is not None:
+                return vector
+            if self.list_embedder is None:
+                raise RuntimeError("no embedder for the allow-list")
+            return self.list_embedder.embed(candidate)
+
+        offline = self.door.decide_offline(
+            detection_id,
+            embed=embed,
+            liveness=liveness.score if liveness is not None else None,
+            started=started,
+        )
         fields: dict[str, Any] = {
             "device_uid": self.uid,
             "detection_id": detection_id,
@@ -198,13 +256,13 @@ class EdgeAgent:
             "detector_score": min(1.0, max(0.0, float(face.score))),
             "box": tuple(round(v) for v in face.box),
             "quality": {**candidate.quality, **(extra_quality or {})},
-            "offline_decision": self.door.decide_offline(detection_id),
+            "offline_decision": offline,
             **(liveness.detection_fields() if liveness is not None else {}),
         }
-        if self.config.detection.mode == "embedding":
+        if vector is not None:
             assert self.embedder is not None
             return Detection.with_embedding(
-                values=self.embedder.embed(candidate),
+                values=vector,
                 model_version=self.embedder.model_version,
                 encoding=self.config.detection.embedding_encoding,
                 **fields,
@@ -219,8 +277,21 @@ class EdgeAgent:
 
     # -- commands, link state, heartbeat ---------------------------------------------------
 
-    def _on_command(self, command: Command) -> None:
-        self.door.apply(command)
+    def _on_command(self, command: Command, raw: bytes) -> None:
+        if command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
+            if self.allowlist is not None:
+                with self._allowlist_idle:
+                    self._allowlist_busy += 1
+                self._allowlist_inbox.put((command, raw))
+            else:
+                logger.warning(
+                    "%s command %s ignored: fail mode is %s, not allowlist",
+                    command.command,
+                    command.command_id,
+                    self.config.door.fail_mode,
+                )
+        else:
+            self.door.apply(command)
         for listener in self.command_listeners:
             listener(command)
 
@@ -228,14 +299,39 @@ class EdgeAgent:
         online = self.link.connected or self.link.offline_for() < self.config.door.offline_grace_s
         self.door.set_online(online)
 
+    def _allowlist_loop(self) -> None:
+        assert self.allowlist is not None
+        while (item := self._allowlist_inbox.get()) is not None:
+            try:
+                self.allowlist.receive(*item)
+            except Exception:
+                logger.exception("allow-list command %s failed", item[0].command_id)
+            finally:
+                with self._allowlist_idle:
+                    self._allowlist_busy -= 1
+                    self._allowlist_idle.notify_all()
+
+    def wait_allowlist_applied(self, timeout: float) -> bool:
+        """Block until every allow-list command received so far was handled (tests, benches)."""
+        with self._allowlist_idle:
+            return self._allowlist_idle.wait_for(lambda: self._allowlist_busy == 0, timeout)
+
+    def _allowlist_changed(self) -> None:
+        """A version or a revocation was applied: acknowledge it at once with a heartbeat."""
+        if self.link.connected:
+            self.send_heartbeat()
+
     def heartbeat(self) -> Heartbeat:
         now = time.time()
         overdue, oldest = self.spool.overdue(now, timeout_s=self.config.mqtt.decision_timeout_s)
+        held = self.allowlist.status() if self.allowlist is not None else None
         return Heartbeat(
             device_uid=self.uid,
             sent_at=now,
             agent_version=__version__,
-            model_version=self.embedder.model_version if self.embedder is not None else None,
+            # the model this device embeds with (crop mode: the allow-list's, when it has one), which
+            # the server compiles the allow-list's templates for
+            model_version=self.list_embedder.model_version if self.list_embedder is not None else None,
             camera_fps=round(min(self.camera_fps, 1000.0), 2),
             spool_depth=len(self.spool),
             spool_dropped=self.spool.dropped,
@@ -249,6 +345,11 @@ class EdgeAgent:
             unanswered=self.spool.unanswered,
             answers_overdue=overdue,
             oldest_overdue_s=oldest,
+            allowlist_version=held.version if held is not None else None,
+            allowlist_expires_at=held.expires_at if held is not None else None,
+            allowlist_entries=held.entries if held is not None else None,
+            revocation_seq=held.revocation_seq if held is not None else None,
+            offline_mode=self.door.offline_mode,
         )
 
     def send_heartbeat(self) -> bool:
@@ -300,6 +401,9 @@ class EdgeAgent:
         if self._supervisor.is_alive():
             self._supervisor.join(2)
         self.link.stop()
+        if self._allowlist_worker is not None:
+            self._allowlist_inbox.put(None)
+            self._allowlist_worker.join(10)
         self.door.relay.close()
         self.spool.close()
 
@@ -335,7 +439,13 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         folder_loop=c.folder_loop,
     )
     relay = make_relay(config.relay.driver, gpio_pin=config.relay.gpio_pin, active_high=config.relay.active_high)
-    embedder = LocalEmbedder(d.embedder) if d.mode == "embedding" else None
+    embedder = LocalEmbedder(d.embedder, threads=d.threads) if d.mode == "embedding" else None
+    # crop mode with an offline allow-list: load the list's model now, not at the first offline face
+    list_embedder = (
+        LocalEmbedder(d.embedder, threads=d.threads)
+        if d.mode == "crop" and config.door.fail_mode == "allowlist"
+        else None
+    )
     return EdgeAgent(
         config,
         camera=camera,
@@ -343,6 +453,7 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         relay=relay,
         embedder=embedder,
         liveness=agent_liveness(config),
+        allowlist_embedder=list_embedder,
     )
 
 

@@ -126,8 +126,11 @@ class RelaySection:
 
 @dataclass
 class DoorSection:
-    #: secure (stay locked while offline) | safe (release while offline)
+    #: secure (stay locked while offline) | safe (release while offline) | allowlist (decide alone
+    #: with the signed offline allow-list the server pushes; secure without a valid one)
     fail_mode: str = "secure"
+    #: relay pulse of a door the device opens alone (allow-list grant), milliseconds
+    pulse_ms: int = 3000
     #: the device counts as offline after the broker has been unreachable this long
     offline_grace_s: float = 5.0
 
@@ -166,7 +169,9 @@ class EdgeConfig:
         _choice("detection.mode", self.detection.mode, ("crop", "embedding"))
         _choice("detection.embedding_encoding", self.detection.embedding_encoding, ("f32", "f16", "int8"))
         _choice("relay.driver", self.relay.driver, ("simulated", "gpio"))
-        _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe"))
+        _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe", "allowlist"))
+        if not 0 < self.door.pulse_ms <= 60_000:
+            raise ConfigError("door.pulse_ms must be 1..60000")
         if self.relay.driver == "gpio" and self.relay.gpio_pin is None:
             raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
         if self.liveness.fuse_top_k < 1:

@@ -19,7 +19,8 @@
   happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
 * Commands are verified with the server public key, checked against the device uid and the
   timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
-  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command``. An
+  ``detection_id`` (a door acts on the first answer only), then handed to ``on_command`` with
+  their signed bytes (the allow-list keeps those at rest and verifies them again at start). An
   answered detection never awaits again, also when the broker's acknowledgement of a re-sent
   copy is handled (by the sender thread) after the answer (:meth:`Spool.resolve`). The
   ids of applied commands are kept in the spool database, so a genuine ``open`` replayed after
@@ -76,7 +77,7 @@ class EdgeLink:
         server_public_key: str,
         spool: Spool,
         agent_version: str = "",
-        on_command: Callable[[Command], None] | None = None,
+        on_command: Callable[[Command, bytes], None] | None = None,
     ) -> None:
         self.settings = settings
         self.device_uid = device_uid
@@ -400,6 +401,6 @@ class EdgeLink:
                 return
         if self.on_command is not None:
             try:
-                self.on_command(command)
+                self.on_command(command, message.payload)
             except Exception:
                 logger.exception("command %s failed", command.command_id)

@@ -251,8 +251,9 @@ def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
 class LocalEmbedder:
     """Privacy mode: embed on the device with ``faceengine.registry.get_embedder(name)``."""
 
-    def __init__(self, name: str) -> None:
-        self._embedder: Any = get_embedder(name)
+    def __init__(self, name: str, *, threads: int | None = None) -> None:
+        # ``threads``: the model's intra-op threads (the device budget; None: the runtime's default)
+        self._embedder: Any = get_embedder(name, **({"num_threads": threads} if threads else {}))
         self.model_version: str = self._embedder.model_version
         self.input_kind = str(self._embedder.input_kind)
 

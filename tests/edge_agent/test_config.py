@@ -28,6 +28,13 @@ def test_toml_and_env_overrides(tmp_path: Path) -> None:
     config.validate(need_keys=False)
 
 
+def test_allowlist_fail_mode_and_pulse(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text('[device]\nuid = "door-7"\n[door]\nfail_mode = "allowlist"\npulse_ms = 1500\n')
+    config = load_config(path, environ={}).validate(need_keys=False)
+    assert (config.door.fail_mode, config.door.pulse_ms) == ("allowlist", 1500)
+
+
 def test_example_config_parses() -> None:
     config = load_config(EXAMPLE, environ={})
     assert config.device.uid
@@ -41,6 +48,8 @@ def test_example_config_parses() -> None:
         ("[device]\nuid = 'd'\n[mqtt]\nurl = 'http://x'\n", {}),
         ("[device]\nuid = 'd'\n", {"ACS_EDGE_DETECTION_MODE": "fullframe"}),
         ("[device]\nuid = 'd'\n[relay]\ndriver = 'gpio'\n", {}),
+        ("[device]\nuid = 'd'\n[door]\nfail_mode = 'open'\n", {}),
+        ("[device]\nuid = 'd'\n[door]\nfail_mode = 'allowlist'\npulse_ms = 0\n", {}),
     ],
 )
 def test_invalid(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
