@@ -115,7 +115,6 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
     The door commands are published as each transaction commits (see :mod:`accessctl.decisions`).
     """
     ids = list(dict.fromkeys(str(i) for i in detection_ids))
-    # In arrival order: a device's offline decisions, synced in order, are logged in that order.
     staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("door").order_by("pk")
     prepared = [_prepare(inbound) for inbound in staged]
     reasons: dict[str, str] = {}
@@ -272,7 +271,8 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
                 if item.offline is not None:
                     item.offline.recognised = True
         online = [item for item in prepared if item.offline is None]
-        offline = [item for item in prepared if item.offline is not None]
+        # Oldest first: a synced spool batch is chained in the order the door decided it.
+        offline = sorted((item for item in prepared if item.offline is not None), key=lambda i: i.decision.occurred_at)
         recorded = access_decide_many([item.decision for item in online])
         # Decided at the door already: recorded with the server's verdict, no door command.
         reconciled = offline_decisions_record([item.offline for item in offline])  # type: ignore[misc]

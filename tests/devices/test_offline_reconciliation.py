@@ -342,3 +342,14 @@ def test_late_offline_events_are_marked_on_the_feed_the_audit_log_and_the_api(si
     assert "offline, synced 3 min later" in dashboard
     csv = b"".join(client.get("/audit/export.csv").streaming_content).decode()
     assert "offline, synced 3 min later" in csv
+
+
+def test_a_synced_batch_is_chained_in_the_order_the_door_decided_it(site, staged) -> None:
+    newer = offline_detection(seed=1, person=site["alice"], age_s=60)
+    older = offline_detection(seed=2, person=site["bob"], action="deny", reason="unknown_face", age_s=120)
+    for det in (newer, older):  # staged in the other order (the bridge stages concurrently)
+        ingest_raw(p.seal(det, site["key"]))
+    assert decide(staged) == ["offline_matched", "offline_unknown_face"]
+    chained = [str(e.detection_id) for e in AccessEvent.objects.order_by("id")]
+    assert chained == [older.detection_id, newer.detection_id]
+    assert chain_verify().ok
