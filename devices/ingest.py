@@ -249,19 +249,20 @@ def _offline_stage(*, detection: p.Detection, device: EdgeDevice, queue: Decisio
     a spool redelivery), a replay when it does not or came from another device.
     """
     digest = detection_digest(detection)
-    recorded = (
+    # No ORDER BY (``first()`` would add the log's ordering): the unique detection id finds it.
+    recorded = list(
         AccessEvent.objects.filter(detection_id=detection.detection_id)
-        .values_list("source", "device_uid", "details")
-        .first()
+        .order_by()
+        .values_list("source", "device_uid", "details")[:1]
     )
-    if recorded is not None:
-        source, device_uid, details = recorded
+    if recorded:
+        source, device_uid, details = recorded[0]
         same = source == AccessEvent.Source.DEVICE_OFFLINE and device_uid == device.uid
         if same and (details or {}).get("payload_sha256") == digest:
             logger.info("offline decision %s from %s redelivered: recorded already", detection.detection_id, device.uid)
             return "duplicate"
         raise _replay(detection, device)
-    staged = InboundDetection.objects.filter(detection_id=detection.detection_id).first()
+    staged = next(iter(InboundDetection.objects.filter(detection_id=detection.detection_id).order_by()[:1]), None)
     if staged is not None and (staged.device_uid != device.uid or staged_digest(staged) != digest):
         raise _replay(detection, device)
     result = detection_stage(
