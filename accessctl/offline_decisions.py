@@ -17,7 +17,8 @@ after (replayed from the device's spool), it follows this one path, called by th
 3. never a door command: the door decided already, and an answer now would be minutes late;
 4. a grant the server would deny now (e.g. the person was suspended while the door was cut off)
    raises an ``offline_disagreement`` alarm with both verdicts; a denial the server would have
-   granted is only recorded (``details["agrees"] = False``).
+   granted is only recorded (``details["agrees"] = False``); a presentation attack the door
+   refused alone raises the ``presentation_attack`` alarm, as online.
 
 Fail-safe / fail-secure decisions (basis ``fail_safe`` / ``fail_secure``) are recorded the same
 way as ``offline_allowed`` / ``offline_denied``; they raise no disagreement alarm (the door did
@@ -233,5 +234,14 @@ def _notify(event: AccessEvent, item: OfflineInput, server: _Verdict) -> None:
             "offline grant %s at %s (device %s) disagrees with the server: %s",
             event.detection_id, event.door_id or "-", event.device_uid, server.reason,
         )  # fmt: skip
-    elif not event.details.get("agrees", True):
+    elif event.reason == Reason.OFFLINE_PRESENTATION_ATTACK:
+        # A photo or a screen held up to the door while it was cut off: the same alarm as online.
+        alarm_raise(
+            kind=Alarm.Kind.PRESENTATION_ATTACK, door=item.detection.door, device_id=event.device_id,
+            device_uid=event.device_uid, event=event, details={
+                "reason": event.reason, "liveness": event.liveness_edge, "offline": True,
+                "subject": str(event.subject_uid) if event.subject_uid else None, "snapshot": event.snapshot,
+            },
+        )  # fmt: skip
+    if not event.details.get("agrees", True) and event.decision == Decision.DENY:
         logger.info("offline denial %s (device %s): the server would grant", event.detection_id, event.device_uid)

@@ -353,3 +353,41 @@ def test_a_synced_batch_is_chained_in_the_order_the_door_decided_it(site, staged
     chained = [str(e.detection_id) for e in AccessEvent.objects.order_by("id")]
     assert chained == [older.detection_id, newer.detection_id]
     assert chain_verify().ok
+
+
+def test_a_presentation_attack_refused_offline_raises_the_attack_alarm(site, staged) -> None:
+    det = offline_detection(
+        seed=1, person=site["alice"], action="deny", reason="presentation_attack", liveness=0.02, liveness_frames=9
+    )
+    ingest_raw(p.seal(det, site["key"]))
+    assert decide(staged) == ["offline_presentation_attack"]
+    event = AccessEvent.objects.get()
+    alarm = Alarm.objects.get()
+    assert (alarm.kind, alarm.event_id, alarm.details["offline"]) == ("presentation_attack", event.pk, True)
+
+
+def test_another_device_reusing_an_offline_detection_id_is_a_replay(site, staged) -> None:
+    other = device_provision(uid="door-offline-2", door=site["door"])
+    other_key = p.load_private_key(other.private_key_pem)
+    det = offline_detection(seed=1, person=site["alice"])
+    ingest_raw(p.seal(det, site["key"]))
+    copy = p.Detection.from_dict(det.to_dict() | {"device_uid": "door-offline-2"})
+    assert ingest.detection_ingest(device_uid="door-offline-2", raw=p.seal(copy, other_key)) == "replay"  # staged
+    decide(staged)
+    assert ingest.detection_ingest(device_uid="door-offline-2", raw=p.seal(copy, other_key)) == "replay"  # recorded
+    assert AccessEvent.objects.filter(reason="replay").count() == 1  # the same bad bytes: recorded once
+    assert AccessEvent.objects.get(source="device_offline").device_uid == UID
+
+
+def test_the_access_webhook_says_it_was_decided_offline(site, staged, monkeypatch) -> None:
+    from accessctl import offline_decisions
+    from accessctl.webhooks import access_event_webhook_payload
+
+    hooked: list[AccessEvent] = []
+    monkeypatch.setattr(offline_decisions, "webhook_dispatch_access_event", lambda event: hooked.append(event) or [])
+    ingest_raw(p.seal(offline_detection(seed=1, person=site["alice"]), site["key"]))
+    decide(staged)
+    assert [e.pk for e in hooked] == [AccessEvent.objects.get().pk]
+    payload = access_event_webhook_payload(hooked[0])
+    assert payload["source"] == "device_offline" and payload["allowlist_version"] == 7
+    assert payload["offline"]["late"] is True and payload["offline"]["agrees"] is True
