@@ -78,3 +78,41 @@ def offline_mark_text(mark: OfflineMark | None) -> str:
         reason = (mark["server_reason"] or "").replace("_", " ")
         parts.append(f"server would {verdict}" + (f" ({reason})" if reason and verdict == "deny" else ""))
     return " · ".join(parts)
+
+
+#: Device statuses in which the server answers the door (``devices.models.EdgeDevice.Status``).
+_REACHABLE = frozenset({"online", "degraded"})
+
+
+class LinkMode(TypedDict):
+    mode: str  # online / degraded, offline-allowlist / offline-secure / offline-safe, or provisioned / disabled
+    fallback: str  # what the door does alone (now if it is offline): allowlist, secure or safe
+    allowlist_version: int | None
+    allowlist_expires_at: float | None  # unix seconds
+    label: str  # "allow-list v7 · 20 h left", "secure", "allow-list expired: secure"
+
+
+def link_mode(*, status: str, heartbeat: dict | None, now: float) -> LinkMode:
+    """A device's link mode for the dashboard, from its status and its last signed heartbeat
+    (``offline_mode``, ``allowlist_version``, ``allowlist_expires_at``): a door holding an unexpired
+    allow-list decides alone when the link drops; one whose list expired falls back to ``secure``."""
+    heartbeat = heartbeat or {}
+    declared = heartbeat.get("offline_mode")
+    version = heartbeat.get("allowlist_version")
+    expires = heartbeat.get("allowlist_expires_at")
+    version = version if isinstance(version, int) and not isinstance(version, bool) else None
+    expires = float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None
+    holds_list = declared == "allowlist" and version is not None and expires is not None and expires > now
+    if holds_list:
+        fallback, label = "allowlist", f"allow-list v{version} · {duration_text(expires - now)} left"
+    elif declared == "allowlist":
+        fallback, label = "secure", "allow-list expired: secure"
+    elif declared == "safe":
+        fallback, label = "safe", "safe"
+    else:
+        fallback, label = "secure", "secure"
+    if status in _REACHABLE or status in ("provisioned", "disabled"):
+        mode = status
+    else:
+        mode = f"offline-{fallback}"
+    return LinkMode(mode=mode, fallback=fallback, allowlist_version=version, allowlist_expires_at=expires, label=label)

@@ -1,11 +1,15 @@
-"""``{{ event|offline_mark }}``: the offline mark of an access event (see accessctl.offline_marks)."""
+"""``{{ event|offline_mark }}``: the offline mark of an access event; ``{{ device|link_mode }}``: what a
+dashboard device does without the server (see accessctl.offline_marks)."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from django import template
 
 from accessctl.models import AccessEvent
-from accessctl.offline_marks import offline_mark, offline_mark_text
+from accessctl.offline_marks import LinkMode, link_mode, offline_mark, offline_mark_text
 
 register = template.Library()
 
@@ -19,3 +23,9 @@ def offline_mark_filter(event: AccessEvent) -> str:
 def offline_disagrees_filter(event: AccessEvent) -> bool:
     mark = offline_mark(event)
     return mark is not None and mark["agrees"] is False
+
+
+@register.filter(name="link_mode")
+def link_mode_filter(device: Any) -> LinkMode:
+    """The link mode of a dashboard tile's device (any object with ``status`` and ``last_heartbeat``)."""
+    return link_mode(status=str(device.status), heartbeat=getattr(device, "last_heartbeat", None), now=time.time())

@@ -148,8 +148,12 @@
       if (none) none.remove();
       list.appendChild(chip);
     }
-    chip.className = "device status-" + p.status;
-    chip.querySelector(".device-status").textContent = p.status;
+    /* Its link mode, as accessctl/offline_marks.py link_mode says: reachable, or deciding alone
+       with what its last heartbeat declared (the fallback the page was rendered with). */
+    var fallback = chip.getAttribute("data-fallback") || "secure";
+    var reachable = ["online", "degraded", "provisioned", "disabled"].indexOf(p.status) >= 0;
+    chip.className = "device status-" + p.status + " fallback-" + fallback;
+    chip.querySelector(".device-status").textContent = reachable ? p.status : "offline-" + fallback;
     chip.title = p.last_seen ? "Last seen " + new Date(p.last_seen).toLocaleString() : "Never seen";
   }
 

@@ -263,3 +263,28 @@ def test_a_late_offline_grant_the_server_disputes_is_marked_and_alarmed(page, li
     assert Alarm.objects.get(kind="offline_disagreement").acknowledged_by.username == "olga"
     page.reload()  # rendered by the server with the same words
     assert mark in page.locator(f'#feed tr.offline.disagrees[data-event-id="{event.pk}"]').inner_text()
+
+
+def test_a_door_shows_what_it_does_when_the_link_drops(page, live_url) -> None:
+    from accessctl.realtime import device_status_broadcast
+
+    user_create("olga", "accessctl.view_dashboard")
+    door = Door.objects.create(name="Warehouse")
+    expires = time.time() + 20 * 3600 + 60
+    heartbeat = {"offline_mode": "allowlist", "allowlist_version": 7, "allowlist_expires_at": expires}
+    cam = EdgeDevice.objects.create(
+        uid="wh-cam-1", door=door, public_key="x", status="online", last_seen=timezone.now(), last_heartbeat=heartbeat
+    )
+    EdgeDevice.objects.create(uid="wh-cam-2", door=door, public_key="x", status="offline", last_heartbeat={})
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    chip = page.locator(f'.device[data-device-id="{cam.pk}"]')
+    assert chip.locator(".device-status").inner_text() == "online"
+    assert chip.locator(".device-fallback").inner_text() == "allow-list v7 · 20 h left"
+    other = page.locator(".device", has_text="wh-cam-2")
+    assert other.locator(".device-status").inner_text() == "offline-secure"
+    # The link drops: the tile says the door now decides alone with its allow-list.
+    off_loop(lambda: device_status_broadcast(device_id=cam.pk, uid=cam.uid, door_id=door.pk, status="offline",
+                                             last_seen=timezone.now()))  # fmt: skip
+    page.locator(f'.device.status-offline.fallback-allowlist[data-device-id="{cam.pk}"]').wait_for()
+    assert chip.locator(".device-status").inner_text() == "offline-allowlist"
