@@ -21,8 +21,9 @@ after (replayed from the device's spool), it follows this one path, called by th
    refused alone raises the ``presentation_attack`` alarm, as online.
 
 Fail-safe / fail-secure decisions (basis ``fail_safe`` / ``fail_secure``) are recorded the same
-way as ``offline_allowed`` / ``offline_denied``; they raise no disagreement alarm (the door did
-what the site chose for it, for everyone).
+way, as ``offline_allowed`` / ``offline_denied``; a fail-safe release raises no disagreement alarm
+at a door whose fail mode is ``safe`` (the site chose it, for everyone), and does at any other
+door (it opened against its configuration).
 """
 
 from __future__ import annotations
@@ -42,16 +43,15 @@ from accessctl.alarms import alarm_raise
 from accessctl.audit import EventDraft, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.decisions import DecisionInput
-from accessctl.models import AccessEvent, Alarm, Person
+from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
 from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
 
-#: The offline basis whose decisions are the policy's (compiled into the allow-list): only these
-#: can disagree with the server. Fail-safe / fail-secure apply to everyone by design.
-ALLOWLIST_BASIS = "allowlist"
+#: The offline basis of a fail-safe release (the door opens for everyone while cut off).
+FAIL_SAFE_BASIS = "fail_safe"
 
 
 @dataclass
@@ -185,6 +185,7 @@ def _draft(item: OfflineInput, person: Person | None, server: _Verdict, named: _
         "late": item.late,
         "server": server_details,
         "agrees": server.decision == decision,
+        "door_fail_mode": det.door.fail_mode if det.door is not None else None,
     }
     if item.sent_at is not None:
         details["sent_at"] = item.sent_at
@@ -204,15 +205,17 @@ def _draft(item: OfflineInput, person: Person | None, server: _Verdict, named: _
 
 
 def disagrees(event: AccessEvent) -> bool:
-    """True for an offline allow-list grant the server would deny: what the alarm is about."""
-    server = (event.details or {}).get("server") or {}
-    basis = ((event.details or {}).get("offline_decision") or {}).get("basis")
-    return (
-        event.source == AccessEvent.Source.DEVICE_OFFLINE
-        and basis == ALLOWLIST_BASIS
-        and event.decision == Decision.GRANT
-        and server.get("decision") == Decision.DENY
-    )
+    """True for an offline grant the server would deny: what the alarm is about. A fail-safe
+    release at a door whose fail mode is ``safe`` is what the site chose (for everyone): no alarm;
+    at a door set to anything else it is a door that opened against its configuration."""
+    details = event.details or {}
+    server = details.get("server") or {}
+    basis = (details.get("offline_decision") or {}).get("basis")
+    if event.source != AccessEvent.Source.DEVICE_OFFLINE or event.decision != Decision.GRANT:
+        return False
+    if basis == FAIL_SAFE_BASIS and details.get("door_fail_mode") == Door.FailMode.SAFE:
+        return False
+    return server.get("decision") == Decision.DENY
 
 
 def _notify(event: AccessEvent, item: OfflineInput, server: _Verdict) -> None:

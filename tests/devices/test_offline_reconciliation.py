@@ -246,6 +246,7 @@ def test_an_unknown_person_ref_stays_in_the_details(site, staged) -> None:
 @pytest.mark.parametrize(("action", "basis", "reason"), [("open", "fail_safe", "offline_allowed"),
                                                          ("deny", "fail_secure", "offline_denied")])  # fmt: skip
 def test_fail_safe_and_fail_secure_are_recorded_as_before(site, staged, action, basis, reason) -> None:
+    Door.objects.filter(pk=site["door"].pk).update(fail_mode="safe" if basis == "fail_safe" else "secure")
     det = offline_detection(seed=9, person=None, action=action, basis=basis, age_s=3600)
     ingest_raw(p.seal(det, site["key"]))
     assert decide(staged) == [reason]
@@ -391,3 +392,13 @@ def test_the_access_webhook_says_it_was_decided_offline(site, staged, monkeypatc
     payload = access_event_webhook_payload(hooked[0])
     assert payload["source"] == "device_offline" and payload["allowlist_version"] == 7
     assert payload["offline"]["late"] is True and payload["offline"]["agrees"] is True
+
+
+def test_a_fail_safe_release_at_a_door_set_to_fail_secure_raises_the_alarm(site, staged) -> None:
+    det = offline_detection(seed=9, person=None, action="open", basis="fail_safe")  # the door is "secure"
+    ingest_raw(p.seal(det, site["key"]))
+    assert decide(staged) == ["offline_allowed"]
+    event = AccessEvent.objects.get()
+    assert event.details["door_fail_mode"] == "secure"
+    alarm = Alarm.objects.get()
+    assert (alarm.kind, alarm.details["server"]["reason"]) == ("offline_disagreement", "unknown_face")
