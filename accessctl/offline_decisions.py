@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -187,6 +188,11 @@ def _draft(item: OfflineInput, person: Person | None, server: _Verdict, named: _
         "agrees": server.decision == decision,
         "door_fail_mode": det.door.fail_mode if det.door is not None else None,
     }
+    ahead_s = (det.occurred_at - item.received_at).total_seconds()
+    if ahead_s > settings.DEVICE_TIMESTAMP_WINDOW_S:
+        # Seen "in the future": the device's clock is wrong (or its key in the wrong hands). Kept
+        # with the time it claims, flagged; the dashboard and the API show it.
+        details["clock_ahead_s"] = round(ahead_s, 3)
     if item.sent_at is not None:
         details["sent_at"] = item.sent_at
     if item.payload_sha256:

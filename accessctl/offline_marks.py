@@ -27,6 +27,7 @@ class OfflineMark(TypedDict):
     agrees: bool | None  # None: recorded before the server checked offline decisions
     server_decision: str | None
     server_reason: str | None
+    clock_ahead_s: float | None  # the device dated it this far after the server received it
 
 
 def offline_mark(event: AccessEvent) -> OfflineMark | None:
@@ -47,6 +48,7 @@ def offline_mark(event: AccessEvent) -> OfflineMark | None:
         agrees=details.get("agrees"),
         server_decision=server.get("decision"),
         server_reason=server.get("reason"),
+        clock_ahead_s=details.get("clock_ahead_s"),
     )
 
 
@@ -77,6 +79,8 @@ def offline_mark_text(mark: OfflineMark | None) -> str:
         verdict = "grant" if mark["server_decision"] == "grant" else "deny"
         reason = (mark["server_reason"] or "").replace("_", " ")
         parts.append(f"server would {verdict}" + (f" ({reason})" if reason and verdict == "deny" else ""))
+    if mark.get("clock_ahead_s"):
+        parts.append(f"device clock {duration_text(mark['clock_ahead_s'])} ahead")
     return " · ".join(parts)
 
 

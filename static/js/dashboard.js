@@ -77,6 +77,7 @@
       var deny = o.server_decision !== "grant";
       parts.push("server would " + (deny ? "deny" : "grant") + (deny && o.server_reason ? " (" + o.server_reason.replace(/_/g, " ") + ")" : ""));
     }
+    if (o.clock_ahead_s) parts.push("device clock " + duration(o.clock_ahead_s) + " ahead");
     return parts.join(" · ");
   }
 

@@ -34,13 +34,13 @@ def test_link_mode(status: str, heartbeat: dict | None, mode: str, fallback: str
 def test_offline_mark_text() -> None:
     mark = OfflineMark(
         basis="allowlist", late=True, received_at=None, synced_after_s=185.0, allowlist_version=4, agrees=False,
-        server_decision="deny", server_reason="not_in_group",
+        server_decision="deny", server_reason="not_in_group", clock_ahead_s=None,
     )  # fmt: skip
     assert offline_mark_text(mark) == "offline, synced 3 min later · allow-list v4 · server would deny (not in group)"
     fail_safe = OfflineMark(
         basis="fail_safe", late=True, received_at=None, synced_after_s=7200.0, allowlist_version=None, agrees=None,
-        server_decision=None, server_reason=None,
+        server_decision=None, server_reason=None, clock_ahead_s=7200.0,
     )  # fmt: skip
-    assert offline_mark_text(fail_safe) == "offline, synced 2 h later · fail-safe"
+    assert offline_mark_text(fail_safe) == "offline, synced 2 h later · fail-safe · device clock 2 h ahead"
     assert offline_mark_text(None) == ""
     assert [duration_text(s) for s in (12, 600, 10800, 300000)] == ["12 s", "10 min", "3 h", "3 days"]

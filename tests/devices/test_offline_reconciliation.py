@@ -402,3 +402,12 @@ def test_a_fail_safe_release_at_a_door_set_to_fail_secure_raises_the_alarm(site,
     assert event.details["door_fail_mode"] == "secure"
     alarm = Alarm.objects.get()
     assert (alarm.kind, alarm.details["server"]["reason"]) == ("offline_disagreement", "unknown_face")
+
+
+def test_an_offline_decision_dated_in_the_future_is_recorded_and_flagged(site, staged) -> None:
+    det = offline_detection(seed=1, person=site["alice"], age_s=-3600)  # the device's clock is an hour ahead
+    ingest_raw(p.seal(det, site["key"]))
+    assert decide(staged) == ["offline_matched"]
+    event = AccessEvent.objects.get()
+    assert 3500 < event.details["clock_ahead_s"] <= 3600 and event.details["synced_after_s"] == 0
+    assert offline_mark_text(offline_mark(event)).endswith("device clock 60 min ahead")
