@@ -51,6 +51,9 @@ def event_hash(event: AccessEvent) -> str:
     if any(value is not None for value in liveness.values()):
         # Only when measured: events recorded before these columns existed keep their hashes.
         body.update({k: v if v is None or k == "liveness_frames" else round(v, 6) for k, v in liveness.items()})
+    if event.allowlist_version is not None:
+        # Only on a device's offline decision: every other event keeps the hash it had before.
+        body["allowlist_version"] = event.allowlist_version
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -78,6 +81,7 @@ class EventDraft:
     liveness_frames: int | None = None
     liveness_server: float | None = None
     liveness_threshold: float | None = None
+    allowlist_version: int | None = None
     snapshot: str = ""
     details: dict[str, Any] | None = None
 
@@ -103,6 +107,7 @@ def event_record(
     liveness_frames: int | None = None,
     liveness_server: float | None = None,
     liveness_threshold: float | None = None,
+    allowlist_version: int | None = None,
     snapshot: str = "",
     details: dict[str, Any] | None = None,
 ) -> tuple[AccessEvent, bool]:
@@ -116,7 +121,8 @@ def event_record(
         door_id=door_id, device_id=device_id, device_uid=device_uid, person_id=person_id,
         subject_uid=subject_uid, actor_id=actor_id, similarity=similarity, margin=margin, threshold=threshold,
         model_version=model_version, liveness_edge=liveness_edge, liveness_frames=liveness_frames,
-        liveness_server=liveness_server, liveness_threshold=liveness_threshold, snapshot=snapshot, details=details,
+        liveness_server=liveness_server, liveness_threshold=liveness_threshold, allowlist_version=allowlist_version,
+        snapshot=snapshot, details=details,
     )  # fmt: skip
     return events_record([draft])[0]
 

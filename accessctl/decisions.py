@@ -2,7 +2,8 @@
 
 Called by the recognition task with the outcome of the face match (who, how similar), by the
 bridge for rejected, late or repeated messages (one function each: :func:`rejection_record`,
-:func:`late_detection_record`, :func:`decision_repeat`): this module is the only writer of
+:func:`late_detection_record`, :func:`decision_repeat`): this module and
+:mod:`accessctl.offline_decisions` (decisions a door took alone) are the only writers of
 detection events. The policy (``accessctl.policy``) decides; this module
 writes the one AccessEvent for the detection and, once it is committed, tells the door, the
 dashboards, the webhooks and the alarm rules. Nothing here knows how faces are embedded or how
@@ -207,33 +208,20 @@ def rejection_record(
 def late_detection_record(
     *, detection: p.Detection, device_id: int | None, device_uid: str, door_id: int | None, error: str
 ) -> AccessEvent:
-    """A signed detection that arrived outside the timestamp window (e.g. replayed from the spool).
-
-    It never opens a door now. If the device decided alone while offline, that decision is
-    synced into the log (source ``device_offline``); otherwise it is denied ``stale_timestamp``.
+    """A signed detection that arrived outside the timestamp window: denied ``stale_timestamp``,
+    it never opens a door now. (One the device decided alone, with ``offline_decision``, is not
+    late for its decision: it is staged and recorded by :mod:`accessctl.offline_decisions`.)
     """
-    offline = detection.offline_decision
-    details: dict[str, Any] = {"error": error[:300], "sent_at": detection.sent_at}
-    source = AccessEvent.Source.DETECTION
-    decision, reason = Decision.DENY, Reason.STALE_TIMESTAMP
-    occurred_at = dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC)
-    if offline is not None:
-        source = AccessEvent.Source.DEVICE_OFFLINE
-        opened = str(offline.action) == "open"
-        decision = Decision.GRANT if opened else Decision.DENY
-        reason = Reason.OFFLINE_ALLOWED if opened else Reason.OFFLINE_DENIED
-        details["offline_decision"] = offline.to_dict()
     event, created = event_record(
         detection_id=detection.detection_id,
-        occurred_at=occurred_at,
-        decision=decision,
-        reason=reason,
-        source=source,
+        occurred_at=dt.datetime.fromtimestamp(detection.captured_at, tz=dt.UTC),
+        decision=Decision.DENY,
+        reason=Reason.STALE_TIMESTAMP,
         door_id=door_id,
         device_id=device_id,
         device_uid=device_uid,
         model_version=detection.model_version or "",
-        details=details,
+        details={"error": error[:300], "sent_at": detection.sent_at},
     )
     if created:
         _rejection_notify(event)

@@ -244,6 +244,11 @@ class AccessEvent(models.Model):
         null=True, blank=True, help_text="The server's live score of the received crop (informational)."
     )
     liveness_threshold = models.FloatField(null=True, blank=True, help_text="The live-score threshold applied.")
+    #: A decision the device took alone (source ``device_offline``) with its offline allow-list:
+    #: the version it decided with (null for every other event).
+    allowlist_version = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Offline allow-list version the device decided with."
+    )
     snapshot = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop, if kept.")
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True)
@@ -274,6 +279,7 @@ class Alarm(models.Model):
         DEVICE_DEGRADED = "device_degraded", "device gets no answers"
         PRESENTATION_ATTACK = "presentation_attack", "presentation attack (photo or screen)"
         REPEATED_ATTACK = "repeated_attack", "repeated presentation attacks"
+        OFFLINE_DISAGREEMENT = "offline_disagreement", "offline grant the server would deny"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")

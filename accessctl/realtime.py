@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from accessctl.offline_marks import OfflineMark, offline_mark
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -52,6 +54,11 @@ class AccessEventPayload(TypedDict):
     similarity: float | None
     margin: float | None
     thumbnail_url: str | None
+    source: str
+    recorded_at: str | None
+    #: A door's own decision (source ``device_offline``): received vs occurred, allow-list version,
+    #: the server's agreement (``accessctl.offline_marks``); None for every other event.
+    offline: OfflineMark | None
 
 
 class DoorStatePayload(TypedDict):
@@ -165,6 +172,9 @@ def event_payload(event: AccessEvent) -> AccessEventPayload:
         similarity=event.similarity,
         margin=event.margin,
         thumbnail_url=reverse("event_thumbnail", args=[event.pk]) if event.snapshot else None,
+        source=event.source,
+        recorded_at=_iso(event.recorded_at),
+        offline=offline_mark(event),
     )
 
 

@@ -29,6 +29,7 @@ from accessctl.codes import Reason
 from accessctl.doors import DoorActionError, door_lockdown, door_lockdown_lift, door_unlock
 from accessctl.forms import EventFilterForm
 from accessctl.models import AccessEvent, Alarm, Door
+from accessctl.offline_marks import offline_mark, offline_mark_text
 from accessctl.spreadsheet import csv_row_safe
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ def person_history(request: HttpRequest, pk: int) -> HttpResponse:
 CSV_HEADER = [
     "id", "occurred_at", "recorded_at", "source", "door", "device_uid", "person", "person_external_id",
     "subject_uid", "actor", "decision", "reason", "similarity", "margin", "threshold", "model_version",
-    "liveness_edge", "liveness_frames", "liveness_server", "liveness_threshold", "detection_id", "hash",
+    "liveness_edge", "liveness_frames", "liveness_server", "liveness_threshold", "allowlist_version", "offline",
+    "detection_id", "hash",
 ]  # fmt: skip
 
 
@@ -170,7 +172,8 @@ def _csv_row(e: AccessEvent) -> list[Any]:
         "" if e.similarity is None else f"{e.similarity:.4f}", "" if e.margin is None else f"{e.margin:.4f}",
         "" if e.threshold is None else f"{e.threshold:.4f}", e.model_version,
         _score(e.liveness_edge), "" if e.liveness_frames is None else e.liveness_frames, _score(e.liveness_server),
-        _score(e.liveness_threshold), e.detection_id, e.hash,
+        _score(e.liveness_threshold), "" if e.allowlist_version is None else e.allowlist_version,
+        offline_mark_text(offline_mark(e)), e.detection_id, e.hash,
     ]  # fmt: skip
 
 

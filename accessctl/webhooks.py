@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 
 from accessctl.models import WebhookDelivery, WebhookSubscription
+from accessctl.offline_marks import offline_mark
 from accessctl.process_cache import ProcessCache
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ def access_event_webhook_payload(event: AccessEvent) -> dict[str, Any]:
         "liveness_frames": event.liveness_frames,
         "liveness_server": event.liveness_server,
         "liveness_threshold": event.liveness_threshold,
+        "source": event.source,
+        "allowlist_version": event.allowlist_version,
+        "offline": offline_mark(event),
     }
 
 
@@ -136,19 +140,23 @@ def webhook_dispatch_access_event(event: AccessEvent) -> list[WebhookDelivery]:
     return webhook_dispatch(event_type, access_event_webhook_payload(event))
 
 
+#: Alarms whose webhook carries their details (what the receiver needs to act on them).
+_ALARM_DETAILS_SENT = frozenset({"offline_disagreement"})
+
+
 def webhook_dispatch_alarm(alarm: Alarm) -> list[WebhookDelivery]:
-    return webhook_dispatch(
-        EventType.ALARM_RAISED,
-        {
-            "alarm_id": alarm.pk,
-            "kind": alarm.kind,
-            "door_id": alarm.door_id,
-            "device_id": alarm.device_id,
-            "event_id": alarm.event_id,
-            "raised_at": alarm.raised_at.isoformat() if alarm.raised_at else None,
-            "count": alarm.count,
-        },
-    )
+    payload: dict[str, Any] = {
+        "alarm_id": alarm.pk,
+        "kind": alarm.kind,
+        "door_id": alarm.door_id,
+        "device_id": alarm.device_id,
+        "event_id": alarm.event_id,
+        "raised_at": alarm.raised_at.isoformat() if alarm.raised_at else None,
+        "count": alarm.count,
+    }
+    if alarm.kind in _ALARM_DETAILS_SENT:
+        payload["details"] = alarm.details  # the event and both verdicts (device, server)
+    return webhook_dispatch(EventType.ALARM_RAISED, payload)
 
 
 def person_webhook_payload(person: Person) -> dict[str, Any]:

@@ -4,7 +4,10 @@ The bridge calls ``message_ingest`` for every message. This module verifies; it 
 access. Every message on a detections topic ends in exactly one of:
 
 - a staged detection plus a decision task (:mod:`recognition.staging`; batched for a burst by the
-  bridge run's :class:`recognition.queueing.DecisionQueue`); the worker records the event;
+  bridge run's :class:`recognition.queueing.DecisionQueue`); the worker records the event. A
+  detection the device decided alone (``offline_decision``) is staged too, fresh or late: the
+  worker records the device's decision with the server's verdict and never answers it
+  (:mod:`accessctl.offline_decisions`);
 - an AccessEvent recording why it was rejected (malformed, unknown device, bad signature, topic
   mismatch, stale timestamp, replay), recorded by the domain (``accessctl.decisions``) — ids of
   rejected messages come from the message bytes, so a redelivered copy of the same bad message is
@@ -34,8 +37,9 @@ from accessctl.models import AccessEvent
 from devices import health
 from devices.models import EdgeDevice
 from faceengine import protocol as p
+from recognition.models import InboundDetection
 from recognition.queueing import DecisionQueue
-from recognition.staging import Staged, detection_stage
+from recognition.staging import Staged, detection_digest, detection_stage, staged_digest
 from recognition.tasks import decisions_send
 
 logger = logging.getLogger(__name__)
@@ -200,7 +204,10 @@ def _replay(detection: p.Detection, device: EdgeDevice) -> Rejected:
 
 def _fresh_stage(*, detection: p.Detection, device: EdgeDevice, now: float, queue: DecisionQueue | None) -> str:
     """Stage a verified detection if it is fresh; a late one is the domain's to record (it never
-    opens a door now), a copy of a decided one is a replay or a device asking again."""
+    opens a door now), a copy of a decided one is a replay or a device asking again. A detection
+    the device decided alone goes its own way (:func:`_offline_stage`), fresh or late."""
+    if detection.offline_decision is not None:
+        return _offline_stage(detection=detection, device=device, queue=queue)
     try:
         p.check_detection_freshness(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
     except p.ProtocolError as exc:
@@ -230,6 +237,44 @@ def _fresh_stage(*, detection: p.Detection, device: EdgeDevice, now: float, queu
         )  # fmt: skip
         return "repeated"
     raise _replay(detection, device)
+
+
+def _offline_stage(*, detection: p.Detection, device: EdgeDevice, queue: DecisionQueue | None) -> str:
+    """Stage a detection the device decided alone (it carries ``offline_decision``), whatever its age.
+
+    The decision task records it (:mod:`accessctl.offline_decisions`: the device's verdict, the
+    server's, never a door command), so the bridge does no more than for any detection: one
+    lookup in the access log and the staging INSERT. A copy of one recorded or staged already is
+    acknowledged and ignored when it says the same (:func:`recognition.staging.detection_digest`:
+    a spool redelivery), a replay when it does not or came from another device.
+    """
+    digest = detection_digest(detection)
+    # No ORDER BY (``first()`` would add the log's ordering): the unique detection id finds it.
+    recorded = list(
+        AccessEvent.objects.filter(detection_id=detection.detection_id)
+        .order_by()
+        .values_list("source", "device_uid", "details")[:1]
+    )
+    if recorded:
+        source, device_uid, details = recorded[0]
+        same = source == AccessEvent.Source.DEVICE_OFFLINE and device_uid == device.uid
+        if same and (details or {}).get("payload_sha256") == digest:
+            logger.info("offline decision %s from %s redelivered: recorded already", detection.detection_id, device.uid)
+            return "duplicate"
+        raise _replay(detection, device)
+    staged = next(iter(InboundDetection.objects.filter(detection_id=detection.detection_id).order_by()[:1]), None)
+    if staged is not None and (staged.device_uid != device.uid or staged_digest(staged) != digest):
+        raise _replay(detection, device)
+    result = detection_stage(
+        detection=detection,
+        device_uid=device.uid,
+        device_id=device.pk,
+        door_id=device.door_id,
+        enqueue=lambda detection_id: decision_enqueue(detection_id, queue),
+    )
+    if result == Staged.DECIDED:  # recorded between the lookup and the INSERT: look again
+        return _offline_stage(detection=detection, device=device, queue=queue)
+    return str(result)
 
 
 def _first_sight(detection: p.Detection) -> bool:

@@ -24,11 +24,13 @@ from django.db import InterfaceError, OperationalError, transaction
 from accessctl.codes import Reason
 from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
+from accessctl.offline_decisions import OfflineInput, offline_decisions_record
 from faceengine import protocol as p
 from recognition.engine import active_embedder
 from recognition.liveness import crop_liveness_score
 from recognition.matcher import match_decide_many
 from recognition.models import EMBEDDING_DIMS, InboundDetection
+from recognition.staging import staged_digest
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class _Prepared:
     decision: DecisionInput
     vector: np.ndarray | None = None
     model_version: str = ""
+    #: Set when the device decided alone: recorded with the server's verdict, never answered.
+    offline: OfflineInput | None = None
 
 
 def detection_decide(*, detection_id: str) -> str:
@@ -111,7 +115,7 @@ def detections_decide(detection_ids: Sequence[str]) -> list[str]:
     The door commands are published as each transaction commits (see :mod:`accessctl.decisions`).
     """
     ids = list(dict.fromkeys(str(i) for i in detection_ids))
-    staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("door")
+    staged = InboundDetection.objects.filter(detection_id__in=ids).select_related("door").order_by("pk")
     prepared = [_prepare(inbound) for inbound in staged]
     reasons: dict[str, str] = {}
     try:
@@ -183,7 +187,8 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
     if detection.liveness_model is not None:
         details["liveness_model"] = detection.liveness_model
     # A backlog must not open a door long after the person left: the same rule as at the bridge.
-    too_late = not p.detection_is_fresh(detection, time.time(), settings.DEVICE_TIMESTAMP_WINDOW_S)
+    window_s = settings.DEVICE_TIMESTAMP_WINDOW_S
+    too_late = not p.detection_is_fresh(detection, time.time(), window_s)
     item = _Prepared(
         inbound=inbound,
         decision=DecisionInput(
@@ -201,6 +206,17 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
             liveness_frames=detection.liveness_frames,
         ),
     )
+    if detection.offline_decision is not None:
+        item.decision.too_late = False  # decided at the door already; the server only checks it
+        item.offline = OfflineInput(
+            detection=item.decision,
+            offline=detection.offline_decision,
+            recognised=False,
+            received_at=inbound.received_at,
+            late=not p.detection_is_fresh(detection, inbound.received_at.timestamp(), window_s),
+            sent_at=detection.sent_at,
+            payload_sha256=staged_digest(inbound),
+        )
     face_px = quality.get("face_px")
     if face_px is not None and float(face_px) < settings.RECOGNITION_MIN_FACE_PX:
         item.decision.unknown_reason = Reason.LOW_QUALITY
@@ -252,5 +268,15 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
                 item.decision.margin = match.margin
                 item.decision.threshold = match.threshold
                 item.decision.model_version = model_version
-        recorded = access_decide_many([item.decision for item in prepared])
-    return {item.decision.detection_id: event.reason for item, (event, _) in zip(prepared, recorded, strict=True)}
+                if item.offline is not None:
+                    item.offline.recognised = True
+        online = [item for item in prepared if item.offline is None]
+        # Oldest first: a synced spool batch is chained in the order the door decided it.
+        offline = sorted((item for item in prepared if item.offline is not None), key=lambda i: i.decision.occurred_at)
+        recorded = access_decide_many([item.decision for item in online])
+        # Decided at the door already: recorded with the server's verdict, no door command.
+        reconciled = offline_decisions_record([item.offline for item in offline])  # type: ignore[misc]
+    return {
+        item.decision.detection_id: event.reason
+        for item, (event, _) in zip(online + offline, recorded + reconciled, strict=True)
+    }

@@ -10,6 +10,7 @@ batches them for the bridge, ``recognition.tasks.decisions_send`` sends them dir
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Callable
 from enum import StrEnum
@@ -95,6 +96,35 @@ def detection_stage(
         return Staged.REQUEUED
     logger.info("duplicate detection %s from %s ignored (already staged)", detection.detection_id, device_uid)
     return Staged.DUPLICATE
+
+
+#: Transport fields left out of a detection's evidence digest: a device signing the same detection
+#: again (a re-send) changes them, not what it saw or decided.
+_TRANSPORT_FIELDS = ("sent_at", "attempt")
+
+
+def _digest(payload: dict, crop: bytes | None) -> str:
+    evidence = {k: v for k, v in payload.items() if k not in _TRANSPORT_FIELDS and k != "crop_jpeg"}
+    digest = hashlib.sha256(p.canonical_json(evidence))
+    digest.update(hashlib.sha256(crop or b"").digest())
+    return digest.hexdigest()
+
+
+def detection_digest(detection: p.Detection) -> str:
+    """SHA-256 (hex) of what a detection says (its fields and crop, not ``sent_at`` / ``attempt``):
+    two copies with the same digest are the same detection; a different one under the same id is
+    a replay."""
+    return _digest(detection.to_dict(), detection.crop_jpeg)
+
+
+def staged_digest(inbound: InboundDetection) -> str:
+    """:func:`detection_digest` of a staged detection (its crop read back from storage)."""
+    detection = p.Detection.from_dict(inbound.payload, crop_stored=True)
+    crop = None
+    if inbound.crop:
+        with default_storage.open(inbound.crop, "rb") as handle:
+            crop = handle.read()
+    return _digest(detection.to_dict(), crop)
 
 
 def _enqueue_again(detection: p.Detection) -> bool:

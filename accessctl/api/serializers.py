@@ -19,6 +19,7 @@ from accessctl.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
+from accessctl.offline_marks import OfflineMark, offline_mark
 from accessctl.webhook_targets import WebhookTargetRefused, webhook_target_check
 from accessctl.webhooks import EVENT_TYPE_CHOICES
 
@@ -162,6 +163,10 @@ class AccessEventSerializer(serializers.ModelSerializer):
     person_name = serializers.CharField(source="person.name", read_only=True, default=None, allow_null=True)
     has_snapshot = serializers.SerializerMethodField()
     device = serializers.IntegerField(source="device_id", read_only=True, allow_null=True)
+    offline = serializers.SerializerMethodField(
+        help_text="A door's own decision (source device_offline): when the server received it against when it "
+        "happened, the allow-list version and whether the server agrees now; null for other events."
+    )
 
     class Meta:
         model = AccessEvent
@@ -189,6 +194,8 @@ class AccessEventSerializer(serializers.ModelSerializer):
             "liveness_frames",
             "liveness_server",
             "liveness_threshold",
+            "allowlist_version",
+            "offline",
             "has_snapshot",
             "details",
             "prev_hash",
@@ -198,6 +205,9 @@ class AccessEventSerializer(serializers.ModelSerializer):
 
     def get_has_snapshot(self, event: AccessEvent) -> bool:
         return bool(event.snapshot)
+
+    def get_offline(self, event: AccessEvent) -> OfflineMark | None:
+        return offline_mark(event)
 
 
 class AlarmSerializer(serializers.ModelSerializer):

@@ -58,6 +58,29 @@
   }
 
   /* --- access.event ---------------------------------------------------------------------- */
+  function duration(s) {
+    if (s < 90) return Math.round(s) + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    if (s < 172800) return Math.round(s / 3600) + " h";
+    return Math.round(s / 86400) + " days";
+  }
+
+  /* A door's own decision: "offline, synced 3 min later · allow-list v7 · server would deny (suspended)"
+     (the same words as accessctl/offline_marks.py writes on the server-rendered rows). */
+  function offlineMark(o) {
+    var parts = [o.synced_after_s === null || o.synced_after_s === undefined
+      ? "offline" : "offline, synced " + duration(o.synced_after_s) + " later"];
+    if (o.allowlist_version !== null && o.allowlist_version !== undefined) parts.push("allow-list v" + o.allowlist_version);
+    else if (o.basis) parts.push(o.basis.replace(/_/g, "-"));
+    if (o.agrees === true) parts.push("server agrees");
+    else if (o.agrees === false) {
+      var deny = o.server_decision !== "grant";
+      parts.push("server would " + (deny ? "deny" : "grant") + (deny && o.server_reason ? " (" + o.server_reason.replace(/_/g, " ") + ")" : ""));
+    }
+    if (o.clock_ahead_s) parts.push("device clock " + duration(o.clock_ahead_s) + " ahead");
+    return parts.join(" · ");
+  }
+
   function eventRow(p) {
     var thumb = p.thumbnail_url
       ? el("img", { src: p.thumbnail_url, alt: "Face of " + (p.person || "unknown person"), width: "44", height: "44" })
@@ -70,13 +93,19 @@
     var door = el("td", {}, [document.createTextNode(p.door || "—"), p.device_uid ? el("span", { className: "sub", text: p.device_uid }) : null]);
     var sim = p.similarity === null || p.similarity === undefined
       ? el("span", { className: "muted", text: "—" }) : document.createTextNode(Number(p.similarity).toFixed(3));
-    return el("tr", { className: "ev " + p.decision + " fresh", "data-event-id": String(p.id) }, [
+    var reason = el("td", { className: "reason", text: labels.reason[p.reason] || p.reason });
+    var rowClass = "ev " + p.decision + " fresh";
+    if (p.offline) {
+      reason.appendChild(el("span", { className: "sub offline-mark", text: offlineMark(p.offline) }));
+      rowClass += " offline" + (p.offline.agrees === false ? " disagrees" : "");
+    }
+    return el("tr", { className: rowClass, "data-event-id": String(p.id) }, [
       el("td", { className: "thumb" }, [thumb]),
       el("td", { className: "time" }, [when, el("span", { className: "sub" })]),
       door,
       el("td", {}, [person]),
       el("td", {}, [el("span", { className: "badge " + p.decision, text: p.decision })]),
-      el("td", { className: "reason", text: labels.reason[p.reason] || p.reason }),
+      reason,
       el("td", { className: "num" }, [sim]),
     ]);
   }
@@ -120,8 +149,12 @@
       if (none) none.remove();
       list.appendChild(chip);
     }
-    chip.className = "device status-" + p.status;
-    chip.querySelector(".device-status").textContent = p.status;
+    /* Its link mode, as accessctl/offline_marks.py link_mode says: reachable, or deciding alone
+       with what its last heartbeat declared (the fallback the page was rendered with). */
+    var fallback = chip.getAttribute("data-fallback") || "secure";
+    var reachable = ["online", "degraded", "provisioned", "disabled"].indexOf(p.status) >= 0;
+    chip.className = "device status-" + p.status + " fallback-" + fallback;
+    chip.querySelector(".device-status").textContent = reachable ? p.status : "offline-" + fallback;
     chip.title = p.last_seen ? "Last seen " + new Date(p.last_seen).toLocaleString() : "Never seen";
   }
 

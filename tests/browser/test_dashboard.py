@@ -218,3 +218,73 @@ def test_a_presentation_attack_alarm_arrives_with_the_face(page, live_url) -> No
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=face.element_handle())
     page.reload()  # rendered by the server the same way
     page.locator(f'.alarm[data-alarm-id="{alarm.pk}"] img.alarm-face').wait_for()
+
+
+def test_a_late_offline_grant_the_server_disputes_is_marked_and_alarmed(page, live_url) -> None:
+    import datetime as dt
+
+    from accessctl.decisions import DecisionInput
+    from accessctl.offline_decisions import OfflineInput, offline_decisions_record
+    from faceengine import protocol as p
+
+    user_create("olga", "accessctl.view_dashboard", "accessctl.view_accessevent")
+    door = Door.objects.create(name="Back door")
+    ben = Person.objects.create(name="Ben Suspended", status=Person.Status.SUSPENDED)
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+
+    def synced() -> AccessEvent:
+        # The door granted Ben alone three minutes ago; he was suspended while it was cut off.
+        now = timezone.now()
+        occurred = now - dt.timedelta(minutes=3)
+        offline = p.OfflineDecision(
+            action=p.OfflineAction.OPEN, basis="allowlist", decided_at=occurred.timestamp(), person_ref=str(ben.uid),
+            reason="matched", allowlist_version=12, similarity=0.81,
+        )  # fmt: skip
+        detection = DecisionInput(
+            detection_id=p.new_id(), occurred_at=occurred, device_id=None, device_uid="back-cam", door=door,
+            person_id=None,
+        )  # fmt: skip
+        item = OfflineInput(detection=detection, offline=offline, recognised=False, received_at=now, late=True)
+        return offline_decisions_record([item])[0][0]
+
+    event = off_loop(synced)
+    row = page.locator(f'#feed tr.offline.disagrees[data-event-id="{event.pk}"]')
+    row.wait_for()
+    mark = "offline, synced 3 min later · allow-list v12 · server would deny (suspended)"
+    assert mark in row.inner_text() and "Ben Suspended" in row.inner_text()
+    alarm = page.locator(".alarm.kind-offline_disagreement")
+    alarm.wait_for()
+    assert "offline grant the server would deny" in alarm.inner_text() and "Back door" in alarm.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-offline-disagreement.png"))
+    alarm.locator("button").click()
+    alarm.wait_for(state="detached")
+    assert Alarm.objects.get(kind="offline_disagreement").acknowledged_by.username == "olga"
+    page.reload()  # rendered by the server with the same words
+    assert mark in page.locator(f'#feed tr.offline.disagrees[data-event-id="{event.pk}"]').inner_text()
+
+
+def test_a_door_shows_what_it_does_when_the_link_drops(page, live_url) -> None:
+    from accessctl.realtime import device_status_broadcast
+
+    user_create("olga", "accessctl.view_dashboard")
+    door = Door.objects.create(name="Warehouse")
+    expires = time.time() + 20 * 3600 + 60
+    heartbeat = {"offline_mode": "allowlist", "allowlist_version": 7, "allowlist_expires_at": expires}
+    cam = EdgeDevice.objects.create(
+        uid="wh-cam-1", door=door, public_key="x", status="online", last_seen=timezone.now(), last_heartbeat=heartbeat
+    )
+    EdgeDevice.objects.create(uid="wh-cam-2", door=door, public_key="x", status="offline", last_heartbeat={})
+    login(page, live_url, "olga", PASSWORD)
+    page.wait_for_selector("#live-status.live")
+    chip = page.locator(f'.device[data-device-id="{cam.pk}"]')
+    assert chip.locator(".device-status").inner_text() == "online"
+    assert chip.locator(".device-fallback").inner_text() == "allow-list v7 · 20 h left"
+    other = page.locator(".device", has_text="wh-cam-2")
+    assert other.locator(".device-status").inner_text() == "offline-secure"
+    # The link drops: the tile says the door now decides alone with its allow-list.
+    off_loop(lambda: device_status_broadcast(device_id=cam.pk, uid=cam.uid, door_id=door.pk, status="offline",
+                                             last_seen=timezone.now()))  # fmt: skip
+    page.locator(f'.device.status-offline.fallback-allowlist[data-device-id="{cam.pk}"]').wait_for()
+    assert chip.locator(".device-status").inner_text() == "offline-allowlist"

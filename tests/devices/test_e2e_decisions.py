@@ -165,3 +165,53 @@ def test_embedding_mode_privacy_detection_is_decided(site) -> None:
     assert (event.decision, event.reason) == ("grant", "matched")
     assert event.snapshot == ""  # privacy mode: no face image left the device
     assert site["listener"].wait(detection.detection_id).command == p.CommandKind.OPEN
+
+
+def test_offline_decisions_reach_the_log_once_in_order_and_are_never_answered(site) -> None:
+    """A door that decided alone syncs its spool: a late grant, a late denial, a fresh grant. The
+    real bridge and worker record each once with the server's verdict (its own recognition of the
+    crop), in order; the same bytes again change nothing; no door command goes out for any."""
+    import dataclasses
+
+    from accessctl.audit import chain_verify
+
+    colin, tony = Person.objects.get(name="Colin Powell"), Person.objects.get(name="Tony Blair")
+
+    def offline(person: Person, action: str, reason: str, age_s: float) -> p.Detection:
+        captured = time.time() - age_s
+        det = e2e.crop_detection(site["uid"], _probe(person.name.replace(" ", "_")), captured_at=captured)
+        decision = p.OfflineDecision(
+            action=p.OfflineAction(action), basis="allowlist", decided_at=captured, person_ref=str(person.uid),
+            reason=reason, allowlist_version=3, similarity=0.9,
+        )  # fmt: skip
+        return dataclasses.replace(det, sent_at=captured + 0.1, offline_decision=decision)
+
+    spool = [offline(colin, "open", "matched", 900), offline(tony, "deny", "expired", 600)]
+    fresh = offline(colin, "open", "matched", 1.0)
+    raws = [_send(site, det) for det in [*spool, fresh]]
+    events = [_event(det.detection_id) for det in [*spool, fresh]]
+    assert [(e.decision, e.reason, e.source) for e in events] == [
+        ("grant", "offline_matched", "device_offline"),
+        ("deny", "offline_expired", "device_offline"),
+        ("grant", "offline_matched", "device_offline"),
+    ]
+    # The log lists them in the order the door decided them (by original time: the bridge stages
+    # detections concurrently, so the chain order of two batches is not the door's).
+    logged = AccessEvent.objects.filter(source="device_offline").order_by("occurred_at")
+    assert [str(e.detection_id) for e in logged] == [det.detection_id for det in [*spool, fresh]]
+    assert [e.occurred_at.timestamp() for e in events] == pytest.approx([det.captured_at for det in [*spool, fresh]])
+    assert [e.details["late"] for e in events] == [True, True, False]
+    assert events[0].person == colin and events[0].allowlist_version == 3
+    assert events[0].details["server"]["basis"] == "recognition" and events[0].details["agrees"] is True
+    assert events[1].details["server"]["reason"] == "expired" and events[1].details["agrees"] is True
+    # A spool redelivered after a crash: the same bytes again. Then a normal detection, whose
+    # answer comes after anything the bridge and worker did with the copies.
+    for raw in raws:
+        site["client"].publish(p.detections_topic(site["uid"]), raw, qos=1).wait_for_publish(5)
+    probe = e2e.crop_detection(site["uid"], _probe("Colin_Powell"))
+    _send(site, probe)
+    assert site["listener"].wait(probe.detection_id).command == p.CommandKind.OPEN
+    assert not any(det.detection_id in site["listener"].commands for det in [*spool, fresh])
+    assert AccessEvent.objects.filter(source="device_offline").count() == 3
+    assert not AccessEvent.objects.filter(reason="replay").exists()
+    assert chain_verify().ok

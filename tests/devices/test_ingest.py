@@ -144,7 +144,11 @@ def test_offline_decision_is_synced_back_from_the_spool(device, enqueued) -> Non
     _, key = device
     old = time.time() - 3600
     offline = p.OfflineDecision(action=p.OfflineAction.OPEN, basis="fail_safe", decided_at=old)
-    ingest_raw(p.seal(detection(captured_at=old, sent_at=old, offline_decision=offline), key))
+    assert ingest_raw(p.seal(detection(captured_at=old, sent_at=old, offline_decision=offline), key)) == "staged"
+    # Staged like any detection; the decision task records it (tests/devices/test_offline_reconciliation.py).
+    from recognition.detections import detections_decide
+
+    assert detections_decide(enqueued) == ["offline_allowed"]
     event = only_event()
     assert (event.decision, event.reason, event.source) == ("grant", "offline_allowed", "device_offline")
     assert event.details["offline_decision"]["basis"] == "fail_safe"
