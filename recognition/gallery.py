@@ -367,3 +367,22 @@ def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k
         else:
             cursor.execute("EXPLAIN " + _search_sql(model_version, dim), [literal, literal, int(k)])
         return "\n".join(r[0] for r in cursor.fetchall())
+
+
+def gallery_templates(person_ids: Sequence[int], model_version: str) -> dict[int, list[np.ndarray]]:
+    """Every gallery vector of ``person_ids`` in ``model_version`` (the accepted photos: rejected
+    and erased ones have no ``FaceEmbedding`` row), per person in a stable order (by id)."""
+    dim = dim_for(model_version)
+    out: dict[int, list[np.ndarray]] = {}
+    rows = (
+        FaceEmbedding.objects.filter(person_id__in=list(person_ids), model_version=model_version)
+        .order_by("person_id", "id")
+        .values_list("person_id", "embedding")
+    )
+    for person_id, vector in rows.iterator(chunk_size=2000):
+        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if arr.shape[0] != dim or not np.all(np.isfinite(arr)) or not np.any(arr):
+            logger.warning("embedding of person %s in %s is unusable; left out", person_id, model_version)
+            continue
+        out.setdefault(person_id, []).append(arr)
+    return out
