@@ -45,6 +45,7 @@ from accessctl.policy import liveness_threshold
 from devices.commands import command_send, commands_flush
 from devices.models import DeviceAllowlist, DeviceRevocation, EdgeDevice
 from faceengine import protocol as p
+from faceengine.protocol.allowlist import MAX_REVOKED_REFS, MAX_TEMPLATES_PER_ENTRY
 from faceengine.protocol.envelope import canonical_json
 from recognition.calibration import CalibrationError, margin_for, offline_threshold_for
 from recognition.engine import server_model_version
@@ -148,7 +149,7 @@ def allowlist_compile(device: EdgeDevice, door: Door, *, now: float | None = Non
         entry = p.AllowlistEntry(
             ref=person.uid,
             schedules=person.schedules,
-            templates=tuple(p.Template.from_values(v.tolist()) for v in vectors[-p.MAX_TEMPLATES_PER_ENTRY :]),
+            templates=tuple(p.Template.from_values(v.tolist()) for v in vectors[-MAX_TEMPLATES_PER_ENTRY:]),
             valid_from=person.valid_from,
             valid_until=person.valid_until,
         )
@@ -401,8 +402,8 @@ def revoke(refs: Sequence[str], *, reason: str, door_ids: Iterable[int] | None =
         return []
     records = []
     for device in devices_holding(refs, door_ids=door_ids):
-        for start in range(0, len(refs), p.MAX_REVOKED_REFS):
-            records.append(_revoke_one(device, refs[start : start + p.MAX_REVOKED_REFS], reason))
+        for start in range(0, len(refs), MAX_REVOKED_REFS):
+            records.append(_revoke_one(device, refs[start : start + MAX_REVOKED_REFS], reason))
     missing = commands_flush(timeout=5.0) if records else 0
     if missing:
         logger.warning("%d revocation(s) not acknowledged by the broker; resent by the sweep", missing)
