@@ -103,6 +103,17 @@
     setTimeout(function () { tile.classList.remove("changed"); }, 2000);
   }
 
+  /* What a device does alone (devices.allowlist.offline_mode): its acknowledged offline mode,
+     secure once an allow-list expired; "online" while it reaches the server. */
+  function offlineMode(chip, status) {
+    if (status === "online" || status === "degraded") return "online";
+    var m = chip.getAttribute("data-offline") || "secure";
+    var until = Number(chip.getAttribute("data-offline-until") || 0);
+    if (m === "allowlist" && until * 1000 <= Date.now()) m = "secure";
+    if (m !== "allowlist" && m !== "safe") m = "secure";
+    return "offline-" + m;
+  }
+
   function onDeviceStatus(p) {
     var chip = document.querySelector('.device[data-device-id="' + p.id + '"]');
     var tile = p.door_id ? document.querySelector('.tile[data-door-id="' + p.door_id + '"]') : null;
@@ -122,6 +133,8 @@
     }
     chip.className = "device status-" + p.status;
     chip.querySelector(".device-status").textContent = p.status;
+    var mode = chip.querySelector(".device-mode");
+    if (mode) mode.textContent = offlineMode(chip, p.status);
     chip.title = p.last_seen ? "Last seen " + new Date(p.last_seen).toLocaleString() : "Never seen";
   }
 

@@ -387,3 +387,56 @@ def test_offline_mode_shown_per_device(site) -> None:
     assert al.offline_mode(device, state) == "offline-secure"  # expired: the device fell back
     state.acked_offline_mode = "safe"
     assert al.offline_mode(device, state) == "offline-safe"
+
+
+def test_a_crop_mode_device_gets_templates_of_the_servers_model(site, listener) -> None:
+    from recognition.engine import server_model_version
+
+    device = site["devices"][0]
+    EdgeDevice.objects.filter(pk=device.pk).update(model_version="")  # crop mode: no model of its own
+    device.refresh_from_db()
+    assert al.device_model_version(device) == server_model_version()
+    result = al.allowlist_push(device)
+    chunk = chunks_of(listener.commands(device.uid, p.CommandKind.ALLOWLIST, 1))[0]
+    assert result.entries == 3 and chunk.header.model_version == server_model_version()
+
+
+def test_api_admin_and_dashboard_show_the_state(site, listener, client) -> None:
+    from django.urls import reverse
+
+    from tests.accessctl.helpers import user_create
+    from tests.api_support import token_client
+
+    people, (vault1, vault2, _) = site["people"], site["devices"]
+    for device in (vault1, vault2):
+        al.allowlist_push(device)
+    al.revoke([str(people[0].uid)], reason="suspended")
+    expires = time.time() + 3600
+    al.allowlist_acknowledge(vault2, heartbeat(vault2, allowlist_version=1, allowlist_expires_at=expires,
+                                                revocation_seq=1, offline_mode=p.OfflineMode.ALLOWLIST))  # fmt: skip
+    EdgeDevice.objects.filter(pk=vault2.pk).update(status=EdgeDevice.Status.OFFLINE)
+
+    api = token_client(["devices:read"])
+    body = {d["uid"]: d for d in api.get("/api/v1/devices/").json()["results"]}
+    assert body["vault-1"]["offline_mode"] == "online" and body["vault-1"]["allowlist"]["version"] == 1
+    assert [r["seq"] for r in body["vault-1"]["unacknowledged_revocations"]] == [1]
+    assert body["vault-2"]["offline_mode"] == "offline-allowlist"
+    assert body["vault-2"]["unacknowledged_revocations"] == []
+    assert body["vault-2"]["allowlist"]["acked_version"] == 1
+    single = api.get(f"/api/v1/devices/{vault1.pk}/").json()
+    assert single["unacknowledged_revocations"][0]["refs"] == [str(people[0].uid)]
+
+    client.force_login(user_create("wanda", "accessctl.view_dashboard"))
+    page = client.get(reverse("dashboard")).content.decode()
+    assert "Offline: offline allow-list" in page
+    assert "offline-allowlist" in page and "list v1" in page
+    assert "1 revocation not acknowledged" in page and page.count("not acknowledged</span>") == 1
+
+    client.force_login(user_create("root", is_staff=True, is_superuser=True))
+    change = client.get(reverse("admin:devices_edgedevice_change", args=[vault1.pk])).content.decode()
+    assert "Offline allow-list" in change and "revocations not acknowledged" in change
+    listing = client.get(reverse("admin:devices_deviceallowlist_changelist"))
+    assert listing.status_code == 200 and "vault-1" in listing.content.decode()
+    state = DeviceAllowlist.objects.get(device=vault1)
+    assert client.post(reverse("admin:devices_deviceallowlist_change", args=[state.pk]), {}).status_code == 403
+    assert client.get(reverse("admin:devices_devicerevocation_changelist")).status_code == 200
