@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -213,27 +213,44 @@ def allowlist_push(
     now = now if now is not None else time.time()
     result = PushResult(device_uid=device.uid)
     started = time.perf_counter()
-    door = Door.objects.filter(pk=device.door_id).first() if device.door_id else None
-    try:
-        if door is None:
-            raise AllowlistRefused("the device has no door")
-        if device.status == EdgeDevice.Status.DISABLED:
-            raise AllowlistRefused("the device is disabled")
-        compiled: Compiled | None = allowlist_compile(device, door, now=now)
-    except AllowlistRefused as exc:
-        compiled, result.refused = None, str(exc)
-    result.timings["compile_s"] = time.perf_counter() - started
     DeviceAllowlist.objects.get_or_create(device=device)
     with transaction.atomic():
-        state = DeviceAllowlist.objects.select_for_update().get(device=device)
-        if compiled is None:
+        # One push per device at a time, compiled inside the lock: a slower, older compile never
+        # lands after a newer one. The row itself is not locked: heartbeats keep acknowledging.
+        _device_lock(device.pk)
+        state = DeviceAllowlist.objects.get(device=device)
+        door = Door.objects.filter(pk=device.door_id).first() if device.door_id else None
+        try:
+            if door is None:
+                raise AllowlistRefused("the device has no door")
+            if device.status == EdgeDevice.Status.DISABLED:
+                raise AllowlistRefused("the device is disabled")
+            compiled = allowlist_compile(device, door, now=now)
+        except AllowlistRefused as exc:
+            result.refused = str(exc)
             return _refuse(device, state, result, now)
+        finally:
+            result.timings["compile_s"] = time.perf_counter() - started
         if not force and not full and _unchanged(state, compiled, now):
             result.unchanged, result.version = True, state.version
             return result
         _issue(device, state, compiled, result, full=full, now=now)
     result.timings["total_s"] = time.perf_counter() - started
     return result
+
+
+#: Fields a push writes (the acknowledgement fields belong to the heartbeat).
+_ISSUE_FIELDS = [
+    "version", "base_version", "issued_at", "expires_at", "model_version", "entry_count", "bytes", "full_bytes",
+    "chunk_count", "digests", "pending_refs", "rules", "windows", "revocation_seq", "refused", "push_error",
+    "pushed_at", "resync_full", "updated_at",
+]  # fmt: skip
+_LOCK_NAMESPACE = 0x616C  # "al": advisory locks of allow-list pushes, keyed by device id
+
+
+def _device_lock(device_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, device_id])
 
 
 def _header(state: DeviceAllowlist, compiled: Compiled, *, base: int | None, total: int) -> p.AllowlistHeader:
@@ -308,7 +325,7 @@ def _issue(
         logger.exception("allow-list v%d for device %s not sent", header.version, device.uid)
         missing, state.push_error = len(payloads), f"not sent: {exc}"[:300]
     result.timings["publish_s"] = time.perf_counter() - t1
-    state.save()
+    state.save(update_fields=_ISSUE_FIELDS)
     result.version, result.full = header.version, not delta
     result.entries = sum(len(c.entries) for c in chunks)
     result.removed, result.chunks, result.bytes, result.unacknowledged = len(removed), len(chunks), state.bytes, missing
@@ -356,7 +373,7 @@ def _refuse(device: EdgeDevice, state: DeviceAllowlist, result: PushResult, now:
             logger.exception("empty allow-list for device %s not sent", device.uid)
             state.push_error = f"not sent: {exc}"[:300]
         result.version, result.chunks = header.version, 1
-    state.save()
+    state.save(update_fields=_ISSUE_FIELDS)
     if changed:
         logger.warning("no offline allow-list for device %s: %s", device.uid, result.refused)
     return result
@@ -497,9 +514,9 @@ def allowlist_acknowledge(device: EdgeDevice, heartbeat: p.Heartbeat) -> bool:
         "acked_entries": heartbeat.allowlist_entries,
         "acked_at": now,
     }
-    if version is not None and version == state.version:
-        updates["pending_refs"] = []
     DeviceAllowlist.objects.filter(pk=state.pk).update(**updates)
+    if version is not None and version == state.version:  # it holds the latest: nothing older lingers
+        DeviceAllowlist.objects.filter(pk=state.pk, version=version).update(pending_refs=[])
     if seq:
         DeviceRevocation.objects.filter(device=device, seq__lte=seq, acknowledged_at__isnull=True).update(
             acknowledged_at=now
