@@ -440,3 +440,67 @@ def test_api_admin_and_dashboard_show_the_state(site, listener, client) -> None:
     state = DeviceAllowlist.objects.get(device=vault1)
     assert client.post(reverse("admin:devices_deviceallowlist_change", args=[state.pk]), {}).status_code == 403
     assert client.get(reverse("admin:devices_devicerevocation_changelist")).status_code == 200
+
+
+def test_a_forged_heartbeat_acknowledges_nothing(site) -> None:
+    people, device = site["people"], site["devices"][0]
+    al.allowlist_push(device)
+    al.revoke([str(people[0].uid)], reason="suspended")
+    forger = p.load_private_key(p.generate_keypair()[0])
+    beat = heartbeat(device, allowlist_version=1, revocation_seq=1, offline_mode=p.OfflineMode.ALLOWLIST)
+    health.heartbeat_ingest(device_uid=device.uid, raw=p.seal(beat, forger))
+    assert DeviceRevocation.objects.get(device=device).acknowledged_at is None
+    assert DeviceAllowlist.objects.get(device=device).acked_at is None
+
+
+def test_a_broker_failure_keeps_versions_monotonic_and_revocations_are_resent(site, listener, monkeypatch) -> None:
+    people, device = site["people"], site["devices"][0]
+    real_send = al.command_send
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError("broker unreachable")
+
+    monkeypatch.setattr(al, "command_send", broker_down)
+    first = al.allowlist_push(device)
+    state = DeviceAllowlist.objects.get(device=device)
+    assert first.version == 1 and state.version == 1 and "not sent" in state.push_error
+    (record,) = al.revoke([str(people[0].uid)], reason="suspended")
+    record.refresh_from_db()
+    assert record.sent_at is None and "not sent" in record.send_error
+    monkeypatch.setattr(al, "command_send", real_send)
+    second = al.allowlist_push(device, force=True)
+    assert second.version == 2 and DeviceAllowlist.objects.get(device=device).push_error == ""
+    assert al.revocations_resend() == 1
+    (command,) = listener.commands(device.uid, p.CommandKind.REVOKE, 1)
+    assert p.Revocation.from_dict(command.data).seq == 1
+    record.refresh_from_db()
+    assert record.sent_at is not None and record.send_error == ""
+    assert [c.header.version for c in chunks_of(listener.commands(device.uid, p.CommandKind.ALLOWLIST, 1))] == [2]
+
+
+def test_the_reissue_sweep_recompiles_aging_and_missing_lists(site, monkeypatch) -> None:
+    from django.core.cache import cache
+
+    from devices import tasks
+
+    door, other, (vault1, vault2, garage) = site["door"], site["other"], site["devices"]
+    for device in (vault1, vault2):
+        al.allowlist_push(device)
+    for door_id in (door.pk, other.pk):
+        cache.delete(f"devices:allowlist-recompile:{door_id}")
+    scheduled: list[tuple] = []
+    monkeypatch.setattr(tasks.allowlist_door_recompile, "apply_async", lambda args, countdown: scheduled.append(args))
+    assert tasks.allowlist_reissue.run() == 1 and scheduled == [(other.pk,)]  # the garage device has none
+    DeviceAllowlist.objects.filter(device=vault1).update(expires_at=timezone.now() + dt.timedelta(hours=11))
+    cache.delete(f"devices:allowlist-recompile:{other.pk}")
+    scheduled.clear()
+    tasks.allowlist_reissue.run()
+    assert sorted(scheduled) == sorted([(door.pk,), (other.pk,)])
+    for door_id in (door.pk, other.pk):
+        cache.delete(f"devices:allowlist-recompile:{door_id}")
+    # the task itself: a door's devices get their lists (a fresh one past half its age)
+    assert tasks.allowlist_door_recompile.run(door.pk) == 1
+    assert DeviceAllowlist.objects.get(device=vault1).version == 2
+    assert DeviceAllowlist.objects.get(device=vault2).version == 1
+    assert tasks.allowlist_door_recompile.run(other.pk) == 1
+    assert DeviceAllowlist.objects.get(device=garage).version == 1
