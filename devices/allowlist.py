@@ -536,6 +536,8 @@ def allowlist_acknowledge(device: EdgeDevice, heartbeat: p.Heartbeat) -> bool:
         )
     for key, value in updates.items():
         setattr(state, key, value)
+    if heartbeat.offline_mode is None:  # an agent without allow-list support: sending it lists helps nothing
+        return False
     return _resync_due(device, state, version, now)
 
 

@@ -297,7 +297,13 @@ def test_heartbeat_acknowledges_revocations_and_a_version_mismatch_resyncs(
         health.heartbeat_ingest(device_uid=device.uid, raw=p.seal(liar, key))
     assert DeviceRevocation.objects.get(device=device, seq=2).acknowledged_at is None
     # another version, right after a push: not yet (at most once per ALLOWLIST_RESYNC_S) ...
-    stale = heartbeat(device, allowlist_version=None, revocation_seq=2)
+    older_agent = heartbeat(device)  # no allow-list fields: an agent that cannot hold one is not sent any
+    DeviceAllowlist.objects.filter(device=device).update(pushed_at=timezone.now() - dt.timedelta(seconds=61))
+    with django_capture_on_commit_callbacks(execute=True):
+        health.heartbeat_ingest(device_uid=device.uid, raw=p.seal(older_agent, key))
+    assert pushes == []
+    DeviceAllowlist.objects.filter(device=device).update(pushed_at=timezone.now())
+    stale = heartbeat(device, allowlist_version=None, revocation_seq=2, offline_mode=p.OfflineMode.SECURE)
     with django_capture_on_commit_callbacks(execute=True):
         health.heartbeat_ingest(device_uid=device.uid, raw=p.seal(stale, key))
     assert pushes == [] and DeviceRevocation.objects.get(device=device, seq=2).acknowledged_at is not None
