@@ -521,3 +521,19 @@ def test_int8_templates_equal_the_protocols_encoding() -> None:
         assert al.int8_template(vector) == p.Template.from_values(vector.tolist())
     with pytest.raises(ValueError, match="non-zero"):
         al.int8_template(np.zeros(128, dtype=np.float32))
+
+
+def test_gallery_templates_are_the_stored_vectors(site) -> None:
+    from recognition.gallery import gallery_templates
+
+    people = site["people"]
+    FaceEmbedding.objects.create(person=people[1], model_version="facenet-vggface2", embedding=[0.1] * 512)
+    found = gallery_templates([people[0].pk, people[1].pk], MODEL)
+    assert sorted(found) == [people[0].pk, people[1].pk] and all(len(v) == 3 for v in found.values())
+    stored = [
+        np.asarray(e.embedding, dtype=np.float32)
+        for e in FaceEmbedding.objects.filter(person=people[0], model_version=MODEL)
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(found[people[0].pk], stored, strict=True))
+    assert gallery_templates([people[1].pk], "facenet-vggface2")[people[1].pk][0].shape == (512,)
+    assert gallery_templates([], MODEL) == {}
