@@ -18,13 +18,20 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
 
 
-#: Why a door cannot be set to the offline allow-list yet (model validation, API, admin, DB constraint).
-FAIL_MODE_ALLOWLIST_UNAVAILABLE = "the offline allow-list is not available yet; choose secure or safe"
-
-
 def validate_fail_mode_available(value: str) -> None:
-    if value == "allowlist":
-        raise ValidationError(FAIL_MODE_ALLOWLIST_UNAVAILABLE, code="allowlist_unavailable")
+    """Kept for migration 0013, which names it; every fail mode is available now (0017)."""
+
+
+#: What each fail mode does while a door's devices cannot reach the server (admin, API, OpenAPI).
+FAIL_MODE_HELP = (
+    "What the door does while its devices cannot reach the server. "
+    "secure: stay locked for everyone. "
+    "safe: release the lock for everyone until the link returns (for escape routes). "
+    "allowlist: the device recognises, by itself, the people allowed at this door from a signed list "
+    "the server compiles (people, face templates, schedules, validity; revocations pushed at once), "
+    "until the list expires (ACCESSCTL_ALLOWLIST_MAX_AGE, default 24 h); then it stays locked (secure). "
+    "Every decision taken offline reaches the access log when the link returns."
+)
 
 
 class Person(models.Model):
@@ -136,15 +143,14 @@ class Door(models.Model):
     class FailMode(models.TextChoices):
         SECURE = "secure", "fail secure (stay locked when offline)"
         SAFE = "safe", "fail safe (release when offline)"
-        # Planned (a signed list the door checks while offline); refused until it exists.
-        ALLOWLIST = "allowlist", "signed offline allow-list (not available yet)"
+        ALLOWLIST = "allowlist", "offline allow-list (recognise allowed people alone; locked once it expires)"
 
     name = models.CharField(max_length=100, unique=True)
     location = models.CharField(max_length=200, blank=True)
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.NORMAL)
     fail_mode = models.CharField(
-        max_length=16, choices=FailMode.choices, default=FailMode.SECURE, validators=[validate_fail_mode_available]
+        max_length=16, choices=FailMode.choices, default=FailMode.SECURE, help_text=FAIL_MODE_HELP
     )
     relay_pulse_ms = models.PositiveIntegerField(default=3000)
     match_threshold = models.FloatField(
@@ -166,11 +172,6 @@ class Door(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(
-                condition=models.Q(fail_mode__in=["secure", "safe"]),
-                name="door_fail_mode_available",
-                violation_error_message=FAIL_MODE_ALLOWLIST_UNAVAILABLE,
-            ),
             models.CheckConstraint(
                 condition=models.Q(liveness_threshold__isnull=True)
                 | models.Q(liveness_threshold__gte=0.0, liveness_threshold__lte=1.0),

@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from accessctl.models import AccessEvent
-from devices.models import EdgeDevice
+from devices.models import DeviceAllowlist, DeviceRevocation, EdgeDevice
 
 
 def _flattened(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -61,7 +61,9 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
     list_filter = ["status", "door"]
     search_fields = ["uid", "name"]
     exclude = ["mqtt_password_hash", "last_heartbeat"]
-    readonly_fields = ["public_key", "last_seen", "agent_version", "model_version", "heartbeat", "created_at"]
+    readonly_fields = [
+        "public_key", "last_seen", "agent_version", "model_version", "heartbeat", "offline_allowlist", "created_at",
+    ]  # fmt: skip
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, list[Any]]:
         """A device the access log names is kept (the log refers to it by id and uid): listed as protected."""
@@ -75,6 +77,24 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
     def heartbeat(self, obj: EdgeDevice) -> str:
         return settings_table(obj.last_heartbeat)
 
+    @admin.display(description="Offline allow-list")
+    def offline_allowlist(self, obj: EdgeDevice) -> str:
+        state = DeviceAllowlist.objects.filter(device=obj).first()
+        if state is None:
+            return "–"
+        pending = list(obj.revocations.filter(acknowledged_at__isnull=True).values_list("seq", flat=True))
+        return settings_table({
+            "offline mode now": obj.offline_mode,
+            "version issued": state.version,
+            "expires": str(state.expires_at or "–"),
+            "entries": state.entry_count,
+            "bytes": state.bytes,
+            "refused": state.refused or "–",
+            "acknowledged version": state.acked_version,
+            "acknowledged revocation": state.acked_revocation_seq,
+            "revocations not acknowledged": pending,
+        })  # fmt: skip
+
     def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field | None:
         if db_field.name == "config":
             return IndentedJSONField(
@@ -84,3 +104,35 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
                 widget=forms.Textarea(attrs={"rows": 12, "cols": 60, "class": "json-editor"}),
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """State the server keeps by itself: shown, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DeviceAllowlist)
+class DeviceAllowlistAdmin(_ReadOnlyAdmin):
+    list_display = [
+        "device", "version", "entry_count", "bytes", "issued_at", "expires_at", "acked_version", "acked_offline_mode",
+        "acked_at", "refused",
+    ]  # fmt: skip
+    list_select_related = ["device"]
+    search_fields = ["device__uid"]
+    exclude = ["digests", "pending_refs", "windows"]
+
+
+@admin.register(DeviceRevocation)
+class DeviceRevocationAdmin(_ReadOnlyAdmin):
+    list_display = ["device", "seq", "reason", "sent_at", "acknowledged_at", "send_error"]
+    list_filter = ["reason", ("acknowledged_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["device"]
+    search_fields = ["device__uid", "refs"]

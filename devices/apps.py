@@ -10,6 +10,7 @@ class DevicesConfig(AppConfig):
 
         from accessctl.door_commands import door_commands_register
         from accessctl.selectors import door_devices_register
+        from devices.allowlist_triggers import allowlist_triggers_connect
         from devices.broker_auth import device_changed
         from devices.commands import MqttDoorCommands
         from devices.models import EdgeDevice
@@ -23,3 +24,6 @@ class DevicesConfig(AppConfig):
         # its broker login: the broker's identity files follow the committed registry.
         post_save.connect(device_changed, sender=EdgeDevice, dispatch_uid="devices-broker-identities-save")
         post_delete.connect(device_changed, sender=EdgeDevice, dispatch_uid="devices-broker-identities-delete")
+
+        # Offline allow-lists follow every change that affects them: revoke at once, recompile soon.
+        allowlist_triggers_connect()

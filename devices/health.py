@@ -14,12 +14,15 @@ import logging
 import time
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accessctl import realtime
 from accessctl.alarms import alarm_raise
 from accessctl.models import Alarm
+from devices.allowlist import allowlist_acknowledge, allowlist_device_started
+from devices.allowlist_triggers import recompile_on_commit
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 
@@ -126,8 +129,25 @@ def heartbeat_ingest(*, device_uid: str, raw: bytes) -> None:
             device.uid, heartbeat.answers_overdue, heartbeat.oldest_overdue_s,
         )  # fmt: skip
     alarm_details = {"answers_overdue": heartbeat.answers_overdue, "oldest_overdue_s": heartbeat.oldest_overdue_s}
+    model_before = device.model_version
     _status_set(device, status, now=timezone.now(), extra=extra, alarm_details=alarm_details)
+    _allowlist_acknowledge(device, heartbeat, model_changed=device.model_version != model_before)
     logger.debug("heartbeat from %s: spool=%s fps=%s", device.uid, heartbeat.spool_depth, heartbeat.camera_fps)
+
+
+def _allowlist_acknowledge(device: EdgeDevice, heartbeat: p.Heartbeat, *, model_changed: bool) -> None:
+    """The heartbeat's allow-list fields: acknowledge, and push the list again (a Celery task) when
+    the device holds another version; a new model version (embedding mode) recompiles its door."""
+    try:
+        if allowlist_acknowledge(device, heartbeat):
+            from devices.tasks import allowlist_device_push
+
+            device_id = device.pk
+            transaction.on_commit(lambda: allowlist_device_push.delay(device_id, True), robust=True)
+        if model_changed and device.door_id:
+            recompile_on_commit([device.door_id])
+    except Exception:  # the heartbeat itself is recorded; the re-issue sweep catches up
+        logger.exception("allow-list acknowledgement of device %s failed", device.uid)
 
 
 def status_ingest(*, device_uid: str, raw: bytes) -> None:
@@ -139,6 +159,7 @@ def status_ingest(*, device_uid: str, raw: bytes) -> None:
     assert isinstance(status, p.Status)
     if status.state == p.DeviceState.ONLINE:
         _status_set(device, _reachable_status(device), now=timezone.now())
+        allowlist_device_started(device)  # the agent (re)started: a full list if it holds another version
     else:
         # The last will is unsigned: keep the last authentic sighting as last_seen.
         _status_set(device, EdgeDevice.Status.OFFLINE, now=timezone.now() if status.signed else device.last_seen)

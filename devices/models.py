@@ -36,3 +36,74 @@ class EdgeDevice(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.uid
+
+    @property
+    def offline_mode(self) -> str:
+        """``online``, or what the device does alone now: ``offline-allowlist`` / ``-safe`` / ``-secure``."""
+        from devices.allowlist import offline_mode
+
+        return offline_mode(self, getattr(self, "allowlist", None))
+
+
+class DeviceAllowlist(models.Model):
+    """The offline allow-list of one device (``devices.allowlist``): the latest version issued and
+    what the device acknowledged in its heartbeats. One row per device, created on first compile."""
+
+    device = models.OneToOneField(EdgeDevice, on_delete=models.CASCADE, related_name="allowlist")
+    version = models.PositiveIntegerField(default=0, help_text="Latest version issued (monotonic per device).")
+    base_version = models.PositiveIntegerField(null=True, blank=True, help_text="Its base when sent as a delta.")
+    issued_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    model_version = models.CharField(max_length=64, blank=True)
+    entry_count = models.PositiveIntegerField(default=0)
+    bytes = models.PositiveIntegerField(default=0, help_text="Bytes of the chunks' data sent for the version.")
+    full_bytes = models.PositiveIntegerField(default=0, help_text="Bytes of the whole list (as a full version).")
+    chunk_count = models.PositiveIntegerField(default=0)
+    #: ref -> digest of the entry in the latest version (deltas are built from these)
+    digests = models.JSONField(default=dict, blank=True)
+    #: refs dropped from a version the device has not acknowledged yet: it may still hold them
+    pending_refs = models.JSONField(default=list, blank=True)
+    #: the matching rule and windows of the latest version (to tell whether a recompile changed anything)
+    rules = models.JSONField(default=dict, blank=True)
+    windows = models.JSONField(default=dict, blank=True)
+    revocation_seq = models.PositiveIntegerField(default=0, help_text="Revocations the latest version reflects.")
+    refused = models.CharField(max_length=300, blank=True, help_text="Why no list is issued (the door stays secure).")
+    push_error = models.CharField(max_length=300, blank=True)
+    pushed_at = models.DateTimeField(null=True, blank=True)
+    resync_full = models.BooleanField(default=False, help_text="The device restarted: a full list on a mismatch.")
+    acked_version = models.PositiveIntegerField(null=True, blank=True)
+    acked_revocation_seq = models.PositiveIntegerField(null=True, blank=True)
+    acked_offline_mode = models.CharField(max_length=16, blank=True)
+    acked_expires_at = models.DateTimeField(null=True, blank=True)
+    acked_entries = models.PositiveIntegerField(null=True, blank=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "device allow-list"
+
+    def __str__(self) -> str:
+        return f"allow-list v{self.version} of {self.device_id}"
+
+
+class DeviceRevocation(models.Model):
+    """People revoked on one device (a ``revoke`` command, ``seq`` per device), and when the device
+    acknowledged it (its heartbeat's ``revocation_seq`` reached ``seq``)."""
+
+    device = models.ForeignKey(EdgeDevice, on_delete=models.CASCADE, related_name="revocations")
+    seq = models.PositiveIntegerField()
+    refs = models.JSONField(default=list)
+    reason = models.CharField(max_length=32)
+    command_id = models.CharField(max_length=64, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    send_error = models.CharField(max_length=300, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["device", "seq"]
+        constraints = [models.UniqueConstraint(fields=["device", "seq"], name="unique_revocation_seq_per_device")]
+        indexes = [models.Index(fields=["acknowledged_at", "device"])]
+
+    def __str__(self) -> str:
+        return f"revocation {self.seq} on {self.device_id}"

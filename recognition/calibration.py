@@ -43,6 +43,11 @@ BUILTIN_THRESHOLDS: dict[str, float] = {
 }
 
 
+#: Built-in thresholds above that were chosen, not measured: enough for a server that keeps every
+#: decision, not for a device deciding alone (:func:`offline_threshold_for`).
+UNMEASURED_BUILTINS = frozenset({"facenet-casia-20180408", "facenet-casia-20180408-fixed-flip", "facenet-vggface2"})
+
+
 class CalibrationError(LookupError):
     """No threshold is known for a model version."""
 
@@ -126,6 +131,20 @@ def threshold_for(model_version: str, door: Door | None = None) -> float:
         f"no match threshold for model version {model_version!r}: run manage.py calibrate_threshold "
         "or set ACCESSCTL_MATCH_THRESHOLD"
     )
+
+
+def offline_threshold_for(model_version: str, door: Door) -> float:
+    """:func:`threshold_for` for a device that decides alone (the offline allow-list): the same
+    value, except that a model whose threshold is only an unmeasured built-in value has none
+    (:class:`CalibrationError`): such a model must not decide at a door without the server."""
+    threshold = threshold_for(model_version, door)
+    explicit = door.match_threshold is not None or _stored(model_version)[0] is not None
+    if not explicit and _setting_threshold() is None and model_version in UNMEASURED_BUILTINS:
+        raise CalibrationError(
+            f"the threshold of {model_version!r} is not measured: run manage.py calibrate_threshold "
+            "before it decides at a door offline"
+        )
+    return threshold
 
 
 def margin_for(model_version: str) -> float:

@@ -32,3 +32,8 @@ def active_embedder(name: str | None = None) -> Embedder:
     """The embedder named in ``ACCESSCTL_EMBEDDER`` (or ``name``), built once per process."""
     name = name or settings.RECOGNITION_EMBEDDER
     return get_embedder(name, **embedder_options(name))
+
+
+def server_model_version() -> str:
+    """The model version this server embeds crops with (the one crop-mode devices are decided in)."""
+    return active_embedder().model_version

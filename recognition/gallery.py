@@ -367,3 +367,35 @@ def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k
         else:
             cursor.execute("EXPLAIN " + _search_sql(model_version, dim), [literal, literal, int(k)])
         return "\n".join(r[0] for r in cursor.fetchall())
+
+
+def gallery_templates(person_ids: Sequence[int], model_version: str) -> dict[int, list[np.ndarray]]:
+    """Every gallery vector of ``person_ids`` in ``model_version`` (the accepted photos: rejected
+    and erased ones have no ``FaceEmbedding`` row), per person in a stable order (by id).
+
+    Read as text and parsed by numpy in one go (the ORM's per-row parsing was most of the time of
+    a 10,000-person allow-list); an unusable vector (wrong length, non-finite, zero) is left out.
+    """
+    dim = dim_for(model_version)
+    ids = list(person_ids)
+    if not ids:
+        return {}
+    owners: list[int] = []
+    texts: list[str] = []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT person_id, embedding::text FROM {_TABLE} WHERE model_version = %s AND person_id = ANY(%s) "
+            "ORDER BY person_id, id",
+            [model_version, ids],
+        )
+        for person_id, text in cursor.fetchall():
+            owners.append(person_id)
+            texts.append(text.strip("[]"))
+    out: dict[int, list[np.ndarray]] = {}
+    for person_id, text in zip(owners, texts, strict=True):
+        arr = np.fromstring(text, dtype=np.float32, sep=",")
+        if arr.shape[0] != dim or not np.all(np.isfinite(arr)) or not np.any(arr):
+            logger.warning("embedding of person %s in %s is unusable; left out", person_id, model_version)
+            continue
+        out.setdefault(person_id, []).append(arr)
+    return out

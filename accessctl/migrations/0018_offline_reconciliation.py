@@ -6,7 +6,7 @@ The new event column is immutable like the others: the append-only trigger (last
 is set (``accessctl.audit.event_hash``), so events recorded before, all null there, keep their
 hashes. The application role's grants (``dbroles``) give no UPDATE on it.
 
-Depends on 0016 (the ``offline_*`` reasons); another branch adds 0017: whoever merges renumbers.
+Depends on 0017 (fail mode allowlist), which follows 0016 (the ``offline_*`` reasons).
 """
 
 from django.db import migrations, models
@@ -49,7 +49,7 @@ $$ LANGUAGE plpgsql;
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accessctl", "0016_offline_allowlist_reasons"),
+        ("accessctl", "0017_door_fail_mode_allowlist"),
     ]
 
     operations = [

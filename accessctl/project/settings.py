@@ -197,6 +197,11 @@ CELERY_TIMEZONE = "UTC"
 # Periodic tasks (beat). Retention runs daily at ACCESSCTL_RETENTION_HOUR_UTC (see "Retention" below).
 CELERY_BEAT_SCHEDULE = {
     "devices-offline-sweep": {"task": "devices.offline_sweep", "schedule": 30.0},
+    # Offline allow-lists past half their age are recompiled and pushed (devices.allowlist).
+    "devices-allowlist-reissue": {
+        "task": "devices.allowlist_reissue",
+        "schedule": env_float("ACCESSCTL_ALLOWLIST_REISSUE_EVERY_S", 600.0),
+    },
     "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
     "retention-daily": {
         "task": "accessctl.retention_apply",
@@ -268,6 +273,18 @@ DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
 DEVICE_INBOUND_RETRY_AFTER_S = env_float("ACCESSCTL_INBOUND_RETRY_AFTER_S", 20.0)
 # A device whose heartbeat reports detections unanswered past their timeout is shown "degraded".
 DEVICE_DEGRADED_AFTER_OVERDUE = env_int("ACCESSCTL_DEVICE_DEGRADED_AFTER_OVERDUE", 1)
+# The offline allow-list (devices.allowlist): a door with fail mode "allowlist" gets a signed list of
+# the people allowed there; a device holds it at most this long (then it falls back to secure). Lists
+# past half their age are re-issued (beat "devices-allowlist-reissue"). Changes are compiled after
+# ALLOWLIST_DEBOUNCE_S (several edits, one version); a device reporting another version than the
+# latest gets it again at most every ALLOWLIST_RESYNC_S.
+ALLOWLIST_MAX_AGE_S = env_int("ACCESSCTL_ALLOWLIST_MAX_AGE", 86_400)
+ALLOWLIST_DEBOUNCE_S = env_float("ACCESSCTL_ALLOWLIST_DEBOUNCE_S", 2.0)
+ALLOWLIST_RESYNC_S = env_float("ACCESSCTL_ALLOWLIST_RESYNC_S", 60.0)
+if not 60 <= ALLOWLIST_MAX_AGE_S <= 30 * 86_400:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("ACCESSCTL_ALLOWLIST_MAX_AGE must be 60..2592000 seconds")
 SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
 
 # --- Recognition.

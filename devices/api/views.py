@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import django_filters as filters
+from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema, extend_schema_view
 
 from accessctl.api.filters import DateTimeFilter
 from accessctl.api.views import ApiReadOnlyViewSet
 from accessctl.models import ApiToken
 from devices.api.serializers import EdgeDeviceSerializer
-from devices.models import EdgeDevice
+from devices.models import DeviceRevocation, EdgeDevice
 
 
 class EdgeDeviceFilter(filters.FilterSet):
@@ -26,7 +27,17 @@ class EdgeDeviceFilter(filters.FilterSet):
     retrieve=extend_schema(summary="Get an edge device", tags=["devices"]),
 )
 class EdgeDeviceViewSet(ApiReadOnlyViewSet):
-    queryset = EdgeDevice.objects.order_by("uid", "id")
+    queryset = (
+        EdgeDevice.objects.select_related("allowlist")
+        .prefetch_related(
+            Prefetch(
+                "revocations",
+                queryset=DeviceRevocation.objects.filter(acknowledged_at__isnull=True).order_by("seq"),
+                to_attr="unacked_revocations",
+            )
+        )
+        .order_by("uid", "id")
+    )
     serializer_class = EdgeDeviceSerializer
     filterset_class = EdgeDeviceFilter
     read_scope = ApiToken.Scope.DEVICES_READ

@@ -132,6 +132,8 @@
     setTimeout(function () { tile.classList.remove("changed"); }, 2000);
   }
 
+  /* What a device does alone (devices.allowlist.offline_mode): its acknowledged offline mode,
+     secure once an allow-list expired; "online" while it reaches the server. */
   function onDeviceStatus(p) {
     var chip = document.querySelector('.device[data-device-id="' + p.id + '"]');
     var tile = p.door_id ? document.querySelector('.tile[data-door-id="' + p.door_id + '"]') : null;
