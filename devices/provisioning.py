@@ -98,6 +98,7 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
     device = provisioned.device
     door = device.door
     fail_mode = door.fail_mode if door else "secure"  # secure, safe or allowlist (devices.allowlist)
+    pulse_ms = min(max(door.relay_pulse_ms, 1), 60_000) if door else 3000  # the agent's accepted range
     url = _without_credentials(mqtt_url or settings.MQTT_URL)
     loopback = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
     return (
@@ -117,6 +118,6 @@ def agent_config(provisioned: Provisioned, *, key_path: str, mqtt_url: str | Non
         f'password = "{provisioned.mqtt_password}"\n\n'
         "[door]\n"
         f'fail_mode = "{fail_mode}"\n'
-        f"pulse_ms = {min(max(door.relay_pulse_ms, 1), 60_000) if door else 3000}  # the relay pulse when the door opens alone\n"
+        f"pulse_ms = {pulse_ms}  # the relay pulse when the door opens alone\n"
         f"{_CAMERA_SECTION}"
     )
