@@ -582,4 +582,4 @@ def offline_mode(device: EdgeDevice, state: DeviceAllowlist | None, *, now: dt.d
             "allowlist_expires_at": state.acked_expires_at.timestamp() if state.acked_expires_at else None,
         }
     now = now or timezone.now()
-    return link_mode(status=EdgeDevice.Status.OFFLINE, heartbeat=acked, now=now.timestamp()).mode
+    return link_mode(status=EdgeDevice.Status.OFFLINE, heartbeat=acked, now=now.timestamp())["mode"]
