@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accessctl import realtime
+from accessctl import metrics, realtime
 from accessctl.alarms import alarm_raise, attacks_check, unknown_faces_check
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
@@ -129,6 +129,7 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
+        metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
         for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
@@ -199,6 +200,7 @@ def rejection_record(
         details={"error": message[:300], "bytes": size, **(details or {})},
     )
     if created:
+        metrics.decisions_count([(event.decision, event.reason)])
         logger.warning("rejected detection from %s: %s (%s) event=%s", device_uid[:64], reason, message[:200], event.pk)
         _rejection_notify(event)
     return event
@@ -236,6 +238,9 @@ def late_detection_record(
         details=details,
     )
     if created:
+        metrics.decisions_count([(event.decision, event.reason)])
+        if offline is not None:  # how long the device took to decide on its own
+            metrics.decision_latency_observe("offline", offline.decided_at - detection.captured_at)
         _rejection_notify(event)
     return event
 

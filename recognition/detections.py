@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, transaction
 
+from accessctl import metrics
 from accessctl.codes import Reason
 from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
@@ -230,6 +231,15 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
     return item
 
 
+def _latency_observe(prepared: list[_Prepared]) -> None:
+    """Each decision's latency, staged at the bridge to committed (both on the database's clock
+    and this host's: ``received_at`` is the database's ``now()`` at staging)."""
+    now = time.time()
+    for item in prepared:
+        mode = (item.decision.details or {}).get("mode", "other")
+        metrics.decision_latency_observe(str(mode), now - item.inbound.received_at.timestamp())
+
+
 def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
     """One transaction: unstage, search (per model version), policy, events. Unstaging goes
     first so that the access log's lock (taken when the events are written) is held briefly."""
@@ -253,4 +263,5 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
                 item.decision.threshold = match.threshold
                 item.decision.model_version = model_version
         recorded = access_decide_many([item.decision for item in prepared])
+        metrics.on_commit(lambda: _latency_observe(prepared))
     return {item.decision.detection_id: event.reason for item, (event, _) in zip(prepared, recorded, strict=True)}

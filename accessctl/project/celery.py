@@ -28,3 +28,25 @@ def _recycle_database_connections(sender: object = None, **_: object) -> None:
     if getattr(getattr(sender, "request", None), "is_eager", False):
         return
     close_old_connections()
+
+
+#: The worker's heartbeat for /readyz (accessctl.heartbeats, kind "worker"), from its main process.
+_heartbeat: list[object] = []
+
+
+@signals.worker_ready.connect
+def _worker_heartbeat_start(sender: object = None, **_: object) -> None:
+    from accessctl.heartbeats import HeartbeatThread
+
+    name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
+    _heartbeat.append(HeartbeatThread(kind="worker", name=name).start())
+
+
+@signals.worker_shutdown.connect
+def _worker_heartbeat_stop(**_: object) -> None:
+    from accessctl.heartbeats import HeartbeatThread
+
+    for beat in _heartbeat:
+        assert isinstance(beat, HeartbeatThread)
+        beat.stop()
+    _heartbeat.clear()
