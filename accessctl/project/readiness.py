@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 class NotReady(Exception):
     """A dependency answered, but not as a ready site needs (no bridge hearing, no worker)."""
 
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
 
 @dataclass
 class CheckResult:
@@ -82,7 +86,9 @@ def _broker() -> dict[str, Any]:
 
     timeout = settings.READY_CHECK_TIMEOUT_S
     options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
-    with app.connection_for_read(connect_timeout=timeout, transport_options=options) as conn:
+    with app.connection_for_read(
+        settings.CELERY_BROKER_URL, connect_timeout=timeout, transport_options=options
+    ) as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
         try:
             declared = conn.default_channel.queue_declare(queue=settings.RECOGNITION_QUEUE, passive=True)
@@ -117,7 +123,10 @@ def _bridge() -> dict[str, Any]:
         and float(data.get("silent_s") or 0.0) < float(data.get("deaf_after_s") or settings.MQTT_BRIDGE_DEAF_AFTER_S)
     ]
     if not hearing:
-        raise NotReady(f"no bridge connected and receiving (heartbeats younger than {limit:.0f} s: {len(fresh)})")
+        raise NotReady(
+            f"no bridge connected and receiving (heartbeats younger than {limit:.0f} s: {len(fresh)})",
+            {"bridges": bridges},
+        )
     return {"bridges": bridges}
 
 
@@ -147,7 +156,7 @@ def readiness_check() -> list[CheckResult]:
         try:
             details = check()
         except NotReady as exc:
-            results.append(CheckResult(name, False, (time.perf_counter() - started) * 1000, str(exc)))
+            results.append(CheckResult(name, False, (time.perf_counter() - started) * 1000, str(exc), exc.details))
         except Exception as exc:
             logger.warning("readiness check %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
             results.append(CheckResult(name, False, (time.perf_counter() - started) * 1000, type(exc).__name__))
