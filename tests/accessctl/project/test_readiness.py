@@ -187,3 +187,19 @@ def test_healthz_is_unchanged() -> None:
 def test_readyz_needs_no_sign_in_and_only_answers_get() -> None:
     assert Client().get("/readyz").status_code in (200, 503)
     assert Client().post("/readyz").status_code == 405
+
+
+def test_up_announces_the_site_ready_once_every_check_passes(bridge, worker, caplog) -> None:
+    from accessctl.project.supervisor import readiness_announce
+
+    caplog.set_level("INFO", logger="accessctl.project.supervisor")
+    assert readiness_announce("http://127.0.0.1:8000/", threading.Event(), timeout_s=10, every_s=0.1)
+    assert "accessctl is ready on http://127.0.0.1:8000/" in caplog.text
+
+
+def test_up_says_what_is_not_ready_when_it_gives_up(worker, caplog) -> None:
+    from accessctl.project.supervisor import readiness_announce
+
+    caplog.set_level("INFO", logger="accessctl.project.supervisor")
+    assert not readiness_announce("http://127.0.0.1:8000/", threading.Event(), timeout_s=0.3, every_s=0.1)
+    assert "not ready after 0 s; failing: bridge" in caplog.text
