@@ -7,7 +7,8 @@ subscriptions, and at least one Celery worker alive. Bridges and workers report 
 heartbeats (:mod:`accessctl.heartbeats`): asking every worker (``celery inspect ping``) takes
 seconds. Each check has its own timeout (``READY_CHECK_TIMEOUT_S``); the answer is 200 when all
 pass, else 503, with each check's status and latency in milliseconds. Errors are named by their
-type only (the body is public); the details go to the log.
+type only (the body is public; what each check found only for a scraper allowed to read /metrics);
+the details go to the log.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accessctl.heartbeats import heartbeats_read, redis_client
+from accessctl.project.metrics_access import Access, metrics_access
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +48,11 @@ class CheckResult:
     error: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, details: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok, "ms": round(self.ms, 2)}
         if self.error:
             out["error"] = self.error
-        if self.details:
+        if self.details and details:
             out["details"] = self.details
         return out
 
@@ -169,8 +171,13 @@ def readiness_check() -> list[CheckResult]:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 ``{"status": "ready", "checks": {...}}`` when every check passes, else 503 ``not_ready``."""
+    """200 ``{"status": "ready", "checks": {...}}`` when every check passes, else 503 ``not_ready``.
+
+    The checks' details (bridge client ids, worker host names, the queue's depth) only for those
+    who may read the metrics (:func:`accessctl.project.metrics_access.metrics_access`)."""
     results = readiness_check()
     ready = all(result.ok for result in results)
-    body = {"status": "ready" if ready else "not_ready", "checks": {r.name: r.as_dict() for r in results}}
+    trusted = metrics_access(request) in (Access.BEARER, Access.ADDRESS)
+    checks = {r.name: r.as_dict(details=trusted) for r in results}
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JsonResponse(body, status=200 if ready else 503)

@@ -203,3 +203,17 @@ def test_up_says_what_is_not_ready_when_it_gives_up(worker, caplog) -> None:
     caplog.set_level("INFO", logger="accessctl.project.supervisor")
     assert not readiness_announce("http://127.0.0.1:8000/", threading.Event(), timeout_s=0.3, every_s=0.1)
     assert "not ready after 0 s; failing: bridge" in caplog.text
+
+
+def test_details_only_for_those_who_may_read_the_metrics(bridge, worker, settings) -> None:
+    """Anyone may ask whether the site is ready; which hosts and bridges run it is for the operators."""
+    settings.METRICS_TOKEN = "readiness-token-0123456789"
+    assert _wait_ready()[0] == 200
+    outside = Client(REMOTE_ADDR="203.0.113.9").get("/readyz").json()
+    assert outside["status"] == "ready"
+    assert all("details" not in check for check in outside["checks"].values())
+    assert worker.name not in json.dumps(outside) and bridge.client_id not in json.dumps(outside)
+    proxied = Client(HTTP_X_FORWARDED_FOR="203.0.113.9").get("/readyz").json()
+    assert all("details" not in check for check in proxied["checks"].values())
+    token = Client(REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer readiness-token-0123456789")
+    assert token.get("/readyz").json()["checks"]["workers"]["details"] == {"workers": [worker.name]}
