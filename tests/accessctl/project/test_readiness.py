@@ -18,6 +18,7 @@ from django.test import Client, override_settings
 from accessctl import heartbeats
 from accessctl.heartbeats import KEY_PREFIX, HeartbeatThread, heartbeat_write
 from devices.bridge import Bridge
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -217,3 +218,29 @@ def test_details_only_for_those_who_may_read_the_metrics(bridge, worker, setting
     assert all("details" not in check for check in proxied["checks"].values())
     token = Client(REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer readiness-token-0123456789")
     assert token.get("/readyz").json()["checks"]["workers"]["details"] == {"workers": [worker.name]}
+
+
+def test_a_worker_writes_its_heartbeat_from_worker_ready_and_removes_it_at_shutdown() -> None:
+    """The Celery signal handlers a worker's main process runs (accessctl.project.celery)."""
+    from types import SimpleNamespace
+
+    from accessctl.project import celery
+
+    celery._worker_heartbeat_start(sender=SimpleNamespace(hostname="signal@host"))
+    try:
+        assert wait_until(lambda: "signal@host" in heartbeats.heartbeats_read("worker"))
+        assert readyz()[1]["checks"]["workers"]["ok"]
+    finally:
+        celery._worker_heartbeat_stop()
+    assert "signal@host" not in heartbeats.heartbeats_read("worker")
+
+
+def test_a_bridge_that_stops_removes_its_heartbeat() -> None:
+    running = Bridge(lambda topic, payload, ack: ack(), client_id=f"accessctl-stop-{os.getpid()}", workers=1)
+    thread = threading.Thread(target=running.run_forever, daemon=True)
+    thread.start()
+    assert running.connected.wait(10)
+    assert wait_until(lambda: heartbeats.heartbeats_read("bridge").get(running.client_id, {}).get("connected"))
+    running.stop()
+    thread.join(10)
+    assert running.client_id not in heartbeats.heartbeats_read("bridge")
