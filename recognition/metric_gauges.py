@@ -1,7 +1,9 @@
 """Scrape-time gauges of the recognition queue and the gallery (see :mod:`accessctl.metrics`).
 
 The staged detections (``InboundDetection``) are the decision queue that matters: a row is a
-verified detection without its decision yet, whatever the task broker holds. The gallery is
+verified detection without its decision yet, whatever the task broker holds. The tasks waiting in
+the broker's recognition queue are read too (a passive declare on a pooled broker connection; a
+collector of its own, so a broker that is down leaves the database gauges alone). The gallery is
 counted at most every ``METRICS_GALLERY_CACHE_S`` per process (a count over every photo).
 """
 
@@ -16,6 +18,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from accessctl.broker_queue import broker_queue_depth
 from recognition.models import FaceEmbedding, InboundDetection
 
 _gallery_lock = threading.Lock()
@@ -38,6 +41,17 @@ def gallery_sizes(*, max_age_s: float | None = None) -> dict[str, int]:
     with _gallery_lock:
         _gallery = (time.monotonic(), counted)
     return counted
+
+
+def broker_gauges() -> Iterable[Metric]:
+    """Tasks waiting (not yet taken by a worker) in the broker's recognition queue."""
+    from recognition.tasks import decide
+
+    tasks = GaugeMetricFamily(
+        "accessctl_recognition_queue_tasks", "Decision tasks waiting in the task broker's recognition queue."
+    )
+    tasks.add_metric([], float(broker_queue_depth(decide.app, settings.RECOGNITION_QUEUE)))
+    return [tasks]
 
 
 def recognition_gauges() -> Iterable[Metric]:

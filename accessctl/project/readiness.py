@@ -26,6 +26,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from accessctl.broker_queue import broker_queue_depth
 from accessctl.heartbeats import heartbeats_read, redis_client
 from accessctl.project.metrics_access import Access, metrics_access
 
@@ -86,19 +87,7 @@ def _broker() -> dict[str, Any]:
     """Connect to the task broker and read the recognition queue's depth (a passive declare)."""
     from accessctl.project.celery import app
 
-    timeout = settings.READY_CHECK_TIMEOUT_S
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
-    with app.connection_for_read(
-        settings.CELERY_BROKER_URL, connect_timeout=timeout, transport_options=options
-    ) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
-        try:
-            declared = conn.default_channel.queue_declare(queue=settings.RECOGNITION_QUEUE, passive=True)
-        except Exception as exc:
-            if str(getattr(exc, "reply_code", "")) == "404":  # no worker declared it yet: nothing waits
-                return {"recognition_queue": 0}
-            raise
-        return {"recognition_queue": int(declared.message_count)}
+    return {"recognition_queue": broker_queue_depth(app, settings.RECOGNITION_QUEUE)}
 
 
 def _fresh(kind: str) -> tuple[dict[str, dict[str, Any]], float]:

@@ -5,6 +5,7 @@ address get an answer."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 import sys
 import time
@@ -95,7 +96,8 @@ def test_a_real_decision_moves_the_counters_and_the_histograms(door_device) -> N
     assert value(after, "accessctl_recognition_staged") == 0
     assert value(after, "accessctl_device_online", device=device.uid) == 1
     assert value(after, "accessctl_device_last_seen_age_seconds", device=device.uid) < 60
-    for collector in ("accessctl", "devices", "heartbeats", "recognition"):
+    assert value(after, "accessctl_recognition_queue_tasks") >= 0  # nothing is sent to the broker here
+    for collector in ("accessctl", "broker", "devices", "heartbeats", "recognition"):
         assert value(after, "accessctl_metrics_collector_up", collector=collector) == 1
 
 
@@ -181,6 +183,18 @@ def test_a_failing_collector_is_reported_and_the_rest_still_answer(monkeypatch: 
     samples = scrape()
     assert value(samples, "accessctl_metrics_collector_up", collector="broken") == 0
     assert value(samples, "accessctl_metrics_collector_up", collector="devices") == 1
+
+
+def test_a_broker_that_is_down_leaves_the_other_gauges_alone(settings) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{closed}/0"
+    settings.READY_CHECK_TIMEOUT_S = 0.5
+    samples = scrape()
+    assert value(samples, "accessctl_metrics_collector_up", collector="broker") == 0
+    assert ("accessctl_recognition_queue_tasks", ()) not in samples
+    assert value(samples, "accessctl_metrics_collector_up", collector="recognition") == 1
 
 
 # --------------------------------------------------------------------------- who may scrape
