@@ -1,8 +1,12 @@
 """The Celery application. Tasks live in each app's ``tasks.py``; settings use the CELERY_ prefix."""
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery, signals
+
+if TYPE_CHECKING:
+    from accessctl.heartbeats import HeartbeatThread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
 
@@ -31,7 +35,7 @@ def _recycle_database_connections(sender: object = None, **_: object) -> None:
 
 
 #: The worker's heartbeat for /readyz (accessctl.heartbeats, kind "worker"), from its main process.
-_heartbeat: list[object] = []
+_heartbeat: "list[HeartbeatThread]" = []
 
 
 @signals.worker_ready.connect
@@ -44,9 +48,6 @@ def _worker_heartbeat_start(sender: object = None, **_: object) -> None:
 
 @signals.worker_shutdown.connect
 def _worker_heartbeat_stop(**_: object) -> None:
-    from accessctl.heartbeats import HeartbeatThread
-
     for beat in _heartbeat:
-        assert isinstance(beat, HeartbeatThread)
         beat.stop()
     _heartbeat.clear()
