@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accessctl import realtime
+from accessctl import metrics, realtime
 from accessctl.codes import Reason
 from accessctl.models import AccessEvent, Alarm, Door
 from accessctl.webhooks import webhook_dispatch_alarm
@@ -80,6 +80,7 @@ def alarm_raise(
         realtime.broadcast(realtime.MessageType.ALARM_RAISED, dict(realtime.alarm_payload(alarm)))
         if created:
             webhook_dispatch_alarm(alarm)
+            metrics.on_commit(lambda: metrics.ALARMS_RAISED.labels(str(kind)).inc())
     logger.warning(
         "alarm %s %s door=%s device=%s event=%s count=%d",
         alarm.pk, "raised" if created else "repeated", door_id or "-", device_uid or "-",

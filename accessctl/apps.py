@@ -11,3 +11,10 @@ class AccessctlConfig(AppConfig):
         from accessctl import tasks, webhooks
 
         webhooks.webhook_sender_register(tasks.webhook_deliver.delay)
+
+        # Gauges read at each /metrics scrape; the apps above register theirs the same way.
+        from accessctl.metric_gauges import domain_gauges, heartbeat_gauges
+        from accessctl.metrics import collector_register
+
+        collector_register("accessctl", domain_gauges)
+        collector_register("heartbeats", heartbeat_gauges)

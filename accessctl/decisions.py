@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accessctl import realtime
+from accessctl import metrics, realtime
 from accessctl.alarms import alarm_raise, attacks_check, unknown_faces_check
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
@@ -130,6 +130,7 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
+        metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
         for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
@@ -200,6 +201,7 @@ def rejection_record(
         details={"error": message[:300], "bytes": size, **(details or {})},
     )
     if created:
+        metrics.decisions_count([(event.decision, event.reason)])
         logger.warning("rejected detection from %s: %s (%s) event=%s", device_uid[:64], reason, message[:200], event.pk)
         _rejection_notify(event)
     return event
@@ -224,6 +226,7 @@ def late_detection_record(
         details={"error": error[:300], "sent_at": detection.sent_at},
     )
     if created:
+        metrics.decisions_count([(event.decision, event.reason)])
         _rejection_notify(event)
     return event
 

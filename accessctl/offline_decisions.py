@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accessctl import realtime
+from accessctl import metrics, realtime
 from accessctl.alarms import alarm_raise
 from accessctl.audit import EventDraft, events_record
 from accessctl.codes import Decision, Reason
@@ -147,7 +147,16 @@ def offline_decisions_record(inputs: Sequence[OfflineInput]) -> list[tuple[Acces
             if created:
                 event.door, event.person = item.detection.door, person
                 _notify(event, item, server)
+        created_now = [(event, item) for item, (event, created) in zip(inputs, recorded, strict=True) if created]
+        metrics.decisions_count((event.decision, event.reason) for event, _ in created_now)
+        metrics.on_commit(lambda: _latency_observe([item for _, item in created_now]))
     return recorded
+
+
+def _latency_observe(items: Sequence[OfflineInput]) -> None:
+    """The device's own time to decide (capture to decision), the ``offline`` decision latency."""
+    for item in items:
+        metrics.decision_latency_observe("offline", item.offline.decided_at - item.detection.occurred_at.timestamp())
 
 
 def _verdict_details(verdict: _Verdict) -> dict[str, Any]:

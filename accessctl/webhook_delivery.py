@@ -32,6 +32,7 @@ import time
 from django.db.models import F
 from django.utils import timezone
 
+from accessctl.metrics import WEBHOOK_DELIVERIES
 from accessctl.models import WebhookDelivery
 from accessctl.webhook_targets import WebhookTargetRefused, WebhookTargetUnresolved, webhook_target_resolve
 
@@ -209,6 +210,7 @@ def webhook_delivery_attempt(*, delivery_id: int, final: bool, timeout_s: float 
             status=WebhookDelivery.Status.FAILED, attempts=F("attempts") + 1, last_error=f"refused: {exc}"[:500]
         )
         logger.warning("webhook delivery %s to subscription %s refused: %s", delivery.delivery_id, subscription.pk, exc)
+        WEBHOOK_DELIVERIES.labels("refused").inc()
         return "refused"
     ok = status_code is not None and 200 <= status_code < 300
     if ok:
@@ -222,6 +224,7 @@ def webhook_delivery_attempt(*, delivery_id: int, final: bool, timeout_s: float 
         last_error="" if ok else (error or f"HTTP {status_code}")[:500],
         delivered_at=timezone.now() if ok else None,
     )
+    WEBHOOK_DELIVERIES.labels("succeeded" if ok else "failed" if final else "retry").inc()
     if ok:
         logger.info("webhook delivery %s to subscription %s: %s", delivery.delivery_id, subscription.pk, status_code)
         return "succeeded"

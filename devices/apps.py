@@ -19,6 +19,10 @@ class DevicesConfig(AppConfig):
         # The domain asks for door commands and shows devices through its interfaces; this app answers.
         door_commands_register(MqttDoorCommands())
         door_devices_register(door_devices_prefetch)
+        from accessctl.metrics import collector_register
+        from devices.metric_gauges import device_gauges
+
+        collector_register("devices", device_gauges)
 
         # Disabling, enabling or deleting a device anywhere (admin included) revokes or restores
         # its broker login: the broker's identity files follow the committed registry.

@@ -37,6 +37,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from accessctl.alarms import alarm_raise
+from accessctl.heartbeats import heartbeat_forget, heartbeat_write
+from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import Alarm
 from devices.mqtt import client_create
 from faceengine import protocol as p
@@ -51,6 +53,9 @@ SUBSCRIPTIONS = tuple(
 #: acknowledged to the broker: before it returns, or later from another thread (the decision
 #: batcher acknowledges a detection once its task is out). ``ack`` is idempotent.
 Handler = Callable[[str, bytes, Callable[[], None]], None]
+
+#: The bridges' heartbeats (accessctl.heartbeats): one per client id.
+HEARTBEAT_KIND = "bridge"
 
 #: Topics of the bridges themselves (the server's MQTT identity may publish and subscribe here).
 BRIDGE_TOPIC_ROOT = "acs/v1/bridge"
@@ -120,6 +125,7 @@ class Bridge:
         self._delivering = 0  # > 0 while the network thread is inside on_message (not the broker's silence)
         self._had_session = False
         self._reconnect_reason: str | None = None
+        self._beat: tuple[float, bool] = (-float("inf"), False)  # last heartbeat written: when, connected
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
@@ -176,13 +182,15 @@ class Bridge:
         if not message.topic.endswith(f"/{p.TopicKind.DETECTIONS}"):
             self._handle(client, message)
             return
+        received = time.perf_counter()
         self._slots.acquire()
         try:
-            self._pool.submit(self._handle_released, client, message)
+            self._pool.submit(self._handle_released, client, message, received)
         except RuntimeError:  # pool shut down: stopping; the broker redelivers it
             self._slots.release()
 
-    def _handle_released(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+    def _handle_released(self, client: mqtt.Client, message: mqtt.MQTTMessage, received: float) -> None:
+        BRIDGE_LAG.labels("wait").observe(time.perf_counter() - received)  # for a free staging thread
         try:
             self._handle(client, message)
         finally:
@@ -229,10 +237,15 @@ class Bridge:
             self.client.disconnect()
             self.client.loop_stop()
             self._pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                heartbeat_forget(kind=HEARTBEAT_KIND, name=self.client_id)
+            except Exception:
+                logger.warning("could not remove the heartbeat of bridge %s", self.client_id, exc_info=True)
 
     def watch(self) -> None:
         """One look at the link (``run_forever`` calls it a few times a second): reconnect when asked
         to, probe when nothing arrived for a while, recover when not even the probe came back."""
+        self.heartbeat()
         reason, self._reconnect_reason = self._reconnect_reason, None
         if reason is not None:
             self._reconnect(reason)
@@ -247,6 +260,27 @@ class Bridge:
             self._probed_at = now
             body = json.dumps({"t": round(time.time(), 3)}, separators=(",", ":")).encode()
             self.client.publish(self.probe_topic, body, qos=1)
+
+    def heartbeat(self) -> None:
+        """Every ``PROCESS_HEARTBEAT_S`` and when the connection comes or goes, tell ``/readyz`` and
+        the metrics (:mod:`accessctl.heartbeats`, kind ``bridge``) whether this bridge is connected
+        and how long it heard nothing. Never raises: the watch goes on without the cache server."""
+        now = time.monotonic()
+        connected = self.connected.is_set()
+        if now - self._beat[0] < settings.PROCESS_HEARTBEAT_S and connected == self._beat[1]:
+            return
+        self._beat = (now, connected)
+        data = {
+            "connected": connected,
+            "silent_s": round(0.0 if self._delivering else now - self._heard_at, 3),
+            "deaf_after_s": self.deaf_after_s,
+            "connects": self.connects,
+            "recoveries": self.recoveries,
+        }
+        try:
+            heartbeat_write(kind=HEARTBEAT_KIND, name=self.client_id, data=data)
+        except Exception:
+            logger.warning("bridge %s could not write its heartbeat", self.client_id, exc_info=True)
 
     def _deaf(self, silent: float) -> None:
         self.recoveries += 1

@@ -33,6 +33,7 @@ from django.core.cache import cache
 
 from accessctl.codes import Reason
 from accessctl.decisions import decision_repeat, late_detection_record, rejection_record
+from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import AccessEvent
 from devices import health
 from devices.models import EdgeDevice
@@ -137,11 +138,15 @@ def detection_ingest(
     is recorded once, here, by the domain (:func:`accessctl.decisions.rejection_record`).
     """
     now = time.time() if now is None else now
+    started = time.perf_counter()
     try:
         if topic_error:
             raise Rejected(Reason.MALFORMED, topic_error)
         detection, device = detection_verify(device_uid=device_uid, raw=raw)
-        return _fresh_stage(detection=detection, device=device, now=now, queue=queue)
+        outcome = _fresh_stage(detection=detection, device=device, now=now, queue=queue)
+        if outcome == Staged.STAGED:
+            BRIDGE_LAG.labels("stage").observe(time.perf_counter() - started)
+        return outcome
     except Rejected as rejected:
         device = rejected.device
         rejection_record(

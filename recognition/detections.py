@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, transaction
 
+from accessctl import metrics
 from accessctl.codes import Reason
 from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
@@ -246,6 +247,15 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
     return item
 
 
+def _latency_observe(prepared: list[_Prepared]) -> None:
+    """Each decision's latency, staged at the bridge to committed (both on the database's clock
+    and this host's: ``received_at`` is the database's ``now()`` at staging)."""
+    now = time.time()
+    for item in prepared:
+        mode = (item.decision.details or {}).get("mode", "other")
+        metrics.decision_latency_observe(str(mode), now - item.inbound.received_at.timestamp())
+
+
 def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
     """One transaction: unstage, search (per model version), policy, events. Unstaging goes
     first so that the access log's lock (taken when the events are written) is held briefly."""
@@ -276,6 +286,7 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
         recorded = access_decide_many([item.decision for item in online])
         # Decided at the door already: recorded with the server's verdict, no door command.
         reconciled = offline_decisions_record([item.offline for item in offline])  # type: ignore[misc]
+        metrics.on_commit(lambda: _latency_observe(online))  # offline ones: the device's own time
     return {
         item.decision.detection_id: event.reason
         for item, (event, _) in zip(online + offline, recorded + reconciled, strict=True)

@@ -37,6 +37,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
+from accessctl.metrics import GALLERY_SEARCH, Timer
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
 logger = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def gallery_search_many(
     ranked = max(limit_people, 2)  # the gap needs the runner-up
     literals = probe_literals(embeddings, model_version)  # formatted once for every statement below
     # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with Timer() as took, transaction.atomic(savepoint=False), connection.cursor() as cursor:
         rows = _scan(cursor, literals, model_version=model_version, k=k, ef_search=max(ef_search, k))
         rows = _rescored(cursor, literals, rows, ranked, model_version)
         again = [i for i, probe_rows in enumerate(rows) if wide > ef_search and _nearly_tied(probe_rows, gap)]
@@ -306,6 +307,7 @@ def gallery_search_many(
             wider = _rescored(cursor, again_literals, wider, ranked, model_version)
             for i, more in zip(again, wider, strict=True):
                 rows[i] = _merged(rows[i], more)
+    GALLERY_SEARCH.labels(model_version).observe(took.seconds)
     return [best_per_person(probe_rows, limit_people) for probe_rows in rows]
 
 

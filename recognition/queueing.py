@@ -30,6 +30,7 @@ from typing import Any
 
 from django.conf import settings
 
+from accessctl.metrics import BRIDGE_LAG
 from recognition.tasks import decide, decisions_send
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class DecisionBatcher:
         self.quiet_s = quiet_s
         self._ids: list[str] = []
         self._done: list[tuple[threading.Event, Callback | None]] = []
+        self._added: list[float] = []  # perf_counter() of each id's add (the enqueue lag)
         self._first_at = 0.0
         self._due = 0.0
         self._last_sent = -float("inf")
@@ -81,6 +83,7 @@ class DecisionBatcher:
                 self._due = self._first_at + self.wait_s
             self._ids.append(detection_id)
             self._done.append((done, on_sent))
+            self._added.append(time.perf_counter())
             self._cond.notify()
         return done
 
@@ -96,7 +99,7 @@ class DecisionBatcher:
             logger.warning("could not read the recognition queue's backlog", exc_info=True)
             return False
 
-    def _take(self) -> tuple[list[str], list[tuple[threading.Event, Callback | None]]] | None:
+    def _take(self) -> tuple[list[str], list[tuple[threading.Event, Callback | None]], list[float]] | None:
         """Block until a batch is due; None once closed and empty."""
         with self._cond:
             while True:
@@ -118,19 +121,23 @@ class DecisionBatcher:
                     n = self.max_size
                     batch, self._ids = self._ids[:n], self._ids[n:]
                     done, self._done = self._done[:n], self._done[n:]
+                    added, self._added = self._added[:n], self._added[n:]
                     self._first_at = time.monotonic()
                     self._due = self._first_at + self.wait_s
-                    return batch, done
+                    return batch, done, added
                 if self._closed:
                     return None
                 self._cond.wait()
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
-            batch, done = taken
+            batch, done, added = taken
             try:
                 self._last_sent = time.monotonic()
                 self.send(batch)
+                sent = time.perf_counter()
+                for at in added:
+                    BRIDGE_LAG.labels("enqueue").observe(sent - at)
             except Exception:
                 logger.exception("could not enqueue %d decisions; the inbound sweep will retry them", len(batch))
             finally:

@@ -1,8 +1,12 @@
 """The Celery application. Tasks live in each app's ``tasks.py``; settings use the CELERY_ prefix."""
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery, signals
+
+if TYPE_CHECKING:
+    from accessctl.heartbeats import HeartbeatThread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
 
@@ -28,3 +32,22 @@ def _recycle_database_connections(sender: object = None, **_: object) -> None:
     if getattr(getattr(sender, "request", None), "is_eager", False):
         return
     close_old_connections()
+
+
+#: The worker's heartbeat for /readyz (accessctl.heartbeats, kind "worker"), from its main process.
+_heartbeat: "list[HeartbeatThread]" = []
+
+
+@signals.worker_ready.connect
+def _worker_heartbeat_start(sender: object = None, **_: object) -> None:
+    from accessctl.heartbeats import HeartbeatThread
+
+    name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
+    _heartbeat.append(HeartbeatThread(kind="worker", name=name).start())
+
+
+@signals.worker_shutdown.connect
+def _worker_heartbeat_stop(**_: object) -> None:
+    for beat in _heartbeat:
+        beat.stop()
+    _heartbeat.clear()

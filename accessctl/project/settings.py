@@ -415,6 +415,39 @@ AUDIT_ANCHOR_MAX_AGE_S = env_int("ACCESSCTL_AUDIT_ANCHOR_MAX_AGE_S", 0)
 BACKUP_TO = env_optional("ACCESSCTL_BACKUP_TO")
 BACKUP_PASSPHRASE = env_optional("ACCESSCTL_BACKUP_PASSPHRASE")
 
+# --- Metrics and readiness (accessctl/metrics.py, accessctl/project/readiness.py). Every process
+# (web, workers, beat, bridge) writes its counters and histograms to files in METRICS_DIR (the
+# prometheus_client multiprocess mode; `up` empties it at start); GET /metrics adds them up, with the
+# gauges read from the database at scrape time. /metrics answers a request bearing
+# ACCESSCTL_METRICS_TOKEN ("Authorization: Bearer <token>", at least 16 characters) or one made
+# directly (no proxy headers) from an address in ACCESSCTL_METRICS_ALLOW (CIDRs; "" for none).
+METRICS_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))).resolve()
+METRICS_TOKEN = env_optional("ACCESSCTL_METRICS_TOKEN")
+METRICS_ALLOW = env_list("ACCESSCTL_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
+# The gallery's size per model version is counted at most this often (a count over every photo).
+METRICS_GALLERY_CACHE_S = env_float("ACCESSCTL_METRICS_GALLERY_CACHE_S", 60.0)
+# Bridges and workers write a heartbeat this often; /readyz wants one younger than three periods.
+PROCESS_HEARTBEAT_S = env_float("ACCESSCTL_PROCESS_HEARTBEAT_S", 10.0)
+# Each /readyz dependency check gives up after this long (a hung service is "not ready", not a hung probe).
+READY_CHECK_TIMEOUT_S = env_float("ACCESSCTL_READY_CHECK_TIMEOUT_S", 2.0)
+
+
+def _metrics_access_check() -> None:
+    import ipaddress
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+        raise ImproperlyConfigured("ACCESSCTL_METRICS_TOKEN must be at least 16 characters")
+    for network in METRICS_ALLOW:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"ACCESSCTL_METRICS_ALLOW: {network!r} is not an address or network") from exc
+
+
+_metrics_access_check()
+
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"

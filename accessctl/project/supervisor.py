@@ -173,6 +173,34 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
     return children
 
 
+def readiness_announce(url: str, stop: threading.Event, *, timeout_s: float = 300.0, every_s: float = 1.0) -> bool:
+    """Run the ``/readyz`` checks in this process until they all pass, then log that the site at
+    ``url`` is ready; True then. After ``timeout_s`` (or once ``stop`` is set) log what still fails
+    and give up (the site keeps running: /readyz tells the rest). Meant for a daemon thread."""
+    from django.db import connection
+
+    from accessctl.project.readiness import readiness_check
+
+    started = time.monotonic()
+    failing: list[str] = []
+    try:
+        while not stop.is_set():
+            failing = [r.name for r in readiness_check() if not r.ok]
+            if not failing:
+                logger.info("accessctl is ready on %s (%.0f s after start; GET /readyz says so too)", url,
+                            time.monotonic() - started)  # fmt: skip
+                return True
+            if time.monotonic() - started > timeout_s:
+                break
+            stop.wait(every_s)
+    finally:
+        connection.close()
+    if not stop.is_set():
+        logger.warning("accessctl is not ready after %.0f s; failing: %s (see GET /readyz)", timeout_s,
+                       ", ".join(failing))  # fmt: skip
+    return False
+
+
 class Supervisor:
     """Keeps the children running until asked to stop."""
 
@@ -180,6 +208,11 @@ class Supervisor:
         self.children = children
         self._stopping = threading.Event()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once the supervisor is asked to stop."""
+        return self._stopping
 
     def request_stop(self, *_: object) -> None:
         self._stopping.set()

@@ -6,6 +6,8 @@ from django.urls import include, path, re_path
 
 from accessctl import views
 from accessctl.api.views import ApiNotFoundView
+from accessctl.project.metrics_access import metrics_view
+from accessctl.project.readiness import readyz
 
 admin.site.site_header = "accessctl administration"
 admin.site.site_title = "accessctl"
@@ -14,6 +16,8 @@ admin.site.index_title = "People, doors and devices"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     # Sign-in attempts are limited by django-axes inside authenticate() (accessctl/project/login_throttle.py).
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accessctl.metrics import metrics_dir_reset
 from accessctl.project import embedded, supervisor
 
 logger = logging.getLogger(__name__)
@@ -49,10 +51,14 @@ class Command(BaseCommand):
             children = supervisor.default_children(str(options["host"]), int(options["port"]), not options["no_beat"])
             if lfw_root is not None:
                 children.append(self._demo_child(lfw_root))
-            logger.info(
-                "accessctl is starting on http://%s:%s/ (Ctrl-C stops everything)", options["host"], options["port"]
-            )
-            supervisor.Supervisor(children).run()
+            url = f"http://{options['host']}:{options['port']}/"
+            logger.info("accessctl is starting on %s (Ctrl-C stops everything)", url)
+            metrics_dir_reset()  # this run's counters only (the children write theirs there)
+            running = supervisor.Supervisor(children)
+            threading.Thread(
+                target=supervisor.readiness_announce, args=(url, running.stopping), name="readiness", daemon=True
+            ).start()
+            running.run()
         finally:
             services.stop()
             logger.info("accessctl stopped")
