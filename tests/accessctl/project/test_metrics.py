@@ -101,8 +101,10 @@ def test_a_real_decision_moves_the_counters_and_the_histograms(door_device) -> N
         assert value(after, "accessctl_metrics_collector_up", collector=collector) == 1
 
 
-def test_rejections_offline_decisions_and_alarms_are_counted(door_device) -> None:
+def test_rejections_offline_decisions_and_alarms_are_counted(door_device, monkeypatch: pytest.MonkeyPatch) -> None:
     device, key = door_device
+    staged: list[str] = []  # an offline decision is staged; the decision task records it
+    monkeypatch.setattr(ingest, "decision_enqueue", lambda detection_id, queue=None: staged.append(str(detection_id)))
     before = scrape()
     old = time.time() - 3600
     offline = p.OfflineDecision(action=p.OfflineAction.OPEN, basis="fail_safe", decided_at=old + 0.25)
@@ -111,6 +113,7 @@ def test_rejections_offline_decisions_and_alarms_are_counted(door_device) -> Non
         sent_at=old, detector_score=0.9, box=(0, 0, 120, 120), quality={"face_px": 120.0}, offline_decision=offline,
     )  # fmt: skip
     ingest.detection_ingest(device_uid=device.uid, raw=p.seal(late, key))
+    assert detections_decide(staged) == ["offline_allowed"]
     forged = p.seal(late, p.load_private_key(device_provision(uid="other-2").private_key_pem))
     ingest.detection_ingest(device_uid=device.uid, raw=forged)
     ingest.detection_ingest(device_uid=device.uid, raw=forged)  # the same bad bytes again: recorded once
