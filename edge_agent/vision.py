@@ -92,9 +92,11 @@ class YunetDetector:
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, threads: int | None = 2) -> None:
         from faceengine.yunet import YunetDetector as EngineYunet
+        from faceengine.yunet import get_session
 
         # YuNet sees every face from ~10 px in one pass: no pyramid to trim, only the size filter
         self._detector = EngineYunet(min_face_size=detector_min_face_px(min_face_px), num_threads=threads)
+        get_session(num_threads=threads)  # at start: a missing or altered model file fails here, loudly
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         return [

@@ -150,18 +150,22 @@ def fold_dequantize(model: Any) -> int:
 
 
 _session_lock = threading.Lock()
-_sessions: dict[tuple[str, int], Any] = {}
+_sessions: dict[tuple[str, int, bool], Any] = {}
 
 
-def get_session(*, model_path: str | Path | None = None, num_threads: int | None = None) -> Any:
+def get_session(
+    *, model_path: str | Path | None = None, num_threads: int | None = None, allow_spinning: bool = False
+) -> Any:
     """The process-wide onnxruntime session for this model file and thread count (built once).
 
     The shipped file is checked against its SHA-256 before the first load; a file given by
-    ``model_path`` is the caller's responsibility.
+    ``model_path`` is the caller's responsibility. ``allow_spinning=False`` (the default): the
+    session's threads sleep as soon as a frame is done instead of spinning, so that they leave
+    the cores to what runs next in the process (on the edge agent, the torch liveness networks).
     """
     path = Path(model_path) if model_path else default_model_path()
     threads = int(num_threads) if num_threads and num_threads > 0 else 0
-    key = (str(path), threads)
+    key = (str(path), threads, bool(allow_spinning))
     session = _sessions.get(key)
     if session is not None:
         return session
@@ -181,6 +185,8 @@ def get_session(*, model_path: str | Path | None = None, num_threads: int | None
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
+            if not allow_spinning:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(
                 load_fixed_model(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
