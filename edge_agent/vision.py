@@ -87,8 +87,8 @@ class MtcnnDetector:
 
 
 class YunetDetector:
-    """:class:`FaceDetector` over ``faceengine.yunet`` (YuNet, onnxruntime, lazily loaded): ~8x
-    cheaper than MTCNN on a 640x480 frame, the same five landmarks (see ``bench/edge_fps.py``)."""
+    """:class:`FaceDetector` over ``faceengine.yunet`` (YuNet, onnxruntime, loaded at construction):
+    ~8x cheaper than MTCNN on a 640x480 frame, the same five landmarks (``bench/edge_fps.py``)."""
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, threads: int | None = 2) -> None:
         from faceengine.yunet import YunetDetector as EngineYunet
