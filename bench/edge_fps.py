@@ -1,9 +1,10 @@
-"""Edge detection throughput: MTCNN at 640x480 with torch limited to 2 threads (door-device budget).
+"""Edge detection throughput at 640x480 with 2 threads (door-device budget), YuNet and MTCNN.
 
-Prints frames per second for the detector alone and for the agent's per-frame work (detect,
+Prints frames per second, per detector (``--detector yunet,mtcnn``: both in one run, rounds
+interleaved), for the detector alone and for the agent's per-frame work (detect,
 align, quality, track), with liveness off and on (the two MiniFASNet networks scoring every
 frame's faces, as the agent does with ``[liveness] enabled = true``; issue 18's target: >= 20 FPS
-with liveness on). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2]``.
+with liveness on). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2] [--detector yunet,mtcnn]``.
 Uses a 640x480 webcam frame of nuaa-dev when found (tests/faces.py), else an LFW photo pasted into
 a 640x480 frame (ACCESSCTL_LFW, ACCESSCTL_RESEARCH_DATA or var/datasets/lfw), else skimage's
 astronaut.
@@ -53,39 +54,47 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-face-px", type=int, default=60)
+    parser.add_argument("--min-face-px", type=int, default=40)
     parser.add_argument("--fuse-top-k", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating liveness off / on rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (every detector, liveness off / on)")
+    parser.add_argument("--detector", default="yunet,mtcnn", help="yunet, mtcnn or both (comma-separated)")
     args = parser.parse_args()
 
     import torch
 
     from edge_agent.liveness import liveness_load
     from edge_agent.tracker import IouTracker
-    from edge_agent.vision import FaceCandidate, MtcnnDetector, prepare
+    from edge_agent.vision import DETECTORS, FaceCandidate, detector_build, prepare
 
+    names = [n.strip() for n in args.detector.split(",") if n.strip()]
+    if unknown := set(names) - set(DETECTORS):
+        parser.error(f"unknown detector(s) {sorted(unknown)}; expected {DETECTORS}")
     torch.set_num_threads(args.threads)
     frame = test_frame()
-    detector = MtcnnDetector(min_face_px=args.min_face_px, threads=args.threads)
-    t0 = time.perf_counter()
-    faces = detector.detect(frame)  # warm-up (model build)
-    print(f"model load + first frame: {time.perf_counter() - t0:.2f} s, faces found: {len(faces)}")
-    for _ in range(5):  # warm-up: allocator, oneDNN kernels
-        detector.detect(frame)
-
-    t0 = time.perf_counter()
-    for _ in range(args.frames):
-        detector.detect(frame)
-    detect_s = (time.perf_counter() - t0) / args.frames
+    detectors = {}
+    for name in names:
+        t0 = time.perf_counter()
+        detectors[name] = detector_build(name, min_face_px=args.min_face_px, threads=args.threads)
+        faces = detectors[name].detect(frame)  # warm-up (model build)
+        print(f"{name}: model load + first frame {time.perf_counter() - t0:.2f} s, faces found: {len(faces)}")
+        for _ in range(5):  # warm-up: allocator, oneDNN kernels
+            detectors[name].detect(frame)
 
     t0 = time.perf_counter()
     liveness = liveness_load(enabled=True, threads=args.threads, fuse_top_k=args.fuse_top_k)
     assert liveness is not None, "liveness networks did not load"
     print(f"liveness load + warm-up: {time.perf_counter() - t0:.2f} s")
 
-    def pipeline(with_liveness: bool) -> tuple[float, int]:
+    def detect_only(name: str) -> float:
+        t0 = time.perf_counter()
+        for _ in range(args.frames):
+            detectors[name].detect(frame)
+        return (time.perf_counter() - t0) / args.frames
+
+    def pipeline(name: str, with_liveness: bool) -> tuple[float, int]:
         """The agent's handle_frame over ``args.frames`` frames: detect, prepare, (liveness, one
         batch per frame), track, fuse at emission; returns seconds per frame and faces seen."""
+        detector = detectors[name]
         tracker: IouTracker[FaceCandidate] = IouTracker(evidence=lambda c: c.liveness)
         faces = 0
         t0 = time.perf_counter()
@@ -99,29 +108,40 @@ def main() -> None:
                 liveness.fuse(emission.evidence)
         return (time.perf_counter() - t0) / args.frames, faces
 
-    # Off and on alternate, round after round: a shared machine's load hits both alike; the best
-    # round of each is the machine's speed, the median what it gave under the load of the moment.
-    off: list[float] = []
-    on: list[float] = []
-    faces = 0
+    # Detectors and liveness off / on alternate, round after round: a shared machine's load hits
+    # all alike; the best round of each is the machine's speed, the median what it gave under the
+    # load of the moment. Compare detectors by their ratio within one run, not across runs.
+    times: dict[tuple[str, str], list[float]] = {}
+    faces: dict[str, int] = {}
     for _ in range(args.rounds):
-        off.append(pipeline(False)[0])
-        seconds, faces = pipeline(True)
-        on.append(seconds)
+        for name in names:
+            times.setdefault((name, "detect"), []).append(detect_only(name))
+            times.setdefault((name, "off"), []).append(pipeline(name, False)[0])
+            seconds, faces[name] = pipeline(name, True)
+            times.setdefault((name, "on"), []).append(seconds)
     assert liveness.failures == 0, "the liveness scorer failed"
 
-    def fps(times: list[float]) -> str:
-        best, median = min(times), statistics.median(times)
+    def fps(values: list[float]) -> str:
+        best, median = min(values), statistics.median(values)
         return f"{best * 1000:6.1f} ms/frame {1 / best:6.2f} FPS best, {1 / median:6.2f} FPS median"
 
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, frame 640x480, "
-        f"{args.rounds} rounds of {args.frames} frames, {faces / args.frames:.1f} face(s) per frame"
+        f"torch {torch.__version__}, threads {args.threads}, frame 640x480, min face {args.min_face_px} px, "
+        f"{args.rounds} rounds of {args.frames} frames"
     )
-    print(f"detector only:          {detect_s * 1000:6.1f} ms/frame {1 / detect_s:6.2f} FPS")
-    print(f"pipeline, liveness off: {fps(off)}")
-    print(f"pipeline, liveness on:  {fps(on)}")
-    print(f"liveness cost:          {(min(on) - min(off)) * 1000:+6.1f} ms/frame (best rounds)")
+    for name in names:
+        print(f"{name}: {faces[name] / args.frames:.1f} face(s) per frame sent")
+        print(f"  detector only:          {fps(times[(name, 'detect')])}")
+        print(f"  pipeline, liveness off: {fps(times[(name, 'off')])}")
+        print(f"  pipeline, liveness on:  {fps(times[(name, 'on')])}")
+        cost = (min(times[(name, "on")]) - min(times[(name, "off")])) * 1000
+        print(f"  liveness cost:          {cost:+6.1f} ms/frame (best rounds)")
+    if len(names) > 1:
+        base = names[-1]
+        for name in names[:-1]:
+            for kind in ("detect", "off", "on"):
+                ratio = min(times[(base, kind)]) / min(times[(name, kind)])
+                print(f"{name} vs {base}, {kind}: {ratio:.2f}x the FPS (best rounds)")
 
 
 if __name__ == "__main__":

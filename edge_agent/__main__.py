@@ -66,7 +66,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         visitor_schedule,
         visitors_split,
     )
-    from edge_agent.vision import LocalEmbedder, MtcnnDetector
+    from edge_agent.vision import LocalEmbedder, detector_build
 
     config = load_config(args.config) if args.config else EdgeConfig()
     _setup_logging(args.log_level or "WARNING")
@@ -115,7 +115,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         liveness=agent_liveness(config),
     )
     stop = _stop_on_signals()
-    detector = MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads)
+    detector = detector_build(d.detector, min_face_px=d.min_face_px, threads=d.threads)
     counts = simulate(agent, detector, visitors, wait_s=args.wait, stop=stop)
     return 0 if counts["visitors"] else 1
 
@@ -137,13 +137,13 @@ def _simulate_frames(args: argparse.Namespace, config: EdgeConfig) -> int:
     from edge_agent.agent import EdgeAgent, agent_liveness
     from edge_agent.relay import SimulatedRelay
     from edge_agent.simulate import simulate_frames
-    from edge_agent.vision import LocalEmbedder, MtcnnDetector
+    from edge_agent.vision import LocalEmbedder, detector_build
 
     d = config.detection
     agent = EdgeAgent(
         config,
         camera=None,
-        detector=MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads),
+        detector=detector_build(d.detector, min_face_px=d.min_face_px, threads=d.threads),
         relay=SimulatedRelay(),
         embedder=LocalEmbedder(d.embedder) if d.mode == "embedding" else None,
         liveness=agent_liveness(config),

@@ -426,8 +426,8 @@ class EdgeAgent:
 
 
 def build_agent(config: EdgeConfig) -> EdgeAgent:
-    """The production wiring: real camera, MTCNN detector, configured relay (and embedder)."""
-    from edge_agent.vision import MtcnnDetector
+    """The production wiring: real camera, configured detector, relay (and embedder)."""
+    from edge_agent.vision import detector_build
 
     c, d = config.camera, config.detection
     camera = open_camera(
@@ -449,7 +449,7 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
     return EdgeAgent(
         config,
         camera=camera,
-        detector=MtcnnDetector(min_face_px=d.min_face_px, threads=d.threads),
+        detector=detector_build(d.detector, min_face_px=d.min_face_px, threads=d.threads),
         relay=relay,
         embedder=embedder,
         liveness=agent_liveness(config),

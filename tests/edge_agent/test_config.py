@@ -38,7 +38,24 @@ def test_allowlist_fail_mode_and_pulse(tmp_path: Path) -> None:
 def test_example_config_parses() -> None:
     config = load_config(EXAMPLE, environ={})
     assert config.device.uid
+    assert config.detection.detector == "mtcnn"
     config.validate(need_keys=False)
+
+
+def test_detector_choice(tmp_path: Path) -> None:
+    """MTCNN by default; YuNet by the file or the environment; each builds the matching adapter."""
+    from edge_agent.vision import MtcnnDetector, YunetDetector, detector_build
+
+    assert load_config(None, environ={}).detection.detector == "mtcnn"
+    path = tmp_path / "edge.toml"
+    path.write_text('[device]\nuid = "d"\n[detection]\ndetector = "yunet"\n')
+    assert load_config(path, environ={}).validate(need_keys=False).detection.detector == "yunet"
+    env = {"ACS_EDGE_DETECTION_DETECTOR": "mtcnn"}
+    assert load_config(path, environ=env).validate(need_keys=False).detection.detector == "mtcnn"
+    assert isinstance(detector_build("yunet", min_face_px=40, threads=1), YunetDetector)
+    assert isinstance(detector_build("mtcnn", min_face_px=40, threads=1), MtcnnDetector)
+    with pytest.raises(ValueError, match="unknown detector"):
+        detector_build("haar")
 
 
 @pytest.mark.parametrize(
@@ -47,6 +64,7 @@ def test_example_config_parses() -> None:
         ("[device]\nuid = 'a/b'\n", {}),
         ("[device]\nuid = 'd'\n[mqtt]\nurl = 'http://x'\n", {}),
         ("[device]\nuid = 'd'\n", {"ACS_EDGE_DETECTION_MODE": "fullframe"}),
+        ("[device]\nuid = 'd'\n[detection]\ndetector = 'haar'\n", {}),
         ("[device]\nuid = 'd'\n[relay]\ndriver = 'gpio'\n", {}),
         ("[device]\nuid = 'd'\n[door]\nfail_mode = 'open'\n", {}),
         ("[device]\nuid = 'd'\n[door]\nfail_mode = 'allowlist'\npulse_ms = 0\n", {}),

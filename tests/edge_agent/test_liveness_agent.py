@@ -287,14 +287,15 @@ def nuaa(kind: str) -> Path:
     return folder / kind / SUBJECT
 
 
-@pytest.fixture(scope="module")
-def real_agent_parts() -> tuple[object, EdgeLiveness]:
-    from edge_agent.vision import MtcnnDetector
+@pytest.fixture(scope="module", params=["yunet", "mtcnn"])
+def real_agent_parts(request: pytest.FixtureRequest) -> tuple[object, EdgeLiveness]:
+    """Each detector the agent offers (``[detection] detector``), with the shipped liveness."""
+    from edge_agent.vision import detector_build
 
     config = EdgeConfig()
     liveness = agent_liveness(config)
     assert liveness is not None, "the shipped liveness weights did not load"
-    return MtcnnDetector(min_face_px=config.detection.min_face_px, threads=2), liveness
+    return detector_build(request.param, min_face_px=config.detection.min_face_px, threads=2), liveness
 
 
 @pytest.mark.dataset("nuaa-dev")

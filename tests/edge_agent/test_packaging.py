@@ -36,7 +36,7 @@ import faceengine.liveness
 from edge_agent.agent import EdgeAgent, agent_liveness
 from edge_agent.config import EdgeConfig
 from edge_agent.relay import SimulatedRelay
-from edge_agent.vision import MtcnnDetector, prepare
+from edge_agent.vision import detector_build, prepare
 from faceengine import protocol as p
 
 here = Path.cwd()
@@ -57,7 +57,7 @@ config.mqtt.url = "mqtt://127.0.0.1:1"  # never started: no network
 config.spool.dir = here / "spool"
 config.detection.min_face_px = 20
 config.validate()
-detector = MtcnnDetector(min_face_px=20, threads=1)
+detector = detector_build(config.detection.detector, min_face_px=20, threads=1)
 liveness = agent_liveness(config)  # [liveness] enabled by default: the weights come with the wheel
 assert liveness is not None, "liveness weights did not load from the installed faceengine"
 agent = EdgeAgent(config, camera=None, detector=detector, relay=SimulatedRelay(), liveness=liveness)
