@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from accessctl.models import AccessEvent
+from devices.allowlist import offline_mode
 from devices.models import DeviceAllowlist, DeviceRevocation, EdgeDevice
 
 
@@ -84,7 +85,7 @@ class EdgeDeviceAdmin(admin.ModelAdmin):
             return "–"
         pending = list(obj.revocations.filter(acknowledged_at__isnull=True).values_list("seq", flat=True))
         return settings_table({
-            "offline mode now": obj.offline_mode,
+            "offline mode now": offline_mode(obj, state),
             "version issued": state.version,
             "expires": str(state.expires_at or "–"),
             "entries": state.entry_count,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -33,18 +34,32 @@ logger = logging.getLogger(__name__)
 _PENDING_KEY = "devices:allowlist-recompile:{}"
 
 
+@dataclass
+class AllowlistTasks:
+    """The Celery tasks this module and ``devices.health`` enqueue, handed over by
+    ``DevicesConfig.ready`` (the tasks module imports these services, not the other way round)."""
+
+    recompile: Any = None  # devices.tasks.allowlist_door_recompile(door_id)
+    push: Any = None  # devices.tasks.allowlist_device_push(device_id, full)
+
+
+TASKS = AllowlistTasks()
+
+
+def allowlist_tasks_register(*, recompile: Any, push: Any) -> None:
+    TASKS.recompile, TASKS.push = recompile, push
+
+
 # --- Scheduling ---------------------------------------------------------------------------------
 
 
 def recompile_schedule(door_ids: Iterable[int]) -> list[int]:
     """Enqueue one recompile per door that needs lists, unless one is already pending; returns them."""
     scheduled = []
-    from devices.tasks import allowlist_door_recompile
-
     for door_id in doors_needing_lists(door_ids):
         try:
             if cache.add(_PENDING_KEY.format(door_id), 1, timeout=int(settings.ALLOWLIST_DEBOUNCE_S) + 120):
-                allowlist_door_recompile.apply_async((door_id,), countdown=settings.ALLOWLIST_DEBOUNCE_S)
+                TASKS.recompile.apply_async((door_id,), countdown=settings.ALLOWLIST_DEBOUNCE_S)
                 scheduled.append(door_id)
         except Exception:
             logger.exception("allow-list recompile of door %s not scheduled (the re-issue sweep will)", door_id)

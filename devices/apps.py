@@ -10,7 +10,8 @@ class DevicesConfig(AppConfig):
 
         from accessctl.door_commands import door_commands_register
         from accessctl.selectors import door_devices_register
-        from devices.allowlist_triggers import allowlist_triggers_connect
+        from devices import tasks
+        from devices.allowlist_triggers import allowlist_tasks_register, allowlist_triggers_connect
         from devices.broker_auth import device_changed
         from devices.commands import MqttDoorCommands
         from devices.models import EdgeDevice
@@ -31,3 +32,4 @@ class DevicesConfig(AppConfig):
 
         # Offline allow-lists follow every change that affects them: revoke at once, recompile soon.
         allowlist_triggers_connect()
+        allowlist_tasks_register(recompile=tasks.allowlist_door_recompile, push=tasks.allowlist_device_push)

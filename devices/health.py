@@ -22,7 +22,7 @@ from accessctl import realtime
 from accessctl.alarms import alarm_raise
 from accessctl.models import Alarm
 from devices.allowlist import allowlist_acknowledge, allowlist_device_started
-from devices.allowlist_triggers import recompile_on_commit
+from devices.allowlist_triggers import TASKS, recompile_on_commit
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 
@@ -140,10 +140,8 @@ def _allowlist_acknowledge(device: EdgeDevice, heartbeat: p.Heartbeat, *, model_
     the device holds another version; a new model version (embedding mode) recompiles its door."""
     try:
         if allowlist_acknowledge(device, heartbeat):
-            from devices.tasks import allowlist_device_push
-
             device_id = device.pk
-            transaction.on_commit(lambda: allowlist_device_push.delay(device_id, True), robust=True)
+            transaction.on_commit(lambda: TASKS.push.delay(device_id, True), robust=True)
         if model_changed and device.door_id:
             recompile_on_commit([device.door_id])
     except Exception:  # the heartbeat itself is recorded; the re-issue sweep catches up

@@ -37,13 +37,6 @@ class EdgeDevice(models.Model):
     def __str__(self) -> str:
         return self.name or self.uid
 
-    @property
-    def offline_mode(self) -> str:
-        """``online``, or what the device does alone now: ``offline-allowlist`` / ``-safe`` / ``-secure``."""
-        from devices.allowlist import offline_mode
-
-        return offline_mode(self, getattr(self, "allowlist", None))
-
 
 class DeviceAllowlist(models.Model):
     """The offline allow-list of one device (``devices.allowlist``): the latest version issued and

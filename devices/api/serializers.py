@@ -9,6 +9,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from devices.allowlist import offline_mode
 from devices.models import DeviceAllowlist, DeviceRevocation, EdgeDevice
 
 
@@ -55,8 +56,7 @@ class EdgeDeviceSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    offline_mode = serializers.CharField(
-        read_only=True,
+    offline_mode = serializers.SerializerMethodField(
         help_text="online, or what the device does alone now that it cannot reach the server: offline-allowlist "
         "(it acknowledged an unexpired allow-list), offline-safe or offline-secure.",
     )
@@ -66,6 +66,9 @@ class EdgeDeviceSerializer(serializers.ModelSerializer):
     unacknowledged_revocations = serializers.SerializerMethodField(
         help_text="Revocations sent to the device that it has not acknowledged yet."
     )
+
+    def get_offline_mode(self, obj: EdgeDevice) -> str:
+        return offline_mode(obj, getattr(obj, "allowlist", None))
 
     @extend_schema_field(DeviceAllowlistSerializer(allow_null=True))
     def get_allowlist(self, obj: EdgeDevice) -> dict | None:
