@@ -13,6 +13,7 @@ import queue
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -341,12 +342,13 @@ def test_agent_process_holds_a_print_then_a_live_face_to_the_camera(
         f'[spool]\ndir = "{tmp_path / "spool"}"\n'
         "[liveness]\nenabled = true\nfuse_top_k = 3\n"
     )
-    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    received: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
     subscribed = queue.Queue[int]()
     observer = observer_client("liveness-observer", login=OBSERVER)
     observer.on_connect = lambda c, *a: c.subscribe(p.detections_topic(UID), 1)
     observer.on_subscribe = lambda *a: subscribed.put(1)
-    observer.on_message = lambda c, u, m: received.put((m.topic, m.payload))
+    # fresh when it arrived (checked after the run, which a loaded machine makes long)
+    observer.on_message = lambda c, u, m: received.put((m.topic, m.payload, time.time()))
     observer.connect(broker.host, broker.port)
     observer.loop_start()
     try:
@@ -365,8 +367,8 @@ def test_agent_process_holds_a_print_then_a_live_face_to_the_camera(
 
         scores: dict[str, float] = {}
         while len(scores) < len(by_visitor["print"]) + len(by_visitor["live"]):
-            topic, raw = received.get(timeout=10)
-            detection = p.open_message(topic, raw, keys.device_public, window_s=p.DETECTION_WINDOW_S)
+            topic, raw, arrived = received.get(timeout=10)
+            detection = p.open_message(topic, raw, keys.device_public, now=arrived, window_s=p.DETECTION_WINDOW_S)
             assert isinstance(detection, p.Detection) and detection.device_uid == UID
             assert detection.liveness is not None and detection.liveness_model == MODEL_VERSION
             assert detection.liveness_frames is not None and detection.liveness_frames >= 1
