@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.cache import cache
 from django.test import override_settings
 from PIL import Image
 
 from accessctl.audit import chain_verify
 from accessctl.models import AccessEvent, AccessGroup, Alarm, Door, Person
 from devices import commands
+from devices.allowlist_triggers import _PENDING_KEY
 from devices.models import DeviceAllowlist, DeviceRevocation
 from devices.provisioning import agent_config, device_provision, secret_file_write
 from faceengine import protocol as p
@@ -296,6 +298,9 @@ def test_revocations_online_refused_offline_and_a_suspension_while_cut_off_raise
     uid, agent, people = site["uid"], site["agent"], site["people"]
     c = people[C]
     assert wait_until(_list_held(uid, entries=2), 120), agent.text()[-3000:]
+    # The site's own recompile (debounced) has run: the suspension's recompile is the next one.
+    assert wait_until(lambda: cache.get(_PENDING_KEY.format(site["door"].pk)) is None, 60)
+    time.sleep(1.0)
 
     # Suspended while the door is online: the revocation goes out at once. The recompile that
     # follows is held back here, so that the door still holds C's entry, revoked.
