@@ -319,6 +319,8 @@ def test_revocations_online_refused_offline_and_a_suspension_while_cut_off_raise
     assert wait_until(lambda: len(_events(refused["detection_id"])) == 1, 90), agent.text()[-3000:]
     event = _events(refused["detection_id"])[0]
     assert (event.decision, event.reason, event.source) == ("deny", "offline_revoked", "device_offline")
+    assert event.person_id == c.pk and event.details["server"]["reason"] == "suspended"
+    assert not Alarm.objects.exists()  # refused by both: nothing to raise
 
     # Active again: the list is recompiled with C and acknowledged.
     c.refresh_from_db()
@@ -345,6 +347,7 @@ def test_revocations_online_refused_offline_and_a_suspension_while_cut_off_raise
     alarm = Alarm.objects.get(kind=Alarm.Kind.OFFLINE_DISAGREEMENT)
     assert (alarm.event_id, alarm.door_id, alarm.device_uid) == (late.pk, site["door"].pk, uid)
     assert alarm.details["server"]["reason"] == "suspended"
+    assert alarm.details["device"] == {"decision": "grant", "reason": "offline_matched", "person": str(c.uid)}
     assert chain_verify().ok
 
 
