@@ -208,6 +208,8 @@ def _unchanged(state: DeviceAllowlist, compiled: Compiled, now: float) -> bool:
         return False  # re-issue: past half its age
     if state.digests != compiled.digests or state.rules != compiled.rules:
         return False
+    if state.revocation_seq != compiled.revocation_seq:
+        return False  # a revocation since: only a new version lifts it on the device (a person reinstated)
     new = _windows_json(compiled.windows)
     return _clipped(state.windows, now, expires) == _clipped(new, now, expires)
 

@@ -112,12 +112,24 @@ class InboxSource:
     Each image that appears in ``folder`` (write it elsewhere and rename it in, so it is never
     read half-written) is shown for ``repeat`` frames, in name order, then moved to
     ``folder/shown/``; between visitors the camera sees an empty grey scene of ``width`` x
-    ``height`` (so the agent's tracks end and are emitted). Frames come at most ``max_fps`` a
-    second (10 when 0: an idle inbox must not spin).
+    ``height`` for at least ``gap_s`` seconds, also when the next visitor is already waiting (so
+    the agent's tracks end and are emitted: longer than its ``track_timeout_s``; otherwise two
+    visitors at the same spot are one track, and the second is never sent). Frames come at most
+    ``max_fps`` a second (10 when 0: an idle inbox must not spin).
     """
 
+    #: the empty scene between two visitors, seconds (the agent's default track timeout is 0.5 s)
+    GAP_S = 1.5
+
     def __init__(
-        self, folder: Path | str, *, width: int = 640, height: int = 480, max_fps: float = 0.0, repeat: int = 1
+        self,
+        folder: Path | str,
+        *,
+        width: int = 640,
+        height: int = 480,
+        max_fps: float = 0.0,
+        repeat: int = 1,
+        gap_s: float = GAP_S,
     ) -> None:
         self.folder = Path(folder)
         self.shown = self.folder / "shown"
@@ -125,6 +137,7 @@ class InboxSource:
         self.empty = np.full((height, width, 3), 96, dtype=np.uint8)
         self.max_fps = max_fps if max_fps > 0 else 10.0
         self.repeat = max(1, repeat)
+        self.gap_s = max(0.0, gap_s)
         self._closed = threading.Event()
 
     def _next_visitor(self) -> Path | None:
@@ -136,8 +149,9 @@ class InboxSource:
 
         pacer = _Pacer(self.max_fps)
         index = 0
+        left_at, ready = float("-inf"), True  # the last visitor's last frame; the scene empty long enough since
         while not self._closed.is_set():
-            visitor = self._next_visitor()
+            visitor = self._next_visitor() if ready else None
             shots = [self.empty]
             if visitor is not None:
                 try:
@@ -151,8 +165,13 @@ class InboxSource:
                 if self._closed.is_set():
                     return
                 pacer.wait()
-                yield Frame(rgb=rgb, ts=time.time(), index=index)
+                ts = time.time()
+                yield Frame(rgb=rgb, ts=ts, index=index)
                 index += 1
+                if visitor is None:
+                    ready = ready or ts - left_at > self.gap_s
+                else:
+                    left_at, ready = ts, False
 
     def close(self) -> None:
         self._closed.set()

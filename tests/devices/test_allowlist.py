@@ -234,6 +234,30 @@ def test_revocation_reaches_only_the_devices_holding_the_person(
     assert str(person.uid) not in {e.ref for e in chunk.entries}
 
 
+def test_a_person_reinstated_before_the_recompile_gets_a_new_version_that_lifts_the_revocation(
+    site, listener, django_capture_on_commit_callbacks
+) -> None:
+    """Suspended (revoked on the device) then active again before the list was recompiled: the
+    list compiles as the held one did, but only a new version, reflecting the revocation, lets the
+    device forget it. Without one the person stayed refused offline until the half-age re-issue."""
+    people, device = site["people"], site["devices"][0]
+    assert al.allowlist_push(device).version == 1
+    person = Person.objects.get(pk=people[0].pk)
+    person.status = Person.Status.SUSPENDED
+    with django_capture_on_commit_callbacks(execute=True):
+        person.save()
+    (command,) = listener.commands(device.uid, p.CommandKind.REVOKE, 1)
+    person.status = Person.Status.ACTIVE
+    with django_capture_on_commit_callbacks(execute=True):
+        person.save()
+    result = al.allowlist_push(device)
+    assert not result.unchanged and result.version == 2
+    chunk = chunks_of(listener.commands(device.uid, p.CommandKind.ALLOWLIST, 2))[-1]
+    assert chunk.header.revocation_seq == p.Revocation.from_dict(command.data).seq == 1
+    assert str(person.uid) in {e.ref for e in chunk.entries}
+    assert al.allowlist_push(device).unchanged  # and then nothing more to say
+
+
 def test_removal_from_a_group_revokes_only_where_access_is_lost(
     site, listener, django_capture_on_commit_callbacks
 ) -> None:

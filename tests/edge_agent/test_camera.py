@@ -89,3 +89,23 @@ def test_inbox_source_shows_each_visitor_then_an_empty_scene(tmp_path: Path) -> 
     assert [f.index for f in seen] == sorted(f.index for f in seen)
     camera.close()
     assert list(frames) == []
+
+
+def test_inbox_source_keeps_queued_visitors_apart_with_an_empty_scene(tmp_path: Path) -> None:
+    """Two visitors already waiting are not shown back to back: the empty scene lasts ``gap_s``
+    (frame time) in between, so the agent's track of the first ends before the second arrives
+    (at the same spot, one track would swallow the second visitor)."""
+    inbox = tmp_path / "inbox"
+    camera = InboxSource(inbox, width=64, height=48, max_fps=200, repeat=2, gap_s=0.2)
+    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
+        staged = tmp_path / name
+        Image.new("RGB", (20, 10), colour).save(staged)
+        staged.replace(inbox / name)
+    frames = camera.frames()
+    seen = [next(frames) for _ in range(200)]
+    camera.close()
+    kinds = ["a" if f.rgb[0, 0, 0] == 255 else "b" if f.rgb[0, 0, 2] == 255 else "-" for f in seen]
+    last_a, first_b = len(kinds) - 1 - kinds[::-1].index("a"), kinds.index("b")
+    assert kinds.count("a") == kinds.count("b") == 2 and last_a < first_b
+    gap = seen[first_b - 1].ts - seen[last_a].ts  # the last empty frame before the second visitor
+    assert set(kinds[last_a + 1 : first_b]) == {"-"} and gap > 0.2, (gap, kinds[:40])
