@@ -47,7 +47,6 @@ from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
     pytest.mark.dataset("lfw"),
 ]
