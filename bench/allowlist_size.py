@@ -67,7 +67,9 @@ class Subscriber:
             self.received.clear()
 
 
-def _people(door_name: str, count: int, templates: int, rng: np.random.Generator) -> list[int]:
+def synthetic_people(door_name: str, count: int, templates: int, rng: np.random.Generator) -> list[int]:
+    """A door in fail mode allowlist, one group, ``count`` people with ``templates`` random unit vectors each
+    (in the default model, bulk-created: no signals); returns the door id, then the people ids."""
     from accessctl.models import AccessGroup, Door, Person
     from recognition.models import FaceEmbedding
 
@@ -88,14 +90,20 @@ def _people(door_name: str, count: int, templates: int, rng: np.random.Generator
 
 
 def _device(uid: str, door_id: int):
+    return device_provisioned(uid, door_id)[0]
+
+
+def device_provisioned(uid: str, door_id: int):
+    """A device of the door, online in the synthetic people's model; and its provisioning (key, password)."""
     from accessctl.models import Door
     from devices.models import EdgeDevice
     from devices.provisioning import device_provision
 
-    device = device_provision(uid=uid, door=Door.objects.get(pk=door_id)).device
+    provisioned = device_provision(uid=uid, door=Door.objects.get(pk=door_id))
+    device = provisioned.device
     EdgeDevice.objects.filter(pk=device.pk).update(model_version=MODEL, status=EdgeDevice.Status.ONLINE)
     device.refresh_from_db()
-    return device
+    return device, provisioned
 
 
 def measure_size(size: int, templates: int, subscriber: Subscriber, rng: np.random.Generator) -> dict[str, float]:
@@ -104,7 +112,7 @@ def measure_size(size: int, templates: int, subscriber: Subscriber, rng: np.rand
     from devices.commands import server_private_key
     from faceengine import protocol as p
 
-    door_id, *_ = _people(f"Door {size}", size, templates, rng)
+    door_id, *_ = synthetic_people(f"Door {size}", size, templates, rng)
     device = _device(f"bench-al-{size}", door_id)
     door = Door.objects.get(pk=door_id)
     t0 = time.perf_counter()
@@ -157,7 +165,7 @@ def measure_revocation(devices: int, subscriber: Subscriber, rng: np.random.Gene
     from accessctl.models import Person
     from devices import allowlist as al
 
-    door_id, person_id, *_ = _people("Revocation door", 10, 3, rng)
+    door_id, person_id, *_ = synthetic_people("Revocation door", 10, 3, rng)
     fleet = [_device(f"bench-rv-{i:03d}", door_id) for i in range(devices)]
     for device in fleet:
         al.allowlist_push(device)

@@ -59,6 +59,11 @@ class MqttSection:
     #: ... until this long after it was first accepted (keep it under the server's timestamp
     #: window, DEVICE_TIMESTAMP_WINDOW_S = 30 s: later the server would deny it as stale anyway)
     resend_window_s: float = 15.0
+    #: a detection the door decided alone (it carries ``offline_decision``) is a record the access
+    #: log must get: the server accepts it whatever its age and ignores copies, so it is re-sent
+    #: (same back-off) for this long instead: long enough for the server's bridge to come back
+    #: after the broker did (a broker restart may lose the bridge's session and what it queued)
+    offline_resend_window_s: float = 600.0
     #: connected, yet no answer to any detection for this long while answers are overdue: the
     #: broker may have stopped delivering the commands subscription; reconnect (subscribing again),
     #: then wait twice as long before the next time, up to 10 minutes. 0 disables.

@@ -121,6 +121,7 @@ class DoorController:
         when a list decides), ``liveness`` its live score, ``started`` (``time.perf_counter()``)
         when the face was emitted, for the latency measurement.
         """
+        latency_ms: float | None = None
         with self._lock:
             if self.online:
                 return None
@@ -129,32 +130,33 @@ class DoorController:
             elif self.fail_mode == "safe":
                 decision = OfflineDecision(action=OfflineAction.OPEN, basis="fail_safe", decided_at=time.time())
             elif self.fail_mode == "allowlist":
-                decision = self._decide_allowlist(embed, liveness, started)
+                decision, latency_ms = self._decide_allowlist(embed, liveness, started)
             else:
                 decision = OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=time.time())
-            self._record(decision, detection_id)
+            self._record(decision, detection_id, latency_ms=latency_ms)
             return decision
 
     def _decide_allowlist(
         self, embed: Callable[[], np.ndarray] | None, liveness: float | None, started: float | None
-    ) -> OfflineDecision:
+    ) -> tuple[OfflineDecision, float | None]:
+        """The list's decision and its latency in ms (None when no list decided)."""
         assert self.allowlist is not None
         start = time.perf_counter() if started is None else started
         now = self.allowlist.clock()
         if self.allowlist.valid(now) is None:
             logger.warning("offline, no valid allow-list (%s): denied (secure)", self.allowlist.unavailable_reason)
-            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now)
+            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now), None
         if embed is None:
             logger.warning("offline, no embedding for this face: denied (secure)")
-            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now)
+            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now), None
         try:
             result = self.allowlist.decide(embed(), at=now, liveness=liveness)
         except Exception:
             logger.exception("offline allow-list decision failed: denied (secure)")
-            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now)
+            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now), None
         if result is None:  # expired between the two looks
             logger.warning("offline, no valid allow-list (%s): denied (secure)", self.allowlist.unavailable_reason)
-            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now)
+            return OfflineDecision(action=OfflineAction.DENY, basis="fail_secure", decided_at=now), None
         if result.granted:
             self.relay.pulse(self.pulse_ms)
         elapsed_ms = (time.perf_counter() - start) * 1000.0
@@ -168,7 +170,7 @@ class DoorController:
             "-" if result.similarity is None else f"{result.similarity:.4f}",
             elapsed_ms,
         )
-        return OfflineDecision(
+        decision = OfflineDecision(
             action=OfflineAction.OPEN if result.granted else OfflineAction.DENY,
             basis="allowlist",
             decided_at=now,
@@ -177,12 +179,18 @@ class DoorController:
             allowlist_version=result.version,
             similarity=result.similarity,
         )
+        return decision, elapsed_ms
 
-    def _record(self, decision: OfflineDecision, detection_id: str | None = None) -> None:
+    def _record(
+        self, decision: OfflineDecision, detection_id: str | None = None, *, latency_ms: float | None = None
+    ) -> None:
+        """Count the decision and journal it (``latency_ms``: the face emitted -> relay, when a list decided)."""
         self.offline_decisions += 1
         if self.journal is not None:
             private_dir(self.journal.parent)
             line = {**decision.to_dict(), "detection_id": detection_id}
+            if latency_ms is not None:
+                line["latency_ms"] = round(latency_ms, 3)
             with private_file(self.journal).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, sort_keys=True) + "\n")
         logger.info(

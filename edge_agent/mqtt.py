@@ -15,8 +15,10 @@
 * A PUBACK only means the broker took the message; a broker restart or a bridge crash can
   still lose it. So an acknowledged detection awaits its door command; unanswered after
   ``decision_timeout_s`` it is signed again with ``attempt`` + 1 and a new ``sent_at`` and
-  re-queued (backing off, until ``resend_window_s``). The server decides it once whatever
-  happens: a re-send of a decided detection gets the same decision sent back, nothing recorded.
+  re-queued (backing off, until ``resend_window_s``; ``offline_resend_window_s`` for one the
+  door decided alone: never answered, it must still reach the access log). The server decides
+  it once whatever happens: a re-send of a decided detection gets the same decision sent back,
+  nothing recorded (a copy of an offline decision is ignored).
 * Commands are verified with the server public key, checked against the device uid and the
   timestamp window, de-duplicated by ``command_id`` and, for answers to detections, by
   ``detection_id`` (a door acts on the first answer only), then handed to ``on_command`` with
@@ -246,13 +248,6 @@ class EdgeLink:
         """Sign again and re-queue the detections whose answer is overdue; give up after the window."""
         now = time.time() if now is None else now
         for entry in self.spool.due(now):
-            if now - entry.accepted_at > self.settings.resend_window_s:
-                self.spool.give_up(entry.detection_id)
-                logger.warning(
-                    "no answer for detection %s after %d attempt(s) in %.0fs; giving up",
-                    entry.detection_id, entry.attempts + 1, now - entry.accepted_at,
-                )  # fmt: skip
-                continue
             try:
                 detection = payload_from_dict(TopicKind.DETECTIONS, split_envelope(entry.payload).payload)
                 assert isinstance(detection, Detection)
@@ -261,12 +256,25 @@ class EdgeLink:
                 logger.exception("awaited detection %s cannot be re-sent; dropped", entry.detection_id)
                 self.spool.give_up(entry.detection_id)
                 continue
+            # a door's offline decision must reach the access log: re-sent for longer (see config)
+            window = (
+                self.settings.offline_resend_window_s
+                if detection.offline_decision is not None
+                else self.settings.resend_window_s
+            )
+            if now - entry.accepted_at > window:
+                self.spool.give_up(entry.detection_id)
+                logger.warning(
+                    "no answer for detection %s after %d attempt(s) in %.0fs; giving up",
+                    entry.detection_id, entry.attempts + 1, now - entry.accepted_at,
+                )  # fmt: skip
+                continue
             attempts = entry.attempts + 1
             backoff = now + self.settings.decision_timeout_s * 2**attempts
             self.spool.reschedule(
                 entry.detection_id,
                 attempts=attempts,
-                next_at=min(backoff, entry.accepted_at + self.settings.resend_window_s + 0.001),
+                next_at=min(backoff, entry.accepted_at + window + 0.001),
             )
             self.spool.put(entry.topic, seal(again, self.private_key), qos=1, detection_id=entry.detection_id)
             self.resent += 1

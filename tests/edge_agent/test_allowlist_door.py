@@ -337,3 +337,23 @@ def test_a_list_being_applied_does_not_hold_up_door_commands(tmp_path: Path, key
     finally:
         release.set()
         agent.stop()
+
+
+def test_journal_records_the_latency_of_each_list_decision(tmp_path: Path, keys: Keys) -> None:
+    """Each decision the list made carries its face emitted -> relay latency (the one
+    ``latencies_ms`` keeps); a decision no list made (no valid list) carries none."""
+    agent, _relay, fake = offline_agent(tmp_path, keys)
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.link.offline_for() > 0.3, 5)
+        decide(agent, face_vector(0), fake)  # no list yet: secure, no latency
+        give(agent, office_list(keys))
+        decide(agent, face_vector(0), fake)
+        decide(agent, face_vector(9), fake)
+        lines = [json.loads(x) for x in (tmp_path / "spool" / "offline-decisions.jsonl").read_text().splitlines()]
+        assert [line["basis"] for line in lines] == ["fail_secure", "allowlist", "allowlist"]
+        assert "latency_ms" not in lines[0]
+        assert [line["latency_ms"] for line in lines[1:]] == [round(ms, 3) for ms in agent.door.latencies_ms()]
+        assert all(line["latency_ms"] > 0 for line in lines[1:])
+    finally:
+        agent.stop()

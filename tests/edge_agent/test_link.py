@@ -355,3 +355,42 @@ def test_link_ignores_messages_off_its_commands_topic(tmp_path: Path, keys: Keys
         message.payload = genuine
         link._on_message(link.client, None, message)
     assert link.foreign_ignored == 3 and link.commands_rejected == 0 and not relay.pulses
+
+
+def test_offline_decided_detection_is_sent_again_past_the_resend_window(tmp_path: Path, keys: Keys) -> None:
+    """Issue 19 (bench/offline_door.py): a broker restart loses the bridge's session; the bridge
+    comes back up to 30 s after the broker, the device within seconds. A detection the door
+    decided alone is a record the access log must get (the server takes it at any age and ignores
+    copies), so it is re-sent until ``offline_resend_window_s``; an online one still gives up at
+    ``resend_window_s`` (its answer would come too late to open)."""
+    config = make_config(tmp_path, keys, "mqtt://127.0.0.1:1")  # never started: driven step by step
+    config.mqtt.decision_timeout_s = 1.0
+    config.mqtt.resend_window_s = 5.0
+    config.mqtt.offline_resend_window_s = 60.0
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay())
+    link = agent.link
+    try:
+        config.door.offline_grace_s = 3600.0  # not connected yet, but within the grace period: online
+        online, _ = agent.send_candidate(candidate(), captured_at=time.time())
+        config.door.offline_grace_s = 0.0  # the link is down: the door decides alone (fail secure)
+        offline, _ = agent.send_candidate(candidate(), captured_at=time.time())
+        assert offline.offline_decision is not None and online.offline_decision is None
+        link._hand_over()
+        for mid in list(link._inflight):
+            link._on_publish(link.client, None, mid, None, None)  # PUBACKs: both await their answer
+        link._reap_acks()
+        start = time.time()
+        assert agent.spool.awaiting == 2
+
+        link._resend_unanswered(now=start + 10)  # past resend_window_s: only the online one gives up
+        assert agent.spool.awaiting == 1 and agent.spool.unanswered == 1 and link.resent == 1
+        (entry,) = agent.spool.peek(limit=5)
+        again = p.open_message(entry.topic, entry.payload, keys.device_public)
+        assert again.detection_id == offline.detection_id and again.attempt == 1
+        assert again.offline_decision == offline.offline_decision  # the same record, signed anew
+        link._resend_unanswered(now=start + 40)
+        assert agent.spool.awaiting == 1 and link.resent == 2
+        link._resend_unanswered(now=start + 61)  # past offline_resend_window_s: given up at last
+        assert agent.spool.awaiting == 0 and agent.spool.unanswered == 2 and link.resent == 2
+    finally:
+        agent.stop()
