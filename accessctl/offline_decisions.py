@@ -14,7 +14,8 @@ after (replayed from the device's spool), it follows this one path, called by th
 2. the server's verdict, with what it knows now, goes with it (``details["server"]``): the policy
    for the face the server recognised itself when it could (crop, or an embedding in a model
    version it has a gallery for), else for the person the device named, at the original time;
-3. never a door command: the door decided already, and an answer now would be minutes late;
+3. never an ``open``: the door decided already, and an opening now would be minutes late; the
+   answer is a ``deny`` naming the recorded reason, so the device knows it is in the log;
 4. a grant the server would deny now (e.g. the person was suspended while the door was cut off)
    raises an ``offline_disagreement`` alarm with both verdicts; a denial the server would have
    granted is only recorded (``details["agrees"] = False``); a presentation attack the door
@@ -44,6 +45,7 @@ from accessctl.alarms import alarm_raise
 from accessctl.audit import EventDraft, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.decisions import DecisionInput
+from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.policy import AccessRequest, access_evaluate_many
 from accessctl.webhooks import webhook_dispatch_access_event
@@ -102,7 +104,8 @@ def offline_decisions_record(inputs: Sequence[OfflineInput]) -> list[tuple[Acces
 
     One policy query and one INSERT for all of them. A detection recorded before (a redelivered
     task) is returned with ``created=False`` and nothing is repeated. Side effects (dashboards,
-    webhooks, the disagreement alarm) start after commit; no door command is ever sent.
+    webhooks, the disagreement alarm) start after commit; the device's answer is a ``deny`` naming
+    the recorded reason (:func:`offline_decisions_answer`), never an ``open``.
     """
     if not inputs:
         return []
@@ -150,7 +153,25 @@ def offline_decisions_record(inputs: Sequence[OfflineInput]) -> list[tuple[Acces
         created_now = [(event, item) for item, (event, created) in zip(inputs, recorded, strict=True) if created]
         metrics.decisions_count((event.decision, event.reason) for event, _ in created_now)
         metrics.on_commit(lambda: _latency_observe([item for _, item in created_now]))
+        answers = [event for event, _ in recorded if event.source == AccessEvent.Source.DEVICE_OFFLINE]
+        transaction.on_commit(lambda: offline_decisions_answer(answers))
     return recorded
+
+
+def offline_decisions_answer(events: Sequence[AccessEvent]) -> None:
+    """Tell each device its offline decision is in the log: a ``deny`` naming the recorded reason
+    (never ``open``: the door acted when it decided; a late answer must not open it). Without an
+    answer the device would keep re-sending it and report it overdue (shown ``degraded``)."""
+    for event in events:
+        try:
+            device_command_send(
+                event.device_uid, p.CommandKind.DENY, reason=event.reason, detection_id=str(event.detection_id),
+                wait=False,
+            )  # fmt: skip
+        except Exception:  # recorded; the device re-sends and the copy is answered then
+            logger.exception("answer to offline decision %s (device %s) not sent", event.detection_id, event.device_uid)
+    if events:
+        door_commands_flush()
 
 
 def _latency_observe(items: Sequence[OfflineInput]) -> None:

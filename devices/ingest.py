@@ -33,6 +33,7 @@ from django.core.cache import cache
 
 from accessctl.codes import Reason
 from accessctl.decisions import decision_repeat, late_detection_record, rejection_record
+from accessctl.door_commands import device_command_send
 from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import AccessEvent
 from devices import health
@@ -258,13 +259,18 @@ def _offline_stage(*, detection: p.Detection, device: EdgeDevice, queue: Decisio
     recorded = list(
         AccessEvent.objects.filter(detection_id=detection.detection_id)
         .order_by()
-        .values_list("source", "device_uid", "details")[:1]
+        .values_list("source", "device_uid", "details", "reason")[:1]
     )
     if recorded:
-        source, device_uid, details = recorded[0]
+        source, device_uid, details, reason = recorded[0]
         same = source == AccessEvent.Source.DEVICE_OFFLINE and device_uid == device.uid
         if same and (details or {}).get("payload_sha256") == digest:
             logger.info("offline decision %s from %s redelivered: recorded already", detection.detection_id, device.uid)
+            # the device did not get the answer (it re-sends until one comes): the same answer again
+            try:
+                device_command_send(device.uid, p.CommandKind.DENY, reason=reason, detection_id=detection.detection_id)
+            except Exception:  # it will re-send; that copy is answered then
+                logger.exception("answer to offline decision %s not sent again", detection.detection_id)
             return "duplicate"
         raise _replay(detection, device)
     staged = next(iter(InboundDetection.objects.filter(detection_id=detection.detection_id).order_by()[:1]), None)

@@ -16,7 +16,8 @@
   still lose it. So an acknowledged detection awaits its door command; unanswered after
   ``decision_timeout_s`` it is signed again with ``attempt`` + 1 and a new ``sent_at`` and
   re-queued (backing off, until ``resend_window_s``; ``offline_resend_window_s`` for one the
-  door decided alone: never answered, it must still reach the access log). The server decides
+  door decided alone: it must reach the access log; the server answers it with a ``deny`` naming
+  the recorded reason once it is recorded, never an ``open``). The server decides
   it once whatever happens: a re-send of a decided detection gets the same decision sent back,
   nothing recorded (a copy of an offline decision is ignored).
 * Commands are verified with the server public key, checked against the device uid and the

@@ -95,7 +95,7 @@ class _Prepared:
     decision: DecisionInput
     vector: np.ndarray | None = None
     model_version: str = ""
-    #: Set when the device decided alone: recorded with the server's verdict, never answered.
+    #: Set when the device decided alone: recorded with the server's verdict, answered only "recorded".
     offline: OfflineInput | None = None
 
 
@@ -284,7 +284,7 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
         # Oldest first: a synced spool batch is chained in the order the door decided it.
         offline = sorted((item for item in prepared if item.offline is not None), key=lambda i: i.decision.occurred_at)
         recorded = access_decide_many([item.decision for item in online])
-        # Decided at the door already: recorded with the server's verdict, no door command.
+        # Decided at the door already: recorded with the server's verdict, answered with a deny (never open).
         reconciled = offline_decisions_record([item.offline for item in offline])  # type: ignore[misc]
         metrics.on_commit(lambda: _latency_observe(online))  # offline ones: the device's own time
     return {

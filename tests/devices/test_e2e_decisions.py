@@ -167,10 +167,11 @@ def test_embedding_mode_privacy_detection_is_decided(site) -> None:
     assert site["listener"].wait(detection.detection_id).command == p.CommandKind.OPEN
 
 
-def test_offline_decisions_reach_the_log_once_in_order_and_are_never_answered(site) -> None:
+def test_offline_decisions_reach_the_log_once_in_order_and_are_answered_only_with_deny(site) -> None:
     """A door that decided alone syncs its spool: a late grant, a late denial, a fresh grant. The
     real bridge and worker record each once with the server's verdict (its own recognition of the
-    crop), in order; the same bytes again change nothing; no door command goes out for any."""
+    crop), in order; the same bytes again change nothing; each is answered with a ``deny`` naming its
+    recorded reason (the device stops re-sending it), never an ``open``."""
     import dataclasses
 
     from accessctl.audit import chain_verify
@@ -211,7 +212,12 @@ def test_offline_decisions_reach_the_log_once_in_order_and_are_never_answered(si
     probe = e2e.crop_detection(site["uid"], _probe("Colin_Powell"))
     _send(site, probe)
     assert site["listener"].wait(probe.detection_id).command == p.CommandKind.OPEN
-    assert not any(det.detection_id in site["listener"].commands for det in [*spool, fresh])
+    # each offline decision answered "recorded" with a deny naming its reason, never an open
+    answers = [site["listener"].wait(det.detection_id) for det in [*spool, fresh]]
+    assert [(a.command, a.reason) for a in answers] == [
+        (p.CommandKind.DENY, "offline_matched"), (p.CommandKind.DENY, "offline_expired"),
+        (p.CommandKind.DENY, "offline_matched"),
+    ]  # fmt: skip
     assert AccessEvent.objects.filter(source="device_offline").count() == 3
     assert not AccessEvent.objects.filter(reason="replay").exists()
     assert chain_verify().ok

@@ -1,5 +1,5 @@
 """Decisions a door took alone, reconciled on the server (issue 19): recorded once, with the
-server's verdict, never answered with a door command; a grant the server would deny raises the
+server's verdict, answered only with a deny naming the recorded reason; a grant the server would deny raises the
 ``offline_disagreement`` alarm.
 
 Real Postgres (gallery search, policy, hash chain), the real MQTT broker for the door commands (a
@@ -140,13 +140,23 @@ def test_late_allowlist_grant_is_recorded_once_with_its_evidence(site, staged) -
     assert server["recognition"]["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert event.details["agrees"] is True
     assert not Alarm.objects.exists()
-    # The same bytes again, once recorded: acknowledged and ignored.
-    assert ingest_raw(raw) == "duplicate"
+    # The same bytes again, once recorded: nothing new recorded; the device, which re-sends until
+    # it is told, gets the answer again (a deny naming the recorded reason, never an open).
+    host, port = e2e.mqtt_address()
+    listener = e2e.CommandListener(host, port, server_public_key_b64())
+    try:
+        assert ingest_raw(raw) == "duplicate"
+        answer = listener.wait(det.detection_id, timeout=15)
+        assert (answer.command, answer.reason) == (p.CommandKind.DENY, "offline_matched")
+    finally:
+        listener.close()
     assert AccessEvent.objects.count() == 1 and not staged and not InboundDetection.objects.exists()
     assert chain_verify().ok
 
 
-def test_fresh_offline_decision_is_recorded_and_never_answered_with_a_door_command(site, staged) -> None:
+def test_fresh_offline_decision_is_recorded_and_answered_only_with_a_deny(site, staged) -> None:
+    """Recorded as the door decided it; the answer tells the device it is in the log (so it stops
+    re-sending it) and is never ``open``: the door acted when it decided."""
     host, port = e2e.mqtt_address()
     listener = e2e.CommandListener(host, port, server_public_key_b64())
     try:
@@ -159,7 +169,8 @@ def test_fresh_offline_decision_is_recorded_and_never_answered_with_a_door_comma
         # The online detection's command is published after the offline one was recorded: once it
         # is here, an answer to the offline one would be too.
         assert listener.wait(online.detection_id, timeout=15).command == p.CommandKind.OPEN
-        assert offline.detection_id not in listener.commands
+        answer = listener.wait(offline.detection_id, timeout=15)
+        assert (answer.command, answer.reason, answer.pulse_ms) == (p.CommandKind.DENY, "offline_matched", 0)
     finally:
         listener.close()
     event = AccessEvent.objects.get(detection_id=offline.detection_id)
