@@ -162,18 +162,28 @@ def person_deleted(sender: type[Model], instance: Person, **kwargs: Any) -> None
     recompile_on_commit(getattr(instance, "_allowlist_doors", ()))
 
 
+def _m2m_change(instance: Model, action: str, reverse: bool, pk_set: Any, *, forward: str) -> tuple[set, set] | None:
+    """The two sides of an ``AccessGroup`` many-to-many change, ``(the other model's pks, group pks)``,
+    from either side; None for the actions that change nothing yet (a ``clear`` remembers what it
+    will remove in its ``pre_clear``). ``forward``: the group's attribute (``people`` / ``doors``)."""
+    if action == "pre_clear":
+        others = instance.access_groups.all() if reverse else getattr(instance, forward).all()  # type: ignore[attr-defined]
+        instance._allowlist_cleared = set(others.values_list("pk", flat=True))  # type: ignore[attr-defined]
+        return None
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return None
+    others = set(pk_set or ()) if action != "post_clear" else getattr(instance, "_allowlist_cleared", set())
+    return ({instance.pk}, others) if reverse else (others, {instance.pk})
+
+
 def membership_changed(
     sender: type[Model], instance: Model, action: str, reverse: bool, pk_set: Any, **kw: Any
 ) -> None:
     """``AccessGroup.people`` changed, from either side."""
-    if action == "pre_clear":
-        others = instance.access_groups.all() if reverse else instance.people.all()  # type: ignore[attr-defined]
-        instance._allowlist_cleared = set(others.values_list("pk", flat=True))  # type: ignore[attr-defined]
+    change = _m2m_change(instance, action, reverse, pk_set, forward="people")
+    if change is None:
         return
-    if action not in ("post_add", "post_remove", "post_clear"):
-        return
-    others = set(pk_set or ()) if action != "post_clear" else getattr(instance, "_allowlist_cleared", set())
-    people, groups = ({instance.pk}, others) if reverse else (others, {instance.pk})
+    people, groups = change
     doors = _group_doors(groups)
     if action != "post_add":
         _revoke_lost(people, doors, "removed_from_group")
@@ -184,14 +194,10 @@ def group_doors_changed(
     sender: type[Model], instance: Model, action: str, reverse: bool, pk_set: Any, **kw: Any
 ) -> None:
     """``AccessGroup.doors`` changed, from either side."""
-    if action == "pre_clear":
-        others = instance.access_groups.all() if reverse else instance.doors.all()  # type: ignore[attr-defined]
-        instance._allowlist_cleared = set(others.values_list("pk", flat=True))  # type: ignore[attr-defined]
+    change = _m2m_change(instance, action, reverse, pk_set, forward="doors")
+    if change is None:
         return
-    if action not in ("post_add", "post_remove", "post_clear"):
-        return
-    others = set(pk_set or ()) if action != "post_clear" else getattr(instance, "_allowlist_cleared", set())
-    doors, groups = ({instance.pk}, others) if reverse else (others, {instance.pk})
+    doors, groups = change
     if action != "post_add":
         members = AccessGroup.people.through.objects.filter(accessgroup_id__in=groups).values_list(
             "person_id", flat=True
