@@ -32,6 +32,8 @@ def encode_embedding(
     ``max(|x|) / 127``). Non-finite or all-zero vectors raise ``bad_embedding``.
     """
     encoding = EmbeddingEncoding(encoding)
+    if _is_numpy(values) and encoding is EmbeddingEncoding.INT8:
+        return _encode_int8_numpy(values)
     if _is_numpy(values):
         floats = [float(v) for v in values.reshape(-1)]  # type: ignore[attr-defined]
     else:
@@ -53,6 +55,24 @@ def encode_embedding(
     scale = peak / 127.0
     quantised = array("b", (max(-127, min(127, round(v / scale))) for v in floats))
     return quantised.tobytes(), scale
+
+
+def _encode_int8_numpy(values: object) -> tuple[bytes, float]:
+    """``int8`` of a numpy vector, vectorised (a server compiling a 10,000-person allow-list
+    encodes 30,000 of them): the same bytes and scale as the loop above (float64 division, round
+    half to even, clipped to +-127) and the same checks."""
+    import numpy as np
+
+    floats = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not 0 < floats.size <= MAX_EMBEDDING_DIM:
+        raise _fail(f"embedding dim must be 1..{MAX_EMBEDDING_DIM}", Reason.BAD_EMBEDDING)
+    if not np.all(np.isfinite(floats)):
+        raise _fail("embedding has non-finite values", Reason.BAD_EMBEDDING)
+    peak = float(np.max(np.abs(floats)))
+    if peak == 0.0:
+        raise _fail("embedding is all zeros", Reason.BAD_EMBEDDING)
+    scale = peak / 127.0
+    return np.clip(np.rint(floats / scale), -127, 127).astype(np.int8).tobytes(), scale
 
 
 def decode_embedding(

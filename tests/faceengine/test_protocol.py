@@ -426,6 +426,22 @@ def test_embedding_mode_needs_model_version() -> None:
     expect(Reason.BAD_EMBEDDING, p.Detection.from_dict, payload)
 
 
+def test_int8_numpy_fast_path_gives_the_same_bytes_and_checks() -> None:
+    """The vectorised int8 encoding of a numpy vector (allow-list compiles) equals the loop's."""
+    np = pytest.importorskip("numpy")
+    vectors = np.random.default_rng(3).normal(size=(500, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ties = np.zeros(128, dtype=np.float32)
+    ties[:4] = [127.0, 0.5, 1.5, -2.5]  # scale 1: exact halves round to even, as Python's round()
+    for vector in [*vectors, ties]:
+        assert p.encode_embedding(vector, "int8") == p.encode_embedding(vector.tolist(), "int8")
+        assert p.Template.from_values(vector) == p.Template.from_values(vector.tolist())
+    for bad in (np.zeros(128, dtype=np.float32), np.array([1.0, np.nan]), np.zeros(0), np.ones(5000)):
+        with pytest.raises(ProtocolError) as info:
+            p.encode_embedding(bad, "int8")
+        assert info.value.code is Reason.BAD_EMBEDDING
+
+
 def test_int8_zero_scale_rejected() -> None:
     payload = embedding_detection("int8").to_dict()
     payload["embedding_scale"] = 0.0
