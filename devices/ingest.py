@@ -33,9 +33,9 @@ from django.core.cache import cache
 
 from accessctl.codes import Reason
 from accessctl.decisions import decision_repeat, late_detection_record, rejection_record
-from accessctl.door_commands import device_command_send
 from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import AccessEvent
+from accessctl.offline_decisions import offline_decisions_answer
 from devices import health
 from devices.models import EdgeDevice
 from faceengine import protocol as p
@@ -223,13 +223,7 @@ def _fresh_stage(*, detection: p.Detection, device: EdgeDevice, now: float, queu
             detection=detection, device_id=device.pk, device_uid=device.uid, door_id=device.door_id, error=str(exc)
         )
         return Reason.STALE_TIMESTAMP
-    staged = detection_stage(
-        detection=detection,
-        device_uid=device.uid,
-        device_id=device.pk,
-        door_id=device.door_id,
-        enqueue=lambda detection_id: decision_enqueue(detection_id, queue),
-    )
+    staged = _stage(detection, device, queue)
     if staged != Staged.DECIDED:
         return str(staged)
     # Decided already: a device asking again because no answer came back (``attempt`` > 0, first
@@ -259,33 +253,35 @@ def _offline_stage(*, detection: p.Detection, device: EdgeDevice, queue: Decisio
     recorded = list(
         AccessEvent.objects.filter(detection_id=detection.detection_id)
         .order_by()
-        .values_list("source", "device_uid", "details", "reason")[:1]
+        .only("source", "device_uid", "details", "reason", "detection_id")[:1]
     )
     if recorded:
-        source, device_uid, details, reason = recorded[0]
-        same = source == AccessEvent.Source.DEVICE_OFFLINE and device_uid == device.uid
-        if same and (details or {}).get("payload_sha256") == digest:
+        event = recorded[0]
+        same = event.source == AccessEvent.Source.DEVICE_OFFLINE and event.device_uid == device.uid
+        if same and (event.details or {}).get("payload_sha256") == digest:
             logger.info("offline decision %s from %s redelivered: recorded already", detection.detection_id, device.uid)
             # the device did not get the answer (it re-sends until one comes): the same answer again
-            try:
-                device_command_send(device.uid, p.CommandKind.DENY, reason=reason, detection_id=detection.detection_id)
-            except Exception:  # it will re-send; that copy is answered then
-                logger.exception("answer to offline decision %s not sent again", detection.detection_id)
+            offline_decisions_answer([event])
             return "duplicate"
         raise _replay(detection, device)
     staged = next(iter(InboundDetection.objects.filter(detection_id=detection.detection_id).order_by()[:1]), None)
     if staged is not None and (staged.device_uid != device.uid or staged_digest(staged) != digest):
         raise _replay(detection, device)
-    result = detection_stage(
+    result = _stage(detection, device, queue)
+    if result == Staged.DECIDED:  # recorded between the lookup and the INSERT: look again
+        return _offline_stage(detection=detection, device=device, queue=queue)
+    return str(result)
+
+
+def _stage(detection: p.Detection, device: EdgeDevice, queue: DecisionQueue | None) -> Staged:
+    """Stage a verified detection of ``device`` for the decision task (queued through ``queue``)."""
+    return detection_stage(
         detection=detection,
         device_uid=device.uid,
         device_id=device.pk,
         door_id=device.door_id,
         enqueue=lambda detection_id: decision_enqueue(detection_id, queue),
     )
-    if result == Staged.DECIDED:  # recorded between the lookup and the INSERT: look again
-        return _offline_stage(detection=detection, device=device, queue=queue)
-    return str(result)
 
 
 def _first_sight(detection: p.Detection) -> bool:
