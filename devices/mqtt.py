@@ -59,5 +59,5 @@ def client_create(
             cert_reqs=ssl.CERT_REQUIRED,
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=1, max_delay=max(1, settings.MQTT_RECONNECT_MAX_S))
     return client, address

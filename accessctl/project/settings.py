@@ -232,6 +232,10 @@ MQTT_CA_FILE = env_optional("MQTT_CA_FILE")
 MQTT_CERT_FILE = env_optional("MQTT_CERT_FILE")
 MQTT_KEY_FILE = env_optional("MQTT_KEY_FILE")
 MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
+# Longest wait between the server's reconnect attempts after the broker went away. Keep it well
+# under a device's resend window for detections (the agent's resend_window_s, 15 s): a bridge that
+# waited 30 s let the devices give their detections up, or the server deny them as stale.
+MQTT_RECONNECT_MAX_S = env_int("MQTT_RECONNECT_MAX_S", 4)
 # The server's broker identity (bridge + command publisher; client ids start with "accessctl-"):
 # the credentials in MQTT_URL, else "accessctl-server" with a password generated into a 0600 file.
 # The password/ACL files the broker checks (Mosquitto formats, see devices.broker_auth) live here.
