@@ -384,7 +384,7 @@ def _list_commands(private_key: str, model_version: str, vector: np.ndarray, *, 
     return raws
 
 
-@pytest.mark.slow  # the same refusals are unit-tested in tests/edge_agent/test_allowlist_store.py; this is the agent process
+@pytest.mark.slow  # refusals unit-tested in tests/edge_agent/test_allowlist_store.py; this is the process
 def test_forged_and_expired_lists_are_refused_and_the_door_stays_secure(tmp_path: Path) -> None:
     device_private, device_public = p.generate_keypair()
     server_private, server_public = p.generate_keypair()
