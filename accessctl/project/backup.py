@@ -49,6 +49,7 @@ from django.core.files.storage import default_storage
 from django.db import connections
 
 from accessctl.project.backup_crypto import DecryptingReader, EncryptingWriter
+from accessctl.project.dbroles import owner_connection, owner_settings
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +124,6 @@ def pg_tool(name: str) -> str:
     return found
 
 
-def _owner_params() -> dict[str, Any]:
-    from accessctl.project.dbroles import owner_alias
-
-    owner = connections[owner_alias()].settings_dict
-    return {**owner, "NAME": connections["default"].settings_dict["NAME"]}
-
-
 def _pg_env(params: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGHOST=str(params.get("HOST") or ""), PGUSER=str(params["USER"]), PGDATABASE=str(params["NAME"]))
@@ -150,7 +144,7 @@ def _run(argv: list[str], env: dict[str, str], what: str) -> None:
 def database_dump(path: Path) -> None:
     """``pg_dump`` of this site's database into ``path`` (custom format, one snapshot)."""
     argv = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges", "--file", str(path)]
-    _run(argv, _pg_env(_owner_params()), "pg_dump")
+    _run(argv, _pg_env(owner_settings()), "pg_dump")
 
 
 #: what the manifest counts and a restore must find again (app label, model)
@@ -348,15 +342,13 @@ def _database_empty() -> bool:
 
 
 def _database_restore(dump: Path, *, force: bool) -> None:
-    params = _owner_params()
+    params = owner_settings()
     env = _pg_env(params)
     if not _database_empty():
         if not force:
             raise BackupError(
                 "the database is not empty: restore into a new site (or pass --force to erase this one first)"
             )
-        from accessctl.project.dbroles import owner_connection
-
         conn = owner_connection()
         try:
             with conn.cursor() as cursor:  # everything the owner role made here (not the extension)

@@ -52,9 +52,15 @@ def owner_connection(alias: str = DEFAULT_DB_ALIAS, *, as_alias: str | None = No
     """
     from django.db.utils import load_backend
 
-    owner = owner_alias(alias)
-    settings_dict = {**connections[owner].settings_dict, "NAME": connections[alias].settings_dict["NAME"]}
-    return load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, as_alias or f"{owner}-direct")
+    settings_dict = owner_settings(alias)
+    return load_backend(settings_dict["ENGINE"]).DatabaseWrapper(
+        settings_dict, as_alias or f"{owner_alias(alias)}-direct"
+    )
+
+
+def owner_settings(alias: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
+    """Connection settings with owner rights on ``alias``'s (current, maybe test) database."""
+    return {**connections[owner_alias(alias)].settings_dict, "NAME": connections[alias].settings_dict["NAME"]}
 
 
 def app_role() -> str:
