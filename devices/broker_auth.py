@@ -18,6 +18,8 @@ device is provisioned or rotated, and when a device is disabled, re-enabled or d
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 from django.conf import settings
@@ -85,7 +87,27 @@ def broker_identities_sync(*, auth_dir: Path | None = None) -> Path:
     changed |= _write_if_changed(folder / mi.DEVICE_FILES[1], mi.device_acl())
     if changed:
         logger.info("broker identities in %s: %d device(s) may connect", folder, len(devices))
+        broker_reload()
     return folder
+
+
+def broker_reload() -> bool:
+    """SIGHUP the Mosquitto of ``settings.MQTT_BROKER_PIDFILE`` (if set) so it re-reads the files.
+
+    Never raises: a broker that is down reads the files when it starts. True when signalled."""
+    pidfile = settings.MQTT_BROKER_PIDFILE
+    if not pidfile:
+        return False
+    try:
+        pid = int(Path(pidfile).read_text().strip())
+        if pid <= 1:
+            raise ValueError(f"pid {pid}")
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        logger.warning("could not ask the MQTT broker (pid file %s) to reload its identities: %s", pidfile, exc)
+        return False
+    logger.info("asked the MQTT broker (pid %d) to reload its identities", pid)
+    return True
 
 
 def _auth_dir(auth_dir: Path | None) -> Path:

@@ -236,6 +236,10 @@ MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "accessctl-bridge")
 # the credentials in MQTT_URL, else "accessctl-server" with a password generated into a 0600 file.
 # The password/ACL files the broker checks (Mosquitto formats, see devices.broker_auth) live here.
 MQTT_AUTH_DIR = Path(env_str("ACCESSCTL_MQTT_AUTH_DIR", str(VAR_DIR / "mqtt-auth"))).resolve()
+# A Mosquitto on this host reading those files: its pid file (Mosquitto's `pid_file`). When set, every
+# change of the files is followed by a SIGHUP to that pid (Mosquitto re-reads them and drops revoked
+# devices); a broker on another host needs the files copied there and reloaded (deploy/topology.py).
+MQTT_BROKER_PIDFILE = env_optional("ACCESSCTL_MQTT_BROKER_PIDFILE")
 
 
 def _mqtt_server_login() -> tuple[str, str]:
