@@ -11,8 +11,10 @@ Who may connect and what they may do (formats and the broker side: ``accessctl.p
 
 :func:`broker_identities_sync` writes the files (0600, atomically, only when their content
 changes) into ``settings.MQTT_AUTH_DIR``; the embedded broker reloads them within a second and
-disconnects revoked devices; a Mosquitto broker reloads them on SIGHUP. It runs at ``up``, after a
-device is provisioned or rotated, and when a device is disabled, re-enabled or deleted.
+disconnects revoked devices; a Mosquitto broker reloads them on SIGHUP, which :func:`broker_reload`
+sends after each change when ``ACCESSCTL_MQTT_BROKER_PIDFILE`` names its pid file (a broker on this
+host; deploy/topology.py sets it). It runs at ``up``, after a device is provisioned or rotated, and
+when a device is disabled, re-enabled or deleted.
 """
 
 from __future__ import annotations
@@ -100,9 +102,12 @@ def broker_reload() -> bool:
         return False
     try:
         pid = int(Path(pidfile).read_text().strip())
-        if pid <= 1:
+        if pid <= 1:  # 0 and -1 would signal whole groups; 1 is init
             raise ValueError(f"pid {pid}")
         os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        logger.info("the MQTT broker is not running (no %s); it reads the identity files when it starts", pidfile)
+        return False
     except (OSError, ValueError) as exc:
         logger.warning("could not ask the MQTT broker (pid file %s) to reload its identities: %s", pidfile, exc)
         return False

@@ -432,6 +432,10 @@ METRICS_ALLOW = env_list("ACCESSCTL_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
 METRICS_GALLERY_CACHE_S = env_float("ACCESSCTL_METRICS_GALLERY_CACHE_S", 60.0)
 # Bridges and workers write a heartbeat this often; /readyz wants one younger than three periods.
 PROCESS_HEARTBEAT_S = env_float("ACCESSCTL_PROCESS_HEARTBEAT_S", 10.0)
+# A bridge on a shared subscription whose heartbeat is older than this is taken for dead: a live
+# bridge of its group drains the detections the broker queued for its session and takes it out of
+# the group (devices.bridge_takeover; Mosquitto keeps handing such a session its share). 0: never.
+MQTT_BRIDGE_TAKEOVER_AFTER_S = env_float("MQTT_BRIDGE_TAKEOVER_AFTER_S", 2.5 * PROCESS_HEARTBEAT_S)
 # Each /readyz dependency check gives up after this long (a hung service is "not ready", not a hung probe).
 READY_CHECK_TIMEOUT_S = env_float("ACCESSCTL_READY_CHECK_TIMEOUT_S", 2.0)
 
