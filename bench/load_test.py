@@ -54,7 +54,9 @@ def main() -> int:
     parser.add_argument("--topology", type=Path, help="run through deploy/topology.py's processes in this run dir")
     parser.add_argument("--kill", default="", help="topology: processes to SIGKILL mid-run (bridge-1,worker-1,...)")
     parser.add_argument("--kill-at", type=float, default=10.0, help="topology: seconds into publishing")
-    parser.add_argument("--restart-after", type=float, default=2.0, help="topology: seconds down before restart")
+    parser.add_argument(
+        "--restart-after", type=float, default=2.0, help="topology: seconds down before restart (<0: never)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -241,6 +243,9 @@ class Chaos:
         time.sleep(max(0.0, started + self.at - time.monotonic()))
         self.log.append(f"t={time.monotonic() - started:.1f}s kill {', '.join(self.names)}")
         self._topology("kill", *self.names)
+        if self.down < 0:
+            self.log.append("not started again")
+            return
         time.sleep(self.down)
         self.log.append(f"t={time.monotonic() - started:.1f}s start {', '.join(self.names)}")
         self._topology("start", *self.names)

@@ -39,6 +39,7 @@ settings, e.g. to run ``manage.py``), ``topology.json`` (ports, pids), ``logs/``
     TOPOLOGY_BRIDGES / TOPOLOGY_WORKERS / TOPOLOGY_WEBS   process counts [2 / 2 / 2]
     TOPOLOGY_WORKER_CONCURRENCY   Celery pool size of each worker [2]
     TOPOLOGY_WEB_HOST        web listen address [127.0.0.1]; ports free, kept in topology.json
+    TOPOLOGY_SETTINGS        more settings for every process, "KEY=value KEY2=value2" (kept from the first start)
     TOPOLOGY_OBSERVER_DIR    test only: a folder with extra.passwd/extra.acl (tests/broker_logins.py)
                              gets a third, loopback listener (observer_port in topology.json)
 
@@ -149,6 +150,9 @@ class Topology:
         s.setdefault("web_host", _env("TOPOLOGY_WEB_HOST", "127.0.0.1"))
         s.setdefault("web_ports", [_free_port() for _ in range(s["webs"])])
         s.setdefault("log_level", _env("ACCESSCTL_LOG_LEVEL", "INFO"))  # readiness is read from INFO lines
+        # More settings for every process (kept, so a process started again later gets the same ones).
+        extra = [item.partition("=") for item in shlex.split(os.environ.get("TOPOLOGY_SETTINGS", ""))]
+        s.setdefault("settings", {key: value for key, _, value in extra if key})
         s.setdefault("pids", {})
 
     def environment(self) -> dict[str, str]:
@@ -174,6 +178,7 @@ class Topology:
             "ACCESSCTL_MQTT_BROKER_PIDFILE": str(self.run_dir / "mosquitto" / "mosquitto.pid"),
             "PROMETHEUS_MULTIPROC_DIR": str(var / "metrics"),
             "ACCESSCTL_LOG_LEVEL": s["log_level"],
+            **s.get("settings", {}),
         }
 
     def env_write(self, env: dict[str, str]) -> None:

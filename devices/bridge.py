@@ -2,7 +2,8 @@
 
 Persistent session (fixed client id, clean_session False) and QoS1 subscriptions, so detections
 published while the bridge is down are delivered when it returns. With ``MQTT_SHARED_GROUP`` set,
-subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX).
+subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX); a
+bridge of the group that dies for good has its session drained by a live one (devices.bridge_takeover).
 
 Detections are verified and staged by a small thread pool (``MQTT_BRIDGE_WORKERS``): each one
 waits on the database a few times, so one thread would cap the whole site at what one
