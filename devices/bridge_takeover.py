@@ -19,7 +19,8 @@ drain is disconnected and does not reconnect); it subscribes again on connecting
 
 A drained detection is decided like any other: one older than the devices' freshness window is
 denied as stale (recorded, never silently dropped). Decisions stay idempotent on ``detection_id``,
-so a message handled by both the drain and the returning bridge is decided once.
+so a message handled by both the drain and the returning bridge is decided once. Each takeover
+raises a ``bridge_deaf`` alarm naming the dead bridge (details ``dead``, ``drained_by``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from django.db import close_old_connections
 
+from accessctl.alarms import alarm_raise
 from accessctl.heartbeats import heartbeat_claim, heartbeats_read
+from accessctl.models import Alarm
 from devices.bridge import HEARTBEAT_KIND, Bridge, Handler, probe_topic, subscription_topics
 
 logger = logging.getLogger(__name__)
@@ -126,9 +130,8 @@ def takeover_orphans(bridge: Bridge, *, stale_after_s: float) -> list[str]:
         if not thread.is_alive():
             del bridge.drains[name]
     group = bridge.shared_group or ""
-    orphans = orphaned_bridges(
-        heartbeats_read(HEARTBEAT_KIND), me=bridge.client_id, group=group, stale_after_s=stale_after_s
-    )
+    beats = heartbeats_read(HEARTBEAT_KIND)
+    orphans = orphaned_bridges(beats, me=bridge.client_id, group=group, stale_after_s=stale_after_s)
     started = []
     for orphan in orphans:
         if orphan in bridge.drains or not heartbeat_claim(kind=HEARTBEAT_KIND, name=orphan, ttl_s=DRAIN_MAX_S + 30):
@@ -142,7 +145,20 @@ def takeover_orphans(bridge: Bridge, *, stale_after_s: float) -> list[str]:
         thread.start()
         bridge.drains[orphan] = thread
         started.append(orphan)
+        _alarm(orphan, drained_by=bridge.client_id, silent_s=float(beats[orphan].get("age_s", 0.0)))
     return started
+
+
+def _alarm(orphan: str, *, drained_by: str, silent_s: float) -> None:
+    """The operators see it: a bridge stopped (bridge_deaf, folded into the open one). Never raises."""
+    try:
+        close_old_connections()
+        alarm_raise(
+            kind=Alarm.Kind.BRIDGE_DEAF,
+            details={"client_id": orphan, "silent_s": round(silent_s, 1), "dead": True, "drained_by": drained_by},
+        )
+    except Exception:  # the database may be down too; the drain goes on without the alarm
+        logger.exception("could not raise the bridge_deaf alarm for dead bridge %s", orphan)
 
 
 def _drain_run(drain: SessionDrain) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from accessctl.models import Door
+from accessctl.models import Alarm, Door
 from devices.commands import server_public_key_b64
 from devices.provisioning import device_provision
 from faceengine import protocol as p
@@ -193,3 +193,5 @@ def test_a_dead_bridge_of_a_shared_group_is_drained_by_the_live_one(on_mosquitto
     assert f"bridge {client_id}-b of group {group} wrote no heartbeat" in log.read_text()
     drained = rf"drain of bridge {re.escape(client_id)}-b: drained; [1-9]\d* message"
     assert rig.wait_until(lambda: re.search(drained, log.read_text()), 20), log.read_text()[-3000:]
+    alarm = Alarm.objects.get(kind=Alarm.Kind.BRIDGE_DEAF)
+    assert alarm.details["client_id"] == f"{client_id}-b" and alarm.details["drained_by"] == f"{client_id}-a"
