@@ -361,6 +361,10 @@ class Topology:
             return
         self.provision()
         self.mosquitto_conf()
+        metrics = self.run_dir / "var" / "metrics"  # prometheus_client's per-process files, as `up` does
+        if metrics.is_dir() and not any(self.alive(name) for name in specs):
+            shutil.rmtree(metrics)
+        metrics.mkdir(parents=True, exist_ok=True)
         for name in specs:  # one at a time, mosquitto first, then workers, bridges, webs, beat
             if not self.alive(name):
                 self.launch([name])
