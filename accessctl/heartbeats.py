@@ -58,6 +58,13 @@ def heartbeat_forget(*, kind: str, name: str) -> None:
     _cache_client().hdel(KEY_PREFIX + kind, name[:200])
 
 
+def heartbeat_claim(*, kind: str, name: str, ttl_s: float) -> bool:
+    """Claim ``name`` of ``kind`` for ``ttl_s`` (one process at a time, e.g. to take over a dead
+    bridge's session); False when another process holds the claim. Raises when the server is down."""
+    who = json.dumps({"pid": os.getpid(), "at": time.time()})
+    return bool(_cache_client().set(f"{KEY_PREFIX}{kind}:claim:{name[:200]}", who, nx=True, px=int(ttl_s * 1000)))
+
+
 def heartbeats_read(kind: str, *, now: float | None = None) -> dict[str, dict[str, Any]]:
     """Every heartbeat of ``kind``: name -> its data with ``age_s`` added; raises when the server is down."""
     now = time.time() if now is None else now

@@ -344,8 +344,10 @@ def _process_role(proc: Any) -> str | None:
         return "celery pool" if parent_is_celery else "celery main"
     if "mqtt_bridge" in cmd:
         return "bridge"
-    if "amqtt" in cmd or "embedded_mqtt" in cmd or "mqtt_broker" in cmd:
+    if "amqtt" in cmd or "embedded_mqtt" in cmd or "mqtt_broker" in cmd or name == "mosquitto":
         return "mqtt broker"
+    if name == "beam.smp" and "rabbit" in cmd:
+        return "rabbitmq"
     return None
 
 

@@ -2,7 +2,8 @@
 
 Persistent session (fixed client id, clean_session False) and QoS1 subscriptions, so detections
 published while the bridge is down are delivered when it returns. With ``MQTT_SHARED_GROUP`` set,
-subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX).
+subscriptions use ``$share/<group>/...`` so several bridges split the load (Mosquitto, EMQX); a
+bridge of the group that dies for good has its session drained by a live one (devices.bridge_takeover).
 
 Detections are verified and staged by a small thread pool (``MQTT_BRIDGE_WORKERS``): each one
 waits on the database a few times, so one thread would cap the whole site at what one
@@ -123,6 +124,10 @@ class Bridge:
         self._heard_at = time.monotonic()
         self._probed_at = 0.0
         self._delivering = 0  # > 0 while the network thread is inside on_message (not the broker's silence)
+        self._pending = 0  # detections handed to the staging threads and not yet handled
+        self._pending_lock = threading.Lock()
+        self._takeover_at = time.monotonic()  # the last look for dead bridges of the group (bridge_takeover)
+        self.drains: dict[str, threading.Thread] = {}  # dead bridges' sessions being drained, by client id
         self._had_session = False
         self._reconnect_reason: str | None = None
         self._beat: tuple[float, bool] = (-float("inf"), False)  # last heartbeat written: when, connected
@@ -184,17 +189,29 @@ class Bridge:
             return
         received = time.perf_counter()
         self._slots.acquire()
+        with self._pending_lock:
+            self._pending += 1
         try:
             self._pool.submit(self._handle_released, client, message, received)
         except RuntimeError:  # pool shut down: stopping; the broker redelivers it
-            self._slots.release()
+            self._released()
+
+    def _released(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+        self._slots.release()
 
     def _handle_released(self, client: mqtt.Client, message: mqtt.MQTTMessage, received: float) -> None:
         BRIDGE_LAG.labels("wait").observe(time.perf_counter() - received)  # for a free staging thread
         try:
             self._handle(client, message)
         finally:
-            self._slots.release()
+            self._released()
+
+    @property
+    def pending(self) -> int:
+        """Detections received and not yet handled (being verified and staged)."""
+        return self._pending
 
     def _handle(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         """Handle; the handler acknowledges (see :data:`Handler`). While the database is unreachable
@@ -246,6 +263,7 @@ class Bridge:
         """One look at the link (``run_forever`` calls it a few times a second): reconnect when asked
         to, probe when nothing arrived for a while, recover when not even the probe came back."""
         self.heartbeat()
+        self.takeover_check()
         reason, self._reconnect_reason = self._reconnect_reason, None
         if reason is not None:
             self._reconnect(reason)
@@ -276,11 +294,27 @@ class Bridge:
             "deaf_after_s": self.deaf_after_s,
             "connects": self.connects,
             "recoveries": self.recoveries,
+            "group": self.shared_group or "",
         }
         try:
             heartbeat_write(kind=HEARTBEAT_KIND, name=self.client_id, data=data)
         except Exception:
             logger.warning("bridge %s could not write its heartbeat", self.client_id, exc_info=True)
+
+    def takeover_check(self) -> None:
+        """Every few seconds, on a shared subscription: drain the sessions of the group's dead bridges
+        (devices.bridge_takeover). Never raises."""
+        after = settings.MQTT_BRIDGE_TAKEOVER_AFTER_S
+        now = time.monotonic()
+        if not self.shared_group or after <= 0 or now - self._takeover_at < min(5.0, after / 2):
+            return
+        self._takeover_at = now
+        from devices.bridge_takeover import takeover_orphans
+
+        try:
+            takeover_orphans(self, stale_after_s=after)
+        except Exception:
+            logger.warning("bridge %s could not look for dead bridges of its group", self.client_id, exc_info=True)
 
     def _deaf(self, silent: float) -> None:
         self.recoveries += 1

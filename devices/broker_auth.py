@@ -11,13 +11,17 @@ Who may connect and what they may do (formats and the broker side: ``accessctl.p
 
 :func:`broker_identities_sync` writes the files (0600, atomically, only when their content
 changes) into ``settings.MQTT_AUTH_DIR``; the embedded broker reloads them within a second and
-disconnects revoked devices; a Mosquitto broker reloads them on SIGHUP. It runs at ``up``, after a
-device is provisioned or rotated, and when a device is disabled, re-enabled or deleted.
+disconnects revoked devices; a Mosquitto broker reloads them on SIGHUP, which :func:`broker_reload`
+sends after each change when ``ACCESSCTL_MQTT_BROKER_PIDFILE`` names its pid file (a broker on this
+host; deploy/topology.py sets it). It runs at ``up``, after a device is provisioned or rotated, and
+when a device is disabled, re-enabled or deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 from django.conf import settings
@@ -85,7 +89,30 @@ def broker_identities_sync(*, auth_dir: Path | None = None) -> Path:
     changed |= _write_if_changed(folder / mi.DEVICE_FILES[1], mi.device_acl())
     if changed:
         logger.info("broker identities in %s: %d device(s) may connect", folder, len(devices))
+        broker_reload()
     return folder
+
+
+def broker_reload() -> bool:
+    """SIGHUP the Mosquitto of ``settings.MQTT_BROKER_PIDFILE`` (if set) so it re-reads the files.
+
+    Never raises: a broker that is down reads the files when it starts. True when signalled."""
+    pidfile = settings.MQTT_BROKER_PIDFILE
+    if not pidfile:
+        return False
+    try:
+        pid = int(Path(pidfile).read_text().strip())
+        if pid <= 1:  # 0 and -1 would signal whole groups; 1 is init
+            raise ValueError(f"pid {pid}")
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        logger.info("the MQTT broker is not running (no %s); it reads the identity files when it starts", pidfile)
+        return False
+    except (OSError, ValueError) as exc:
+        logger.warning("could not ask the MQTT broker (pid file %s) to reload its identities: %s", pidfile, exc)
+        return False
+    logger.info("asked the MQTT broker (pid %d) to reload its identities", pid)
+    return True
 
 
 def _auth_dir(auth_dir: Path | None) -> Path:

@@ -240,6 +240,10 @@ MQTT_RECONNECT_MAX_S = env_int("MQTT_RECONNECT_MAX_S", 4)
 # the credentials in MQTT_URL, else "accessctl-server" with a password generated into a 0600 file.
 # The password/ACL files the broker checks (Mosquitto formats, see devices.broker_auth) live here.
 MQTT_AUTH_DIR = Path(env_str("ACCESSCTL_MQTT_AUTH_DIR", str(VAR_DIR / "mqtt-auth"))).resolve()
+# A Mosquitto on this host reading those files: its pid file (Mosquitto's `pid_file`). When set, every
+# change of the files is followed by a SIGHUP to that pid (Mosquitto re-reads them and drops revoked
+# devices); a broker on another host needs the files copied there and reloaded (deploy/topology.py).
+MQTT_BROKER_PIDFILE = env_optional("ACCESSCTL_MQTT_BROKER_PIDFILE")
 
 
 def _mqtt_server_login() -> tuple[str, str]:
@@ -432,6 +436,10 @@ METRICS_ALLOW = env_list("ACCESSCTL_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
 METRICS_GALLERY_CACHE_S = env_float("ACCESSCTL_METRICS_GALLERY_CACHE_S", 60.0)
 # Bridges and workers write a heartbeat this often; /readyz wants one younger than three periods.
 PROCESS_HEARTBEAT_S = env_float("ACCESSCTL_PROCESS_HEARTBEAT_S", 10.0)
+# A bridge on a shared subscription whose heartbeat is older than this is taken for dead: a live
+# bridge of its group drains the detections the broker queued for its session and takes it out of
+# the group (devices.bridge_takeover; Mosquitto keeps handing such a session its share). 0: never.
+MQTT_BRIDGE_TAKEOVER_AFTER_S = env_float("MQTT_BRIDGE_TAKEOVER_AFTER_S", 2.5 * PROCESS_HEARTBEAT_S)
 # Each /readyz dependency check gives up after this long (a hung service is "not ready", not a hung probe).
 READY_CHECK_TIMEOUT_S = env_float("ACCESSCTL_READY_CHECK_TIMEOUT_S", 2.0)
 

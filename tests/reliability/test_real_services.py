@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from accessctl.models import Door
+from accessctl.models import Alarm, Door
 from devices.commands import server_public_key_b64
 from devices.provisioning import device_provision
 from faceengine import protocol as p
@@ -169,3 +169,29 @@ def test_two_bridges_share_one_subscription_on_mosquitto(on_mosquitto, children,
               for name in ("bridge-a", "bridge-b")}  # fmt: skip
     assert sum(staged.values()) == 40, staged
     assert all(n > 0 for n in staged.values()), f"one bridge got everything: {staged}"
+
+
+def test_a_dead_bridge_of_a_shared_group_is_drained_by_the_live_one(on_mosquitto, children, door, run_id) -> None:
+    """Mosquitto keeps giving a killed bridge's persistent session its share of the group's detections;
+    one that does not come back is taken over by the live bridge (devices.bridge_takeover): every
+    detection is decided once and answered, none waits for the dead bridge."""
+    group = f"bridges-{run_id}"
+    children.env = {**children.env, "MQTT_SHARED_GROUP": group, "ACCESSCTL_PROCESS_HEARTBEAT_S": "1",
+                    "MQTT_BRIDGE_TAKEOVER_AFTER_S": "3"}  # fmt: skip
+    children.start_worker()
+    client_id = children.env["MQTT_CLIENT_ID"]
+    children.start_bridge("bridge-a", "--client-id", f"{client_id}-a")
+    children.start_bridge("bridge-b", "--client-id", f"{client_id}-b")
+    time.sleep(2.0)  # bridge-b has written a heartbeat naming its group
+    children.kill("bridge-b")  # and never comes back
+    device = _device(door, f"rs-{run_id}", MOSQUITTO)
+    try:
+        _decided_with_commands(device, MOSQUITTO, count=40)
+    finally:
+        device.close()
+    log = children.logs / "bridge-a-1.log"
+    assert f"bridge {client_id}-b of group {group} wrote no heartbeat" in log.read_text()
+    drained = rf"drain of bridge {re.escape(client_id)}-b: drained; [1-9]\d* message"
+    assert rig.wait_until(lambda: re.search(drained, log.read_text()), 20), log.read_text()[-3000:]
+    alarm = Alarm.objects.get(kind=Alarm.Kind.BRIDGE_DEAF)
+    assert alarm.details["client_id"] == f"{client_id}-b" and alarm.details["drained_by"] == f"{client_id}-a"
