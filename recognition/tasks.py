@@ -13,6 +13,8 @@ from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from recognition.health import health_evaluate_all
+from recognition.models import RecognitionHealth
 from recognition.staging import inbound_requeue
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,14 @@ def decisions_send(detection_ids: list[str]) -> None:
 def inbound_sweep() -> int:
     """Enqueue again the decisions of detections staged too long (a lost task); Celery beat."""
     return inbound_requeue(send=decisions_send)
+
+
+@shared_task(name="recognition.health_evaluate", ignore_result=True, acks_late=True)
+def health_evaluate() -> int:
+    """Recognition health of every door and model version against the door's baseline; Celery beat
+    (routed to the default queue, off the decision queue). Returns how many pairs drift."""
+    rows = health_evaluate_all()
+    return sum(1 for row in rows if row.status == RecognitionHealth.Status.DRIFT)
 
 
 # =============================================================================================
