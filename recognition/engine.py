@@ -53,3 +53,22 @@ def server_model_version() -> str:
     """The model version this server embeds crops with (the one crop-mode devices are decided in):
     the registry's active version (read without loading the model)."""
     return active_model().model_version
+
+
+def embedder_speed_ms(backend: str, options: dict[str, object] | None = None, *, faces: int = 32) -> float:
+    """Milliseconds per face to embed a batch of ``faces`` crops with ``backend`` on this machine
+    (median of three runs after a warm-up; random crops: the network's cost does not depend on them)."""
+    import time
+
+    import numpy as np
+
+    embedder = get_embedder(backend, **{**embedder_options(backend), **(options or {})})
+    size = embedder.input_size
+    crops = np.random.default_rng(0).integers(0, 256, (faces, size, size, 3), dtype=np.uint8)
+    embedder.embed(crops[:2])
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        embedder.embed(crops)
+        runs.append((time.perf_counter() - start) * 1000 / faces)
+    return round(sorted(runs)[1], 2)

@@ -97,6 +97,11 @@ def active_model() -> ActiveModel:
     return active
 
 
+def active_model_cache_clear() -> None:
+    """Forget this process's copy of the active model (a change made by a bare UPDATE, in tests)."""
+    _active_cache.clear()
+
+
 def model_file_paths(model: ModelVersion) -> dict[str, Path]:
     """Where this server keeps each of the version's files: the built-in backends' files where the
     backend finds them, anything else in ``RECOGNITION_MODELS_DIR/bundles/<model_version>/``."""
@@ -174,6 +179,7 @@ def model_version_register(
     lfw_accuracy: float | None = None,
     ms_per_face: float | None = None,
     figures: Mapping[str, Any] | None = None,
+    actor: Any = None,
 ) -> ModelVersion:
     """Register (or refresh) a model version: hash its files, record its spec, sign its manifest.
 
@@ -199,9 +205,10 @@ def model_version_register(
     described = model_files_describe(paths)
     with transaction.atomic():
         model = ModelVersion.objects.select_for_update().filter(model_version=model_version).first()
-        if model is not None and model.state in (State.ACTIVE, State.RETIRED):
+        if model is not None and model.files and model.state in (State.ACTIVE, State.RETIRED):
             if [f.to_dict() for f in described] != list(model.files):
                 raise RegistryError(f"{model_version} is {model.state}: its files cannot change (use a new version).")
+        created = model is None
         model = model or ModelVersion(model_version=model_version)
         model.backend = backend
         model.options = options
@@ -216,6 +223,8 @@ def model_version_register(
         model.ms_per_face = ms_per_face if ms_per_face is not None else model.ms_per_face
         model.figures = {**(model.figures or {}), **dict(figures or {})}
         model.save()
+        if created:
+            _state_change_record(model=model, before="", after=model.state, actor=actor, note="registered")
         model_version_sign(model=model)
     logger.info("model %s registered (%s, %d files)", model_version, model.state, len(described))
     return model
@@ -264,8 +273,6 @@ def model_version_transition(
         to_state = State(to_state)
     except ValueError:
         raise RegistryError(f"Unknown state {to_state!r}; one of {', '.join(State.values)}.") from None
-    actor_name = str(getattr(actor, "username", None) or getattr(actor, "label", None) or "system")
-    actor_user = actor if getattr(actor, "pk", None) is not None else None
     with transaction.atomic():
         # Every row locked in one order: two activations at once cannot both win.
         rows = {m.pk: m for m in ModelVersion.objects.select_for_update().order_by("pk")}
@@ -294,10 +301,20 @@ def model_version_transition(
         for row, before, after in changes:
             row.state, row.state_changed_at = after, now
             row.save(update_fields=["state", "state_changed_at"])
-            ModelStateChange.objects.create(
-                model=row, from_state=before, to_state=after, actor=actor_user, actor_name=actor_name[:150],
-                forced=force and row is model and after == State.ACTIVE, note=note[:300],
-            )  # fmt: skip
-    for row, before, after in changes:
-        logger.warning("model %s: %s -> %s by %s%s", row.model_version, before, after, actor_name, " (forced)" * force)
+            forced = force and row is model and after == State.ACTIVE
+            _state_change_record(model=row, before=before, after=after, actor=actor, forced=forced, note=note)
     return model
+
+
+def _state_change_record(
+    *, model: ModelVersion, before: str, after: str, actor: Any, forced: bool = False, note: str = ""
+) -> ModelStateChange:
+    name = str(getattr(actor, "username", None) or getattr(actor, "label", None) or "system")
+    change = ModelStateChange.objects.create(
+        model=model, from_state=before, to_state=after, actor=actor if getattr(actor, "pk", None) else None,
+        actor_name=name[:150], forced=forced, note=note[:300],
+    )  # fmt: skip
+    logger.warning(
+        "model %s: %s -> %s by %s%s", model.model_version, before or "-", after, name, " (forced)" if forced else ""
+    )
+    return change

@@ -52,14 +52,15 @@ def _configured_version() -> str:
 def register(apps, schema_editor):
     ModelVersion = apps.get_model("recognition", "ModelVersion")
     ModelStateChange = apps.get_model("recognition", "ModelStateChange")
+    db = schema_editor.connection.alias  # the owner's connection: the app's role has no rights yet
     active = _configured_version()
     for spec in BUILTIN:
         state = "active" if spec["model_version"] == active else "candidate"
-        model, created = ModelVersion.objects.get_or_create(
+        model, created = ModelVersion.objects.using(db).get_or_create(
             model_version=spec["model_version"], defaults={**spec, "state": state}
         )
         if created:
-            ModelStateChange.objects.create(
+            ModelStateChange.objects.using(db).create(
                 model=model, from_state="", to_state=state, actor_name="migration",
                 note="registered from the settings in use before the registry",
             )  # fmt: skip
