@@ -9,7 +9,8 @@ beat ``recognition.health_evaluate``) summarises, per door and model version,
 - the **recent window** (``RECOGNITION_HEALTH_RECENT_WINDOW_S``, default 6 h), and
 - the door's own **baseline**: set once from the ``RECOGNITION_HEALTH_BASELINE_DAYS`` before the
   first window that has enough decisions, kept until an operator re-baselines
-  (:func:`health_rebaseline`, after a deliberate change such as a new camera),
+  (:func:`health_rebaseline`, after a deliberate change such as a new camera: the baseline is
+  then taken from the decisions since the change),
 
 and applies the rule in :mod:`recognition.drift` (PSI on similarity and margin, two-proportion z
 on the unknown-face and quality-gate rates, each with a minimum count). Entering drift raises a
@@ -102,10 +103,13 @@ def health_evaluate(*, door: Door, model_version: str, now: datetime | None = No
     with transaction.atomic():
         row, _ = RecognitionHealth.objects.select_for_update().get_or_create(door=door, model_version=model_version)
         if not row.baseline:
-            start = recent_start - timedelta(days=settings.RECOGNITION_HEALTH_BASELINE_DAYS)
-            summary = window_read(door_id=door.pk, model_version=model_version, start=start, end=recent_start)
+            if row.baseline_from is not None:  # re-baselined by an operator: from then on, up to now
+                start, end = row.baseline_from, now
+            else:
+                start, end = recent_start - timedelta(days=settings.RECOGNITION_HEALTH_BASELINE_DAYS), recent_start
+            summary = window_read(door_id=door.pk, model_version=model_version, start=start, end=end)
             if summary["decisions"] >= rule.min_baseline:
-                _baseline_store(row, summary, start, recent_start)
+                _baseline_store(row, summary, start, end)
                 logger.info("health door=%s model=%s: baseline set", door.pk, model_version)
         baseline = row.baseline or None
         recent = window_read(
@@ -157,30 +161,30 @@ def health_evaluate_all(*, now: datetime | None = None) -> list[RecognitionHealt
     return rows
 
 
-def health_rebaseline(*, row: RecognitionHealth, actor: Any, now: datetime | None = None) -> RecognitionHealth:
-    """Take the last ``RECOGNITION_HEALTH_BASELINE_DAYS`` up to now as the door's new normal (after a
-    deliberate change: a new camera, new lighting), then evaluate against it.
+def health_rebaseline(
+    *, row: RecognitionHealth, actor: Any, since: datetime | None = None, now: datetime | None = None
+) -> RecognitionHealth:
+    """Accept the door's behaviour since ``since`` (default: the start of the recent window) as its
+    new normal, after a deliberate change (a new camera, new lighting, a new model).
 
-    Refused (:class:`InvalidInput`) when that period holds fewer decisions than the rule needs.
+    The baseline is cleared and taken again from the decisions since ``since``, up to now, as soon
+    as there are enough of them (at once when there are); until then the door is ``no_baseline``
+    and raises no drift alarm. Refused (:class:`InvalidInput`) for a ``since`` in the future.
     """
     now = now or timezone.now()
-    start = now - timedelta(days=settings.RECOGNITION_HEALTH_BASELINE_DAYS)
-    summary = window_read(door_id=row.door_id, model_version=row.model_version, start=start, end=now)
-    need = health_rule().min_baseline
-    if summary["decisions"] < need:
-        raise InvalidInput(
-            f"Only {summary['decisions']} decisions at this door in {row.model_version} over the last "
-            f"{settings.RECOGNITION_HEALTH_BASELINE_DAYS} days; a baseline needs {need}.",
-            code="too_few_decisions",
-        )
+    since = since or now - timedelta(seconds=settings.RECOGNITION_HEALTH_RECENT_WINDOW_S)
+    if since >= now:
+        raise InvalidInput("A new baseline starts in the past.", code="invalid_since")
     with transaction.atomic():
         row = RecognitionHealth.objects.select_for_update().select_related("door").get(pk=row.pk)
-        _baseline_store(row, summary, start, now)
+        row.baseline, row.baseline_count = {}, 0
+        row.baseline_from, row.baseline_until = since, None  # no baseline + a start: the operator's floor
+        row.baseline_set_at = now
         row.baseline_set_by = actor if getattr(actor, "pk", None) is not None else None
-        row.status = Status.TOO_FEW
+        row.status = Status.NO_BASELINE
         row.save()
     logger.warning(
-        "health door=%s model=%s re-baselined by user %s (%d decisions)",
-        row.door_id, row.model_version, getattr(actor, "pk", "-"), row.baseline_count,
+        "health door=%s model=%s re-baselined from %s by user %s",
+        row.door_id, row.model_version, since.isoformat(), getattr(actor, "pk", "-"),
     )  # fmt: skip
     return health_evaluate(door=row.door, model_version=row.model_version, now=now)

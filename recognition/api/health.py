@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from accessctl.api.views import ApiMixin
 from accessctl.models import ApiToken
-from recognition.api.serializers import RecognitionHealthSerializer
+from recognition.api.serializers import RebaselineSerializer, RecognitionHealthSerializer
 from recognition.health import health_rebaseline
 from recognition.models import RecognitionHealth
 
@@ -44,14 +44,17 @@ class RecognitionHealthViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveM
     }
 
     @extend_schema(
-        summary="Take the last days as this door's new baseline",
-        description="After a deliberate change (new camera, new lighting). 400 `too_few_decisions` when the "
-        "period holds fewer decisions than a baseline needs.",
+        summary="Accept this door's behaviour since a moment as its new baseline",
+        description="After a deliberate change (new camera, new lighting). The baseline is taken from the "
+        "decisions since `since` (default: the start of the recent window) as soon as there are enough; "
+        "until then the status is `no_baseline` and no drift alarm is raised.",
         tags=[TAG],
-        request=None,
+        request=RebaselineSerializer,
         responses={200: RecognitionHealthSerializer},
     )
     @action(detail=True, methods=["post"], filterset_class=None)
     def rebaseline(self, request: Request, pk: str | None = None) -> Response:
-        row = health_rebaseline(row=self.get_object(), actor=request.user)
+        params = RebaselineSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        row = health_rebaseline(row=self.get_object(), actor=request.user, since=params.validated_data.get("since"))
         return Response(RecognitionHealthSerializer(row).data)

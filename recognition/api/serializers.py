@@ -114,3 +114,7 @@ class RecognitionHealthSerializer(serializers.ModelSerializer):
 
     def get_signals(self, obj: RecognitionHealth) -> list[dict[str, Any]]:
         return list((obj.recent or {}).get("signals", []))
+
+
+class RebaselineSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="Default: the start of the recent window.")

@@ -204,3 +204,45 @@ def test_model_registry_command_lists_registers_verifies_and_activates(tmp_path:
         call_command("model_registry", "verify", "sface-copy")
     call_command("model_registry", "shadow", "sface-copy")
     assert ModelVersion.objects.get(model_version="sface-copy").state == State.SHADOW
+
+
+def test_admin_shows_the_registry_and_its_actions_go_through_the_services(admin_client, tmp_path: Path) -> None:
+    from django.urls import reverse
+
+    model = _toy(tmp_path)
+    changelist = reverse("admin:recognition_modelversion_changelist")
+    page = admin_client.get(changelist)
+    assert page.status_code == 200 and b"sface-copy" in page.content and b"Activate" in page.content
+    assert admin_client.get(reverse("admin:recognition_modelversion_change", args=[model.pk])).status_code == 200
+    assert admin_client.get(reverse("admin:recognition_recognitionhealth_changelist")).status_code == 200
+    Path(model.options["model_path"]).write_bytes(b"tampered")
+    answer = admin_client.post(changelist, {"action": "verify_bundles", "_selected_action": [model.pk]}, follow=True)
+    assert any(str(m).startswith("bad_file: sface-copy") for m in answer.context["messages"])
+    admin_client.post(changelist, {"action": "to_shadow", "_selected_action": [model.pk]})
+    assert ModelVersion.objects.get(pk=model.pk).state == State.SHADOW
+    assert ModelStateChange.objects.filter(model=model, to_state=State.SHADOW, actor_name="admin").exists()
+
+
+def test_api_lists_models_for_device_readers_and_moves_them_for_administrators_only(tmp_path: Path) -> None:
+    from django.urls import reverse
+
+    from tests.api_support import make_user, session_client, token_client
+
+    model = _toy(tmp_path)
+    listing = token_client(["devices:read"]).get(reverse("api-model-version-list")).json()["results"]
+    toy = next(m for m in listing if m["model_version"] == "sface-copy")
+    assert toy["state"] == "candidate" and toy["signed"] and toy["files"][0]["size"] > 1_000_000
+    assert next(m for m in listing if m["model_version"] == SFACE_MODEL_VERSION)["threshold"] is not None
+    manifest = token_client(["devices:read"]).get(reverse("api-model-version-manifest", args=[model.pk])).json()
+    assert bundle_verify(manifest, server_public_key_b64(), tmp_path).model_version == "sface-copy"
+    transition = reverse("api-model-version-transition", args=[model.pk])
+    assert token_client().post(transition, {"state": "shadow"}, format="json").status_code == 403
+    viewer = session_client(make_user(perms=["devices.view_edgedevice"]))
+    assert viewer.post(transition, {"state": "shadow"}, format="json").status_code == 403
+    admin = session_client(make_user(perms=["devices.view_edgedevice", "recognition.change_modelversion"]))
+    assert admin.post(transition, {"state": "shadow"}, format="json").json()["state"] == "shadow"
+    refused = admin.post(transition, {"state": "active"}, format="json")
+    assert refused.status_code == 400 and "no gallery index" in refused.json()["error"]["message"]
+    Path(model.options["model_path"]).write_bytes(b"tampered")
+    verify = admin.post(reverse("api-model-version-verify", args=[model.pk]))
+    assert verify.status_code == 409 and verify.json()["error"]["code"] == "bad_file"
