@@ -26,7 +26,14 @@ def _load_model(**_: object) -> None:
     from recognition.engine import active_embedder
 
     if settings.RECOGNITION_PRELOAD:
-        embedder = active_embedder()
+        # The model is the registry's active version (a database read; the parent closed its
+        # connections before forking, see celery.fixups.django). A failure here is logged and the
+        # first decision tries again (and records a processing error if it fails too).
+        try:
+            embedder = active_embedder()
+        except Exception:
+            logger.exception("worker could not preload the active embedder")
+            return
         logger.info("worker ready with embedder %s", embedder.model_version)
         if settings.LIVENESS_SERVER_SCORE:
             from recognition.liveness import active_liveness_scorer

@@ -301,6 +301,9 @@ if not 60 <= ALLOWLIST_MAX_AGE_S <= 30 * 86_400:
 SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
 
 # --- Recognition.
+# The embedder in use is the model registry's active version (recognition/model_registry.py,
+# `manage.py model_registry`). ACCESSCTL_EMBEDDER (+ ACCESSCTL_FACENET_FLIP) only names the version the
+# first migration activates (recognition/migrations/0008_register_existing_models.py).
 RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
 RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
 # LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
