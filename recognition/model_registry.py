@@ -225,7 +225,10 @@ def model_version_register(
         model.save()
         if created:
             _state_change_record(model=model, before="", after=model.state, actor=actor, note="registered")
-        model_version_sign(model=model)
+        try:
+            model_version_sign(model=model)
+        except ManifestError as exc:  # e.g. a file name a device would refuse: nothing is registered
+            raise RegistryError(f"{model_version}: {exc.message}", code=exc.code) from None
     logger.info("model %s registered (%s, %d files)", model_version, model.state, len(described))
     return model
 

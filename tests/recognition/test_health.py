@@ -159,3 +159,13 @@ def test_api_lists_health_with_a_read_token_and_rebaselines_for_operators_only(
     assert answer.status_code == 200, answer.content
     assert answer.json()["baseline"]["decisions"] == 200 and answer.json()["status"] == "ok"
     assert operator.post(rebaseline, {"since": "soon"}).status_code == 400
+
+
+def test_the_beat_task_is_scheduled_and_routed_off_the_decision_queue(settings) -> None:
+    from accessctl.project.celery import app
+
+    name = settings.CELERY_BEAT_SCHEDULE["recognition-health"]["task"]
+    assert app.tasks[name].name == health_task.name == "recognition.health_evaluate"
+    route = app.amqp.router.route({}, name)
+    assert route["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE
+    assert app.amqp.router.route({}, "recognition.decide")["queue"].name == settings.RECOGNITION_QUEUE

@@ -105,6 +105,20 @@ def test_a_wrong_signature_or_an_unsigned_edit_of_the_row_is_refused(tmp_path: P
     assert refused.value.code == "bad_signature"
 
 
+def test_register_refuses_what_a_device_would_refuse(tmp_path: Path) -> None:
+    odd = tmp_path / "weights with spaces.onnx"
+    odd.write_bytes(b"x")
+    with pytest.raises(RegistryError, match="not a plain file name"):
+        model_version_register(backend="sface", model_version="odd", files=[odd])
+    with pytest.raises(RegistryError, match="agent version clause"):
+        model_version_register(backend="sface", model_version="odd", agent_versions="latest")
+    with pytest.raises(RegistryError, match="Unknown backend"):
+        model_version_register(backend="dlib", model_version="odd")
+    with pytest.raises(RegistryError, match="Not a file"):
+        model_version_register(backend="sface", model_version="odd", files=[tmp_path / "nothing.onnx"])
+    assert not ModelVersion.objects.filter(model_version="odd").exists()
+
+
 def test_transitions_are_validated_and_recorded(tmp_path: Path) -> None:
     admin = user_create("ops")
     model = _toy(tmp_path)
