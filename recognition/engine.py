@@ -7,7 +7,7 @@ from django.conf import settings
 
 from faceengine.embedder import Embedder, EmbedderConfigError
 from faceengine.registry import get_embedder
-from recognition.model_registry import active_model
+from recognition.model_registry import active_model, active_model_verified
 
 
 def model_files_options(name: str) -> dict[str, object]:
@@ -34,12 +34,14 @@ def active_embedder(name: str | None = None) -> Embedder:
     """The registry's active model version's embedder (or backend ``name``'s, with the settings'
     options: tools that embed with a chosen backend), built once per process.
 
+    The active version is verified before this process first uses it
+    (:func:`recognition.model_registry.active_model_verified`: ``BundleRefused`` when it does not).
     Raises :class:`EmbedderConfigError` when the backend builds another version than the registry
     names (a row whose options do not make that version).
     """
     if name is not None:
         return get_embedder(name, **embedder_options(name))
-    active = active_model()
+    active = active_model_verified()
     embedder = get_embedder(active.backend, **{**embedder_options(active.backend), **active.options})
     if embedder.model_version != active.model_version:
         raise EmbedderConfigError(

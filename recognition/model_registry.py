@@ -18,7 +18,9 @@ offering bundles to devices.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ class ActiveModel:
     model_version: str
     backend: str
     options: Mapping[str, Any]
+    signature: str = ""
 
 
 _active_cache = ProcessCache("recognition-active-model", ttl_s=5.0, cleared_by=(ModelVersion,))
@@ -84,8 +87,14 @@ _active_cache = ProcessCache("recognition-active-model", ttl_s=5.0, cleared_by=(
 
 
 def _active_load() -> ActiveModel | None:
-    row = ModelVersion.objects.filter(state=State.ACTIVE).values("model_version", "backend", "options").first()
-    return ActiveModel(row["model_version"], row["backend"], dict(row["options"] or {})) if row else None
+    row = (
+        ModelVersion.objects.filter(state=State.ACTIVE)
+        .values("model_version", "backend", "options", "signature")
+        .first()
+    )
+    if row is None:
+        return None
+    return ActiveModel(row["model_version"], row["backend"], dict(row["options"] or {}), row["signature"])
 
 
 def active_model() -> ActiveModel:
@@ -94,6 +103,38 @@ def active_model() -> ActiveModel:
     active = _active_cache.get("active", _active_load)
     if active is None:
         raise RegistryError("No model version is active: activate one (manage.py model_registry activate).")
+    return active
+
+
+#: Options that point a backend at weight files of its own choosing.
+PATH_OPTIONS = frozenset({"model_path", "graph_path", "weights_path", "cache_dir"})
+_verified: set[tuple[str, str, str, str]] = set()
+_verified_lock = threading.Lock()
+
+
+def active_model_verified() -> ActiveModel:
+    """:func:`active_model`, checked before this process first loads it: a signed version must
+    verify (signature, the row against its manifest, every file); an unsigned one (registered by the
+    first migration, not yet by ``model_registry register``) may only use its backend's built-in
+    files. So a database edit of the active row (another backend, options naming another file)
+    cannot make the server load weights nobody signed. Raises :class:`BundleRefused`."""
+    active = active_model()
+    key = (active.model_version, active.backend, json.dumps(dict(active.options), sort_keys=True), active.signature)
+    if key in _verified:
+        return active
+    if active.signature:
+        model = ModelVersion.objects.filter(model_version=active.model_version).first()
+        if model is None:
+            raise RegistryError(f"{active.model_version} left the registry.")
+        model_version_verify(model=model)
+    elif PATH_OPTIONS & set(active.options):
+        raise BundleRefused(
+            f"{active.model_version} is unsigned and names its own weight files: register it first.", code="unsigned"
+        )
+    else:
+        logger.warning("model %s is active but unsigned: run manage.py model_registry register", active.model_version)
+    with _verified_lock:
+        _verified.add(key)
     return active
 
 

@@ -96,7 +96,7 @@ def test_a_wrong_signature_or_an_unsigned_edit_of_the_row_is_refused(tmp_path: P
     ModelVersion.objects.filter(pk=model.pk).update(signature=good, agent_versions=">=0.0.1")
     with pytest.raises(BundleRefused) as refused:
         model_version_verify(model=ModelVersion.objects.get(pk=model.pk))
-    assert refused.value.code == "manifest_mismatch"
+    assert refused.value.code in ("missing_file", "manifest_mismatch")  # the signed file is not what it names
     # Signed by a key that is not the server's (the key file replaced).
     ModelVersion.objects.filter(pk=model.pk).update(agent_versions=">=0.1.0")
     settings.SERVER_SIGNING_KEY_FILE = tmp_path / "other-key.pem"
@@ -260,3 +260,22 @@ def test_api_lists_models_for_device_readers_and_moves_them_for_administrators_o
     Path(model.options["model_path"]).write_bytes(b"tampered")
     verify = admin.post(reverse("api-model-version-verify", args=[model.pk]))
     assert verify.status_code == 409 and verify.json()["error"]["code"] == "bad_file"
+
+
+def test_the_engine_refuses_an_active_row_edited_in_the_database(tmp_path: Path) -> None:
+    """Someone who can write the database but not sign: pointing the active version at other weights
+    (an option naming a file) is refused before the server loads them, signed or not."""
+    evil = tmp_path / "evil.onnx"
+    shutil.copyfile(default_model_path(), evil)
+    ModelVersion.objects.filter(state=State.ACTIVE).update(options={"model_path": str(evil)})
+    active_model_cache_clear()
+    with pytest.raises(BundleRefused) as refused:
+        active_embedder()
+    assert refused.value.code == "unsigned"
+    model = model_version_register(backend="sface")  # signed, with its built-in file
+    assert active_embedder().model_version == SFACE_MODEL_VERSION
+    ModelVersion.objects.filter(pk=model.pk).update(options={"model_path": str(evil)})
+    active_model_cache_clear()
+    with pytest.raises(BundleRefused) as refused:
+        active_embedder()
+    assert refused.value.code in ("missing_file", "manifest_mismatch")  # the signed file is not what it names
