@@ -188,3 +188,17 @@ def health_rebaseline(
         row.door_id, row.model_version, since.isoformat(), getattr(actor, "pk", "-"),
     )  # fmt: skip
     return health_evaluate(door=row.door, model_version=row.model_version, now=now)
+
+
+def door_health_summaries(door_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """What a dashboard tile shows of each door's recognition health (one query): per model version
+    its status and, when drifting, the signals (registered with ``accessctl.selectors``)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    rows = RecognitionHealth.objects.filter(door_id__in=door_ids).order_by("door_id", "model_version")
+    for row in rows.only("door_id", "model_version", "status", "recent", "evaluated_at"):
+        signals = [s["signal"].replace("_", " ") for s in (row.recent or {}).get("signals", [])]
+        out.setdefault(row.door_id, []).append({
+            "model_version": row.model_version, "status": row.status, "label": row.get_status_display(),
+            "signals": signals, "evaluated_at": row.evaluated_at,
+        })  # fmt: skip
+    return out

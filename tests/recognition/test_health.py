@@ -169,3 +169,16 @@ def test_the_beat_task_is_scheduled_and_routed_off_the_decision_queue(settings) 
     route = app.amqp.router.route({}, name)
     assert route["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE
     assert app.amqp.router.route({}, "recognition.decide")["queue"].name == settings.RECOGNITION_QUEUE
+
+
+def test_the_dashboard_tile_shows_the_drift(door: Door, client) -> None:
+    from tests.accessctl.helpers import user_create
+
+    _history(door)
+    _decisions(door, n=200, start=NOW - dt.timedelta(hours=5), hours=5, seed=2, mean=0.5, unknown=0.3)
+    health_evaluate(door=door, model_version=MODEL, now=NOW)
+    Door.objects.create(name="Quiet door")  # no health row: shows nothing about recognition
+    client.force_login(user_create("guard", "accessctl.view_dashboard"))
+    page = client.get(reverse("dashboard")).content.decode()
+    assert page.count('class="sub recognition-health') == 1
+    assert "Recognition: drifted from the baseline (similarity" in page and "unknown rate" in page
