@@ -44,6 +44,7 @@ from django.utils import timezone
 
 from accessctl.codes import Reason
 from accessctl.models import AccessEvent
+from accessctl.server_key import server_signing_key
 from faceengine import protocol as p
 
 logger = logging.getLogger(__name__)
@@ -99,15 +100,7 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def _server_key() -> Any:
     """The server's Ed25519 key (the one devices trust for commands); created on first use."""
-    path = Path(settings.SERVER_SIGNING_KEY_FILE)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        private_pem, _ = p.generate_keypair()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(private_pem)
-        logger.info("created server signing key %s", path)
-    return p.load_private_key(path.read_bytes())
+    return server_signing_key()
 
 
 def _public_b64(key: Any) -> str:

@@ -281,6 +281,7 @@ class Alarm(models.Model):
         PRESENTATION_ATTACK = "presentation_attack", "presentation attack (photo or screen)"
         REPEATED_ATTACK = "repeated_attack", "repeated presentation attacks"
         OFFLINE_DISAGREEMENT = "offline_disagreement", "offline grant the server would deny"
+        RECOGNITION_DRIFT = "recognition_drift", "recognition drifted from the door's baseline"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q, QuerySet
 
@@ -105,12 +105,28 @@ def door_devices_register(prefetch: DoorDevices | None) -> None:
     _door_devices = prefetch
 
 
+#: What the dashboard tiles show of recognition health at each door (``door.recognition_health``:
+#: door id -> one summary per model version); the recognition app registers it at startup.
+DoorRecognitionHealth = Callable[[list[int]], dict[int, list[dict[str, Any]]]]
+_door_recognition_health: DoorRecognitionHealth | None = None
+
+
+def door_recognition_health_register(provider: DoorRecognitionHealth | None) -> None:
+    global _door_recognition_health
+    _door_recognition_health = provider
+
+
 def door_list_with_devices(*, user: User) -> list[Door]:
-    """Doors with their (non-disabled) devices prefetched, for the dashboard tiles."""
+    """Doors with their (non-disabled) devices prefetched and their recognition health, for the
+    dashboard tiles."""
     if not may_watch_dashboard(user):
         return []
     doors = Door.objects.order_by("name")
-    return list(_door_devices(doors) if _door_devices is not None else doors)
+    doors = list(_door_devices(doors) if _door_devices is not None else doors)
+    health = _door_recognition_health([d.pk for d in doors]) if _door_recognition_health and doors else {}
+    for door in doors:
+        door.recognition_health = health.get(door.pk, [])  # type: ignore[attr-defined]
+    return doors
 
 
 def alarm_open_list(*, user: User, limit: int = 50) -> list[Alarm]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
+from accessctl.server_key import server_signing_key
 from devices.models import EdgeDevice
 from devices.mqtt import client_create
 from faceengine import protocol as p
@@ -23,15 +24,8 @@ logger = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def server_private_key() -> Any:
-    """Load (or create on first use) the server's command-signing key."""
-    path = settings.SERVER_SIGNING_KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        private_pem, _ = p.generate_keypair()
-        path.write_bytes(private_pem if isinstance(private_pem, bytes) else private_pem.encode())
-        path.chmod(0o600)
-        logger.info("created server command-signing key %s", path)
-    return p.load_private_key(path.read_bytes())
+    """Load (or create on first use) the server's command-signing key (``accessctl.server_key``)."""
+    return server_signing_key()
 
 
 def server_public_key_b64() -> str:

@@ -45,6 +45,15 @@ def available_backends() -> list[str]:
     return sorted(_factories)
 
 
+def backend_class(name: str) -> BackendFactory:
+    """The factory (for the built-in backends: the class, with its ``dim`` and ``input_kind``) of ``name``."""
+    _register_builtin()
+    factory = _factories.get(name)
+    if factory is None:
+        raise EmbedderConfigError(f"unknown embedder backend {name!r}; available: {', '.join(sorted(_factories))}")
+    return factory
+
+
 def get_embedder(name: str | None = None, **options: Any) -> Embedder:
     """Return the process-wide embedder ``name`` (default :data:`DEFAULT_BACKEND`).
 

@@ -1,4 +1,5 @@
-"""Admin for enrolment photos (with the review of held photos), embeddings and calibrations."""
+"""Admin for enrolment photos (with the review of held photos), embeddings, calibrations, the model
+registry (read-only, moved by actions) and recognition health."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from accessctl.exceptions import DomainError
+from recognition.calibration import CalibrationError, threshold_for
 from recognition.enrollment import EnrollmentError, photo_accept, photo_reject
-from recognition.models import EnrollmentPhoto, FaceEmbedding, ModelCalibration
+from recognition.model_registry import model_version_transition, model_version_verify
+from recognition.models import (
+    EnrollmentPhoto,
+    FaceEmbedding,
+    ModelCalibration,
+    ModelStateChange,
+    ModelVersion,
+    RecognitionHealth,
+)
 
 
 def _face(photo: EnrollmentPhoto | None, caption: str, similarity: float | None) -> tuple[str, str, str] | None:
@@ -84,3 +95,107 @@ class FaceEmbeddingAdmin(admin.ModelAdmin):
 class ModelCalibrationAdmin(admin.ModelAdmin):
     list_display = ["model_version", "threshold", "target_fmr", "min_margin", "calibrated_at"]
     readonly_fields = ["details", "calibrated_at"]
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by services only: shown, never added, edited or deleted here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ModelStateChangeInline(admin.TabularInline):
+    model = ModelStateChange
+    fields = ["at", "from_state", "to_state", "actor_name", "forced", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(_ReadOnlyAdmin):
+    """The registry: registered with ``manage.py model_registry register``, moved with the actions
+    (each runs :func:`recognition.model_registry.model_version_transition`, which verifies before
+    activating)."""
+
+    list_display = [
+        "model_version", "state", "backend", "lfw_accuracy", "ms_per_face", "calibrated_threshold", "signed",
+        "state_changed_at",
+    ]  # fmt: skip
+    list_filter = ["state", "backend"]
+    inlines = [ModelStateChangeInline]
+    actions = ["verify_bundles", "to_shadow", "to_candidate", "to_retired", "to_active"]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Needed for the actions; every field stays read-only (get_readonly_fields).
+        return request.user.has_perm("recognition.change_modelversion")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [f.name for f in ModelVersion._meta.fields]
+
+    @admin.display(description="threshold")
+    def calibrated_threshold(self, obj: ModelVersion) -> str:
+        try:
+            return f"{threshold_for(obj.model_version):.3f}"
+        except CalibrationError:
+            return "-"
+
+    @admin.display(boolean=True)
+    def signed(self, obj: ModelVersion) -> bool:
+        return bool(obj.signature)
+
+    @admin.action(description="Verify signature and files", permissions=["view"])
+    def verify_bundles(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        for model in queryset:
+            try:
+                model_version_verify(model=model)
+                self.message_user(request, f"{model.model_version}: signature and files verified")
+            except DomainError as exc:
+                self.message_user(request, f"{exc.code}: {exc.message}", messages.ERROR)
+
+    def _move(self, request: HttpRequest, queryset: QuerySet[ModelVersion], state: str) -> None:
+        if state == ModelVersion.State.ACTIVE and queryset.count() != 1:
+            self.message_user(request, "Activate exactly one version.", messages.ERROR)
+            return
+        for model in queryset:
+            try:
+                model_version_transition(model=model, to_state=state, actor=request.user, note="admin")
+                self.message_user(request, f"{model.model_version}: {state}")
+            except DomainError as exc:
+                self.message_user(request, f"{exc.code}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Move to shadow", permissions=["change"])
+    def to_shadow(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._move(request, queryset, ModelVersion.State.SHADOW)
+
+    @admin.action(description="Move back to candidate", permissions=["change"])
+    def to_candidate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._move(request, queryset, ModelVersion.State.CANDIDATE)
+
+    @admin.action(description="Retire", permissions=["change"])
+    def to_retired(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._move(request, queryset, ModelVersion.State.RETIRED)
+
+    @admin.action(description="Activate (verifies; retires the active one)", permissions=["change"])
+    def to_active(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._move(request, queryset, ModelVersion.State.ACTIVE)
+
+
+@admin.register(RecognitionHealth)
+class RecognitionHealthAdmin(_ReadOnlyAdmin):
+    list_display = ["door", "model_version", "status", "recent_count", "baseline_count", "evaluated_at"]
+    list_filter = ["status", "model_version"]
+    list_select_related = ["door"]
+    readonly_fields = [
+        "door", "model_version", "status", "evaluated_at", "recent_count", "recent", "baseline_count",
+        "baseline_from", "baseline_until", "baseline_set_at", "baseline_set_by", "baseline",
+    ]  # fmt: skip

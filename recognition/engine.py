@@ -1,11 +1,13 @@
-"""The configured face engine of this server process: settings -> embedder, loaded once per process."""
+"""The face engine of this server process: the registry's active model version -> embedder, loaded
+once per process (deployment options such as thread counts and weight caches come from settings)."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from faceengine.embedder import Embedder
+from faceengine.embedder import Embedder, EmbedderConfigError
 from faceengine.registry import get_embedder
+from recognition.model_registry import active_model, active_model_verified
 
 
 def model_files_options(name: str) -> dict[str, object]:
@@ -29,11 +31,46 @@ def embedder_options(name: str) -> dict[str, object]:
 
 
 def active_embedder(name: str | None = None) -> Embedder:
-    """The embedder named in ``ACCESSCTL_EMBEDDER`` (or ``name``), built once per process."""
-    name = name or settings.RECOGNITION_EMBEDDER
-    return get_embedder(name, **embedder_options(name))
+    """The registry's active model version's embedder (or backend ``name``'s, with the settings'
+    options: tools that embed with a chosen backend), built once per process.
+
+    The active version is verified before this process first uses it
+    (:func:`recognition.model_registry.active_model_verified`: ``BundleRefused`` when it does not).
+    Raises :class:`EmbedderConfigError` when the backend builds another version than the registry
+    names (a row whose options do not make that version).
+    """
+    if name is not None:
+        return get_embedder(name, **embedder_options(name))
+    active = active_model_verified()
+    embedder = get_embedder(active.backend, **{**embedder_options(active.backend), **active.options})
+    if embedder.model_version != active.model_version:
+        raise EmbedderConfigError(
+            f"the registry's active model is {active.model_version} but backend {active.backend} "
+            f"with options {dict(active.options)} builds {embedder.model_version}"
+        )
+    return embedder
 
 
 def server_model_version() -> str:
-    """The model version this server embeds crops with (the one crop-mode devices are decided in)."""
-    return active_embedder().model_version
+    """The model version this server embeds crops with (the one crop-mode devices are decided in):
+    the registry's active version (read without loading the model)."""
+    return active_model().model_version
+
+
+def embedder_speed_ms(backend: str, options: dict[str, object] | None = None, *, faces: int = 32) -> float:
+    """Milliseconds per face to embed a batch of ``faces`` crops with ``backend`` on this machine
+    (median of three runs after a warm-up; random crops: the network's cost does not depend on them)."""
+    import time
+
+    import numpy as np
+
+    embedder = get_embedder(backend, **{**embedder_options(backend), **(options or {})})
+    size = embedder.input_size
+    crops = np.random.default_rng(0).integers(0, 256, (faces, size, size, 3), dtype=np.uint8)
+    embedder.embed(crops[:2])
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        embedder.embed(crops)
+        runs.append((time.perf_counter() - start) * 1000 / faces)
+    return round(sorted(runs)[1], 2)

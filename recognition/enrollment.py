@@ -3,7 +3,7 @@
 ``photo_enroll`` / ``photos_enroll`` store each uploaded file in Django's default storage (never in
 the database), decode it defensively (not an image, truncated, too many pixels -> ``bad_image``),
 detect faces and check quality (exactly one usable face), store the aligned crop (JPEG) and embed
-it with the configured embedder (``settings.RECOGNITION_EMBEDDER``).
+it with the active embedder (the model registry's active version, ``recognition.engine``).
 
 Identity check (:func:`face_identity_check`): every usable new face is compared with the person's
 ACCEPTED photos and with the rest of the gallery, at the model's calibrated threshold
@@ -122,7 +122,7 @@ class FaceAnalysis:
 
 
 def configured_embedder() -> Embedder:
-    """The embedder named by ``settings.RECOGNITION_EMBEDDER`` (loaded once per process)."""
+    """The registry's active model version's embedder (loaded once per process)."""
     return active_embedder()
 
 

@@ -134,3 +134,113 @@ class InboundDetection(models.Model):
 
     def __str__(self) -> str:
         return str(self.detection_id)
+
+
+class ModelVersion(models.Model):
+    """One face-embedding model version in the registry (``recognition/model_registry.py``).
+
+    ``state``: a ``candidate`` is registered and measured, a ``shadow`` one is being compared with
+    the active one, exactly one is ``active`` (the embedder this server decides crop-mode
+    detections and enrols photos with: :mod:`recognition.engine` reads it here), a ``retired`` one
+    is kept for the record. Transitions go through :func:`recognition.model_registry.model_version_transition`.
+
+    ``manifest`` + ``signature``: the files (SHA-256, size), version, backend options, input and the
+    agent versions that may load it, signed with the server's Ed25519 key
+    (:mod:`faceengine.protocol.model_manifest`).
+    """
+
+    class State(models.TextChoices):
+        CANDIDATE = "candidate"
+        SHADOW = "shadow"
+        ACTIVE = "active"
+        RETIRED = "retired"
+
+    model_version = models.CharField(max_length=64, unique=True)
+    backend = models.CharField(max_length=32, help_text="faceengine backend name (faceengine.registry).")
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Backend options that make this version (e.g. flip averaging)."
+    )
+    dim = models.PositiveIntegerField()
+    input_kind = models.CharField(max_length=16)
+    input_size = models.PositiveSmallIntegerField()
+    licence = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=300, blank=True, help_text="Where the weights come from.")
+    files = models.JSONField(default=list, blank=True, help_text="[{name, sha256, size}] of the weight files.")
+    agent_versions = models.CharField(
+        max_length=100, blank=True, help_text="Edge agent versions that may load it, e.g. '>=0.1.0' (empty: all)."
+    )
+    lfw_accuracy = models.FloatField(null=True, blank=True, help_text="LFW 10-fold accuracy, percent.")
+    ms_per_face = models.FloatField(null=True, blank=True, help_text="Embedding time per face on this server, ms.")
+    figures = models.JSONField(default=dict, blank=True, help_text="Other measured figures (TAR@FAR, ...).")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CANDIDATE)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    manifest = models.JSONField(default=dict, blank=True, help_text="The signed manifest (empty: not signed yet).")
+    signature = models.CharField(max_length=128, blank=True, help_text="Base64 Ed25519 signature of the manifest.")
+    signed_with = models.CharField(max_length=64, blank=True, help_text="Public key (base64) that signed it.")
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state="active"), name="recognition_one_active_model_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version} ({self.state})"
+
+
+class ModelStateChange(models.Model):
+    """The record of one registry transition: who moved which version from what to what, and why."""
+
+    model = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="state_changes")
+    from_state = models.CharField(max_length=16)
+    to_state = models.CharField(max_length=16)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, blank=True, help_text="Who, as named when it happened.")
+    forced = models.BooleanField(default=False, help_text="A safety check was overridden.")
+    note = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.model_id}: {self.from_state} -> {self.to_state}"
+
+
+class RecognitionHealth(models.Model):
+    """How recognition behaves at one door with one model version: the door's own baseline and the
+    last evaluation of the recent window against it (``recognition/health.py``)."""
+
+    class Status(models.TextChoices):
+        NO_BASELINE = "no_baseline", "collecting a baseline"
+        TOO_FEW = "too_few", "too few recent decisions to judge"
+        OK = "ok"
+        DRIFT = "drift", "drifted from the baseline"
+
+    door = models.ForeignKey("accessctl.Door", on_delete=models.CASCADE, related_name="+")
+    model_version = models.CharField(max_length=64)
+    baseline = models.JSONField(default=dict, blank=True, help_text="Distributions and rates of the baseline window.")
+    baseline_count = models.PositiveIntegerField(default=0)
+    baseline_from = models.DateTimeField(null=True, blank=True)
+    baseline_until = models.DateTimeField(null=True, blank=True)
+    baseline_set_at = models.DateTimeField(null=True, blank=True)
+    baseline_set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recent = models.JSONField(default=dict, blank=True, help_text="The recent window and its drift signals.")
+    recent_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NO_BASELINE)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["door", "model_version"]
+        verbose_name_plural = "recognition health"
+        constraints = [models.UniqueConstraint(fields=["door", "model_version"], name="recognition_health_door_model")]
+
+    def __str__(self) -> str:
+        return f"door {self.door_id} / {self.model_version}: {self.status}"

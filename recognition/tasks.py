@@ -13,6 +13,8 @@ from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from recognition.health import health_evaluate_all
+from recognition.models import RecognitionHealth
 from recognition.staging import inbound_requeue
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,14 @@ def _load_model(**_: object) -> None:
     from recognition.engine import active_embedder
 
     if settings.RECOGNITION_PRELOAD:
-        embedder = active_embedder()
+        # The model is the registry's active version (a database read; the parent closed its
+        # connections before forking, see celery.fixups.django). A failure here is logged and the
+        # first decision tries again (and records a processing error if it fails too).
+        try:
+            embedder = active_embedder()
+        except Exception:
+            logger.exception("worker could not preload the active embedder")
+            return
         logger.info("worker ready with embedder %s", embedder.model_version)
         if settings.LIVENESS_SERVER_SCORE:
             from recognition.liveness import active_liveness_scorer
@@ -86,6 +95,14 @@ def decisions_send(detection_ids: list[str]) -> None:
 def inbound_sweep() -> int:
     """Enqueue again the decisions of detections staged too long (a lost task); Celery beat."""
     return inbound_requeue(send=decisions_send)
+
+
+@shared_task(name="recognition.health_evaluate", ignore_result=True, acks_late=True)
+def health_evaluate() -> int:
+    """Recognition health of every door and model version against the door's baseline; Celery beat
+    (routed to the default queue, off the decision queue). Returns how many pairs drift."""
+    rows = health_evaluate_all()
+    return sum(1 for row in rows if row.status == RecognitionHealth.Status.DRIFT)
 
 
 # =============================================================================================

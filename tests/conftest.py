@@ -129,9 +129,30 @@ def _process_caches_cleared() -> None:
     """Per-process caches of configuration rows must not outlive a test's rolled-back data."""
     from accessctl.webhooks import SUBSCRIPTIONS
     from recognition.calibration import CALIBRATIONS
+    from recognition.model_registry import active_model_cache_clear
 
     CALIBRATIONS.clear()
     SUBSCRIPTIONS.clear()
+    active_model_cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _model_registry_seeded(request: pytest.FixtureRequest) -> None:
+    """A transactional test starts on tables the previous one flushed, the model registry's migrated
+    rows included: register the shipped versions again, as the migration did (the active one from
+    the settings), so the engine has its active model."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if not transactional:
+        return
+    request.getfixturevalue("transactional_db")
+    from recognition.model_catalogue import builtin_models_register
+    from recognition.models import ModelStateChange, ModelVersion
+
+    if not ModelVersion.objects.exists():
+        builtin_models_register(ModelVersion, ModelStateChange, using="default")
 
 
 @pytest.fixture(autouse=True)

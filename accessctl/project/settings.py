@@ -190,7 +190,11 @@ WORKER_CONCURRENCY = env_int("ACCESSCTL_WORKER_CONCURRENCY", 2)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
 RECOGNITION_QUEUE = "recognition"
-CELERY_TASK_ROUTES = {"recognition.*": {"queue": RECOGNITION_QUEUE}}
+CELERY_TASK_ROUTES = {
+    # Periodic bookkeeping of the recognition app stays off the decision queue (prefetch 1).
+    "recognition.health_evaluate": {"queue": CELERY_TASK_DEFAULT_QUEUE},
+    "recognition.*": {"queue": RECOGNITION_QUEUE},
+}
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
@@ -203,6 +207,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("ACCESSCTL_ALLOWLIST_REISSUE_EVERY_S", 600.0),
     },
     "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
+    # Recognition health per door and model version against the door's baseline (recognition/health.py).
+    "recognition-health": {
+        "task": "recognition.health_evaluate",
+        "schedule": env_float("ACCESSCTL_HEALTH_EVALUATE_EVERY_S", 900.0),
+    },
     "retention-daily": {
         "task": "accessctl.retention_apply",
         "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
@@ -296,6 +305,9 @@ if not 60 <= ALLOWLIST_MAX_AGE_S <= 30 * 86_400:
 SERVER_SIGNING_KEY_FILE = Path(env_str("ACCESSCTL_SERVER_SIGNING_KEY_FILE", str(VAR_DIR / "server_signing_key.pem")))
 
 # --- Recognition.
+# The embedder in use is the model registry's active version (recognition/model_registry.py,
+# `manage.py model_registry`). ACCESSCTL_EMBEDDER (+ ACCESSCTL_FACENET_FLIP) only names the version the
+# first migration activates (recognition/migrations/0008_register_existing_models.py).
 RECOGNITION_EMBEDDER = env_str("ACCESSCTL_EMBEDDER", "sface")
 RECOGNITION_MODELS_DIR = Path(env_str("ACCESSCTL_MODELS_DIR", str(VAR_DIR / "models")))
 # LFW photos for the demo and the benchmarks (recognition/datasets.py): this folder when set, else
@@ -320,6 +332,15 @@ RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
 RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
 # Load the embedder when a worker process starts rather than on its first detection.
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
+# Recognition health (recognition/health.py, rule in recognition/drift.py): the recent window is
+# compared with the door's baseline (the BASELINE_DAYS before it, or what an operator re-baselined).
+RECOGNITION_HEALTH_RECENT_WINDOW_S = env_int("ACCESSCTL_HEALTH_RECENT_WINDOW_S", 6 * 3600)
+RECOGNITION_HEALTH_BASELINE_DAYS = env_int("ACCESSCTL_HEALTH_BASELINE_DAYS", 14)
+RECOGNITION_HEALTH_MIN_BASELINE = env_int("ACCESSCTL_HEALTH_MIN_BASELINE", 500)
+RECOGNITION_HEALTH_MIN_RECENT = env_int("ACCESSCTL_HEALTH_MIN_RECENT", 150)
+RECOGNITION_HEALTH_PSI_LIMIT = env_float("ACCESSCTL_HEALTH_PSI_LIMIT", 0.25)
+RECOGNITION_HEALTH_Z_LIMIT = env_float("ACCESSCTL_HEALTH_Z_LIMIT", 4.0)
+RECOGNITION_HEALTH_MIN_RATE_CHANGE = env_float("ACCESSCTL_HEALTH_MIN_RATE_CHANGE", 0.10)
 
 # --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
 # The site's live-score threshold (a door's liveness_threshold overrides it), read here and only

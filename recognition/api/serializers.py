@@ -1,10 +1,13 @@
-"""DRF serializers of enrolment photos and 1:N identification."""
+"""DRF serializers of enrolment photos, 1:N identification, the model registry and recognition health."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
-from recognition.models import EnrollmentPhoto
+from recognition.calibration import CalibrationError, threshold_for
+from recognition.models import EnrollmentPhoto, ModelVersion, RecognitionHealth
 
 
 class EnrollmentPhotoSerializer(serializers.ModelSerializer):
@@ -53,3 +56,65 @@ class IdentifyResponseSerializer(serializers.Serializer):
     box = serializers.ListField(child=serializers.FloatField(), help_text="Face box x1, y1, x2, y2 (pixels).")
     quality = serializers.DictField()
     matches = IdentifyMatchSerializer(many=True)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    """A model version in the registry, with its measured figures and the calibrated threshold."""
+
+    threshold = serializers.SerializerMethodField(help_text="The match threshold in force for this version.")
+    signed = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "model_version", "backend", "options", "state", "state_changed_at", "dim", "input_kind",
+            "input_size", "licence", "source", "files", "agent_versions", "lfw_accuracy", "ms_per_face", "figures",
+            "threshold", "signed", "signed_with", "registered_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_threshold(self, obj: ModelVersion) -> float | None:
+        try:
+            return threshold_for(obj.model_version)
+        except CalibrationError:
+            return None
+
+    def get_signed(self, obj: ModelVersion) -> bool:
+        return bool(obj.signature)
+
+
+class ModelTransitionSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=ModelVersion.State.choices)
+    force = serializers.BooleanField(
+        default=False, help_text="Activate although the gallery covers fewer people (never skips verification)."
+    )
+    note = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
+
+
+class ModelVerificationSerializer(serializers.Serializer):
+    model_version = serializers.CharField()
+    ok = serializers.BooleanField()
+    files = serializers.IntegerField(help_text="Files whose size and SHA-256 were checked.")
+
+
+class RecognitionHealthSerializer(serializers.ModelSerializer):
+    """Recognition at one door with one model version: its baseline, the recent window, the verdict."""
+
+    door_name = serializers.CharField(source="door.name", read_only=True)
+    signals = serializers.SerializerMethodField(help_text="Why the recent window drifts (empty: it does not).")
+
+    class Meta:
+        model = RecognitionHealth
+        fields = [
+            "id", "door", "door_name", "model_version", "status", "signals", "evaluated_at", "recent_count",
+            "recent", "baseline_count", "baseline_from", "baseline_until", "baseline_set_at", "baseline_set_by",
+            "baseline",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_signals(self, obj: RecognitionHealth) -> list[dict[str, Any]]:
+        return list((obj.recent or {}).get("signals", []))
+
+
+class RebaselineSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="Default: the start of the recent window.")

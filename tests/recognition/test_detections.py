@@ -172,3 +172,18 @@ def test_a_match_on_a_person_deleted_meanwhile_is_an_unknown_face(device) -> Non
         door=device.door, person_id=987654, unknown_reason=Reason.MATCHED, similarity=0.9,
     )  # fmt: skip
     assert created and (event.decision, event.reason, event.person_id) == ("deny", "unknown_face", None)
+
+
+def test_a_crop_with_no_usable_active_model_is_denied_and_recorded(device) -> None:
+    """The registry has no active version (or it does not verify): the detection is denied with
+    processing_error and recorded, never left staged."""
+    from recognition.model_registry import active_model_cache_clear
+    from recognition.models import ModelVersion
+
+    ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).update(state=ModelVersion.State.RETIRED)
+    active_model_cache_clear()
+    detection_id = stage(device, crop=b"\xff\xd8\xff\xe0 any bytes")
+    assert detection_decide(detection_id=detection_id) == "processing_error"
+    event = AccessEvent.objects.get(detection_id=detection_id)
+    assert event.decision == "deny" and "No model version is active" in event.details["error"]
+    assert not InboundDetection.objects.exists()

@@ -12,13 +12,16 @@ from faceengine.embedder import EmbedderError
 from faceengine.registry import available_backends
 from recognition.engine import active_embedder
 from recognition.enrollment import embeddings_prune, person_reembed
+from recognition.model_registry import RegistryError
 
 
 class Command(BaseCommand):
     help = "Re-embed the accepted enrolment photos with an embedder backend (gallery migration)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--backend", default=None, help="embedder backend (default: settings.RECOGNITION_EMBEDDER)")
+        parser.add_argument(
+            "--backend", default=None, help="embedder backend (default: the registry's active model version)"
+        )
         parser.add_argument("--person", type=int, default=None, help="only this person id")
         parser.add_argument("--force", action="store_true", help="recompute embeddings that already exist")
         parser.add_argument(
@@ -27,14 +30,12 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from django.conf import settings
-
-        backend = options["backend"] or settings.RECOGNITION_EMBEDDER
-        if backend not in available_backends():
+        backend = options["backend"]
+        if backend is not None and backend not in available_backends():
             raise CommandError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}")
         try:
             embedder = active_embedder(backend)
-        except (EmbedderError, FileNotFoundError) as exc:
+        except (EmbedderError, FileNotFoundError, RegistryError) as exc:
             raise CommandError(str(exc)) from exc
         person = None
         if options["person"] is not None:

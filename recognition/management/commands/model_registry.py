@@ -1,0 +1,127 @@
+"""``manage.py model_registry``: list, register, verify and move model versions (recognition/model_registry.py).
+
+manage.py model_registry list
+manage.py model_registry register --backend sface [--version V] [--file PATH ...] [--option flip=true]
+                                  [--licence TEXT] [--agent-versions '>=0.1.0'] [--lfw 99.42] [--measure]
+manage.py model_registry verify [VERSION ...]          (default: every signed version)
+manage.py model_registry shadow|candidate|retire|activate VERSION [--force] [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from accessctl.exceptions import DomainError
+from accessctl.tokens import SystemActor
+from faceengine.embedder import EmbedderError
+from recognition.calibration import CalibrationError, threshold_for
+from recognition.engine import embedder_speed_ms
+from recognition.model_registry import model_version_register, model_version_transition, model_version_verify
+from recognition.models import ModelVersion
+
+MOVES = {"shadow": "shadow", "candidate": "candidate", "retire": "retired", "activate": "active"}
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CommandError(f'--option {text!r}: use key=value (value as JSON: true, 3, "x")')
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+class Command(BaseCommand):
+    help = "List, register (hash + sign), verify and change the state of face-model versions."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("list", help="every version with its state, files and figures")
+        register = sub.add_parser("register", help="hash the weight files, record the version, sign its manifest")
+        register.add_argument("--backend", required=True)
+        register.add_argument("--version", default=None, help="model version (default: the backend's)")
+        register.add_argument("--file", action="append", default=[], help="a weight file (default: the backend's)")
+        register.add_argument("--option", action="append", default=[], help="backend option key=value")
+        register.add_argument("--licence", default="")
+        register.add_argument("--source", default="")
+        register.add_argument("--agent-versions", default="", help="e.g. '>=0.1.0, <0.3'")
+        register.add_argument("--lfw", type=float, default=None, help="LFW accuracy, percent (evaluate_lfw)")
+        register.add_argument("--measure", action="store_true", help="measure ms per face on this machine")
+        verify = sub.add_parser("verify", help="check signatures and file hashes as a device would")
+        verify.add_argument("versions", nargs="*")
+        for name in MOVES:
+            move = sub.add_parser(name, help=f"move a version to {MOVES[name]}")
+            move.add_argument("version")
+            move.add_argument("--force", action="store_true", help="activate although the gallery is incomplete")
+            move.add_argument("--note", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            getattr(self, f"_{options['action']}", self._move)(options)
+        except DomainError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from None
+
+    def _get(self, version: str) -> ModelVersion:
+        model = ModelVersion.objects.filter(model_version=version).first()
+        if model is None:
+            raise CommandError(f"no model version {version!r} (manage.py model_registry list)")
+        return model
+
+    def _list(self, options: dict[str, Any]) -> None:
+        for model in ModelVersion.objects.order_by("model_version"):
+            try:
+                threshold: float | None = threshold_for(model.model_version)
+            except CalibrationError:
+                threshold = None
+            figures = ", ".join(
+                f"{label} {value}"
+                for label, value in (
+                    ("LFW %", model.lfw_accuracy),
+                    ("ms/face", model.ms_per_face),
+                    ("threshold", threshold),
+                )
+                if value is not None
+            )
+            files = (
+                ", ".join(f"{f['name']} ({f['size']} B, {f['sha256'][:12]})" for f in model.files) or "not registered"
+            )
+            signed = "signed" if model.signature else "unsigned"
+            self.stdout.write(f"{model.model_version:40} {model.state:9} {model.backend:16} {signed:8} {files}")
+            if figures:
+                self.stdout.write(f"{'':40} {figures}")
+
+    def _register(self, options: dict[str, Any]) -> None:
+        backend_options = dict(_option(o) for o in options["option"])
+        ms = None
+        if options["measure"]:
+            try:
+                ms = embedder_speed_ms(options["backend"], backend_options)
+            except (EmbedderError, FileNotFoundError) as exc:
+                raise CommandError(str(exc)) from exc
+        model = model_version_register(
+            backend=options["backend"], model_version=options["version"], options=backend_options,
+            files=options["file"] or None, licence=options["licence"], source=options["source"],
+            agent_versions=options["agent_versions"], lfw_accuracy=options["lfw"], ms_per_face=ms,
+        )  # fmt: skip
+        self.stdout.write(f"{model.model_version}: registered ({model.state}), {len(model.files)} file(s), signed")
+
+    def _verify(self, options: dict[str, Any]) -> None:
+        models = (
+            [self._get(v) for v in options["versions"]]
+            if options["versions"]
+            else list(ModelVersion.objects.exclude(signature="").order_by("model_version"))
+        )
+        for model in models:
+            model_version_verify(model=model)
+            self.stdout.write(f"{model.model_version}: ok")
+
+    def _move(self, options: dict[str, Any]) -> None:
+        model = model_version_transition(
+            model=self._get(options["version"]), to_state=MOVES[options["action"]],
+            actor=SystemActor(label="manage.py model_registry"), force=options["force"], note=options["note"],
+        )  # fmt: skip
+        self.stdout.write(f"{model.model_version}: {model.state}")
