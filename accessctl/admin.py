@@ -68,7 +68,7 @@ def _timezone_choices() -> list[tuple[str, str]]:
 class DoorAdmin(admin.ModelAdmin):
     list_display = [
         "name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold", "liveness_required",
-        "liveness_threshold",
+        "liveness_threshold", "held_open_s", "cooldown_s",
     ]  # fmt: skip
     list_filter = ["mode", "fail_mode", "liveness_required"]
     search_fields = ["name", "location"]

@@ -167,6 +167,18 @@ class Door(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Live-score threshold (0..1) override; empty uses the site's calibrated value.",
     )
+    held_open_s = models.PositiveIntegerField(
+        default=30,
+        db_default=30,
+        help_text="Seconds the door may stay open after a grant or an exit request before the held-open alarm "
+        "(door position sensor); 0: never.",
+    )
+    cooldown_s = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Seconds after a decision for a person at this door during which that person's further "
+        "detections here are recorded as suppressed repeats, not decided again; 0: off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -215,6 +227,7 @@ class AccessEvent(models.Model):
         OPERATOR = "operator"
         DEVICE_OFFLINE = "device_offline", "device (offline)"
         SYSTEM = "system"
+        DOOR = "door", "door inputs (position sensor, exit button)"
 
     detection_id = models.UUIDField(unique=True, default=uuid.uuid4)
     occurred_at = models.DateTimeField(db_index=True)
@@ -281,6 +294,11 @@ class Alarm(models.Model):
         PRESENTATION_ATTACK = "presentation_attack", "presentation attack (photo or screen)"
         REPEATED_ATTACK = "repeated_attack", "repeated presentation attacks"
         OFFLINE_DISAGREEMENT = "offline_disagreement", "offline grant the server would deny"
+        FORCED_OPEN = "forced_open", "door forced open"
+        HELD_OPEN = "held_open", "door held open"
+
+    #: Alarms about a door's position: cleared (``cleared_at``) when the door closes.
+    DOOR_POSITION_KINDS = (Kind.FORCED_OPEN, Kind.HELD_OPEN)
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")
@@ -296,6 +314,9 @@ class Alarm(models.Model):
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    #: The condition ended by itself (a forced or held-open door closed); the alarm still waits for
+    #: an operator's acknowledgement, and a new occurrence opens a new alarm.
+    cleared_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-raised_at", "-id"]
@@ -303,6 +324,29 @@ class Alarm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.raised_at:%Y-%m-%d %H:%M})"
+
+
+class DoorPosition(models.Model):
+    """What a door's position sensor last said, kept by :mod:`accessctl.door_sensors`.
+
+    ``opened_at``/``opening_event``: the current opening (while ``is_open``); ``authorised``:
+    it followed a grant or an exit request (only those can be held open; an unauthorised one
+    is forced); ``held_alarmed``: the held-open alarm was raised for it.
+    """
+
+    door = models.OneToOneField(Door, primary_key=True, on_delete=models.CASCADE, related_name="position")
+    is_open = models.BooleanField(default=False)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    opening_event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    authorised = models.BooleanField(default=False)
+    held_alarmed = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["is_open", "held_alarmed"])]
+
+    def __str__(self) -> str:
+        return f"{self.door_id}: {'open' if self.is_open else 'closed'}"
 
 
 class ApiToken(models.Model):

@@ -37,6 +37,7 @@ from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import AccessEvent
 from accessctl.offline_decisions import offline_decisions_answer
 from devices import health
+from devices.door_events import door_event_ingest
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 from recognition.models import InboundDetection
@@ -88,6 +89,8 @@ def _message_handle(topic: str, raw: bytes, queue: DecisionQueue | None) -> None
         health.heartbeat_ingest(device_uid=uid, raw=raw)
     elif kind == p.TopicKind.STATUS:
         health.status_ingest(device_uid=uid, raw=raw)
+    elif kind == p.TopicKind.DOOR:
+        door_event_ingest(device_uid=uid, raw=raw)
 
 
 def _message_id(kind: str, device_uid: str, raw: bytes) -> uuid.UUID:

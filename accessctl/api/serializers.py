@@ -76,6 +76,8 @@ class DoorSerializer(serializers.ModelSerializer):
             "match_threshold",
             "liveness_required",
             "liveness_threshold",
+            "held_open_s",
+            "cooldown_s",
             "created_at",
         ]
         # Lockdown / held-open are audited operator actions (accessctl.doors), not plain edits.
@@ -84,6 +86,8 @@ class DoorSerializer(serializers.ModelSerializer):
             "match_threshold": {"min_value": -1.0, "max_value": 1.0},
             "liveness_threshold": {"min_value": 0.0, "max_value": 1.0},
             "relay_pulse_ms": {"min_value": 0, "max_value": 600_000},
+            "held_open_s": {"min_value": 0, "max_value": 86_400},
+            "cooldown_s": {"min_value": 0, "max_value": 3_600},
         }
 
 

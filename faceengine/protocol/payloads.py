@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from faceengine.protocol.codes import (
     CommandKind,
     DeviceState,
+    DoorEventKind,
     EmbeddingEncoding,
     Mode,
     OfflineAction,
@@ -541,12 +542,71 @@ class Command:
         )
 
 
-Message = Detection | Heartbeat | Status | Command
-_BY_KIND: dict[TopicKind, type[Detection | Heartbeat | Status | Command]] = {
+@dataclass(frozen=True, kw_only=True)
+class DoorEvent:
+    """What a door's inputs saw, device -> server (the ``door`` topic), signed with the device key.
+
+    ``kind``: the position sensor's ``opened`` / ``closed``, or ``exit_request`` (the request-to-exit
+    button; the device released the lock itself). ``event_id`` (uuid4) is unique: the server
+    records each event once and refuses another payload under the same id (``replay``).
+    ``occurred_at``: when the input changed; ``sent_at``: when it was signed (a spooled event keeps
+    both). ``released``: whether the lock relay was energised at that moment (the device's own
+    evidence that an opening was let in: an offline grant, fail-safe, an exit request); None when
+    the device does not say.
+    """
+
+    device_uid: str
+    event_id: str
+    kind: DoorEventKind
+    occurred_at: float
+    sent_at: float
+    released: bool | None = None
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.DOOR
+    _REQUIRED: ClassVar[set[str]] = {"v", "device_uid", "event_id", "kind", "occurred_at", "sent_at"}
+    _OPTIONAL: ClassVar[set[str]] = {"released"}
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.v,
+            "device_uid": self.device_uid,
+            "event_id": self.event_id,
+            "kind": str(self.kind),
+            "occurred_at": self.occurred_at,
+            "sent_at": self.sent_at,
+        }
+        if self.released is not None:
+            out["released"] = self.released
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "door event")
+        released = d.get("released")
+        if released is not None and not isinstance(released, bool):
+            raise _fail("released must be a boolean")
+        return _construct(
+            cls,
+            device_uid=validate_device_uid(d["device_uid"]),
+            event_id=_uuid4(d, "event_id"),
+            kind=_enum(d, "kind", DoorEventKind),
+            occurred_at=_check_timestamp(d["occurred_at"], "occurred_at"),
+            sent_at=_check_timestamp(d["sent_at"], "sent_at"),
+            released=released,
+        )
+
+
+Message = Detection | Heartbeat | Status | Command | DoorEvent
+_BY_KIND: dict[TopicKind, type[Detection | Heartbeat | Status | Command | DoorEvent]] = {
     TopicKind.DETECTIONS: Detection,
     TopicKind.HEARTBEAT: Heartbeat,
     TopicKind.STATUS: Status,
     TopicKind.COMMANDS: Command,
+    TopicKind.DOOR: DoorEvent,
 }
 
 
