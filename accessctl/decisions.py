@@ -8,6 +8,12 @@ detection events. The policy (``accessctl.policy``) decides; this module
 writes the one AccessEvent for the detection and, once it is committed, tells the door, the
 dashboards, the webhooks and the alarm rules. Nothing here knows how faces are embedded or how
 MQTT works.
+
+Per-person cooldown (a door's ``cooldown_s``): a person standing in front of the camera is one
+decision, not one a second. A detection of the same person at the same door that the policy decides
+the same way as one no more than ``cooldown_s`` earlier is recorded as ``suppressed_repeat`` (the
+original's decision, ``details.repeat_of``), opens nothing (its device gets ``deny``
+``suppressed_repeat``) and sends no webhook (see :func:`_cooldown_repeats`).
 """
 
 from __future__ import annotations
@@ -127,6 +133,10 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason, item.liveness_edge)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
+    repeats = _cooldown_repeats(inputs, persons, verdicts)
+    for n, (decision, original) in repeats.items():
+        verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
+        inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
@@ -149,6 +159,56 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             # After the door commands (callbacks run in order): they are awaited together.
             transaction.on_commit(door_commands_flush)
     return recorded
+
+
+def _cooldown_repeats(
+    inputs: Sequence[DecisionInput],
+    persons: Sequence[Person | None],
+    verdicts: Sequence[tuple[Decision, Reason] | None],
+) -> dict[int, tuple[Decision, tuple[str, str]]]:
+    """The inputs that repeat an earlier decision within their door's ``cooldown_s``: the same person
+    at the same door, decided the same way (decision and reason) by a detection no more than
+    ``cooldown_s`` earlier that was not itself a repeat. ``{index: (decision, (detection id, reason)
+    of the original)}``. A repeat is recorded as ``suppressed_repeat`` and opens nothing; a verdict
+    that differs (a presentation attack after a grant, a schedule that closed) is decided as usual.
+    The window runs from the original decision, so a person still there after it is decided again.
+    """
+    wanted = [
+        n
+        for n, (item, person, verdict) in enumerate(zip(inputs, persons, verdicts, strict=True))
+        if person is not None and verdict is not None and item.door is not None and item.door.cooldown_s > 0
+    ]
+    if not wanted:
+        return {}
+    earliest = min(inputs[n].occurred_at - dt.timedelta(seconds=inputs[n].door.cooldown_s) for n in wanted)  # type: ignore[union-attr]
+    originals: list[tuple[int, int, dt.datetime, str, str, str]] = [  # person, door, at, detection, decision, reason
+        (person_id, door_id, at, str(detection_id), decision, reason)
+        for person_id, door_id, at, detection_id, decision, reason in AccessEvent.objects.filter(
+            person_id__in={persons[n].pk for n in wanted},  # type: ignore[union-attr]
+            door_id__in={inputs[n].door.pk for n in wanted},  # type: ignore[union-attr]
+            source=AccessEvent.Source.DETECTION,
+            occurred_at__gte=earliest,
+        )
+        .exclude(reason=Reason.SUPPRESSED_REPEAT)
+        .order_by()
+        .values_list("person_id", "door_id", "occurred_at", "detection_id", "decision", "reason")
+    ]
+    repeats: dict[int, tuple[Decision, tuple[str, str]]] = {}
+    for n in sorted(wanted, key=lambda i: inputs[i].occurred_at):
+        item, person, verdict = inputs[n], persons[n], verdicts[n]
+        assert item.door is not None and person is not None and verdict is not None
+        since = item.occurred_at - dt.timedelta(seconds=item.door.cooldown_s)
+        earlier = [
+            o for o in originals if o[0] == person.pk and o[1] == item.door.pk and since <= o[2] <= item.occurred_at
+        ]
+        latest = max(earlier, key=lambda o: o[2], default=None)
+        if latest is not None and (latest[4], latest[5]) == (str(verdict[0]), str(verdict[1])):
+            repeats[n] = (verdict[0], (latest[3], latest[5]))
+        else:  # decided now: an original for the ones after it in this batch
+            originals.append(
+                (person.pk, item.door.pk, item.occurred_at, item.detection_id, str(verdict[0]), str(verdict[1]))
+            )
+    return repeats
 
 
 def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, Reason] | None) -> EventDraft:
@@ -242,7 +302,7 @@ def decision_repeat(*, event: AccessEvent, detection: p.Detection, now: float | 
     """
     now = time.time() if now is None else now
     stale = not p.detection_is_fresh(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
-    opens = event.decision == Decision.GRANT and not stale
+    opens = event.decision == Decision.GRANT and event.reason != Reason.SUPPRESSED_REPEAT and not stale
     _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
 
@@ -255,7 +315,8 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool, unknown_che
         # Not waiting for the broker here: the decision task waits once for all its commands.
         transaction.on_commit(lambda: _door_command(event, door, wait=False))
     realtime.event_broadcast(event)
-    webhook_dispatch_access_event(event)  # deliveries are queued after commit
+    if event.reason != Reason.SUPPRESSED_REPEAT:  # a repeat is no new decision for integrators
+        webhook_dispatch_access_event(event)  # deliveries are queued after commit
     _alarms(event, door, unknown_check=unknown_check)
 
 
@@ -263,7 +324,7 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False,
     """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
     else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
     ``wait=False``: see :func:`accessctl.door_commands.device_command_send` (the caller flushes)."""
-    granted = event.decision == Decision.GRANT
+    granted = event.decision == Decision.GRANT and event.reason != Reason.SUPPRESSED_REPEAT  # a repeat opens nothing
     opens = granted and not stale
     try:
         device_command_send(
