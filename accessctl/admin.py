@@ -7,11 +7,24 @@ from functools import cache
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accessctl.models import AccessEvent, AccessGroup, Door, Holiday, Person, Schedule, ScheduleWindow
+from accessctl.models import (
+    AccessEvent,
+    AccessGroup,
+    Area,
+    AreaPresence,
+    Door,
+    Holiday,
+    Person,
+    Schedule,
+    ScheduleWindow,
+)
+from accessctl.passback import area_presence_reset
 from accessctl.privacy.admin import erase_people, export_people
 from accessctl.privacy.erasure import person_erase
 
@@ -91,6 +104,41 @@ class AccessGroupAdmin(admin.ModelAdmin):
     list_display = ["name", "schedule"]
     search_fields = ["name"]
     filter_horizontal = ["people", "doors"]
+
+
+@admin.register(Area)
+class AreaAdmin(admin.ModelAdmin):
+    list_display = ["name", "passback"]
+    list_filter = ["passback"]
+    search_fields = ["name"]
+    filter_horizontal = ["entry_doors", "exit_doors"]
+
+
+@admin.register(AreaPresence)
+class AreaPresenceAdmin(admin.ModelAdmin):
+    """Who is inside which anti-passback area; changed by grants, reset by an operator (audited)."""
+
+    list_display = ["person", "area", "inside", "changed_at"]
+    list_filter = ["area", "inside"]
+    search_fields = ["person__name"]
+    readonly_fields = ["area", "person", "inside", "changed_at", "event"]
+    actions = ["reset_passback"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Reset anti-passback (the person may enter again)")
+    def reset_passback(self, request: HttpRequest, queryset: QuerySet[AreaPresence]) -> None:
+        try:
+            for presence in queryset.select_related("area", "person"):
+                area_presence_reset(area=presence.area, person=presence.person, actor=request.user)  # type: ignore[arg-type]
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"Reset {queryset.count()} presence(s); recorded in the access log.")
 
 
 @admin.register(AccessEvent)

@@ -37,6 +37,7 @@ from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
+from accessctl.passback import PassbackViolation, passback_evaluate, presences_record
 from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
 from accessctl.webhooks import webhook_dispatch_access_event
 from faceengine import protocol as p
@@ -137,9 +138,22 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     for n, (decision, original) in repeats.items():
         verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
         inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
+    passback = _passback(inputs, persons, verdicts, repeats)
+    for n, violation in passback.items():
+        inputs[n].details = {**(inputs[n].details or {}), "anti_passback": violation.as_details()}
+        if violation.denies:
+            verdicts[n] = (Decision.DENY, Reason.ANTI_PASSBACK)
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
+        moves = [
+            (person.pk, item.door.pk, item.occurred_at, event)
+            for item, person, (event, created) in zip(inputs, persons, recorded, strict=True)
+            if created and person is not None and item.door is not None and event.decision == Decision.GRANT
+            and event.reason == Reason.MATCHED
+        ]  # fmt: skip
+        if moves:
+            presences_record(moves)
         metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
@@ -151,6 +165,14 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                     unknown_faces[item.door] += 1
                 elif event.reason == Reason.PRESENTATION_ATTACK and item.door is not None:
                     attacks[item.door] += 1
+        for n, violation in passback.items():
+            event, created = recorded[n]
+            if created and not violation.denies:  # soft: granted, and the operators are told
+                alarm_raise(
+                    kind=Alarm.Kind.ANTI_PASSBACK, door=inputs[n].door, device_id=event.device_id,
+                    device_uid=event.device_uid, event=event,
+                    details={**violation.as_details(), "subject": str(event.subject_uid)},
+                )  # fmt: skip
         for door, faces in unknown_faces.items():
             unknown_faces_check(door=door, new_faces=faces)
         for door, count in attacks.items():
@@ -209,6 +231,27 @@ def _cooldown_repeats(
                 (person.pk, item.door.pk, item.occurred_at, item.detection_id, str(verdict[0]), str(verdict[1]))
             )
     return repeats
+
+
+def _passback(
+    inputs: Sequence[DecisionInput],
+    persons: Sequence[Person | None],
+    verdicts: Sequence[tuple[Decision, Reason] | None],
+    repeats: dict[int, object],
+) -> dict[int, PassbackViolation]:
+    """Rule 10 (:mod:`accessctl.passback`) for the faces granted now (not the suppressed repeats)."""
+    granted = [
+        n
+        for n, (item, person, verdict) in enumerate(zip(inputs, persons, verdicts, strict=True))
+        if n not in repeats
+        and person is not None
+        and item.door is not None
+        and verdict == (Decision.GRANT, Reason.MATCHED)
+    ]
+    if not granted:
+        return {}
+    found = passback_evaluate([(persons[n], inputs[n].door) for n in granted])  # type: ignore[misc]
+    return {n: violation for n, violation in zip(granted, found, strict=True) if violation is not None}
 
 
 def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, Reason] | None) -> EventDraft:

@@ -296,6 +296,7 @@ class Alarm(models.Model):
         OFFLINE_DISAGREEMENT = "offline_disagreement", "offline grant the server would deny"
         FORCED_OPEN = "forced_open", "door forced open"
         HELD_OPEN = "held_open", "door held open"
+        ANTI_PASSBACK = "anti_passback", "anti-passback violation (entered again without leaving)"
 
     #: Alarms about a door's position: cleared (``cleared_at``) when the door closes.
     DOOR_POSITION_KINDS = (Kind.FORCED_OPEN, Kind.HELD_OPEN)
@@ -324,6 +325,45 @@ class Alarm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.raised_at:%Y-%m-%d %H:%M})"
+
+
+class Area(models.Model):
+    """A space entered through its entry doors and left through its exit doors, with anti-passback:
+    a person who entered must leave before entering again (``hard``: denied ``anti_passback``;
+    ``soft``: granted, and the ``anti_passback`` alarm). See :mod:`accessctl.passback`."""
+
+    class Passback(models.TextChoices):
+        OFF = "off", "off"
+        SOFT = "soft", "soft (grant and raise an alarm)"
+        HARD = "hard", "hard (deny)"
+
+    name = models.CharField(max_length=100, unique=True)
+    entry_doors = models.ManyToManyField(Door, related_name="entry_areas", blank=True)
+    exit_doors = models.ManyToManyField(Door, related_name="exit_areas", blank=True)
+    passback = models.CharField(max_length=8, choices=Passback.choices, default=Passback.HARD)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AreaPresence(models.Model):
+    """Whether a person is inside an area, as the grants at its doors say (or an operator reset it)."""
+
+    area = models.ForeignKey(Area, on_delete=models.CASCADE, related_name="presences")
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="area_presences")
+    inside = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+    event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["area", "person"]
+        constraints = [models.UniqueConstraint(fields=["area", "person"], name="unique_presence_per_area")]
+
+    def __str__(self) -> str:
+        return f"{self.person_id} {'in' if self.inside else 'out of'} {self.area_id}"
 
 
 class DoorPosition(models.Model):

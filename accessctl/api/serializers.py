@@ -11,6 +11,7 @@ from accessctl.models import (
     AccessEvent,
     AccessGroup,
     Alarm,
+    Area,
     Door,
     Holiday,
     Person,
@@ -102,6 +103,23 @@ class AccessGroupSerializer(serializers.ModelSerializer):
     class Meta:
         model = AccessGroup
         fields = ["id", "name", "description", "people", "doors", "schedule"]
+
+
+class AreaSerializer(serializers.ModelSerializer):
+    entry_doors = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=Door.objects.all(), help_text="Door ids that lead into the area."
+    )
+    exit_doors = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=Door.objects.all(), help_text="Door ids that lead out of it."
+    )
+
+    class Meta:
+        model = Area
+        fields = ["id", "name", "passback", "entry_doors", "exit_doors"]
+
+
+class AreaResetSerializer(serializers.Serializer):
+    person = serializers.PrimaryKeyRelatedField(queryset=Person.objects.all(), help_text="The person's id.")
 
 
 class ScheduleWindowSerializer(serializers.ModelSerializer):

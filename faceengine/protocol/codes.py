@@ -24,6 +24,7 @@ class Reason(StrEnum):
     DOOR_OPENED = "door_opened"  # the door position sensor: opened after a grant or an exit request
     DOOR_CLOSED = "door_closed"  # the door position sensor: closed (clears forced/held-open alarms)
     SUPPRESSED_REPEAT = "suppressed_repeat"  # the same person again at the same door within its cooldown
+    ANTI_PASSBACK_RESET = "anti_passback_reset"  # an operator reset a person's presence in an area
     OFFLINE_ALLOWED = "offline_allowed"  # the device opened alone: fail-safe door while offline
     OFFLINE_MATCHED = "offline_matched"  # the device opened alone: a person on its signed allow-list
     ENROLMENT_APPROVED = "enrolment_approved"  # a reviewer accepted an enrolment photo into the gallery
@@ -41,6 +42,7 @@ class Reason(StrEnum):
     LOW_QUALITY = "low_quality"
     DOOR_UNASSIGNED = "door_unassigned"
     FORCED_OPEN = "forced_open"  # the door opened with no grant or exit request (alarm)
+    ANTI_PASSBACK = "anti_passback"  # entering an area (hard anti-passback) the person entered and never left
     OFFLINE_DENIED = "offline_denied"  # the device kept the door shut alone: fail-secure (or no valid allow-list)
     # the device's own allow-list denials while offline (``offline_`` + the device's reason)
     OFFLINE_UNKNOWN_FACE = "offline_unknown_face"
