@@ -27,21 +27,59 @@ from accessctl.models import (
 from accessctl.passback import area_presence_reset
 from accessctl.privacy.admin import erase_people, export_people
 from accessctl.privacy.erasure import person_erase
+from accessctl.second_factor import person_pin_set
+
+
+class PersonAdminForm(forms.ModelForm):
+    """The person, with a write-only PIN (stored hashed by accessctl.second_factor.person_pin_set)."""
+
+    new_pin = forms.CharField(
+        required=False,
+        label="New PIN",
+        widget=forms.PasswordInput(render_value=False),
+        help_text="4-12 digits, for doors that require a second factor. Empty: unchanged.",
+    )
+    clear_pin = forms.BooleanField(required=False, label="Remove the PIN")
+
+    class Meta:
+        model = Person
+        fields = [
+            "name", "external_id", "kind", "status", "watchlist", "valid_from", "valid_until", "card_number", "notes",
+        ]  # fmt: skip
+
+    def clean_new_pin(self) -> str:
+        pin = self.cleaned_data.get("new_pin") or ""
+        if pin and not (pin.isdigit() and 4 <= len(pin) <= 12):
+            raise forms.ValidationError("A PIN is 4 to 12 digits.")
+        return pin
 
 
 @admin.register(Person)
 class PersonAdmin(admin.ModelAdmin):
+    form = PersonAdminForm
     list_display = ["name", "external_id", "kind", "status", "valid_from", "valid_until", "watchlist"]
     list_filter = ["status", "kind", "watchlist", "access_groups"]
     search_fields = ["name", "external_id", "notes"]
-    readonly_fields = ["uid", "created_at", "updated_at"]
+    readonly_fields = ["uid", "created_at", "updated_at", "pin_set"]
     fieldsets = [
         (None, {"fields": ["name", "external_id", "kind", "status", "watchlist"]}),
         ("Validity", {"fields": ["valid_from", "valid_until"]}),
+        ("Second factor", {"fields": ["card_number", "pin_set", "new_pin", "clear_pin"]}),
         ("Notes", {"fields": ["notes"]}),
         ("Record", {"fields": ["uid", "created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     actions = [export_people, erase_people]
+
+    @admin.display(description="PIN set", boolean=True)
+    def pin_set(self, obj: Person) -> bool:
+        return bool(obj.pin_hash)
+
+    def save_model(self, request: HttpRequest, obj: Person, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("new_pin"):
+            person_pin_set(person=obj, pin=form.cleaned_data["new_pin"])
+        elif form.cleaned_data.get("clear_pin"):
+            person_pin_set(person=obj, pin=None)
 
     def get_actions(self, request: HttpRequest) -> dict:
         # Deleting a person must erase them everywhere: the "Erase" action replaces bulk delete.

@@ -192,3 +192,19 @@ def attacks_check(*, door: Door, now: datetime | None = None, new_attacks: int =
         now=now,
         new=new_attacks,
     )
+
+
+def second_factor_mismatches_check(*, door: Door, now: datetime | None = None, new: int = 1) -> Alarm | None:
+    """Raise ``SECOND_FACTOR_MISMATCH`` when ``door`` denied ``settings.SECOND_FACTOR_ALARM_COUNT`` or
+    more faces for a PIN or card that was not theirs in the last ``settings.SECOND_FACTOR_ALARM_WINDOW_S``
+    seconds (see :func:`_repeated_denials_check`)."""
+    return _repeated_denials_check(
+        door=door,
+        reason=Reason.SECOND_FACTOR_MISMATCH,
+        kind=Alarm.Kind.SECOND_FACTOR_MISMATCH,
+        count_key="mismatches",
+        window_s=settings.SECOND_FACTOR_ALARM_WINDOW_S,
+        threshold=settings.SECOND_FACTOR_ALARM_COUNT,
+        now=now,
+        new=new,
+    )

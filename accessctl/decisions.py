@@ -32,13 +32,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from accessctl import metrics, realtime
-from accessctl.alarms import alarm_raise, attacks_check, unknown_faces_check
+from accessctl.alarms import alarm_raise, attacks_check, second_factor_mismatches_check, unknown_faces_check
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
 from accessctl.passback import PassbackViolation, passback_evaluate, presences_record
 from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
+from accessctl.second_factor import factor_check
 from accessctl.webhooks import webhook_dispatch_access_event
 from faceengine import protocol as p
 
@@ -73,6 +74,7 @@ class DecisionInput:
     liveness_edge: float | None = None
     liveness_frames: int | None = None
     liveness_server: float | None = None
+    second_factor: p.SecondFactor | None = None
 
 
 def access_decide(
@@ -94,6 +96,7 @@ def access_decide(
     liveness_edge: float | None = None,
     liveness_frames: int | None = None,
     liveness_server: float | None = None,
+    second_factor: p.SecondFactor | None = None,
 ) -> tuple[AccessEvent, bool]:
     """Apply the policy to a recognised (or unknown) face at a door and record the event.
 
@@ -108,6 +111,7 @@ def access_decide(
         person_id=person_id, unknown_reason=unknown_reason, similarity=similarity, margin=margin,
         threshold=threshold, model_version=model_version, snapshot=snapshot, details=details, too_late=too_late,
         liveness_edge=liveness_edge, liveness_frames=liveness_frames, liveness_server=liveness_server,
+        second_factor=second_factor,
     )  # fmt: skip
     return access_decide_many([decision_input])[0]
 
@@ -134,6 +138,7 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason, item.liveness_edge)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
+    _second_factors(inputs, persons, verdicts)
     repeats = _cooldown_repeats(inputs, persons, verdicts)
     for n, (decision, original) in repeats.items():
         verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
@@ -157,6 +162,7 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
         metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
+        mismatches: Counter[Door] = Counter()
         for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
             if created:
                 event.door, event.person = item.door, person
@@ -165,6 +171,8 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                     unknown_faces[item.door] += 1
                 elif event.reason == Reason.PRESENTATION_ATTACK and item.door is not None:
                     attacks[item.door] += 1
+                elif event.reason == Reason.SECOND_FACTOR_MISMATCH and item.door is not None:
+                    mismatches[item.door] += 1
         for n, violation in passback.items():
             event, created = recorded[n]
             if created and not violation.denies:  # soft: granted, and the operators are told
@@ -177,10 +185,30 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             unknown_faces_check(door=door, new_faces=faces)
         for door, count in attacks.items():
             attacks_check(door=door, new_attacks=count)
+        for door, count in mismatches.items():
+            second_factor_mismatches_check(door=door, new=count)
         if any(created and event.device_id for event, created in recorded):
             # After the door commands (callbacks run in order): they are awaited together.
             transaction.on_commit(door_commands_flush)
     return recorded
+
+
+def _second_factors(
+    inputs: Sequence[DecisionInput], persons: Sequence[Person | None], verdicts: list[tuple[Decision, Reason] | None]
+) -> None:
+    """The second-factor rule (:mod:`accessctl.second_factor`) for the faces the policy granted at
+    doors that may need one: a missing, late or wrong factor turns the grant into a denial."""
+    for n, (item, person) in enumerate(zip(inputs, persons, strict=True)):
+        door = item.door
+        if person is None or door is None or door.second_factor == Door.SecondFactor.OFF:
+            continue
+        if verdicts[n] != (Decision.GRANT, Reason.MATCHED):
+            continue
+        result = factor_check(person=person, door=door, at=item.occurred_at, factor=item.second_factor)
+        if result.details:
+            item.details = {**(item.details or {}), **result.details}
+        if result.reason is not None:
+            verdicts[n] = (Decision.DENY, result.reason)
 
 
 def _cooldown_repeats(

@@ -58,6 +58,12 @@ class Person(models.Model):
     valid_until = models.DateTimeField(null=True, blank=True)
     watchlist = models.BooleanField(default=False, help_text="Always denied and raises an alarm when seen.")
     notes = models.TextField(blank=True)
+    #: Second factor (doors that require one): the PIN hashed with Django's hashers (never stored or
+    #: logged in clear; set through accessctl.second_factor.person_pin_set), and the card number.
+    pin_hash = models.CharField(max_length=128, blank=True, default="", db_default="", editable=False)
+    card_number = models.CharField(
+        max_length=32, null=True, blank=True, unique=True, help_text="Access card number, as the reader gives it."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -172,6 +178,23 @@ class Door(models.Model):
         db_default=30,
         help_text="Seconds the door may stay open after a grant or an exit request before the held-open alarm "
         "(door position sensor); 0: never.",
+    )
+
+    class SecondFactor(models.TextChoices):
+        OFF = "off", "off (face alone)"
+        REQUIRED = "required", "required (face and PIN or card)"
+        OUTSIDE_SCHEDULE = "outside_schedule", "required outside the second-factor schedule"
+
+    second_factor = models.CharField(
+        max_length=16, choices=SecondFactor.choices, default=SecondFactor.OFF, db_default=SecondFactor.OFF
+    )
+    second_factor_schedule = models.ForeignKey(
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="With 'required outside the schedule': when the face alone suffices (empty: never).",
     )
     cooldown_s = models.PositiveIntegerField(
         default=0,
@@ -297,6 +320,7 @@ class Alarm(models.Model):
         FORCED_OPEN = "forced_open", "door forced open"
         HELD_OPEN = "held_open", "door held open"
         ANTI_PASSBACK = "anti_passback", "anti-passback violation (entered again without leaving)"
+        SECOND_FACTOR_MISMATCH = "second_factor_mismatch", "repeated wrong PIN or card"
 
     #: Alarms about a door's position: cleared (``cleared_at``) when the door closes.
     DOOR_POSITION_KINDS = (Kind.FORCED_OPEN, Kind.HELD_OPEN)

@@ -36,6 +36,8 @@ from faceengine.protocol import (
     DoorEvent,
     DoorEventKind,
     Heartbeat,
+    SecondFactor,
+    SecondFactorKind,
     detections_topic,
     door_topic,
     heartbeat_topic,
@@ -110,6 +112,8 @@ class EdgeAgent:
         )
         self.door_sensor, self.exit_button = door_sensor, exit_button
         self.door_events_sent = 0
+        self._factor: SecondFactor | None = None
+        self._factor_lock = threading.Lock()
         if door_sensor is not None or exit_button is not None:
             self.door.attach_inputs(
                 report=self.report_door_event,
@@ -273,6 +277,7 @@ class EdgeAgent:
             "box": tuple(round(v) for v in face.box),
             "quality": {**candidate.quality, **(extra_quality or {})},
             "offline_decision": offline,
+            "second_factor": self._factor_take(),
             **(liveness.detection_fields() if liveness is not None else {}),
         }
         if vector is not None:
@@ -284,6 +289,24 @@ class EdgeAgent:
                 **fields,
             )
         return Detection.with_crop(jpeg=encode_jpeg(candidate.crop, self.config.detection.jpeg_quality), **fields)
+
+    def factor_enter(self, kind: SecondFactorKind | str, value: str) -> SecondFactor:
+        """A PIN typed on the keypad or a card read (a keypad or card-reader driver calls this): it goes,
+        signed, with the next face detected within ``inputs.factor_window_s``, once."""
+        factor = SecondFactor(kind=SecondFactorKind(kind), value=value, entered_at=time.time())
+        SecondFactor.from_dict(factor.to_dict())  # the protocol's rules (digits, length) before it is kept
+        with self._factor_lock:
+            self._factor = factor
+        logger.info("second factor entered (%s)", factor.kind)
+        return factor
+
+    def _factor_take(self) -> SecondFactor | None:
+        with self._factor_lock:
+            factor, self._factor = self._factor, None
+        if factor is not None and time.time() - factor.entered_at > self.config.inputs.factor_window_s:
+            logger.info("second factor (%s) expired before a face was seen", factor.kind)
+            return None
+        return factor
 
     def report_door_event(self, kind: DoorEventKind, released: bool) -> DoorEvent:
         """Sign and queue (spooled, in order with the detections) one door event."""

@@ -159,6 +159,8 @@ class InputsSection:
     pull_up: bool = True
     #: how long an exit request releases the lock, milliseconds
     exit_pulse_ms: int = 5000
+    #: a PIN or card entered (EdgeAgent.factor_enter) goes with the next face seen within this long
+    factor_window_s: float = 30.0
 
 
 @dataclass

@@ -21,11 +21,38 @@ from accessctl.models import (
     WebhookSubscription,
 )
 from accessctl.offline_marks import OfflineMark, offline_mark
+from accessctl.second_factor import person_pin_set
 from accessctl.webhook_targets import WebhookTargetRefused, webhook_target_check
 from accessctl.webhooks import EVENT_TYPE_CHOICES
 
 
 class PersonSerializer(serializers.ModelSerializer):
+    pin = serializers.RegexField(
+        r"^[0-9]{4,12}$",
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        help_text="Second-factor PIN (4-12 digits), stored hashed, never returned; empty removes it.",
+    )
+    has_pin = serializers.SerializerMethodField(help_text="Whether a PIN is set.")
+
+    def get_has_pin(self, person: Person) -> bool:
+        return bool(person.pin_hash)
+
+    def create(self, validated_data: dict[str, Any]) -> Person:
+        pin = validated_data.pop("pin", None)
+        person = super().create(validated_data)
+        if pin is not None:
+            person_pin_set(person=person, pin=pin)
+        return person
+
+    def update(self, instance: Person, validated_data: dict[str, Any]) -> Person:
+        pin = validated_data.pop("pin", None)
+        person = super().update(instance, validated_data)
+        if pin is not None:
+            person_pin_set(person=person, pin=pin)
+        return person
+
     class Meta:
         model = Person
         fields = [
@@ -39,6 +66,9 @@ class PersonSerializer(serializers.ModelSerializer):
             "valid_until",
             "watchlist",
             "notes",
+            "card_number",
+            "pin",
+            "has_pin",
             "created_at",
             "updated_at",
         ]
@@ -79,6 +109,8 @@ class DoorSerializer(serializers.ModelSerializer):
             "liveness_threshold",
             "held_open_s",
             "cooldown_s",
+            "second_factor",
+            "second_factor_schedule",
             "created_at",
         ]
         # Lockdown / held-open are audited operator actions (accessctl.doors), not plain edits.

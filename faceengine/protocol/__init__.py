@@ -58,6 +58,7 @@ from faceengine.protocol.codes import (
     OfflineMode,
     ProtocolError,
     Reason,
+    SecondFactorKind,
     offline_reason,
 )
 from faceengine.protocol.embedding import decode_embedding, encode_embedding
@@ -93,6 +94,7 @@ from faceengine.protocol.payloads import (
     Heartbeat,
     Message,
     OfflineDecision,
+    SecondFactor,
     Status,
     new_id,
     payload_from_dict,
@@ -149,6 +151,8 @@ __all__ = [
     "ProtocolError",
     "Reason",
     "Revocation",
+    "SecondFactor",
+    "SecondFactorKind",
     "Status",
     "Template",
     "TopicKind",

@@ -43,6 +43,8 @@ class Reason(StrEnum):
     DOOR_UNASSIGNED = "door_unassigned"
     FORCED_OPEN = "forced_open"  # the door opened with no grant or exit request (alarm)
     ANTI_PASSBACK = "anti_passback"  # entering an area (hard anti-passback) the person entered and never left
+    SECOND_FACTOR_REQUIRED = "second_factor_required"  # the door needs a PIN or card with the face: none (in time)
+    SECOND_FACTOR_MISMATCH = "second_factor_mismatch"  # the PIN or card is not the recognised person's
     OFFLINE_DENIED = "offline_denied"  # the device kept the door shut alone: fail-secure (or no valid allow-list)
     # the device's own allow-list denials while offline (``offline_`` + the device's reason)
     OFFLINE_UNKNOWN_FACE = "offline_unknown_face"
@@ -113,6 +115,11 @@ class DoorEventKind(StrEnum):
     OPENED = "opened"  # door position sensor: the door left its frame
     CLOSED = "closed"  # door position sensor: the door is back in its frame
     EXIT_REQUEST = "exit_request"  # request-to-exit button: the device released the lock itself
+
+
+class SecondFactorKind(StrEnum):
+    PIN = "pin"  # typed on the door's keypad
+    CARD = "card"  # read from a card (a USB reader typing digits, or Wiegand)
 
 
 class OfflineAction(StrEnum):

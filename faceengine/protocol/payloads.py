@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, replace
@@ -18,6 +19,7 @@ from faceengine.protocol.codes import (
     OfflineMode,
     ProtocolError,
     Reason,
+    SecondFactorKind,
 )
 from faceengine.protocol.embedding import decode_embedding, encode_embedding
 from faceengine.protocol.limits import (
@@ -103,6 +105,40 @@ class OfflineDecision:
         )
 
 
+_PIN_RE = re.compile(r"^[0-9]{4,12}$")
+_CARD_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecondFactor:
+    """What the person entered at the door besides their face, carried inside the signed detection:
+    ``kind`` (``pin``: 4-12 digits; ``card``: 1-32 letters or digits, as the reader gives them),
+    ``value`` and ``entered_at`` (unix s). The server checks it against the recognised person."""
+
+    kind: SecondFactorKind
+    value: str
+    entered_at: float
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "value": self.value, "entered_at": self.entered_at}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, {"kind", "value", "entered_at"}, set(), "second_factor")
+        kind = _enum(d, "kind", SecondFactorKind)
+        value = d["value"]
+        pattern = _PIN_RE if kind is SecondFactorKind.PIN else _CARD_RE
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _fail(f"second_factor value is not a valid {kind}")
+        return _construct(cls, kind=kind, value=value, entered_at=_check_timestamp(d["entered_at"], "entered_at"))
+
+    def __repr__(self) -> str:  # never the PIN in a log line
+        return f"SecondFactor(kind={self.kind!s}, entered_at={self.entered_at})"
+
+
 def _liveness_fields(d: Mapping[str, Any], *, max_frames: int) -> dict[str, Any]:
     """The optional liveness evidence of a detection: the live score fused over the track (0..1,
     higher is more likely a live face), how many frames it fused, and the networks' version. Score
@@ -150,6 +186,7 @@ class Detection:
     liveness: float | None = None
     liveness_frames: int | None = None
     liveness_model: str | None = None
+    second_factor: SecondFactor | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
@@ -158,7 +195,7 @@ class Detection:
     }  # fmt: skip
     _OPTIONAL: ClassVar[set[str]] = {
         "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
-        "attempt", "liveness", "liveness_frames", "liveness_model",
+        "attempt", "liveness", "liveness_frames", "liveness_model", "second_factor",
     }  # fmt: skip
     #: Most frames a device may say it scored for liveness over one track.
     MAX_LIVENESS_FRAMES: ClassVar[int] = 10_000
@@ -227,6 +264,8 @@ class Detection:
             out["liveness_frames"] = self.liveness_frames
             if self.liveness_model is not None:
                 out["liveness_model"] = self.liveness_model
+        if self.second_factor is not None:
+            out["second_factor"] = self.second_factor.to_dict()
         return out
 
     def resent(self, *, sent_at: float) -> Self:
@@ -273,6 +312,8 @@ class Detection:
         if d.get("attempt") is not None:
             fields["attempt"] = _integer(d, "attempt", lo=0, hi=cls.MAX_ATTEMPT)
         fields.update(_liveness_fields(d, max_frames=cls.MAX_LIVENESS_FRAMES))
+        if d.get("second_factor") is not None:
+            fields["second_factor"] = SecondFactor.from_dict(d["second_factor"])
         embedding_keys = ("embedding", "embedding_encoding", "embedding_scale", "dim")
         if mode is Mode.CROP:
             if any(d.get(k) is not None for k in embedding_keys):

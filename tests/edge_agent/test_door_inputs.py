@@ -131,3 +131,25 @@ def test_gpio_inputs_with_gpiozero_mock_pins() -> None:
         button.close()
     finally:
         gpiozero.Device.pin_factory = previous
+
+
+def test_a_pin_entered_goes_signed_with_the_next_face_once(tmp_path: Path, keys: Keys) -> None:
+    from tests.edge_agent.conftest import candidate
+
+    config = make_config(tmp_path, keys, "mqtt://127.0.0.1:9")  # never connected: nothing is sent here
+    config.inputs.factor_window_s = 30
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay())
+    try:
+        with pytest.raises(p.ProtocolError):
+            agent.factor_enter("pin", "12ab")
+        agent.factor_enter("pin", "482913")
+        first = agent.build_detection(candidate(), captured_at=time.time())
+        assert first.second_factor is not None and first.second_factor.value == "482913"
+        signed = p.open_envelope(p.seal(first, agent.private_key), keys.device_public)
+        assert signed["second_factor"]["kind"] == "pin"
+        assert agent.build_detection(candidate(), captured_at=time.time()).second_factor is None  # used once
+        factor = agent.factor_enter("card", "C0FFEE")
+        object.__setattr__(factor, "entered_at", time.time() - 60)  # entered a minute ago: expired
+        assert agent.build_detection(candidate(), captured_at=time.time()).second_factor is None
+    finally:
+        agent.stop()

@@ -600,3 +600,16 @@ def test_door_event_rejects(change: dict) -> None:
     now = time.time()
     data = {"v": 1, "device_uid": UID, "event_id": p.new_id(), "kind": "opened", "occurred_at": now, "sent_at": now}
     expect(Reason.MALFORMED, p.payload_from_dict, "door", {**data, **change})
+
+
+def test_second_factor_round_trip_and_rules() -> None:
+    now = time.time()
+    det = crop_detection().__class__.from_dict(
+        {**crop_detection().to_dict(), "second_factor": {"kind": "pin", "value": "0042", "entered_at": now}}
+    )
+    assert det.second_factor == p.SecondFactor(kind="pin", value="0042", entered_at=now)
+    assert det.to_dict()["second_factor"] == {"kind": "pin", "value": "0042", "entered_at": now}
+    assert "0042" not in repr(det)
+    for bad in ({"kind": "pin", "value": "12"}, {"kind": "pin", "value": "12a4"}, {"kind": "card", "value": "x" * 33},
+                {"kind": "iris", "value": "1234"}):  # fmt: skip
+        expect(Reason.MALFORMED, p.SecondFactor.from_dict, {**bad, "entered_at": now})
