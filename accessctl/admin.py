@@ -115,13 +115,38 @@ def _timezone_choices() -> list[tuple[str, str]]:
     return [("UTC", "UTC"), *((zone, zone.replace("_", " ")) for zone in zones)]
 
 
+class DoorAdminForm(forms.ModelForm):
+    """The door; the issue 23 settings (door inputs, cooldown, second factor) keep their defaults when a
+    form leaves them out or empty (forms and scripts written before them)."""
+
+    _DEFAULTED = ("held_open_s", "cooldown_s", "second_factor")
+
+    class Meta:
+        model = Door
+        fields = "__all__"  # noqa: DJ007 - every door setting is the administrator's
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self._DEFAULTED:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in self._DEFAULTED:
+            if name in self.fields and cleaned.get(name) in (None, ""):
+                cleaned[name] = Door._meta.get_field(name).default
+        return cleaned
+
+
 @admin.register(Door)
 class DoorAdmin(admin.ModelAdmin):
+    form = DoorAdminForm
     list_display = [
         "name", "location", "timezone", "mode", "fail_mode", "relay_pulse_ms", "match_threshold", "liveness_required",
-        "liveness_threshold", "held_open_s", "cooldown_s",
+        "liveness_threshold", "held_open_s", "cooldown_s", "second_factor",
     ]  # fmt: skip
-    list_filter = ["mode", "fail_mode", "liveness_required"]
+    list_filter = ["mode", "fail_mode", "liveness_required", "second_factor"]
     search_fields = ["name", "location"]
 
     def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field | None:

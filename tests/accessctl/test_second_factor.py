@@ -158,3 +158,13 @@ def test_pin_and_card_through_the_api_and_the_admin(site, client) -> None:
     from django.contrib.auth.hashers import check_password
 
     assert check_password("765432", cy.pin_hash)
+
+
+def test_offline_a_second_factor_door_lets_nobody_pass_alone(site) -> None:
+    from accessctl.offline_access import door_access_compile
+
+    start = timezone.now()
+    assert door_access_compile(site["door"], start=start, end=start + dt.timedelta(hours=1)).people == ()
+    Door.objects.filter(pk=site["door"].pk).update(second_factor=Door.SecondFactor.OFF)
+    site["door"].refresh_from_db()
+    assert len(door_access_compile(site["door"], start=start, end=start + dt.timedelta(hours=1)).people) == 2
