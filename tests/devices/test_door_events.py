@@ -203,3 +203,15 @@ def test_an_older_spooled_event_does_not_move_the_door_back(site) -> None:
     send(site, door_event("closed", at=now - 10))  # arrived late, happened before
     assert DoorPosition.objects.get(door=site["door"]).is_open
     assert reasons() == [Reason.DOOR_OPENED, Reason.DOOR_CLOSED]
+
+
+def test_the_dashboard_shows_a_forced_door_and_marks_it_cleared_once_closed(site, client) -> None:
+    from django.urls import reverse
+
+    send(site, door_event("opened"))
+    client.force_login(user_create("olga", "accessctl.view_dashboard"))
+    page = client.get(reverse("dashboard")).content.decode()
+    assert "door forced open" in page and 'kind-forced_open"' in page
+    send(site, door_event("closed"))
+    page = client.get(reverse("dashboard")).content.decode()
+    assert "kind-forced_open cleared" in page  # still listed until acknowledged
