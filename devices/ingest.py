@@ -1,7 +1,8 @@
 """Turn one raw MQTT message into a staged detection (and a queued decision), a heartbeat or a status.
 
 The bridge calls ``message_ingest`` for every message. This module verifies; it never decides
-access. Every message on a detections topic ends in exactly one of:
+access. Door events (position sensor, exit button) go to :mod:`devices.door_events`. Every message
+on a detections topic ends in exactly one of:
 
 - a staged detection plus a decision task (:mod:`recognition.staging`; batched for a burst by the
   bridge run's :class:`recognition.queueing.DecisionQueue`); the worker records the event. A
