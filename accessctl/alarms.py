@@ -18,7 +18,7 @@ from django.utils import timezone
 from accessctl import metrics, realtime
 from accessctl.codes import Reason
 from accessctl.models import AccessEvent, Alarm, Door
-from accessctl.webhooks import webhook_dispatch_alarm
+from accessctl.webhooks import EventType, webhook_dispatch_alarm
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -58,7 +58,9 @@ def alarm_raise(
             )
         alarm = (
             Alarm.objects.select_for_update()
-            .filter(kind=kind, door_id=door_id, device_id=device_id, acknowledged_at__isnull=True)
+            .filter(
+                kind=kind, door_id=door_id, device_id=device_id, acknowledged_at__isnull=True, cleared_at__isnull=True
+            )
             .order_by("-raised_at", "-id")
             .first()
         )
@@ -87,6 +89,27 @@ def alarm_raise(
         event.pk if event else "-", alarm.count,
     )  # fmt: skip
     return alarm
+
+
+def alarms_clear(*, door: Door, kinds: tuple[str, ...], details: dict[str, Any] | None = None) -> list[Alarm]:
+    """The conditions ``kinds`` ended at ``door`` (it closed): mark their open alarms cleared, tell the
+    dashboards (``alarm.cleared``) and the webhooks after commit. They still await an acknowledgement;
+    a new occurrence opens a new alarm (:func:`alarm_raise` folds only into uncleared ones)."""
+    now = timezone.now()
+    cleared: list[Alarm] = []
+    with transaction.atomic():
+        for alarm in Alarm.objects.select_for_update().filter(
+            door_id=door.pk, kind__in=kinds, cleared_at__isnull=True, acknowledged_at__isnull=True
+        ):
+            alarm.cleared_at = now
+            alarm.details = {**alarm.details, **(details or {})}
+            alarm.save(update_fields=["cleared_at", "details"])
+            realtime.broadcast(realtime.MessageType.ALARM_CLEARED, dict(realtime.alarm_payload(alarm)))
+            webhook_dispatch_alarm(alarm, EventType.ALARM_CLEARED)
+            cleared.append(alarm)
+    for alarm in cleared:
+        logger.info("alarm %s (%s) cleared: door %s closed", alarm.pk, alarm.kind, door.pk)
+    return cleared
 
 
 def alarm_acknowledge(*, alarm: Alarm, actor: AbstractBaseUser) -> Alarm:
@@ -168,4 +191,20 @@ def attacks_check(*, door: Door, now: datetime | None = None, new_attacks: int =
         threshold=settings.LIVENESS_ATTACK_ALARM_COUNT,
         now=now,
         new=new_attacks,
+    )
+
+
+def second_factor_mismatches_check(*, door: Door, now: datetime | None = None, new: int = 1) -> Alarm | None:
+    """Raise ``SECOND_FACTOR_MISMATCH`` when ``door`` denied ``settings.SECOND_FACTOR_ALARM_COUNT`` or
+    more faces for a PIN or card that was not theirs in the last ``settings.SECOND_FACTOR_ALARM_WINDOW_S``
+    seconds (see :func:`_repeated_denials_check`)."""
+    return _repeated_denials_check(
+        door=door,
+        reason=Reason.SECOND_FACTOR_MISMATCH,
+        kind=Alarm.Kind.SECOND_FACTOR_MISMATCH,
+        count_key="mismatches",
+        window_s=settings.SECOND_FACTOR_ALARM_WINDOW_S,
+        threshold=settings.SECOND_FACTOR_ALARM_COUNT,
+        now=now,
+        new=new,
     )

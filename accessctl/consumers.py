@@ -106,6 +106,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     device_status = _forward
     alarm_raised = _forward
     alarm_acknowledged = _forward
+    alarm_cleared = _forward
 
 
 assert {t.value.replace(".", "_") for t in MessageType} <= set(vars(DashboardConsumer)), "a MessageType has no handler"

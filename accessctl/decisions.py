@@ -8,6 +8,12 @@ detection events. The policy (``accessctl.policy``) decides; this module
 writes the one AccessEvent for the detection and, once it is committed, tells the door, the
 dashboards, the webhooks and the alarm rules. Nothing here knows how faces are embedded or how
 MQTT works.
+
+Per-person cooldown (a door's ``cooldown_s``): a person standing in front of the camera is one
+decision, not one a second. A detection of the same person at the same door that the policy decides
+the same way as one no more than ``cooldown_s`` earlier is recorded as ``suppressed_repeat`` (the
+original's decision, ``details.repeat_of``), opens nothing (its device gets ``deny``
+``suppressed_repeat``) and sends no webhook (see :func:`_cooldown_repeats`).
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from accessctl import metrics, realtime
-from accessctl.alarms import alarm_raise, attacks_check, unknown_faces_check
+from accessctl.alarms import alarm_raise, attacks_check, second_factor_mismatches_check, unknown_faces_check
 from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
+from accessctl.passback import PassbackViolation, passback_evaluate, presences_record
 from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
+from accessctl.second_factor import factor_check
 from accessctl.webhooks import webhook_dispatch_access_event
 from faceengine import protocol as p
 
@@ -66,6 +74,7 @@ class DecisionInput:
     liveness_edge: float | None = None
     liveness_frames: int | None = None
     liveness_server: float | None = None
+    second_factor: p.SecondFactor | None = None
 
 
 def access_decide(
@@ -87,6 +96,7 @@ def access_decide(
     liveness_edge: float | None = None,
     liveness_frames: int | None = None,
     liveness_server: float | None = None,
+    second_factor: p.SecondFactor | None = None,
 ) -> tuple[AccessEvent, bool]:
     """Apply the policy to a recognised (or unknown) face at a door and record the event.
 
@@ -101,6 +111,7 @@ def access_decide(
         person_id=person_id, unknown_reason=unknown_reason, similarity=similarity, margin=margin,
         threshold=threshold, model_version=model_version, snapshot=snapshot, details=details, too_late=too_late,
         liveness_edge=liveness_edge, liveness_frames=liveness_frames, liveness_server=liveness_server,
+        second_factor=second_factor,
     )  # fmt: skip
     return access_decide_many([decision_input])[0]
 
@@ -127,12 +138,31 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             requests.append((n, AccessRequest(person, item.door, item.occurred_at, unknown_reason, item.liveness_edge)))
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
+    _second_factors(inputs, persons, verdicts)
+    repeats = _cooldown_repeats(inputs, persons, verdicts)
+    for n, (decision, original) in repeats.items():
+        verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
+        inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
+    passback = _passback(inputs, persons, verdicts, repeats)
+    for n, violation in passback.items():
+        inputs[n].details = {**(inputs[n].details or {}), "anti_passback": violation.as_details()}
+        if violation.denies:
+            verdicts[n] = (Decision.DENY, Reason.ANTI_PASSBACK)
     drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
         recorded = events_record(drafts)
+        moves = [
+            (person.pk, item.door.pk, item.occurred_at, event)
+            for item, person, (event, created) in zip(inputs, persons, recorded, strict=True)
+            if created and person is not None and item.door is not None and event.decision == Decision.GRANT
+            and event.reason == Reason.MATCHED
+        ]  # fmt: skip
+        if moves:
+            presences_record(moves)
         metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
+        mismatches: Counter[Door] = Counter()
         for item, person, (event, created) in zip(inputs, persons, recorded, strict=True):
             if created:
                 event.door, event.person = item.door, person
@@ -141,14 +171,115 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
                     unknown_faces[item.door] += 1
                 elif event.reason == Reason.PRESENTATION_ATTACK and item.door is not None:
                     attacks[item.door] += 1
+                elif event.reason == Reason.SECOND_FACTOR_MISMATCH and item.door is not None:
+                    mismatches[item.door] += 1
+        for n, violation in passback.items():
+            event, created = recorded[n]
+            if created and not violation.denies:  # soft: granted, and the operators are told
+                alarm_raise(
+                    kind=Alarm.Kind.ANTI_PASSBACK, door=inputs[n].door, device_id=event.device_id,
+                    device_uid=event.device_uid, event=event,
+                    details={**violation.as_details(), "subject": str(event.subject_uid)},
+                )  # fmt: skip
         for door, faces in unknown_faces.items():
             unknown_faces_check(door=door, new_faces=faces)
         for door, count in attacks.items():
             attacks_check(door=door, new_attacks=count)
+        for door, count in mismatches.items():
+            second_factor_mismatches_check(door=door, new=count)
         if any(created and event.device_id for event, created in recorded):
             # After the door commands (callbacks run in order): they are awaited together.
             transaction.on_commit(door_commands_flush)
     return recorded
+
+
+def _second_factors(
+    inputs: Sequence[DecisionInput], persons: Sequence[Person | None], verdicts: list[tuple[Decision, Reason] | None]
+) -> None:
+    """The second-factor rule (:mod:`accessctl.second_factor`) for the faces the policy granted at
+    doors that may need one: a missing, late or wrong factor turns the grant into a denial."""
+    for n, (item, person) in enumerate(zip(inputs, persons, strict=True)):
+        door = item.door
+        if person is None or door is None or door.second_factor == Door.SecondFactor.OFF:
+            continue
+        if verdicts[n] != (Decision.GRANT, Reason.MATCHED):
+            continue
+        result = factor_check(person=person, door=door, at=item.occurred_at, factor=item.second_factor)
+        if result.details:
+            item.details = {**(item.details or {}), **result.details}
+        if result.reason is not None:
+            verdicts[n] = (Decision.DENY, result.reason)
+
+
+def _cooldown_repeats(
+    inputs: Sequence[DecisionInput],
+    persons: Sequence[Person | None],
+    verdicts: Sequence[tuple[Decision, Reason] | None],
+) -> dict[int, tuple[Decision, tuple[str, str]]]:
+    """The inputs that repeat an earlier decision within their door's ``cooldown_s``: the same person
+    at the same door, decided the same way (decision and reason) by a detection no more than
+    ``cooldown_s`` earlier that was not itself a repeat. ``{index: (decision, (detection id, reason)
+    of the original)}``. A repeat is recorded as ``suppressed_repeat`` and opens nothing; a verdict
+    that differs (a presentation attack after a grant, a schedule that closed) is decided as usual.
+    The window runs from the original decision, so a person still there after it is decided again.
+    """
+    wanted = [
+        n
+        for n, (item, person, verdict) in enumerate(zip(inputs, persons, verdicts, strict=True))
+        if person is not None and verdict is not None and item.door is not None and item.door.cooldown_s > 0
+    ]
+    if not wanted:
+        return {}
+    earliest = min(inputs[n].occurred_at - dt.timedelta(seconds=inputs[n].door.cooldown_s) for n in wanted)  # type: ignore[union-attr]
+    originals: list[tuple[int, int, dt.datetime, str, str, str]] = [  # person, door, at, detection, decision, reason
+        (person_id, door_id, at, str(detection_id), decision, reason)
+        for person_id, door_id, at, detection_id, decision, reason in AccessEvent.objects.filter(
+            person_id__in={persons[n].pk for n in wanted},  # type: ignore[union-attr]
+            door_id__in={inputs[n].door.pk for n in wanted},  # type: ignore[union-attr]
+            source=AccessEvent.Source.DETECTION,
+            occurred_at__gte=earliest,
+        )
+        .exclude(reason=Reason.SUPPRESSED_REPEAT)
+        .order_by()
+        .values_list("person_id", "door_id", "occurred_at", "detection_id", "decision", "reason")
+    ]
+    repeats: dict[int, tuple[Decision, tuple[str, str]]] = {}
+    for n in sorted(wanted, key=lambda i: inputs[i].occurred_at):
+        item, person, verdict = inputs[n], persons[n], verdicts[n]
+        assert item.door is not None and person is not None and verdict is not None
+        since = item.occurred_at - dt.timedelta(seconds=item.door.cooldown_s)
+        earlier = [
+            o for o in originals if o[0] == person.pk and o[1] == item.door.pk and since <= o[2] <= item.occurred_at
+        ]
+        latest = max(earlier, key=lambda o: o[2], default=None)
+        if latest is not None and (latest[4], latest[5]) == (str(verdict[0]), str(verdict[1])):
+            repeats[n] = (verdict[0], (latest[3], latest[5]))
+        else:  # decided now: an original for the ones after it in this batch
+            originals.append(
+                (person.pk, item.door.pk, item.occurred_at, item.detection_id, str(verdict[0]), str(verdict[1]))
+            )
+    return repeats
+
+
+def _passback(
+    inputs: Sequence[DecisionInput],
+    persons: Sequence[Person | None],
+    verdicts: Sequence[tuple[Decision, Reason] | None],
+    repeats: dict[int, object],
+) -> dict[int, PassbackViolation]:
+    """Rule 10 (:mod:`accessctl.passback`) for the faces granted now (not the suppressed repeats)."""
+    granted = [
+        n
+        for n, (item, person, verdict) in enumerate(zip(inputs, persons, verdicts, strict=True))
+        if n not in repeats
+        and person is not None
+        and item.door is not None
+        and verdict == (Decision.GRANT, Reason.MATCHED)
+    ]
+    if not granted:
+        return {}
+    found = passback_evaluate([(persons[n], inputs[n].door) for n in granted])  # type: ignore[misc]
+    return {n: violation for n, violation in zip(granted, found, strict=True) if violation is not None}
 
 
 def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, Reason] | None) -> EventDraft:
@@ -242,7 +373,7 @@ def decision_repeat(*, event: AccessEvent, detection: p.Detection, now: float | 
     """
     now = time.time() if now is None else now
     stale = not p.detection_is_fresh(detection, now, settings.DEVICE_TIMESTAMP_WINDOW_S)
-    opens = event.decision == Decision.GRANT and not stale
+    opens = event.decision == Decision.GRANT and event.reason != Reason.SUPPRESSED_REPEAT and not stale
     _door_command(event, Door.objects.filter(pk=event.door_id).first() if opens else None, stale=stale)
 
 
@@ -255,7 +386,8 @@ def _notify(event: AccessEvent, *, door: Door | None, command: bool, unknown_che
         # Not waiting for the broker here: the decision task waits once for all its commands.
         transaction.on_commit(lambda: _door_command(event, door, wait=False))
     realtime.event_broadcast(event)
-    webhook_dispatch_access_event(event)  # deliveries are queued after commit
+    if event.reason != Reason.SUPPRESSED_REPEAT:  # a repeat is no new decision for integrators
+        webhook_dispatch_access_event(event)  # deliveries are queued after commit
     _alarms(event, door, unknown_check=unknown_check)
 
 
@@ -263,7 +395,7 @@ def _door_command(event: AccessEvent, door: Door | None, *, stale: bool = False,
     """Send the event's decision to its device: ``open`` with the door's relay pulse for a grant,
     else ``deny``. ``stale``: the capture is too old for a grant to open now (denied as stale).
     ``wait=False``: see :func:`accessctl.door_commands.device_command_send` (the caller flushes)."""
-    granted = event.decision == Decision.GRANT
+    granted = event.decision == Decision.GRANT and event.reason != Reason.SUPPRESSED_REPEAT  # a repeat opens nothing
     opens = granted and not stale
     try:
         device_command_send(

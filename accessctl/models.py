@@ -58,6 +58,12 @@ class Person(models.Model):
     valid_until = models.DateTimeField(null=True, blank=True)
     watchlist = models.BooleanField(default=False, help_text="Always denied and raises an alarm when seen.")
     notes = models.TextField(blank=True)
+    #: Second factor (doors that require one): the PIN hashed with Django's hashers (never stored or
+    #: logged in clear; set through accessctl.second_factor.person_pin_set), and the card number.
+    pin_hash = models.CharField(max_length=128, blank=True, default="", db_default="", editable=False)
+    card_number = models.CharField(
+        max_length=32, null=True, blank=True, unique=True, help_text="Access card number, as the reader gives it."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -167,6 +173,35 @@ class Door(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Live-score threshold (0..1) override; empty uses the site's calibrated value.",
     )
+    held_open_s = models.PositiveIntegerField(
+        default=30,
+        db_default=30,
+        help_text="Seconds the door may stay open after a grant or an exit request before the held-open alarm "
+        "(door position sensor); 0: never.",
+    )
+
+    class SecondFactor(models.TextChoices):
+        OFF = "off", "off (face alone)"
+        REQUIRED = "required", "required (face and PIN or card)"
+        OUTSIDE_SCHEDULE = "outside_schedule", "required outside the second-factor schedule"
+
+    second_factor = models.CharField(
+        max_length=16, choices=SecondFactor.choices, default=SecondFactor.OFF, db_default=SecondFactor.OFF
+    )
+    second_factor_schedule = models.ForeignKey(
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="With 'required outside the schedule': when the face alone suffices (empty: never).",
+    )
+    cooldown_s = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Seconds after a decision for a person at this door during which that person's further "
+        "detections here are recorded as suppressed repeats, not decided again; 0: off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -215,6 +250,7 @@ class AccessEvent(models.Model):
         OPERATOR = "operator"
         DEVICE_OFFLINE = "device_offline", "device (offline)"
         SYSTEM = "system"
+        DOOR = "door", "door inputs (position sensor, exit button)"
 
     detection_id = models.UUIDField(unique=True, default=uuid.uuid4)
     occurred_at = models.DateTimeField(db_index=True)
@@ -282,6 +318,13 @@ class Alarm(models.Model):
         REPEATED_ATTACK = "repeated_attack", "repeated presentation attacks"
         OFFLINE_DISAGREEMENT = "offline_disagreement", "offline grant the server would deny"
         RECOGNITION_DRIFT = "recognition_drift", "recognition drifted from the door's baseline"
+        FORCED_OPEN = "forced_open", "door forced open"
+        HELD_OPEN = "held_open", "door held open"
+        ANTI_PASSBACK = "anti_passback", "anti-passback violation (entered again without leaving)"
+        SECOND_FACTOR_MISMATCH = "second_factor_mismatch", "repeated wrong PIN or card"
+
+    #: Alarms about a door's position: cleared (``cleared_at``) when the door closes.
+    DOOR_POSITION_KINDS = (Kind.FORCED_OPEN, Kind.HELD_OPEN)
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     door = models.ForeignKey(Door, null=True, blank=True, on_delete=models.CASCADE, related_name="alarms")
@@ -297,6 +340,9 @@ class Alarm(models.Model):
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    #: The condition ended by itself (a forced or held-open door closed); the alarm still waits for
+    #: an operator's acknowledgement, and a new occurrence opens a new alarm.
+    cleared_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-raised_at", "-id"]
@@ -304,6 +350,68 @@ class Alarm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.raised_at:%Y-%m-%d %H:%M})"
+
+
+class Area(models.Model):
+    """A space entered through its entry doors and left through its exit doors, with anti-passback:
+    a person who entered must leave before entering again (``hard``: denied ``anti_passback``;
+    ``soft``: granted, and the ``anti_passback`` alarm). See :mod:`accessctl.passback`."""
+
+    class Passback(models.TextChoices):
+        OFF = "off", "off"
+        SOFT = "soft", "soft (grant and raise an alarm)"
+        HARD = "hard", "hard (deny)"
+
+    name = models.CharField(max_length=100, unique=True)
+    entry_doors = models.ManyToManyField(Door, related_name="entry_areas", blank=True)
+    exit_doors = models.ManyToManyField(Door, related_name="exit_areas", blank=True)
+    passback = models.CharField(max_length=8, choices=Passback.choices, default=Passback.HARD)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AreaPresence(models.Model):
+    """Whether a person is inside an area, as the grants at its doors say (or an operator reset it)."""
+
+    area = models.ForeignKey(Area, on_delete=models.CASCADE, related_name="presences")
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="area_presences")
+    inside = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+    event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["area", "person"]
+        constraints = [models.UniqueConstraint(fields=["area", "person"], name="unique_presence_per_area")]
+
+    def __str__(self) -> str:
+        return f"{self.person_id} {'in' if self.inside else 'out of'} {self.area_id}"
+
+
+class DoorPosition(models.Model):
+    """What a door's position sensor last said, kept by :mod:`accessctl.door_sensors`.
+
+    ``opened_at``/``opening_event``: the current opening (while ``is_open``); ``authorised``:
+    it followed a grant or an exit request (only those can be held open; an unauthorised one
+    is forced); ``held_alarmed``: the held-open alarm was raised for it.
+    """
+
+    door = models.OneToOneField(Door, primary_key=True, on_delete=models.CASCADE, related_name="position")
+    is_open = models.BooleanField(default=False)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    opening_event = models.ForeignKey(AccessEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    authorised = models.BooleanField(default=False)
+    held_alarmed = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["is_open", "held_alarmed"])]
+
+    def __str__(self) -> str:
+        return f"{self.door_id}: {'open' if self.is_open else 'closed'}"
 
 
 class ApiToken(models.Model):

@@ -4,7 +4,8 @@ The same rules as :mod:`accessctl.policy`, turned from a question ("may this per
 into an answer for a whole period ``[start, end)`` that a device can apply alone:
 
 * the people: active, not on the watchlist, in at least one group that has the door, whose
-  validity overlaps the period (a door in lockdown lets nobody pass: no people);
+  validity overlaps the period (a door in lockdown lets nobody pass: no people; nor does a door
+  that may require a second factor: the device cannot check a PIN or card alone, so it stays locked);
 * per person: their validity (unix seconds, None: unbounded) and the schedule keys of their groups
   at this door (:func:`schedule_key`, or :data:`ALWAYS` for a group without a schedule);
 * per schedule key: the UTC intervals ``[start, end)`` in which the schedule is open, its weekly
@@ -74,7 +75,7 @@ def door_access_compile(door: Door, *, start: dt.datetime, end: dt.datetime) -> 
     start_s, end_s = int(start.timestamp()), int(end.timestamp())
     people: tuple[AllowedPerson, ...] = ()
     windows: dict[str, tuple[Interval, ...]] = {}
-    if door.mode != Door.Mode.LOCKDOWN:
+    if door.mode != Door.Mode.LOCKDOWN and door.second_factor == Door.SecondFactor.OFF:
         people = _allowed_people(door, start_s, end_s)
         schedule_ids = sorted({int(k[1:]) for person in people for k in person.schedules if k != ALWAYS})
         tz = zoneinfo.ZoneInfo(door.timezone)

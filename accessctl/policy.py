@@ -17,6 +17,9 @@ a reason code. Order matters and is part of the contract:
 8. no group whose schedule is open now in the door's time zone (holidays close it)
                                -> deny ``outside_schedule``
 9. otherwise                   -> grant ``matched``
+10. anti-passback (applied by ``accessctl.decisions`` after the cooldown, :mod:`accessctl.passback`):
+   a grant at an entry door of an area the person entered and never left -> hard: deny
+   ``anti_passback``; soft: grant and the ``anti_passback`` alarm
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class MessageType(StrEnum):
     DEVICE_STATUS = "device.status"
     ALARM_RAISED = "alarm.raised"
     ALARM_ACKNOWLEDGED = "alarm.acknowledged"
+    ALARM_CLEARED = "alarm.cleared"  # the condition ended (a forced or held-open door closed)
 
 
 class AccessEventPayload(TypedDict):
@@ -83,6 +84,7 @@ class AlarmPayload(TypedDict):
     raised_at: str
     count: int
     acknowledged: bool
+    cleared: bool  # the condition ended by itself (door closed); still waits for an acknowledgement
     thumbnail_url: str | None  # the face of the latest occurrence, for alarms that keep one (presentation attacks)
 
 
@@ -200,6 +202,7 @@ def alarm_payload(alarm: Alarm) -> AlarmPayload:
         raised_at=alarm.raised_at.isoformat(),
         count=alarm.count,
         acknowledged=alarm.acknowledged_at is not None,
+        cleared=alarm.cleared_at is not None,
         thumbnail_url=alarm_thumbnail_url(alarm),
     )
 

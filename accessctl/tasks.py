@@ -7,6 +7,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from accessctl.anchoring import checkpoint_create
+from accessctl.door_sensors import doors_held_open_sweep as held_open_sweep
 from accessctl.privacy.retention import retention_apply as retention_run
 from accessctl.webhook_delivery import WebhookDeliveryFailed, webhook_delivery_attempt
 
@@ -24,6 +25,12 @@ def audit_checkpoint() -> dict[str, Any]:
     """Periodic signed checkpoint of the access log's head (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
     checkpoint = checkpoint_create()
     return {"head_id": checkpoint.head_id, "count": checkpoint.count, "at": checkpoint.at.isoformat()}
+
+
+@shared_task(name="accessctl.doors_held_open_sweep", ignore_result=True)
+def doors_held_open_sweep() -> int:
+    """Held-open alarms for doors open too long (Celery beat, see ``CELERY_BEAT_SCHEDULE``)."""
+    return held_open_sweep()
 
 
 @shared_task(

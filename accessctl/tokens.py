@@ -50,8 +50,10 @@ SCOPE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     _Scope.EVENTS_READ: ("accessctl.view_accessevent", "accessctl.view_alarm"),
     _Scope.PEOPLE_READ: ("accessctl.view_person", "recognition.view_enrollmentphoto"),
     _Scope.PEOPLE_WRITE: (*_crud("accessctl.person"), "recognition.add_enrollmentphoto"),
-    _Scope.DOORS_READ: _crud("accessctl.door", "accessctl.accessgroup", "accessctl.schedule", verbs=["view"]),
-    _Scope.DOORS_WRITE: _crud("accessctl.door", "accessctl.accessgroup", "accessctl.schedule"),
+    _Scope.DOORS_READ: _crud(
+        "accessctl.door", "accessctl.accessgroup", "accessctl.schedule", "accessctl.area", verbs=["view"]
+    ),
+    _Scope.DOORS_WRITE: _crud("accessctl.door", "accessctl.accessgroup", "accessctl.schedule", "accessctl.area"),
     _Scope.DEVICES_READ: ("devices.view_edgedevice",),
     _Scope.DEVICES_WRITE: _crud("devices.edgedevice"),
     _Scope.IDENTIFY: ("accessctl.view_person",),

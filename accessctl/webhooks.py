@@ -33,6 +33,8 @@ class EventType(StrEnum):
     ACCESS_GRANTED = "access.granted"
     ACCESS_DENIED = "access.denied"
     ALARM_RAISED = "alarm.raised"
+    ALARM_CLEARED = "alarm.cleared"
+    DOOR_EVENT = "door.event"
     PERSON_CREATED = "person.created"
     PERSON_UPDATED = "person.updated"
     PERSON_DELETED = "person.deleted"
@@ -136,15 +138,18 @@ def access_event_webhook_payload(event: AccessEvent) -> dict[str, Any]:
 
 def webhook_dispatch_access_event(event: AccessEvent) -> list[WebhookDelivery]:
     """``access.granted`` / ``access.denied`` for a recorded event (call from the deciding service)."""
+    if event.source == "door":  # the door's inputs: opened, closed, exit request, forced, held open
+        return webhook_dispatch(EventType.DOOR_EVENT, access_event_webhook_payload(event))
     event_type = EventType.ACCESS_GRANTED if event.decision == "grant" else EventType.ACCESS_DENIED
     return webhook_dispatch(event_type, access_event_webhook_payload(event))
 
 
 #: Alarms whose webhook carries their details (what the receiver needs to act on them).
-_ALARM_DETAILS_SENT = frozenset({"offline_disagreement"})
+_ALARM_DETAILS_SENT = frozenset({"offline_disagreement", "forced_open", "held_open"})
 
 
-def webhook_dispatch_alarm(alarm: Alarm) -> list[WebhookDelivery]:
+def webhook_dispatch_alarm(alarm: Alarm, event_type: str = EventType.ALARM_RAISED) -> list[WebhookDelivery]:
+    """``alarm.raised`` (or ``alarm.cleared``: a forced or held-open door closed) for ``alarm``."""
     payload: dict[str, Any] = {
         "alarm_id": alarm.pk,
         "kind": alarm.kind,
@@ -154,9 +159,11 @@ def webhook_dispatch_alarm(alarm: Alarm) -> list[WebhookDelivery]:
         "raised_at": alarm.raised_at.isoformat() if alarm.raised_at else None,
         "count": alarm.count,
     }
+    if alarm.cleared_at is not None:
+        payload["cleared_at"] = alarm.cleared_at.isoformat()
     if alarm.kind in _ALARM_DETAILS_SENT:
         payload["details"] = alarm.details  # the event and both verdicts (device, server)
-    return webhook_dispatch(EventType.ALARM_RAISED, payload)
+    return webhook_dispatch(event_type, payload)
 
 
 def person_webhook_payload(person: Person) -> dict[str, Any]:

@@ -8,8 +8,8 @@ bridge of the group that dies for good has its session drained by a live one (de
 Detections are verified and staged by a small thread pool (``MQTT_BRIDGE_WORKERS``): each one
 waits on the database a few times, so one thread would cap the whole site at what one
 connection's round trips allow. Each message is acknowledged when the handler says it is safe
-(for a detection: once its decision task is out), in any order. Heartbeats and status
-messages stay on the network thread, in arrival order.
+(for a detection: once its decision task is out), in any order. Heartbeats, status and door
+events stay on the network thread, in arrival order (a door's exit request before its opening).
 
 Liveness: a connection can stay up while the broker no longer delivers to it (the embedded
 amqtt broker shares one session object per client id: when a client that took the bridge's
@@ -47,7 +47,8 @@ from faceengine import protocol as p
 logger = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = tuple(
-    p.subscription_filter(kind) for kind in (p.TopicKind.DETECTIONS, p.TopicKind.HEARTBEAT, p.TopicKind.STATUS)
+    p.subscription_filter(kind)
+    for kind in (p.TopicKind.DETECTIONS, p.TopicKind.HEARTBEAT, p.TopicKind.STATUS, p.TopicKind.DOOR)
 )
 
 #: ``handler(topic, payload, ack)``: handles one message and calls ``ack`` once the message may be

@@ -1,7 +1,8 @@
 """Turn one raw MQTT message into a staged detection (and a queued decision), a heartbeat or a status.
 
 The bridge calls ``message_ingest`` for every message. This module verifies; it never decides
-access. Every message on a detections topic ends in exactly one of:
+access. Door events (position sensor, exit button) go to :mod:`devices.door_events`. Every message
+on a detections topic ends in exactly one of:
 
 - a staged detection plus a decision task (:mod:`recognition.staging`; batched for a burst by the
   bridge run's :class:`recognition.queueing.DecisionQueue`); the worker records the event. A
@@ -37,6 +38,7 @@ from accessctl.metrics import BRIDGE_LAG
 from accessctl.models import AccessEvent
 from accessctl.offline_decisions import offline_decisions_answer
 from devices import health
+from devices.door_events import door_event_ingest
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 from recognition.models import InboundDetection
@@ -88,6 +90,8 @@ def _message_handle(topic: str, raw: bytes, queue: DecisionQueue | None) -> None
         health.heartbeat_ingest(device_uid=uid, raw=raw)
     elif kind == p.TopicKind.STATUS:
         health.status_ingest(device_uid=uid, raw=raw)
+    elif kind == p.TopicKind.DOOR:
+        door_event_ingest(device_uid=uid, raw=raw)
 
 
 def _message_id(kind: str, device_uid: str, raw: bytes) -> uuid.UUID:

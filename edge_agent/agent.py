@@ -22,6 +22,7 @@ from edge_agent.allowlist import AllowlistStore
 from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
+from edge_agent.inputs import DigitalInput, make_input
 from edge_agent.liveness import EdgeLiveness, LivenessEvidence, liveness_load
 from edge_agent.mqtt import EdgeLink
 from edge_agent.relay import RelayDriver, make_relay
@@ -32,8 +33,13 @@ from faceengine.protocol import (
     Command,
     CommandKind,
     Detection,
+    DoorEvent,
+    DoorEventKind,
     Heartbeat,
+    SecondFactor,
+    SecondFactorKind,
     detections_topic,
+    door_topic,
     heartbeat_topic,
     load_private_key,
     new_id,
@@ -65,6 +71,8 @@ class EdgeAgent:
         private_key: Any = None,
         liveness: EdgeLiveness | None = None,
         allowlist_embedder: LocalEmbedder | None = None,
+        door_sensor: DigitalInput | None = None,
+        exit_button: DigitalInput | None = None,
     ) -> None:
         self.config = config
         self.camera = camera
@@ -102,6 +110,18 @@ class EdgeAgent:
             allowlist=self.allowlist,
             pulse_ms=config.door.pulse_ms,
         )
+        self.door_sensor, self.exit_button = door_sensor, exit_button
+        self.door_events_sent = 0
+        self._factor: SecondFactor | None = None
+        self._factor_lock = threading.Lock()
+        if door_sensor is not None or exit_button is not None:
+            self.door.attach_inputs(
+                report=self.report_door_event,
+                sensor=door_sensor,
+                exit_button=exit_button,
+                open_when_active=config.inputs.door_open_when_active,
+                exit_pulse_ms=config.inputs.exit_pulse_ms,
+            )
         self.command_listeners: list[Callable[[Command], None]] = []
         self.link = EdgeLink(
             config.mqtt,
@@ -257,6 +277,7 @@ class EdgeAgent:
             "box": tuple(round(v) for v in face.box),
             "quality": {**candidate.quality, **(extra_quality or {})},
             "offline_decision": offline,
+            "second_factor": self._factor_take(),
             **(liveness.detection_fields() if liveness is not None else {}),
         }
         if vector is not None:
@@ -268,6 +289,35 @@ class EdgeAgent:
                 **fields,
             )
         return Detection.with_crop(jpeg=encode_jpeg(candidate.crop, self.config.detection.jpeg_quality), **fields)
+
+    def factor_enter(self, kind: SecondFactorKind | str, value: str) -> SecondFactor:
+        """A PIN typed on the keypad or a card read (a keypad or card-reader driver calls this): it goes,
+        signed, with the next face detected within ``inputs.factor_window_s``, once."""
+        factor = SecondFactor(kind=SecondFactorKind(kind), value=value, entered_at=time.time())
+        SecondFactor.from_dict(factor.to_dict())  # the protocol's rules (digits, length) before it is kept
+        with self._factor_lock:
+            self._factor = factor
+        logger.info("second factor entered (%s)", factor.kind)
+        return factor
+
+    def _factor_take(self) -> SecondFactor | None:
+        with self._factor_lock:
+            factor, self._factor = self._factor, None
+        if factor is not None and time.time() - factor.entered_at > self.config.inputs.factor_window_s:
+            logger.info("second factor (%s) expired before a face was seen", factor.kind)
+            return None
+        return factor
+
+    def report_door_event(self, kind: DoorEventKind, released: bool) -> DoorEvent:
+        """Sign and queue (spooled, in order with the detections) one door event."""
+        now = time.time()
+        event = DoorEvent(
+            device_uid=self.uid, event_id=new_id(), kind=kind, occurred_at=now, sent_at=now, released=released
+        )
+        self.link.send(door_topic(self.uid), seal(event, self.private_key))
+        self.door_events_sent += 1
+        logger.info("door event %s %s queued (relay %s)", event.event_id, kind, "released" if released else "locked")
+        return event
 
     def _measure_fps(self, ts: float) -> None:
         if self._last_frame_ts is not None and ts > self._last_frame_ts:
@@ -404,6 +454,9 @@ class EdgeAgent:
         if self._allowlist_worker is not None:
             self._allowlist_inbox.put(None)
             self._allowlist_worker.join(10)
+        for door_input in (self.door_sensor, self.exit_button):
+            if door_input is not None:
+                door_input.close()
         self.door.relay.close()
         self.spool.close()
 
@@ -454,6 +507,16 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         embedder=embedder,
         liveness=agent_liveness(config),
         allowlist_embedder=list_embedder,
+        door_sensor=make_input(
+            config.inputs.driver,
+            "door_sensor",
+            config.inputs.door_sensor_pin,
+            pull_up=config.inputs.pull_up,
+            active=not config.inputs.door_open_when_active,  # simulated: the door starts shut
+        ),
+        exit_button=make_input(
+            config.inputs.driver, "exit_button", config.inputs.exit_button_pin, pull_up=config.inputs.pull_up
+        ),
     )
 
 

@@ -144,6 +144,26 @@ class DoorSection:
 
 
 @dataclass
+class InputsSection:
+    """The door's inputs (:mod:`edge_agent.inputs`): reported to the server as signed door events."""
+
+    #: none | simulated (set by a test or a bench) | gpio (gpiozero: pip install 'edge-agent[gpio]')
+    driver: str = "none"
+    #: door position sensor (reed contact) on this GPIO pin; empty: no sensor
+    door_sensor_pin: int | None = None
+    #: the contact is closed (input active) while the door is shut, the usual wiring; true: the reverse
+    door_open_when_active: bool = False
+    #: request-to-exit button on this GPIO pin; empty: no button
+    exit_button_pin: int | None = None
+    #: inputs pull the pin up and the contact pulls it to ground (gpio)
+    pull_up: bool = True
+    #: how long an exit request releases the lock, milliseconds
+    exit_pulse_ms: int = 5000
+    #: a PIN or card entered (EdgeAgent.factor_enter) goes with the next face seen within this long
+    factor_window_s: float = 30.0
+
+
+@dataclass
 class AgentSection:
     heartbeat_interval_s: float = 30.0
     log_level: str = "INFO"
@@ -159,6 +179,7 @@ class EdgeConfig:
     spool: SpoolSection = field(default_factory=SpoolSection)
     relay: RelaySection = field(default_factory=RelaySection)
     door: DoorSection = field(default_factory=DoorSection)
+    inputs: InputsSection = field(default_factory=InputsSection)
     agent: AgentSection = field(default_factory=AgentSection)
 
     def validate(self, *, need_keys: bool = True) -> EdgeConfig:
@@ -181,6 +202,11 @@ class EdgeConfig:
         _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe", "allowlist"))
         if not 0 < self.door.pulse_ms <= 60_000:
             raise ConfigError("door.pulse_ms must be 1..60000")
+        _choice("inputs.driver", self.inputs.driver, ("none", "simulated", "gpio"))
+        if not 0 < self.inputs.exit_pulse_ms <= 60_000:
+            raise ConfigError("inputs.exit_pulse_ms must be 1..60000")
+        if self.inputs.driver == "gpio" and self.inputs.door_sensor_pin is None and self.inputs.exit_button_pin is None:
+            raise ConfigError("inputs.driver = gpio needs inputs.door_sensor_pin or inputs.exit_button_pin")
         if self.relay.driver == "gpio" and self.relay.gpio_pin is None:
             raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
         if self.liveness.fuse_top_k < 1:

@@ -9,6 +9,12 @@ everyone else; without a valid list (none, expired, refused) it behaves as ``sec
 why. During a lockdown the door stays locked in every mode. Every offline decision is recorded
 (attached to the spooled detection, so it is synced when the link returns, and appended to
 ``offline-decisions.jsonl``) and counted for the heartbeat.
+
+The door's inputs (:meth:`DoorController.attach_inputs`): the request-to-exit button releases the
+lock here, at once, online or not, in lockdown too (free egress: a lockdown keeps people out, not
+in), and is reported as ``exit_request``; the position sensor's changes are reported as ``opened`` /
+``closed`` with whether the relay was released at that moment. The server decides what an opening
+was (authorised, forced) and when a door is held open too long.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.allowlist import AllowlistStore
+from edge_agent.inputs import DigitalInput
 from edge_agent.relay import RelayDriver
 from edge_agent.spool import private_dir, private_file
-from faceengine.protocol import Command, CommandKind, OfflineAction, OfflineDecision, OfflineMode
+from faceengine.protocol import Command, CommandKind, DoorEventKind, OfflineAction, OfflineDecision, OfflineMode
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +206,40 @@ class DoorController:
             decision.basis,
             f", {decision.reason}" * bool(decision.reason),
         )
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def attach_inputs(
+        self,
+        *,
+        report: Callable[[DoorEventKind, bool], object],
+        sensor: DigitalInput | None = None,
+        exit_button: DigitalInput | None = None,
+        open_when_active: bool = False,
+        exit_pulse_ms: int = 5000,
+    ) -> None:
+        """Listen to the door's inputs; ``report(kind, released)`` sends each door event (``released``:
+        the relay was energised when it happened)."""
+        if exit_button is not None:
+
+            def exit_pressed(active: bool) -> None:
+                if not active:
+                    return
+                logger.info("exit request: releasing the lock %d ms", exit_pulse_ms)
+                self.relay.pulse(exit_pulse_ms)
+                report(DoorEventKind.EXIT_REQUEST, True)
+
+            exit_button.listen(exit_pressed)
+        if sensor is not None:
+
+            def position_changed(active: bool) -> None:
+                opened = active == open_when_active
+                released = self.relay.is_released
+                state = "released" if released else "locked"
+                logger.info("door %s (relay %s)", "opened" if opened else "closed", state)
+                report(DoorEventKind.OPENED if opened else DoorEventKind.CLOSED, released)
+
+            sensor.listen(position_changed)
 
     # -- commands --------------------------------------------------------------------------
 

@@ -26,15 +26,25 @@ class RelayDriver(abc.ABC):
         self._held = False
         self._pulse_until = 0.0
         self._timer: threading.Timer | None = None
+        self._released = False
 
     @abc.abstractmethod
     def _set(self, released: bool) -> None: ...
+
+    def _drive(self, released: bool) -> None:
+        self._released = released
+        self._set(released)
+
+    @property
+    def is_released(self) -> bool:
+        """The strike is energised now (door openable): a pulse or a hold is on."""
+        return self._released
 
     def pulse(self, ms: int) -> None:
         """Release for ``ms`` milliseconds, then lock (unless held open meanwhile)."""
         with self._lock:
             self._pulse_until = max(self._pulse_until, time.monotonic() + ms / 1000.0)
-            self._set(True)
+            self._drive(True)
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = threading.Timer(ms / 1000.0, self._end_pulse)
@@ -45,13 +55,13 @@ class RelayDriver(abc.ABC):
     def _end_pulse(self) -> None:
         with self._lock:
             if not self._held and time.monotonic() >= self._pulse_until - 0.005:
-                self._set(False)
+                self._drive(False)
 
     def hold_open(self) -> None:
         """Release until :meth:`lock` (fail-safe while offline)."""
         with self._lock:
             self._held = True
-            self._set(True)
+            self._drive(True)
 
     def lock(self) -> None:
         """Lock now, ending any pulse or hold."""
@@ -60,7 +70,7 @@ class RelayDriver(abc.ABC):
             self._pulse_until = 0.0
             if self._timer is not None:
                 self._timer.cancel()
-            self._set(False)
+            self._drive(False)
 
     @property
     def held_open(self) -> bool:

@@ -205,6 +205,8 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
             # The device's signed live score, fused over the track (None: not measured).
             liveness_edge=detection.liveness,
             liveness_frames=detection.liveness_frames,
+            # What the person entered besides the face (PIN or card), signed with the detection.
+            second_factor=detection.second_factor,
         ),
     )
     if detection.offline_decision is not None:

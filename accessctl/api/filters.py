@@ -17,7 +17,7 @@ from rest_framework.settings import api_settings
 
 from accessctl.codes import DECISION_CHOICES, REASON_CHOICES
 from accessctl.exceptions import InvalidInput
-from accessctl.models import AccessEvent, AccessGroup, Alarm, Door, Person, Schedule, WebhookDelivery
+from accessctl.models import AccessEvent, AccessGroup, Alarm, Area, Door, Person, Schedule, WebhookDelivery
 
 # Query parameters of the paginators (whichever a view uses), besides its filters.
 _PAGINATION_PARAMS = ("limit_query_param", "offset_query_param", "cursor_query_param", "page_query_param")
@@ -109,6 +109,14 @@ class DoorFilter(filters.FilterSet):
     class Meta:
         model = Door
         fields = ["mode", "fail_mode", "name"]
+
+
+class AreaFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Area
+        fields = ["name", "passback"]
 
 
 class AccessGroupFilter(filters.FilterSet):

@@ -11,6 +11,7 @@ from accessctl.models import (
     AccessEvent,
     AccessGroup,
     Alarm,
+    Area,
     Door,
     Holiday,
     Person,
@@ -20,11 +21,38 @@ from accessctl.models import (
     WebhookSubscription,
 )
 from accessctl.offline_marks import OfflineMark, offline_mark
+from accessctl.second_factor import person_pin_set
 from accessctl.webhook_targets import WebhookTargetRefused, webhook_target_check
 from accessctl.webhooks import EVENT_TYPE_CHOICES
 
 
 class PersonSerializer(serializers.ModelSerializer):
+    pin = serializers.RegexField(
+        r"^[0-9]{4,12}$",
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        help_text="Second-factor PIN (4-12 digits), stored hashed, never returned; empty removes it.",
+    )
+    has_pin = serializers.SerializerMethodField(help_text="Whether a PIN is set.")
+
+    def get_has_pin(self, person: Person) -> bool:
+        return bool(person.pin_hash)
+
+    def create(self, validated_data: dict[str, Any]) -> Person:
+        pin = validated_data.pop("pin", None)
+        person = super().create(validated_data)
+        if pin is not None:
+            person_pin_set(person=person, pin=pin)
+        return person
+
+    def update(self, instance: Person, validated_data: dict[str, Any]) -> Person:
+        pin = validated_data.pop("pin", None)
+        person = super().update(instance, validated_data)
+        if pin is not None:
+            person_pin_set(person=person, pin=pin)
+        return person
+
     class Meta:
         model = Person
         fields = [
@@ -38,6 +66,9 @@ class PersonSerializer(serializers.ModelSerializer):
             "valid_until",
             "watchlist",
             "notes",
+            "card_number",
+            "pin",
+            "has_pin",
             "created_at",
             "updated_at",
         ]
@@ -76,6 +107,10 @@ class DoorSerializer(serializers.ModelSerializer):
             "match_threshold",
             "liveness_required",
             "liveness_threshold",
+            "held_open_s",
+            "cooldown_s",
+            "second_factor",
+            "second_factor_schedule",
             "created_at",
         ]
         # Lockdown / held-open are audited operator actions (accessctl.doors), not plain edits.
@@ -84,6 +119,8 @@ class DoorSerializer(serializers.ModelSerializer):
             "match_threshold": {"min_value": -1.0, "max_value": 1.0},
             "liveness_threshold": {"min_value": 0.0, "max_value": 1.0},
             "relay_pulse_ms": {"min_value": 0, "max_value": 600_000},
+            "held_open_s": {"min_value": 0, "max_value": 86_400},
+            "cooldown_s": {"min_value": 0, "max_value": 3_600},
         }
 
 
@@ -98,6 +135,23 @@ class AccessGroupSerializer(serializers.ModelSerializer):
     class Meta:
         model = AccessGroup
         fields = ["id", "name", "description", "people", "doors", "schedule"]
+
+
+class AreaSerializer(serializers.ModelSerializer):
+    entry_doors = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=Door.objects.all(), help_text="Door ids that lead into the area."
+    )
+    exit_doors = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=Door.objects.all(), help_text="Door ids that lead out of it."
+    )
+
+    class Meta:
+        model = Area
+        fields = ["id", "name", "passback", "entry_doors", "exit_doors"]
+
+
+class AreaResetSerializer(serializers.Serializer):
+    person = serializers.PrimaryKeyRelatedField(queryset=Person.objects.all(), help_text="The person's id.")
 
 
 class ScheduleWindowSerializer(serializers.ModelSerializer):

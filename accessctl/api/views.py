@@ -45,12 +45,14 @@ from accessctl.models import (
     AccessGroup,
     Alarm,
     ApiToken,
+    Area,
     Door,
     Person,
     Schedule,
     WebhookDelivery,
     WebhookSubscription,
 )
+from accessctl.passback import area_presence_reset
 from accessctl.privacy.erasure import person_erase
 from accessctl.webhooks import (
     EventType,
@@ -340,6 +342,41 @@ class AccessGroupViewSet(ApiModelViewSet):
     filterset_class = filters.AccessGroupFilter
     read_scope = Scope.DOORS_READ
     write_scope = Scope.DOORS_WRITE
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List anti-passback areas", tags=["areas"]),
+    retrieve=extend_schema(summary="Get an area", tags=["areas"]),
+    create=extend_schema(summary="Create an area", tags=["areas"]),
+    update=extend_schema(summary="Replace an area", tags=["areas"]),
+    partial_update=extend_schema(summary="Update an area", tags=["areas"]),
+    destroy=extend_schema(summary="Delete an area", tags=["areas"]),
+)
+class AreaViewSet(ApiModelViewSet):
+    queryset = Area.objects.order_by("name", "id").prefetch_related(
+        Prefetch("entry_doors", queryset=Door.objects.only("id")),
+        Prefetch("exit_doors", queryset=Door.objects.only("id")),
+    )
+    serializer_class = serializers.AreaSerializer
+    filterset_class = filters.AreaFilter
+    read_scope = Scope.DOORS_READ
+    write_scope = Scope.DOORS_WRITE
+    # Resetting is an operator's act (accessctl.operate_doors, audited with who): sessions only, no token scope.
+    action_scopes = {"reset": None}  # type: ignore[dict-item]
+    session_permissions = {"reset": ["accessctl.operate_doors"]}
+
+    @extend_schema(
+        summary="Reset one person's anti-passback in this area (signed-in operators only; audited)",
+        tags=["areas"],
+        request=serializers.AreaResetSerializer,
+        responses={200: serializers.AccessEventSerializer},
+    )
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def reset(self, request: Request, pk: str | None = None) -> Response:
+        body = serializers.AreaResetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        event = area_presence_reset(area=self.get_object(), person=body.validated_data["person"], actor=request.user)
+        return Response(serializers.AccessEventSerializer(event).data)
 
 
 @extend_schema_view(

@@ -172,8 +172,8 @@ def filter_covered(topic_filter: str, acl_filter: str) -> bool:
 
 # --- what each identity may do ---------------------------------------------------------------------
 
-SERVER_READS = ("detections", "heartbeat", "status")
-DEVICE_WRITES = ("detections", "heartbeat", "status")
+SERVER_READS = ("detections", "heartbeat", "status", "door")
+DEVICE_WRITES = ("detections", "heartbeat", "status", "door")
 BRIDGE_TOPICS = "acs/v1/bridge/#"
 
 

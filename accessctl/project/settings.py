@@ -212,6 +212,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "recognition.health_evaluate",
         "schedule": env_float("ACCESSCTL_HEALTH_EVALUATE_EVERY_S", 900.0),
     },
+    # Doors open past their held_open_s raise the held-open alarm (accessctl/door_sensors.py).
+    "doors-held-open-sweep": {
+        "task": "accessctl.doors_held_open_sweep",
+        "schedule": env_float("ACCESSCTL_DOOR_HELD_OPEN_SWEEP_S", 5.0),
+    },
     "retention-daily": {
         "task": "accessctl.retention_apply",
         "schedule": crontab(minute=17, hour=env_int("ACCESSCTL_RETENTION_HOUR_UTC", 3)),
@@ -285,6 +290,18 @@ MQTT_BRIDGE_DEAF_AFTER_S = env_float("MQTT_BRIDGE_DEAF_AFTER_S", 15.0)
 
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
+# Door inputs (accessctl/door_sensors.py). An opening is authorised by a grant or an exit request at
+# the door no longer ago than the grant's relay pulse plus this grace (decision, walking to the door);
+# else it is forced open.
+DOOR_OPEN_GRACE_S = env_float("ACCESSCTL_DOOR_OPEN_GRACE_S", 5.0)
+# A door event spooled by a device cut off from the server is still recorded this long after it was
+# signed (its forced-open alarm too); older ones are refused as stale_timestamp.
+DOOR_EVENT_MAX_AGE_S = env_float("ACCESSCTL_DOOR_EVENT_MAX_AGE_S", 86400.0)
+# Second factor (accessctl/second_factor.py): a PIN or card counts for a face captured at most this far
+# from when it was entered; this many mismatches at a door within the window raise an alarm.
+SECOND_FACTOR_WINDOW_S = env_float("ACCESSCTL_SECOND_FACTOR_WINDOW_S", 30.0)
+SECOND_FACTOR_ALARM_COUNT = env_int("ACCESSCTL_SECOND_FACTOR_ALARM_COUNT", 3)
+SECOND_FACTOR_ALARM_WINDOW_S = env_int("ACCESSCTL_SECOND_FACTOR_ALARM_WINDOW_S", 300)
 DEVICE_OFFLINE_AFTER_S = env_float("ACCESSCTL_DEVICE_OFFLINE_AFTER_S", 90.0)
 # A staged detection without a decision after this long is enqueued again (lost task, broker restart).
 DEVICE_INBOUND_RETRY_AFTER_S = env_float("ACCESSCTL_INBOUND_RETRY_AFTER_S", 20.0)

@@ -19,7 +19,12 @@ class Reason(StrEnum):
     # system records
     PERSON_ERASED = "person_erased"
     RETENTION_PURGE = "retention_purge"
-    HELD_OPEN = "held_open"
+    HELD_OPEN = "held_open"  # a door left open past its held_open_s after an authorised opening (alarm)
+    EXIT_REQUEST = "exit_request"  # the request-to-exit button opened the door (the device, locally)
+    DOOR_OPENED = "door_opened"  # the door position sensor: opened after a grant or an exit request
+    DOOR_CLOSED = "door_closed"  # the door position sensor: closed (clears forced/held-open alarms)
+    SUPPRESSED_REPEAT = "suppressed_repeat"  # the same person again at the same door within its cooldown
+    ANTI_PASSBACK_RESET = "anti_passback_reset"  # an operator reset a person's presence in an area
     OFFLINE_ALLOWED = "offline_allowed"  # the device opened alone: fail-safe door while offline
     OFFLINE_MATCHED = "offline_matched"  # the device opened alone: a person on its signed allow-list
     ENROLMENT_APPROVED = "enrolment_approved"  # a reviewer accepted an enrolment photo into the gallery
@@ -36,6 +41,10 @@ class Reason(StrEnum):
     LOCKDOWN = "lockdown"
     LOW_QUALITY = "low_quality"
     DOOR_UNASSIGNED = "door_unassigned"
+    FORCED_OPEN = "forced_open"  # the door opened with no grant or exit request (alarm)
+    ANTI_PASSBACK = "anti_passback"  # entering an area (hard anti-passback) the person entered and never left
+    SECOND_FACTOR_REQUIRED = "second_factor_required"  # the door needs a PIN or card with the face: none (in time)
+    SECOND_FACTOR_MISMATCH = "second_factor_mismatch"  # the PIN or card is not the recognised person's
     OFFLINE_DENIED = "offline_denied"  # the device kept the door shut alone: fail-secure (or no valid allow-list)
     # the device's own allow-list denials while offline (``offline_`` + the device's reason)
     OFFLINE_UNKNOWN_FACE = "offline_unknown_face"
@@ -98,6 +107,19 @@ class CommandKind(StrEnum):
     CONFIG = "config"
     ALLOWLIST = "allowlist"  # one chunk of an offline allow-list version (faceengine.protocol.allowlist)
     REVOKE = "revoke"  # drop people from the device's allow-list now
+
+
+class DoorEventKind(StrEnum):
+    """What a door's inputs report (:class:`~faceengine.protocol.payloads.DoorEvent`)."""
+
+    OPENED = "opened"  # door position sensor: the door left its frame
+    CLOSED = "closed"  # door position sensor: the door is back in its frame
+    EXIT_REQUEST = "exit_request"  # request-to-exit button: the device released the lock itself
+
+
+class SecondFactorKind(StrEnum):
+    PIN = "pin"  # typed on the door's keypad
+    CARD = "card"  # read from a card (a USB reader typing digits, or Wiegand)
 
 
 class OfflineAction(StrEnum):

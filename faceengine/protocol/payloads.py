@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, replace
@@ -11,12 +12,14 @@ from typing import Any, ClassVar, Self, TypeVar
 from faceengine.protocol.codes import (
     CommandKind,
     DeviceState,
+    DoorEventKind,
     EmbeddingEncoding,
     Mode,
     OfflineAction,
     OfflineMode,
     ProtocolError,
     Reason,
+    SecondFactorKind,
 )
 from faceengine.protocol.embedding import decode_embedding, encode_embedding
 from faceengine.protocol.limits import (
@@ -102,6 +105,40 @@ class OfflineDecision:
         )
 
 
+_PIN_RE = re.compile(r"^[0-9]{4,12}$")
+_CARD_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecondFactor:
+    """What the person entered at the door besides their face, carried inside the signed detection:
+    ``kind`` (``pin``: 4-12 digits; ``card``: 1-32 letters or digits, as the reader gives them),
+    ``value`` and ``entered_at`` (unix s). The server checks it against the recognised person."""
+
+    kind: SecondFactorKind
+    value: str
+    entered_at: float
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "value": self.value, "entered_at": self.entered_at}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, {"kind", "value", "entered_at"}, set(), "second_factor")
+        kind = _enum(d, "kind", SecondFactorKind)
+        value = d["value"]
+        pattern = _PIN_RE if kind is SecondFactorKind.PIN else _CARD_RE
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _fail(f"second_factor value is not a valid {kind}")
+        return _construct(cls, kind=kind, value=value, entered_at=_check_timestamp(d["entered_at"], "entered_at"))
+
+    def __repr__(self) -> str:  # never the PIN in a log line
+        return f"SecondFactor(kind={self.kind!s}, entered_at={self.entered_at})"
+
+
 def _liveness_fields(d: Mapping[str, Any], *, max_frames: int) -> dict[str, Any]:
     """The optional liveness evidence of a detection: the live score fused over the track (0..1,
     higher is more likely a live face), how many frames it fused, and the networks' version. Score
@@ -149,6 +186,7 @@ class Detection:
     liveness: float | None = None
     liveness_frames: int | None = None
     liveness_model: str | None = None
+    second_factor: SecondFactor | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
@@ -157,7 +195,7 @@ class Detection:
     }  # fmt: skip
     _OPTIONAL: ClassVar[set[str]] = {
         "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
-        "attempt", "liveness", "liveness_frames", "liveness_model",
+        "attempt", "liveness", "liveness_frames", "liveness_model", "second_factor",
     }  # fmt: skip
     #: Most frames a device may say it scored for liveness over one track.
     MAX_LIVENESS_FRAMES: ClassVar[int] = 10_000
@@ -226,6 +264,8 @@ class Detection:
             out["liveness_frames"] = self.liveness_frames
             if self.liveness_model is not None:
                 out["liveness_model"] = self.liveness_model
+        if self.second_factor is not None:
+            out["second_factor"] = self.second_factor.to_dict()
         return out
 
     def resent(self, *, sent_at: float) -> Self:
@@ -272,6 +312,8 @@ class Detection:
         if d.get("attempt") is not None:
             fields["attempt"] = _integer(d, "attempt", lo=0, hi=cls.MAX_ATTEMPT)
         fields.update(_liveness_fields(d, max_frames=cls.MAX_LIVENESS_FRAMES))
+        if d.get("second_factor") is not None:
+            fields["second_factor"] = SecondFactor.from_dict(d["second_factor"])
         embedding_keys = ("embedding", "embedding_encoding", "embedding_scale", "dim")
         if mode is Mode.CROP:
             if any(d.get(k) is not None for k in embedding_keys):
@@ -541,12 +583,71 @@ class Command:
         )
 
 
-Message = Detection | Heartbeat | Status | Command
-_BY_KIND: dict[TopicKind, type[Detection | Heartbeat | Status | Command]] = {
+@dataclass(frozen=True, kw_only=True)
+class DoorEvent:
+    """What a door's inputs saw, device -> server (the ``door`` topic), signed with the device key.
+
+    ``kind``: the position sensor's ``opened`` / ``closed``, or ``exit_request`` (the request-to-exit
+    button; the device released the lock itself). ``event_id`` (uuid4) is unique: the server
+    records each event once and refuses another payload under the same id (``replay``).
+    ``occurred_at``: when the input changed; ``sent_at``: when it was signed (a spooled event keeps
+    both). ``released``: whether the lock relay was energised at that moment (the device's own
+    evidence that an opening was let in: an offline grant, fail-safe, an exit request); None when
+    the device does not say.
+    """
+
+    device_uid: str
+    event_id: str
+    kind: DoorEventKind
+    occurred_at: float
+    sent_at: float
+    released: bool | None = None
+    v: int = PROTOCOL_VERSION
+
+    KIND: ClassVar[TopicKind] = TopicKind.DOOR
+    _REQUIRED: ClassVar[set[str]] = {"v", "device_uid", "event_id", "kind", "occurred_at", "sent_at"}
+    _OPTIONAL: ClassVar[set[str]] = {"released"}
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.v,
+            "device_uid": self.device_uid,
+            "event_id": self.event_id,
+            "kind": str(self.kind),
+            "occurred_at": self.occurred_at,
+            "sent_at": self.sent_at,
+        }
+        if self.released is not None:
+            out["released"] = self.released
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        d = _check_keys(data, cls._REQUIRED, cls._OPTIONAL, "door event")
+        released = d.get("released")
+        if released is not None and not isinstance(released, bool):
+            raise _fail("released must be a boolean")
+        return _construct(
+            cls,
+            device_uid=validate_device_uid(d["device_uid"]),
+            event_id=_uuid4(d, "event_id"),
+            kind=_enum(d, "kind", DoorEventKind),
+            occurred_at=_check_timestamp(d["occurred_at"], "occurred_at"),
+            sent_at=_check_timestamp(d["sent_at"], "sent_at"),
+            released=released,
+        )
+
+
+Message = Detection | Heartbeat | Status | Command | DoorEvent
+_BY_KIND: dict[TopicKind, type[Detection | Heartbeat | Status | Command | DoorEvent]] = {
     TopicKind.DETECTIONS: Detection,
     TopicKind.HEARTBEAT: Heartbeat,
     TopicKind.STATUS: Status,
     TopicKind.COMMANDS: Command,
+    TopicKind.DOOR: DoorEvent,
 }
 
 

@@ -20,6 +20,7 @@ class TopicKind(StrEnum):
     HEARTBEAT = "heartbeat"
     STATUS = "status"
     COMMANDS = "commands"
+    DOOR = "door"  # door position sensor and request-to-exit events (device -> server)
 
 
 def validate_device_uid(uid: object) -> str:
@@ -48,6 +49,10 @@ def status_topic(uid: str) -> str:
 
 def commands_topic(uid: str) -> str:
     return topic_for(uid, TopicKind.COMMANDS)
+
+
+def door_topic(uid: str) -> str:
+    return topic_for(uid, TopicKind.DOOR)
 
 
 def subscription_filter(kind: TopicKind | str) -> str:

@@ -206,6 +206,7 @@
     var count = item.querySelector(".alarm-count");
     count.textContent = "×" + p.count;
     count.hidden = p.count < 2;
+    item.classList.toggle("cleared", !!p.cleared);  // a forced / held-open door closed again
     item.classList.add("fresh");
     setTimeout(function () { item.classList.remove("fresh"); }, 2500);
     updateAlarmCount();
@@ -223,6 +224,7 @@
     "device.status": onDeviceStatus,
     "alarm.raised": onAlarmRaised,
     "alarm.acknowledged": onAlarmAcknowledged,
+    "alarm.cleared": onAlarmRaised,
   };
 
   /* --- resync after a reconnect: swap the panels for freshly rendered ones ------------------- */

@@ -45,7 +45,8 @@ def test_repeats_fold_into_one_open_alarm(door, sent, django_capture_on_commit_c
     assert [kind for kind, _ in sent] == ["alarm.raised", "alarm.raised"]
     assert sent[-1][1] | {"raised_at": None} == {
         "id": first.pk, "kind": "forged_signature", "door_id": door.pk, "device_uid": "cam-1",
-        "raised_at": None, "count": 2, "acknowledged": False, "thumbnail_url": None,
+        "raised_at": None, "count": 2, "acknowledged": False, "cleared": False,
+        "thumbnail_url": None,
     }  # fmt: skip
 
     # Another kind, another door or an acknowledged alarm: a new alarm.

@@ -568,3 +568,48 @@ def test_a_stored_crop_parses_without_its_bytes_only_when_asked() -> None:
     expect(Reason.BAD_IMAGE, p.Detection.from_dict, staged)
     det = p.Detection.from_dict(staged, crop_stored=True)
     assert det.mode == p.Mode.CROP and det.crop_jpeg is None
+
+
+# -- door events (issue 23) -------------------------------------------------------------------
+
+
+def test_door_event_round_trip_signed(keys: tuple[str, str]) -> None:
+    private, public = keys
+    now = time.time()
+    event = p.DoorEvent(
+        device_uid=UID, event_id=p.new_id(), kind="exit_request", occurred_at=now, sent_at=now, released=True
+    )
+    assert p.door_topic(UID) == "acs/v1/devices/door-1/door"
+    opened = p.open_message(p.door_topic(UID), p.seal(event, p.load_private_key(private)), public, window_s=30)
+    assert opened == event and opened.kind is p.DoorEventKind.EXIT_REQUEST
+    bare = p.DoorEvent(device_uid=UID, event_id=p.new_id(), kind="closed", occurred_at=now, sent_at=now)
+    assert "released" not in bare.to_dict() and bare.released is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "kicked"},
+        {"released": 1},
+        {"event_id": "not-a-uuid"},
+        {"extra": True},
+        {"occurred_at": float("nan")},
+    ],
+)
+def test_door_event_rejects(change: dict) -> None:
+    now = time.time()
+    data = {"v": 1, "device_uid": UID, "event_id": p.new_id(), "kind": "opened", "occurred_at": now, "sent_at": now}
+    expect(Reason.MALFORMED, p.payload_from_dict, "door", {**data, **change})
+
+
+def test_second_factor_round_trip_and_rules() -> None:
+    now = time.time()
+    det = crop_detection().__class__.from_dict(
+        {**crop_detection().to_dict(), "second_factor": {"kind": "pin", "value": "0042", "entered_at": now}}
+    )
+    assert det.second_factor == p.SecondFactor(kind="pin", value="0042", entered_at=now)
+    assert det.to_dict()["second_factor"] == {"kind": "pin", "value": "0042", "entered_at": now}
+    assert "0042" not in repr(det)
+    for bad in ({"kind": "pin", "value": "12"}, {"kind": "pin", "value": "12a4"}, {"kind": "card", "value": "x" * 33},
+                {"kind": "iris", "value": "1234"}):  # fmt: skip
+        expect(Reason.MALFORMED, p.SecondFactor.from_dict, {**bad, "entered_at": now})
