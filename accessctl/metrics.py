@@ -10,14 +10,30 @@ database or the cache (devices, the staged queue, the gallery): each app registe
 :func:`collector_register` (this app imports no app above it).
 
 Label values are bounded: decision and reason codes, alarm kinds, detection modes, model versions.
+
+Files of processes that are gone (a worker child recycled, a bridge restarted, a crash) are
+compacted: their counters and histograms are added into one archive file per type
+(``counter_archive.db``, ``histogram_archive.db``) and the files removed, so the folder holds the
+files of the live processes plus the archive however often processes restart, and no counter goes
+backwards. Each process compacts its own files when it exits (:func:`metrics_process_exit`: at
+interpreter exit, from Celery's ``worker_process_shutdown`` for pool children, which leave through
+``os._exit``); a scrape compacts those of processes that died without (SIGKILL, OOM). A lock file
+in the folder keeps a scrape from reading while the files change (shared for readers, exclusive
+for the compaction). A process is dead when its pid is: the folder belongs to the processes of one
+host (one pid namespace); a container that shares it with another namespace must not.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
+import json
 import logging
 import os
+import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -30,7 +46,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import values as _values  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
 from prometheus_client.exposition import generate_latest  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
+from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +167,17 @@ class _Registered:
         yield took
 
 
-def metrics_exposition() -> tuple[bytes, str]:
-    """The text exposition of every process's counters plus the scrape-time gauges, and its content type."""
+def metrics_exposition(folder: Path | None = None) -> tuple[bytes, str]:
+    """The text exposition of every process's counters plus the scrape-time gauges, and its content
+    type (``folder``: the processes' files, PROMETHEUS_MULTIPROC_DIR unless given)."""
+    folder = Path(folder or os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if metric_files_dead(folder):  # processes that died without compacting theirs (killed)
+        try:
+            metrics_files_compact(folder)
+        except Exception:  # the scrape still answers, with the files as they are
+            logger.exception("metrics: compacting the files of ended processes failed")
     registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    registry.register(_ProcessFiles(folder))
     registry.register(_Registered())
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
@@ -166,3 +190,172 @@ def metrics_dir_reset(path: Path | None = None) -> Path:
     for item in folder.glob("*.db"):
         item.unlink(missing_ok=True)
     return folder
+
+
+# --------------------------------------------------------------------------- the processes' files
+
+#: The pid part of the archive files' names (``counter_archive.db``).
+ARCHIVE = "archive"
+#: File types whose values add up across processes (per key: per series, per histogram bucket).
+_ADDITIVE = ("counter", "histogram", "summary")
+_LOCK_NAME = ".metrics.lock"
+
+
+@contextlib.contextmanager
+def _files_locked(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """Scrapes read under a shared lock, the compaction changes the files under an exclusive one."""
+    with open(folder / _LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _file_pid(path: Path) -> int | None:
+    """The writer's pid from ``<type>[_<mode>]_<pid>.db`` (None: the archive or a foreign file)."""
+    tail = path.stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def metric_files_dead(folder: Path, *, exiting: int | None = None) -> list[Path]:
+    """The metric files of processes that are gone (and of ``exiting``, the caller on its way out)."""
+    alive: dict[int, bool] = {}
+    dead = []
+    for path in folder.glob("*.db"):
+        pid = _file_pid(path)
+        if pid is None:
+            continue
+        if pid not in alive:
+            alive[pid] = pid != exiting and _process_alive(pid)
+        if not alive[pid]:
+            dead.append(path)
+    return dead
+
+
+def metrics_files_compact(path: Path | None = None, *, exiting_pid: int | None = None) -> int:
+    """Add the counters and histograms of dead processes (and of ``exiting_pid``) into the archive
+    files and remove their files; returns how many files went. Their live gauges go too
+    (prometheus_client's ``mark_process_dead``); other gauge files stay (their values are per process).
+
+    The new archive replaces the old one before the absorbed files are removed, under the
+    exclusive lock: a scrape sees the totals before or after, never a step back. A compaction killed
+    between the two steps counts the files it had not removed yet twice (up, never down)."""
+    folder = Path(path or os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if not folder.is_dir():  # removed under a process on its way out (a test's temporary folder)
+        return 0
+    with _files_locked(folder, exclusive=True):
+        dead = metric_files_dead(folder, exiting=exiting_pid)
+        by_type: dict[str, list[Path]] = {}
+        for item in dead:
+            by_type.setdefault(item.name.split("_", 1)[0], []).append(item)
+        gone = []
+        for typ, files in sorted(by_type.items()):
+            if typ not in _ADDITIVE:
+                continue
+            archive = folder / f"{typ}_{ARCHIVE}.db"
+            totals: dict[str, float] = {}
+            for source in [archive, *files]:
+                try:
+                    values = MmapedDict.read_all_values_from_file(str(source))
+                except (FileNotFoundError, struct.error):  # struct.error: killed while creating it (empty)
+                    continue
+                for key, value, _timestamp, _pos in values:
+                    totals[key] = totals.get(key, 0.0) + value
+            staging = folder / f".{typ}_{ARCHIVE}.db.new"  # not *.db: no scrape reads it
+            staging.unlink(missing_ok=True)
+            written = MmapedDict(str(staging))
+            try:
+                for key, value in totals.items():
+                    written.write_value(key, value, 0.0)
+            finally:
+                written.close()
+            os.replace(staging, archive)
+            gone.extend(files)
+        for pid in {_file_pid(item) for item in dead}:
+            mark_process_dead(pid, str(folder))
+        for item in gone:
+            item.unlink(missing_ok=True)
+    if dead:
+        logger.info("metrics: compacted %d file(s) of %d ended process(es)", len(dead), len({*map(_file_pid, dead)}))
+    return len(dead)
+
+
+def metrics_process_exit() -> None:
+    """This process is ending: its counters go into the archive (Celery's pool children call this
+    from ``worker_process_shutdown``; every other process at interpreter exit). Never raises."""
+    try:
+        metrics_files_compact(exiting_pid=os.getpid())
+    except Exception:
+        logger.exception("metrics: compacting this process's files at exit failed")
+
+
+atexit.register(metrics_process_exit)
+
+
+#: Parsed file keys (a key names one series of one metric: the same in every file and every scrape).
+_keys: dict[str, tuple[str, str, dict[str, str], tuple[tuple[str, str], ...], str]] = {}
+_KEYS_MAX = 100_000
+#: The archive files' values, read again only when the compaction replaced the file.
+_archived: dict[str, tuple[tuple[int, int, int], list[tuple[str, float]]]] = {}
+
+
+class _ProcessFiles:
+    """prometheus_client's MultiProcessCollector, read under the folder's shared lock, with the
+    keys' parse kept between scrapes, the archive files read only when they change, and a file a
+    process is creating at that moment (still empty) read as holding nothing (the upstream
+    collector fails the whole scrape on it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        with _files_locked(self.folder, exclusive=False):
+            files = [(path, path.name.split("_")) for path in sorted(self.folder.glob("*.db"))]
+            read = [(parts, self._values(path, parts)) for path, parts in files]
+        metrics: dict[str, Metric] = {}
+        for parts, values in read:
+            typ = parts[0]
+            for key, value in values:
+                parsed = _keys.get(key)
+                if parsed is None:
+                    metric_name, name, labels, help_text = json.loads(key)
+                    parsed = (metric_name, name, labels, tuple(sorted(labels.items())), help_text)
+                    if len(_keys) < _KEYS_MAX:
+                        _keys[key] = parsed
+                metric_name, name, _labels, labels_key, help_text = parsed
+                metric = metrics.get(metric_name)
+                if metric is None:
+                    metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
+                if typ == "gauge":
+                    metric._multiprocess_mode = parts[1]  # type: ignore[attr-defined]
+                    metric.add_sample(name, (*labels_key, ("pid", parts[2][:-3])), value)  # type: ignore[arg-type]
+                else:
+                    metric.add_sample(name, labels_key, value)  # type: ignore[arg-type]
+        return MultiProcessCollector._accumulate_metrics(metrics, True)
+
+    def _values(self, path: Path, parts: list[str]) -> list[tuple[str, float]]:
+        try:
+            if parts[-1] != f"{ARCHIVE}.db":
+                return [(key, value) for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path))]
+            stat = path.stat()
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            cached = _archived.get(path.name)
+            if cached is None or cached[0] != stamp:
+                values = [(key, value) for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path))]
+                cached = _archived[path.name] = (stamp, values)
+            return cached[1]
+        except FileNotFoundError:  # a live gauge's file removed since the listing (mark_process_dead)
+            return []
+        except struct.error:  # a file being created (empty until its writer sizes it): no values yet
+            return []

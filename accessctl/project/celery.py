@@ -51,3 +51,12 @@ def _worker_heartbeat_stop(**_: object) -> None:
     for beat in _heartbeat:
         beat.stop()
     _heartbeat.clear()
+
+
+@signals.worker_process_shutdown.connect
+def _metrics_pool_child_exit(**_: object) -> None:
+    """A pool child leaves through ``os._exit`` (no interpreter exit hooks): its counters go into
+    the metrics archive here (accessctl.metrics; the main process does it at interpreter exit)."""
+    from accessctl.metrics import metrics_process_exit
+
+    metrics_process_exit()
