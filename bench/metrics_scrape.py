@@ -4,9 +4,11 @@ Starts the embedded PostgreSQL (var/bench/pg), Valkey and MQTT broker (``bench/_
 
 1. Scrape: ``--devices`` devices (online, with heartbeats), a gallery of ``--gallery`` embeddings,
    staged detections, open alarms, bridge and worker heartbeats, and metric files written by
-   ``--processes`` child processes (every label of every counter and histogram, as a site that has
-   run a while has); then ``--scrapes`` GETs of /metrics through the Django stack (token auth,
-   middleware). The first scrape counts the gallery; later ones use its cached count.
+   ``--processes`` child processes that stay alive during the scrapes (every label of every counter
+   and histogram, as a site that has run a while has: live processes' files are read on every
+   scrape); then ``--scrapes`` GETs of /metrics through the Django stack (token auth, middleware).
+   The first scrape counts the gallery; later ones use its cached count. Then the children end
+   (their files go into the archive) and the scrape is timed again (``after_exit``).
 2. Cost per decision: the whole in-process detection path, signed embedding-mode detection ->
    ``devices.ingest.detection_ingest`` (verify, stage) -> ``recognition.detections.detections_decide``
    (gallery search, policy, event), one detection at a time, in alternating blocks with the metric
@@ -52,6 +54,9 @@ for outcome in ("succeeded", "failed", "retry", "refused"):
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
 for kind in Alarm.Kind:
     metrics.ALARMS_RAISED.labels(str(kind)).inc()
+import sys
+print("ready", flush=True)
+sys.stdin.read()  # alive (its files cannot be compacted) until the bench closes its stdin
 """
 
 
@@ -274,11 +279,28 @@ def main() -> None:
     try:
         _stack.django_ready()
         site = site_fill(args.devices, args.gallery)
+        children = []
         for _ in range(args.processes):  # each writes its own files, as web, workers and bridge do
-            subprocess.run([sys.executable, "-c", _CHILD], env=dict(os.environ), check=True, cwd=_stack.ROOT)
-        files = len(list(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db")))
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD], env=dict(os.environ), cwd=_stack.ROOT, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            children.append(child)
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        files = len(list(folder.glob("*.db")))
         result: dict[str, Any] = {"devices": args.devices, "gallery": args.gallery, "metric_files": files}
         result.update(scrape_measure(args.scrapes))
+        for child in children:  # they end: their files go into the archive
+            assert child.stdin is not None
+            child.stdin.close()
+            assert child.wait(60) == 0
+        after = scrape_measure(max(20, args.scrapes // 4))
+        result["after_exit"] = {
+            "metric_files": len(list(folder.glob("*.db"))),
+            "scrape_ms_p50": after["scrape_ms_p50"],
+            "scrape_ms_p99": after["scrape_ms_p99"],
+        }
         result["metric_calls"] = metric_call_cost()
         result["decision"] = decision_cost(site, args.blocks, args.per_block)
         result["cpus"] = os.cpu_count()

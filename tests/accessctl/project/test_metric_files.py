@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from accessctl.metrics import _ProcessFiles, metrics_exposition, metrics_files_compact
@@ -28,7 +30,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "accessctl.project.settings")
 from accessctl import metrics  # the settings only: what a process needs to count
 metrics.WEBHOOK_DELIVERIES.labels("retry").inc(int(sys.argv[1]))
 metrics.BRIDGE_LAG.labels("wait").observe(0.004)
-if sys.argv[2] == "hang":
+if sys.argv[2] == "gauges":  # as a future multiprocess gauge would: one file per mode and process
+    from prometheus_client import Gauge
+    Gauge("t_live", "h", ["k"], multiprocess_mode="livesum").labels("a").set(2)
+    Gauge("t_all", "h", multiprocess_mode="all").set(int(sys.argv[1]))
+    metrics.DECISION_LATENCY.labels("crop").observe(0.07)
+    metrics.DECISION_LATENCY.labels("crop").observe(7)
+if sys.argv[2] in ("hang", "gauges"):
     print("ready", flush=True)
     time.sleep(600)
 """
@@ -67,8 +75,8 @@ def child(folder: Path, count: int, mode: str = "exit") -> subprocess.Popen[str]
     )
 
 
-def hanging(folder: Path, count: int) -> subprocess.Popen[str]:
-    proc = child(folder, count, "hang")
+def hanging(folder: Path, count: int, mode: str = "hang") -> subprocess.Popen[str]:
+    proc = child(folder, count, mode)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -186,3 +194,47 @@ def test_a_file_still_empty_is_read_as_nothing_and_an_empty_dead_one_is_removed(
     assert metrics_files_compact(folder) == 1
     assert files(folder) == {"counter_archive.db", "histogram_archive.db", f"counter_{os.getpid()}.db"}
     assert totals(folder)[RETRY] == 2
+
+
+def test_the_reader_yields_what_prometheus_client_s_collector_yields(folder: Path) -> None:
+    """The faster reader against the upstream collector over the same files: the archive, live
+    processes' counters and histograms, and gauge files."""
+
+    def samples(metrics: object) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (metric.name, sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for metric in metrics  # type: ignore[attr-defined]
+            for sample in metric.samples
+        }
+
+    assert child(folder, 2).wait(60) == 0
+    procs = [hanging(folder, 3, "gauges"), hanging(folder, 5, "gauges"), hanging(folder, 1)]
+    try:
+        ours, upstream = (
+            samples(_ProcessFiles(folder).collect()),
+            samples(MultiProcessCollector(None, str(folder)).collect()),
+        )
+        assert ours == upstream
+        assert ours[("t_live", "t_live", (("k", "a"),))] == 4
+        crop = ("accessctl_decision_latency_seconds", "accessctl_decision_latency_seconds_bucket")
+        assert ours[(*crop, (("le", "0.075"), ("mode", "crop")))] == 2
+        assert ours[(*crop, (("le", "+Inf"), ("mode", "crop")))] == 4
+        # a live process's file grows (a new series) and its values change: read again
+        own = MmapedDict(str(folder / f"counter_{os.getpid()}.db"))
+        try:
+            own.write_value(mmap_key("accessctl_webhook_deliveries", RETRY[0], ["outcome"], ["retry"], "x"), 4.0, 0)
+            assert samples(_ProcessFiles(folder).collect())[("accessctl_webhook_deliveries", *RETRY)] == 15
+            own.write_value(mmap_key("accessctl_webhook_deliveries", RETRY[0], ["outcome"], ["retry"], "x"), 5.0, 0)
+            own.write_value(
+                mmap_key("accessctl_alarms_raised", "accessctl_alarms_raised_total", ["kind"], ["replay"], "x"), 1, 0
+            )
+            again = samples(_ProcessFiles(folder).collect())
+            assert again == samples(MultiProcessCollector(None, str(folder)).collect())
+            assert again[("accessctl_webhook_deliveries", *RETRY)] == 16
+            assert again[("accessctl_alarms_raised", "accessctl_alarms_raised_total", (("kind", "replay"),))] == 1
+        finally:
+            own.close()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)
