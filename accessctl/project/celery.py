@@ -41,9 +41,11 @@ _heartbeat: "list[HeartbeatThread]" = []
 @signals.worker_ready.connect
 def _worker_heartbeat_start(sender: object = None, **_: object) -> None:
     from accessctl.heartbeats import HeartbeatThread
+    from accessctl.systemd_notify import systemd_notify
 
     name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
     _heartbeat.append(HeartbeatThread(kind="worker", name=name).start())
+    systemd_notify("READY=1")  # Type=notify in deploy/systemd/accessctl-worker.service
 
 
 @signals.worker_shutdown.connect
