@@ -372,6 +372,14 @@ def _file_values(path: Path) -> list[tuple[_Key, float]]:
     return [(key, _unpack_double(data, offset)[0]) for key, offset in index.entries]
 
 
+def _indexes_forget(folder: Path, *, keep: set[str]) -> None:
+    """Drop the indexes of files gone from ``folder`` (compacted): one per process ever seen would pile up."""
+    prefix = f"{folder}{os.sep}"
+    with _indexes_lock:
+        for path in [p for p in _indexes if p.startswith(prefix) and p not in keep]:
+            del _indexes[path]
+
+
 class _ProcessFiles:
     """What prometheus_client's MultiProcessCollector yields, read under the folder's shared lock,
     faster: each file's keys are parsed once (:class:`_FileIndex`), counters and histograms are
@@ -384,7 +392,9 @@ class _ProcessFiles:
 
     def collect(self) -> Iterable[Metric]:
         with _files_locked(self.folder, exclusive=False):
-            read = [(path.name.split("_"), _file_values(path)) for path in sorted(self.folder.glob("*.db"))]
+            paths = sorted(self.folder.glob("*.db"))
+            read = [(path.name.split("_"), _file_values(path)) for path in paths]
+        _indexes_forget(self.folder, keep={str(path) for path in paths})
         kinds: dict[str, tuple[str, str]] = {}  # metric -> (type, help)
         plain: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         buckets: dict[str, dict[tuple[tuple[str, str], ...], dict[float, float]]] = {}

@@ -120,6 +120,10 @@ def test_a_killed_process_is_compacted_by_the_next_scrape_and_the_live_ones_are_
     assert metrics_files_compact(folder) == 2
     assert files(folder) == {"counter_archive.db", "histogram_archive.db"}
     assert totals(folder) == before
+    from accessctl.metrics import _indexes
+
+    # no index is kept for the files that went
+    assert {Path(path).name for path in _indexes if path.startswith(str(folder))} == files(folder)
 
 
 def test_scrapes_during_exits_and_compactions_never_see_a_counter_go_back(folder: Path) -> None:
