@@ -160,6 +160,46 @@ def scrape_measure(scrapes: int) -> dict[str, Any]:
     }
 
 
+def scrape_parts(rounds: int = 60) -> dict[str, Any]:
+    """Where a scrape's time goes: each registered collector, and the processes' files read by
+    ours (accessctl.metrics._ProcessFiles) and by prometheus_client's MultiProcessCollector,
+    alternating in this process (wall and CPU milliseconds, p50)."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
+    from accessctl import metrics
+
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+    def timed(call: Any) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+
+    def text_of(collector: Any) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        generate_latest(registry)
+
+    parts: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(rounds):
+        for name, collect in sorted(metrics._collectors.items()):
+            parts.setdefault(f"collector {name}", []).append(timed(lambda c=collect: list(c())))
+        parts.setdefault("files: ours", []).append(timed(lambda: list(metrics._ProcessFiles(Path(folder)).collect())))
+        parts.setdefault("files: prometheus_client", []).append(
+            timed(lambda: list(MultiProcessCollector(None, path=folder).collect()))
+        )
+        parts.setdefault("files: ours, as text", []).append(timed(lambda: text_of(metrics._ProcessFiles(Path(folder)))))
+    return {
+        name: {
+            "ms_p50": round(statistics.median(w for w, _ in v), 2),
+            "cpu_ms_p50": round(statistics.median(c for _, c in v), 2),
+        }
+        for name, v in parts.items()
+    }
+
+
 def decision_cost(site: dict[str, Any], blocks: int, per_block: int) -> dict[str, Any]:
     """CPU per detection with the metrics on and off (no-op stand-ins), blocks alternating."""
     import devices.ingest as ingest
@@ -296,6 +336,7 @@ def main() -> None:
         files = len(list(folder.glob("*.db")))
         result: dict[str, Any] = {"devices": args.devices, "gallery": args.gallery, "metric_files": files}
         result.update(scrape_measure(args.scrapes))
+        result["parts"] = scrape_parts()
         for child in children:  # they end: their files go into the archive
             assert child.stdin is not None
             child.stdin.close()
