@@ -44,7 +44,7 @@ def scrape() -> dict[str, dict[str, float]]:
 _OPS = {">": operator.gt, "<": operator.lt, "==": operator.eq}
 _CLAUSE = re.compile(
     r"(accessctl_device_allowlist_[a-z_]+)\s*(==|<|>)\s*"
-    r"(?:(\d+)|on \(\) group_left \(\) \(accessctl_allowlist_max_age_seconds / 2\))"
+    r"(?:(\d+)|ignoring \(device\) group_left \(\) \(accessctl_allowlist_max_age_seconds / 2\))"
 )
 
 
