@@ -4,9 +4,11 @@ Starts the embedded PostgreSQL (var/bench/pg), Valkey and MQTT broker (``bench/_
 
 1. Scrape: ``--devices`` devices (online, with heartbeats), a gallery of ``--gallery`` embeddings,
    staged detections, open alarms, bridge and worker heartbeats, and metric files written by
-   ``--processes`` child processes (every label of every counter and histogram, as a site that has
-   run a while has); then ``--scrapes`` GETs of /metrics through the Django stack (token auth,
-   middleware). The first scrape counts the gallery; later ones use its cached count.
+   ``--processes`` child processes that stay alive during the scrapes (every label of every counter
+   and histogram, as a site that has run a while has: live processes' files are read on every
+   scrape); then ``--scrapes`` GETs of /metrics through the Django stack (token auth, middleware).
+   The first scrape counts the gallery; later ones use its cached count. Then the children end
+   (their files go into the archive) and the scrape is timed again (``after_exit``).
 2. Cost per decision: the whole in-process detection path, signed embedding-mode detection ->
    ``devices.ingest.detection_ingest`` (verify, stage) -> ``recognition.detections.detections_decide``
    (gallery search, policy, event), one detection at a time, in alternating blocks with the metric
@@ -52,6 +54,9 @@ for outcome in ("succeeded", "failed", "retry", "refused"):
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
 for kind in Alarm.Kind:
     metrics.ALARMS_RAISED.labels(str(kind)).inc()
+import sys
+print("ready", flush=True)
+sys.stdin.read()  # alive (its files cannot be compacted) until the bench closes its stdin
 """
 
 
@@ -121,13 +126,15 @@ def scrape_measure(scrapes: int) -> dict[str, Any]:
     client = Client(HTTP_AUTHORIZATION=f"Bearer {TOKEN}", REMOTE_ADDR="10.9.8.7", HTTP_HOST="localhost")
     assert client.get("/healthz").status_code == 200  # the process's first request loads the URL configuration
     timings = []
+    cpu = []  # this process's CPU per scrape: less skewed than wall time by other work on the machine
     direct = []
     size = series = 0
     first_ms = 0.0
     for i in range(scrapes + 1):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         response = client.get("/metrics")
         took = (time.perf_counter() - started) * 1000
+        took_cpu = (time.process_time() - started_cpu) * 1000
         assert response.status_code == 200, response.status_code
         if i == 0:
             first_ms = took  # counts the gallery
@@ -135,6 +142,7 @@ def scrape_measure(scrapes: int) -> dict[str, Any]:
             series = sum(1 for line in response.content.splitlines() if line and not line.startswith(b"#"))
         else:
             timings.append(took)
+            cpu.append(took_cpu)
             started = time.perf_counter()
             metrics_exposition()
             direct.append((time.perf_counter() - started) * 1000)
@@ -143,10 +151,52 @@ def scrape_measure(scrapes: int) -> dict[str, Any]:
         "scrape_ms_p50": round(statistics.median(timings), 2),
         "scrape_ms_p99": round(_stack.percentile(timings, 99), 2),
         "scrape_ms_max": round(max(timings), 2),
+        "scrape_cpu_ms_p50": round(statistics.median(cpu), 2),
+        "scrape_cpu_ms_p99": round(_stack.percentile(cpu, 99), 2),
         "exposition_only_ms_p50": round(statistics.median(direct), 2),
         "exposition_only_ms_p99": round(_stack.percentile(direct, 99), 2),
         "exposition_bytes": size,
         "samples": series,
+    }
+
+
+def scrape_parts(rounds: int = 60) -> dict[str, Any]:
+    """Where a scrape's time goes: each registered collector, and the processes' files read by
+    ours (accessctl.metrics._ProcessFiles) and by prometheus_client's MultiProcessCollector,
+    alternating in this process (wall and CPU milliseconds, p50)."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
+    from accessctl import metrics
+
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+    def timed(call: Any) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+
+    def text_of(collector: Any) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        generate_latest(registry)
+
+    parts: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(rounds):
+        for name, collect in sorted(metrics._collectors.items()):
+            parts.setdefault(f"collector {name}", []).append(timed(lambda c=collect: list(c())))
+        parts.setdefault("files: ours", []).append(timed(lambda: list(metrics._ProcessFiles(Path(folder)).collect())))
+        parts.setdefault("files: prometheus_client", []).append(
+            timed(lambda: list(MultiProcessCollector(None, path=folder).collect()))
+        )
+        parts.setdefault("files: ours, as text", []).append(timed(lambda: text_of(metrics._ProcessFiles(Path(folder)))))
+    return {
+        name: {
+            "ms_p50": round(statistics.median(w for w, _ in v), 2),
+            "cpu_ms_p50": round(statistics.median(c for _, c in v), 2),
+        }
+        for name, v in parts.items()
     }
 
 
@@ -274,11 +324,29 @@ def main() -> None:
     try:
         _stack.django_ready()
         site = site_fill(args.devices, args.gallery)
+        children = []
         for _ in range(args.processes):  # each writes its own files, as web, workers and bridge do
-            subprocess.run([sys.executable, "-c", _CHILD], env=dict(os.environ), check=True, cwd=_stack.ROOT)
-        files = len(list(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db")))
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD], env=dict(os.environ), cwd=_stack.ROOT, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            children.append(child)
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        files = len(list(folder.glob("*.db")))
         result: dict[str, Any] = {"devices": args.devices, "gallery": args.gallery, "metric_files": files}
         result.update(scrape_measure(args.scrapes))
+        result["parts"] = scrape_parts()
+        for child in children:  # they end: their files go into the archive
+            assert child.stdin is not None
+            child.stdin.close()
+            assert child.wait(60) == 0
+        after = scrape_measure(max(20, args.scrapes // 4))
+        result["after_exit"] = {
+            "metric_files": len(list(folder.glob("*.db"))),
+            "scrape_ms_p50": after["scrape_ms_p50"],
+            "scrape_ms_p99": after["scrape_ms_p99"],
+        }
         result["metric_calls"] = metric_call_cost()
         result["decision"] = decision_cost(site, args.blocks, args.per_block)
         result["cpus"] = os.cpu_count()

@@ -41,9 +41,11 @@ _heartbeat: "list[HeartbeatThread]" = []
 @signals.worker_ready.connect
 def _worker_heartbeat_start(sender: object = None, **_: object) -> None:
     from accessctl.heartbeats import HeartbeatThread
+    from accessctl.systemd_notify import systemd_notify
 
     name = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
     _heartbeat.append(HeartbeatThread(kind="worker", name=name).start())
+    systemd_notify("READY=1")  # Type=notify in deploy/systemd/accessctl-worker.service
 
 
 @signals.worker_shutdown.connect
@@ -51,3 +53,12 @@ def _worker_heartbeat_stop(**_: object) -> None:
     for beat in _heartbeat:
         beat.stop()
     _heartbeat.clear()
+
+
+@signals.worker_process_shutdown.connect
+def _metrics_pool_child_exit(**_: object) -> None:
+    """A pool child leaves through ``os._exit`` (no interpreter exit hooks): its counters go into
+    the metrics archive here (accessctl.metrics; the main process does it at interpreter exit)."""
+    from accessctl.metrics import metrics_process_exit
+
+    metrics_process_exit()

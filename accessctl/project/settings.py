@@ -187,6 +187,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Worker processes started by `manage.py up` (each loads the face model once; ~35 decisions/s each).
 WORKER_CONCURRENCY = env_int("ACCESSCTL_WORKER_CONCURRENCY", 2)
+CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY  # a worker started without --concurrency (deploy/systemd)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
 RECOGNITION_QUEUE = "recognition"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from accessctl.systemd_notify import systemd_notify
 from devices.bridge import Bridge
 from devices.ingest import message_ingest
 from recognition.queueing import DecisionQueue
@@ -26,4 +28,12 @@ class Command(BaseCommand):
             bridge = Bridge(handler, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
             signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
             signal.signal(signal.SIGINT, lambda *_: bridge.stop())
+            threading.Thread(target=self._ready_when_connected, args=(bridge,), name="ready", daemon=True).start()
             bridge.run_forever()
+
+    @staticmethod
+    def _ready_when_connected(bridge: Bridge) -> None:
+        """Type=notify (deploy/systemd/accessctl-bridge.service): ready once connected to the broker
+        (its subscriptions sent)."""
+        bridge.connected.wait()
+        systemd_notify("READY=1")

@@ -171,7 +171,8 @@ def test_device_gauges_come_from_the_registry_and_the_last_heartbeat(media_root)
     assert ("accessctl_device_last_seen_age_seconds", (("device", "back-1"),)) not in samples  # never seen
     assert value(samples, "accessctl_device_spool_depth", device="front-1") == 7
     assert value(samples, "accessctl_device_camera_fps", device="front-1") == 14.5
-    info = {"device": "front-1", "door": "Front", "status": "online", "agent_version": "1.4.0", "model_version": SFACE}
+    info = {"device": "front-1", "door": "Front", "fail_mode": "secure", "status": "online", "agent_version": "1.4.0",
+            "model_version": SFACE}  # fmt: skip
     assert value(samples, "accessctl_device_info", **info) == 1
     assert value(samples, "accessctl_devices", status="offline") == 1
 
