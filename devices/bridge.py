@@ -55,6 +55,9 @@ SUBSCRIPTIONS = tuple(
 #: acknowledged to the broker: before it returns, or later from another thread (the decision
 #: batcher acknowledges a detection once its task is out). ``ack`` is idempotent.
 Handler = Callable[[str, bytes, Callable[[], None]], None]
+#: drains the sessions of the shared group's dead bridges (devices.bridge_takeover.takeover_orphans),
+#: given by the process that runs the bridge: this module does not import the takeover, which uses it
+Takeover = Callable[..., object]
 
 #: The bridges' heartbeats (accessctl.heartbeats): one per client id.
 HEARTBEAT_KIND = "bridge"
@@ -101,8 +104,10 @@ class Bridge:
         workers: int | None = None,
         probe_interval_s: float | None = None,
         deaf_after_s: float | None = None,
+        takeover: Takeover | None = None,
     ) -> None:
         self.handler = handler
+        self.takeover = takeover
         self.workers = max(1, workers if workers is not None else settings.MQTT_BRIDGE_WORKERS)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bridge-ingest")
         self._slots = threading.BoundedSemaphore(self.workers * 4)  # backpressure on the network thread
@@ -304,16 +309,19 @@ class Bridge:
 
     def takeover_check(self) -> None:
         """Every few seconds, on a shared subscription: drain the sessions of the group's dead bridges
-        (devices.bridge_takeover). Never raises."""
+        (``takeover``: devices.bridge_takeover.takeover_orphans in ``manage.py mqtt_bridge``). Never raises."""
         after = settings.MQTT_BRIDGE_TAKEOVER_AFTER_S
         now = time.monotonic()
-        if not self.shared_group or after <= 0 or now - self._takeover_at < min(5.0, after / 2):
+        if (
+            self.takeover is None
+            or not self.shared_group
+            or after <= 0
+            or now - self._takeover_at < min(5.0, after / 2)
+        ):
             return
         self._takeover_at = now
-        from devices.bridge_takeover import takeover_orphans
-
         try:
-            takeover_orphans(self, stale_after_s=after)
+            self.takeover(self, stale_after_s=after)
         except Exception:
             logger.warning("bridge %s could not look for dead bridges of its group", self.client_id, exc_info=True)
 

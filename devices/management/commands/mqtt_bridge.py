@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from accessctl.systemd_notify import systemd_notify
 from devices.bridge import Bridge
+from devices.bridge_takeover import takeover_orphans
 from devices.ingest import message_ingest
 from recognition.queueing import DecisionQueue
 
@@ -25,7 +26,12 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         with DecisionQueue() as queue:  # this run's batching of decision tasks
             handler = functools.partial(message_ingest, queue=queue)
-            bridge = Bridge(handler, client_id=options["client_id"], shared_group=options["shared_group"])  # type: ignore[arg-type]
+            bridge = Bridge(
+                handler,
+                client_id=options["client_id"],  # type: ignore[arg-type]
+                shared_group=options["shared_group"],  # type: ignore[arg-type]
+                takeover=takeover_orphans,
+            )
             signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
             signal.signal(signal.SIGINT, lambda *_: bridge.stop())
             threading.Thread(target=self._ready_when_connected, args=(bridge,), name="ready", daemon=True).start()
