@@ -76,12 +76,14 @@ from faceengine.protocol.envelope import (
 )
 from faceengine.protocol.limits import (
     COMMAND_WINDOW_S,
+    DEFAULT_TRACK_PROBES,
     DETECTION_WINDOW_S,
     MAX_CROP_BYTES,
     MAX_EMBEDDING_DIM,
     MAX_MESSAGE_BYTES,
     MAX_PULSE_MS,
     MAX_QUALITY_KEYS,
+    MAX_TRACK_PROBES,
     MIN_FACE_PX,
     PROTOCOL_VERSION,
 )
@@ -92,6 +94,7 @@ from faceengine.protocol.payloads import (
     Message,
     OfflineDecision,
     Status,
+    TrackProbe,
     new_id,
     payload_from_dict,
 )
@@ -115,6 +118,7 @@ __all__ = [
     "ALLOWLIST_FORMAT",
     "ALWAYS",
     "COMMAND_WINDOW_S",
+    "DEFAULT_TRACK_PROBES",
     "DETECTION_WINDOW_S",
     "MAX_CHUNK_DATA_BYTES",
     "MAX_CROP_BYTES",
@@ -122,6 +126,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_PULSE_MS",
     "MAX_QUALITY_KEYS",
+    "MAX_TRACK_PROBES",
     "MIN_FACE_PX",
     "OFFLINE_WILL",
     "PROTOCOL_VERSION",
@@ -147,6 +152,7 @@ __all__ = [
     "Status",
     "Template",
     "TopicKind",
+    "TrackProbe",
     "allowlist_chunks",
     "canonical_json",
     "check_detection_freshness",

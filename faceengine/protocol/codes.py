@@ -35,6 +35,9 @@ class Reason(StrEnum):
     WATCHLIST = "watchlist"
     LOCKDOWN = "lockdown"
     LOW_QUALITY = "low_quality"
+    #: the face's model version has no measured door threshold (only an unmeasured built-in value):
+    #: it must not decide at a door; run ``manage.py calibrate_threshold`` (or set one) first
+    MODEL_NOT_CALIBRATED = "model_not_calibrated"
     DOOR_UNASSIGNED = "door_unassigned"
     OFFLINE_DENIED = "offline_denied"  # the device kept the door shut alone: fail-secure (or no valid allow-list)
     # the device's own allow-list denials while offline (``offline_`` + the device's reason)
