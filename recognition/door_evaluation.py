@@ -374,7 +374,7 @@ def _score(
         threshold=threshold_for(model_version),
         min_margin=margin_for(model_version),
         probes_per_attempt=k,
-        fusion=str(rule),
+        fusion=str(rule) if k > 1 else "none",
         top1=rate(counts["top1_hits"], enrolled_attempts),
         enrolled_rejected=rate(counts["enrolled_rejected"], enrolled_attempts),
         strangers_accepted=rate(counts["strangers_accepted"], stranger_attempts),

@@ -121,3 +121,25 @@ def test_agent_sends_the_best_faces_of_a_track_as_track_probes(tmp_path: Path, k
 def test_agent_with_one_track_probe_sends_as_older_agents(tmp_path: Path, keys: Keys) -> None:
     det = _walk_past(tmp_path, keys, track_probes=1)
     assert det.track_probes == () and "track_probes" not in det.to_dict()
+
+
+def test_a_track_too_large_for_one_message_is_sent_with_its_best_face_alone(tmp_path: Path, keys: Keys) -> None:
+    import dataclasses
+    import time
+
+    from tests.edge_agent.conftest import candidate
+
+    config = make_config(tmp_path, keys, "mqtt://127.0.0.1:1")
+    config.detection.track_probes, config.detection.jpeg_quality = 5, 100
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay())
+    rng = np.random.default_rng(0)
+    noisy = [
+        dataclasses.replace(candidate(), crop=rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)) for _ in range(5)
+    ]
+    try:
+        det, size = agent.send_candidate(noisy[0], captured_at=time.time(), others=noisy[1:])
+        assert det.track_probes == () and size <= p.MAX_MESSAGE_BYTES and len(agent.spool) == 1
+        det, _ = agent.send_candidate(noisy[0], captured_at=time.time(), others=noisy[1:2])
+        assert det.probe_count == 2  # two of them fit
+    finally:
+        agent.spool.close()
