@@ -200,13 +200,23 @@ def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
     return Site(door_id=door.pk, model_version=embedder.model_version, probes=probes, keys=keys, passwords=passwords)
 
 
-def detection_build(site: Site, uid: str, i: int, mode: str) -> Any:
+def detection_build(site: Site, uid: str, i: int, mode: str, *, track_probes: int = 1) -> Any:
+    """Detection ``i`` (a probe of the site) in ``mode``; with ``track_probes`` > 1 it carries the
+    next probes as the other faces of its track (``track_probes`` on the wire)."""
+    import dataclasses
+
+    from faceengine import protocol as p
     from tests.devices import e2e
 
     probe = site.probes[i % len(site.probes)]
+    others = [site.probes[(i + j) % len(site.probes)] for j in range(1, track_probes)]
     if mode == "crop":
-        return e2e.crop_detection(uid, probe.jpeg)
-    return e2e.embedding_detection(uid, probe.vector, site.model_version)
+        detection = e2e.crop_detection(uid, probe.jpeg)
+        extra = tuple(p.TrackProbe(quality={"face_px": 120.0}, crop_jpeg=o.jpeg) for o in others)
+    else:
+        detection = e2e.embedding_detection(uid, probe.vector, site.model_version)
+        extra = tuple(p.TrackProbe.with_embedding(values=o.vector, encoding="f32", quality={}) for o in others)
+    return dataclasses.replace(detection, track_probes=extra) if extra else detection
 
 
 @dataclass
