@@ -91,14 +91,26 @@ def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray,
     return embedder.embed(crop)[0], embedder.model_version
 
 
-def track_vectors(detection: p.Detection, model_version: str) -> list[np.ndarray]:
-    """The normalised embeddings of the detection's track probes (after its main one), checked like
+def track_probes_usable(detection: p.Detection) -> list[p.TrackProbe]:
+    """The detection's track probes whose face is big enough (the main face's rule; a smaller one is
+    left out of the fusion, it does not deny the detection)."""
+    minimum = settings.RECOGNITION_MIN_FACE_PX
+    return [probe for probe in detection.track_probes if float(probe.quality.get("face_px", minimum)) >= minimum]
+
+
+def track_vectors(detection: p.Detection, model_version: str, probes: Sequence[p.TrackProbe]) -> list[np.ndarray]:
+    """The normalised embeddings of ``probes`` (the detection's, after its main one), checked like
     the main probe: the device's vectors (embedding mode) or the server's of each crop (crop mode)."""
-    if not detection.track_probes:
+    if not probes:
         return []
     if detection.mode == p.Mode.EMBEDDING:
         out = []
-        for values in detection.track_embedding_values():
+        for probe in probes:
+            if probe.embedding is None or detection.embedding_encoding is None or detection.dim is None:
+                raise ProbeError(Reason.BAD_EMBEDDING, "a track probe carries no embedding")
+            values = p.decode_embedding(
+                probe.embedding, detection.embedding_encoding, detection.dim, probe.embedding_scale
+            )
             vector = np.asarray(values, dtype=np.float32)
             norm = float(np.linalg.norm(vector))
             if vector.shape[0] != EMBEDDING_DIMS[model_version] or not np.isfinite(norm) or norm == 0.0:
@@ -108,7 +120,7 @@ def track_vectors(detection: p.Detection, model_version: str) -> list[np.ndarray
             out.append(vector / norm)
         return out
     embedder = active_embedder()
-    crops = np.stack([_crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in detection.track_probes])
+    crops = np.stack([_crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in probes])
     return [np.asarray(v, dtype=np.float32) for v in embedder.embed(crops)]
 
 
@@ -255,8 +267,9 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         if detection.mode == p.Mode.CROP and inbound.crop:
             jpeg = crop_read(inbound.crop)  # read once: embedded, and scored for liveness below
         item.vector, item.model_version = probe_vector(detection, jpeg or inbound.crop)
-        item.track = track_vectors(detection, item.model_version)
-        item.weights = probe_weights([quality, *(probe.quality for probe in detection.track_probes)])
+        usable = track_probes_usable(detection)
+        item.track = track_vectors(detection, item.model_version, usable)
+        item.weights = probe_weights([quality, *(probe.quality for probe in usable)])
     except (ProbeError, p.ProtocolError) as exc:
         item.vector = None  # one unusable face of the track: the detection is denied, as for the main one
         reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)

@@ -56,10 +56,14 @@ def people(media_root):
     return device, ada, bob
 
 
-def stage(device, vectors: list[np.ndarray], *, model_version: str = SFACE, **overrides: object) -> str:
+def stage(
+    device, vectors: list[np.ndarray], *, model_version: str = SFACE, face_px: list[float] | None = None, **overrides
+) -> str:
     now = time.time()
+    sizes = face_px or [100.0] * len(vectors)
     probes = tuple(
-        p.TrackProbe.with_embedding(values=v.tolist(), encoding="f32", quality={"face_px": 100.0}) for v in vectors[1:]
+        p.TrackProbe.with_embedding(values=v.tolist(), encoding="f32", quality={"face_px": px})
+        for v, px in zip(vectors[1:], sizes[1:], strict=False)
     )
     det = p.Detection.with_embedding(
         values=vectors[0].tolist(), model_version=model_version, track_probes=probes, device_uid=device.uid,
@@ -90,6 +94,16 @@ def test_a_track_is_decided_on_all_its_faces_and_the_event_says_how_many(people)
     assert events[fused].similarity == pytest.approx((0.8 + 0.8 + 0.3) / 3, abs=1e-3)
     assert events[single].person_id == ada.pk and events[single].probes_fused == 1
     assert chain_verify().ok  # probes_fused is chained
+
+
+def test_a_track_face_too_small_is_left_out_of_the_fusion(people) -> None:
+    """The main face's rule (RECOGNITION_MIN_FACE_PX) for every face: a tiny one does not count."""
+    device, ada, _ = people
+    detection_id = stage(device, [ADA_TRACK[0], ADA_TRACK[1], ADA_TRACK[2]], face_px=[120.0, 100.0, 12.0])
+    assert detections_decide([detection_id]) == ["matched"]
+    event = AccessEvent.objects.get(detection_id=detection_id)
+    assert event.person_id == ada.pk and event.probes_fused == 2
+    assert event.similarity == pytest.approx(0.8, abs=1e-3)
 
 
 def test_the_rules_differ_where_it_matters(people) -> None:
