@@ -201,15 +201,18 @@ def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
 
 
 def detection_build(site: Site, uid: str, i: int, mode: str, *, track_probes: int = 1) -> Any:
-    """Detection ``i`` (a probe of the site) in ``mode``; with ``track_probes`` > 1 it carries the
-    next probes as the other faces of its track (``track_probes`` on the wire)."""
+    """Detection ``i`` (a probe of the site) in ``mode``; with ``track_probes`` > 1 (at most 3) it
+    carries the person's other probes as the other faces of its track (``track_probes`` on the wire)."""
     import dataclasses
 
     from faceengine import protocol as p
     from tests.devices import e2e
 
-    probe = site.probes[i % len(site.probes)]
-    others = [site.probes[(i + j) % len(site.probes)] for j in range(1, track_probes)]
+    n = i % len(site.probes)
+    probe = site.probes[n]
+    # The probes come in threes per person (site_setup): the others of the same person are its track.
+    block = list(range(n - n % 3, min(n - n % 3 + 3, len(site.probes))))
+    others = [site.probes[j] for j in block if j != n][: track_probes - 1]
     if mode == "crop":
         detection = e2e.crop_detection(uid, probe.jpeg)
         extra = tuple(p.TrackProbe(quality={"face_px": 120.0}, crop_jpeg=o.jpeg) for o in others)
