@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from tests.faces import PEOPLE, face_paths
 
-pytestmark = pytest.mark.dataset("lfw")
+pytestmark = [pytest.mark.dataset("lfw"), pytest.mark.slow]
 
 
 def test_thresholds_per_gallery_size(tmp_path: Path) -> None:
