@@ -54,6 +54,9 @@ def event_hash(event: AccessEvent) -> str:
     if event.allowlist_version is not None:
         # Only on a device's offline decision: every other event keeps the hash it had before.
         body["allowlist_version"] = event.allowlist_version
+    if event.probes_fused is not None:
+        # Only on a matched face: events recorded before the column existed keep their hashes.
+        body["probes_fused"] = event.probes_fused
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -82,6 +85,7 @@ class EventDraft:
     liveness_server: float | None = None
     liveness_threshold: float | None = None
     allowlist_version: int | None = None
+    probes_fused: int | None = None
     snapshot: str = ""
     details: dict[str, Any] | None = None
 

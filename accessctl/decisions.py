@@ -75,6 +75,8 @@ class DecisionInput:
     liveness_frames: int | None = None
     liveness_server: float | None = None
     second_factor: p.SecondFactor | None = None
+    #: faces of the track fused into the match (None: not matched)
+    probes_fused: int | None = None
 
 
 def access_decide(
@@ -291,7 +293,7 @@ def _draft(item: DecisionInput, person: Person | None, verdict: tuple[Decision, 
         similarity=item.similarity, margin=item.margin, threshold=item.threshold, model_version=item.model_version,
         liveness_edge=item.liveness_edge, liveness_frames=item.liveness_frames, liveness_server=item.liveness_server,
         liveness_threshold=liveness_threshold(item.door) if item.door is not None and not item.too_late else None,
-        snapshot=item.snapshot, details=item.details,
+        probes_fused=item.probes_fused, snapshot=item.snapshot, details=item.details,
     )  # fmt: skip
 
 

@@ -286,6 +286,11 @@ class AccessEvent(models.Model):
     allowlist_version = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Offline allow-list version the device decided with."
     )
+    #: Faces of the track the match fused (the detection's main one plus its track probes; 1: one
+    #: frame); null when no face was matched (a rejected message, an unusable probe, older events).
+    probes_fused = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Faces of the track fused into the match (1: one frame)."
+    )
     snapshot = models.CharField(max_length=300, blank=True, help_text="Storage name of the face crop, if kept.")
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True)

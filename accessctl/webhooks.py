@@ -132,6 +132,7 @@ def access_event_webhook_payload(event: AccessEvent) -> dict[str, Any]:
         "liveness_threshold": event.liveness_threshold,
         "source": event.source,
         "allowlist_version": event.allowlist_version,
+        "probes_fused": event.probes_fused,
         "offline": offline_mark(event),
     }
 

@@ -200,13 +200,26 @@ def site_setup(*, devices: int, uid_prefix: str, people: int = 4) -> Site:
     return Site(door_id=door.pk, model_version=embedder.model_version, probes=probes, keys=keys, passwords=passwords)
 
 
-def detection_build(site: Site, uid: str, i: int, mode: str) -> Any:
+def detection_build(site: Site, uid: str, i: int, mode: str, *, track_probes: int = 1) -> Any:
+    """Detection ``i`` (a probe of the site) in ``mode``; with ``track_probes`` > 1 (at most 3) it
+    carries the person's other probes as the other faces of its track (``track_probes`` on the wire)."""
+    import dataclasses
+
+    from faceengine import protocol as p
     from tests.devices import e2e
 
-    probe = site.probes[i % len(site.probes)]
+    n = i % len(site.probes)
+    probe = site.probes[n]
+    # The probes come in threes per person (site_setup): the others of the same person are its track.
+    block = list(range(n - n % 3, min(n - n % 3 + 3, len(site.probes))))
+    others = [site.probes[j] for j in block if j != n][: track_probes - 1]
     if mode == "crop":
-        return e2e.crop_detection(uid, probe.jpeg)
-    return e2e.embedding_detection(uid, probe.vector, site.model_version)
+        detection = e2e.crop_detection(uid, probe.jpeg)
+        extra = tuple(p.TrackProbe(quality={"face_px": 120.0}, crop_jpeg=o.jpeg) for o in others)
+    else:
+        detection = e2e.embedding_detection(uid, probe.vector, site.model_version)
+        extra = tuple(p.TrackProbe.with_embedding(values=o.vector, encoding="f32", quality={}) for o in others)
+    return dataclasses.replace(detection, track_probes=extra) if extra else detection
 
 
 @dataclass

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,11 @@ from faceengine.protocol import (
     DoorEvent,
     DoorEventKind,
     Heartbeat,
+    ProtocolError,
+    Reason,
     SecondFactor,
     SecondFactorKind,
+    TrackProbe,
     detections_topic,
     door_topic,
     heartbeat_topic,
@@ -138,6 +141,7 @@ class EdgeAgent:
             max_dwell_s=d.max_dwell_s,
             timeout_s=d.track_timeout_s,
             evidence=lambda candidate: candidate.liveness,  # every frame's live score stays on the track
+            keep_best=d.track_probes,  # the best faces of a track go to the server together
         )
         self.filter_watch = FilterWatch(min_face_px=d.min_face_px, min_score=d.min_detector_score)
         self.started_at = time.monotonic()
@@ -198,6 +202,7 @@ class EdgeAgent:
             captured_at=emission.captured_at,
             extra_quality=extra,
             liveness=self.fuse_liveness(emission.evidence),
+            others=emission.others,
         )[0]
 
     def end_tracks(self) -> list[Detection]:
@@ -211,16 +216,28 @@ class EdgeAgent:
         captured_at: float,
         extra_quality: dict[str, float] | None = None,
         liveness: LivenessEvidence | None = None,
+        others: Sequence[FaceCandidate] = (),
     ) -> tuple[Detection, int]:
-        """Build, sign and queue one detection; returns it and the size of the signed message."""
+        """Build, sign and queue one detection; returns it and the size of the signed message.
+        ``others``: the track's next best faces, sent with it as track probes."""
         detection = self.build_detection(
             candidate,
             captured_at=captured_at,
             extra_quality=extra_quality,
             liveness=liveness,
             started=time.perf_counter(),
+            others=others,
         )
-        raw = seal(detection, self.private_key)
+        try:
+            raw = seal(detection, self.private_key)
+        except ProtocolError as exc:
+            if exc.code is not Reason.TOO_LARGE or not detection.track_probes:
+                raise
+            # Large crops: the best face alone still fits (each crop is bounded); never send nothing.
+            logger.warning("detection %s too large with %d track probes; sent without them", detection.detection_id,
+                           len(detection.track_probes))  # fmt: skip
+            detection = dataclasses.replace(detection, track_probes=())
+            raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
         self.detections_sent += 1
         self.bytes_sent += len(raw)
@@ -244,6 +261,7 @@ class EdgeAgent:
         extra_quality: dict[str, float] | None = None,
         liveness: LivenessEvidence | None = None,
         started: float | None = None,
+        others: Sequence[FaceCandidate] = (),
     ) -> Detection:
         """The signed-to-be detection, with the door's offline decision when the link is down
         (``started``: ``time.perf_counter()`` when the face was emitted, for the latency)."""
@@ -280,15 +298,30 @@ class EdgeAgent:
             "second_factor": self._factor_take(),
             **(liveness.detection_fields() if liveness is not None else {}),
         }
+        others = list(others)[: self.config.detection.track_probes - 1]
         if vector is not None:
             assert self.embedder is not None
+            if others:
+                fields["track_probes"] = tuple(
+                    TrackProbe.with_embedding(
+                        values=self.embedder.embed(other),
+                        encoding=self.config.detection.embedding_encoding,
+                        quality=other.quality,
+                    )
+                    for other in others
+                )
             return Detection.with_embedding(
                 values=vector,
                 model_version=self.embedder.model_version,
                 encoding=self.config.detection.embedding_encoding,
                 **fields,
             )
-        return Detection.with_crop(jpeg=encode_jpeg(candidate.crop, self.config.detection.jpeg_quality), **fields)
+        quality = self.config.detection.jpeg_quality
+        if others:
+            fields["track_probes"] = tuple(
+                TrackProbe(quality=other.quality, crop_jpeg=encode_jpeg(other.crop, quality)) for other in others
+            )
+        return Detection.with_crop(jpeg=encode_jpeg(candidate.crop, quality), **fields)
 
     def factor_enter(self, kind: SecondFactorKind | str, value: str) -> SecondFactor:
         """A PIN typed on the keypad or a card read (a keypad or card-reader driver calls this): it goes,

@@ -22,7 +22,7 @@ verified each command already (server signature, device uid, timestamp window, c
   ``secure``.
 
 :class:`CompiledList` is one immutable version: one float32 matrix of every L2-normalised template
-and the matching rule of the server (``recognition.matcher._decide`` then ``accessctl.policy``).
+and the matching rule of the server (``recognition.matcher.decide_candidates`` then ``accessctl.policy``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from faceengine.protocol import MIN_FACE_PX, ProtocolError, validate_device_uid
+from faceengine.protocol import (
+    DEFAULT_TRACK_PROBES,
+    MAX_TRACK_PROBES,
+    MIN_FACE_PX,
+    ProtocolError,
+    validate_device_uid,
+)
 
 ENV_PREFIX = "ACS_EDGE_"
 DEFAULT_VAR_DIR = Path("var/edge")
@@ -103,6 +109,10 @@ class DetectionSection:
     max_dwell_s: float = 1.0
     #: a track ends when unseen this long
     track_timeout_s: float = 0.5
+    #: faces of a track sent in its detection: the best one plus the next best (``track_probes`` on
+    #: the wire) so that the server decides on the track, not one frame; 1 = the best face only
+    #: (as older agents). At most faceengine.protocol.MAX_TRACK_PROBES.
+    track_probes: int = DEFAULT_TRACK_PROBES
     iou_threshold: float = 0.3
 
 
@@ -209,6 +219,8 @@ class EdgeConfig:
             raise ConfigError("inputs.driver = gpio needs inputs.door_sensor_pin or inputs.exit_button_pin")
         if self.relay.driver == "gpio" and self.relay.gpio_pin is None:
             raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
+        if not 1 <= self.detection.track_probes <= MAX_TRACK_PROBES:
+            raise ConfigError(f"detection.track_probes must be 1..{MAX_TRACK_PROBES}")
         if self.liveness.fuse_top_k < 1:
             raise ConfigError("liveness.fuse_top_k must be >= 1")
         if self.liveness.threads < 1:

@@ -5,6 +5,10 @@ keeps its best-ranked observation and is emitted exactly once: after ``max_dwell
 does not wait for the person to leave the view) or when it ends (unseen for ``timeout_s``),
 whichever comes first. Never one detection per frame.
 
+With ``keep_best`` > 1 a track also keeps its next best observations (by rank, up to
+``keep_best`` in all): the emission carries them as ``others`` so that the server can decide on
+the track, not one frame (the detection's ``track_probes``).
+
 Besides the best observation, a track can keep one number per observation (``evidence``, e.g. the
 liveness score of each frame), so that the emission carries what every frame of the track said.
 """
@@ -41,6 +45,8 @@ class Track(Generic[T]):
     emitted: bool = False
     #: one value per observation up to the emission (see ``IouTracker(evidence=...)``)
     evidence: list[float] = field(default_factory=list)
+    #: the next best observations after ``best`` as (rank, item), best first (``keep_best`` - 1 at most)
+    runners_up: list[tuple[float, T]] = field(default_factory=list)
 
     @property
     def dwell_s(self) -> float:
@@ -60,6 +66,8 @@ class Emission(Generic[T]):
     reason: str  # "dwell" (still in view) or "ended"
     #: the evidence of every observation of the track until it was emitted, in frame order
     evidence: tuple[float, ...] = ()
+    #: the track's next best observations after ``item``, best first (``IouTracker(keep_best=...)``)
+    others: tuple[T, ...] = ()
 
 
 class IouTracker(Generic[T]):
@@ -73,7 +81,11 @@ class IouTracker(Generic[T]):
         max_dwell_s: float = 1.0,
         timeout_s: float = 0.5,
         evidence: Callable[[T], float | None] | None = None,
+        keep_best: int = 1,
     ) -> None:
+        if keep_best < 1:
+            raise ValueError("keep_best must be at least 1")
+        self.keep_best = keep_best
         self.iou_threshold = iou_threshold
         self.max_dwell_s = max_dwell_s
         self.timeout_s = timeout_s
@@ -135,8 +147,20 @@ class IouTracker(Generic[T]):
         track.last_seen = ts
         track.frames += 1
         self._keep_evidence(track, item)
-        if rank > track.best_rank and not track.emitted:
+        if track.emitted:
+            return
+        if rank > track.best_rank:
+            self._runner_up(track, track.best_rank, track.best)
             track.best, track.best_rank, track.best_ts = item, rank, ts
+        else:
+            self._runner_up(track, rank, item)
+
+    def _runner_up(self, track: Track[T], rank: float, item: T) -> None:
+        if self.keep_best < 2:
+            return
+        track.runners_up.append((rank, item))
+        track.runners_up.sort(key=lambda pair: -pair[0])
+        del track.runners_up[self.keep_best - 1 :]
 
     @staticmethod
     def _emit(track: Track[T], reason: str) -> Emission[T]:
@@ -150,4 +174,5 @@ class IouTracker(Generic[T]):
             dwell_s=track.dwell_s,
             reason=reason,
             evidence=tuple(track.evidence),
+            others=tuple(item for _, item in track.runners_up),
         )

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from faceengine.alignment import align_arcface, crop_facenet, to_grey
+from faceengine.alignment import align_arcface, crop_facenet
 from faceengine.detector import FaceDetector as EngineDetector
 from faceengine.protocol import MIN_FACE_PX
-from faceengine.quality import estimate_pose, laplacian_variance
+from faceengine.quality import probe_quality, quality_rank
 from faceengine.registry import get_embedder
 
 logger = logging.getLogger(__name__)
@@ -61,15 +61,6 @@ class FaceCandidate:
     @property
     def rank(self) -> float:
         return quality_rank(self.quality)
-
-
-def quality_rank(quality: dict[str, float]) -> float:
-    """One number to pick a track's best crop: bigger, sharper, more frontal, more certain."""
-    size = min(quality.get("face_px", 0.0), 160.0) / 160.0
-    sharp = quality.get("sharpness", 0.0)
-    sharp_term = sharp / (sharp + 50.0) if sharp > 0 else 0.0
-    frontal = quality.get("frontal", 0.5)
-    return quality.get("score", 1.0) * size * (0.25 + sharp_term) * (0.25 + frontal)
 
 
 class MtcnnDetector:
@@ -135,17 +126,8 @@ def box_crop(rgb: np.ndarray, face: Face, size: int) -> np.ndarray:
 
 
 def measure_quality(face: Face, crop: np.ndarray) -> dict[str, float]:
-    """face_px, score, sharpness (Laplacian variance of the grey crop), yaw/pitch and frontal (0..1)."""
-    quality = {
-        "face_px": float(face.size),
-        "score": float(face.score),
-        "sharpness": laplacian_variance(to_grey(crop)),
-    }
-    if face.landmarks is not None:
-        pose = estimate_pose(face.landmarks)
-        quality.update(yaw=pose.yaw, pitch=pose.pitch)
-        quality["frontal"] = max(0.0, 1.0 - max(abs(pose.yaw) / 60.0, abs(pose.pitch) / 45.0))
-    return {k: round(v, 4) for k, v in quality.items() if math.isfinite(v)}
+    """face_px, score, sharpness, yaw/pitch and frontal (:func:`faceengine.quality.probe_quality`)."""
+    return probe_quality(face_px=face.size, score=face.score, crop=crop, landmarks=face.landmarks)
 
 
 @dataclass

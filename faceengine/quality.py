@@ -8,6 +8,7 @@ Per image: no face, several faces. Thresholds are module constants and keyword a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -121,6 +122,28 @@ def laplacian_variance(grey: np.ndarray) -> float:
         raise ValueError(f"expected a 2-D image of at least 3x3, got {g.shape}")
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
     return float(lap.var())
+
+
+def probe_quality(*, face_px: float, score: float, crop: np.ndarray, landmarks: np.ndarray | None) -> dict[str, float]:
+    """What a door says about one face it sends (the detection's ``quality``): face_px, detector
+    score, sharpness (Laplacian variance of the grey aligned crop), yaw/pitch and frontal (0..1)."""
+    quality = {"face_px": float(face_px), "score": float(score), "sharpness": laplacian_variance(to_grey(crop))}
+    if landmarks is not None:
+        pose = estimate_pose(landmarks)
+        quality.update(yaw=pose.yaw, pitch=pose.pitch)
+        quality["frontal"] = max(0.0, 1.0 - max(abs(pose.yaw) / 60.0, abs(pose.pitch) / 45.0))
+    return {k: round(v, 4) for k, v in quality.items() if math.isfinite(v)}
+
+
+def quality_rank(quality: Mapping[str, float]) -> float:
+    """One number from :func:`probe_quality`'s metrics: bigger, sharper, more frontal, more certain
+    is higher (0 .. ~1.6). The door ranks a track's frames by it (its best K are sent) and the
+    server weighs fused probes by it."""
+    size = min(quality.get("face_px", 0.0), 160.0) / 160.0
+    sharp = quality.get("sharpness", 0.0)
+    sharp_term = sharp / (sharp + 50.0) if sharp > 0 else 0.0
+    frontal = quality.get("frontal", 0.5)
+    return max(0.0, quality.get("score", 1.0)) * size * (0.25 + sharp_term) * (0.25 + frontal)
 
 
 def blur_score(image: np.ndarray, face: DetectedFace, aligned: np.ndarray | None = None) -> float:

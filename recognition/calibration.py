@@ -133,13 +133,25 @@ def threshold_for(model_version: str, door: Door | None = None) -> float:
     )
 
 
+def threshold_measured(model_version: str, door: Door | None = None) -> bool:
+    """Whether the threshold :func:`threshold_for` gives is one someone measured or chose on
+    purpose (the door's override, a stored calibration, the setting, a measured built-in value).
+    A model whose only threshold is an unmeasured built-in (:data:`UNMEASURED_BUILTINS`) must not
+    decide at a door: the server denies its faces ``model_not_calibrated``, the offline allow-list
+    is not built for it."""
+    if door is not None and door.match_threshold is not None:
+        return True
+    if _stored(model_version)[0] is not None or _setting_threshold() is not None:
+        return True
+    return model_version not in UNMEASURED_BUILTINS
+
+
 def offline_threshold_for(model_version: str, door: Door) -> float:
     """:func:`threshold_for` for a device that decides alone (the offline allow-list): the same
     value, except that a model whose threshold is only an unmeasured built-in value has none
     (:class:`CalibrationError`): such a model must not decide at a door without the server."""
     threshold = threshold_for(model_version, door)
-    explicit = door.match_threshold is not None or _stored(model_version)[0] is not None
-    if not explicit and _setting_threshold() is None and model_version in UNMEASURED_BUILTINS:
+    if not threshold_measured(model_version, door):
         raise CalibrationError(
             f"the threshold of {model_version!r} is not measured: run manage.py calibrate_threshold "
             "before it decides at a door offline"

@@ -1,5 +1,8 @@
 """Decide staged detections: embed the crop if needed, match, hand the outcome to the policy.
 
+A detection that carries track probes (the next best faces of the same track) is matched on all
+of them, fused by :func:`recognition.track_fusion.tracks_match`; the event records how many.
+
 This is what the ``recognition.decide`` and ``recognition.decide_many`` tasks run; detections the
 bridge staged together are decided in one transaction. It is idempotent on ``detection_id``: when
 the AccessEvent exists already (a redelivered task) nothing is repeated. Any input problem ends
@@ -13,7 +16,7 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,11 +30,12 @@ from accessctl.decisions import DecisionInput, access_decide_many
 from accessctl.models import AccessEvent
 from accessctl.offline_decisions import OfflineInput, offline_decisions_record
 from faceengine import protocol as p
+from recognition.calibration import threshold_measured
 from recognition.engine import active_embedder
 from recognition.liveness import crop_liveness_score
-from recognition.matcher import match_decide_many
 from recognition.models import EMBEDDING_DIMS, InboundDetection
 from recognition.staging import staged_digest
+from recognition.track_fusion import probe_weights, tracks_match
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,39 @@ def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray,
     return embedder.embed(crop)[0], embedder.model_version
 
 
+def track_probes_usable(detection: p.Detection) -> list[p.TrackProbe]:
+    """The detection's track probes whose face is big enough (the main face's rule; a smaller one is
+    left out of the fusion, it does not deny the detection)."""
+    minimum = settings.RECOGNITION_MIN_FACE_PX
+    return [probe for probe in detection.track_probes if float(probe.quality.get("face_px", minimum)) >= minimum]
+
+
+def track_vectors(detection: p.Detection, model_version: str, probes: Sequence[p.TrackProbe]) -> list[np.ndarray]:
+    """The normalised embeddings of ``probes`` (the detection's, after its main one), checked like
+    the main probe: the device's vectors (embedding mode) or the server's of each crop (crop mode)."""
+    if not probes:
+        return []
+    if detection.mode == p.Mode.EMBEDDING:
+        out = []
+        for probe in probes:
+            if probe.embedding is None or detection.embedding_encoding is None or detection.dim is None:
+                raise ProbeError(Reason.BAD_EMBEDDING, "a track probe carries no embedding")
+            values = p.decode_embedding(
+                probe.embedding, detection.embedding_encoding, detection.dim, probe.embedding_scale
+            )
+            vector = np.asarray(values, dtype=np.float32)
+            norm = float(np.linalg.norm(vector))
+            if vector.shape[0] != EMBEDDING_DIMS[model_version] or not np.isfinite(norm) or norm == 0.0:
+                raise ProbeError(
+                    Reason.BAD_EMBEDDING, "a track probe's embedding is zero, not finite or of the wrong size"
+                )
+            out.append(vector / norm)
+        return out
+    embedder = active_embedder()
+    crops = np.stack([_crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in probes])
+    return [np.asarray(v, dtype=np.float32) for v in embedder.embed(crops)]
+
+
 @dataclass
 class _Prepared:
     """A staged detection read and turned into a probe, ready to be matched and decided."""
@@ -95,6 +132,9 @@ class _Prepared:
     decision: DecisionInput
     vector: np.ndarray | None = None
     model_version: str = ""
+    #: the track's other faces (after ``vector``) and every face's weight, main one first
+    track: list[np.ndarray] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
     #: Set when the device decided alone: recorded with the server's verdict, answered only "recorded".
     offline: OfflineInput | None = None
 
@@ -229,7 +269,11 @@ def _prepare(inbound: InboundDetection) -> _Prepared:
         if detection.mode == p.Mode.CROP and inbound.crop:
             jpeg = crop_read(inbound.crop)  # read once: embedded, and scored for liveness below
         item.vector, item.model_version = probe_vector(detection, jpeg or inbound.crop)
+        usable = track_probes_usable(detection)
+        item.track = track_vectors(detection, item.model_version, usable)
+        item.weights = probe_weights([quality, *(probe.quality for probe in usable)])
     except (ProbeError, p.ProtocolError) as exc:
+        item.vector = None  # one unusable face of the track: the detection is denied, as for the main one
         reason = exc.reason if isinstance(exc, ProbeError) else Reason(exc.code)
         logger.warning("detection %s from %s unusable: %s (%s)", detection_id, device_uid, reason, exc)
         item.decision.unknown_reason = reason
@@ -268,8 +312,9 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
             if item.vector is not None:
                 by_version.setdefault(item.model_version, []).append(item)
         for model_version, items in by_version.items():
-            matches = match_decide_many(
-                [item.vector for item in items],  # type: ignore[misc]
+            matches = tracks_match(
+                [[item.vector, *item.track] for item in items],  # type: ignore[list-item]
+                weights=[item.weights or None for item in items],
                 model_version=model_version,
                 doors=[item.decision.door for item in items],
             )
@@ -280,6 +325,18 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
                 item.decision.margin = match.margin
                 item.decision.threshold = match.threshold
                 item.decision.model_version = model_version
+                item.decision.probes_fused = 1 + len(item.track)
+                if not threshold_measured(model_version, item.decision.door):
+                    # Matched for the record (similarity, nearest person), never for a decision.
+                    item.decision.person_id = None
+                    item.decision.unknown_reason = Reason.MODEL_NOT_CALIBRATED
+                    details = item.decision.details if item.decision.details is not None else {}
+                    details["best_person_id"] = match.best_person_id
+                    item.decision.details = details
+                    logger.warning(
+                        "detection %s: model %s has no measured door threshold; denied model_not_calibrated",
+                        item.decision.detection_id, model_version,
+                    )  # fmt: skip
                 if item.offline is not None:
                     item.offline.recognised = True
         online = [item for item in prepared if item.offline is None]

@@ -16,8 +16,11 @@ A probe photo is decoded like an enrolment photo and its largest face of at leas
 ``settings.RECOGNITION_MIN_FACE_PX`` is cropped and embedded (no quality gate: the door decides on
 what it sees). A photo with no such face is a failure to detect and takes part in no attempt. An
 attempt is ``probes_per_attempt`` (K) detected photos of one identity, in name order (a remainder
-shorter than K is left out), fused by averaging their normalised embeddings (the door's own track
-fusion is a later step).
+shorter than K is left out), fused as the server fuses a track's probes
+(:func:`recognition.track_fusion.tracks_match`, by default :data:`~recognition.track_fusion.TRACK_FUSION_RULE`;
+``fusions`` measures several rules on the same embeddings, one report each). Each probe's quality
+metrics are measured as a door measures them (:func:`faceengine.quality.probe_quality`) for the
+quality-weighted rules.
 
 Figures (fractions of attempts unless said otherwise):
 
@@ -39,7 +42,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +54,15 @@ from django.test.utils import override_settings
 
 from accessctl.codes import Reason
 from accessctl.models import Person
+from faceengine.alignment import align_arcface
 from faceengine.detector import detect_faces
 from faceengine.pipeline import crop_for
+from faceengine.quality import probe_quality
 from recognition.calibration import margin_for, threshold_for
 from recognition.datasets import list_identity_folder
 from recognition.enrollment import BadImageError, PhotoUpload, configured_embedder, decode_image, photos_enroll
-from recognition.matcher import match_decide_many
 from recognition.models import EnrollmentPhoto, FaceEmbedding
+from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule, probe_weights, tracks_match
 
 if TYPE_CHECKING:
     from faceengine.embedder import Embedder
@@ -79,6 +84,7 @@ class DoorReport:
     threshold: float
     min_margin: float
     probes_per_attempt: int
+    fusion: str
     top1: float
     enrolled_rejected: float
     strangers_accepted: float
@@ -96,7 +102,7 @@ class DoorReport:
         c = self.counts
         lines = [
             f"door evaluation: {self.model_version}, threshold {self.threshold:.3f}, margin {self.min_margin:.3f}, "
-            f"K={self.probes_per_attempt}",
+            f"K={self.probes_per_attempt}, fusion {self.fusion}",
             f"  top1                  {self.top1:7.2%}  ({c['enrolled_attempts']} enrolled attempts)",
             f"  enrolled_rejected     {self.enrolled_rejected:7.2%}",
             f"  wrong_person_admitted {self.wrong_person_admitted:7.2%}",
@@ -139,8 +145,9 @@ def _split(names: list[str], *, stranger_share: float, seed: int) -> tuple[list[
     return sorted(shuffled[strangers:]), sorted(shuffled[:strangers])
 
 
-def _probe_embed(path: Path, embedder: Embedder) -> np.ndarray | None:
-    """The normalised embedding of the largest face of ``path``, or None (no usable face)."""
+def _probe_embed(path: Path, embedder: Embedder) -> tuple[np.ndarray, dict[str, float]] | None:
+    """The normalised embedding of the largest face of ``path`` and its quality metrics as a door
+    measures them, or None (no usable face)."""
     try:
         rgb = decode_image(path.read_bytes())
     except BadImageError:
@@ -152,12 +159,10 @@ def _probe_embed(path: Path, embedder: Embedder) -> np.ndarray | None:
         return None
     face = max(faces, key=lambda f: f.area)
     vector = np.asarray(embedder.embed(crop_for(rgb, face, embedder.input_kind)[None])[0], dtype=np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
-
-
-def _fused(vectors: list[np.ndarray]) -> np.ndarray:
-    mean = np.mean(np.stack(vectors), axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+    quality = probe_quality(
+        face_px=face.size, score=face.score, crop=align_arcface(rgb, face.landmarks), landmarks=face.landmarks
+    )
+    return vector / max(float(np.linalg.norm(vector)), 1e-12), quality
 
 
 def door_evaluate(
@@ -170,9 +175,37 @@ def door_evaluate(
     limit_identities: int | None = None,
     embedder: Embedder | None = None,
     progress: Callable[[str], None] | None = None,
+    fusion: FusionRule | str = TRACK_FUSION_RULE,
 ) -> DoorReport:
     """Enrol, probe and measure on a scratch gallery that is rolled back (module docstring)."""
-    if enrol < 1 or probes_per_attempt < 1 or not 0 <= stranger_share < 1:
+    return door_evaluate_rules(
+        data=data, enrol=enrol, stranger_share=stranger_share, seed=seed, probes_per_attempt=probes_per_attempt,
+        limit_identities=limit_identities, embedder=embedder, progress=progress, fusions=[fusion],
+    )[0]  # fmt: skip
+
+
+def door_evaluate_rules(
+    *,
+    data: Path,
+    enrol: int = 3,
+    stranger_share: float = 0.25,
+    seed: int = 0,
+    probes_per_attempt: int | Sequence[int] = 1,
+    limit_identities: int | None = None,
+    embedder: Embedder | None = None,
+    progress: Callable[[str], None] | None = None,
+    fusions: Sequence[FusionRule | str] = (TRACK_FUSION_RULE,),
+) -> list[DoorReport]:
+    """:func:`door_evaluate` for several K and fusion rules on the same enrolment and probe embeddings:
+    one report per K and rule (K = 1: one report, every rule is the same single-probe match)."""
+    ks = [probes_per_attempt] if isinstance(probes_per_attempt, int) else list(probes_per_attempt)
+    try:
+        rules = [FusionRule(f) for f in fusions]
+    except ValueError:
+        raise DoorEvaluationError(f"--fusion must be among {[r.value for r in FusionRule]} or all") from None
+    if not rules:
+        raise DoorEvaluationError("at least one fusion rule")
+    if enrol < 1 or not ks or min(ks) < 1 or not 0 <= stranger_share < 1:
         raise DoorEvaluationError("--enrol and --probes-per-attempt must be >= 1, --stranger-share in [0, 1)")
     identities = _identities(Path(data), limit_identities)
     enrolled_names, stranger_names = _split(list(identities), stranger_share=stranger_share, seed=seed)
@@ -188,15 +221,16 @@ def door_evaluate(
         **settings.STORAGES,
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": scratch_media}},
     }
-    report: DoorReport | None = None
+    reports: list[DoorReport] | None = None
     try:
         with override_settings(STORAGES=storages), transaction.atomic():
-            report = _run(
+            reports = _run(
                 identities=identities,
+                rules=rules,
+                ks=ks,
                 enrolled_names=enrolled_names,
                 stranger_names=stranger_names,
                 enrol=enrol,
-                k=probes_per_attempt,
                 embedder=embedder,
                 progress=progress or (lambda _message: None),
             )
@@ -205,20 +239,21 @@ def door_evaluate(
         pass
     finally:
         shutil.rmtree(scratch_media, ignore_errors=True)
-    assert report is not None
-    return report
+    assert reports is not None
+    return reports
 
 
 def _run(
     *,
     identities: dict[str, list[Path]],
+    rules: list[FusionRule],
+    ks: list[int],
     enrolled_names: list[str],
     stranger_names: list[str],
     enrol: int,
-    k: int,
     embedder: Embedder,
     progress: Callable[[str], None],
-) -> DoorReport:
+) -> list[DoorReport]:
     model_version = embedder.model_version
     counts = {
         "identities": len(identities),
@@ -254,33 +289,63 @@ def _run(
             counts["identities_not_enrolled"] += 1
         progress(f"enrolled {n}/{len(enrolled_names)}")
 
-    attempts: list[tuple[np.ndarray, int | None]] = []  # (fused probe, expected person or None)
     probe_seconds = 0.0
     probed = [(name, identities[name][enrol:], person_of[name]) for name in enrolled_names if name in person_of]
     probed += [(name, identities[name], None) for name in stranger_names]
+    found: list[tuple[list[tuple[np.ndarray, dict[str, float]]], int | None]] = []
     for n, (_name, paths, expected) in enumerate(probed, start=1):
-        vectors = []
+        usable = []
         for path in paths:
             started = time.perf_counter()
-            vector = _probe_embed(path, embedder)
+            probe = _probe_embed(path, embedder)
             probe_seconds += time.perf_counter() - started
             counts["probe_photos"] += 1
-            if vector is None:
+            if probe is None:
                 counts["probe_photos_no_face"] += 1
             else:
-                vectors.append(vector)
-        for start in range(0, len(vectors) - k + 1, k):
-            attempts.append((_fused(vectors[start : start + k]), expected))
+                usable.append(probe)
+        found.append((usable, expected))
         progress(f"probed {n}/{len(probed)}")
+    reports = []
+    for k in ks:
+        # (probe vectors, their weights, expected person or None)
+        attempts: list[tuple[list[np.ndarray], list[float], int | None]] = []
+        for usable, expected in found:
+            for start in range(0, len(usable) - k + 1, k):
+                group = usable[start : start + k]
+                attempts.append(([v for v, _ in group], probe_weights([q for _, q in group]), expected))
+        for rule in rules if k > 1 else rules[:1]:  # one probe: every rule is the single-probe match
+            reports.append(
+                _score(attempts, dict(counts), rule=rule, k=k, model_version=model_version,
+                       probe_seconds=probe_seconds, enrolled_total=len(enrolled_names))
+            )  # fmt: skip
+    return reports
 
+
+def _score(
+    attempts: list[tuple[list[np.ndarray], list[float], int | None]],
+    counts: dict[str, int],
+    *,
+    rule: FusionRule,
+    k: int,
+    model_version: str,
+    probe_seconds: float,
+    enrolled_total: int,
+) -> DoorReport:
     match_seconds = 0.0
     batch = 64
     for start in range(0, len(attempts), batch):
         chunk = attempts[start : start + batch]
         started = time.perf_counter()
-        results = match_decide_many([v for v, _ in chunk], model_version=model_version, doors=[None] * len(chunk))
+        results = tracks_match(
+            [vectors for vectors, _, _ in chunk],
+            weights=[weights for _, weights, _ in chunk],
+            model_version=model_version,
+            doors=[None] * len(chunk),
+            rule=rule,
+        )
         match_seconds += time.perf_counter() - started
-        for (_, expected), result in zip(chunk, results, strict=True):
+        for (_, _, expected), result in zip(chunk, results, strict=True):
             if expected is None:
                 counts["stranger_attempts"] += 1
                 counts["strangers_accepted"] += int(result.matched)
@@ -309,12 +374,13 @@ def _run(
         threshold=threshold_for(model_version),
         min_margin=margin_for(model_version),
         probes_per_attempt=k,
+        fusion=str(rule) if k > 1 else "none",
         top1=rate(counts["top1_hits"], enrolled_attempts),
         enrolled_rejected=rate(counts["enrolled_rejected"], enrolled_attempts),
         strangers_accepted=rate(counts["strangers_accepted"], stranger_attempts),
         wrong_person_admitted=rate(counts["wrong_person_admitted"], enrolled_attempts),
         failure_to_detect=rate(counts["probe_photos_no_face"], counts["probe_photos"]),
-        failure_to_enrol=rate(counts["identities_not_enrolled"], len(enrolled_names)),
+        failure_to_enrol=rate(counts["identities_not_enrolled"], enrolled_total),
         ms_per_probe=round(ms_per_probe, 2),
         counts=counts,
     )

@@ -87,14 +87,15 @@ def match_decide_many(
         embeddings, model_version=model_version, limit_people=2, ef_search=ef_search, escalate_gap=escalate_gap
     )
     return [
-        _decide(candidates, threshold_for(model_version, door), min_margin, model_version, door)
+        decide_candidates(candidates, threshold_for(model_version, door), min_margin, model_version, door)
         for candidates, door in zip(found, doors, strict=True)
     ]
 
 
-def _decide(
-    candidates: list[Candidate], threshold: float, min_margin: float, model_version: str, door: Door | None
+def decide_candidates(
+    candidates: Sequence[Candidate], threshold: float, min_margin: float, model_version: str, door: Door | None
 ) -> MatchResult:
+    """The open-set decision (module docstring) on ``candidates``, best first (the best two count)."""
     best = candidates[0] if candidates else None
     second = candidates[1] if len(candidates) > 1 else None
     similarity = best.similarity if best else None

@@ -3,6 +3,8 @@ threshold for a target FAR, k-fold accuracy, best match per probe. Plain numpy, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -47,6 +49,35 @@ def threshold_for_far(impostor_scores: np.ndarray, target_far: float) -> float:
     k = int(np.floor(target_far * imp.size))  # number of impostors we may accept
     k = min(k, imp.size - 1)
     return float(np.nextafter(imp[k], np.inf))
+
+
+def pair_fmr_for_gallery(target_acceptance: float, *, people: int, photos_per_person: int = 3) -> float:
+    """The pair false-match rate at which a stranger matches none of ``people`` x
+    ``photos_per_person`` gallery photos with probability ``1 - target_acceptance``, taking the
+    comparisons as independent: ``1 - (1 - target) ** (1 / (people * photos))``. Photos of one
+    person are correlated, so the true stranger acceptance at that threshold is lower (the
+    threshold errs on the safe side)."""
+    if not 0 < target_acceptance < 1 or people < 1 or photos_per_person < 1:
+        raise ValueError("target in (0, 1), people and photos_per_person >= 1")
+    return float(-np.expm1(np.log1p(-target_acceptance) / (people * photos_per_person)))
+
+
+def thresholds_for_gallery_sizes(
+    impostor_scores: np.ndarray,
+    *,
+    target_acceptance: float,
+    sizes: Sequence[int] = (100, 1_000, 10_000),
+    photos_per_person: int = 3,
+) -> dict[int, float | None]:
+    """The threshold per gallery size (people) that keeps strangers accepted at ``target_acceptance``
+    (:func:`pair_fmr_for_gallery`); None where the impostor scores cannot resolve the pair rate it
+    needs (fewer than 1 / rate of them): measure on more pairs before trusting a gallery that big."""
+    imp = np.asarray(impostor_scores, dtype=np.float64)
+    out: dict[int, float | None] = {}
+    for size in sizes:
+        fmr = pair_fmr_for_gallery(target_acceptance, people=size, photos_per_person=photos_per_person)
+        out[int(size)] = threshold_for_far(imp, fmr) if fmr * imp.size >= 1 else None
+    return out
 
 
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, target_far: float) -> tuple[float, float]:

@@ -249,6 +249,7 @@ class AccessEventSerializer(serializers.ModelSerializer):
             "liveness_server",
             "liveness_threshold",
             "allowlist_version",
+            "probes_fused",
             "offline",
             "has_snapshot",
             "details",

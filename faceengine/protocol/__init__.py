@@ -78,12 +78,14 @@ from faceengine.protocol.envelope import (
 )
 from faceengine.protocol.limits import (
     COMMAND_WINDOW_S,
+    DEFAULT_TRACK_PROBES,
     DETECTION_WINDOW_S,
     MAX_CROP_BYTES,
     MAX_EMBEDDING_DIM,
     MAX_MESSAGE_BYTES,
     MAX_PULSE_MS,
     MAX_QUALITY_KEYS,
+    MAX_TRACK_PROBES,
     MIN_FACE_PX,
     PROTOCOL_VERSION,
 )
@@ -96,6 +98,7 @@ from faceengine.protocol.payloads import (
     OfflineDecision,
     SecondFactor,
     Status,
+    TrackProbe,
     new_id,
     payload_from_dict,
 )
@@ -120,6 +123,7 @@ __all__ = [
     "ALLOWLIST_FORMAT",
     "ALWAYS",
     "COMMAND_WINDOW_S",
+    "DEFAULT_TRACK_PROBES",
     "DETECTION_WINDOW_S",
     "MAX_CHUNK_DATA_BYTES",
     "MAX_CROP_BYTES",
@@ -127,6 +131,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_PULSE_MS",
     "MAX_QUALITY_KEYS",
+    "MAX_TRACK_PROBES",
     "MIN_FACE_PX",
     "OFFLINE_WILL",
     "PROTOCOL_VERSION",
@@ -156,6 +161,7 @@ __all__ = [
     "Status",
     "Template",
     "TopicKind",
+    "TrackProbe",
     "allowlist_chunks",
     "canonical_json",
     "check_detection_freshness",

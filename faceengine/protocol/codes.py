@@ -40,6 +40,9 @@ class Reason(StrEnum):
     WATCHLIST = "watchlist"
     LOCKDOWN = "lockdown"
     LOW_QUALITY = "low_quality"
+    #: the face's model version has no measured door threshold (only an unmeasured built-in value):
+    #: it must not decide at a door; run ``manage.py calibrate_threshold`` (or set one) first
+    MODEL_NOT_CALIBRATED = "model_not_calibrated"
     DOOR_UNASSIGNED = "door_unassigned"
     FORCED_OPEN = "forced_open"  # the door opened with no grant or exit request (alarm)
     ANTI_PASSBACK = "anti_passback"  # entering an area (hard anti-passback) the person entered and never left

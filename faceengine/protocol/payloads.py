@@ -27,6 +27,7 @@ from faceengine.protocol.limits import (
     MAX_EMBEDDING_DIM,
     MAX_PULSE_MS,
     MAX_QUALITY_KEYS,
+    MAX_TRACK_PROBES,
     PROTOCOL_VERSION,
 )
 from faceengine.protocol.topics import TopicKind, validate_device_uid
@@ -157,6 +158,75 @@ def _liveness_fields(d: Mapping[str, Any], *, max_frames: int) -> dict[str, Any]
     }
 
 
+def _quality(value: object, what: str) -> dict[str, float]:
+    if not isinstance(value, Mapping) or len(value) > MAX_QUALITY_KEYS:
+        raise _fail(f"{what} must be an object of at most {MAX_QUALITY_KEYS} numbers")
+    for key in value:
+        if not isinstance(key, str) or not _CODE_RE.match(key):
+            raise _fail(f"{what} key {key!r} invalid")
+    return {k: _number(value, k) for k in value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackProbe:
+    """One more face of the same track as a detection's main one (its next best frames).
+
+    Crop mode: ``crop_jpeg`` (raw JPEG bytes; base64 on the wire), checked like the main crop.
+    Embedding mode: ``embedding`` (raw encoded bytes; base64 on the wire) in the detection's own
+    ``embedding_encoding``, ``dim`` and ``model_version``, with its own ``embedding_scale`` (int8
+    only), checked like the main embedding. ``quality``: that frame's metrics (as the detection's).
+    """
+
+    quality: dict[str, float]
+    crop_jpeg: bytes | None = None
+    embedding: bytes | None = None
+    embedding_scale: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"quality": dict(self.quality)}
+        if self.crop_jpeg is not None:
+            out["crop_jpeg"] = _b64encode(self.crop_jpeg)
+        if self.embedding is not None:
+            out["embedding"] = _b64encode(self.embedding)
+        if self.embedding_scale is not None:
+            out["embedding_scale"] = self.embedding_scale
+        return out
+
+    @classmethod
+    def from_dict(
+        cls, data: object, *, mode: Mode, encoding: EmbeddingEncoding | None = None, dim: int | None = None
+    ) -> TrackProbe:
+        d = _check_keys(data, {"quality"}, {"crop_jpeg", "embedding", "embedding_scale"}, "track probe")
+        quality = _quality(d["quality"], "track probe quality")
+        if mode is Mode.CROP:
+            if d.get("embedding") is not None or d.get("embedding_scale") is not None:
+                raise _fail("a crop mode track probe must not carry an embedding")
+            if d.get("crop_jpeg") is None:
+                raise _fail("a crop mode track probe needs crop_jpeg", Reason.BAD_IMAGE)
+            jpeg = _b64decode(d["crop_jpeg"], "track probe crop_jpeg", Reason.BAD_IMAGE, MAX_CROP_BYTES)
+            return cls(quality=quality, crop_jpeg=_check_jpeg(jpeg, "track probe crop_jpeg"))
+        if d.get("crop_jpeg") is not None:
+            raise _fail("an embedding mode track probe must not carry a crop")
+        if d.get("embedding") is None or encoding is None or dim is None:
+            raise _fail("an embedding mode track probe needs embedding", Reason.BAD_EMBEDDING)
+        try:
+            scale = _opt_number(d, "embedding_scale")
+        except ProtocolError as exc:
+            raise _fail(exc.message, Reason.BAD_EMBEDDING) from None
+        if (scale is None) != (encoding is not EmbeddingEncoding.INT8):
+            raise _fail("embedding_scale is required for int8 and only for int8", Reason.BAD_EMBEDDING)
+        raw = _b64decode(d["embedding"], "track probe embedding", Reason.BAD_EMBEDDING, MAX_EMBEDDING_DIM * 4)
+        decode_embedding(raw, encoding, dim, scale)  # validates length and finiteness
+        return cls(quality=quality, embedding=raw, embedding_scale=scale)
+
+    @classmethod
+    def with_embedding(
+        cls, *, values: Sequence[float], encoding: EmbeddingEncoding | str, quality: dict[str, float]
+    ) -> TrackProbe:
+        data, scale = encode_embedding(values, encoding)
+        return cls(quality=dict(quality), embedding=data, embedding_scale=scale)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Detection:
     """One face seen by a device (one per tracked person), device -> server.
@@ -187,6 +257,7 @@ class Detection:
     liveness_frames: int | None = None
     liveness_model: str | None = None
     second_factor: SecondFactor | None = None
+    track_probes: tuple[TrackProbe, ...] = ()
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.DETECTIONS
@@ -195,7 +266,7 @@ class Detection:
     }  # fmt: skip
     _OPTIONAL: ClassVar[set[str]] = {
         "crop_jpeg", "embedding", "embedding_encoding", "embedding_scale", "dim", "model_version", "offline_decision",
-        "attempt", "liveness", "liveness_frames", "liveness_model", "second_factor",
+        "attempt", "liveness", "liveness_frames", "liveness_model", "second_factor", "track_probes",
     }  # fmt: skip
     #: Most frames a device may say it scored for liveness over one track.
     MAX_LIVENESS_FRAMES: ClassVar[int] = 10_000
@@ -235,6 +306,22 @@ class Detection:
             raise _fail("detection carries no embedding", Reason.BAD_EMBEDDING)
         return decode_embedding(self.embedding, self.embedding_encoding, self.dim, self.embedding_scale)
 
+    def track_embedding_values(self) -> list[list[float]]:
+        """The floats of each track probe's embedding (embedding mode), in order."""
+        if self.embedding_encoding is None or self.dim is None:
+            raise _fail("detection carries no embedding", Reason.BAD_EMBEDDING)
+        out = []
+        for probe in self.track_probes:
+            if probe.embedding is None:
+                raise _fail("track probe carries no embedding", Reason.BAD_EMBEDDING)
+            out.append(decode_embedding(probe.embedding, self.embedding_encoding, self.dim, probe.embedding_scale))
+        return out
+
+    @property
+    def probe_count(self) -> int:
+        """Faces of the track this detection carries: the main one and its track probes."""
+        return 1 + len(self.track_probes)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "v": self.v,
@@ -266,6 +353,8 @@ class Detection:
                 out["liveness_model"] = self.liveness_model
         if self.second_factor is not None:
             out["second_factor"] = self.second_factor.to_dict()
+        if self.track_probes:
+            out["track_probes"] = [probe.to_dict() for probe in self.track_probes]
         return out
 
     def resent(self, *, sent_at: float) -> Self:
@@ -289,12 +378,7 @@ class Detection:
             or box[3] <= box[1]
         ):
             raise _fail("box must be [x1, y1, x2, y2] integers with x2 > x1 and y2 > y1")
-        quality = d["quality"]
-        if not isinstance(quality, Mapping) or len(quality) > MAX_QUALITY_KEYS:
-            raise _fail(f"quality must be an object of at most {MAX_QUALITY_KEYS} numbers")
-        for key in quality:
-            if not _CODE_RE.match(key):
-                raise _fail(f"quality key {key!r} invalid")
+        quality = _quality(d["quality"], "quality")
         mode = _enum(d, "mode", Mode)
         fields: dict[str, Any] = {
             "device_uid": validate_device_uid(d["device_uid"]),
@@ -303,7 +387,7 @@ class Detection:
             "sent_at": _check_timestamp(d["sent_at"], "sent_at"),
             "detector_score": _number(d, "detector_score", lo=0.0, hi=1.0),
             "box": tuple(box),
-            "quality": {k: _number(quality, k) for k in quality},
+            "quality": quality,
             "mode": mode,
             "model_version": _opt_label(d, "model_version"),
         }
@@ -355,6 +439,14 @@ class Detection:
                 embedding_encoding=encoding,
                 embedding_scale=scale,
                 dim=dim,
+            )
+        probes = d.get("track_probes")
+        if probes is not None:
+            if not isinstance(probes, list) or not 0 < len(probes) < MAX_TRACK_PROBES:
+                raise _fail(f"track_probes must be a list of 1 to {MAX_TRACK_PROBES - 1} probes")
+            fields["track_probes"] = tuple(
+                TrackProbe.from_dict(probe, mode=mode, encoding=fields.get("embedding_encoding"), dim=fields.get("dim"))
+                for probe in probes
             )
         return _construct(cls, **fields)
 

@@ -86,3 +86,14 @@ def test_unknown_keys_and_bad_types(tmp_path: Path) -> None:
         load_config(None, environ={"ACS_EDGE_RELAY_ACTIVE_HIGH": "maybe"})
     with pytest.raises(ConfigError, match="required"):
         load_config(None, environ={"ACS_EDGE_DEVICE_UID": "d"}).validate()
+
+
+@pytest.mark.parametrize("value", [0, 6])
+def test_track_probes_bounded_by_the_protocol(value: int) -> None:
+    from edge_agent.config import EdgeConfig
+
+    config = EdgeConfig()
+    config.device.uid = "door-1"
+    config.detection.track_probes = value
+    with pytest.raises(ConfigError, match="track_probes"):
+        config.validate(need_keys=False)

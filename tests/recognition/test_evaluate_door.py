@@ -16,6 +16,7 @@ from accessctl.models import Person
 from recognition.door_evaluation import DoorReport
 from recognition.enrollment import photo_enroll
 from recognition.models import EnrollmentPhoto, FaceEmbedding
+from recognition.track_fusion import FusionRule
 from tests.faces import PEOPLE, face_jpeg, face_paths
 
 pytestmark = pytest.mark.dataset("lfw")
@@ -69,14 +70,26 @@ def test_one_photo_per_attempt_keys_figures_and_nothing_kept(enrol_env: Path, id
 
 @pytest.mark.django_db
 def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> None:
-    report = evaluate(identities, "--probes-per-attempt", "3", "--seed", "1")
-    counts = report["counts"]
-    assert report["probes_per_attempt"] == 3
-    # 3 probes per enrolled identity -> one attempt each; 6 per stranger -> two each (all faces found).
-    assert counts["probe_photos_no_face"] == 0
-    assert (counts["enrolled_attempts"], counts["stranger_attempts"]) == (3, 4)
-    assert report["top1"] == 1 and report["enrolled_rejected"] == 0
-    assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
+    """One run, the same embeddings: K=1 once, and K=3 under every fusion rule (the server's first)."""
+    reports = evaluate(identities, "--probes-per-attempt", "1,3", "--fusion", "all", "--seed", "1")
+    assert [(r["probes_per_attempt"], r["fusion"]) for r in reports] == [
+        (1, "none"), *((3, rule) for rule in FusionRule),
+    ]  # fmt: skip
+    assert reports[0]["counts"]["enrolled_attempts"] == 9
+    for report in reports[1:]:
+        counts = report["counts"]
+        # 3 probes per enrolled identity -> one attempt each; 6 per stranger -> two each (all faces found).
+        assert counts["probe_photos_no_face"] == 0
+        assert (counts["enrolled_attempts"], counts["stranger_attempts"]) == (3, 4)
+        assert report["top1"] == 1 and report["enrolled_rejected"] == 0
+        assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="fusion"):
+        evaluate(tmp_path, "--fusion", "median")
+    with pytest.raises(CommandError, match="integers"):
+        evaluate(tmp_path, "--probes-per-attempt", "three")
 
 
 @pytest.mark.django_db
@@ -100,10 +113,10 @@ def test_summary_names_every_figure() -> None:
         1,
     ) | {"enrolled_identities": 3, "photos_not_accepted": 0, "enrol_photos": 9}
     report = DoorReport(
-        model_version="m", threshold=0.5, min_margin=0.05, probes_per_attempt=1, top1=1.0, enrolled_rejected=0.0,
-        strangers_accepted=0.0, wrong_person_admitted=0.0, failure_to_detect=0.0, failure_to_enrol=0.0,
-        ms_per_probe=12.5, counts=counts,
+        model_version="m", threshold=0.5, min_margin=0.05, probes_per_attempt=1, fusion="mean_score", top1=1.0,
+        enrolled_rejected=0.0, strangers_accepted=0.0, wrong_person_admitted=0.0, failure_to_detect=0.0,
+        failure_to_enrol=0.0, ms_per_probe=12.5, counts=counts,
     )  # fmt: skip
     text = report.summary()
-    for name in (*KEYS, "failure_to_enrol", "counts", "scratch gallery"):
+    for name in (*KEYS, "failure_to_enrol", "counts", "scratch gallery", "mean_score"):
         assert name in text

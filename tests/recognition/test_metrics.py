@@ -55,3 +55,28 @@ def test_identification_scores_take_each_persons_best_entry() -> None:
     best, score = identification_scores(gallery, ids, np.array([[0.0, 1.0], [1.0, 0.0]]))
     assert best.tolist() == [9, 7]
     assert score == pytest.approx([1.0, 1.0])
+
+
+def test_pair_rate_for_a_gallery_shrinks_with_its_size() -> None:
+    from recognition.metrics import pair_fmr_for_gallery
+
+    one = pair_fmr_for_gallery(0.01, people=1, photos_per_person=1)
+    assert one == pytest.approx(0.01)
+    # 100 people x 3 photos: 1 - 0.99 ** (1 / 300) ~ 3.35e-5
+    assert pair_fmr_for_gallery(0.01, people=100) == pytest.approx(3.35e-5, rel=1e-3)
+    assert pair_fmr_for_gallery(0.01, people=10_000) < pair_fmr_for_gallery(0.01, people=1_000)
+    with pytest.raises(ValueError, match="target"):
+        pair_fmr_for_gallery(0.0, people=10)
+
+
+def test_thresholds_for_gallery_sizes_rise_with_the_gallery_and_say_what_is_not_resolvable() -> None:
+    from recognition.metrics import thresholds_for_gallery_sizes
+
+    rng = np.random.default_rng(0)
+    impostors = rng.normal(0.0, 0.1, 1_000_000)
+    found = thresholds_for_gallery_sizes(impostors, target_acceptance=0.01, sizes=(100, 1_000, 10_000))
+    assert found[100] < found[1_000]
+    assert found[10_000] is None  # needs a pair rate of ~3.4e-7: a million pairs cannot say
+    # At the 100-people threshold, a simulated stranger meets 300 impostor photos and passes ~1 % of the time.
+    trials = rng.normal(0.0, 0.1, (20_000, 300)).max(axis=1)
+    assert float((trials >= found[100]).mean()) == pytest.approx(0.01, abs=0.004)

@@ -16,6 +16,7 @@ from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition import evaluation
 from recognition.engine import model_files_options
 from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
+from recognition.metrics import thresholds_for_gallery_sizes
 
 
 class Command(BaseCommand):
@@ -28,6 +29,18 @@ class Command(BaseCommand):
         lfw_option_add(parser)
         parser.add_argument("--cache-dir", default=None)
         parser.add_argument("--dry-run", action="store_true", help="print only, do not store")
+        parser.add_argument(
+            "--target-stranger-acceptance",
+            type=float,
+            default=0.005,
+            help="for the gallery-size report: strangers accepted by a whole gallery (default 0.005)",
+        )
+        parser.add_argument(
+            "--gallery-sizes",
+            default="100,1000,10000",
+            help="people in the gallery, for the report (default 100,1000,10000)",
+        )
+        parser.add_argument("--photos-per-person", type=int, default=3, help="for the report (default 3)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         target = options["target_fmr"]
@@ -57,6 +70,25 @@ class Command(BaseCommand):
             f"(measured FMR {details['fmr']:.2e}, FNMR {details['fnmr'] * 100:.2f}%, "
             f"{details['genuine_pairs']} genuine / {details['impostor_pairs']} impostor pairs from {dist.source})"
         )
+        try:
+            sizes = [int(size) for size in str(options["gallery_sizes"]).split(",")]
+            by_size = thresholds_for_gallery_sizes(
+                dist.impostor, target_acceptance=options["target_stranger_acceptance"], sizes=sizes,
+                photos_per_person=options["photos_per_person"],
+            )  # fmt: skip
+        except ValueError as exc:
+            raise CommandError(f"gallery-size report: {exc}") from exc
+        details["by_gallery_size"] = {
+            "target_stranger_acceptance": options["target_stranger_acceptance"],
+            "photos_per_person": options["photos_per_person"],
+            "thresholds": {str(size): value for size, value in by_size.items()},
+        }
+        for size, value in by_size.items():
+            shown = f"{value:.4f}" if value is not None else "not resolvable with these pairs"
+            self.stdout.write(
+                f"  {size:>7d} people: threshold {shown} for {options['target_stranger_acceptance']:.2%} of strangers "
+                "accepted"
+            )
         if target < details["min_resolvable_fmr"]:
             self.stderr.write("warning: too few impostor pairs to resolve this FMR; threshold is conservative")
         if options["dry_run"]:

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition.door_evaluation import DoorEvaluationError, door_evaluate
+from recognition.door_evaluation import DoorEvaluationError, door_evaluate_rules
+from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule
 
 
 class Command(BaseCommand):
@@ -24,7 +25,15 @@ class Command(BaseCommand):
         parser.add_argument("--stranger-share", type=float, default=0.25, help="identities held out (default 0.25)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the enrolled/stranger split")
         parser.add_argument(
-            "--probes-per-attempt", type=int, default=1, help="K photos per attempt, embeddings averaged (default 1)"
+            "--probes-per-attempt",
+            default="1",
+            help="K photos per attempt, fused as a track (default 1); several as 1,3: one report each",
+        )
+        parser.add_argument(
+            "--fusion",
+            default=str(TRACK_FUSION_RULE),
+            help=f"how K > 1 photos are fused: {', '.join(FusionRule)} or all (one report each; default: the "
+            f"server's rule, {TRACK_FUSION_RULE})",
         )
         parser.add_argument("--limit-identities", type=int, default=None, help="the first N identities (by name)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -37,18 +46,25 @@ class Command(BaseCommand):
                 self.stderr.write(message)
 
         try:
-            report = door_evaluate(
+            try:
+                ks = [int(k) for k in str(options["probes_per_attempt"]).split(",")]
+            except ValueError:
+                raise DoorEvaluationError("--probes-per-attempt takes integers, e.g. 3 or 1,3") from None
+            fusions = list(FusionRule) if options["fusion"] == "all" else options["fusion"].split(",")
+            reports = door_evaluate_rules(
                 data=options["data"],
                 enrol=options["enrol"],
                 stranger_share=options["stranger_share"],
                 seed=options["seed"],
-                probes_per_attempt=options["probes_per_attempt"],
+                probes_per_attempt=ks,
                 limit_identities=options["limit_identities"],
                 progress=progress,
+                fusions=fusions,
             )
         except DoorEvaluationError as exc:
             raise CommandError(str(exc)) from exc
         if options["json"]:
-            self.stdout.write(json.dumps(report.as_dict()))
+            found = [report.as_dict() for report in reports]
+            self.stdout.write(json.dumps(found[0] if len(found) == 1 else found))
         else:
-            self.stdout.write(report.summary())
+            self.stdout.write("\n".join(report.summary() for report in reports))
