@@ -102,6 +102,9 @@ def active_model() -> ActiveModel:
     process is seen at once). Raises :class:`RegistryError` when none is active."""
     active = _active_cache.get("active", _active_load)
     if active is None:
+        # Not kept: a version activated by another process (the first one, after an install or a
+        # restore) is seen by the next detection, not a few seconds of refused ones later.
+        _active_cache.clear()
         raise RegistryError("No model version is active: activate one (manage.py model_registry activate).")
     return active
 

@@ -18,6 +18,7 @@ def test_door_tiles_list_the_enabled_devices_in_one_query_more(django_assert_num
     for uid, status in (("main-2", "online"), ("main-1", "offline"), ("main-3", "disabled")):
         EdgeDevice.objects.create(uid=uid, door=door, public_key="x", status=status)
     assert selectors.may_watch_dashboard(watcher)  # permissions cached on the user
-    with django_assert_num_queries(2):
+    # doors, their devices (the registered prefetch), and recognition health (one query for all doors)
+    with django_assert_num_queries(3):
         doors = selectors.door_list_with_devices(user=watcher)
         assert [d.uid for d in doors[0].devices.all()] == ["main-1", "main-2"]

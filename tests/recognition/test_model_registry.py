@@ -202,6 +202,10 @@ def test_no_active_version_is_a_clear_error() -> None:
     active_model_cache_clear()
     with pytest.raises(RegistryError, match="No model version is active"):
         server_model_version()
+    # Activated by another process (no signal here): seen by the very next lookup, not after the
+    # cache's few seconds (a worker started before the first activation refused crops meanwhile).
+    ModelVersion.objects.filter(model_version=SFACE_MODEL_VERSION).update(state=State.ACTIVE)
+    assert server_model_version() == SFACE_MODEL_VERSION
 
 
 def test_model_registry_command_lists_registers_verifies_and_activates(tmp_path: Path, capsys) -> None:
