@@ -106,6 +106,9 @@ class DetectionSection:
     iou_threshold: float = 0.3
 
 
+LIVENESS_BOXES = ("auto", "detector", "onet")
+
+
 @dataclass
 class LivenessSection:
     #: score every frame of a track for presentation attacks (printed photo, screen) and send the
@@ -116,6 +119,17 @@ class LivenessSection:
     threads: int = 2
     #: the track's score is the mean of its best ``fuse_top_k`` frame scores (all frames if fewer)
     fuse_top_k: int = 3
+    #: the box the liveness window is cut around: ``detector`` (the detector's own box), ``onet``
+    #: (the detector's box redrawn by MTCNN's R-Net and O-Net in MTCNN's convention, the one the
+    #: networks' threshold was calibrated with: ``faceengine.onet_refine``), or ``auto`` (``onet``
+    #: with YuNet, ``detector`` with MTCNN)
+    boxes: str = "auto"
+
+    def resolved_boxes(self, detector: str) -> str:
+        """``detector`` or ``onet``: what ``auto`` means with ``detector``."""
+        if self.boxes != "auto":
+            return self.boxes
+        return "onet" if detector == "yunet" else "detector"
 
 
 @dataclass
@@ -185,6 +199,7 @@ class EdgeConfig:
             raise ConfigError("relay.gpio_pin is required with relay.driver = gpio")
         if self.liveness.fuse_top_k < 1:
             raise ConfigError("liveness.fuse_top_k must be >= 1")
+        _choice("liveness.boxes", self.liveness.boxes, LIVENESS_BOXES)
         if self.liveness.threads < 1:
             raise ConfigError("liveness.threads must be >= 1")
         if self.spool.max_entries < 1:

@@ -315,3 +315,24 @@ def test_the_commands_calibrate_then_evaluate(tmp_path: Path, settings: pytest.F
     call_command("evaluate_liveness", "--data", str(root), "--json", stdout=out, stderr=err)
     assert json.loads(out.getvalue())["threshold"] == pytest.approx(0.0123)
     assert "the doors' threshold" in err.getvalue()
+
+
+def test_evaluate_with_yunet_cuts_windows_around_onet_s_boxes(tmp_path: Path) -> None:
+    """``evaluate_liveness --detector yunet`` judges what the agent with YuNet sends ([liveness]
+    boxes = "auto": O-Net's boxes), ``--boxes detector`` YuNet's own; MTCNN keeps its boxes."""
+    from faceengine.yunet import YunetDetector
+    from recognition.management.liveness_options import detector_for
+
+    options = {"threads": 2, "detector": "mtcnn", "boxes": "auto"}
+    assert isinstance(detector_for(options, 40), FaceDetector)
+    assert isinstance(detector_for({**options, "detector": "yunet", "boxes": "detector"}, 40), YunetDetector)
+    redrawn = detector_for({**options, "detector": "yunet"}, 40)
+    assert not isinstance(redrawn, YunetDetector) and callable(redrawn)
+    root = _nuaa_subset(tmp_path, per_folder=2)
+    out = StringIO()
+    call_command(
+        "evaluate_liveness", "--data", str(root), "--detector", "yunet", "--json", stdout=out, stderr=StringIO()
+    )
+    result = json.loads(out.getvalue())
+    assert result["n_attack"] == 4 and result["n_live"] == 4 and result["not_detected"] == 0
+    assert result["apcer"] == 0.0 and result["bpcer"] == 0.0
