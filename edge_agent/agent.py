@@ -465,4 +465,5 @@ def agent_liveness(config: EdgeConfig) -> EdgeLiveness | None:
         threads=live.threads,
         fuse_top_k=live.fuse_top_k,
         boxes=live.resolved_boxes(config.detection.detector),
+        fusion=live.fusion,
     )

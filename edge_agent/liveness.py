@@ -68,11 +68,30 @@ def fuse_top_k(scores: Sequence[float], k: int) -> float | None:
     return float(min(1.0, max(0.0, sum(best) / len(best))))
 
 
+def fuse_median(scores: Sequence[float]) -> float | None:
+    """The median of the track's frame scores; None when empty.
+
+    Robust both ways: a printed photo's few frames that happen to score high (a reflection, a
+    bend) do not lift it, and a live face's few blurred or turned frames do not sink it. On
+    nuaa-dev (tracks of 11 consecutive captures) it accepted none of 64 printed-photo tracks
+    where the mean of the best 3 accepted 5 to 7 (``[liveness] fusion``).
+    """
+    if not scores:
+        return None
+    return float(min(1.0, max(0.0, float(np.median(np.asarray(scores, dtype=np.float64))))))
+
+
+#: ``[liveness] fusion``: how a track's frame scores become its score
+FUSIONS = ("median", "top_k")
+
+
 class EdgeLiveness:
     """The agent's liveness: ``scorer`` over each frame's boxes, fused over ``fuse_top_k`` frames.
 
-    ``redraw``: when given, each frame's boxes go through it before scoring (YuNet's boxes redrawn
-    by O-Net); a redraw that fails counts as a scorer failure.
+    ``fusion``: ``top_k`` (the mean of the best ``fuse_top_k`` frames) or ``median`` (the median
+    of all the track's frames, :func:`fuse_median`). ``redraw``: when given, each frame's boxes go
+    through it before scoring (YuNet's boxes redrawn by MTCNN's R-Net and O-Net); a redraw that
+    fails counts as a scorer failure.
     """
 
     def __init__(
@@ -82,9 +101,13 @@ class EdgeLiveness:
         fuse_top_k: int = 3,
         model: str = MODEL_VERSION,
         redraw: BoxRedraw | None = None,
+        fusion: str = "top_k",
     ) -> None:
         if fuse_top_k < 1:
             raise ValueError("fuse_top_k must be >= 1")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown liveness fusion {fusion!r} (expected one of {FUSIONS})")
+        self.fusion = fusion
         self.scorer = scorer
         self.redraw = redraw
         self.fuse_top_k = fuse_top_k
@@ -115,7 +138,7 @@ class EdgeLiveness:
 
     def fuse(self, scores: Sequence[float]) -> LivenessEvidence | None:
         """The track's evidence from its frame scores; None when no frame was scored."""
-        fused = fuse_top_k(scores, self.fuse_top_k)
+        fused = fuse_median(scores) if self.fusion == "median" else fuse_top_k(scores, self.fuse_top_k)
         if fused is None:
             return None
         # a very long track (a large max_dwell_s) must not exceed what the protocol accepts
@@ -123,12 +146,16 @@ class EdgeLiveness:
         return LivenessEvidence(score=round(fused, 6), frames=frames, model=self.model)
 
 
-def liveness_load(*, enabled: bool, threads: int, fuse_top_k: int, boxes: str = "detector") -> EdgeLiveness | None:
+def liveness_load(
+    *, enabled: bool, threads: int, fuse_top_k: int, boxes: str = "detector", fusion: str = "top_k"
+) -> EdgeLiveness | None:
     """The configured liveness (``[liveness]``), or None when disabled or the weights do not load
     (logged: the agent then sends detections without a score). ``boxes``: ``detector`` (score
     around the detector's boxes) or ``onet`` (around MTCNN's R-Net and O-Net's redrawing of them)."""
     if boxes not in BOX_SOURCES:
         raise ValueError(f"unknown liveness boxes {boxes!r} (expected one of {BOX_SOURCES})")
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown liveness fusion {fusion!r} (expected one of {FUSIONS})")
     if not enabled:
         logger.info("liveness disabled ([liveness] enabled = false): detections carry no live score")
         return None
@@ -148,4 +175,4 @@ def liveness_load(*, enabled: bool, threads: int, fuse_top_k: int, boxes: str = 
     logger.info(
         "liveness on: windows cut around %s boxes", "MTCNN R-Net/O-Net's" if redraw is not None else "the detector's"
     )
-    return EdgeLiveness(scorer, fuse_top_k=fuse_top_k, model=MODEL_VERSION, redraw=redraw)
+    return EdgeLiveness(scorer, fuse_top_k=fuse_top_k, model=MODEL_VERSION, redraw=redraw, fusion=fusion)

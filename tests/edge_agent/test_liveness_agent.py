@@ -24,7 +24,7 @@ from accessctl.project.embedded import ChildService
 from edge_agent.agent import EdgeAgent, agent_liveness
 from edge_agent.camera import FolderSource, Frame
 from edge_agent.config import ConfigError, EdgeConfig, load_config
-from edge_agent.liveness import EdgeLiveness, fuse_top_k, liveness_load
+from edge_agent.liveness import EdgeLiveness, fuse_median, fuse_top_k, liveness_load
 from edge_agent.relay import SimulatedRelay
 from edge_agent.tracker import IouTracker
 from faceengine import protocol as p
@@ -100,6 +100,35 @@ def test_fusion_with_fewer_frames_than_k_uses_them_all() -> None:
     assert fuse_top_k([], 3) is None
     with pytest.raises(ValueError, match="k must be"):
         fuse_top_k([0.5], 0)
+
+
+def test_median_fusion_ignores_a_few_outlying_frames_either_way() -> None:
+    assert fuse_median([0.01, 0.02, 0.9, 0.03, 0.85]) == pytest.approx(0.03)  # a print's two lucky frames
+    assert fuse_median([0.9, 0.95, 0.01, 0.92]) == pytest.approx(0.91)  # a live face's one blurred frame
+    assert fuse_median([0.4]) == pytest.approx(0.4) and fuse_median([]) is None
+    median = EdgeLiveness(ScriptedScorer([]), fusion="median").fuse([0.01, 0.02, 0.9, 0.03, 0.85])
+    top_k = EdgeLiveness(ScriptedScorer([]), fusion="top_k", fuse_top_k=3).fuse([0.01, 0.02, 0.9, 0.03, 0.85])
+    assert median is not None and median.score == pytest.approx(0.03) and median.frames == 5
+    assert top_k is not None and top_k.score == pytest.approx((0.9 + 0.85 + 0.03) / 3)
+    with pytest.raises(ValueError, match="unknown liveness fusion"):
+        EdgeLiveness(ScriptedScorer([]), fusion="max")
+
+
+def test_fusion_config_median_by_default(tmp_path: Path) -> None:
+    config = EdgeConfig()
+    assert config.liveness.fusion == "median"
+    live = agent_liveness(config)
+    assert live is not None and live.fusion == "median"
+    toml = tmp_path / "agent.toml"
+    toml.write_text('[device]\nuid = "d"\n[liveness]\nfusion = "top_k"\nfuse_top_k = 2\n')
+    config = load_config(toml, environ={}).validate(need_keys=False)
+    live = agent_liveness(config)
+    assert live is not None and live.fusion == "top_k" and live.fuse_top_k == 2
+    assert load_config(toml, environ={"ACS_EDGE_LIVENESS_FUSION": "median"}).liveness.fusion == "median"
+    with pytest.raises(ConfigError, match=r"liveness\.fusion"):
+        load_config(toml, environ={"ACS_EDGE_LIVENESS_FUSION": "mean"}).validate(need_keys=False)
+    with pytest.raises(ValueError, match="unknown liveness fusion"):
+        liveness_load(enabled=True, threads=2, fuse_top_k=3, fusion="mean")
 
 
 def test_frames_scored_never_exceed_what_the_protocol_accepts() -> None:
