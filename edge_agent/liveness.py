@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from faceengine.liveness import MODEL_VERSION
+from faceengine.liveness.fusion import FUSIONS, fuse_median, fuse_top_k
 from faceengine.protocol import Detection
 
 logger = logging.getLogger(__name__)
@@ -52,37 +53,6 @@ class LivenessEvidence:
 
     def detection_fields(self) -> dict[str, Any]:
         return {"liveness": self.score, "liveness_frames": self.frames, "liveness_model": self.model}
-
-
-def fuse_top_k(scores: Sequence[float], k: int) -> float | None:
-    """The mean of the best ``k`` scores (all of them when there are fewer); None when empty.
-
-    The best frames, not all of them: a live face turning away or blurring for a few frames must
-    not look like an attack, while a printed photo rarely scores high on any frame.
-    """
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if not scores:
-        return None
-    best = sorted(scores, reverse=True)[:k]
-    return float(min(1.0, max(0.0, sum(best) / len(best))))
-
-
-def fuse_median(scores: Sequence[float]) -> float | None:
-    """The median of the track's frame scores; None when empty.
-
-    Robust both ways: a printed photo's few frames that happen to score high (a reflection, a
-    bend) do not lift it, and a live face's few blurred or turned frames do not sink it. On
-    nuaa-dev (tracks of 11 consecutive captures) it accepted none of 64 printed-photo tracks
-    where the mean of the best 3 accepted 5 to 7 (``[liveness] fusion``).
-    """
-    if not scores:
-        return None
-    return float(min(1.0, max(0.0, float(np.median(np.asarray(scores, dtype=np.float64))))))
-
-
-#: ``[liveness] fusion``: how a track's frame scores become its score
-FUSIONS = ("median", "top_k")
 
 
 class EdgeLiveness:
