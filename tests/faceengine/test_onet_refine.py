@@ -105,6 +105,6 @@ def test_onet_boxes_detector_swaps_the_box_and_keeps_the_rest() -> None:
     (redrawn,) = [f for f in onet_boxes_detector(detect)(frame) if f.size >= 30]
     assert redrawn.score == face.score
     np.testing.assert_array_equal(redrawn.landmarks, face.landmarks)
-    np.testing.assert_allclose(redrawn.box, OnetBoxRefiner()(frame, [face.box])[0])
+    np.testing.assert_allclose(redrawn.box, OnetBoxRefiner()(frame, [face.box])[0], atol=1e-3)
     blank = np.full((480, 640, 3), 90, dtype=np.uint8)
     assert onet_boxes_detector(detect)(blank) == []
