@@ -56,7 +56,7 @@ class LivenessEvidence:
 
 
 class EdgeLiveness:
-    """The agent's liveness: ``scorer`` over each frame's boxes, fused over ``fuse_top_k`` frames.
+    """The agent's liveness: ``scorer`` over each frame's boxes, a track's frame scores fused by ``fusion``.
 
     ``fusion``: ``top_k`` (the mean of the best ``fuse_top_k`` frames) or ``median`` (the median
     of all the track's frames, :func:`fuse_median`). ``redraw``: when given, each frame's boxes go
