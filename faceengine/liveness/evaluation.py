@@ -128,7 +128,8 @@ def tracks_fuse(
     The photos of one capture (:func:`capture_key`, in frame order) are cut into consecutive runs
     of ``frames`` detected faces (a shorter remainder is dropped); each run is one presentation,
     scored by ``fusion`` (:func:`faceengine.liveness.fusion.fuse`) of its frame scores and named
-    by its first photo. Photos without a face are skipped (the agent tracks the frames it sees)."""
+    by its first photo (its time: the mean per face). Photos without a face are skipped (the agent
+    tracks the frames it sees)."""
     from faceengine.liveness.fusion import fuse
 
     if frames < 1:
@@ -148,7 +149,7 @@ def tracks_fuse(
         for start in range(0, len(run) - frames + 1, frames):
             window = run[start : start + frames]
             score = fuse([float(w.score) for w in window if w.score is not None], fusion, k=k)
-            tracks.append(ScoredPresentation(window[0].presentation, score, sum(w.ms for w in window)))
+            tracks.append(ScoredPresentation(window[0].presentation, score, sum(w.ms for w in window) / frames))
     return tracks
 
 
