@@ -3,7 +3,8 @@
 Prints frames per second, per detector (``--detector yunet,mtcnn``: both in one run, rounds
 interleaved), for the detector alone and for the agent's per-frame work (detect,
 align, quality, track), with liveness off and on (the two MiniFASNet networks scoring every
-frame's faces, as the agent does with ``[liveness] enabled = true``; issue 18's target: >= 20 FPS
+frame's faces, as the agent does with ``[liveness] enabled = true``, around the boxes ``[liveness]
+boxes = "auto"`` gives each detector: YuNet's redrawn by MTCNN's O-Net; issue 18's target: >= 20 FPS
 with liveness on). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2] [--detector yunet,mtcnn]``.
 Uses a 640x480 webcam frame of nuaa-dev when found (tests/faces.py), else an LFW photo pasted into
 a 640x480 frame (ACCESSCTL_LFW, ACCESSCTL_RESEARCH_DATA or var/datasets/lfw), else skimage's
@@ -62,6 +63,7 @@ def main() -> None:
 
     import torch
 
+    from edge_agent.config import LivenessSection
     from edge_agent.liveness import liveness_load
     from edge_agent.tracker import IouTracker
     from edge_agent.vision import DETECTORS, FaceCandidate, detector_build, prepare
@@ -81,8 +83,14 @@ def main() -> None:
             detectors[name].detect(frame)
 
     t0 = time.perf_counter()
-    liveness = liveness_load(enabled=True, threads=args.threads, fuse_top_k=args.fuse_top_k)
-    assert liveness is not None, "liveness networks did not load"
+    # each detector with the liveness boxes the agent gives it ([liveness] boxes = "auto": YuNet's
+    # boxes redrawn by O-Net, MTCNN's as they are)
+    livenesses = {}
+    for name in names:
+        boxes = LivenessSection().resolved_boxes(name)
+        livenesses[name] = liveness_load(enabled=True, threads=args.threads, fuse_top_k=args.fuse_top_k, boxes=boxes)
+        assert livenesses[name] is not None, "liveness networks did not load"
+        print(f"{name}: liveness windows around {boxes} boxes")
     print(f"liveness load + warm-up: {time.perf_counter() - t0:.2f} s")
 
     def detect_only(name: str) -> float:
@@ -95,6 +103,7 @@ def main() -> None:
         """The agent's handle_frame over ``args.frames`` frames: detect, prepare, (liveness, one
         batch per frame), track, fuse at emission; returns seconds per frame and faces seen."""
         detector = detectors[name]
+        liveness = livenesses[name]
         tracker: IouTracker[FaceCandidate] = IouTracker(evidence=lambda c: c.liveness)
         faces = 0
         t0 = time.perf_counter()
@@ -119,7 +128,7 @@ def main() -> None:
             times.setdefault((name, "off"), []).append(pipeline(name, False)[0])
             seconds, faces[name] = pipeline(name, True)
             times.setdefault((name, "on"), []).append(seconds)
-    assert liveness.failures == 0, "the liveness scorer failed"
+    assert all(live.failures == 0 for live in livenesses.values()), "the liveness scorer failed"
 
     def fps(values: list[float]) -> str:
         best, median = min(values), statistics.median(values)

@@ -556,4 +556,10 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
 def agent_liveness(config: EdgeConfig) -> EdgeLiveness | None:
     """The ``[liveness]`` section's scorer (None when off or when the networks do not load)."""
     live = config.liveness
-    return liveness_load(enabled=live.enabled, threads=live.threads, fuse_top_k=live.fuse_top_k)
+    return liveness_load(
+        enabled=live.enabled,
+        threads=live.threads,
+        fuse_top_k=live.fuse_top_k,
+        boxes=live.resolved_boxes(config.detection.detector),
+        fusion=live.fusion,
+    )

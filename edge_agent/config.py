@@ -116,6 +116,9 @@ class DetectionSection:
     iou_threshold: float = 0.3
 
 
+LIVENESS_BOXES = ("auto", "detector", "onet")
+
+
 @dataclass
 class LivenessSection:
     #: score every frame of a track for presentation attacks (printed photo, screen) and send the
@@ -124,8 +127,22 @@ class LivenessSection:
     enabled: bool = True
     #: torch threads for the liveness networks (process-wide, shared with the detector)
     threads: int = 2
-    #: the track's score is the mean of its best ``fuse_top_k`` frame scores (all frames if fewer)
+    #: how the track's frame scores become its score: ``median`` (of all its frames) or ``top_k``
+    #: (the mean of its best ``fuse_top_k``; all frames if fewer). See edge_agent/liveness.py.
+    fusion: str = "median"
+    #: with ``fusion = "top_k"``: how many of the best frames are averaged
     fuse_top_k: int = 3
+    #: the box the liveness window is cut around: ``detector`` (the detector's own box), ``onet``
+    #: (the detector's box redrawn by MTCNN's R-Net and O-Net in MTCNN's convention, the one the
+    #: networks' threshold was calibrated with: ``faceengine.onet_refine``), or ``auto`` (``onet``
+    #: with YuNet, ``detector`` with MTCNN)
+    boxes: str = "auto"
+
+    def resolved_boxes(self, detector: str) -> str:
+        """``detector`` or ``onet``: what ``auto`` means with ``detector``."""
+        if self.boxes != "auto":
+            return self.boxes
+        return "onet" if detector == "yunet" else "detector"
 
 
 @dataclass
@@ -223,6 +240,8 @@ class EdgeConfig:
             raise ConfigError(f"detection.track_probes must be 1..{MAX_TRACK_PROBES}")
         if self.liveness.fuse_top_k < 1:
             raise ConfigError("liveness.fuse_top_k must be >= 1")
+        _choice("liveness.boxes", self.liveness.boxes, LIVENESS_BOXES)
+        _choice("liveness.fusion", self.liveness.fusion, ("median", "top_k"))
         if self.liveness.threads < 1:
             raise ConfigError("liveness.threads must be >= 1")
         if self.spool.max_entries < 1:

@@ -111,6 +111,48 @@ def presentations_score(
     return scored
 
 
+def capture_key(path: Path) -> tuple[str, int]:
+    """``(capture, frame number)`` of a photo named ``<capture>_<n>.<ext>`` (nuaa-dev:
+    ``<subject>_<glasses>_<position>_<session>_<n>.jpg``); a name without a number is its own capture."""
+    stem, _, number = path.stem.rpartition("_")
+    if stem and number.isdigit():
+        return stem, int(number)
+    return path.stem, 0
+
+
+def tracks_fuse(
+    scored: Sequence[ScoredPresentation], frames: int, fusion: str, *, k: int = 3
+) -> list[ScoredPresentation]:
+    """Judge tracks, as the edge agent does, instead of single photos.
+
+    The photos of one capture (:func:`capture_key`, in frame order) are cut into consecutive runs
+    of ``frames`` detected faces (a shorter remainder is dropped); each run is one presentation,
+    scored by ``fusion`` (:func:`faceengine.liveness.fusion.fuse`) of its frame scores and named
+    by its first photo (its time: the mean per face). Photos without a face are skipped (the agent
+    tracks the frames it sees)."""
+    from faceengine.liveness.fusion import fuse
+
+    if frames < 1:
+        raise ValueError("frames must be >= 1")
+    captures: dict[tuple[bool, str, str], list[tuple[int, ScoredPresentation]]] = {}
+    for item in scored:
+        if item.score is None:
+            continue
+        capture, number = capture_key(item.presentation.path)
+        key = (item.presentation.attack, item.presentation.subject, capture)
+        captures.setdefault(key, []).append((number, item))
+    tracks: list[ScoredPresentation] = []
+    for key in sorted(captures):
+        run = [
+            item for _number, item in sorted(captures[key], key=lambda pair: (pair[0], str(pair[1].presentation.path)))
+        ]
+        for start in range(0, len(run) - frames + 1, frames):
+            window = run[start : start + frames]
+            score = fuse([float(w.score) for w in window if w.score is not None], fusion, k=k)
+            tracks.append(ScoredPresentation(window[0].presentation, score, sum(w.ms for w in window) / frames))
+    return tracks
+
+
 def _scores(scored: Iterable[ScoredPresentation], *, attack: bool, subject: str | None = None) -> np.ndarray:
     return np.asarray(
         [

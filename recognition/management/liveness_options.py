@@ -21,11 +21,37 @@ def liveness_options_add(parser: CommandParser) -> None:
     parser.add_argument(
         "--min-face-px", type=int, default=None, help="smallest face detected (default: RECOGNITION_MIN_FACE_PX)"
     )
+    parser.add_argument(
+        "--detector", choices=("mtcnn", "yunet"), default="mtcnn", help="face detector (default mtcnn, the server's)"
+    )
+    parser.add_argument(
+        "--boxes",
+        choices=("auto", "detector", "onet"),
+        default="auto",
+        help="box the liveness window is cut around, as the edge agent's [liveness] boxes "
+        "(auto: O-Net's redrawing with yunet, the detector's own with mtcnn)",
+    )
 
 
 def calibration_path() -> Path:
     """Where ``calibrate_liveness --save`` writes the threshold (read back by ``evaluate_liveness``)."""
     return Path(settings.VAR_DIR) / evaluation.CALIBRATION_FILENAME
+
+
+def detector_for(options: dict[str, Any], min_face: int) -> evaluation.Detector:
+    """The ``--detector`` with the ``--boxes`` the liveness windows are cut around."""
+    if options.get("detector", "mtcnn") == "yunet":
+        from faceengine.yunet import YunetDetector
+
+        detector: evaluation.Detector = YunetDetector(min_face_size=min_face, num_threads=options["threads"])
+    else:
+        detector = FaceDetector(min_face_size=min_face, num_threads=options["threads"])
+    boxes = options.get("boxes", "auto")
+    if boxes == "onet" or (boxes == "auto" and options.get("detector") == "yunet"):
+        from faceengine.onet_refine import onet_boxes_detector
+
+        detector = onet_boxes_detector(detector)
+    return detector
 
 
 def folder_score(options: dict[str, Any], stream: Any) -> tuple[LivenessScorer, list[evaluation.ScoredPresentation]]:
@@ -38,7 +64,7 @@ def folder_score(options: dict[str, Any], stream: Any) -> tuple[LivenessScorer, 
         raise CommandError(f"no photos under {options['data']}")
     scorer = get_scorer(num_threads=options["threads"])
     min_face = options["min_face_px"] or settings.RECOGNITION_MIN_FACE_PX
-    detector = FaceDetector(min_face_size=min_face, num_threads=options["threads"])
+    detector = detector_for(options, min_face)
     with progress_bar(total=len(presentations), desc="liveness", unit="photo", stream=stream) as bar:
         scored = evaluation.presentations_score(presentations, scorer, detector, progress=lambda _done: bar.update(1))
     return scorer, scored

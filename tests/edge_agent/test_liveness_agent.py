@@ -23,8 +23,8 @@ import pytest
 from accessctl.project.embedded import ChildService
 from edge_agent.agent import EdgeAgent, agent_liveness
 from edge_agent.camera import FolderSource, Frame
-from edge_agent.config import EdgeConfig, load_config
-from edge_agent.liveness import EdgeLiveness, fuse_top_k, liveness_load
+from edge_agent.config import ConfigError, EdgeConfig, load_config
+from edge_agent.liveness import EdgeLiveness, fuse_median, fuse_top_k, liveness_load
 from edge_agent.relay import SimulatedRelay
 from edge_agent.tracker import IouTracker
 from faceengine import protocol as p
@@ -102,6 +102,35 @@ def test_fusion_with_fewer_frames_than_k_uses_them_all() -> None:
         fuse_top_k([0.5], 0)
 
 
+def test_median_fusion_ignores_a_few_outlying_frames_either_way() -> None:
+    assert fuse_median([0.01, 0.02, 0.9, 0.03, 0.85]) == pytest.approx(0.03)  # a print's two lucky frames
+    assert fuse_median([0.9, 0.95, 0.01, 0.92]) == pytest.approx(0.91)  # a live face's one blurred frame
+    assert fuse_median([0.4]) == pytest.approx(0.4) and fuse_median([]) is None
+    median = EdgeLiveness(ScriptedScorer([]), fusion="median").fuse([0.01, 0.02, 0.9, 0.03, 0.85])
+    top_k = EdgeLiveness(ScriptedScorer([]), fusion="top_k", fuse_top_k=3).fuse([0.01, 0.02, 0.9, 0.03, 0.85])
+    assert median is not None and median.score == pytest.approx(0.03) and median.frames == 5
+    assert top_k is not None and top_k.score == pytest.approx((0.9 + 0.85 + 0.03) / 3)
+    with pytest.raises(ValueError, match="unknown liveness fusion"):
+        EdgeLiveness(ScriptedScorer([]), fusion="max")
+
+
+def test_fusion_config_median_by_default(tmp_path: Path) -> None:
+    config = EdgeConfig()
+    assert config.liveness.fusion == "median"
+    live = agent_liveness(config)
+    assert live is not None and live.fusion == "median"
+    toml = tmp_path / "agent.toml"
+    toml.write_text('[device]\nuid = "d"\n[liveness]\nfusion = "top_k"\nfuse_top_k = 2\n')
+    config = load_config(toml, environ={}).validate(need_keys=False)
+    live = agent_liveness(config)
+    assert live is not None and live.fusion == "top_k" and live.fuse_top_k == 2
+    assert load_config(toml, environ={"ACS_EDGE_LIVENESS_FUSION": "median"}).liveness.fusion == "median"
+    with pytest.raises(ConfigError, match=r"liveness\.fusion"):
+        load_config(toml, environ={"ACS_EDGE_LIVENESS_FUSION": "mean"}).validate(need_keys=False)
+    with pytest.raises(ValueError, match="unknown liveness fusion"):
+        liveness_load(enabled=True, threads=2, fuse_top_k=3, fusion="mean")
+
+
 def test_frames_scored_never_exceed_what_the_protocol_accepts() -> None:
     evidence = EdgeLiveness(ScriptedScorer([]), fuse_top_k=3).fuse([0.9] * (p.Detection.MAX_LIVENESS_FRAMES + 5))
     assert evidence is not None and evidence.frames == p.Detection.MAX_LIVENESS_FRAMES
@@ -174,6 +203,76 @@ def test_liveness_config_defaults_on_and_can_be_switched_off(tmp_path: Path) -> 
     assert agent_liveness(config) is None
     assert load_config(toml, environ={"ACS_EDGE_LIVENESS_ENABLED": "true"}).liveness.enabled
     assert liveness_load(enabled=False, threads=2, fuse_top_k=3) is None
+
+
+def test_liveness_boxes_auto_follows_the_detector(tmp_path: Path) -> None:
+    """``[liveness] boxes``: auto = O-Net's redrawing with YuNet, the detector's own box with MTCNN;
+    either can be forced; anything else is refused at start."""
+    from faceengine.onet_refine import OnetBoxRefiner
+
+    config = EdgeConfig()
+    assert config.liveness.boxes == "auto"
+    assert config.liveness.resolved_boxes("yunet") == "onet"
+    assert config.liveness.resolved_boxes("mtcnn") == "detector"
+    toml = tmp_path / "agent.toml"
+    toml.write_text('[device]\nuid = "d"\n[detection]\ndetector = "yunet"\n[liveness]\nboxes = "detector"\n')
+    config = load_config(toml, environ={}).validate(need_keys=False)
+    assert config.liveness.resolved_boxes(config.detection.detector) == "detector"
+    live = agent_liveness(config)
+    assert live is not None and live.redraw is None
+    config = load_config(toml, environ={"ACS_EDGE_LIVENESS_BOXES": "onet", "ACS_EDGE_DETECTION_DETECTOR": "mtcnn"})
+    live = agent_liveness(config.validate(need_keys=False))
+    assert live is not None and isinstance(live.redraw, OnetBoxRefiner)
+    with pytest.raises(ConfigError, match=r"liveness\.boxes"):
+        load_config(toml, environ={"ACS_EDGE_LIVENESS_BOXES": "mtcnn"}).validate(need_keys=False)
+    with pytest.raises(ValueError, match="unknown liveness boxes"):
+        liveness_load(enabled=True, threads=2, fuse_top_k=3, boxes="auto")
+
+
+def test_the_scorer_sees_the_redrawn_boxes_in_one_batch(tmp_path: Path, keys: Keys) -> None:
+    """With a redraw, the liveness windows are cut around its boxes; the track keeps the detector's."""
+    seen: list[np.ndarray] = []
+
+    class RecordingScorer:
+        def score(self, frame_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+            seen.append(np.asarray(boxes))
+            return np.full(len(boxes), 0.7)
+
+    def redraw(frame_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return boxes + np.asarray([0.0, 10.0, 0.0, 20.0])
+
+    liveness = EdgeLiveness(RecordingScorer(), fuse_top_k=3, redraw=redraw)
+    assert liveness.score_frame(face_image(), [BOX, (200.0, 40.0, 260.0, 120.0)]) == [0.7, 0.7]
+    np.testing.assert_allclose(seen[-1], [[50, 46, 110, 134], [200, 50, 260, 140]])
+
+    agent = make_agent(tmp_path, keys, scorer=RecordingScorer(), n_frames=2)
+    agent.liveness = liveness
+    try:
+        (detection,) = play(agent, 2)
+    finally:
+        agent.stop()
+    assert detection.liveness == pytest.approx(0.7) and detection.liveness_frames == 2
+    np.testing.assert_allclose(seen[-1], [[50, 46, 110, 134]])
+
+
+@pytest.mark.parametrize("bad", [RuntimeError("O-Net broke"), "shape", "nan"])
+def test_a_failing_redraw_counts_as_a_scorer_failure(bad: object) -> None:
+    def redraw(frame_rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if isinstance(bad, Exception):
+            raise bad
+        return np.zeros((len(boxes) + 1, 4)) if bad == "shape" else np.full((len(boxes), 4), np.nan)
+
+    liveness = EdgeLiveness(ScriptedScorer([0.9]), fuse_top_k=3, redraw=redraw)
+    assert liveness.score_frame(face_image(), [BOX]) == [None]
+    assert liveness.failures == 1
+
+
+def test_real_onet_redraw_scores_a_face(tmp_path: Path) -> None:
+    """The shipped networks around O-Net's redrawing of a real face's box: one finite score."""
+    live = liveness_load(enabled=True, threads=2, fuse_top_k=3, boxes="onet")
+    assert live is not None and live.redraw is not None
+    (score,) = live.score_frame(face_image(), [BOX])
+    assert score is not None and 0.0 <= score <= 1.0 and live.failures == 0
 
 
 def test_scorer_failure_sends_without_a_score_and_the_agent_keeps_running(
@@ -294,8 +393,10 @@ def real_agent_parts(request: pytest.FixtureRequest) -> tuple[object, EdgeLivene
     from edge_agent.vision import detector_build
 
     config = EdgeConfig()
-    liveness = agent_liveness(config)
+    config.detection.detector = request.param
+    liveness = agent_liveness(config)  # [liveness] boxes = "auto": O-Net's redrawing of YuNet's boxes
     assert liveness is not None, "the shipped liveness weights did not load"
+    assert (liveness.redraw is not None) == (request.param == "yunet")
     return detector_build(request.param, min_face_px=config.detection.min_face_px, threads=2), liveness
 
 

@@ -315,3 +315,80 @@ def test_the_commands_calibrate_then_evaluate(tmp_path: Path, settings: pytest.F
     call_command("evaluate_liveness", "--data", str(root), "--json", stdout=out, stderr=err)
     assert json.loads(out.getvalue())["threshold"] == pytest.approx(0.0123)
     assert "the doors' threshold" in err.getvalue()
+
+
+def test_evaluate_with_yunet_cuts_windows_around_onet_s_boxes(tmp_path: Path) -> None:
+    """``evaluate_liveness --detector yunet`` judges what the agent with YuNet sends ([liveness]
+    boxes = "auto": O-Net's boxes), ``--boxes detector`` YuNet's own; MTCNN keeps its boxes."""
+    from faceengine.yunet import YunetDetector
+    from recognition.management.liveness_options import detector_for
+
+    options = {"threads": 2, "detector": "mtcnn", "boxes": "auto"}
+    assert isinstance(detector_for(options, 40), FaceDetector)
+    assert isinstance(detector_for({**options, "detector": "yunet", "boxes": "detector"}, 40), YunetDetector)
+    redrawn = detector_for({**options, "detector": "yunet"}, 40)
+    assert not isinstance(redrawn, YunetDetector) and callable(redrawn)
+    root = _nuaa_subset(tmp_path, per_folder=2)
+    out = StringIO()
+    call_command(
+        "evaluate_liveness", "--data", str(root), "--detector", "yunet", "--json", stdout=out, stderr=StringIO()
+    )
+    result = json.loads(out.getvalue())
+    assert result["n_attack"] == 4 and result["n_live"] == 4 and result["not_detected"] == 0
+    assert result["apcer"] == 0.0 and result["bpcer"] == 0.0
+    out = StringIO()  # tracks of one photo each: the same figures, through the track path
+    call_command(
+        "evaluate_liveness",
+        "--data",
+        str(root),
+        "--detector",
+        "yunet",
+        "--track-frames",
+        "1",
+        "--json",
+        stdout=out,
+        stderr=StringIO(),
+    )
+    tracks = json.loads(out.getvalue())
+    assert (tracks["n_attack"], tracks["n_live"], tracks["apcer"], tracks["bpcer"]) == (4, 4, 0.0, 0.0)
+
+
+def _scored(name: str, score: float | None, *, attack: bool, subject: str = "0001") -> evaluation.ScoredPresentation:
+    return evaluation.ScoredPresentation(evaluation.Presentation(Path(name), subject, attack), score, 1.0)
+
+
+def test_capture_key_reads_nuaa_names() -> None:
+    assert evaluation.capture_key(Path("0001_00_00_01_107.jpg")) == ("0001_00_00_01", 107)
+    assert evaluation.capture_key(Path("photo.jpg")) == ("photo", 0)
+
+
+def test_tracks_fuse_cuts_captures_into_runs_in_frame_order() -> None:
+    """Runs of N detected faces of one capture, in frame-number order (not name order), fused;
+    faces not detected skipped, a short remainder dropped, captures and kinds never mixed."""
+    scored = [
+        _scored("print/0001/0001_00_00_01_20.jpg", 0.9, attack=True),  # frame 20 sorts after 3
+        _scored("print/0001/0001_00_00_01_3.jpg", 0.01, attack=True),
+        _scored("print/0001/0001_00_00_01_5.jpg", 0.02, attack=True),
+        _scored("print/0001/0001_00_00_01_7.jpg", None, attack=True),  # no face: skipped
+        _scored("print/0001/0001_00_00_01_9.jpg", 0.03, attack=True),
+        _scored("print/0001/0001_00_00_01_30.jpg", 0.8, attack=True),  # remainder of 1: dropped
+        _scored("print/0001/0001_00_00_02_1.jpg", 0.5, attack=True),  # another capture: too short
+        _scored("live/0001/0001_00_00_01_1.jpg", 0.9, attack=False),
+        _scored("live/0001/0001_00_00_01_2.jpg", 0.95, attack=False),
+    ]
+    tracks = evaluation.tracks_fuse(scored, 2, "median")
+    assert [(t.presentation.path.name, t.score) for t in tracks] == [
+        ("0001_00_00_01_1.jpg", pytest.approx(0.925)),
+        ("0001_00_00_01_3.jpg", pytest.approx(0.015)),
+        ("0001_00_00_01_9.jpg", pytest.approx(0.465)),
+    ]
+    (print_track,) = [t for t in evaluation.tracks_fuse(scored, 4, "median") if t.presentation.attack]
+    assert print_track.score == pytest.approx(0.025)  # 0.01, 0.02, 0.03, 0.9: the lucky frame ignored
+    (print_track,) = [t for t in evaluation.tracks_fuse(scored, 4, "top_k", k=2) if t.presentation.attack]
+    assert print_track.score == pytest.approx((0.9 + 0.03) / 2)
+    report = evaluation.pad_report(evaluation.tracks_fuse(scored, 4, "median"), 0.05)
+    assert report.n_attack == 1 and report.n_live == 0 and report.apcer == 0.0
+    with pytest.raises(ValueError, match="frames"):
+        evaluation.tracks_fuse(scored, 0, "median")
+    with pytest.raises(ValueError, match="unknown liveness fusion"):
+        evaluation.tracks_fuse(scored, 2, "max")
