@@ -353,7 +353,7 @@ def test_evaluate_with_yunet_cuts_windows_around_onet_s_boxes(tmp_path: Path) ->
     assert (tracks["n_attack"], tracks["n_live"], tracks["apcer"], tracks["bpcer"]) == (4, 4, 0.0, 0.0)
 
 
-def _scored(name: str, score: float | None, *, attack: bool, subject: str = "0001") -> evaluation.ScoredPresentation:
+def _photo(name: str, score: float | None, *, attack: bool, subject: str = "0001") -> evaluation.ScoredPresentation:
     return evaluation.ScoredPresentation(evaluation.Presentation(Path(name), subject, attack), score, 1.0)
 
 
@@ -366,15 +366,15 @@ def test_tracks_fuse_cuts_captures_into_runs_in_frame_order() -> None:
     """Runs of N detected faces of one capture, in frame-number order (not name order), fused;
     faces not detected skipped, a short remainder dropped, captures and kinds never mixed."""
     scored = [
-        _scored("print/0001/0001_00_00_01_20.jpg", 0.9, attack=True),  # frame 20 sorts after 3
-        _scored("print/0001/0001_00_00_01_3.jpg", 0.01, attack=True),
-        _scored("print/0001/0001_00_00_01_5.jpg", 0.02, attack=True),
-        _scored("print/0001/0001_00_00_01_7.jpg", None, attack=True),  # no face: skipped
-        _scored("print/0001/0001_00_00_01_9.jpg", 0.03, attack=True),
-        _scored("print/0001/0001_00_00_01_30.jpg", 0.8, attack=True),  # remainder of 1: dropped
-        _scored("print/0001/0001_00_00_02_1.jpg", 0.5, attack=True),  # another capture: too short
-        _scored("live/0001/0001_00_00_01_1.jpg", 0.9, attack=False),
-        _scored("live/0001/0001_00_00_01_2.jpg", 0.95, attack=False),
+        _photo("print/0001/0001_00_00_01_20.jpg", 0.9, attack=True),  # frame 20 sorts after 3
+        _photo("print/0001/0001_00_00_01_3.jpg", 0.01, attack=True),
+        _photo("print/0001/0001_00_00_01_5.jpg", 0.02, attack=True),
+        _photo("print/0001/0001_00_00_01_7.jpg", None, attack=True),  # no face: skipped
+        _photo("print/0001/0001_00_00_01_9.jpg", 0.03, attack=True),
+        _photo("print/0001/0001_00_00_01_30.jpg", 0.8, attack=True),  # remainder of 1: dropped
+        _photo("print/0001/0001_00_00_02_1.jpg", 0.5, attack=True),  # another capture: too short
+        _photo("live/0001/0001_00_00_01_1.jpg", 0.9, attack=False),
+        _photo("live/0001/0001_00_00_01_2.jpg", 0.95, attack=False),
     ]
     tracks = evaluation.tracks_fuse(scored, 2, "median")
     assert [(t.presentation.path.name, t.score) for t in tracks] == [
