@@ -23,6 +23,7 @@ imported only when a reader is configured.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -128,7 +129,8 @@ def _evdev_open(path: str) -> Any:
 class EvdevFactorReader:
     """Reads ``path`` (e.g. ``/dev/input/by-id/usb-...-event-kbd``) on its own thread and calls
     ``on_factor(kind, value)`` for each entry. ``open_device``: what opens the path (default:
-    ``evdev.InputDevice``; a test passes a fake with ``grab``, ``ungrab``, ``read_loop``, ``close``)."""
+    ``evdev.InputDevice``; a test passes a fake with ``fileno``, ``grab``, ``ungrab``, ``read``,
+    ``close``). The device is polled with a timeout of ``poll_s``: :meth:`close` stops it within that."""
 
     def __init__(
         self,
@@ -138,12 +140,14 @@ class EvdevFactorReader:
         *,
         key_timeout_s: float = 5.0,
         reopen_s: float = 2.0,
+        poll_s: float = 0.25,
         open_device: Callable[[str], Any] = _evdev_open,
     ) -> None:
         self.path = path
         self.entry = KeyEntry(kind, key_timeout_s=key_timeout_s)
         self.on_factor = on_factor
         self.reopen_s = reopen_s
+        self.poll_s = poll_s
         self._open = open_device
         self._device: Any = None
         self._stop = threading.Event()
@@ -162,11 +166,7 @@ class EvdevFactorReader:
                 self._device = self._open(self.path)
                 self._device.grab()  # the typed digits go to us only, not to a console
                 logger.info("second-factor reader %s opened (%s)", self.path, self.entry.kind)
-                for event in self._device.read_loop():
-                    if self._stop.is_set():
-                        break
-                    if event.type == EV_KEY:
-                        self._deliver(self.entry.feed(event.code, event.value, event.timestamp()))
+                self._read(self._device)
             except OSError as exc:
                 if not self._stop.is_set():
                     logger.warning("second-factor reader %s: %s; reopening in %.0f s", self.path, exc, self.reopen_s)
@@ -175,6 +175,19 @@ class EvdevFactorReader:
             finally:
                 self._release()
             self._stop.wait(self.reopen_s)
+
+    def _read(self, device: Any) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([device], [], [], self.poll_s)
+            if not ready:
+                continue
+            try:
+                events = list(device.read())
+            except BlockingIOError:  # woken with nothing to read
+                continue
+            for event in events:
+                if event.type == EV_KEY:
+                    self._deliver(self.entry.feed(event.code, event.value, event.timestamp()))
 
     def _deliver(self, value: str | None) -> None:
         if value is None:
@@ -196,14 +209,8 @@ class EvdevFactorReader:
                 pass
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop reading and release the device (closing it ends a blocked read)."""
+        """Stop reading; the reader thread releases (ungrabs and closes) the device."""
         self._stop.set()
-        device = self._device
-        if device is not None:
-            try:
-                device.close()
-            except OSError:
-                pass
         if self._thread.is_alive():
             self._thread.join(timeout)
 

@@ -3,6 +3,7 @@ wiring through a fake evdev device (no /dev/uinput here; python-evdev is optiona
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -90,12 +91,19 @@ class FakeEvent:
 
 
 class FakeDevice:
-    """What EvdevFactorReader uses of evdev.InputDevice: grab, ungrab, read_loop (blocking), close."""
+    """What EvdevFactorReader uses of evdev.InputDevice: fileno (a real pipe, for select), grab,
+    ungrab, read (the events pending; OSError once unplugged), close."""
 
     def __init__(self, events: list[tuple[int, int, float]]) -> None:
-        self.events = events
+        self._r, self._w = os.pipe()
+        self.pending = [FakeEvent(4, 4, 458756, 0.0)] + [FakeEvent(1, *e) for e in events]  # EV_MSC first
         self.grabbed = False
-        self.closed = threading.Event()
+        self.closed = False
+        self.unplugged = False
+        os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
 
     def grab(self) -> None:
         self.grabbed = True
@@ -103,15 +111,22 @@ class FakeDevice:
     def ungrab(self) -> None:
         self.grabbed = False
 
-    def read_loop(self):
-        yield FakeEvent(4, 4, 458756, 0.0)  # EV_MSC scan code: not a key event
-        for code, value, ts in self.events:
-            yield FakeEvent(1, code, value, ts)
-        self.closed.wait(5)  # blocks like a real device until closed
-        raise OSError(19, "No such device")
+    def read(self) -> list[FakeEvent]:
+        if self.unplugged:
+            raise OSError(19, "No such device")
+        os.read(self._r, 64)
+        events, self.pending = self.pending, []
+        return events
+
+    def unplug(self) -> None:
+        self.unplugged = True
+        os.write(self._w, b"x")
 
     def close(self) -> None:
-        self.closed.set()
+        if not self.closed:
+            self.closed = True
+            os.close(self._r)
+            os.close(self._w)
 
 
 def test_config_keypad_section_validates(tmp_path: Path) -> None:
@@ -156,7 +171,7 @@ def test_agent_starts_the_configured_reader_and_a_typed_pin_goes_with_the_next_f
         assert (detection.second_factor.kind, detection.second_factor.value) == ("pin", "739150")
     finally:
         agent.stop()
-    assert devices[0].closed.is_set() and not devices[0].grabbed
+    assert devices[0].closed and not devices[0].grabbed
 
 
 def test_reader_without_evdev_fails_clearly_and_reopens_an_unplugged_device() -> None:
@@ -171,7 +186,7 @@ def test_reader_without_evdev_fails_clearly_and_reopens_an_unplugged_device() ->
     def open_device(path: str) -> FakeDevice:
         opened.append(FakeDevice(typed("C0FFEE<ENTER>" if not opened else "BEEF<ENTER>")))
         if len(opened) == 1:
-            threading.Timer(0.2, opened[0].close).start()  # unplugged after the first card: read fails
+            threading.Timer(0.2, opened[0].unplug).start()  # unplugged after the first card: read fails
         return opened[-1]
 
     reader = EvdevFactorReader("/dev/input/event9", "card", lambda k, v: got.append((k, v)), reopen_s=0.05,
@@ -182,5 +197,7 @@ def test_reader_without_evdev_fails_clearly_and_reopens_an_unplugged_device() ->
         while len(got) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
+        started = time.monotonic()
         reader.close()
     assert got == [("card", "C0FFEE"), ("card", "BEEF")]
+    assert time.monotonic() - started < 1 and all(d.closed for d in opened)  # stopped within poll_s
