@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.config import ConfigError, EdgeConfig
+from edge_agent.config import ConfigError, EdgeConfig, load_config
 from edge_agent.factor_input import EvdevFactorReader, KeyEntry, make_factor_readers
 from edge_agent.relay import SimulatedRelay
 from faceengine import protocol as p
@@ -130,6 +130,13 @@ class FakeDevice:
 
 
 def test_config_keypad_section_validates(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text('[device]\nuid = "d1"\n[inputs]\nkeypad_device = "/dev/input/event3"\nkeypad_kind = "card"\n')
+    loaded = load_config(toml, environ={"ACS_EDGE_INPUTS_WIEGAND_D0_PIN": "5", "ACS_EDGE_INPUTS_WIEGAND_D1_PIN": "6"})
+    inputs = loaded.validate(need_keys=False).inputs
+    assert (inputs.keypad_device, inputs.keypad_kind, inputs.wiegand_d0_pin, inputs.wiegand_d1_pin) == (
+        "/dev/input/event3", "card", 5, 6,
+    )  # fmt: skip
     config = EdgeConfig()
     config.device.uid = "door-1"
     config.inputs.keypad_kind = "iris"
