@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from edge_agent.config import EdgeConfig
+from edge_agent.factor_input import make_factor_readers
 from edge_agent.wiegand import WiegandDecoder, wiegand_decode
 
 
@@ -70,7 +72,10 @@ def test_wiegand_reader_on_gpiozero_mock_pins_calls_factor_enter_with_the_card()
     gpiozero.Device.pin_factory = MockFactory()
     got: list[tuple[str, str]] = []
     try:
-        reader = WiegandReader(5, 6, lambda kind, value: got.append((kind, value)), gap_s=0.025)
+        inputs = EdgeConfig().inputs
+        inputs.wiegand_d0_pin, inputs.wiegand_d1_pin = 5, 6  # as [inputs] configures it for the agent
+        (reader,) = make_factor_readers(inputs, lambda kind, value: got.append((kind, value)))
+        assert isinstance(reader, WiegandReader) and reader.decoder.gap_s == 0.025
         d0, d1 = gpiozero.Device.pin_factory.pin(5), gpiozero.Device.pin_factory.pin(6)
         reader.start()
         good = frame(77 << 16 | 4242, 26)
