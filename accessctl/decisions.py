@@ -14,11 +14,17 @@ decision, not one a second. A detection of the same person at the same door that
 the same way as one no more than ``cooldown_s`` earlier is recorded as ``suppressed_repeat`` (the
 original's decision, ``details.repeat_of``), opens nothing (its device gets ``deny``
 ``suppressed_repeat``) and sends no webhook (see :func:`_cooldown_repeats`).
+
+Races: the cooldown and anti-passback read the decisions recorded before. Two workers deciding the
+same person at once take transaction-scoped advisory locks first (:func:`_decision_locks`: person+door
+where a cooldown applies, person+area for anti-passback areas), so they decide one after the other;
+these locks are always taken before the access log's chain lock, never after it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 import uuid
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accessctl import metrics, realtime
@@ -37,7 +43,7 @@ from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.passback import PassbackViolation, passback_evaluate, presences_record
+from accessctl.passback import PassbackViolation, area_doors, passback_evaluate, presences_record
 from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
 from accessctl.second_factor import factor_check
 from accessctl.webhooks import webhook_dispatch_access_event
@@ -141,17 +147,21 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
     for (n, _), result in zip(requests, access_evaluate_many([r for _, r in requests]), strict=True):
         verdicts[n] = (result.decision, result.reason)
     _second_factors(inputs, persons, verdicts)
-    repeats = _cooldown_repeats(inputs, persons, verdicts)
-    for n, (decision, original) in repeats.items():
-        verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
-        inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
-    passback = _passback(inputs, persons, verdicts, repeats)
-    for n, violation in passback.items():
-        inputs[n].details = {**(inputs[n].details or {}), "anti_passback": violation.as_details()}
-        if violation.denies:
-            verdicts[n] = (Decision.DENY, Reason.ANTI_PASSBACK)
-    drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
     with transaction.atomic(savepoint=False):
+        # cooldown and anti-passback read what earlier decisions recorded: serialised per person+door
+        # and person+area until this transaction commits, so two workers deciding the same person at
+        # the same instant decide one after the other (the second sees the first's event and presence)
+        _decision_locks(inputs, persons)
+        repeats = _cooldown_repeats(inputs, persons, verdicts)
+        for n, (decision, original) in repeats.items():
+            verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
+            inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
+        passback = _passback(inputs, persons, verdicts, repeats)
+        for n, violation in passback.items():
+            inputs[n].details = {**(inputs[n].details or {}), "anti_passback": violation.as_details()}
+            if violation.denies:
+                verdicts[n] = (Decision.DENY, Reason.ANTI_PASSBACK)
+        drafts = [_draft(*args) for args in zip(inputs, persons, verdicts, strict=True)]
         recorded = events_record(drafts)
         moves = [
             (person.pk, item.door.pk, item.occurred_at, event)
@@ -211,6 +221,37 @@ def _second_factors(
             item.details = {**(item.details or {}), **result.details}
         if result.reason is not None:
             verdicts[n] = (Decision.DENY, result.reason)
+
+
+def _lock_key(*parts: object) -> int:
+    """A signed 64-bit Postgres advisory-lock key for ``parts`` (stable across processes)."""
+    digest = hashlib.blake2b(":".join(map(str, ("accessctl", *parts))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _decision_locks(inputs: Sequence[DecisionInput], persons: Sequence[Person | None]) -> int:
+    """Take the transaction-scoped advisory locks of these decisions: person+door for the doors with a
+    cooldown, person+area for the doors of anti-passback areas (entry and exit: an exit moves the
+    person too). One query for the areas (none when no door needs a lock), one for the locks, taken
+    in key order (two batches never wait on each other in a cycle). Returns how many were taken."""
+    pairs = {
+        (person.pk, item.door)
+        for item, person in zip(inputs, persons, strict=True)
+        if person is not None and item.door is not None
+    }
+    if not pairs:
+        return 0
+    keys = {_lock_key("cooldown", person_id, door.pk) for person_id, door in pairs if door.cooldown_s > 0}
+    areas = area_doors([door.pk for _, door in pairs])
+    keys |= {_lock_key("passback", person_id, a.area_id) for person_id, door in pairs for a in areas.get(door.pk, [])}
+    if not keys:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
+            [sorted(keys)],
+        )
+    return len(keys)
 
 
 def _cooldown_repeats(

@@ -12,7 +12,9 @@ An :class:`~accessctl.models.Area` has entry doors, exit doors and a mode (``off
 
 Exits are never refused: a person the system did not see enter may still leave. Offline grants
 (a door deciding alone) do not move anyone. Two detections of one person at two entry doors decided
-at the same instant by two workers may both pass (no lock across workers).
+at the same instant by two workers are serialised: :mod:`accessctl.decisions` takes a Postgres
+advisory lock per person+area (and per person+door for the cooldown) before reading the presences,
+held until its transaction commits, so the second decision sees the first's entry.
 """
 
 from __future__ import annotations

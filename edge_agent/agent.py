@@ -22,6 +22,7 @@ from edge_agent.allowlist import AllowlistStore
 from edge_agent.camera import CameraSource, Frame, open_camera
 from edge_agent.config import EdgeConfig
 from edge_agent.door import DoorController
+from edge_agent.factor_input import make_factor_readers
 from edge_agent.inputs import DigitalInput, make_input
 from edge_agent.liveness import EdgeLiveness, LivenessEvidence, liveness_load
 from edge_agent.mqtt import EdgeLink
@@ -116,6 +117,8 @@ class EdgeAgent:
         self.door_sensor, self.exit_button = door_sensor, exit_button
         self.door_events_sent = 0
         self._factor: SecondFactor | None = None
+        #: keypad / card readers (edge_agent.factor_input, edge_agent.wiegand): started and closed with the agent
+        self.factor_readers: list[Any] = []
         self._factor_lock = threading.Lock()
         if door_sensor is not None or exit_button is not None:
             self.door.attach_inputs(
@@ -465,6 +468,8 @@ class EdgeAgent:
         """Start the MQTT link and the supervisor (heartbeats, offline policy)."""
         self.link.start()
         self._supervisor.start()
+        for reader in self.factor_readers:
+            reader.start()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish after the current frame (safe from a signal handler)."""
@@ -490,6 +495,8 @@ class EdgeAgent:
         for door_input in (self.door_sensor, self.exit_button):
             if door_input is not None:
                 door_input.close()
+        for reader in self.factor_readers:
+            reader.close()
         self.door.relay.close()
         self.spool.close()
 
@@ -532,7 +539,7 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
         if d.mode == "crop" and config.door.fail_mode == "allowlist"
         else None
     )
-    return EdgeAgent(
+    agent = EdgeAgent(
         config,
         camera=camera,
         detector=detector_build(d.detector, min_face_px=d.min_face_px, threads=d.threads),
@@ -551,6 +558,8 @@ def build_agent(config: EdgeConfig) -> EdgeAgent:
             config.inputs.driver, "exit_button", config.inputs.exit_button_pin, pull_up=config.inputs.pull_up
         ),
     )
+    agent.factor_readers = make_factor_readers(config.inputs, agent.factor_enter)
+    return agent
 
 
 def agent_liveness(config: EdgeConfig) -> EdgeLiveness | None:

@@ -188,6 +188,18 @@ class InputsSection:
     exit_pulse_ms: int = 5000
     #: a PIN or card entered (EdgeAgent.factor_enter) goes with the next face seen within this long
     factor_window_s: float = 30.0
+    #: USB keypad or card reader typing digits then Enter, read through evdev (pip install evdev,
+    #: Linux), e.g. /dev/input/by-id/usb-...-event-kbd; empty: none
+    keypad_device: str = ""
+    #: what the keypad device types: pin | card
+    keypad_kind: str = "pin"
+    #: a pause longer than this between two keys drops the half-typed entry
+    keypad_key_timeout_s: float = 5.0
+    #: Wiegand card reader on GPIO (gpiozero): its D0 and D1 lines; empty: none
+    wiegand_d0_pin: int | None = None
+    wiegand_d1_pin: int | None = None
+    #: a frame ends after this long without a bit (readers send a bit every ~2 ms), milliseconds
+    wiegand_gap_ms: float = 25.0
 
 
 @dataclass
@@ -232,6 +244,13 @@ class EdgeConfig:
         _choice("inputs.driver", self.inputs.driver, ("none", "simulated", "gpio"))
         if not 0 < self.inputs.exit_pulse_ms <= 60_000:
             raise ConfigError("inputs.exit_pulse_ms must be 1..60000")
+        _choice("inputs.keypad_kind", self.inputs.keypad_kind, ("pin", "card"))
+        if not 0 < self.inputs.keypad_key_timeout_s <= 600:
+            raise ConfigError("inputs.keypad_key_timeout_s must be in (0, 600]")
+        if (self.inputs.wiegand_d0_pin is None) != (self.inputs.wiegand_d1_pin is None):
+            raise ConfigError("inputs.wiegand_d0_pin and inputs.wiegand_d1_pin go together")
+        if not 2 <= self.inputs.wiegand_gap_ms <= 1000:
+            raise ConfigError("inputs.wiegand_gap_ms must be 2..1000")
         if self.inputs.driver == "gpio" and self.inputs.door_sensor_pin is None and self.inputs.exit_button_pin is None:
             raise ConfigError("inputs.driver = gpio needs inputs.door_sensor_pin or inputs.exit_button_pin")
         if self.relay.driver == "gpio" and self.relay.gpio_pin is None:

@@ -90,6 +90,9 @@ from faceengine.protocol.limits import (
     PROTOCOL_VERSION,
 )
 from faceengine.protocol.payloads import (
+    CARD_MAX_CHARS,
+    PIN_MAX_DIGITS,
+    PIN_MIN_DIGITS,
     Command,
     Detection,
     DoorEvent,
@@ -122,6 +125,7 @@ from faceengine.protocol.validation import validate_uuid4
 __all__ = [
     "ALLOWLIST_FORMAT",
     "ALWAYS",
+    "CARD_MAX_CHARS",
     "COMMAND_WINDOW_S",
     "DEFAULT_TRACK_PROBES",
     "DETECTION_WINDOW_S",
@@ -134,6 +138,8 @@ __all__ = [
     "MAX_TRACK_PROBES",
     "MIN_FACE_PX",
     "OFFLINE_WILL",
+    "PIN_MAX_DIGITS",
+    "PIN_MIN_DIGITS",
     "PROTOCOL_VERSION",
     "TOPIC_ROOT",
     "AllowlistChunk",

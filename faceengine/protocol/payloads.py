@@ -106,8 +106,11 @@ class OfflineDecision:
         )
 
 
-_PIN_RE = re.compile(r"^[0-9]{4,12}$")
-_CARD_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
+#: a second factor's lengths: a PIN is PIN_MIN_DIGITS..PIN_MAX_DIGITS digits, a card 1..CARD_MAX_CHARS
+#: letters or digits (keypad and card-reader drivers check them as the keys arrive)
+PIN_MIN_DIGITS, PIN_MAX_DIGITS, CARD_MAX_CHARS = 4, 12, 32
+_PIN_RE = re.compile(rf"^[0-9]{{{PIN_MIN_DIGITS},{PIN_MAX_DIGITS}}}$")
+_CARD_RE = re.compile(rf"^[0-9A-Za-z]{{1,{CARD_MAX_CHARS}}}$")
 
 
 @dataclass(frozen=True, kw_only=True)
