@@ -79,8 +79,7 @@ def _verify(device_uid: str, raw: bytes, now: float) -> tuple[p.DoorEvent, EdgeD
     try:
         payload = p.open_envelope(raw, device.public_key)
     except p.ProtocolError as exc:
-        code = Reason.BAD_SIGNATURE if exc.code == Reason.BAD_SIGNATURE else exc.code
-        raise _Refused(code, str(exc), device) from None
+        raise _Refused(exc.code, str(exc), device) from None
     try:
         event = p.payload_from_dict(p.TopicKind.DOOR, payload)
         assert isinstance(event, p.DoorEvent)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from faceengine.liveness import MODEL_VERSION
-from faceengine.liveness.fusion import FUSIONS, fuse_median, fuse_top_k
+from faceengine.liveness.fusion import FUSIONS, fuse
 from faceengine.protocol import Detection
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class EdgeLiveness:
 
     def fuse(self, scores: Sequence[float]) -> LivenessEvidence | None:
         """The track's evidence from its frame scores; None when no frame was scored."""
-        fused = fuse_median(scores) if self.fusion == "median" else fuse_top_k(scores, self.fuse_top_k)
+        fused = fuse(scores, self.fusion, k=self.fuse_top_k)
         if fused is None:
             return None
         # a very long track (a large max_dwell_s) must not exceed what the protocol accepts

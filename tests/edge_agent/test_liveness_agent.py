@@ -24,11 +24,12 @@ from accessctl.project.embedded import ChildService
 from edge_agent.agent import EdgeAgent, agent_liveness
 from edge_agent.camera import FolderSource, Frame
 from edge_agent.config import ConfigError, EdgeConfig, load_config
-from edge_agent.liveness import EdgeLiveness, fuse_median, fuse_top_k, liveness_load
+from edge_agent.liveness import EdgeLiveness, liveness_load
 from edge_agent.relay import SimulatedRelay
 from edge_agent.tracker import IouTracker
 from faceengine import protocol as p
 from faceengine.liveness import MODEL_VERSION
+from faceengine.liveness.fusion import fuse_median, fuse_top_k
 from tests.broker_logins import observer_client
 from tests.edge_agent.conftest import (
     DEVICE_PASSWORD,
