@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ from accessctl.audit import EventDraft, event_record, events_record
 from accessctl.codes import Decision, Reason
 from accessctl.door_commands import device_command_send, door_commands_flush
 from accessctl.models import AccessEvent, Alarm, Door, Person
-from accessctl.passback import PassbackViolation, area_doors, passback_evaluate, presences_record
+from accessctl.passback import AreaDoor, PassbackViolation, area_doors, passback_evaluate, presences_record
 from accessctl.policy import AccessRequest, access_evaluate_many, liveness_threshold
 from accessctl.second_factor import factor_check
 from accessctl.webhooks import webhook_dispatch_access_event
@@ -151,12 +151,13 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
         # cooldown and anti-passback read what earlier decisions recorded: serialised per person+door
         # and person+area until this transaction commits, so two workers deciding the same person at
         # the same instant decide one after the other (the second sees the first's event and presence)
-        _decision_locks(inputs, persons)
+        areas = _areas(inputs, persons)
+        _decision_locks(inputs, persons, areas)
         repeats = _cooldown_repeats(inputs, persons, verdicts)
         for n, (decision, original) in repeats.items():
             verdicts[n] = (decision, Reason.SUPPRESSED_REPEAT)
             inputs[n].details = {**(inputs[n].details or {}), "repeat_of": original[0], "repeat_reason": original[1]}
-        passback = _passback(inputs, persons, verdicts, repeats)
+        passback = _passback(inputs, persons, verdicts, repeats, areas)
         for n, violation in passback.items():
             inputs[n].details = {**(inputs[n].details or {}), "anti_passback": violation.as_details()}
             if violation.denies:
@@ -170,7 +171,7 @@ def access_decide_many(inputs: Sequence[DecisionInput]) -> list[tuple[AccessEven
             and event.reason == Reason.MATCHED
         ]  # fmt: skip
         if moves:
-            presences_record(moves)
+            presences_record(moves, areas)
         metrics.decisions_count((event.decision, event.reason) for event, created in recorded if created)
         unknown_faces: Counter[Door] = Counter()
         attacks: Counter[Door] = Counter()
@@ -229,11 +230,21 @@ def _lock_key(*parts: object) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _decision_locks(inputs: Sequence[DecisionInput], persons: Sequence[Person | None]) -> int:
+def _areas(inputs: Sequence[DecisionInput], persons: Sequence[Person | None]) -> dict[int, list[AreaDoor]]:
+    """The anti-passback areas of the doors where someone was recognised (:func:`area_doors`), read
+    once per batch for the locks, rule 10 and the presences."""
+    return area_doors(
+        list({item.door.pk for item, person in zip(inputs, persons, strict=True) if person is not None and item.door})
+    )
+
+
+def _decision_locks(
+    inputs: Sequence[DecisionInput], persons: Sequence[Person | None], areas: Mapping[int, list[AreaDoor]]
+) -> int:
     """Take the transaction-scoped advisory locks of these decisions: person+door for the doors with a
-    cooldown, person+area for the doors of anti-passback areas (entry and exit: an exit moves the
-    person too). One query for the areas (none when no door needs a lock), one for the locks, taken
-    in key order (two batches never wait on each other in a cycle). Returns how many were taken."""
+    cooldown, person+area for the doors of anti-passback areas (``areas``, :func:`_areas`; entry and
+    exit: an exit moves the person too). One query for the locks (none when no door needs one),
+    taken in key order (two batches never wait on each other in a cycle). Returns how many were taken."""
     pairs = {
         (person.pk, item.door)
         for item, person in zip(inputs, persons, strict=True)
@@ -242,7 +253,6 @@ def _decision_locks(inputs: Sequence[DecisionInput], persons: Sequence[Person | 
     if not pairs:
         return 0
     keys = {_lock_key("cooldown", person_id, door.pk) for person_id, door in pairs if door.cooldown_s > 0}
-    areas = area_doors([door.pk for _, door in pairs])
     keys |= {_lock_key("passback", person_id, a.area_id) for person_id, door in pairs for a in areas.get(door.pk, [])}
     if not keys:
         return 0
@@ -309,6 +319,7 @@ def _passback(
     persons: Sequence[Person | None],
     verdicts: Sequence[tuple[Decision, Reason] | None],
     repeats: dict[int, object],
+    areas: Mapping[int, list[AreaDoor]],
 ) -> dict[int, PassbackViolation]:
     """Rule 10 (:mod:`accessctl.passback`) for the faces granted now (not the suppressed repeats)."""
     granted = [
@@ -321,7 +332,7 @@ def _passback(
     ]
     if not granted:
         return {}
-    found = passback_evaluate([(persons[n], inputs[n].door) for n in granted])  # type: ignore[misc]
+    found = passback_evaluate([(persons[n], inputs[n].door) for n in granted], areas)  # type: ignore[misc]
     return {n: violation for n, violation in zip(granted, found, strict=True) if violation is not None}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,11 +83,13 @@ def area_doors(door_ids: Sequence[int]) -> dict[int, list[AreaDoor]]:
     return found
 
 
-def passback_evaluate(grants: Sequence[tuple[Person, Door]]) -> list[PassbackViolation | None]:
+def passback_evaluate(
+    grants: Sequence[tuple[Person, Door]], doors: Mapping[int, list[AreaDoor]]
+) -> list[PassbackViolation | None]:
     """Rule 10 for each granted ``(person, door)``, in order (a person entering twice in one batch
-    is caught at the second): the violation, or None."""
-    doors = area_doors([door.pk for _, door in grants])
-    if not doors:
+    is caught at the second): the violation, or None. ``doors``: :func:`area_doors` of (at least)
+    the grants' doors."""
+    if not any(doors.get(door.pk) for _, door in grants):
         return [None] * len(grants)
     areas = {a.area_id for roles in doors.values() for a in roles}
     inside = set(
@@ -108,11 +110,12 @@ def passback_evaluate(grants: Sequence[tuple[Person, Door]]) -> list[PassbackVio
     return results
 
 
-def presences_record(moves: Sequence[tuple[int, int, dt.datetime, AccessEvent]]) -> int:
+def presences_record(
+    moves: Sequence[tuple[int, int, dt.datetime, AccessEvent]], doors: Mapping[int, list[AreaDoor]]
+) -> int:
     """Move each person of ``(person_id, door_id, at, event)`` (recorded grants, in order) in or out of
-    the door's anti-passback areas; returns how many presences changed. Call inside the decision's
-    transaction."""
-    doors = area_doors([door_id for _, door_id, _, _ in moves])
+    the door's anti-passback areas (``doors``: :func:`area_doors` of at least the moves' doors);
+    returns how many presences changed. Call inside the decision's transaction."""
     changed = 0
     for person_id, door_id, at, event in moves:
         for a in doors.get(door_id, []):

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accessctl.codes import Reason
-from accessctl.decisions import DecisionInput, _decision_locks, access_decide
+from accessctl.decisions import DecisionInput, _areas, _decision_locks, access_decide
 from accessctl.models import AccessEvent, AccessGroup, Area, AreaPresence, Door, Person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,9 +110,13 @@ def test_locks_only_where_a_rule_reads_earlier_decisions(site) -> None:
     item = DecisionInput(
         detection_id=str(uuid.uuid4()), occurred_at=now, device_id=None, device_uid="c", door=plain, person_id=ada.pk
     )
+
+    def locks(items: list[DecisionInput], persons: list) -> int:
+        return _decision_locks(items, persons, _areas(items, persons))
+
     with transaction.atomic():
-        assert _decision_locks([item], [ada]) == 0
-        assert _decision_locks([replace(item, door=site["entry"]), replace(item, door=site["side"])], [ada, ada]) == 1
+        assert locks([item], [ada]) == 0
+        assert locks([replace(item, door=site["entry"]), replace(item, door=site["side"])], [ada, ada]) == 1
         Door.objects.filter(pk=plain.pk).update(cooldown_s=5)
-        assert _decision_locks([replace(item, door=Door.objects.get(pk=plain.pk))], [ada]) == 1
-        assert _decision_locks([replace(item, door=None)], [ada]) == 0
+        assert locks([replace(item, door=Door.objects.get(pk=plain.pk))], [ada]) == 1
+        assert locks([replace(item, door=None)], [ada]) == 0
