@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from django.db import connection, transaction
 
+from faceengine.quality import quality_rank
 from recognition.calibration import margin_for, threshold_for
 from recognition.gallery import Candidate, best_per_person, gallery_search_many, person_rescore_many
 from recognition.matcher import MatchResult, decide_candidates, match_decide_many
@@ -70,8 +71,6 @@ TRACK_FUSION_RULE = FusionRule.QUALITY_EMBEDDING
 
 def probe_weights(qualities: Sequence[dict[str, float] | None]) -> list[float]:
     """The weight of each probe from its quality metrics (None: weight 1)."""
-    from faceengine.quality import quality_rank
-
     return [1.0 if q is None else max(MIN_WEIGHT, float(quality_rank(q))) for q in qualities]
 
 
