@@ -163,6 +163,29 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "worker@%h",
             ],
         ),
+        # Shadow decisions of a candidate model (recognition/shadow.py): their own queue and one
+        # process, so they never take a decision's slot; it loads a model only while one is in shadow.
+        Child(
+            "shadow-worker",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "accessctl.project",
+                "worker",
+                "-Q",
+                settings.RECOGNITION_SHADOW_QUEUE,
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "-l",
+                "INFO",
+                "-n",
+                "shadow@%h",
+            ],
+        ),
         Child("bridge", [python, manage, "mqtt_bridge"]),
     ]
     if with_beat:
