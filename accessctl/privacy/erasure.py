@@ -3,6 +3,8 @@
 Erasure (``person_erase``) removes, in one transaction:
 
 * enrolment photos and their face crops (files and rows), and every face embedding;
+* the shadow decisions that matched the person (``recognition.ShadowDecision``: a candidate model's
+  scores of their face);
 * the face crops of the person's access events (files), clearing
   ``AccessEvent.snapshot``;
 * the link from the person's events to the person (``person_id`` -> NULL). The event keeps
@@ -158,6 +160,9 @@ def person_erase(*, person: Person, actor: Any = None, storage: Storage | None =
         snapshots_cleared = events.exclude(snapshot="").update(snapshot="")
         events_pseudonymised = events.filter(person__isnull=False).update(person=None)
         embeddings_deleted = _embedding_model().objects.filter(person=person).delete()[0]
+        apps.get_model("recognition", "ShadowDecision").objects.filter(
+            Q(active_person=person) | Q(shadow_person=person)
+        ).delete()
         _photo_model().objects.filter(person=person).delete()
         photos_deleted = len(photos)
         person.delete()

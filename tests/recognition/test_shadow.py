@@ -349,3 +349,15 @@ def test_a_shadow_version_decides_live_crops_without_acting(enrol_env, monkeypat
     assert not Alarm.objects.exists()
     assert AccessEvent.objects.get(pk=event.pk).hash == event.hash
     assert shadow_summary(model=model)["agreement"]["both_rate"] == 1.0
+
+
+@pytest.mark.django_db
+def test_erasing_a_person_removes_the_shadow_decisions_that_matched_them(media_root) -> None:
+    from accessctl.privacy.erasure import person_erase
+
+    model, door = _shadow(), Door.objects.create(name="Hall")
+    ada, bob = Person.objects.create(name="ada"), Person.objects.create(name="bob")
+    _row(model, door, 1, active_person=ada, shadow_person=bob, agreed_person=False)
+    _row(model, door, 2, active_person=bob, shadow_person=bob)
+    person_erase(person=ada)
+    assert list(ShadowDecision.objects.values_list("event_id", flat=True)) == [2]
