@@ -7,9 +7,10 @@ While a version is ``shadow`` (and its gallery covers the people the active one 
 
 1. on the decision path, *after* the real decision committed and its door command went out
    (a ``transaction.on_commit`` callback registered after the decision's own),
-   :func:`recognition.shadow_sampling.shadow_offer` draws the sample and hands each one to the
-   ``recognition.shadow_decide`` task on its own queue (``RECOGNITION_SHADOW_QUEUE``) with ids
-   only: the real event, the shadow version and what the active model matched. It never raises into the decision;
+   :func:`recognition.shadow_sampling.shadow_offer_after_commit` draws the sample; a hand-off
+   thread of the process gives each one to the ``recognition.shadow_decide`` task on its own queue
+   (``RECOGNITION_SHADOW_QUEUE``) with ids only: the real event, the shadow version and what the
+   active model matched. It never raises into the decision and never waits for the broker;
 2. a worker of that queue (``manage.py up`` starts one, concurrency 1) runs :func:`shadow_decide`:
    it reads the crop the real event kept (``AccessEvent.snapshot``), embeds it with the shadow
    version, searches that version's gallery with the door's threshold and margin rules for it, and

@@ -3,15 +3,19 @@
 See :mod:`recognition.shadow` for what a shadow decision is. This module is what the decision path
 (:mod:`recognition.detections`) calls, after the real decision committed: :func:`shadow_offer_after_commit`.
 It reads (cached) which versions are in state ``shadow`` with a usable gallery, draws the sample
-(``RECOGNITION_SHADOW_SAMPLE_RATE``) and hands each one to the ``recognition.shadow_decide`` task on
-its own queue (``RECOGNITION_SHADOW_QUEUE``), ids only, while the queue holds fewer than
+(``RECOGNITION_SHADOW_SAMPLE_RATE``) and leaves the rest to a hand-off thread of the process, which
+gives each one to the ``recognition.shadow_decide`` task on its own queue
+(``RECOGNITION_SHADOW_QUEUE``), ids only, while the queue holds fewer than
 ``RECOGNITION_SHADOW_MAX_BACKLOG`` tasks (the broker's count, read at most once a second per
-process, plus what this process sent since). It never raises into the decision.
+process, plus what this process sent since). It never raises into the decision and never waits for
+the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import random
 import threading
 import time
@@ -140,6 +144,50 @@ def _broker_send(args: dict[str, Any]) -> None:
     )
 
 
+def shadow_sample(
+    candidates: Sequence[ShadowCandidate], *, draw: Callable[[], float] = random.random
+) -> list[dict[str, Any]]:
+    """The sample of ``candidates`` each usable shadow version decides: the shadow task's arguments
+    (ids and codes only). Cheap: one cached read of the usable versions, one draw per candidate."""
+    rate = settings.RECOGNITION_SHADOW_SAMPLE_RATE
+    if not candidates or rate <= 0:
+        return []
+    sample = []
+    for candidate in candidates:
+        for version in shadow_versions_usable(candidate.active_model_version):
+            if version != candidate.active_model_version and draw() < rate:
+                sample.append({
+                    "event_id": candidate.event_id, "model_version": version,
+                    "active_person_id": candidate.active_person_id, "active_reason": candidate.active_reason,
+                    "queued_at": time.time(),
+                })  # fmt: skip
+    return sample
+
+
+def shadow_send(
+    sample: Sequence[dict[str, Any]],
+    *,
+    depth: Callable[[], int] = _broker_depth,
+    send: Callable[[dict[str, Any]], None] = _broker_send,
+) -> int:
+    """Queue each of ``sample`` while the shadow queue has room (else it is dropped, counted
+    ``backlog``); returns how many were queued. Never raises."""
+    queued = 0
+    for args in sample:
+        try:
+            if not _backlog.take(depth):
+                metrics.SHADOW_DECISIONS.labels(Outcome.BACKLOG).inc()
+                continue
+            send(args)
+        except Exception:
+            logger.warning("shadow decision of event %s by %s not queued", args["event_id"], args["model_version"])
+            metrics.SHADOW_DECISIONS.labels(Outcome.ENQUEUE_FAILED).inc()
+            continue
+        metrics.SHADOW_DECISIONS.labels(Outcome.QUEUED).inc()
+        queued += 1
+    return queued
+
+
 def shadow_offer(
     candidates: Sequence[ShadowCandidate],
     *,
@@ -147,46 +195,68 @@ def shadow_offer(
     depth: Callable[[], int] = _broker_depth,
     send: Callable[[dict[str, Any]], None] = _broker_send,
 ) -> int:
-    """Hand a sample of ``candidates`` to the shadow versions (after the real decision committed).
-
-    Returns how many shadow tasks were queued. Never raises: a failure here is logged and counted,
-    the real decision is done already and is not touched."""
-    queued = 0
+    """:func:`shadow_sample` then :func:`shadow_send`, here and now; returns how many were queued."""
     try:
-        rate = settings.RECOGNITION_SHADOW_SAMPLE_RATE
-        if not candidates or rate <= 0:
-            return 0
-        for candidate in candidates:
-            for version in shadow_versions_usable(candidate.active_model_version):
-                if version == candidate.active_model_version or draw() >= rate:
-                    continue
-                if not _backlog.take(depth):
-                    metrics.SHADOW_DECISIONS.labels(Outcome.BACKLOG).inc()
-                    continue
-                args = {
-                    "event_id": candidate.event_id, "model_version": version,
-                    "active_person_id": candidate.active_person_id, "active_reason": candidate.active_reason,
-                    "queued_at": time.time(),
-                }  # fmt: skip
-                try:
-                    send(args)
-                except Exception:
-                    logger.warning("shadow decision of event %s by %s not queued", candidate.event_id, version)
-                    metrics.SHADOW_DECISIONS.labels(Outcome.ENQUEUE_FAILED).inc()
-                    continue
-                metrics.SHADOW_DECISIONS.labels(Outcome.QUEUED).inc()
-                queued += 1
+        sample = shadow_sample(candidates, draw=draw)
     except Exception:
         logger.exception("shadow sampling failed (the real decisions are not affected)")
         metrics.SHADOW_DECISIONS.labels(Outcome.ERROR).inc()
-    return queued
+        return 0
+    return shadow_send(sample, depth=depth, send=send)
+
+
+class _HandOff:
+    """A daemon thread per process that hands samples to the broker, so that a slow broker (its
+    count, its round trip) never holds up the worker's next decision. Its buffer is bounded
+    (``RECOGNITION_SHADOW_MAX_BACKLOG``): a sample that finds it full is dropped (``backlog``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[list[dict[str, Any]]] | None = None
+        self._pid = 0
+
+    def put(self, sample: list[dict[str, Any]]) -> None:
+        with self._lock:
+            if self._queue is None or self._pid != os.getpid():  # first use, or a forked worker child
+                self._queue = queue.Queue(maxsize=max(1, settings.RECOGNITION_SHADOW_MAX_BACKLOG))
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, args=(self._queue,), name="shadow-handoff", daemon=True).start()
+            buffer = self._queue
+        try:
+            buffer.put_nowait(sample)
+        except queue.Full:
+            metrics.SHADOW_DECISIONS.labels(Outcome.BACKLOG).inc(len(sample))
+
+    @staticmethod
+    def _run(buffer: queue.Queue[list[dict[str, Any]]]) -> None:
+        while True:
+            sample = buffer.get()
+            try:
+                shadow_send(sample)
+            except Exception:  # shadow_send does not raise; this thread must not die whatever happens
+                logger.exception("shadow hand-off failed")
+
+
+_handoff = _HandOff()
+
+
+def _offer_now(candidates: Sequence[ShadowCandidate]) -> None:
+    try:
+        sample = shadow_sample(candidates)
+    except Exception:
+        logger.exception("shadow sampling failed (the real decisions are not affected)")
+        metrics.SHADOW_DECISIONS.labels(Outcome.ERROR).inc()
+        return
+    if sample:
+        _handoff.put(sample)
 
 
 def shadow_offer_after_commit(candidates: Sequence[ShadowCandidate]) -> None:
-    """:func:`shadow_offer` once the current transaction commits (after the callbacks registered
-    before it: the door commands). Nothing when no version is in shadow (one cached read)."""
+    """Once the current transaction commits (after the callbacks registered before this one: the
+    door commands), draw the sample here (a cached read, one draw each) and leave the broker work to
+    this process's hand-off thread. Nothing when no version is in shadow."""
     if candidates:
-        transaction.on_commit(lambda: shadow_offer(candidates), robust=True)
+        transaction.on_commit(lambda: _offer_now(candidates), robust=True)
 
 
 def shadow_caches_clear() -> None:

@@ -39,6 +39,7 @@ from recognition.shadow_sampling import (
 )
 from tests import faces
 from tests.api_support import make_user, session_client, token_client
+from tests.waiting import wait_until
 
 CASIA = "facenet-casia-20180408"
 State = ModelVersion.State
@@ -118,6 +119,9 @@ def test_a_flood_of_detections_leaves_a_bounded_shadow_queue_and_counts_the_drop
     assert _count(Outcome.BACKLOG) - dropped == 35
     shadow_caches_clear()  # the next count is read from the broker: still full
     assert shadow_offer(_candidates(10)) == 0 and broker_queue_depth(app, queue) == 5
+
+    # The task waits in its own queue, off the decision queue (a worker of its own takes it).
+    assert app.amqp.router.route({}, "recognition.shadow_decide")["queue"].name == "shadow"
 
     def broker_down() -> int:
         raise ConnectionError("broker away")
@@ -294,7 +298,8 @@ def test_the_decision_path_hands_a_sample_off_after_the_real_decision_and_change
     assert second.model_version == SFACE_MODEL_VERSION and commands == [first.pk, second.pk]
     assert WebhookDelivery.objects.filter(payload__event_id=second.pk).count() == 1
     assert WebhookDelivery.objects.count() == 2 and not Alarm.objects.exists()
-    assert broker_queue_depth(app, queue) == 1 and not ShadowDecision.objects.exists()
+    assert wait_until(lambda: broker_queue_depth(app, queue) == 1)  # handed off by the process's thread
+    assert not ShadowDecision.objects.exists()
     with app.connection_for_read() as conn:
         message = conn.default_channel.basic_get(queue, no_ack=True)
         kwargs = message.decode()[1]  # Celery's message: [args, kwargs, embed]
@@ -313,6 +318,7 @@ def test_a_shadow_version_decides_live_crops_without_acting(enrol_env, monkeypat
     from recognition.detections import detections_decide
     from recognition.engine import version_embedder
     from recognition.enrollment import face_analyse, photo_enroll
+    from recognition.tasks import shadow_decide as shadow_task
     from tests.devices.e2e import aligned_crop_jpeg
 
     monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door, **_: None)
@@ -338,7 +344,7 @@ def test_a_shadow_version_decides_live_crops_without_acting(enrol_env, monkeypat
     events, deliveries = AccessEvent.objects.count(), WebhookDelivery.objects.count()
     args = {"event_id": event.pk, "model_version": CASIA, "active_person_id": people["Colin_Powell"].pk,
             "active_reason": "matched", "queued_at": time.time()}  # fmt: skip
-    assert shadow_decide(**args) == Outcome.RECORDED
+    assert shadow_task.apply(kwargs=args).get() == Outcome.RECORDED  # the task, run here
     assert shadow_decide(**args) == Outcome.DUPLICATE  # a redelivered task records nothing twice
     row = ShadowDecision.objects.get()
     assert row.active_person_id == row.shadow_person_id == people["Colin_Powell"].pk
@@ -361,3 +367,31 @@ def test_erasing_a_person_removes_the_shadow_decisions_that_matched_them(media_r
     _row(model, door, 2, active_person=bob, shadow_person=bob)
     person_erase(person=ada)
     assert list(ShadowDecision.objects.values_list("event_id", flat=True)) == [2]
+
+
+def test_the_hand_off_buffer_of_a_process_is_bounded_too(settings, monkeypatch) -> None:
+    """The decision path never waits for the broker: its samples go to a thread through a bounded
+    buffer; with the broker stuck, what does not fit is dropped and counted."""
+    import threading
+
+    from recognition import shadow_sampling
+
+    settings.RECOGNITION_SHADOW_MAX_BACKLOG = 2
+    stuck, taken = threading.Event(), threading.Event()
+
+    def send(sample) -> int:
+        taken.set()
+        stuck.wait(10)
+        return 0
+
+    monkeypatch.setattr(shadow_sampling, "shadow_send", send)
+    handoff = shadow_sampling._HandOff()
+    dropped = _count(Outcome.BACKLOG)
+    handoff.put([{"event_id": 1}])
+    assert taken.wait(5)  # the thread holds the first one, stuck in the broker
+    started = time.perf_counter()
+    for n in range(2, 7):
+        handoff.put([{"event_id": n}, {"event_id": n}])
+    assert time.perf_counter() - started < 0.5  # never blocked
+    assert _count(Outcome.BACKLOG) - dropped == 6  # two buffered, three of two samples dropped
+    stuck.set()
