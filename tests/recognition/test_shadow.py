@@ -26,6 +26,7 @@ from accessctl.models import AccessEvent, AccessGroup, Alarm, Door, Person, Webh
 from accessctl.project.celery import app
 from faceengine import protocol as p
 from faceengine.backends.sface import SFACE_MODEL_VERSION
+from recognition.metric_gauges import broker_gauges
 from recognition.model_registry import model_version_transition
 from recognition.models import FaceEmbedding, InboundDetection, ModelVersion, ShadowDecision
 from recognition.shadow import shadow_decide, shadow_summary
@@ -119,6 +120,8 @@ def test_a_flood_of_detections_leaves_a_bounded_shadow_queue_and_counts_the_drop
     assert _count(Outcome.BACKLOG) - dropped == 35
     shadow_caches_clear()  # the next count is read from the broker: still full
     assert shadow_offer(_candidates(10)) == 0 and broker_queue_depth(app, queue) == 5
+    gauges = {g.name: g.samples[0].value for g in broker_gauges()}
+    assert gauges["accessctl_shadow_queue_tasks"] == 5  # what an operator sees
 
     # The task waits in its own queue, off the decision queue (a worker of its own takes it).
     assert app.amqp.router.route({}, "recognition.shadow_decide")["queue"].name == "shadow"
