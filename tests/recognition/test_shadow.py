@@ -133,9 +133,12 @@ def test_a_flood_of_detections_leaves_a_bounded_shadow_queue_and_counts_the_drop
     assert shadow_offer(_candidates(3), depth=broker_down, send=lambda _: None) == 0  # unknown room: none
 
 
-def _event(door: Door, *, snapshot: str = "", person: Person | None = None) -> AccessEvent:
+def _event(
+    door: Door, *, snapshot: str = "", person: Person | None = None, occurred_at: dt.datetime | None = None
+) -> AccessEvent:
     (event, _), = events_record([EventDraft(
-        detection_id=uuid.uuid4(), occurred_at=dt.datetime.now(dt.UTC), door_id=door.pk, device_uid="cam",
+        detection_id=uuid.uuid4(), occurred_at=occurred_at or dt.datetime.now(dt.UTC), door_id=door.pk,
+        device_uid="cam",
         decision=Decision.DENY, reason=Reason.UNKNOWN_FACE, similarity=0.2, margin=0.05,
         model_version=SFACE_MODEL_VERSION, snapshot=snapshot, person_id=person.pk if person else None,
     )])  # fmt: skip
@@ -398,3 +401,18 @@ def test_the_hand_off_buffer_of_a_process_is_bounded_too(settings, monkeypatch) 
     assert time.perf_counter() - started < 0.5  # never blocked
     assert _count(Outcome.BACKLOG) - dropped == 6  # two buffered, three of two samples dropped
     stuck.set()
+
+
+@pytest.mark.django_db
+def test_the_shadow_decisions_go_with_their_events_under_retention(settings) -> None:
+    from accessctl.privacy.retention import DataKind, retention_apply
+
+    settings.RETAIN_EVENTS_DAYS = 365
+    model, door = _shadow(), Door.objects.create(name="Hall")
+    old = _event(door, occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=400))
+    new = _event(door)
+    _row(model, door, old.pk)
+    _row(model, door, new.pk)
+    retention_apply(kinds={DataKind.ACCESS_EVENTS})
+    assert not AccessEvent.objects.filter(pk=old.pk).exists()
+    assert list(ShadowDecision.objects.values_list("event_id", flat=True)) == [new.pk]
