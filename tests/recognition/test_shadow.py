@@ -9,6 +9,7 @@ import io
 import json
 import time
 import uuid
+import zipfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -138,8 +139,7 @@ def _event(
 ) -> AccessEvent:
     (event, _), = events_record([EventDraft(
         detection_id=uuid.uuid4(), occurred_at=occurred_at or dt.datetime.now(dt.UTC), door_id=door.pk,
-        device_uid="cam",
-        decision=Decision.DENY, reason=Reason.UNKNOWN_FACE, similarity=0.2, margin=0.05,
+        device_uid="cam", decision=Decision.DENY, reason=Reason.UNKNOWN_FACE, similarity=0.2, margin=0.05,
         model_version=SFACE_MODEL_VERSION, snapshot=snapshot, person_id=person.pk if person else None,
     )])  # fmt: skip
     return event
@@ -364,13 +364,16 @@ def test_a_shadow_version_decides_live_crops_without_acting(enrol_env, monkeypat
 
 
 @pytest.mark.django_db
-def test_erasing_a_person_removes_the_shadow_decisions_that_matched_them(media_root) -> None:
-    from accessctl.privacy.erasure import person_erase
+def test_a_persons_shadow_decisions_are_exported_and_erased_with_them(media_root) -> None:
+    from accessctl.privacy.erasure import person_erase, person_export
 
     model, door = _shadow(), Door.objects.create(name="Hall")
     ada, bob = Person.objects.create(name="ada"), Person.objects.create(name="bob")
     _row(model, door, 1, active_person=ada, shadow_person=bob, agreed_person=False)
     _row(model, door, 2, active_person=bob, shadow_person=bob)
+    exported = json.loads(zipfile.ZipFile(io.BytesIO(person_export(person=ada))).read("person.json"))
+    (seen,) = exported["shadow_decisions"]  # the right of access covers them
+    assert seen["event_id"] == 1 and seen["active_matched_you"] and not seen["shadow_matched_you"]
     person_erase(person=ada)
     assert list(ShadowDecision.objects.values_list("event_id", flat=True)) == [2]
 
