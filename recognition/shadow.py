@@ -54,7 +54,7 @@ from recognition.detections import ProbeError, crop_array, crop_read
 from recognition.engine import version_embedder
 from recognition.matcher import match_decide
 from recognition.models import ModelVersion, ShadowDecision
-from recognition.shadow_sampling import Outcome
+from recognition.shadow_sampling import Outcome, shadow_gallery_covers
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _buckets(field: str) -> Func:
 
 
 def shadow_summary(*, model: ModelVersion) -> dict[str, Any]:
-    """The shadow figures of ``model`` over all its samples (four queries): counts, agreement rates,
+    """The shadow figures of ``model`` over all its samples (seven queries): counts, agreement rates,
     the grant/deny confusion (active decision -> shadow decision), and the two similarity histograms."""
     rows = ShadowDecision.objects.filter(model=model)
     agg = rows.aggregate(
@@ -200,10 +200,19 @@ def shadow_summary(*, model: ModelVersion) -> dict[str, Any]:
         buckets.append({"low": low, "high": high, "active": counts["active"].get(n, 0),
                         "shadow": counts["shadow"].get(n, 0)})  # fmt: skip
     actives = list(rows.values_list("active_model_version", flat=True).distinct().order_by())
+    active = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).values_list("model_version", flat=True)
+    active_version = active.first()
+    covers = (
+        shadow_gallery_covers(model_version=model.model_version, reference_version=active_version)
+        if active_version and active_version != model.model_version
+        else None
+    )
     return {
         "model_version": model.model_version,
         "state": model.state,
         "active_model_versions": actives,
+        # Whether its gallery covers the people the active version's covers (a shadow decides only then).
+        "gallery_covers_active": covers,
         "samples": samples,
         "first_at": agg["first_at"],
         "last_at": agg["last_at"],

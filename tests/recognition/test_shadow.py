@@ -200,6 +200,9 @@ def test_the_figures_agreement_confusion_and_both_distributions_in_the_api_and_t
     assert len(buckets) == 22 and buckets[(None, 0.0)] == (0, 1) and buckets[(0.6, 0.65)] == (0, 2)
     assert buckets[(0.7, 0.75)] == (2, 0) and buckets[(0.4, 0.45)] == (0, 1) and buckets[(0.8, 0.85)] == (1, 0)
     assert figures["similarity"]["no_score"] == {"active": 0, "shadow": 1}
+    assert figures["gallery_covers_active"] is True  # nobody enrolled: nothing missing
+    _gallery([Person.objects.create(name="new")], {SFACE_MODEL_VERSION: 128})
+    assert shadow_summary(model=model)["gallery_covers_active"] is False  # enrolled since, not re-embedded
 
     by_name = reverse("api-model-version-shadow", args=[CASIA])
     reader = token_client(["models:read"])
@@ -212,6 +215,7 @@ def test_the_figures_agreement_confusion_and_both_distributions_in_the_api_and_t
     page = admin_client.get(reverse("admin:recognition_modelversion_change", args=[model.pk]))
     html = page.content.decode()
     assert page.status_code == 200 and "5 live detections decided in shadow" in html and "60.0 %" in html
+    assert "does not cover every person" in html
     assert "<script" not in html.split("shadow-figures")[1].split("</div>\n</div>")[0]
 
 
