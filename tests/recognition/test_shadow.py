@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.core.management import call_command
 from django.urls import reverse
 from PIL import Image
 
@@ -178,7 +179,7 @@ def _row(model: ModelVersion, door: Door, n: int, **fields) -> ShadowDecision:
 
 
 @pytest.mark.django_db
-def test_the_figures_agreement_confusion_and_both_distributions_in_the_api_and_the_admin(admin_client) -> None:
+def test_the_figures_agreement_confusion_and_both_distributions_in_the_api_and_the_admin(admin_client, capsys) -> None:
     model = _shadow()
     door = Door.objects.create(name="Hall")
     _row(model, door, 1, active_similarity=0.71, shadow_similarity=0.62)
@@ -211,6 +212,12 @@ def test_the_figures_agreement_confusion_and_both_distributions_in_the_api_and_t
     assert reader.get(reverse("api-model-version-shadow", args=[model.pk])).json()["samples"] == 5
     assert reader.get(reverse("api-model-version-shadow", args=["no-such-model"])).status_code == 404
     assert token_client(["events:read"]).get(by_name).status_code == 403
+
+    call_command("model_registry", "shadow-report", CASIA)
+    out = capsys.readouterr().out
+    assert "5 shadow decisions" in out and "same decision" in out and "60.0 %" in out
+    call_command("model_registry", "shadow-report", CASIA, "--json")
+    assert json.loads(capsys.readouterr().out)["confusion"]["grant"]["deny"] == 1
 
     page = admin_client.get(reverse("admin:recognition_modelversion_change", args=[model.pk]))
     html = page.content.decode()
