@@ -94,6 +94,13 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 ALARMS_RAISED = Counter("accessctl_alarms_raised", "Alarms opened (not repeats folded into an open one).", ["kind"])
+SHADOW_DECISIONS = Counter(
+    "accessctl_shadow_decisions",
+    "Shadow decisions of a candidate model (recognition/shadow.py) by outcome: queued, recorded, and "
+    "what was dropped (backlog: the shadow queue was full; late: waited past its age; crop_gone: the "
+    "crop was deleted first; enqueue_failed, error, not_shadow: the version left shadow).",
+    ["outcome"],
+)
 
 
 def on_commit(action: Callable[[], None]) -> None:

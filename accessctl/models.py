@@ -432,6 +432,8 @@ class ApiToken(models.Model):
         DEVICES_WRITE = "devices:write", "manage devices"
         IDENTIFY = "identify", "identify faces in images"
         WEBHOOKS_WRITE = "webhooks:write", "manage webhook subscriptions"
+        MODELS_READ = "models:read", "read the model registry and shadow figures"
+        MODELS_WRITE = "models:write", "move model versions between states"
 
     name = models.CharField(max_length=100)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")

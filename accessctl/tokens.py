@@ -57,6 +57,8 @@ SCOPE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     _Scope.DEVICES_READ: ("devices.view_edgedevice",),
     _Scope.DEVICES_WRITE: _crud("devices.edgedevice"),
     _Scope.IDENTIFY: ("accessctl.view_person",),
+    _Scope.MODELS_READ: ("recognition.view_modelversion",),
+    _Scope.MODELS_WRITE: ("recognition.view_modelversion", "recognition.change_modelversion"),
     _Scope.WEBHOOKS_WRITE: (
         *_crud("accessctl.webhooksubscription", verbs=["view", "add", "change", "delete"]),
         *_crud("accessctl.webhookdelivery", verbs=["view", "change"]),

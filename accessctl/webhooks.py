@@ -146,7 +146,7 @@ def webhook_dispatch_access_event(event: AccessEvent) -> list[WebhookDelivery]:
 
 
 #: Alarms whose webhook carries their details (what the receiver needs to act on them).
-_ALARM_DETAILS_SENT = frozenset({"offline_disagreement", "forced_open", "held_open"})
+_ALARM_DETAILS_SENT = frozenset({"offline_disagreement", "forced_open", "held_open", "recognition_drift"})
 
 
 def webhook_dispatch_alarm(alarm: Alarm, event_type: str = EventType.ALARM_RAISED) -> list[WebhookDelivery]:
@@ -163,7 +163,8 @@ def webhook_dispatch_alarm(alarm: Alarm, event_type: str = EventType.ALARM_RAISE
     if alarm.cleared_at is not None:
         payload["cleared_at"] = alarm.cleared_at.isoformat()
     if alarm.kind in _ALARM_DETAILS_SENT:
-        payload["details"] = alarm.details  # the event and both verdicts (device, server)
+        # the event and both verdicts (device, server); the door's position; what drifted and by how much
+        payload["details"] = alarm.details
     return webhook_dispatch(event_type, payload)
 
 

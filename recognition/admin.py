@@ -6,8 +6,10 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
 from accessctl.exceptions import DomainError
 from recognition.calibration import CalibrationError, threshold_for
@@ -21,6 +23,7 @@ from recognition.models import (
     ModelVersion,
     RecognitionHealth,
 )
+from recognition.shadow import shadow_summary
 
 
 def _face(photo: EnrollmentPhoto | None, caption: str, similarity: float | None) -> tuple[str, str, str] | None:
@@ -140,7 +143,27 @@ class ModelVersionAdmin(_ReadOnlyAdmin):
         return request.user.has_perm("recognition.change_modelversion")
 
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
-        return [f.name for f in ModelVersion._meta.fields]
+        return [f.name for f in ModelVersion._meta.fields] + (["shadow_figures"] if obj is not None else [])
+
+    @admin.display(description="shadow decisions")
+    def shadow_figures(self, obj: ModelVersion) -> SafeString:
+        """Agreement with the active model, the confusion matrix and both similarity histograms."""
+        figures = shadow_summary(model=obj)
+        buckets = figures["similarity"]["buckets"]
+        peak = max([1, *(max(b["active"], b["shadow"]) for b in buckets)])
+        shown = [
+            {**b, "active_pct": round(100 * b["active"] / peak), "shadow_pct": round(100 * b["shadow"] / peak)}
+            for b in buckets
+        ]
+        agreement = figures["agreement"]
+        rates = {
+            key: "-" if agreement[f"{key}_rate"] is None else f"{100 * agreement[f'{key}_rate']:.1f} %"
+            for key in ("person", "decision", "both")
+        }
+        html = render_to_string(
+            "admin/recognition/shadow_figures.html", {"figures": figures, "buckets": shown, "rates": rates}
+        )
+        return mark_safe(html)  # noqa: S308 - rendered by the template engine, every value escaped there
 
     @admin.display(description="threshold")
     def calibrated_threshold(self, obj: ModelVersion) -> str:

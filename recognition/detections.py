@@ -34,6 +34,7 @@ from recognition.calibration import threshold_measured
 from recognition.engine import active_embedder
 from recognition.liveness import crop_liveness_score
 from recognition.models import EMBEDDING_DIMS, InboundDetection
+from recognition.shadow_sampling import ShadowCandidate, shadow_offer_after_commit
 from recognition.staging import staged_digest
 from recognition.track_fusion import probe_weights, tracks_match
 
@@ -48,7 +49,7 @@ class ProbeError(Exception):
         self.reason = reason
 
 
-def _crop_array(jpeg: bytes, size: int) -> np.ndarray:
+def crop_array(jpeg: bytes, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -87,7 +88,7 @@ def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray,
         raise ProbeError(Reason.MALFORMED, "crop-mode detection without a crop")
     jpeg = crop if isinstance(crop, bytes) else crop_read(crop)
     embedder = active_embedder()
-    crop = _crop_array(jpeg, embedder.input_size)
+    crop = crop_array(jpeg, embedder.input_size)
     return embedder.embed(crop)[0], embedder.model_version
 
 
@@ -120,7 +121,7 @@ def track_vectors(detection: p.Detection, model_version: str, probes: Sequence[p
             out.append(vector / norm)
         return out
     embedder = active_embedder()
-    crops = np.stack([_crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in probes])
+    crops = np.stack([crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in probes])
     return [np.asarray(v, dtype=np.float32) for v in embedder.embed(crops)]
 
 
@@ -346,7 +347,30 @@ def _decide_together(prepared: list[_Prepared]) -> dict[str, str]:
         # Decided at the door already: recorded with the server's verdict, answered with a deny (never open).
         reconciled = offline_decisions_record([item.offline for item in offline])  # type: ignore[misc]
         metrics.on_commit(lambda: _latency_observe(online))  # offline ones: the device's own time
+        # Last: a sample of the crop-mode decisions goes to the shadow versions once all is done.
+        shadow_offer_after_commit(_shadow_candidates(online, recorded))
     return {
         item.decision.detection_id: event.reason
         for item, (event, _) in zip(online + offline, recorded + reconciled, strict=True)
     }
+
+
+def _shadow_candidates(online: list[_Prepared], recorded: list[tuple[AccessEvent, bool]]) -> list[ShadowCandidate]:
+    """The decisions a shadow version may be compared on: crop mode, matched against the gallery by
+    the active model (not refused before), recorded now (not a redelivery), the crop kept."""
+    candidates = []
+    for item, (event, created) in zip(online, recorded, strict=True):
+        mode = (item.decision.details or {}).get("mode")
+        if not created or item.vector is None or not item.decision.model_version or not item.inbound.crop:
+            continue
+        if item.decision.door is None or mode != str(p.Mode.CROP):
+            continue
+        candidates.append(
+            ShadowCandidate(
+                event_id=event.pk,
+                active_model_version=item.decision.model_version,
+                active_person_id=item.decision.person_id,
+                active_reason=str(item.decision.unknown_reason),
+            )
+        )
+    return candidates

@@ -133,6 +133,8 @@ def drift_signals(baseline: Mapping[str, Any], recent: Mapping[str, Any], rule: 
             signals.append({
                 "signal": name, "test": "psi", "value": round(value, 4), "limit": rule.psi_limit,
                 "baseline_mean": base.get("mean"), "recent_mean": now.get("mean"),
+                "baseline": _values(base, ("mean", "p10", "p50", "p90")),
+                "current": _values(now, ("mean", "p10", "p50", "p90")),
             })  # fmt: skip
     for name in ("unknown", "quality"):
         base, now = baseline[name], recent[name]
@@ -144,8 +146,14 @@ def drift_signals(baseline: Mapping[str, Any], recent: Mapping[str, Any], rule: 
             signals.append({
                 "signal": f"{name}_rate", "test": "two_proportion_z", "value": round(z, 3), "limit": rule.z_limit,
                 "baseline_rate": base["rate"], "recent_rate": now["rate"],
+                "baseline": _values(base, ("rate", "k", "n")), "current": _values(now, ("rate", "k", "n")),
             })  # fmt: skip
     return signals
+
+
+def _values(window: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The figures of one window a drift signal reports (``n``: how many values it summarises)."""
+    return {"n": window.get("n"), **{key: window.get(key) for key in keys}}
 
 
 def enough_data(baseline: Mapping[str, Any], recent: Mapping[str, Any], rule: DriftRule) -> bool:

@@ -7,7 +7,8 @@ from django.conf import settings
 
 from faceengine.embedder import Embedder, EmbedderConfigError
 from faceengine.registry import get_embedder
-from recognition.model_registry import active_model, active_model_verified
+from recognition.model_registry import ActiveModel, active_model, active_model_verified, model_version_loadable
+from recognition.models import ModelVersion
 
 
 def model_files_options(name: str) -> dict[str, object]:
@@ -41,12 +42,21 @@ def active_embedder(name: str | None = None) -> Embedder:
     """
     if name is not None:
         return get_embedder(name, **embedder_options(name))
-    active = active_model_verified()
-    embedder = get_embedder(active.backend, **{**embedder_options(active.backend), **active.options})
-    if embedder.model_version != active.model_version:
+    return _registry_embedder(active_model_verified(), "active")
+
+
+def version_embedder(model: ModelVersion) -> Embedder:
+    """The embedder of registry version ``model`` whatever its state (a shadow version's), built
+    once per process and checked like the active one's (signature and files; the version it builds)."""
+    return _registry_embedder(model_version_loadable(model=model), str(model.state))
+
+
+def _registry_embedder(row: ActiveModel, role: str) -> Embedder:
+    embedder = get_embedder(row.backend, **{**embedder_options(row.backend), **row.options})
+    if embedder.model_version != row.model_version:
         raise EmbedderConfigError(
-            f"the registry's active model is {active.model_version} but backend {active.backend} "
-            f"with options {dict(active.options)} builds {embedder.model_version}"
+            f"the registry's {role} model is {row.model_version} but backend {row.backend} "
+            f"with options {dict(row.options)} builds {embedder.model_version}"
         )
     return embedder
 

@@ -14,8 +14,9 @@ beat ``recognition.health_evaluate``) summarises, per door and model version,
 
 and applies the rule in :mod:`recognition.drift` (PSI on similarity and margin, two-proportion z
 on the unknown-face and quality-gate rates, each with a minimum count). Entering drift raises a
-``recognition_drift`` alarm for the door (``accessctl.alarms``); staying in drift does not repeat
-it every run.
+``recognition_drift`` alarm for the door (``accessctl.alarms``) whose details (and webhook) name the
+metrics that drifted with their baseline and current figures (:func:`drift_alarm_details`);
+staying in drift does not repeat it every run.
 
 The quality gate runs before any model (a too-small face is refused without being embedded, its
 event has no model version), so its rejection rate is the door's, the same in each of its rows.
@@ -128,15 +129,38 @@ def health_evaluate(*, door: Door, model_version: str, now: datetime | None = No
         row.save()
         if row.status == Status.DRIFT and before != Status.DRIFT:
             alarm_raise(
-                kind=Alarm.Kind.RECOGNITION_DRIFT,
-                door=door,
-                details={"model_version": model_version, "signals": [s["signal"] for s in signals]},
-            )
+                kind=Alarm.Kind.RECOGNITION_DRIFT, door=door,
+                details=drift_alarm_details(door=door, model_version=model_version, row=row, signals=signals),
+            )  # fmt: skip
     if row.status == Status.DRIFT:
         logger.warning(
             "health door=%s model=%s drifted: %s", door.pk, model_version, ", ".join(s["signal"] for s in signals)
         )
     return row
+
+
+def drift_alarm_details(
+    *, door: Door, model_version: str, row: RecognitionHealth, signals: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the ``recognition_drift`` alarm (and its ``alarm.raised`` webhook) says: the door, the
+    model version, which metrics drifted (``drifted``) and, for each, the test, its value and limit
+    and the figures of the baseline and of the current (recent) window, with both windows' bounds."""
+    recent = row.recent or {}
+    return {
+        "door_id": door.pk,
+        "door_name": door.name,
+        "model_version": model_version,
+        "drifted": [s["signal"] for s in signals],
+        "signals": [
+            {key: s.get(key) for key in ("signal", "test", "value", "limit", "baseline", "current")} for s in signals
+        ],
+        "baseline_window": {
+            "from": row.baseline_from.isoformat() if row.baseline_from else None,
+            "until": row.baseline_until.isoformat() if row.baseline_until else None,
+            "decisions": row.baseline_count,
+        },
+        "current_window": {"from": recent.get("start"), "until": recent.get("end"), "decisions": row.recent_count},
+    }
 
 
 def _pairs_to_evaluate(since: datetime) -> set[tuple[int, str]]:

@@ -2,7 +2,7 @@
 
 The staged detections (``InboundDetection``) are the decision queue that matters: a row is a
 verified detection without its decision yet, whatever the task broker holds. The tasks waiting in
-the broker's recognition queue are read too (a passive declare on a pooled broker connection; a
+the broker's recognition queue (and the shadow queue) are read too (a passive declare on a pooled broker connection; a
 collector of its own, so a broker that is down leaves the database gauges alone). The gallery is
 counted at most every ``METRICS_GALLERY_CACHE_S`` per process (a count over every photo).
 """
@@ -44,14 +44,20 @@ def gallery_sizes(*, max_age_s: float | None = None) -> dict[str, int]:
 
 
 def broker_gauges() -> Iterable[Metric]:
-    """Tasks waiting (not yet taken by a worker) in the broker's recognition queue."""
+    """Tasks waiting (not yet taken by a worker) in the broker's recognition and shadow queues."""
     from recognition.tasks import decide
 
     tasks = GaugeMetricFamily(
         "accessctl_recognition_queue_tasks", "Decision tasks waiting in the task broker's recognition queue."
     )
     tasks.add_metric([], float(broker_queue_depth(decide.app, settings.RECOGNITION_QUEUE)))
-    return [tasks]
+    shadow = GaugeMetricFamily(
+        "accessctl_shadow_queue_tasks",
+        "Shadow-decision tasks waiting in the task broker's shadow queue (at most ACCESSCTL_SHADOW_MAX_BACKLOG "
+        "per deciding process).",
+    )
+    shadow.add_metric([], float(broker_queue_depth(decide.app, settings.RECOGNITION_SHADOW_QUEUE)))
+    return [tasks, shadow]
 
 
 def recognition_gauges() -> Iterable[Metric]:

@@ -12,8 +12,9 @@ commands). :func:`model_version_verify` checks the signature, that the manifest 
 the row says (a database edit without re-signing is refused) and every file's bytes.
 Activation verifies first and refuses a bad bundle whatever ``force`` says.
 
-Not here yet (issue 21, later slices): re-embedding the gallery on promotion, shadow decisions,
-offering bundles to devices.
+Shadow decisions (a shadow version deciding without acting) are in :mod:`recognition.shadow`.
+Not here yet (issue 21, later slices): re-embedding the gallery on promotion, offering bundles to
+devices.
 """
 
 from __future__ import annotations
@@ -121,7 +122,18 @@ def active_model_verified() -> ActiveModel:
     first migration, not yet by ``model_registry register``) may only use its backend's built-in
     files. So a database edit of the active row (another backend, options naming another file)
     cannot make the server load weights nobody signed. Raises :class:`BundleRefused`."""
-    active = active_model()
+    return _loadable(active_model())
+
+
+def model_version_loadable(*, model: ModelVersion) -> ActiveModel:
+    """What an embedder of ``model`` (any state: a shadow version's, for instance) is built from,
+    checked like :func:`active_model_verified` before this process first loads it. Raises
+    :class:`BundleRefused`."""
+    row = ActiveModel(model.model_version, model.backend, dict(model.options or {}), model.signature)
+    return _loadable(row)
+
+
+def _loadable(active: ActiveModel) -> ActiveModel:
     key = (active.model_version, active.backend, json.dumps(dict(active.options), sort_keys=True), active.signature)
     if key in _verified:
         return active
@@ -135,7 +147,7 @@ def active_model_verified() -> ActiveModel:
             f"{active.model_version} is unsigned and names its own weight files: register it first.", code="unsigned"
         )
     else:
-        logger.warning("model %s is active but unsigned: run manage.py model_registry register", active.model_version)
+        logger.warning("model %s is unsigned: run manage.py model_registry register", active.model_version)
     with _verified_lock:
         _verified.add(key)
     return active

@@ -244,3 +244,52 @@ class RecognitionHealth(models.Model):
 
     def __str__(self) -> str:
         return f"door {self.door_id} / {self.model_version}: {self.status}"
+
+
+class ShadowDecision(models.Model):
+    """What a model version in state ``shadow`` would have decided on one live crop-mode detection,
+    beside what the active version decided (``recognition/shadow.py``). Never acted on.
+
+    Both decisions are the access policy's verdict on each model's match, taken at the same door and
+    moment with the same inputs (so cooldowns and anti-passback, which are not the model's doing, do
+    not count as disagreements); ``event_id`` is the real event (no foreign key: the access log is
+    purged by its owner's function, and this row must not hold that up).
+    """
+
+    class Decision(models.TextChoices):
+        GRANT = "grant"
+        DENY = "deny"
+
+    model = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="shadow_decisions")
+    event_id = models.BigIntegerField(help_text="The real AccessEvent (its id).")
+    detection_id = models.UUIDField(null=True, blank=True)
+    door = models.ForeignKey("accessctl.Door", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    occurred_at = models.DateTimeField(help_text="When the face was captured (the event's time).")
+    active_model_version = models.CharField(max_length=64)
+    active_person = models.ForeignKey(
+        "accessctl.Person", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    active_decision = models.CharField(max_length=8, choices=Decision.choices)
+    active_reason = models.CharField(max_length=32)
+    active_similarity = models.FloatField(null=True, blank=True)
+    active_margin = models.FloatField(null=True, blank=True)
+    shadow_person = models.ForeignKey(
+        "accessctl.Person", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    shadow_decision = models.CharField(max_length=8, choices=Decision.choices)
+    shadow_reason = models.CharField(max_length=32)
+    shadow_similarity = models.FloatField(null=True, blank=True)
+    shadow_margin = models.FloatField(null=True, blank=True)
+    shadow_threshold = models.FloatField(null=True, blank=True)
+    agreed_person = models.BooleanField(help_text="Both matched the same person, or both nobody.")
+    agreed_decision = models.BooleanField(help_text="Both granted, or both denied.")
+    ms = models.FloatField(help_text="Shadow embedding and search time, ms.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["model", "event_id"], name="recognition_shadow_once")]
+        indexes = [models.Index(fields=["model", "occurred_at"], name="recognition_shadow_model_at")]
+
+    def __str__(self) -> str:
+        return f"shadow {self.model_id} on event {self.event_id}: {self.shadow_decision}"

@@ -105,6 +105,28 @@ def health_evaluate() -> int:
     return sum(1 for row in rows if row.status == RecognitionHealth.Status.DRIFT)
 
 
+@shared_task(
+    name="recognition.shadow_decide",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    max_retries=3,
+)
+def shadow_decide(
+    event_id: int, model_version: str, active_person_id: int | None, active_reason: str, queued_at: float
+) -> str:
+    """A shadow version decides a real event again without acting (``recognition.shadow``); routed to
+    the shadow queue (``RECOGNITION_SHADOW_QUEUE``), fed by ``recognition.shadow_sampling``."""
+    from recognition.shadow import shadow_decide as decide_in_shadow
+
+    return decide_in_shadow(
+        event_id=int(event_id), model_version=str(model_version),
+        active_person_id=int(active_person_id) if active_person_id is not None else None,
+        active_reason=str(active_reason), queued_at=float(queued_at),
+    )  # fmt: skip
+
+
 # =============================================================================================
 # Bulk enrolment import (administrator UI). Separate from the decision tasks above.
 # =============================================================================================

@@ -130,10 +130,12 @@ def _process_caches_cleared() -> None:
     from accessctl.webhooks import SUBSCRIPTIONS
     from recognition.calibration import CALIBRATIONS
     from recognition.model_registry import active_model_cache_clear
+    from recognition.shadow_sampling import shadow_caches_clear
 
     CALIBRATIONS.clear()
     SUBSCRIPTIONS.clear()
     active_model_cache_clear()
+    shadow_caches_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,8 @@
 Erasure (``person_erase``) removes, in one transaction:
 
 * enrolment photos and their face crops (files and rows), and every face embedding;
+* the shadow decisions that matched the person (``recognition.ShadowDecision``: a candidate model's
+  scores of their face);
 * the face crops of the person's access events (files), clearing
   ``AccessEvent.snapshot``;
 * the link from the person's events to the person (``person_id`` -> NULL). The event keeps
@@ -158,6 +160,9 @@ def person_erase(*, person: Person, actor: Any = None, storage: Storage | None =
         snapshots_cleared = events.exclude(snapshot="").update(snapshot="")
         events_pseudonymised = events.filter(person__isnull=False).update(person=None)
         embeddings_deleted = _embedding_model().objects.filter(person=person).delete()[0]
+        apps.get_model("recognition", "ShadowDecision").objects.filter(
+            Q(active_person=person) | Q(shadow_person=person)
+        ).delete()
         _photo_model().objects.filter(person=person).delete()
         photos_deleted = len(photos)
         person.delete()
@@ -283,6 +288,24 @@ def person_export(*, person: Person, storage: Storage | None = None) -> bytes:
                 "snapshot": _file_entry(storage, ev.snapshot, files, missing),
             }
         )
+    shadow = apps.get_model("recognition", "ShadowDecision").objects.filter(
+        Q(active_person=person) | Q(shadow_person=person)
+    )
+    shadow_decisions = [
+        {
+            "event_id": row.event_id,
+            "model_version": row.model.model_version,
+            "occurred_at": _iso(row.occurred_at),
+            "active_model_version": row.active_model_version,
+            "active_matched_you": row.active_person_id == person.pk,
+            "active_decision": row.active_decision,
+            "active_similarity": row.active_similarity,
+            "shadow_matched_you": row.shadow_person_id == person.pk,
+            "shadow_decision": row.shadow_decision,
+            "shadow_similarity": row.shadow_similarity,
+        }
+        for row in shadow.select_related("model").order_by("id")
+    ]
     document = {
         "format": EXPORT_FORMAT,
         "exported_at": timezone.now().isoformat(),
@@ -303,6 +326,7 @@ def person_export(*, person: Person, storage: Storage | None = None) -> bytes:
         "enrolment_photos": photos,
         "embeddings": embeddings,
         "access_events": events,
+        "shadow_decisions": shadow_decisions,  # a candidate face model's verdicts, compared before its use
         "missing_files": missing,
     }
     buffer = io.BytesIO()
@@ -323,7 +347,8 @@ Personal data export (accessctl).
 
 person.json      every record held about you: your person record, access groups, enrolment
                  photos (with the quality check's verdict), face embeddings (the numeric face
-                 templates used for recognition, with the model that made them) and access events
-                 (door, time, decision, reason, match similarity).
+                 templates used for recognition, with the model that made them), access events
+                 (door, time, decision, reason, match similarity) and shadow decisions (how a
+                 candidate face model, tried out beside the one in use, matched your face).
 files/           the enrolment photos, face crops and door snapshots referenced from person.json.
 """

@@ -15,7 +15,8 @@ Image files are found by their dated storage names (see :mod:`accessctl.storage`
 database row was lost are purged as well. Deleting a crop also clears ``AccessEvent.snapshot``
 where it pointed to it (the append-only trigger allows exactly that update).
 
-Access events are purged as a *prefix* of the log in insertion order: an old event recorded after
+Access events are purged as a *prefix* of the log in insertion order (the shadow decisions made on
+them, ``recognition.ShadowDecision``, go with them): an old event recorded after
 a newer one (an offline door syncing late) is held back until everything before it is old, so the
 hash chain stays one unbroken chain that starts at the oldest kept event (``chain_verify`` accepts
 any ``prev_hash`` on the first event). Each purge is itself recorded as a system event whose details
@@ -355,6 +356,8 @@ def _events_run(report: KindReport, now: datetime, *, dry_run: bool) -> int | No
         with connection.cursor() as cursor:
             cursor.execute("SELECT accessctl_events_purge(%s)", [event.pk])
             (deleted,) = cursor.fetchone()
+        # What a shadow model decided on those events goes with them (recognition.ShadowDecision).
+        apps.get_model("recognition", "ShadowDecision").objects.filter(event_id__lte=last["id"]).delete()
         # A new anchor right after the purge: the next verification sees the purge as anchored.
         transaction.on_commit(_anchor_after_purge, robust=True)
     report.count = deleted

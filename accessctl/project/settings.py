@@ -191,9 +191,12 @@ CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY  # a worker started without --con
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
 RECOGNITION_QUEUE = "recognition"
+RECOGNITION_SHADOW_QUEUE = "shadow"
 CELERY_TASK_ROUTES = {
     # Periodic bookkeeping of the recognition app stays off the decision queue (prefetch 1).
     "recognition.health_evaluate": {"queue": CELERY_TASK_DEFAULT_QUEUE},
+    # Shadow decisions wait in their own queue, taken by their own worker (never a decision's slot).
+    "recognition.shadow_decide": {"queue": RECOGNITION_SHADOW_QUEUE},
     "recognition.*": {"queue": RECOGNITION_QUEUE},
 }
 CELERY_RESULT_EXPIRES = 3600
@@ -359,6 +362,18 @@ RECOGNITION_HEALTH_MIN_RECENT = env_int("ACCESSCTL_HEALTH_MIN_RECENT", 150)
 RECOGNITION_HEALTH_PSI_LIMIT = env_float("ACCESSCTL_HEALTH_PSI_LIMIT", 0.25)
 RECOGNITION_HEALTH_Z_LIMIT = env_float("ACCESSCTL_HEALTH_Z_LIMIT", 4.0)
 RECOGNITION_HEALTH_MIN_RATE_CHANGE = env_float("ACCESSCTL_HEALTH_MIN_RATE_CHANGE", 0.10)
+# Shadow decisions (recognition/shadow.py): while a model version is in state "shadow", this share of
+# live crop-mode detections is also decided (never acted on) by it, after the real decision, by the
+# "shadow" queue's own worker. At most SHADOW_MAX_BACKLOG tasks wait there (per deciding process);
+# one older than SHADOW_MAX_AGE_S when its turn comes is dropped (both counted in
+# accessctl_shadow_decisions{outcome}).
+RECOGNITION_SHADOW_SAMPLE_RATE = env_float("ACCESSCTL_SHADOW_SAMPLE_RATE", 0.2)
+RECOGNITION_SHADOW_MAX_BACKLOG = env_int("ACCESSCTL_SHADOW_MAX_BACKLOG", 200)
+RECOGNITION_SHADOW_MAX_AGE_S = env_float("ACCESSCTL_SHADOW_MAX_AGE_S", 600.0)
+if not 0.0 <= RECOGNITION_SHADOW_SAMPLE_RATE <= 1.0:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("ACCESSCTL_SHADOW_SAMPLE_RATE must be 0..1")
 
 # --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
 # The site's live-score threshold (a door's liveness_threshold overrides it), read here and only

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,12 @@ def admin_ensure() -> None:
     logger.info("created administrator 'admin'; password in %s", path)
 
 
+def _niced(niceness: int = 10) -> list[str]:
+    """``nice -n <niceness>`` where the system has ``nice`` (a lower CPU priority), else nothing."""
+    found = shutil.which("nice")
+    return [found, "-n", str(niceness)] if found else []
+
+
 def default_children(host: str, port: int, with_beat: bool = True) -> list[Child]:
     python = sys.executable
     manage = str(Path(settings.BASE_DIR) / "manage.py")
@@ -161,6 +168,31 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "INFO",
                 "-n",
                 "worker@%h",
+            ],
+        ),
+        # Shadow decisions of a candidate model (recognition/shadow.py): their own queue and one
+        # process at a lower CPU priority, so they never take a decision's slot; it loads the shadow
+        # version's model at its first shadow decision.
+        Child(
+            "shadow-worker",
+            [
+                *_niced(),
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "accessctl.project",
+                "worker",
+                "-Q",
+                settings.RECOGNITION_SHADOW_QUEUE,
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "-l",
+                "INFO",
+                "-n",
+                "shadow@%h",
             ],
         ),
         Child("bridge", [python, manage, "mqtt_bridge"]),

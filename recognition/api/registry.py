@@ -1,12 +1,18 @@
-"""REST API of the model registry: ``/api/v1/models/`` (read), ``.../<id>/transition``,
-``.../<id>/verify`` and ``.../<id>/manifest``.
+"""REST API of the model registry: ``/api/v1/models/`` (read), ``.../<version>/transition``,
+``.../<version>/verify``, ``.../<version>/manifest`` and ``.../<version>/shadow/`` (the shadow
+figures, :func:`recognition.shadow.shadow_summary`). ``<version>`` is the row id or the model
+version's name.
 
-Reading is ``devices:read`` (or ``devices.view_edgedevice`` for a session): who may see the fleet
-may see the models it runs. Moving a version between states is an administrator's act: sessions
-only, with ``recognition.change_modelversion``."""
+Reading (and verifying) is the token scope ``models:read`` (``recognition.view_modelversion`` for a
+session); moving a version between states is ``models:write`` (``recognition.change_modelversion``).
+Tokens issued before these scopes existed read models with ``devices:read``: migration
+``recognition.0010`` gave each of them ``models:read`` (and their owners the view permission), so
+they keep doing what they did and nothing more."""
 
 from __future__ import annotations
 
+from django.db.models import Model
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
@@ -20,6 +26,7 @@ from faceengine.protocol.model_manifest import loads_strict
 from recognition.api.serializers import ModelTransitionSerializer, ModelVerificationSerializer, ModelVersionSerializer
 from recognition.model_registry import model_signed_manifest, model_version_transition, model_version_verify
 from recognition.models import ModelVersion
+from recognition.shadow import shadow_summary
 
 TAG = "models"
 
@@ -31,14 +38,25 @@ TAG = "models"
 class ModelVersionViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = ModelVersion.objects.order_by("model_version")
     serializer_class = ModelVersionSerializer
-    read_scope = ApiToken.Scope.DEVICES_READ
+    read_scope = ApiToken.Scope.MODELS_READ
+    action_scopes = {"verify": ApiToken.Scope.MODELS_READ, "transition": ApiToken.Scope.MODELS_WRITE}
     session_permissions = {
-        "list": ["devices.view_edgedevice"],
-        "retrieve": ["devices.view_edgedevice"],
-        "manifest": ["devices.view_edgedevice"],
-        "verify": ["devices.view_edgedevice"],
+        "list": ["recognition.view_modelversion"],
+        "retrieve": ["recognition.view_modelversion"],
+        "manifest": ["recognition.view_modelversion"],
+        "verify": ["recognition.view_modelversion"],
+        "shadow": ["recognition.view_modelversion"],
         "transition": ["recognition.change_modelversion"],
     }
+    # A version by its id or its name (model version names are never all digits: they name a model).
+    lookup_value_regex = r"[A-Za-z0-9._-]+"
+
+    def get_object(self) -> Model:
+        value = str(self.kwargs[self.lookup_url_kwarg or self.lookup_field])
+        field = "pk" if value.isdigit() else "model_version"
+        model = get_object_or_404(self.get_queryset(), **{field: value})
+        self.check_object_permissions(self.request, model)
+        return model
 
     @extend_schema(
         summary="Move a model version to another state",
@@ -82,3 +100,18 @@ class ModelVersionViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     @action(detail=True, methods=["get"])
     def manifest(self, request: Request, pk: str | None = None) -> Response:
         return Response(loads_strict(model_signed_manifest(self.get_object())))
+
+    @extend_schema(
+        summary="Shadow figures of a model version: how it decided live detections beside the active one",
+        description=(
+            "Over every shadow decision of the version: `samples`; `agreement` (same person, same decision, "
+            "both; counts and rates); `confusion` (active decision -> shadow decision, grant/deny); "
+            "`similarity.buckets` (histogram of the best similarity, active and shadow side by side: 20 "
+            "buckets over [0, 1) plus one below and one at or above); `mean_ms` per shadow decision."
+        ),
+        tags=[TAG],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    @action(detail=True, methods=["get"], url_path="shadow")
+    def shadow(self, request: Request, pk: str | None = None) -> Response:
+        return Response(shadow_summary(model=self.get_object()))

@@ -91,6 +91,36 @@ def test_a_moved_camera_drifts_and_raises_one_alarm(door: Door) -> None:
     assert Alarm.objects.get(kind=Alarm.Kind.RECOGNITION_DRIFT).count == 1
 
 
+def test_the_drift_alarm_webhook_says_what_drifted_from_what_to_what(door: Door, settings) -> None:
+    from accessctl.models import WebhookDelivery, WebhookSubscription
+
+    WebhookSubscription.objects.create(
+        name="noc", url="https://noc.example/hook", secret="s", event_types=["alarm.raised"]
+    )
+    _history(door)
+    _decisions(door, n=200, start=NOW - dt.timedelta(hours=5), hours=5, seed=2, mean=0.5, unknown=0.3, low_quality=0.3)
+    health_evaluate_all(now=NOW)
+    (delivery,) = WebhookDelivery.objects.filter(event_type="alarm.raised")
+    payload = delivery.payload
+    assert payload["kind"] == "recognition_drift" and payload["door_id"] == door.pk
+    details = payload["details"]
+    assert details["door_id"] == door.pk and details["door_name"] == "Main entrance"
+    assert details["model_version"] == MODEL
+    assert {"similarity", "unknown_rate", "quality_rate"} <= set(details["drifted"])
+    signals = {s["signal"]: s for s in details["signals"]}
+    similarity = signals["similarity"]
+    assert similarity["test"] == "psi" and similarity["value"] >= similarity["limit"] == 0.25
+    # baseline about 0.62 for the known faces, now about 0.5: the mean and the median moved down
+    assert similarity["current"]["mean"] < similarity["baseline"]["mean"] - 0.05
+    assert similarity["current"]["p50"] < similarity["baseline"]["p50"]
+    assert similarity["baseline"]["n"] == 600 and similarity["current"]["n"] == 200
+    unknown = signals["unknown_rate"]
+    assert unknown["test"] == "two_proportion_z" and unknown["current"]["rate"] > unknown["baseline"]["rate"] + 0.1
+    assert unknown["current"]["n"] == 200 and unknown["baseline"]["n"] == 600
+    assert details["baseline_window"]["decisions"] == 600 and details["current_window"]["decisions"] == 200
+    assert details["current_window"]["until"] == NOW.isoformat()
+
+
 def test_a_steady_door_is_ok_and_quiet(door: Door) -> None:
     _history(door)
     _decisions(door, n=200, start=NOW - dt.timedelta(hours=5), hours=5, seed=3, low_quality=0.05)

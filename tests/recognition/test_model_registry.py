@@ -241,23 +241,23 @@ def test_admin_shows_the_registry_and_its_actions_go_through_the_services(admin_
     assert ModelStateChange.objects.filter(model=model, to_state=State.SHADOW, actor_name="admin").exists()
 
 
-def test_api_lists_models_for_device_readers_and_moves_them_for_administrators_only(tmp_path: Path) -> None:
+def test_api_lists_models_for_model_readers_and_moves_them_for_model_writers_only(tmp_path: Path) -> None:
     from django.urls import reverse
 
     from tests.api_support import make_user, session_client, token_client
 
     model = _toy(tmp_path)
-    listing = token_client(["devices:read"]).get(reverse("api-model-version-list")).json()["results"]
+    listing = token_client(["models:read"]).get(reverse("api-model-version-list")).json()["results"]
     toy = next(m for m in listing if m["model_version"] == "sface-copy")
     assert toy["state"] == "candidate" and toy["signed"] and toy["files"][0]["size"] > 1_000_000
     assert next(m for m in listing if m["model_version"] == SFACE_MODEL_VERSION)["threshold"] is not None
-    manifest = token_client(["devices:read"]).get(reverse("api-model-version-manifest", args=[model.pk])).json()
+    manifest = token_client(["models:read"]).get(reverse("api-model-version-manifest", args=["sface-copy"])).json()
     assert bundle_verify(manifest, server_public_key_b64(), tmp_path).model_version == "sface-copy"
     transition = reverse("api-model-version-transition", args=[model.pk])
-    assert token_client().post(transition, {"state": "shadow"}, format="json").status_code == 403
-    viewer = session_client(make_user(perms=["devices.view_edgedevice"]))
+    assert token_client(["models:read"]).post(transition, {"state": "shadow"}, format="json").status_code == 403
+    viewer = session_client(make_user(perms=["recognition.view_modelversion"]))
     assert viewer.post(transition, {"state": "shadow"}, format="json").status_code == 403
-    admin = session_client(make_user(perms=["devices.view_edgedevice", "recognition.change_modelversion"]))
+    admin = session_client(make_user(perms=["recognition.view_modelversion", "recognition.change_modelversion"]))
     assert admin.post(transition, {"state": "shadow"}, format="json").json()["state"] == "shadow"
     refused = admin.post(transition, {"state": "active"}, format="json")
     assert refused.status_code == 400 and "no gallery index" in refused.json()["error"]["message"]

@@ -5,6 +5,7 @@ manage.py model_registry register --backend sface [--version V] [--file PATH ...
                                   [--licence TEXT] [--agent-versions '>=0.1.0'] [--lfw 99.42] [--measure]
 manage.py model_registry verify [VERSION ...]          (default: every signed version)
 manage.py model_registry shadow|candidate|retire|activate VERSION [--force] [--note TEXT]
+manage.py model_registry shadow-report VERSION [--json]   (how it decided in shadow, beside the active one)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from recognition.calibration import CalibrationError, threshold_for
 from recognition.engine import embedder_speed_ms
 from recognition.model_registry import model_version_register, model_version_transition, model_version_verify
 from recognition.models import ModelVersion
+from recognition.shadow import shadow_summary
 
 MOVES = {"shadow": "shadow", "candidate": "candidate", "retire": "retired", "activate": "active"}
 
@@ -53,6 +55,9 @@ class Command(BaseCommand):
         register.add_argument("--measure", action="store_true", help="measure ms per face on this machine")
         verify = sub.add_parser("verify", help="check signatures and file hashes as a device would")
         verify.add_argument("versions", nargs="*")
+        report = sub.add_parser("shadow-report", help="agreement with the active version and both score histograms")
+        report.add_argument("version")
+        report.add_argument("--json", action="store_true", help="the figures as JSON (what the API answers)")
         for name in MOVES:
             move = sub.add_parser(name, help=f"move a version to {MOVES[name]}")
             move.add_argument("version")
@@ -61,7 +66,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            getattr(self, f"_{options['action']}", self._move)(options)
+            getattr(self, f"_{options['action'].replace('-', '_')}", self._move)(options)
         except DomainError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from None
 
@@ -125,3 +130,26 @@ class Command(BaseCommand):
             actor=SystemActor(label="manage.py model_registry"), force=options["force"], note=options["note"],
         )  # fmt: skip
         self.stdout.write(f"{model.model_version}: {model.state}")
+
+    def _shadow_report(self, options: dict[str, Any]) -> None:
+        figures = shadow_summary(model=self._get(options["version"]))
+        if options["json"]:
+            self.stdout.write(json.dumps(figures, indent=2, default=str))
+            return
+        agreement, confusion = figures["agreement"], figures["confusion"]
+        self.stdout.write(f"{figures['model_version']} ({figures['state']}): {figures['samples']} shadow decisions")
+        if figures["gallery_covers_active"] is False:
+            self.stdout.write("its gallery does not cover the active version's people yet: no shadow decisions")
+        if not figures["samples"]:
+            return
+        for label, key in (("same person", "person"), ("same decision", "decision"), ("both", "both")):
+            self.stdout.write(f"  {label:14} {agreement[f'same_{key}']:6}  {100 * agreement[f'{key}_rate']:5.1f} %")
+        self.stdout.write("  active -> shadow   grant   deny")
+        for active in ("grant", "deny"):
+            self.stdout.write(f"  {active:16} {confusion[active]['grant']:6} {confusion[active]['deny']:6}")
+        self.stdout.write("  similarity        active shadow")
+        for bucket in figures["similarity"]["buckets"]:
+            if bucket["active"] or bucket["shadow"]:
+                low = "" if bucket["low"] is None else f"{bucket['low']:.2f}"
+                high = "" if bucket["high"] is None else f"{bucket['high']:.2f}"
+                self.stdout.write(f"  {low:>5}..{high:<5}       {bucket['active']:6} {bucket['shadow']:6}")
