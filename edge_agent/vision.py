@@ -265,10 +265,20 @@ def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
 class LocalEmbedder:
     """Privacy mode: embed on the device with ``faceengine.registry.get_embedder(name)``."""
 
-    def __init__(self, name: str, *, threads: int | None = None) -> None:
-        # ``threads``: the model's intra-op threads (the device budget; None: the runtime's default)
-        self._embedder: Any = get_embedder(name, **({"num_threads": threads} if threads else {}))
-        self.model_version: str = self._embedder.model_version
+    def __init__(
+        self,
+        name: str,
+        *,
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        # ``threads``: the model's intra-op threads (the device budget; None: the runtime's default);
+        # ``options``: the backend's (a model bundle's file); ``model_version``: the registry's name
+        # of the version (a bundle's manifest), which detections carry
+        kwargs = {**(options or {}), **({"num_threads": threads} if threads else {})}
+        self._embedder: Any = get_embedder(name, **kwargs)
+        self.model_version: str = model_version or self._embedder.model_version
         self.input_kind = str(self._embedder.input_kind)
 
     def embed(self, candidate: FaceCandidate) -> np.ndarray:
