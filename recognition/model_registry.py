@@ -306,6 +306,21 @@ def _gallery_people(model_version: str) -> int:
     return FaceEmbedding.objects.filter(model_version=model_version).values("person_id").distinct().count()
 
 
+def model_version_decidable(model_version: str) -> bool:
+    """Whether the server can decide a detection embedded with ``model_version``: the gallery holds
+    vectors of that version for every person the active version's vectors cover (the active version
+    itself always is). A device is offered a model only when this holds (``devices.model_rollout``)."""
+    try:
+        active = active_model().model_version
+    except RegistryError:
+        return False
+    if model_version == active:
+        return True
+    covered = FaceEmbedding.objects.filter(model_version=model_version).values("person_id")
+    missing = FaceEmbedding.objects.filter(model_version=active).exclude(person_id__in=covered).exists()
+    return not missing
+
+
 def model_version_transition(
     *, model: ModelVersion, to_state: str, actor: Any = None, force: bool = False, note: str = ""
 ) -> ModelVersion:
