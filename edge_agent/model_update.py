@@ -140,8 +140,8 @@ def self_test(
         return SelfTest(False, "self_test_no_samples", len(samples))
     rng = np.random.default_rng(0)
     try:
-        vectors = np.stack([np.asarray(embedder.embed(s), dtype=np.float64) for s in samples])
-        copies = np.stack([np.asarray(embedder.embed(_altered(s, rng)), dtype=np.float64) for s in samples])
+        both = embedder.embed_many([*samples, *(_altered(s, rng) for s in samples)]).astype(np.float64)
+        vectors, copies = both[: len(samples)], both[len(samples) :]
     except Exception as exc:
         logger.warning("self-test: the model failed to embed: %s", exc)
         return SelfTest(False, "self_test_error", len(samples))
@@ -174,16 +174,16 @@ def self_test(
 
 def bundle_embedder_load(manifest: ModelManifest, folder: Path, *, threads: int | None) -> LocalEmbedder:
     """The embedder of a verified bundle: its backend, with the backend's path option pointing at the
-    bundle's file (a manifest naming other paths in its options is refused)."""
+    bundle's file (path options of the manifest, the server's own paths, are never used)."""
     option = PATH_OPTION.get(manifest.backend)
     if option is None:
         raise UpdateFailed("unknown_backend", f"this agent cannot run backend {manifest.backend!r}")
-    if _PATH_OPTIONS & set(manifest.options):
-        raise UpdateFailed("bad_options", "the manifest's options name files: only the bundle's own are loaded")
     if len(manifest.files) != 1:
         count = len(manifest.files)
         raise UpdateFailed("bad_options", f"backend {manifest.backend} loads one file, the bundle has {count}")
-    options: dict[str, Any] = {**dict(manifest.options), option: str(folder / manifest.files[0].name)}
+    # options naming files (the server's own paths) are dropped: only the bundle's verified file loads
+    options: dict[str, Any] = {k: v for k, v in manifest.options.items() if k not in _PATH_OPTIONS}
+    options[option] = str(folder / manifest.files[0].name)
     if manifest.backend == "facenet-casia":
         options["cache_dir"] = str(folder / "cache")  # the converted weights, beside the bundle
     try:
