@@ -205,6 +205,9 @@ class ModelRolloutAdmin(admin.ModelAdmin):
     form = ModelRolloutForm
     change_list_template = "admin/devices/modelrollout/change_list.html"
 
+    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
             return []

@@ -82,7 +82,7 @@ def bundle_request_authorize(
             Reason.REPLAY, f"request nonce {request.nonce} was used before", status=401, device=device
         )
     window = int(now // 60)
-    key = f"acs:model-dl:rate:{device.pk}:{window}"
+    key = f"acs:model-dl:rate:{device.uid}:{device.public_key}:{window}"  # per device key (re-provisioned: anew)
     cache.add(key, 0, timeout=120)
     if cache.incr(key) > settings.MODEL_DOWNLOAD_REQUESTS_PER_MIN:
         raise DownloadRefused(
