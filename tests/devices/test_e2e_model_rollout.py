@@ -8,6 +8,7 @@ device keeps sface. The rollout is done.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +113,6 @@ def test_one_of_two_devices_is_rolled_to_facenet_casia_and_reports_it_in_its_hea
     assert a.model_updater is not None and a.model_updater.download_stats.bytes > 90_000_000
     assert a.model_updater.last_self_test is not None and a.model_updater.last_self_test.ok
     face = lfw_faces(1)[0]
-    assert a.build_detection(face, captured_at=0.0).model_version == CASIA
-    assert b.build_detection(face, captured_at=0.0).model_version == SFACE_MODEL_VERSION
+    assert a.build_detection(face, captured_at=time.time()).model_version == CASIA
+    assert b.build_detection(face, captured_at=time.time()).model_version == SFACE_MODEL_VERSION
     print(f"facenet-casia rollout on device A: {a.model_updater.timings}, self-test {a.model_updater.last_self_test}")
