@@ -25,7 +25,7 @@ from edge_agent.door import DoorController
 from edge_agent.factor_input import make_factor_readers
 from edge_agent.inputs import DigitalInput, make_input
 from edge_agent.liveness import EdgeLiveness, LivenessEvidence, liveness_load
-from edge_agent.model_update import ModelUpdater, SampleCrops
+from edge_agent.model_update import ModelUpdater, SampleCrops, UpdateStatus
 from edge_agent.mqtt import EdgeLink
 from edge_agent.relay import RelayDriver, make_relay
 from edge_agent.spool import Spool
@@ -38,6 +38,7 @@ from faceengine.protocol import (
     DoorEvent,
     DoorEventKind,
     Heartbeat,
+    ModelUpdateState,
     ProtocolError,
     Reason,
     SecondFactor,
@@ -96,6 +97,7 @@ class EdgeAgent:
         #: model offers (embedding mode): the last faces sent are the new model's self-test
         self.samples = SampleCrops(keep=config.models.self_test_samples)
         self.model_updater: ModelUpdater | None = None
+        self._model_refused: UpdateStatus | None = None  # an offer a crop-mode agent cannot take
         if config.detection.mode == "embedding":
             m = config.models
             self.model_updater = ModelUpdater(
@@ -418,8 +420,13 @@ class EdgeAgent:
         if command.command in (CommandKind.MODEL_OFFER, CommandKind.MODEL_ROLLBACK):
             if self.model_updater is not None:
                 self.model_updater.receive(command)
-            else:
+            else:  # crop mode: the server embeds; say so, so that the rollout shows why nothing happens
                 logger.warning("%s command %s ignored: not in embedding mode", command.command, command.command_id)
+                offered = command.data.get("manifest", {})
+                version = offered.get("manifest", {}).get("model_version") if isinstance(offered, dict) else None
+                if command.command is CommandKind.MODEL_OFFER and isinstance(version, str) and version:
+                    self._model_refused = UpdateStatus(version[:64], ModelUpdateState.FAILED, "not_embedding_mode")
+                    self._model_progress()
         elif command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
             if self.allowlist is not None:
                 with self._allowlist_idle:
@@ -467,7 +474,7 @@ class EdgeAgent:
         now = time.time()
         overdue, oldest = self.spool.overdue(now, timeout_s=self.config.mqtt.decision_timeout_s)
         held = self.allowlist.status() if self.allowlist is not None else None
-        update = self.model_updater.status if self.model_updater is not None else None
+        update = self.model_updater.status if self.model_updater is not None else self._model_refused
         return Heartbeat(
             device_uid=self.uid,
             sent_at=now,

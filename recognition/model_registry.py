@@ -12,8 +12,8 @@ commands). :func:`model_version_verify` checks the signature, that the manifest 
 the row says (a database edit without re-signing is refused) and every file's bytes.
 Activation verifies first and refuses a bad bundle whatever ``force`` says.
 
-Not here yet (issue 21, later slices): re-embedding the gallery on promotion, shadow decisions,
-offering bundles to devices.
+Offering a version to devices is ``devices.model_rollout`` (it asks :func:`model_version_decidable`
+first). Not here yet (issue 21, later slices): re-embedding the gallery on promotion, shadow decisions.
 """
 
 from __future__ import annotations

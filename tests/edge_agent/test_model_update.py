@@ -54,6 +54,19 @@ def faces() -> list[FaceCandidate]:
 
 
 @pytest.fixture(scope="module")
+def one_person() -> list[FaceCandidate]:
+    """Six photos of one person: the samples of a door one person uses all day."""
+    from PIL import Image
+
+    detector = YunetDetector(min_face_px=20, threads=1)
+    out = []
+    for image in sorted((LFW_DIR / "Colin_Powell").glob("*.jpg"))[:10]:
+        rgb = np.asarray(Image.open(image).convert("RGB"), dtype=np.uint8)
+        out += prepare(rgb, detector.detect(rgb), min_face_px=20, min_score=0.5)[:1]
+    return out[:6]
+
+
+@pytest.fixture(scope="module")
 def garbage_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sface with every large float tensor shuffled: a valid ONNX file that loads and embeds garbage."""
     import onnx
@@ -171,13 +184,20 @@ def model_of(agent: EdgeAgent, face: FaceCandidate) -> str:
 
 
 @pytest.mark.slow  # ~7 s on the loaded 2-core machine; the switch and rollback tests run the self-test too
-def test_self_test_passes_real_models_and_catches_one_that_loads_but_answers_garbage(faces, garbage_weights) -> None:
+def test_self_test_passes_real_models_and_catches_one_that_loads_but_answers_garbage(
+    faces, one_person, garbage_weights
+) -> None:
     good = self_test(LocalEmbedder("sface", threads=1), faces, dim=128)
     assert good.ok, good
     garbage = LocalEmbedder("sface", threads=1, options={"model_path": str(garbage_weights)}, model_version="x")
     bad = self_test(garbage, faces, dim=128)
     assert not bad.ok and bad.reason == "self_test_collapsed", bad
     assert self_test(LocalEmbedder("sface", threads=1), faces[:2], dim=128).reason == "self_test_no_samples"
+    # one person all day: alike to any good model; the running model's view sets the bar
+    sface = LocalEmbedder("sface", threads=1)
+    assert not self_test(sface, one_person, dim=128).ok
+    assert self_test(sface, one_person, dim=128, reference=sface).ok
+    assert self_test(garbage, one_person, dim=128, reference=sface).reason == "self_test_collapsed"
     assert self_test(LocalEmbedder("sface", threads=1), faces, dim=512).reason == "self_test_wrong_dim"
 
 
@@ -300,5 +320,20 @@ def test_samples_are_kept_per_sent_face_in_memory_only(tmp_path: Path, keys: Key
         assert agent.samples.snapshot() == [faces[0]]
         assert not list((tmp_path / "models").rglob("*.jpg"))
         assert isinstance(agent.samples, SampleCrops)
+    finally:
+        agent.stop()
+
+
+def test_a_crop_mode_agent_reports_that_it_cannot_take_an_offer(tmp_path: Path, keys: Keys, bundle) -> None:
+    agent = EdgeAgent(make_config(tmp_path, keys, "mqtt://127.0.0.1:1"), camera=None, detector=None,
+                      relay=SimulatedRelay())  # fmt: skip
+    try:
+        assert agent.model_updater is None
+        agent._on_command(offer(keys, bundle.folder, default_model_path(), url=bundle.url), b"")
+        hb = agent.heartbeat()
+        assert (hb.model_update_version, hb.model_update_state, hb.model_update_reason) == (
+            NEW, "failed", "not_embedding_mode"
+        )  # fmt: skip
+        assert bundle.log == []  # nothing downloaded
     finally:
         agent.stop()
