@@ -33,7 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accessctl.exceptions import InvalidInput
-from devices.commands import command_send
+from devices.commands import command_send, commands_flush
 from devices.models import EdgeDevice, ModelRollout, ModelRolloutDevice
 from faceengine import protocol as p
 from faceengine.protocol.envelope import loads_strict
@@ -202,7 +202,7 @@ def rollout_offers_send(*, rollout_id: int, rows: Iterable[ModelRolloutDevice] |
     sent = 0
     for row in targets:
         try:
-            command = command_send(row.device, p.CommandKind.MODEL_OFFER, reason="model_rollout", data=data)
+            command = command_send(row.device, p.CommandKind.MODEL_OFFER, reason="model_rollout", data=data, wait=False)
         except Exception as exc:  # the broker is down: shown per device, sent again on resume
             logger.warning("rollout %s: offer to %s not sent: %s", rollout.pk, row.device.uid, exc)
             row.send_error = str(exc)[:300]
@@ -211,6 +211,8 @@ def rollout_offers_send(*, rollout_id: int, rows: Iterable[ModelRolloutDevice] |
         row.command_id, row.send_error, row.offered_at = command.command_id, "", timezone.now()
         row.save(update_fields=["command_id", "send_error", "offered_at", "updated_at"])
         sent += 1
+    if sent and (missing := commands_flush()):  # one wait for the broker's acknowledgements of them all
+        logger.warning("rollout %s: %d of %d offers not acknowledged by the broker", rollout.pk, missing, sent)
     return sent
 
 

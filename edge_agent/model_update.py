@@ -315,8 +315,7 @@ class ModelUpdater:
         tls_ca: Path | None = None,
         fallback: Callable[[], LocalEmbedder] | None = None,
     ) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(directory)  # made at the first offer
         self.device_uid = device_uid
         self.private_key = private_key
         self.server_public_key = server_public_key
@@ -420,8 +419,11 @@ class ModelUpdater:
                     f"self-test failed on {test.samples} faces: same {test.same}, different {test.different}, "
                     f"rank-1 {test.rank1}",
                 )
-        except UpdateFailed as exc:
+        except Exception as exc:
             failed_at = time.perf_counter()
+            if not isinstance(exc, UpdateFailed):  # a bug or the disk: still the old model, still reported
+                logger.exception("model %s: update failed unexpectedly", version)
+                exc = UpdateFailed("update_error", str(exc))
             logger.warning("model %s refused: %s (%s); keeping %s", version, exc.code, exc.message,
                            running.model_version if running is not None else "-")  # fmt: skip
             # nothing was switched: the running model decides on; reporting it is the whole "rollback"

@@ -25,6 +25,7 @@ from faceengine.protocol.model_manifest import bundle_verify
 from recognition.model_registry import model_version_decidable, model_version_register
 from recognition.models import FaceEmbedding, ModelVersion
 from tests.accessctl.helpers import user_create
+from tests.api_support import token_client
 from tests.devices import e2e
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,6 +161,13 @@ def test_api_starts_pauses_and_rolls_back_for_device_managers_only(candidate, fl
     assert manager.post(f"/api/v1/rollouts/{rollout_id}/pause/").json()["state"] == "paused"
     assert manager.post(f"/api/v1/rollouts/{rollout_id}/rollback/").json()["state"] == "rolled_back"
     assert ModelRolloutDevice.objects.get().rollback_sent_at is not None
+    # tokens: devices:write starts one, devices:read only reads
+    writer = token_client(["devices:read", "devices:write"])
+    created = writer.post("/api/v1/rollouts/", {"model_version": NEW, "devices": ["lab-2"]}, format="json")
+    assert created.status_code == 201, created.content
+    read_only = token_client(["devices:read"])
+    assert read_only.get("/api/v1/rollouts/").status_code == 200
+    assert read_only.post(f"/api/v1/rollouts/{created.json()['id']}/rollback/").status_code == 403
     fleet_rows = reader.get("/api/v1/rollouts/fleet/").json()
     assert {"model_version": SFACE_MODEL_VERSION, "devices": 4} in fleet_rows
     assert reader.get(f"/api/v1/rollouts/{rollout_id}/").json()["counts"]["offered"] == 1
