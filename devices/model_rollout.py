@@ -274,6 +274,23 @@ def rollout_roll_back(*, rollout: ModelRollout, actor: Any = None) -> ModelRollo
     return rollout
 
 
+def rollout_offer_refresh(*, device: EdgeDevice, heartbeat: p.Heartbeat) -> bool:
+    """A heartbeat from a device whose offer is still unanswered: send it again when it is older than
+    ``MODEL_OFFER_RESEND_S`` (a device offline when it was sent refuses it on reconnecting: commands
+    older than its window are stale) or was never sent (the broker was down). True when re-sent."""
+    row = (
+        ModelRolloutDevice.objects.select_related("rollout", "device")
+        .filter(device=device, status=Status.OFFERED, rollout__state=State.RUNNING)
+        .first()
+    )
+    if row is None or heartbeat.model_update_version == row.rollout.model_version:
+        return False  # nothing open, or the device works on it
+    if row.offered_at is not None and (timezone.now() - row.offered_at).total_seconds() < settings.MODEL_OFFER_RESEND_S:
+        return False
+    logger.info("rollout %s: offer to %s sent again (unanswered)", row.rollout_id, device.uid)
+    return rollout_offers_send(rollout_id=row.rollout_id, rows=[row]) == 1
+
+
 _ORDER = {
     Status.OFFERED: 0, Status.DOWNLOADING: 1, Status.VERIFIED: 2, Status.SWITCHED: 3, Status.FAILED: 3,
     Status.ROLLED_BACK: 4,

@@ -144,6 +144,23 @@ def test_a_canary_offers_the_signed_bundle_to_a_stable_share_of_embedding_device
     assert ModelRollout.objects.get().state == ModelRollout.State.DONE
 
 
+def test_an_unanswered_offer_is_sent_again_with_the_devices_next_heartbeat(candidate, fleet) -> None:
+    import datetime as dt
+
+    rollout_create(model_version=NEW, devices=["lab-1"])
+    row = ModelRolloutDevice.objects.get()
+    first = row.command_id
+    assert first
+    heartbeat("lab-1", fleet["lab-1"][1])  # too soon: not again
+    assert ModelRolloutDevice.objects.get().command_id == first
+    ModelRolloutDevice.objects.update(offered_at=row.offered_at - dt.timedelta(minutes=5))
+    heartbeat("lab-1", fleet["lab-1"][1])  # the device was away: it never answered
+    again = ModelRolloutDevice.objects.get()
+    assert again.command_id and again.command_id != first and again.status == Status.OFFERED
+    heartbeat("lab-1", fleet["lab-1"][1], model_update_version=NEW, model_update_state="downloading")
+    assert ModelRolloutDevice.objects.get().status == Status.DOWNLOADING
+
+
 def test_api_starts_pauses_and_rolls_back_for_device_managers_only(candidate, fleet) -> None:
     reader = Client()
     reader.force_login(user_create("reader", "devices.view_edgedevice"))
