@@ -292,8 +292,9 @@ class EdgeAgent:
             detection = dataclasses.replace(detection, track_probes=())
             raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
-        if self.model_updater is not None:
-            self.samples.add(candidate)  # one face per track: the next model's self-test
+        if self.model_updater is not None and detection.embedding is not None:
+            # one face per track: the next model's self-test, with the vector the running model gave it
+            self.samples.add(candidate, detection.embedding_values(), detection.model_version)
         self.detections_sent += 1
         self.bytes_sent += len(raw)
         logger.info(

@@ -73,19 +73,31 @@ class UpdateFailed(Exception):
 
 
 class SampleCrops:
-    """The last few faces the agent sent (one per track), in memory only: the self-test's faces."""
+    """The last few faces the agent sent (one per track), in memory only: the self-test's faces, with
+    the vector the running model gave each (when it sent one: the self-test's reference, free)."""
 
     def __init__(self, keep: int = 8) -> None:
-        self._items: collections.deque[FaceCandidate] = collections.deque(maxlen=keep)
+        self._items: collections.deque[tuple[FaceCandidate, np.ndarray | None, str | None]] = collections.deque(
+            maxlen=keep
+        )
         self._lock = threading.Lock()
 
-    def add(self, candidate: FaceCandidate) -> None:
+    def add(self, candidate: FaceCandidate, vector: Any = None, model_version: str | None = None) -> None:
+        kept = np.asarray(vector, dtype=np.float64) if vector is not None else None
         with self._lock:
-            self._items.append(candidate)
+            self._items.append((candidate, kept, model_version))
 
     def snapshot(self) -> list[FaceCandidate]:
         with self._lock:
-            return list(self._items)
+            return [c for c, _, _ in self._items]
+
+    def vectors(self, model_version: str) -> np.ndarray | None:
+        """The samples' vectors of ``model_version``, in :meth:`snapshot` order (None unless all have one)."""
+        with self._lock:
+            items = list(self._items)
+        if not items or any(v is None or m != model_version for _, v, m in items):
+            return None
+        return np.stack([v for _, v, _ in items])  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -133,6 +145,7 @@ def self_test(
     max_different: float = SELF_TEST_MAX_DIFFERENT,
     min_rank1: float = SELF_TEST_MIN_RANK1,
     reference: LocalEmbedder | None = None,
+    reference_vectors: np.ndarray | None = None,
 ) -> SelfTest:
     """Embed each sample and an altered copy of it with ``embedder``: the vectors must be finite, of
     ``dim`` values and not zero; a copy must stay close to its face (``same``), different faces far
@@ -142,7 +155,8 @@ def self_test(
     day): then any good model finds them alike (sface: 0.74 over six photos of one LFW person). A
     new model then passes when it keeps at least :data:`SELF_TEST_MIN_SPREAD` of the running model's
     distance between them (1 - median similarity): a collapsed model keeps about a seventh (0.96
-    alike where sface says 0.74) or less."""
+    alike where sface says 0.74) or less. ``reference_vectors``: what the running model gave the
+    samples already (it is not run again)."""
     started = time.perf_counter()
     if len(samples) < min_samples:
         return SelfTest(False, "self_test_no_samples", len(samples))
@@ -169,7 +183,10 @@ def self_test(
     spread_ok = False
     if reference is not None and different > max_different:
         try:
-            ref = reference.embed_many(list(samples)).astype(np.float64)
+            if reference_vectors is not None and len(reference_vectors) == n:
+                ref = np.array(reference_vectors, dtype=np.float64)
+            else:
+                ref = reference.embed_many(list(samples)).astype(np.float64)
             ref /= np.linalg.norm(ref, axis=1, keepdims=True)
             ref_different = float(np.median((ref @ ref.T)[~np.eye(n, dtype=bool)]))
             spread_ok = (1.0 - different) >= SELF_TEST_MIN_SPREAD * (1.0 - ref_different)
@@ -408,9 +425,12 @@ class ModelUpdater:
             t = time.perf_counter()
             embedder = bundle_embedder_load(manifest, folder, threads=self.threads)
             self.timings["load_s"] = round(time.perf_counter() - t, 3)
+            samples = self.samples.snapshot()
+            known = self.samples.vectors(running.model_version) if running is not None else None
             test = self_test(
-                embedder, self.samples.snapshot(), dim=manifest.dim, min_samples=self.min_samples, reference=running
-            )
+                embedder, samples, dim=manifest.dim, min_samples=self.min_samples, reference=running,
+                reference_vectors=known if known is not None and len(known) == len(samples) else None,
+            )  # fmt: skip
             self.last_self_test = test
             self.timings["self_test_s"] = test.seconds
             if not test.ok:

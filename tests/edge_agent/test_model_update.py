@@ -169,8 +169,10 @@ def make_agent(tmp_path: Path, keys: Keys, faces: list[FaceCandidate]) -> EdgeAg
     agent = EdgeAgent(
         config, camera=None, detector=None, relay=SimulatedRelay(), embedder=LocalEmbedder("sface", threads=1)
     )
-    for face in faces:
-        agent.samples.add(face)
+    running = agent.embedder
+    assert running is not None
+    for face in faces:  # as if sent: with the running model's vector
+        agent.samples.add(face, running.embed(face), running.model_version)
     return agent
 
 
@@ -318,6 +320,9 @@ def test_samples_are_kept_per_sent_face_in_memory_only(tmp_path: Path, keys: Key
         assert len(agent.samples) == 0
         agent.send_candidate(faces[0], captured_at=time.time())
         assert agent.samples.snapshot() == [faces[0]]
+        kept = agent.samples.vectors(SFACE_MODEL_VERSION)  # the running model's vector: the self-test's reference
+        assert kept is not None and kept.shape == (1, 128)
+        assert agent.samples.vectors("another-model") is None
         assert not list((tmp_path / "models").rglob("*.jpg"))
         assert isinstance(agent.samples, SampleCrops)
     finally:
