@@ -50,7 +50,13 @@ import numpy as np
 from edge_agent.vision import FaceCandidate, LocalEmbedder
 from faceengine.protocol import Command, ModelUpdateState
 from faceengine.protocol.model_download import request_token_sign
-from faceengine.protocol.model_manifest import ManifestError, ModelManifest, bundle_verify, manifest_verify
+from faceengine.protocol.model_manifest import (
+    ManifestError,
+    ModelManifest,
+    agent_version_allowed,
+    bundle_verify,
+    manifest_verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +336,6 @@ class ModelUpdater:
         min_samples: int = 3,
         timeout_s: float = 30.0,
         tls_ca: Path | None = None,
-        fallback: Callable[[], LocalEmbedder] | None = None,
     ) -> None:
         self.directory = Path(directory)  # made at the first offer
         self.device_uid = device_uid
@@ -345,8 +350,6 @@ class ModelUpdater:
         self.timeout_s = timeout_s
         self.context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
         self.status = UpdateStatus()
-        #: builds the configured embedder (a rollback after a restart on a chosen model)
-        self.fallback = fallback
         #: the embedder before the last switch (kept loaded: a rollback is one assignment)
         self.previous: LocalEmbedder | None = None
         self.timings: dict[str, float] = {}
@@ -411,6 +414,9 @@ class ModelUpdater:
             self._report(None, ModelUpdateState.FAILED, exc.code)
             return False
         version = manifest.model_version
+        if not agent_version_allowed(manifest.agent_versions, self.agent_version):  # before downloading anything
+            self._report(version, ModelUpdateState.FAILED, "incompatible_agent")
+            return False
         running = self.current()
         if running is not None and running.model_version == version:
             self._report(version, ModelUpdateState.SWITCHED)  # already there (an offer sent again)
@@ -456,7 +462,10 @@ class ModelUpdater:
         self.previous = running
         self.switch(embedder)
         self.timings["switch_ms"] = round((time.perf_counter() - t) * 1000, 3)
-        self._persist(data.get("manifest"), version=version, previous=running)
+        try:
+            self._persist(data.get("manifest"), version=version, previous=running)
+        except OSError:  # switched all the same; a restart goes back to the configured model
+            logger.exception("model %s: the choice could not be saved", version)
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
         logger.warning("model switched to %s (%s)", version, self.timings)
         self._report(version, ModelUpdateState.SWITCHED)
@@ -466,8 +475,6 @@ class ModelUpdater:
         """Back to the model before the last switch (kept loaded); False when there is none."""
         started = time.perf_counter()
         previous, running = self.previous, self.current()
-        if previous is None and self.fallback is not None and (self.directory / CHOSEN_FILE).is_file():
-            previous = self.fallback()  # restarted on a chosen model: back to the configured one
         if previous is None or running is None:
             logger.warning("model rollback asked (%s): nothing to roll back to", reason)
             self._report(self.status.model_version, ModelUpdateState.ROLLED_BACK, "nothing_to_roll_back")

@@ -147,12 +147,14 @@ def bundle(tmp_path: Path, keys: Keys) -> Iterator[BundleServer]:
     server.close()
 
 
-def offer(keys: Keys, folder: Path, weights: Path, *, url: str, signer: str | None = None) -> p.Command:
+def offer(
+    keys: Keys, folder: Path, weights: Path, *, url: str, signer: str | None = None, agents: str = ">=0.1.0"
+) -> p.Command:
     """A signed offer of ``weights`` as version NEW (the file copied into the served ``folder``)."""
     shutil.copyfile(weights, folder / "sface-new.onnx")
     manifest = ModelManifest(
         model_version=NEW, backend="sface", files=model_files_describe([folder / "sface-new.onnx"]), dim=128,
-        input_kind="arcface112", input_size=112, licence="Apache-2.0", agent_versions=">=0.1.0",
+        input_kind="arcface112", input_size=112, licence="Apache-2.0", agent_versions=agents,
         issued_at=int(time.time()),
     )  # fmt: skip
     sig = manifest_sign(manifest, signer or keys.server_private)
@@ -255,6 +257,9 @@ def test_one_flipped_byte_or_a_foreign_signature_is_refused_and_the_running_mode
         assert not updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, signer=other))
         assert (updater.status.state, updater.status.reason) == ("failed", "bad_signature")
         assert len(bundle.log) == requests  # nothing downloaded for a manifest the server did not sign
+        assert not updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, agents=">=99"))
+        assert (updater.status.state, updater.status.reason) == ("failed", "incompatible_agent")
+        assert len(bundle.log) == requests  # nor for one this agent may not load
         assert model_of(agent, faces[0]) == SFACE_MODEL_VERSION
     finally:
         agent.stop()
