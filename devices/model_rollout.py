@@ -37,6 +37,7 @@ from devices.commands import command_send, commands_flush
 from devices.models import EdgeDevice, ModelRollout, ModelRolloutDevice
 from faceengine import protocol as p
 from faceengine.protocol.envelope import loads_strict
+from faceengine.protocol.model_manifest import ManifestError, agent_version_allowed
 from recognition.model_registry import (
     BundleRefused,
     model_signed_manifest,
@@ -90,6 +91,13 @@ def bundle_url(model_version: str) -> str:
     """The folder URL of a version's files, as devices reach the server."""
     path = reverse("api-model-bundle-file", kwargs={"model_version": model_version, "file_name": "x"})
     return settings.MODEL_DOWNLOAD_BASE_URL + path[: -len("x")]
+
+
+def _agent_allowed(spec: str, version: str) -> bool:
+    try:
+        return agent_version_allowed(spec, version)
+    except ManifestError:  # a version that does not start with numbers: let the device decide
+        return True
 
 
 def _canary_key(rollout_id: int, uid: str) -> str:
@@ -150,12 +158,17 @@ def rollout_create(
     """Start a rollout of ``model_version`` to the embedding devices at ``doors`` and the devices
     ``devices`` (uids; neither: the whole fleet), or to ``percent`` % of those. Offers go out when
     the transaction commits. Raises :class:`RolloutRefused`."""
-    rollout_check(model_version=model_version)
+    model = rollout_check(model_version=model_version)
     if percent is not None and not 1 <= int(percent) <= 100:
         raise RolloutRefused("percent must be 1..100.", code="invalid")
     candidates = rollout_candidates(doors=doors, devices=devices)
     with transaction.atomic():
-        chosen = list(candidates.select_for_update().exclude(model_version=model_version).order_by("uid"))
+        chosen = [
+            d
+            for d in candidates.select_for_update().exclude(model_version=model_version).order_by("uid")
+            # an agent the manifest does not allow would refuse it: not offered (unknown version: offered)
+            if not d.agent_version or _agent_allowed(model.agent_versions, d.agent_version)
+        ]
         busy = ModelRolloutDevice.objects.filter(device__in=chosen, rollout__state__in=OPEN_STATES)
         if busy.exists():
             uids = sorted(set(busy.values_list("device__uid", flat=True)))
@@ -274,10 +287,41 @@ def rollout_roll_back(*, rollout: ModelRollout, actor: Any = None) -> ModelRollo
     return rollout
 
 
+def _rollback_refresh(device: EdgeDevice, heartbeat: p.Heartbeat) -> bool:
+    """A device still running the version of a rolled-back rollout: tell it again (it was offline)."""
+    row = (
+        ModelRolloutDevice.objects.select_related("rollout", "device")
+        .filter(device=device, rollout__state=State.ROLLED_BACK, rollout__model_version=heartbeat.model_version or "")
+        .exclude(status=Status.ROLLED_BACK)
+        .order_by("-rollout__created_at")
+        .first()
+    )
+    if row is None or (
+        row.rollback_sent_at is not None
+        and (timezone.now() - row.rollback_sent_at).total_seconds() < settings.MODEL_OFFER_RESEND_S
+    ):
+        return False
+    try:
+        command_send(row.device, p.CommandKind.MODEL_ROLLBACK, reason="rollout_rolled_back")
+    except Exception as exc:
+        row.send_error = str(exc)[:300]
+        row.save(update_fields=["send_error", "updated_at"])
+        return False
+    row.rollback_sent_at = timezone.now()
+    row.save(update_fields=["rollback_sent_at", "updated_at"])
+    logger.warning(
+        "rollout %s: rollback sent again to %s (still on %s)", row.rollout_id, device.uid, heartbeat.model_version
+    )
+    return True
+
+
 def rollout_offer_refresh(*, device: EdgeDevice, heartbeat: p.Heartbeat) -> bool:
     """A heartbeat from a device whose offer is still unanswered: send it again when it is older than
     ``MODEL_OFFER_RESEND_S`` (a device offline when it was sent refuses it on reconnecting: commands
-    older than its window are stale) or was never sent (the broker was down). True when re-sent."""
+    older than its window are stale) or was never sent (the broker was down). Likewise a rollback to
+    a device still on the rolled-back version. True when something was sent again."""
+    if _rollback_refresh(device, heartbeat):
+        return True
     row = (
         ModelRolloutDevice.objects.select_related("rollout", "device")
         .filter(device=device, status=Status.OFFERED, rollout__state=State.RUNNING)

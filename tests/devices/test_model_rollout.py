@@ -95,6 +95,11 @@ def test_a_version_not_registered_unsigned_or_without_its_gallery_is_refused(can
     FaceEmbedding.objects.create(person=person, model_version=NEW, embedding=np.ones(128) / 128**0.5)
     assert model_version_decidable(NEW)
     assert rollout_create(model_version=NEW, doors=[fleet["hall-1"][0].door_id]).targets.count() == 2
+    # an agent the manifest does not allow (">=0.1.0") is not offered it
+    EdgeDevice.objects.filter(uid="lab-1").update(agent_version="0.0.9")
+    assert [
+        t.device.uid for t in rollout_create(model_version=NEW, doors=[fleet["lab-1"][0].door_id]).targets.all()
+    ] == ["lab-2"]
     assert not ModelRollout.objects.exclude(model_version=NEW).exists()
 
 
@@ -159,6 +164,17 @@ def test_an_unanswered_offer_is_sent_again_with_the_devices_next_heartbeat(candi
     assert again.command_id and again.command_id != first and again.status == Status.OFFERED
     heartbeat("lab-1", fleet["lab-1"][1], model_update_version=NEW, model_update_state="downloading")
     assert ModelRolloutDevice.objects.get().status == Status.DOWNLOADING
+    # switched, then the fleet is rolled back while the device is away: told again when it is heard from
+    heartbeat("lab-1", fleet["lab-1"][1], model=NEW, model_update_version=NEW, model_update_state="switched")
+    from devices.model_rollout import rollout_roll_back
+
+    rollout_roll_back(rollout=ModelRollout.objects.get())
+    sent = ModelRolloutDevice.objects.get().rollback_sent_at
+    ModelRolloutDevice.objects.update(rollback_sent_at=sent - dt.timedelta(minutes=5))
+    heartbeat("lab-1", fleet["lab-1"][1], model=NEW, model_update_version=NEW, model_update_state="switched")
+    assert ModelRolloutDevice.objects.get().rollback_sent_at > sent - dt.timedelta(minutes=1)
+    heartbeat("lab-1", fleet["lab-1"][1], model_update_version=NEW, model_update_state="rolled_back")
+    assert ModelRolloutDevice.objects.get().status == Status.ROLLED_BACK
 
 
 def test_api_starts_pauses_and_rolls_back_for_device_managers_only(candidate, fleet) -> None:
