@@ -23,6 +23,7 @@ from accessctl.alarms import alarm_raise
 from accessctl.models import Alarm
 from devices.allowlist import allowlist_acknowledge, allowlist_device_started
 from devices.allowlist_triggers import TASKS, recompile_on_commit
+from devices.model_rollout import rollout_offer_refresh, rollout_progress_record
 from devices.models import EdgeDevice
 from faceengine import protocol as p
 
@@ -132,6 +133,12 @@ def heartbeat_ingest(*, device_uid: str, raw: bytes) -> None:
     model_before = device.model_version
     _status_set(device, status, now=timezone.now(), extra=extra, alarm_details=alarm_details)
     _allowlist_acknowledge(device, heartbeat, model_changed=device.model_version != model_before)
+    try:
+        if heartbeat.model_update_state is not None:
+            rollout_progress_record(device=device, heartbeat=heartbeat)
+        rollout_offer_refresh(device=device, heartbeat=heartbeat)
+    except Exception:  # the heartbeat itself is recorded; the next one reports again
+        logger.exception("model rollout progress of device %s not recorded", device.uid)
     logger.debug("heartbeat from %s: spool=%s fps=%s", device.uid, heartbeat.spool_depth, heartbeat.camera_fps)
 
 

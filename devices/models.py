@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -100,3 +101,67 @@ class DeviceRevocation(models.Model):
 
     def __str__(self) -> str:
         return f"revocation {self.seq} on {self.device_id}"
+
+
+class ModelRollout(models.Model):
+    """A model version offered to devices in embedding mode (``devices.model_rollout``): at some
+    doors, to named devices, or as a percentage canary; one :class:`ModelRolloutDevice` per device."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        PAUSED = "paused"
+        ROLLED_BACK = "rolled_back"
+        DONE = "done"
+
+    model_version = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    #: what was asked: {"doors": [ids], "devices": [uids], "percent": n or null}
+    scope = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_name = models.CharField(max_length=150, blank=True)
+    #: every action on the rollout: [{"at", "action", "actor"}]
+    history = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"rollout {self.pk} of {self.model_version} ({self.state})"
+
+
+class ModelRolloutDevice(models.Model):
+    """One device of a rollout: where it is with the offer (the device reports it in heartbeats)."""
+
+    class Status(models.TextChoices):
+        OFFERED = "offered"
+        DOWNLOADING = "downloading"
+        VERIFIED = "verified"
+        SWITCHED = "switched"
+        FAILED = "failed"
+        ROLLED_BACK = "rolled_back"
+
+    rollout = models.ForeignKey(ModelRollout, on_delete=models.CASCADE, related_name="targets")
+    device = models.ForeignKey(EdgeDevice, on_delete=models.CASCADE, related_name="model_rollouts")
+    previous_model_version = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFERED)
+    reason = models.CharField(max_length=64, blank=True, help_text="Why it failed or rolled back (a code).")
+    command_id = models.CharField(max_length=64, blank=True)
+    send_error = models.CharField(max_length=300, blank=True)
+    offered_at = models.DateTimeField(null=True, blank=True)
+    download_started_at = models.DateTimeField(null=True, blank=True)
+    switched_at = models.DateTimeField(null=True, blank=True)
+    rollback_sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["rollout", "device__uid"]
+        constraints = [models.UniqueConstraint(fields=["rollout", "device"], name="unique_rollout_device")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} in rollout {self.rollout_id}: {self.status}"

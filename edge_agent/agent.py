@@ -25,6 +25,7 @@ from edge_agent.door import DoorController
 from edge_agent.factor_input import make_factor_readers
 from edge_agent.inputs import DigitalInput, make_input
 from edge_agent.liveness import EdgeLiveness, LivenessEvidence, liveness_load
+from edge_agent.model_update import ModelUpdater, SampleCrops, UpdateStatus
 from edge_agent.mqtt import EdgeLink
 from edge_agent.relay import RelayDriver, make_relay
 from edge_agent.spool import Spool
@@ -37,6 +38,7 @@ from faceengine.protocol import (
     DoorEvent,
     DoorEventKind,
     Heartbeat,
+    ModelUpdateState,
     ProtocolError,
     Reason,
     SecondFactor,
@@ -81,7 +83,8 @@ class EdgeAgent:
         self.config = config
         self.camera = camera
         self.detector = detector
-        self.embedder = embedder
+        #: the embedder detections use (embedding mode); swapped whole by :meth:`switch_embedder`
+        self._embedder = embedder
         #: None: liveness off (or its networks did not load); detections carry no live score
         self.liveness = liveness
         if config.detection.mode == "embedding" and embedder is None:
@@ -91,6 +94,31 @@ class EdgeAgent:
         )
         self.uid = config.device.uid
         self.spool = Spool(config.spool.dir, max_entries=config.spool.max_entries)
+        #: model offers (embedding mode): the last faces sent are the new model's self-test
+        self.samples = SampleCrops(keep=config.models.self_test_samples)
+        self.model_updater: ModelUpdater | None = None
+        self._model_refused: UpdateStatus | None = None  # an offer a crop-mode agent cannot take
+        if config.detection.mode == "embedding":
+            m = config.models
+            self.model_updater = ModelUpdater(
+                m.dir,
+                device_uid=self.uid,
+                private_key=self.private_key,
+                server_public_key=config.device.server_public_key,
+                agent_version=__version__,
+                current=lambda: self._embedder,
+                switch=self.switch_embedder,
+                samples=self.samples,
+                on_progress=self._model_progress,
+                threads=config.detection.threads,
+                min_samples=m.self_test_min_samples,
+                timeout_s=m.download_timeout_s,
+                tls_ca=m.tls_ca,
+            )
+            restored = self.model_updater.restore()
+            if restored is not None:  # the model chosen before the restart (its bundle verified again)
+                self.model_updater.previous = embedder
+                self._embedder = embedder = restored
         #: what embeds a face for the offline allow-list: the detection embedder in embedding mode
         #: (embed once), else the one loaded for the list at start (crop mode)
         self.list_embedder = embedder if config.detection.mode == "embedding" else allowlist_embedder
@@ -165,6 +193,28 @@ class EdgeAgent:
         if self.allowlist is not None:
             self._allowlist_worker = threading.Thread(target=self._allowlist_loop, name="edge-allowlist", daemon=True)
             self._allowlist_worker.start()
+
+    # -- the embedder and model updates ---------------------------------------------------
+
+    @property
+    def embedder(self) -> LocalEmbedder | None:
+        return self._embedder
+
+    def switch_embedder(self, new: LocalEmbedder) -> None:
+        """Make ``new`` the embedder of every detection from now on (one assignment: a detection
+        reads it once, so it is never half old, half new). The offline allow-list held for the old
+        model no longer matches: the door waits for the new model's list (the heartbeat reports the
+        new model and the server compiles it)."""
+        self._embedder = new
+        if self.config.detection.mode == "embedding":
+            self.list_embedder = new
+            if self.allowlist is not None:
+                self.allowlist.model_set(new.model_version)
+
+    def _model_progress(self) -> None:
+        """A model update moved on: say so at once (heartbeat) when the link is up."""
+        if self.link.connected:
+            self.send_heartbeat()
 
     # -- pipeline --------------------------------------------------------------------------
 
@@ -242,6 +292,9 @@ class EdgeAgent:
             detection = dataclasses.replace(detection, track_probes=())
             raw = seal(detection, self.private_key)
         self.link.send(detections_topic(self.uid), raw, detection_id=detection.detection_id)
+        if self.model_updater is not None and detection.embedding is not None:
+            # one face per track: the next model's self-test, with the vector the running model gave it
+            self.samples.add(candidate, detection.embedding_values(), detection.model_version)
         self.detections_sent += 1
         self.bytes_sent += len(raw)
         logger.info(
@@ -272,9 +325,10 @@ class EdgeAgent:
         detection_id = new_id()
         self._update_link_state()
         vector = None
+        embedder = self._embedder  # read once: every vector of this detection comes from one model
         if self.config.detection.mode == "embedding":
-            assert self.embedder is not None
-            vector = self.embedder.embed(candidate)  # once: for the detection and the allow-list
+            assert embedder is not None
+            vector = embedder.embed(candidate)  # once: for the detection and the allow-list
 
         def embed() -> Any:
             if vector is not None:
@@ -303,11 +357,11 @@ class EdgeAgent:
         }
         others = list(others)[: self.config.detection.track_probes - 1]
         if vector is not None:
-            assert self.embedder is not None
+            assert embedder is not None
             if others:
                 fields["track_probes"] = tuple(
                     TrackProbe.with_embedding(
-                        values=self.embedder.embed(other),
+                        values=embedder.embed(other),
                         encoding=self.config.detection.embedding_encoding,
                         quality=other.quality,
                     )
@@ -315,7 +369,7 @@ class EdgeAgent:
                 )
             return Detection.with_embedding(
                 values=vector,
-                model_version=self.embedder.model_version,
+                model_version=embedder.model_version,
                 encoding=self.config.detection.embedding_encoding,
                 **fields,
             )
@@ -364,7 +418,17 @@ class EdgeAgent:
     # -- commands, link state, heartbeat ---------------------------------------------------
 
     def _on_command(self, command: Command, raw: bytes) -> None:
-        if command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
+        if command.command in (CommandKind.MODEL_OFFER, CommandKind.MODEL_ROLLBACK):
+            if self.model_updater is not None:
+                self.model_updater.receive(command)
+            else:  # crop mode: the server embeds; say so, so that the rollout shows why nothing happens
+                logger.warning("%s command %s ignored: not in embedding mode", command.command, command.command_id)
+                offered = command.data.get("manifest", {})
+                version = offered.get("manifest", {}).get("model_version") if isinstance(offered, dict) else None
+                if command.command is CommandKind.MODEL_OFFER and isinstance(version, str) and version:
+                    self._model_refused = UpdateStatus(version[:64], ModelUpdateState.FAILED, "not_embedding_mode")
+                    self._model_progress()
+        elif command.command in (CommandKind.ALLOWLIST, CommandKind.REVOKE):
             if self.allowlist is not None:
                 with self._allowlist_idle:
                     self._allowlist_busy += 1
@@ -411,6 +475,7 @@ class EdgeAgent:
         now = time.time()
         overdue, oldest = self.spool.overdue(now, timeout_s=self.config.mqtt.decision_timeout_s)
         held = self.allowlist.status() if self.allowlist is not None else None
+        update = self.model_updater.status if self.model_updater is not None else self._model_refused
         return Heartbeat(
             device_uid=self.uid,
             sent_at=now,
@@ -436,6 +501,9 @@ class EdgeAgent:
             allowlist_entries=held.entries if held is not None else None,
             revocation_seq=held.revocation_seq if held is not None else None,
             offline_mode=self.door.offline_mode,
+            model_update_version=update.model_version if update is not None else None,
+            model_update_state=update.state if update is not None else None,
+            model_update_reason=update.reason if update is not None else None,
         )
 
     def send_heartbeat(self) -> bool:
@@ -489,6 +557,8 @@ class EdgeAgent:
         if self._supervisor.is_alive():
             self._supervisor.join(2)
         self.link.stop()
+        if self.model_updater is not None:
+            self.model_updater.close()
         if self._allowlist_worker is not None:
             self._allowlist_inbox.put(None)
             self._allowlist_worker.join(10)

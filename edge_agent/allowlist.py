@@ -238,6 +238,20 @@ class AllowlistStore:
         #: why the door holds no valid list (logged when it falls back to secure)
         self.unavailable_reason = "no allow-list received yet"
 
+    def model_set(self, model_version: str) -> None:
+        """The agent switched model: a held list compiled for another model is dropped (its templates
+        cannot be compared with the new vectors); the door is secure offline until the server sends
+        the new model's list (it does when the heartbeat reports the new model)."""
+        with self._lock:
+            self.model_version = model_version
+            if self._current is not None and self._current.header.model_version != model_version:
+                logger.warning(
+                    "allow-list version %d is for model %s, the agent now embeds with %s: dropped",
+                    self._current.header.version, self._current.header.model_version, model_version,
+                )  # fmt: skip
+                self._current, self._chain, self._pending = None, [], None
+                self.unavailable_reason = f"waiting for an allow-list for model {model_version}"
+
     # -- reading ---------------------------------------------------------------------------
 
     def valid(self, now: float | None = None) -> CompiledList | None:

@@ -203,6 +203,22 @@ class InputsSection:
 
 
 @dataclass
+class ModelsSection:
+    """Model bundles the server offers (embedding mode, ``edge_agent/model_update.py``)."""
+
+    #: where bundles are downloaded and the chosen one is remembered (chosen.json)
+    dir: Path = DEFAULT_VAR_DIR / "models"
+    #: seconds one download request may stall before it is retried (resuming where it stopped)
+    download_timeout_s: float = 30.0
+    #: CA bundle that verifies the server's HTTPS certificate (empty: the system's)
+    tls_ca: Path | None = None
+    #: the last faces kept in memory (never on disk) for a new model's self-test ...
+    self_test_samples: int = 8
+    #: ... and how many it needs at least (fewer: the offer fails, the running model stays)
+    self_test_min_samples: int = 3
+
+
+@dataclass
 class AgentSection:
     heartbeat_interval_s: float = 30.0
     log_level: str = "INFO"
@@ -219,6 +235,7 @@ class EdgeConfig:
     relay: RelaySection = field(default_factory=RelaySection)
     door: DoorSection = field(default_factory=DoorSection)
     inputs: InputsSection = field(default_factory=InputsSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
     agent: AgentSection = field(default_factory=AgentSection)
 
     def validate(self, *, need_keys: bool = True) -> EdgeConfig:
@@ -263,6 +280,10 @@ class EdgeConfig:
         _choice("liveness.fusion", self.liveness.fusion, ("median", "top_k"))
         if self.liveness.threads < 1:
             raise ConfigError("liveness.threads must be >= 1")
+        if not 2 <= self.models.self_test_min_samples <= self.models.self_test_samples <= 64:
+            raise ConfigError("models: 2 <= self_test_min_samples <= self_test_samples <= 64")
+        if self.models.download_timeout_s <= 0:
+            raise ConfigError("models.download_timeout_s must be > 0")
         if self.spool.max_entries < 1:
             raise ConfigError("spool.max_entries must be >= 1")
         return self

@@ -265,16 +265,31 @@ def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
 class LocalEmbedder:
     """Privacy mode: embed on the device with ``faceengine.registry.get_embedder(name)``."""
 
-    def __init__(self, name: str, *, threads: int | None = None) -> None:
-        # ``threads``: the model's intra-op threads (the device budget; None: the runtime's default)
-        self._embedder: Any = get_embedder(name, **({"num_threads": threads} if threads else {}))
-        self.model_version: str = self._embedder.model_version
+    def __init__(
+        self,
+        name: str,
+        *,
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        # ``threads``: the model's intra-op threads (the device budget; None: the runtime's default);
+        # ``options``: the backend's (a model bundle's file); ``model_version``: the registry's name
+        # of the version (a bundle's manifest), which detections carry
+        kwargs = {**(options or {}), **({"num_threads": threads} if threads else {})}
+        self._embedder: Any = get_embedder(name, **kwargs)
+        self.model_version: str = model_version or self._embedder.model_version
         self.input_kind = str(self._embedder.input_kind)
+
+    def _input(self, candidate: FaceCandidate) -> np.ndarray:
+        if self.input_kind == "facenet160":
+            return crop_facenet(candidate.frame, np.asarray(candidate.face.box, dtype=np.float32))
+        return candidate.crop
 
     def embed(self, candidate: FaceCandidate) -> np.ndarray:
         """Prepare the crop the model wants (ArcFace 112 or FaceNet 160) and return its vector."""
-        if self.input_kind == "facenet160":
-            crop = crop_facenet(candidate.frame, np.asarray(candidate.face.box, dtype=np.float32))
-        else:
-            crop = candidate.crop
-        return self._embedder.embed(crop)[0]
+        return self._embedder.embed(self._input(candidate))[0]
+
+    def embed_many(self, candidates: Sequence[FaceCandidate]) -> np.ndarray:
+        """:meth:`embed` of several faces in one batch (one row each)."""
+        return np.asarray(self._embedder.embed(np.stack([self._input(c) for c in candidates])))

@@ -13,8 +13,8 @@ the row says (a database edit without re-signing is refused) and every file's by
 Activation verifies first and refuses a bad bundle whatever ``force`` says.
 
 Shadow decisions (a shadow version deciding without acting) are in :mod:`recognition.shadow`.
-Not here yet (issue 21, later slices): re-embedding the gallery on promotion, offering bundles to
-devices.
+Offering a version to devices is ``devices.model_rollout`` (it asks :func:`model_version_decidable`
+first). Not here yet (issue 21, later slices): re-embedding the gallery on promotion.
 """
 
 from __future__ import annotations
@@ -316,6 +316,21 @@ def model_version_verify(*, model: ModelVersion) -> ModelManifest:
 
 def _gallery_people(model_version: str) -> int:
     return FaceEmbedding.objects.filter(model_version=model_version).values("person_id").distinct().count()
+
+
+def model_version_decidable(model_version: str) -> bool:
+    """Whether the server can decide a detection embedded with ``model_version``: the gallery holds
+    vectors of that version for every person the active version's vectors cover (the active version
+    itself always is). A device is offered a model only when this holds (``devices.model_rollout``)."""
+    try:
+        active = active_model().model_version
+    except RegistryError:
+        return False
+    if model_version == active:
+        return True
+    covered = FaceEmbedding.objects.filter(model_version=model_version).values("person_id")
+    missing = FaceEmbedding.objects.filter(model_version=active).exclude(person_id__in=covered).exists()
+    return not missing
 
 
 def model_version_transition(

@@ -294,6 +294,15 @@ MQTT_BRIDGE_DEAF_AFTER_S = env_float("MQTT_BRIDGE_DEAF_AFTER_S", 15.0)
 
 # --- Devices and signatures.
 DEVICE_TIMESTAMP_WINDOW_S = env_float("ACCESSCTL_DEVICE_TIMESTAMP_WINDOW_S", 30.0)
+# Model rollouts (devices/model_rollout.py). Devices download offered bundles from
+# <MODEL_DOWNLOAD_BASE_URL>/api/v1/model-bundles/<version>/<file>: the address devices reach this
+# server at (https in production; the request is signed by the device key either way). Each device
+# may make this many download requests a minute (a resume is a request).
+MODEL_DOWNLOAD_BASE_URL = env_str("ACCESSCTL_MODEL_DOWNLOAD_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+MODEL_DOWNLOAD_REQUESTS_PER_MIN = env_int("ACCESSCTL_MODEL_DOWNLOAD_REQUESTS_PER_MIN", 60)
+# An offer the device has not answered (it was offline: a command older than its window is stale)
+# is sent again with its next heartbeat once it is this old.
+MODEL_OFFER_RESEND_S = env_float("ACCESSCTL_MODEL_OFFER_RESEND_S", 60.0)
 # Door inputs (accessctl/door_sensors.py). An opening is authorised by a grant or an exit request at
 # the door no longer ago than the grant's relay pulse plus this grace (decision, walking to the door);
 # else it is forced open.

@@ -75,6 +75,10 @@ class Reason(StrEnum):
     BAD_EMBEDDING = "bad_embedding"
     BAD_IMAGE = "bad_image"
     PROCESSING_ERROR = "processing_error"
+    #: a device asked for a model bundle nobody offered it (or a file not in the bundle)
+    MODEL_NOT_OFFERED = "model_not_offered"
+    #: a device sent more requests than its budget allows (model downloads)
+    RATE_LIMITED = "rate_limited"
 
 
 class ProtocolError(ValueError):
@@ -110,6 +114,20 @@ class CommandKind(StrEnum):
     CONFIG = "config"
     ALLOWLIST = "allowlist"  # one chunk of an offline allow-list version (faceengine.protocol.allowlist)
     REVOKE = "revoke"  # drop people from the device's allow-list now
+    MODEL_OFFER = "model_offer"  # a signed model bundle to download, verify, self-test and switch to
+    MODEL_ROLLBACK = "model_rollback"  # go back to the model the device ran before the offer
+
+
+class ModelUpdateState(StrEnum):
+    """Where a device is with a model offer (heartbeat ``model_update_state``; the server's per-device
+    rollout status uses the same words, plus ``offered`` before the device answers)."""
+
+    OFFERED = "offered"
+    DOWNLOADING = "downloading"
+    VERIFIED = "verified"  # signature and every file's SHA-256 checked, the model loaded and self-tested
+    SWITCHED = "switched"  # detections carry the new version
+    FAILED = "failed"  # download, verification, load or self-test failed: the old model stays
+    ROLLED_BACK = "rolled_back"  # back on the previous model (a failure after the switch, or a command)
 
 
 class DoorEventKind(StrEnum):

@@ -15,6 +15,7 @@ from faceengine.protocol.codes import (
     DoorEventKind,
     EmbeddingEncoding,
     Mode,
+    ModelUpdateState,
     OfflineAction,
     OfflineMode,
     ProtocolError,
@@ -485,6 +486,11 @@ class Heartbeat:
     allowlist_entries: int | None = None
     revocation_seq: int | None = None
     offline_mode: OfflineMode | None = None
+    #: the model offer the device works on (or last finished): its version, where the device is with
+    #: it and, when it failed or rolled back, why (a code); None: no offer since the agent started
+    model_update_version: str | None = None
+    model_update_state: ModelUpdateState | None = None
+    model_update_reason: str | None = None
     v: int = PROTOCOL_VERSION
 
     KIND: ClassVar[TopicKind] = TopicKind.HEARTBEAT
@@ -506,10 +512,14 @@ class Heartbeat:
         "allowlist_entries",
         "revocation_seq",
         "offline_mode",
+        "model_update_version",
+        "model_update_state",
+        "model_update_reason",
     }
     _OMIT_NONE: ClassVar[tuple[str, ...]] = (
         "bytes_per_detection", "answers_overdue", "oldest_overdue_s", "allowlist_version", "allowlist_expires_at",
-        "allowlist_entries", "revocation_seq", "offline_mode",
+        "allowlist_entries", "revocation_seq", "offline_mode", "model_update_version", "model_update_state",
+        "model_update_reason",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -519,6 +529,8 @@ class Heartbeat:
         out = {k: getattr(self, k) for k in self._REQUIRED | self._OPTIONAL}
         if self.offline_mode is not None:
             out["offline_mode"] = str(self.offline_mode)
+        if self.model_update_state is not None:
+            out["model_update_state"] = str(self.model_update_state)
         for key in self._OMIT_NONE:
             if out[key] is None:
                 del out[key]
@@ -556,6 +568,11 @@ class Heartbeat:
             allowlist_entries=_opt_integer(d, "allowlist_entries"),
             revocation_seq=_opt_integer(d, "revocation_seq"),
             offline_mode=_enum(d, "offline_mode", OfflineMode) if d.get("offline_mode") is not None else None,
+            model_update_version=_opt_label(d, "model_update_version"),
+            model_update_state=_enum(d, "model_update_state", ModelUpdateState)
+            if d.get("model_update_state") is not None
+            else None,
+            model_update_reason=_opt_label(d, "model_update_reason", pattern=_CODE_RE),
         )
 
 

@@ -338,3 +338,18 @@ def test_chunks_announcing_different_counts_start_over(tmp_path: Path, keys: Key
     feed(store, small[:1])
     assert store.receive(*big[-1]) is False and store.valid() is None
     assert feed(store, small)[-1] is True
+
+
+def test_a_model_switch_drops_the_list_of_the_old_model_and_takes_the_new_models(tmp_path: Path, keys: Keys) -> None:
+    """After a model update (edge_agent/model_update.py) no face of the new model is compared with
+    templates of the old one, even of the same size: the door is secure until the new list comes."""
+    store = make_store(tmp_path, keys)
+    feed(store, version_commands(keys, header(1), people(3)))
+    assert store.decide(face_vector(1), at=time.time(), liveness=None) is not None
+    store.model_set("other-model-v2")
+    assert store.decide(face_vector(1), at=time.time(), liveness=None) is None
+    assert "other-model-v2" in store.unavailable_reason
+    assert feed(store, version_commands(keys, header(2, model_version="other-model-v2"), people(3))) == [True]
+    assert store.decide(face_vector(1), at=time.time(), liveness=None) is not None
+    store.model_set("other-model-v2")  # the same model again: the list stays
+    assert store.valid() is not None
