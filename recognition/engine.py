@@ -51,6 +51,23 @@ def active_embedder(name: str | None = None) -> Embedder:
     return embedder
 
 
+def version_embedder(model_version: str) -> Embedder:
+    """The embedder of registry version ``model_version`` (any state: a gallery being built for a
+    promotion), verified like the active one before its first use in this process: a signed version
+    must verify, an unsigned one may only use its backend's built-in files
+    (:class:`~recognition.model_registry.BundleRefused` otherwise)."""
+    from recognition.model_registry import model_version_verified
+
+    model = model_version_verified(model_version)
+    embedder = get_embedder(model.backend, **{**embedder_options(model.backend), **model.options})
+    if embedder.model_version != model.model_version:
+        raise EmbedderConfigError(
+            f"registry version {model.model_version}: backend {model.backend} with options "
+            f"{dict(model.options)} builds {embedder.model_version}"
+        )
+    return embedder
+
+
 def server_model_version() -> str:
     """The model version this server embeds crops with (the one crop-mode devices are decided in):
     the registry's active version (read without loading the model)."""

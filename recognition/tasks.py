@@ -106,6 +106,48 @@ def health_evaluate() -> int:
 
 
 # =============================================================================================
+# Gallery migration (recognition/gallery_migration.py), on the gallery queue (settings.GALLERY_QUEUE).
+# =============================================================================================
+
+_GALLERY_TASK = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 10,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="recognition.gallery_migrate", **_GALLERY_TASK)
+def gallery_migrate(migration_id: int) -> bool:
+    """Run one slice of a gallery migration; enqueue the next slice while photos remain."""
+    from recognition.gallery_migration import gallery_migration_run
+
+    more = gallery_migration_run(migration_id=migration_id)
+    if more:
+        gallery_migrate.apply_async(args=[migration_id], queue=settings.GALLERY_QUEUE)
+    return more
+
+
+@shared_task(name="recognition.gallery_photo_versions", **_GALLERY_TASK)
+def gallery_photo_versions(photo_id: int) -> list[str]:
+    """Embed a newly accepted photo with the kept model versions it lacks."""
+    from recognition.gallery_migration import photo_versions_topup
+
+    return photo_versions_topup(photo_id=photo_id)
+
+
+@shared_task(name="recognition.gallery_migrations_resume", ignore_result=True)
+def gallery_migrations_resume() -> list[int]:
+    """Enqueue again the migrations whose worker stopped writing progress; Celery beat."""
+    from recognition.gallery_migration import gallery_migrations_resume as resume
+
+    return resume()
+
+
+# =============================================================================================
 # Bulk enrolment import (administrator UI). Separate from the decision tasks above.
 # =============================================================================================
 

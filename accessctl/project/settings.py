@@ -191,9 +191,14 @@ CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY  # a worker started without --con
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
 RECOGNITION_QUEUE = "recognition"
+# Gallery builds of a model version being promoted (recognition/gallery_migration.py): a queue of
+# their own, consumed by a worker of their own (`manage.py up` starts it), so a re-embedding batch
+# never takes a pool slot from a door decision.
+GALLERY_QUEUE = "gallery"
 CELERY_TASK_ROUTES = {
     # Periodic bookkeeping of the recognition app stays off the decision queue (prefetch 1).
     "recognition.health_evaluate": {"queue": CELERY_TASK_DEFAULT_QUEUE},
+    "recognition.gallery_*": {"queue": GALLERY_QUEUE},
     "recognition.*": {"queue": RECOGNITION_QUEUE},
 }
 CELERY_RESULT_EXPIRES = 3600
@@ -208,6 +213,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("ACCESSCTL_ALLOWLIST_REISSUE_EVERY_S", 600.0),
     },
     "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
+    # Gallery migrations whose worker stopped (killed, lost message) are resumed.
+    "recognition-gallery-migrations-resume": {"task": "recognition.gallery_migrations_resume", "schedule": 60.0},
     # Recognition health per door and model version against the door's baseline (recognition/health.py).
     "recognition-health": {
         "task": "recognition.health_evaluate",
@@ -359,6 +366,13 @@ RECOGNITION_HEALTH_MIN_RECENT = env_int("ACCESSCTL_HEALTH_MIN_RECENT", 150)
 RECOGNITION_HEALTH_PSI_LIMIT = env_float("ACCESSCTL_HEALTH_PSI_LIMIT", 0.25)
 RECOGNITION_HEALTH_Z_LIMIT = env_float("ACCESSCTL_HEALTH_Z_LIMIT", 4.0)
 RECOGNITION_HEALTH_MIN_RATE_CHANGE = env_float("ACCESSCTL_HEALTH_MIN_RATE_CHANGE", 0.10)
+# Gallery migration (promoting a model version re-embeds every accepted enrolment photo in the
+# background): at most RATE photos per second (0: as fast as one process goes), BATCH photos per
+# database write, and a task hands over to a fresh one after SLICE_S seconds (a killed worker
+# loses at most one batch; the rest is resumed from the vectors already written).
+RECOGNITION_GALLERY_MIGRATION_RATE = env_float("ACCESSCTL_GALLERY_MIGRATION_RATE", 20.0)
+RECOGNITION_GALLERY_MIGRATION_BATCH = env_int("ACCESSCTL_GALLERY_MIGRATION_BATCH", 16)
+RECOGNITION_GALLERY_MIGRATION_SLICE_S = env_float("ACCESSCTL_GALLERY_MIGRATION_SLICE_S", 60.0)
 
 # --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
 # The site's live-score threshold (a door's liveness_threshold overrides it), read here and only

@@ -163,6 +163,29 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "worker@%h",
             ],
         ),
+        # Gallery builds (promoting a model version) on a worker of their own, one process: a
+        # re-embedding batch never holds a pool slot the door decisions need.
+        Child(
+            "gallery-worker",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "accessctl.project",
+                "worker",
+                "-Q",
+                settings.GALLERY_QUEUE,
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "-l",
+                "INFO",
+                "-n",
+                "gallery@%h",
+            ],
+        ),
         Child("bridge", [python, manage, "mqtt_bridge"]),
     ]
     if with_beat:

@@ -1,5 +1,5 @@
 """REST API of the model registry: ``/api/v1/models/`` (read), ``.../<id>/transition``,
-``.../<id>/verify`` and ``.../<id>/manifest``.
+``.../<id>/verify``, ``.../<id>/manifest``, ``.../<id>/promote`` and ``.../<id>/gallery/pause|resume``.
 
 Reading is ``devices:read`` (or ``devices.view_edgedevice`` for a session): who may see the fleet
 may see the models it runs. Moving a version between states is an administrator's act: sessions
@@ -7,6 +7,7 @@ only, with ``recognition.change_modelversion``."""
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
@@ -15,11 +16,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accessctl.api.views import ApiMixin
+from accessctl.exceptions import NotFound
 from accessctl.models import ApiToken
 from faceengine.protocol.model_manifest import loads_strict
-from recognition.api.serializers import ModelTransitionSerializer, ModelVerificationSerializer, ModelVersionSerializer
+from recognition.api.serializers import (
+    ModelPromotionSerializer,
+    ModelTransitionSerializer,
+    ModelVerificationSerializer,
+    ModelVersionSerializer,
+)
+from recognition.gallery_migration import gallery_migration_pause, gallery_migration_resume, gallery_migration_start
 from recognition.model_registry import model_signed_manifest, model_version_transition, model_version_verify
-from recognition.models import ModelVersion
+from recognition.models import GalleryMigration, ModelVersion
 
 TAG = "models"
 
@@ -38,7 +46,58 @@ class ModelVersionViewSet(ApiMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         "manifest": ["devices.view_edgedevice"],
         "verify": ["devices.view_edgedevice"],
         "transition": ["recognition.change_modelversion"],
+        "promote": ["recognition.change_modelversion"],
+        "gallery_pause": ["recognition.change_modelversion"],
+        "gallery_resume": ["recognition.change_modelversion"],
     }
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        return super().get_queryset().select_related("gallery_migration")
+
+    @extend_schema(
+        summary="Promote a model version: build its gallery in the background, then activate it",
+        description=(
+            "Queues the re-embedding of every accepted enrolment photo with this version (rate-limited, resumable, "
+            "on the gallery worker); the version becomes active only once its gallery covers every accepted photo "
+            "and everyone the active version covers. The old version keeps its vectors and index until it is "
+            "retired. Progress: `gallery` of the model version. `build_only`: build without activating."
+        ),
+        tags=[TAG],
+        request=ModelPromotionSerializer,
+        responses={202: ModelVersionSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def promote(self, request: Request, pk: str | None = None) -> Response:
+        params = ModelPromotionSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        migration = gallery_migration_start(
+            model=self.get_object(), actor=request.user, activate=not params.validated_data["build_only"],
+            note=params.validated_data["note"],
+        )  # fmt: skip
+        return Response(ModelVersionSerializer(self._fresh(migration.model_id)).data, status=202)
+
+    @extend_schema(summary="Pause a model version's gallery build", tags=[TAG], request=None,
+                   responses={200: ModelVersionSerializer})  # fmt: skip
+    @action(detail=True, methods=["post"], url_path="gallery/pause")
+    def gallery_pause(self, request: Request, pk: str | None = None) -> Response:
+        migration = gallery_migration_pause(migration=self._migration(), actor=request.user)
+        return Response(ModelVersionSerializer(self._fresh(migration.model_id)).data)
+
+    @extend_schema(summary="Resume a model version's gallery build", tags=[TAG], request=None,
+                   responses={202: ModelVersionSerializer})  # fmt: skip
+    @action(detail=True, methods=["post"], url_path="gallery/resume")
+    def gallery_resume(self, request: Request, pk: str | None = None) -> Response:
+        migration = gallery_migration_resume(migration=self._migration(), actor=request.user)
+        return Response(ModelVersionSerializer(self._fresh(migration.model_id)).data, status=202)
+
+    def _migration(self) -> GalleryMigration:
+        migration = GalleryMigration.objects.select_related("model").filter(model=self.get_object()).first()
+        if migration is None:
+            raise NotFound("This model version has no gallery build; promote it first.", code="no_gallery_build")
+        return migration
+
+    def _fresh(self, pk: int) -> ModelVersion:
+        return ModelVersion.objects.select_related("gallery_migration").get(pk=pk)
 
     @extend_schema(
         summary="Move a model version to another state",
