@@ -45,11 +45,13 @@ from recognition.enrollment import FaceAnalysis, photo_embedding_store, photo_ve
 from recognition.gallery_versions import gallery_missing_photos, gallery_ready, kept_versions
 from recognition.indexing import hnsw_ensure
 from recognition.model_registry import (
+    BundleRefused,
     RegistryError,
     State,
     _state_change_record,
     model_version_transition,
     model_version_verified,
+    model_version_verify,
 )
 from recognition.models import EMBEDDING_DIMS, EnrollmentPhoto, FaceEmbedding, GalleryMigration, ModelVersion
 
@@ -151,7 +153,15 @@ def gallery_migration_start(
         )
     if model.model_version not in EMBEDDING_DIMS:
         raise RegistryError(f"{model.model_version} has no gallery index (recognition.models.EMBEDDING_DIMS).")
-    model_version_verified(model.model_version)  # a bundle that does not verify is never built (BundleRefused)
+    if activate:  # what activation will check at the end, checked before hours of re-embedding
+        if not model.signature:
+            raise BundleRefused(
+                f"{model.model_version} is not signed: register it (manage.py model_registry register) first.",
+                code="unsigned",
+            )
+        model_version_verify(model=model)
+    else:
+        model_version_verified(model.model_version)  # a bundle that does not verify is never built
     with transaction.atomic():
         model = ModelVersion.objects.select_for_update().get(pk=model.pk)
         migration, created = GalleryMigration.objects.select_for_update().get_or_create(
