@@ -42,7 +42,7 @@ from django.utils import timezone
 from accessctl.tokens import SystemActor
 from faceengine.embedder import Embedder, EmbedderError
 from recognition.enrollment import FaceAnalysis, photo_embedding_store, photo_version_analyse
-from recognition.gallery_versions import gallery_missing_photos, gallery_ready, kept_versions
+from recognition.gallery_versions import gallery_missing_photos, gallery_photo_counts, gallery_ready, kept_versions
 from recognition.indexing import hnsw_ensure
 from recognition.model_registry import (
     BundleRefused,
@@ -94,18 +94,6 @@ class MigrationProgress:
 
 
 # --------------------------------------------------------------------------- selectors
-
-
-def _counts(model_version: str) -> tuple[int, int]:
-    """(accepted photos, of which with a vector of ``model_version``)."""
-    total = EnrollmentPhoto.objects.filter(status=EnrollmentPhoto.Status.ACCEPTED).count()
-    done = (
-        FaceEmbedding.objects.filter(model_version=model_version, photo__status=EnrollmentPhoto.Status.ACCEPTED)
-        .values("photo_id")
-        .distinct()
-        .count()
-    )
-    return total, done
 
 
 def gallery_migration_progress(migration: GalleryMigration) -> MigrationProgress:
@@ -172,7 +160,7 @@ def gallery_migration_start(
                 migration.activate = True
                 migration.save(update_fields=["activate"])
             return migration
-        total, done = _counts(model.model_version)
+        total, done = gallery_photo_counts(model.model_version)
         migration.state, migration.activate = Phase.QUEUED, activate
         migration.total, migration.done, migration.embedded = total, done, 0
         migration.failed, migration.failed_photo_ids, migration.last_error = 0, [], ""
@@ -330,9 +318,10 @@ def gallery_migration_run(
         deadline = time.monotonic() + slice_s
         pacer = _Pacer(rate)
         failed = set(migration.failed_photo_ids or [])
-        for _attempt in range(SWITCH_ATTEMPTS):
-            cursor = 0
-            while ids := [i for i in gallery_missing_photos(version, after_id=cursor, limit=batch) if i not in failed]:
+        for attempt in range(SWITCH_ATTEMPTS):
+            cursor, found = 0, 0
+            while ids := gallery_missing_photos(version, after_id=cursor, limit=batch, exclude=failed):
+                found += len(ids)
                 photos = EnrollmentPhoto.objects.in_bulk(ids)
                 analyses = {pk: photo_version_analyse(photo, emb) for pk, photo in photos.items()}
                 result = _analyses_store(migration.model_id, analyses)
@@ -352,7 +341,11 @@ def gallery_migration_run(
                     between_batches(migration)
                 if time.monotonic() >= deadline:
                     return True
-            if _finish(migration_id, version, failed):
+            refused = _finish(migration_id, version, failed)
+            if refused is None:
+                return False
+            if attempt and not found:  # nothing left to embed, yet incomplete: photos it cannot embed
+                _fail(migration_id, f"cannot activate {version}: {refused}")
                 return False
         _fail(migration_id, f"photos kept arriving while switching to {version}; promote it again")
         return False
@@ -367,7 +360,7 @@ def _version_embedder(version: str) -> Embedder:
 def _progress_write(
     migration_id: int, version: str, stored: int, failed: set[int], speed: float
 ) -> GalleryMigration | None:
-    total, done = _counts(version)
+    total, done = gallery_photo_counts(version)
     with transaction.atomic():
         migration = GalleryMigration.objects.select_for_update().select_related("model").filter(pk=migration_id).first()
         if migration is None:
@@ -382,9 +375,10 @@ def _progress_write(
     return migration
 
 
-def _finish(migration_id: int, version: str, failed: set[int]) -> bool:
-    """No photo left: build the index if there is none, switch for a promotion; True when done,
-    False when the switch found photos accepted meanwhile (the caller scans again)."""
+def _finish(migration_id: int, version: str, failed: set[int]) -> str | None:
+    """No photo left: build the index if there is none, switch for a promotion. None when finished
+    (done, or failed for good), else why the switch was refused (photos accepted meanwhile, or
+    people whose photos this version cannot embed): the caller scans again."""
     hnsw_ensure(version)
     migration = GalleryMigration.objects.select_related("model").get(pk=migration_id)
     if migration.activate and migration.model.state != State.ACTIVE:
@@ -396,17 +390,17 @@ def _finish(migration_id: int, version: str, failed: set[int]) -> bool:
         except RegistryError as exc:
             if exc.code != "gallery_incomplete":
                 _fail(migration_id, f"cannot activate {version}: {exc.message}")
-                return True
-            logger.info("gallery migration %s: photos arrived while switching to %s; scanning again", migration_id,
-                        version)  # fmt: skip
-            return False
-    total, done = _counts(version)
+                return None
+            logger.info("gallery migration %s: the switch to %s found the gallery incomplete; scanning again",
+                        migration_id, version)  # fmt: skip
+            return exc.message
+    total, done = gallery_photo_counts(version)
     GalleryMigration.objects.filter(pk=migration_id).update(
         state=Phase.DONE, total=total, done=done, finished_at=timezone.now(), heartbeat_at=timezone.now()
     )
     logger.warning("gallery migration %s of %s done: %d/%d photos, %d failed%s", migration_id, version, done, total,
                    len(failed), ", version active" if migration.activate else "")  # fmt: skip
-    return True
+    return None
 
 
 def gallery_migrations_resume(*, stale_s: float | None = None) -> list[int]:

@@ -23,6 +23,7 @@ version: the activation is refused and the migration embeds it first) or decided
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from celery import current_app
 from django.conf import settings
@@ -51,10 +52,28 @@ def _accepted_without(model_version: str) -> QuerySet[EnrollmentPhoto]:
     return EnrollmentPhoto.objects.filter(status=EnrollmentPhoto.Status.ACCEPTED).exclude(Exists(vectors))
 
 
-def gallery_missing_photos(model_version: str, *, after_id: int = 0, limit: int | None = None) -> list[int]:
-    """Ids (ascending, above ``after_id``) of accepted photos with no vector of ``model_version``."""
-    ids = _accepted_without(model_version).filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)
+def gallery_missing_photos(
+    model_version: str, *, after_id: int = 0, limit: int | None = None, exclude: Collection[int] = ()
+) -> list[int]:
+    """Ids (ascending, above ``after_id``, not in ``exclude``) of accepted photos with no vector of
+    ``model_version``."""
+    photos = _accepted_without(model_version).filter(pk__gt=after_id)
+    if exclude:
+        photos = photos.exclude(pk__in=list(exclude))
+    ids = photos.order_by("pk").values_list("pk", flat=True)
     return list(ids[:limit] if limit else ids)
+
+
+def gallery_photo_counts(model_version: str) -> tuple[int, int]:
+    """(accepted photos, of which with a vector of ``model_version``)."""
+    total = EnrollmentPhoto.objects.filter(status=EnrollmentPhoto.Status.ACCEPTED).count()
+    done = (
+        FaceEmbedding.objects.filter(model_version=model_version, photo__status=EnrollmentPhoto.Status.ACCEPTED)
+        .values("photo_id")
+        .distinct()
+        .count()
+    )
+    return total, done
 
 
 def gallery_people(model_version: str) -> int:

@@ -47,7 +47,7 @@ from faceengine.protocol.model_manifest import (
     signed_manifest_dumps,
 )
 from faceengine.registry import available_backends, backend_class
-from recognition.gallery_versions import gallery_gaps, gallery_people
+from recognition.gallery_versions import gallery_gaps, gallery_people, gallery_photo_counts
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding, GalleryMigration, ModelStateChange, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -372,10 +372,12 @@ def _transition(*, model: ModelVersion, to_state: State, actor: Any, force: bool
                     )
                 changes.insert(0, (previous, previous.state, State.RETIRED))
                 # The old version's gallery is kept (and topped up) while the fleet moves.
+                total, done = gallery_photo_counts(previous.model_version)
                 GalleryMigration.objects.get_or_create(
                     model=previous,
-                    defaults={"state": GalleryMigration.State.DONE, "activate": False, "finished_at": timezone.now()},
-                )
+                    defaults={"state": GalleryMigration.State.DONE, "activate": False, "finished_at": timezone.now(),
+                              "total": total, "done": done},
+                )  # fmt: skip
         now = timezone.now()
         for row, before, after in changes:
             row.state, row.state_changed_at = after, now

@@ -373,6 +373,10 @@ RECOGNITION_HEALTH_MIN_RATE_CHANGE = env_float("ACCESSCTL_HEALTH_MIN_RATE_CHANGE
 RECOGNITION_GALLERY_MIGRATION_RATE = env_float("ACCESSCTL_GALLERY_MIGRATION_RATE", 20.0)
 RECOGNITION_GALLERY_MIGRATION_BATCH = env_int("ACCESSCTL_GALLERY_MIGRATION_BATCH", 16)
 RECOGNITION_GALLERY_MIGRATION_SLICE_S = env_float("ACCESSCTL_GALLERY_MIGRATION_SLICE_S", 60.0)
+# A worker that consumes only the gallery queue runs at this CPU niceness (0..19) and, as started by
+# `manage.py up`, with this many torch/onnxruntime threads: re-embedding takes the CPU decisions leave.
+RECOGNITION_GALLERY_WORKER_NICE = env_int("ACCESSCTL_GALLERY_WORKER_NICE", 10)
+RECOGNITION_GALLERY_WORKER_THREADS = env_int("ACCESSCTL_GALLERY_WORKER_THREADS", 1)
 
 # --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
 # The site's live-score threshold (a door's liveness_threshold overrides it), read here and only

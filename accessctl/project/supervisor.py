@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -38,7 +39,7 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, env={**env, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.started_at = time.monotonic()
         self._pump = threading.Thread(target=self._forward_output, daemon=True)
@@ -125,6 +126,13 @@ def admin_ensure() -> None:
     logger.info("created administrator 'admin'; password in %s", path)
 
 
+def gallery_worker_env() -> dict[str, str]:
+    """The gallery worker's own settings: few compute threads (it also lowers its CPU priority, see
+    ``recognition.tasks``), so a build leaves the cores to the decisions."""
+    threads = str(settings.RECOGNITION_GALLERY_WORKER_THREADS)
+    return {"ACCESSCTL_TORCH_THREADS": threads, "ACCESSCTL_ORT_THREADS": threads}
+
+
 def default_children(host: str, port: int, with_beat: bool = True) -> list[Child]:
     python = sys.executable
     manage = str(Path(settings.BASE_DIR) / "manage.py")
@@ -185,6 +193,7 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "-n",
                 "gallery@%h",
             ],
+            env=gallery_worker_env(),
         ),
         Child("bridge", [python, manage, "mqtt_bridge"]),
     ]

@@ -185,6 +185,22 @@ def test_a_photo_accepted_while_the_version_switches_is_embedded_before_it_goes_
     assert GalleryMigration.objects.get(pk=migration.pk).done == 2
 
 
+@pytest.mark.dataset("lfw")
+@pytest.mark.django_db
+def test_a_person_the_new_version_cannot_embed_keeps_the_old_one_active_and_says_why(
+    enrol_env: Path, casia_loaded: None, casia_signed: ModelVersion
+) -> None:
+    colin = _enrol("Colin_Powell")
+    photo = colin.photos.get()
+    photo.image.storage.delete(photo.image.name)  # the original is gone: nothing to re-embed
+    migration = gallery_migration_start(model=_casia())
+    assert gallery_migration_run(migration_id=migration.pk, rate=0) is False
+    migration.refresh_from_db()
+    assert migration.state == "failed" and migration.failed_photo_ids == [photo.pk]
+    assert migration.last_error.startswith(f"cannot activate {CASIA}") and "1 people" in migration.last_error
+    assert _casia().state == State.CANDIDATE and not gallery_ready(CASIA)
+
+
 @pytest.mark.django_db
 def test_pausing_stops_the_build_and_a_retired_version_is_no_longer_written(enrol_env: Path) -> None:
     model = _casia()
@@ -358,7 +374,10 @@ def test_gallery_tasks_have_their_own_queue_and_worker() -> None:
     for task in ("recognition.gallery_migrate", "recognition.gallery_photo_versions"):
         assert app.amqp.router.route({}, task)["queue"].name == settings.GALLERY_QUEUE
     assert app.amqp.router.route({}, "recognition.decide")["queue"].name == settings.RECOGNITION_QUEUE
-    workers = {c.name: c.argv for c in default_children("127.0.0.1", 8000)}
-    gallery = workers["gallery-worker"]
+    children = {c.name: c for c in default_children("127.0.0.1", 8000)}
+    gallery, worker = children["gallery-worker"].argv, children["worker"].argv
     assert gallery[gallery.index("-Q") + 1] == settings.GALLERY_QUEUE
-    assert settings.GALLERY_QUEUE not in workers["worker"][workers["worker"].index("-Q") + 1]
+    assert gallery[gallery.index("--concurrency") + 1] == "1"
+    assert settings.GALLERY_QUEUE not in worker[worker.index("-Q") + 1]
+    threads = str(settings.RECOGNITION_GALLERY_WORKER_THREADS)
+    assert children["gallery-worker"].env == {"ACCESSCTL_TORCH_THREADS": threads, "ACCESSCTL_ORT_THREADS": threads}
