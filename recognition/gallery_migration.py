@@ -132,7 +132,8 @@ def gallery_migration_start(
     """Start building ``model``'s gallery in the background; with ``activate`` (a promotion) the
     version becomes active once the gallery is complete. Starting one that is queued or running
     changes nothing (a promotion request keeps ``activate``); a paused, failed or finished one is
-    started again (it resumes from the photos still missing). Recorded as a registry note."""
+    started again (it resumes from the photos still missing). One promotion at a time
+    (``promotion_in_progress``). Recorded as a registry note."""
     if model.state == State.ACTIVE:
         raise RegistryError(f"{model.model_version} is already active.", code="active")
     if model.state == State.RETIRED:
@@ -151,7 +152,21 @@ def gallery_migration_start(
     else:
         model_version_verified(model.model_version)  # a bundle that does not verify is never built
     with transaction.atomic():
-        model = ModelVersion.objects.select_for_update().get(pk=model.pk)
+        # Every registry row locked in one order (as activation does): two promotions cannot both start.
+        rows = {m.pk: m for m in ModelVersion.objects.select_for_update().order_by("pk")}
+        model = rows[model.pk]
+        other = (
+            GalleryMigration.objects.filter(activate=True, state__in=[Phase.QUEUED, Phase.RUNNING, Phase.PAUSED])
+            .exclude(model=model)
+            .select_related("model")
+            .first()
+        )
+        if activate and other is not None:
+            raise RegistryError(
+                f"{other.model.model_version} is being promoted ({other.state}): let it finish, or pause it and "
+                "retire it, before promoting another version.",
+                code="promotion_in_progress",
+            )
         migration, created = GalleryMigration.objects.select_for_update().get_or_create(
             model=model, defaults={"activate": activate}
         )

@@ -343,6 +343,9 @@ def test_api_promotes_for_administrators_only_and_shows_progress(
     gallery = answer.json()["gallery"]
     assert gallery["state"] == "queued" and gallery["activate"] and gallery["ready"] is False
     assert {"done", "total", "photos_per_s", "eta_s", "percent"} <= set(gallery)
+    flip = model_version_register(backend="facenet-casia", model_version=FLIP, options={"flip": True})
+    second = admin.post(reverse("api-model-version-promote", args=[flip.pk]), {}, format="json")
+    assert second.status_code == 400 and second.json()["error"]["code"] == "promotion_in_progress"
     pause = admin.post(reverse("api-model-version-gallery-pause", args=[model.pk]))
     assert pause.status_code == 200 and pause.json()["gallery"]["state"] == "paused"
     listed = token_client(["devices:read"]).get(reverse("api-model-version-detail", args=[model.pk])).json()
