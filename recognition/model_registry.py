@@ -12,8 +12,9 @@ commands). :func:`model_version_verify` checks the signature, that the manifest 
 the row says (a database edit without re-signing is refused) and every file's bytes.
 Activation verifies first and refuses a bad bundle whatever ``force`` says.
 
-Not here yet (issue 21, later slices): re-embedding the gallery on promotion, shadow decisions,
-offering bundles to devices.
+Promotion (re-embedding the gallery in the background, then activating) is
+:mod:`recognition.gallery_migration`; :func:`model_version_retire` removes a version's gallery.
+Not here yet (issue 21, other slices): shadow decisions, offering bundles to devices.
 """
 
 from __future__ import annotations
