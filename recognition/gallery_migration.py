@@ -48,7 +48,7 @@ from recognition.model_registry import (
     BundleRefused,
     RegistryError,
     State,
-    _state_change_record,
+    model_version_note,
     model_version_transition,
     model_version_verified,
     model_version_verify,
@@ -187,9 +187,7 @@ def gallery_migration_start(
         migration.save()
         what = "promotion requested: gallery build queued" if activate else "gallery build queued"
         what = f"{what} ({done}/{total} photos embedded)"
-        _state_change_record(
-            model=model, before=model.state, after=model.state, actor=actor, note=f"{what}; {note}" if note else what
-        )
+        model_version_note(model=model, actor=actor, note=f"{what}; {note}" if note else what)
         migration_id = migration.pk
         transaction.on_commit(lambda: _enqueue(migration_id))
     return migration
@@ -203,10 +201,7 @@ def gallery_migration_pause(*, migration: GalleryMigration, actor: Any = None) -
             raise RegistryError(f"the gallery build of {migration.model.model_version} is {migration.state}.")
         migration.state = Phase.PAUSED
         migration.save(update_fields=["state"])
-        _state_change_record(
-            model=migration.model, before=migration.model.state, after=migration.model.state, actor=actor,
-            note="gallery build paused",
-        )  # fmt: skip
+        model_version_note(model=migration.model, actor=actor, note="gallery build paused")
     return migration
 
 

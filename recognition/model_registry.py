@@ -455,6 +455,12 @@ def model_version_retire(
     return model
 
 
+def model_version_note(*, model: ModelVersion, actor: Any = None, note: str) -> ModelStateChange:
+    """Record an act on ``model`` that does not change its state (a gallery build requested, paused)
+    in its registry history: a :class:`ModelStateChange` from its state to the same state."""
+    return _state_change_record(model=model, before=model.state, after=model.state, actor=actor, note=note)
+
+
 def _state_change_record(
     *, model: ModelVersion, before: str, after: str, actor: Any, forced: bool = False, note: str = ""
 ) -> ModelStateChange:
