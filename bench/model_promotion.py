@@ -160,9 +160,10 @@ def main() -> int:
 
         from devices.commands import server_public_key_b64
         from faceengine import protocol as p
+        from recognition.calibration import threshold_for, threshold_measured
         from recognition.gallery_migration import gallery_migration_start
         from recognition.model_registry import model_version_register
-        from recognition.models import GalleryMigration, ModelVersion
+        from recognition.models import GalleryMigration, ModelCalibration, ModelVersion
         from tests.devices import e2e
 
         print(f"setting up: {args.photos} enrolment photos, {args.devices} devices ...", flush=True)
@@ -174,6 +175,13 @@ def main() -> int:
         prefix = f"promo{services.run_id}-"
         site, accepted, skipped = site_build(args.devices, args.photos, prefix)
         target = ModelVersion.objects.get(model_version=args.target)
+        if not threshold_measured(args.target):  # a promotion needs one; the bench's detections are embedding-mode
+            ModelCalibration.objects.update_or_create(
+                model_version=args.target,
+                defaults={"threshold": threshold_for(args.target), "target_fmr": 1e-3,
+                          "details": {"source": "bench/model_promotion.py: the built-in value, NOT measured"}},
+            )  # fmt: skip
+            print(f"  {args.target}: no measured threshold; the bench stores its built-in one (crop mode only)")
         target = model_version_register(
             backend=target.backend, model_version=target.model_version, options=target.options
         )  # hashed and signed: activation verifies it

@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from accessctl.tokens import SystemActor
 from faceengine.embedder import Embedder, EmbedderError
+from recognition.calibration import threshold_measured
 from recognition.enrollment import FaceAnalysis, photo_embedding_store, photo_version_analyse
 from recognition.gallery_versions import gallery_missing_photos, gallery_photo_counts, gallery_ready, kept_versions
 from recognition.indexing import hnsw_ensure
@@ -133,7 +134,8 @@ def gallery_migration_start(
     version becomes active once the gallery is complete. Starting one that is queued or running
     changes nothing (a promotion request keeps ``activate``); a paused, failed or finished one is
     started again (it resumes from the photos still missing). One promotion at a time
-    (``promotion_in_progress``). Recorded as a registry note."""
+    (``promotion_in_progress``); a promotion needs a calibrated threshold (``not_calibrated``) and a
+    bundle that verifies. Recorded as a registry note."""
     if model.state == State.ACTIVE:
         raise RegistryError(f"{model.model_version} is already active.", code="active")
     if model.state == State.RETIRED:
@@ -143,6 +145,12 @@ def gallery_migration_start(
     if model.model_version not in EMBEDDING_DIMS:
         raise RegistryError(f"{model.model_version} has no gallery index (recognition.models.EMBEDDING_DIMS).")
     if activate:  # what activation will check at the end, checked before hours of re-embedding
+        if not threshold_measured(model.model_version):
+            raise RegistryError(
+                f"{model.model_version} has no measured match threshold: once active it would deny every "
+                "crop-mode face (model_not_calibrated). Calibrate it first (manage.py calibrate_threshold).",
+                code="not_calibrated",
+            )
         if not model.signature:
             raise BundleRefused(
                 f"{model.model_version} is not signed: register it (manage.py model_registry register) first.",

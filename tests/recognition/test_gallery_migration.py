@@ -67,9 +67,15 @@ def _casia() -> ModelVersion:
     return ModelVersion.objects.get(model_version=CASIA)
 
 
+def _calibrate(version: str) -> None:
+    """A threshold for ``version`` as ``manage.py calibrate_threshold`` stores it."""
+    ModelCalibration.objects.update_or_create(model_version=version, defaults={"threshold": 0.5, "target_fmr": 1e-3})
+
+
 @pytest.fixture
 def casia_signed() -> ModelVersion:
-    """CASIA registered (hashed and signed): only a signed version is ever activated."""
+    """CASIA registered (hashed and signed) and calibrated: only such a version is ever promoted."""
+    _calibrate(CASIA)
     return model_version_register(backend="facenet-casia", model_version=CASIA, options={"flip": False})
 
 
@@ -291,7 +297,6 @@ def test_embedding_mode_detections_are_decided_in_their_devices_version_during_a
     group.doors.add(door)
     for i, person in enumerate((ada, bob)):
         FaceEmbedding.objects.create(person=person, model_version=SFACE_MODEL_VERSION, embedding=_axis(i, SFACE_DIM))
-    ModelCalibration.objects.create(model_version=CASIA, threshold=0.5, target_fmr=1e-3)
     # The build of CASIA is half way: Bob is embedded, Ada not yet.
     migration = GalleryMigration.objects.create(model=ModelVersion.objects.get(model_version=CASIA), state="running")
     FaceEmbedding.objects.create(person=bob, model_version=CASIA, embedding=_axis(5, CASIA_DIM))
@@ -334,6 +339,9 @@ def test_api_promotes_for_administrators_only_and_shows_progress(
     viewer = session_client(make_user(perms=["devices.view_edgedevice"]))
     assert viewer.post(promote, {}, format="json").status_code == 403
     admin = session_client(make_user(perms=["devices.view_edgedevice", "recognition.change_modelversion"]))
+    uncalibrated = admin.post(promote, {}, format="json")  # it would deny every crop once active
+    assert uncalibrated.status_code == 400 and uncalibrated.json()["error"]["code"] == "not_calibrated"
+    _calibrate(CASIA)
     unsigned = admin.post(promote, {}, format="json")  # never hours of re-embedding for a refused bundle
     assert unsigned.status_code == 409 and unsigned.json()["error"]["code"] == "unsigned"
     model_version_register(backend="facenet-casia", model_version=CASIA, options={"flip": False})
@@ -343,6 +351,7 @@ def test_api_promotes_for_administrators_only_and_shows_progress(
     gallery = answer.json()["gallery"]
     assert gallery["state"] == "queued" and gallery["activate"] and gallery["ready"] is False
     assert {"done", "total", "photos_per_s", "eta_s", "percent"} <= set(gallery)
+    _calibrate(FLIP)
     flip = model_version_register(backend="facenet-casia", model_version=FLIP, options={"flip": True})
     second = admin.post(reverse("api-model-version-promote", args=[flip.pk]), {}, format="json")
     assert second.status_code == 400 and second.json()["error"]["code"] == "promotion_in_progress"
