@@ -42,6 +42,8 @@ def _lfw_photos(count: int, skip: set[str]) -> list[tuple[str, Path]]:
     from tests import faces
 
     out: list[tuple[str, Path]] = []
+    if count <= 0:
+        return out
     for folder in sorted(p for p in faces.LFW_DIR.iterdir() if p.is_dir() and p.name not in skip):
         for path in sorted(folder.glob("*.jpg")):
             out.append((folder.name, path))
