@@ -20,7 +20,8 @@ What ``start`` does (each step idempotent):
    persistence on, so sessions survive a broker restart; its pid file lets the server SIGHUP it
    when devices are provisioned or revoked (``ACCESSCTL_MQTT_BROKER_PIDFILE``).
 5. Processes: ``bridge-1..N`` on one shared subscription (``$share/<group>/...``, persistent
-   sessions, QoS 1), ``worker-1..N`` (Celery, acks late), ``web-1..N`` (daphne), one ``beat``.
+   sessions, QoS 1), ``worker-1..N`` (Celery, acks late), ``gallery-1`` (the gallery queue: model
+   promotions), ``web-1..N`` (daphne), one ``beat``.
 
 Everything lives in the run folder (``--run-dir``, ``TOPOLOGY_RUN_DIR``, default ``var/topology``):
 ``topology.env`` (0600, the processes' environment: ``set -a; . topology.env`` gives a shell the same
@@ -68,7 +69,7 @@ from urllib.parse import quote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = os.environ.get("TOPOLOGY_PYTHON", sys.executable)
 MANAGE = str(ROOT / "manage.py")
-STOP_ORDER = ("web", "bridge", "beat", "worker", "mosquitto")  # front to back
+STOP_ORDER = ("web", "bridge", "beat", "worker", "gallery", "mosquitto")  # front to back
 READY_TIMEOUT_S = 120.0
 
 
@@ -284,6 +285,12 @@ class Topology:
                     "--concurrency", str(s["worker_concurrency"]), "--prefetch-multiplier", "1", "-l", "INFO",
                     "-n", f"worker-{i}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
             out[f"worker-{i}"] = (argv, {"MQTT_CLIENT_ID": f"accessctl-worker-{i}"}, "ready.")
+        # Gallery builds of a promoted model version: one niced, single-threaded worker of their own.
+        argv = [PYTHON, "-m", "celery", "-A", "accessctl.project", "worker", "-Q", "gallery", "--concurrency", "1",
+                "--prefetch-multiplier", "1", "-l", "INFO", "-n", "gallery-1@%h", "--without-gossip",
+                "--without-mingle"]  # fmt: skip
+        out["gallery-1"] = (argv, {"MQTT_CLIENT_ID": "accessctl-gallery-1", "ACCESSCTL_TORCH_THREADS": "1",
+                                   "ACCESSCTL_ORT_THREADS": "1"}, "ready.")  # fmt: skip
         for i in range(1, s["bridges"] + 1):
             client_id = f"accessctl-bridge-{i}"
             argv = [PYTHON, MANAGE, "mqtt_bridge", "--client-id", client_id, "--shared-group", s["mqtt_group"]]

@@ -15,11 +15,14 @@ class DevicesConfig(AppConfig):
         from devices.broker_auth import device_changed
         from devices.commands import MqttDoorCommands
         from devices.models import EdgeDevice
-        from devices.selectors import door_devices_prefetch
+        from devices.selectors import devices_running_model, door_devices_prefetch
+        from recognition.model_registry import model_users_register
 
         # The domain asks for door commands and shows devices through its interfaces; this app answers.
         door_commands_register(MqttDoorCommands())
         door_devices_register(door_devices_prefetch)
+        # The model registry asks which devices still run a version before retiring it.
+        model_users_register(devices_running_model)
         from accessctl.metrics import collector_register
         from devices.metric_gauges import device_gauges
 

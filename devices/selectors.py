@@ -19,3 +19,14 @@ def door_devices_prefetch(doors: QuerySet[Door]) -> QuerySet[Door]:
         .order_by("uid")
     )
     return doors.prefetch_related(Prefetch("devices", queryset=devices))
+
+
+def devices_running_model(model_version: str) -> list[str]:
+    """Uids of the devices (not disabled) whose last heartbeat reported ``model_version``: the
+    registry refuses to retire a version they still decide in."""
+    return list(
+        EdgeDevice.objects.filter(model_version=model_version)
+        .exclude(status=EdgeDevice.Status.DISABLED)
+        .order_by("uid")
+        .values_list("uid", flat=True)
+    )

@@ -3,6 +3,8 @@ registry (read-only, moved by actions) and recognition health."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -14,10 +16,17 @@ from django.utils.safestring import SafeString, mark_safe
 from accessctl.exceptions import DomainError
 from recognition.calibration import CalibrationError, threshold_for
 from recognition.enrollment import EnrollmentError, photo_accept, photo_reject
+from recognition.gallery_migration import (
+    gallery_migration_pause,
+    gallery_migration_progress,
+    gallery_migration_resume,
+    gallery_migration_start,
+)
 from recognition.model_registry import model_version_transition, model_version_verify
 from recognition.models import (
     EnrollmentPhoto,
     FaceEmbedding,
+    GalleryMigration,
     ModelCalibration,
     ModelStateChange,
     ModelVersion,
@@ -132,11 +141,57 @@ class ModelVersionAdmin(_ReadOnlyAdmin):
 
     list_display = [
         "model_version", "state", "backend", "lfw_accuracy", "ms_per_face", "calibrated_threshold", "signed",
-        "state_changed_at",
+        "gallery", "state_changed_at",
     ]  # fmt: skip
     list_filter = ["state", "backend"]
+    list_select_related = ["gallery_migration"]
     inlines = [ModelStateChangeInline]
-    actions = ["verify_bundles", "to_shadow", "to_candidate", "to_retired", "to_active"]
+    actions = [
+        "verify_bundles", "promote", "pause_gallery", "resume_gallery", "to_shadow", "to_candidate", "to_retired",
+        "to_active",
+    ]  # fmt: skip
+
+    @admin.display(description="gallery build")
+    def gallery(self, obj: ModelVersion) -> str:
+        migration = getattr(obj, "gallery_migration", None)
+        if migration is None:
+            return "-"
+        p = gallery_migration_progress(migration)
+        eta = f", ETA {p.eta_s:.0f} s" if p.eta_s else ""
+        failed = f", {p.failed} failed" if p.failed else ""
+        error = f" ({p.last_error})" if p.last_error else ""
+        return f"{p.state}: {p.done}/{p.total} ({p.percent:g} %), {p.photos_per_s:g} photos/s{eta}{failed}{error}"
+
+    @admin.action(description="Promote (build its gallery in the background, then activate)", permissions=["change"])
+    def promote(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Promote exactly one version.", messages.ERROR)
+            return
+        try:
+            migration = gallery_migration_start(model=queryset.get(), actor=request.user, note="admin")
+            self.message_user(request, f"{migration.model.model_version}: gallery build {migration.state}")
+        except DomainError as exc:
+            self.message_user(request, f"{exc.code}: {exc.message}", messages.ERROR)
+
+    def _gallery(self, request: HttpRequest, queryset: QuerySet[ModelVersion], service: Any) -> None:
+        for model in queryset:
+            migration = GalleryMigration.objects.select_related("model").filter(model=model).first()
+            if migration is None:
+                self.message_user(request, f"{model.model_version}: no gallery build", messages.ERROR)
+                continue
+            try:
+                migration = service(migration=migration, actor=request.user)
+                self.message_user(request, f"{model.model_version}: gallery build {migration.state}")
+            except DomainError as exc:
+                self.message_user(request, f"{exc.code}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Pause the gallery build", permissions=["change"])
+    def pause_gallery(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._gallery(request, queryset, gallery_migration_pause)
+
+    @admin.action(description="Resume the gallery build", permissions=["change"])
+    def resume_gallery(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._gallery(request, queryset, gallery_migration_resume)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Needed for the actions; every field stays read-only (get_readonly_fields).
@@ -204,7 +259,8 @@ class ModelVersionAdmin(_ReadOnlyAdmin):
     def to_candidate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         self._move(request, queryset, ModelVersion.State.CANDIDATE)
 
-    @admin.action(description="Retire", permissions=["change"])
+    @admin.action(description="Retire (removes its vectors and index; refused while devices run it)",
+                  permissions=["change"])  # fmt: skip
     def to_retired(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         self._move(request, queryset, ModelVersion.State.RETIRED)
 

@@ -7,8 +7,7 @@ from django.conf import settings
 
 from faceengine.embedder import Embedder, EmbedderConfigError
 from faceengine.registry import get_embedder
-from recognition.model_registry import ActiveModel, active_model, active_model_verified, model_version_loadable
-from recognition.models import ModelVersion
+from recognition.model_registry import ActiveModel, active_model, active_model_verified, model_version_verified
 
 
 def model_files_options(name: str) -> dict[str, object]:
@@ -45,12 +44,6 @@ def active_embedder(name: str | None = None) -> Embedder:
     return _registry_embedder(active_model_verified(), "active")
 
 
-def version_embedder(model: ModelVersion) -> Embedder:
-    """The embedder of registry version ``model`` whatever its state (a shadow version's), built
-    once per process and checked like the active one's (signature and files; the version it builds)."""
-    return _registry_embedder(model_version_loadable(model=model), str(model.state))
-
-
 def _registry_embedder(row: ActiveModel, role: str) -> Embedder:
     embedder = get_embedder(row.backend, **{**embedder_options(row.backend), **row.options})
     if embedder.model_version != row.model_version:
@@ -59,6 +52,14 @@ def _registry_embedder(row: ActiveModel, role: str) -> Embedder:
             f"with options {dict(row.options)} builds {embedder.model_version}"
         )
     return embedder
+
+
+def version_embedder(model_version: str) -> Embedder:
+    """The embedder of registry version ``model_version`` whatever its state (a shadow version's, a
+    gallery being built for a promotion), verified like the active one before its first use in this
+    process: a signed version must verify, an unsigned one may only use its backend's built-in files
+    (:class:`~recognition.model_registry.BundleRefused` otherwise); and it must build that version."""
+    return _registry_embedder(model_version_verified(model_version), "registry")
 
 
 def server_model_version() -> str:

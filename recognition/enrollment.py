@@ -56,6 +56,7 @@ from faceengine.quality import QualityThresholds, assess_image, significant_face
 from recognition.calibration import threshold_for
 from recognition.engine import active_embedder
 from recognition.gallery import gallery_search
+from recognition.gallery_versions import gallery_versions_lock, photo_versions_schedule
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 
 if TYPE_CHECKING:
@@ -487,13 +488,7 @@ def _photo_decide(staged: _Staged, *, person: Person) -> FaceEmbedding | None:
             return None
         photo.status = EnrollmentPhoto.Status.ACCEPTED
         photo.save()
-        return FaceEmbedding.objects.create(
-            person=person,
-            photo=photo,
-            model_version=analysis.model_version,
-            embedding=analysis.embedding.tolist(),
-            quality=analysis.quality_score,
-        )
+        return _accepted_embedding_store(photo=photo, analysis=analysis)
 
 
 def photos_enroll(
@@ -600,6 +595,42 @@ def _embed_stored_photo(photo: EnrollmentPhoto, embedder: Embedder) -> FaceAnaly
     return face_analyse(data, embedder=embedder)
 
 
+def photo_version_analyse(photo: EnrollmentPhoto, embedder: Embedder) -> FaceAnalysis:
+    """The stored original of ``photo`` through the enrolment pipeline, embedded with ``embedder``
+    (another model version: gallery migration). A photo whose file is gone or unreadable gives an
+    analysis that is not ``ok`` (logged), never an exception."""
+    try:
+        return _embed_stored_photo(photo, embedder)
+    except (EnrollmentError, OSError) as exc:
+        logger.warning("photo %s cannot be embedded with %s: %s", photo.pk, embedder.model_version, exc)
+        return FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE)
+
+
+def photo_embedding_store(*, photo: EnrollmentPhoto, analysis: FaceAnalysis) -> FaceEmbedding:
+    """Store ``analysis``'s vector as the photo's embedding of its model version (replacing one of
+    that version). The caller holds the transaction and has checked the photo is accepted."""
+    if analysis.embedding is None:
+        raise EnrollmentError(f"photo {photo.pk}: no embedding to store")
+    FaceEmbedding.objects.filter(photo_id=photo.pk, model_version=analysis.model_version).delete()
+    return FaceEmbedding.objects.create(
+        person_id=photo.person_id,
+        photo=photo,
+        model_version=analysis.model_version,
+        embedding=analysis.embedding.tolist(),
+        quality=analysis.quality_score,
+    )
+
+
+def _accepted_embedding_store(*, photo: EnrollmentPhoto, analysis: FaceAnalysis) -> FaceEmbedding:
+    """The embedding of a photo the enrolment just accepted, and the other kept model versions'
+    embeddings scheduled for after the commit (``recognition.gallery_versions``: a promotion in
+    progress misses no photo accepted meanwhile)."""
+    gallery_versions_lock()
+    embedding = photo_embedding_store(photo=photo, analysis=analysis)
+    photo_versions_schedule(photo.pk, have=analysis.model_version)
+    return embedding
+
+
 def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder | None = None) -> EnrollmentPhoto:
     """Approve a HELD (or PENDING) photo into the gallery: a reviewer's decision, audited.
 
@@ -629,14 +660,7 @@ def photo_accept(*, photo: EnrollmentPhoto, by: Any = None, embedder: Embedder |
             locked.quality_message = ""
             _review_note(locked, action="accepted", by=by)
             locked.save()
-            FaceEmbedding.objects.filter(photo=locked, model_version=analysis.model_version).delete()
-            FaceEmbedding.objects.create(
-                person_id=locked.person_id,
-                photo=locked,
-                model_version=analysis.model_version,
-                embedding=analysis.embedding.tolist(),
-                quality=analysis.quality_score,
-            )
+            _accepted_embedding_store(photo=locked, analysis=analysis)
             _review_audit(locked, approved=True, by=by, held_reason=held_reason)
     logger.info("enrolment photo %s accepted by user %s", photo.pk, getattr(by, "pk", None))
     photo.refresh_from_db()
@@ -708,24 +732,13 @@ def person_reembed(
         if photo is None or (existing.exists() and not force):
             summary.skipped += 1
         else:
-            try:
-                analysis = _embed_stored_photo(photo, emb)
-            except (EnrollmentError, OSError) as exc:
-                logger.warning("photo %s cannot be re-embedded: %s", photo_id, exc)
-                analysis = FaceAnalysis(ok=False, reason=EnrollmentCode.BAD_IMAGE)
+            analysis = photo_version_analyse(photo, emb)
             if not analysis.ok or analysis.embedding is None:
                 summary.failed += 1
                 summary.failed_photo_ids.append(photo_id)
             else:
                 with transaction.atomic():
-                    existing.delete()
-                    FaceEmbedding.objects.create(
-                        person_id=photo.person_id,
-                        photo=photo,
-                        model_version=emb.model_version,
-                        embedding=analysis.embedding.tolist(),
-                        quality=analysis.quality_score,
-                    )
+                    photo_embedding_store(photo=photo, analysis=analysis)
                 summary.created += 1
         if progress is not None:
             progress(done, len(ids))

@@ -198,3 +198,33 @@ def hnsw_rebuild(
     rebuilt = hnsw_index(model_version)
     assert rebuilt is not None
     return HnswIndex(**{**rebuilt.__dict__, "build_s": build_s})
+
+
+#: What the migration builds every version's index with (module docstring).
+DEFAULT_M, DEFAULT_EF_CONSTRUCTION = 16, 64
+
+
+def hnsw_ensure(model_version: str) -> HnswIndex:
+    """``model_version``'s index, built (concurrently, with the migration's parameters) when it is
+    missing or a failed build left it invalid; an existing valid index is kept as it is."""
+    index = hnsw_index(model_version)
+    if index is not None and index.valid:
+        return index
+    logger.info("building the HNSW index of %s", model_version)
+    return hnsw_rebuild(model_version, m=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION)
+
+
+def hnsw_drop(model_version: str) -> bool:
+    """Drop ``model_version``'s index (concurrently: searches of other versions go on). Returns
+    whether there was one. Call it outside any transaction that touched the gallery table."""
+    if hnsw_index(model_version) is None:  # also checks the version is a known, safe literal
+        return False
+    name = index_name(model_version)
+    owner = owner_connection()
+    try:
+        with owner.cursor() as cursor:
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    finally:
+        owner.close()
+    logger.warning("HNSW index %s of %s dropped", name, model_version)
+    return True

@@ -12,9 +12,9 @@ commands). :func:`model_version_verify` checks the signature, that the manifest 
 the row says (a database edit without re-signing is refused) and every file's bytes.
 Activation verifies first and refuses a bad bundle whatever ``force`` says.
 
-Shadow decisions (a shadow version deciding without acting) are in :mod:`recognition.shadow`.
-Offering a version to devices is ``devices.model_rollout`` (it asks :func:`model_version_decidable`
-first). Not here yet (issue 21, later slices): re-embedding the gallery on promotion.
+Shadow decisions (a shadow version deciding without acting) are in :mod:`recognition.shadow`;
+offering a version to devices is ``devices.model_rollout`` (it asks :func:`model_version_decidable`
+first); building a version's gallery and promoting it is :mod:`recognition.gallery_migration`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,8 @@ from faceengine.protocol.model_manifest import (
     signed_manifest_dumps,
 )
 from faceengine.registry import available_backends, backend_class
-from recognition.models import EMBEDDING_DIMS, FaceEmbedding, ModelStateChange, ModelVersion
+from recognition.gallery_versions import gallery_gaps, gallery_people, gallery_photo_counts, gallery_ready
+from recognition.models import EMBEDDING_DIMS, FaceEmbedding, GalleryMigration, ModelStateChange, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +123,25 @@ def active_model_verified() -> ActiveModel:
     first migration, not yet by ``model_registry register``) may only use its backend's built-in
     files. So a database edit of the active row (another backend, options naming another file)
     cannot make the server load weights nobody signed. Raises :class:`BundleRefused`."""
-    return _loadable(active_model())
+    return _verified_once(active_model())
 
 
-def model_version_loadable(*, model: ModelVersion) -> ActiveModel:
-    """What an embedder of ``model`` (any state: a shadow version's, for instance) is built from,
-    checked like :func:`active_model_verified` before this process first loads it. Raises
-    :class:`BundleRefused`."""
-    row = ActiveModel(model.model_version, model.backend, dict(model.options or {}), model.signature)
-    return _loadable(row)
+def model_version_verified(model_version: str) -> ActiveModel:
+    """What the engine needs to build registry version ``model_version`` (any state), checked like
+    :func:`active_model_verified`. Raises :class:`RegistryError` for an unknown version."""
+    row = (
+        ModelVersion.objects.filter(model_version=model_version)
+        .values("model_version", "backend", "options", "signature")
+        .first()
+    )
+    if row is None:
+        raise RegistryError(f"No model version {model_version!r} in the registry.")
+    return _verified_once(
+        ActiveModel(row["model_version"], row["backend"], dict(row["options"] or {}), row["signature"])
+    )
 
 
-def _loadable(active: ActiveModel) -> ActiveModel:
+def _verified_once(active: ActiveModel) -> ActiveModel:
     key = (active.model_version, active.backend, json.dumps(dict(active.options), sort_keys=True), active.signature)
     if key in _verified:
         return active
@@ -147,7 +155,7 @@ def _loadable(active: ActiveModel) -> ActiveModel:
             f"{active.model_version} is unsigned and names its own weight files: register it first.", code="unsigned"
         )
     else:
-        logger.warning("model %s is unsigned: run manage.py model_registry register", active.model_version)
+        logger.warning("model %s is used but unsigned: run manage.py model_registry register", active.model_version)
     with _verified_lock:
         _verified.add(key)
     return active
@@ -314,23 +322,16 @@ def model_version_verify(*, model: ModelVersion) -> ModelManifest:
     return manifest
 
 
-def _gallery_people(model_version: str) -> int:
-    return FaceEmbedding.objects.filter(model_version=model_version).values("person_id").distinct().count()
-
-
 def model_version_decidable(model_version: str) -> bool:
-    """Whether the server can decide a detection embedded with ``model_version``: the gallery holds
-    vectors of that version for every person the active version's vectors cover (the active version
-    itself always is). A device is offered a model only when this holds (``devices.model_rollout``)."""
+    """Whether the server can decide a detection embedded with ``model_version``: it is the active
+    version, or its gallery is complete (:func:`recognition.gallery_versions.gallery_ready`). A
+    device is offered a model only when this holds (``devices.model_rollout``)."""
     try:
-        active = active_model().model_version
+        if model_version == active_model().model_version:
+            return True
     except RegistryError:
         return False
-    if model_version == active:
-        return True
-    covered = FaceEmbedding.objects.filter(model_version=model_version).values("person_id")
-    missing = FaceEmbedding.objects.filter(model_version=active).exclude(person_id__in=covered).exists()
-    return not missing
+    return gallery_ready(model_version)
 
 
 def model_version_transition(
@@ -339,14 +340,24 @@ def model_version_transition(
     """Move ``model`` to ``to_state`` along :data:`TRANSITIONS`, recorded as a :class:`ModelStateChange`.
 
     Activating: the bundle must verify (never overridable), the version must have a gallery index
-    (``EMBEDDING_DIMS``), and its gallery must cover at least the people the active version's
-    covers (``force`` overrides only this: a new gallery not yet re-embedded would deny everyone);
-    the previously active version is retired in the same transaction.
+    (``EMBEDDING_DIMS``), and its gallery must be complete
+    (:func:`recognition.gallery_versions.gallery_ready`: every accepted photo embedded, everyone the
+    active version covers covered; ``force`` overrides only this: a new gallery not yet re-embedded
+    would deny everyone); the previously active version is retired in the same transaction, its
+    gallery kept (embedding-mode devices still use it) until :func:`model_version_retire`.
+
+    Retiring is :func:`model_version_retire` (it removes the version's gallery).
     """
     try:
         to_state = State(to_state)
     except ValueError:
         raise RegistryError(f"Unknown state {to_state!r}; one of {', '.join(State.values)}.") from None
+    if to_state == State.RETIRED:
+        return model_version_retire(model=model, actor=actor, force=force, note=note)
+    return _transition(model=model, to_state=to_state, actor=actor, force=force, note=note)
+
+
+def _transition(*, model: ModelVersion, to_state: State, actor: Any, force: bool, note: str) -> ModelVersion:
     with transaction.atomic():
         # Every row locked in one order: two activations at once cannot both win.
         rows = {m.pk: m for m in ModelVersion.objects.select_for_update().order_by("pk")}
@@ -363,14 +374,23 @@ def model_version_transition(
                 raise RegistryError(f"{model.model_version} has no gallery index (recognition.models.EMBEDDING_DIMS).")
             previous = next((m for m in rows.values() if m.state == State.ACTIVE), None)
             if previous is not None:
-                have, need = _gallery_people(model.model_version), _gallery_people(previous.model_version)
-                if have < need and not force:
+                photos, people = gallery_gaps(model.model_version)
+                if (photos or people) and not force:
+                    have, need = gallery_people(model.model_version), gallery_people(previous.model_version)
                     raise RegistryError(
                         f"{model.model_version} has gallery vectors for {have} people, {previous.model_version} "
-                        f"for {need}: re-embed the gallery first (or force).",
+                        f"for {need}; {people} people and {photos} accepted photos are not embedded yet: "
+                        "promote it (manage.py model_registry promote) or re-embed the gallery first (or force).",
                         code="gallery_incomplete",
                     )
                 changes.insert(0, (previous, previous.state, State.RETIRED))
+                # The old version's gallery is kept (and topped up) while the fleet moves.
+                total, done = gallery_photo_counts(previous.model_version)
+                GalleryMigration.objects.get_or_create(
+                    model=previous,
+                    defaults={"state": GalleryMigration.State.DONE, "activate": False, "finished_at": timezone.now(),
+                              "total": total, "done": done},
+                )  # fmt: skip
         now = timezone.now()
         for row, before, after in changes:
             row.state, row.state_changed_at = after, now
@@ -378,6 +398,79 @@ def model_version_transition(
             forced = force and row is model and after == State.ACTIVE
             _state_change_record(model=row, before=before, after=after, actor=actor, forced=forced, note=note)
     return model
+
+
+#: Who still runs a model version: ``provider(model_version) -> [device uid, ...]`` (the devices
+#: app registers it at start-up: recognition does not import the device registry).
+ModelUsers = Callable[[str], list[str]]
+_model_users: ModelUsers | None = None
+
+
+def model_users_register(provider: ModelUsers | None) -> None:
+    """Register what tells which devices report a model version in their heartbeats."""
+    global _model_users
+    _model_users = provider
+
+
+def model_version_users(model_version: str) -> list[str]:
+    """The devices that report ``model_version`` in their heartbeats (none known: empty)."""
+    return list(_model_users(model_version)) if _model_users is not None else []
+
+
+def model_version_retire(
+    *, model: ModelVersion, actor: Any = None, force: bool = False, note: str = ""
+) -> ModelVersion:
+    """Retire ``model`` and remove its gallery: its vectors (in the transaction that records the
+    change) and its HNSW index (dropped concurrently after it). Also a version already retired by
+    an activation, whose gallery was kept while the fleet moved.
+
+    Never the active version. Refused while devices still report the version in their heartbeats
+    (their embedding-mode detections are decided in it) unless ``force`` (recorded as forced).
+    """
+    from recognition.indexing import hnsw_drop
+
+    with transaction.atomic():
+        rows = {m.pk: m for m in ModelVersion.objects.select_for_update().order_by("pk")}
+        model = rows[model.pk]
+        before = model.state
+        if before == State.ACTIVE:
+            raise RegistryError(
+                f"{model.model_version} cannot go from active to retired (activate another version instead: "
+                "promote it).",
+                code="active",
+            )
+        if State.RETIRED not in TRANSITIONS[before] and before != State.RETIRED:
+            raise RegistryError(f"{model.model_version} cannot go from {before} to retired.")
+        users = model_version_users(model.model_version)
+        if users and not force:
+            shown = ", ".join(sorted(users)[:10]) + (" ..." if len(users) > 10 else "")
+            raise RegistryError(
+                f"{len(users)} device(s) still run {model.model_version} ({shown}): roll them to another version "
+                "first (or force).",
+                code="in_use",
+            )
+        removed, _ = FaceEmbedding.objects.filter(model_version=model.model_version).delete()
+        GalleryMigration.objects.filter(model=model).delete()
+        model.state, model.state_changed_at = State.RETIRED, timezone.now()
+        model.save(update_fields=["state", "state_changed_at"])
+        what = f"gallery removed ({removed} vectors, index dropped)"
+        if users:
+            what += f"; {len(users)} device(s) still ran it"
+        _state_change_record(
+            model=model, before=before, after=State.RETIRED, actor=actor, forced=bool(force and users),
+            note=f"{note}; {what}" if note else what,
+        )  # fmt: skip
+    if model.model_version in EMBEDDING_DIMS:
+        version = model.model_version
+        transaction.on_commit(lambda: hnsw_drop(version))  # concurrently: outside any transaction
+    logger.warning("model %s retired: %d vectors removed", model.model_version, removed)
+    return model
+
+
+def model_version_note(*, model: ModelVersion, actor: Any = None, note: str) -> ModelStateChange:
+    """Record an act on ``model`` that does not change its state (a gallery build requested, paused)
+    in its registry history: a :class:`ModelStateChange` from its state to the same state."""
+    return _state_change_record(model=model, before=model.state, after=model.state, actor=actor, note=note)
 
 
 def _state_change_record(

@@ -293,3 +293,41 @@ class ShadowDecision(models.Model):
 
     def __str__(self) -> str:
         return f"shadow {self.model_id} on event {self.event_id}: {self.shadow_decision}"
+
+
+class GalleryMigration(models.Model):
+    """The background build of one model version's gallery (``recognition/gallery_migration.py``):
+    every accepted enrolment photo embedded with that version, resumable (a photo that has a vector
+    of the version is done), rate-limited, and optionally the version's activation when complete."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        PAUSED = "paused"
+        DONE = "done"
+        FAILED = "failed"
+
+    model = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="gallery_migration")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    activate = models.BooleanField(default=True, help_text="Make the version active once its gallery is complete.")
+    total = models.PositiveIntegerField(default=0, help_text="Accepted photos to cover (last count).")
+    done = models.PositiveIntegerField(default=0, help_text="Accepted photos with a vector of this version.")
+    failed = models.PositiveIntegerField(default=0, help_text="Photos this version could not embed.")
+    failed_photo_ids = models.JSONField(default=list, blank=True)
+    embedded = models.PositiveIntegerField(default=0, help_text="Photos embedded by this migration (this run).")
+    photos_per_s = models.FloatField(default=0.0, help_text="Re-embedding speed of the last slice.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_name = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last progress written by a worker.")
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"gallery of {self.model_id}: {self.state} {self.done}/{self.total}"

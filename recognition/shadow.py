@@ -52,9 +52,10 @@ from accessctl.policy import AccessRequest, access_evaluate_many
 from recognition.calibration import threshold_measured
 from recognition.detections import ProbeError, crop_array, crop_read
 from recognition.engine import version_embedder
+from recognition.gallery_versions import gallery_ready
 from recognition.matcher import match_decide
 from recognition.models import ModelVersion, ShadowDecision
-from recognition.shadow_sampling import Outcome, shadow_gallery_covers
+from recognition.shadow_sampling import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _shadow_decide(
         logger.info("shadow decision of event %s: crop %s is gone", event_id, event.snapshot)
         return Outcome.CROP_GONE
     started = time.perf_counter()
-    embedder = version_embedder(model)
+    embedder = version_embedder(model.model_version)
     try:
         crop = crop_array(jpeg, embedder.input_size)
     except ProbeError:
@@ -202,11 +203,7 @@ def shadow_summary(*, model: ModelVersion) -> dict[str, Any]:
     actives = list(rows.values_list("active_model_version", flat=True).distinct().order_by())
     active = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).values_list("model_version", flat=True)
     active_version = active.first()
-    covers = (
-        shadow_gallery_covers(model_version=model.model_version, reference_version=active_version)
-        if active_version and active_version != model.model_version
-        else None
-    )
+    covers = gallery_ready(model.model_version) if active_version and active_version != model.model_version else None
     return {
         "model_version": model.model_version,
         "state": model.state,

@@ -28,7 +28,8 @@ from django.db import transaction
 
 from accessctl import metrics
 from accessctl.process_cache import ProcessCache
-from recognition.models import FaceEmbedding, ModelVersion
+from recognition.gallery_versions import gallery_ready
+from recognition.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +66,9 @@ class ShadowCandidate:
 # --------------------------------------------------------------------------- selectors
 
 
-def shadow_gallery_covers(*, model_version: str, reference_version: str) -> bool:
-    """Whether every person with vectors of ``reference_version`` has vectors of ``model_version``."""
-    covered = FaceEmbedding.objects.filter(model_version=model_version).values("person_id")
-    return not (FaceEmbedding.objects.filter(model_version=reference_version).exclude(person_id__in=covered).exists())
-
-
 def _usable_load(active_version: str) -> tuple[str, ...]:
     shadows = ModelVersion.objects.filter(state=ModelVersion.State.SHADOW).values_list("model_version", flat=True)
-    return tuple(
-        version
-        for version in shadows.order_by("model_version")
-        if shadow_gallery_covers(model_version=version, reference_version=active_version)
-    )
+    return tuple(version for version in shadows.order_by("model_version") if gallery_ready(version))
 
 
 #: Read after every crop-mode decision; a gallery being filled is seen within ``ttl_s``.

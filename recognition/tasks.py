@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,11 +21,28 @@ from recognition.staging import inbound_requeue
 logger = logging.getLogger(__name__)
 
 
+def _gallery_only_worker() -> bool:
+    """True in a worker that consumes the gallery queue and nothing else (its -Q)."""
+    from celery import current_app
+
+    consumed = set(current_app.amqp.queues.consume_from or {})
+    return consumed == {settings.GALLERY_QUEUE}
+
+
 @worker_process_init.connect
 def _load_model(**_: object) -> None:
-    """Load the embedder (and the liveness scorer) once per worker process, before the first detection."""
+    """Load the embedder (and the liveness scorer) once per worker process, before the first detection.
+
+    A gallery-only worker loads nothing ahead (it loads the version it builds) and lowers its CPU
+    priority (``RECOGNITION_GALLERY_WORKER_NICE``): on a shared machine the decisions come first."""
     from recognition.engine import active_embedder
 
+    if _gallery_only_worker():
+        wanted = max(0, min(19, settings.RECOGNITION_GALLERY_WORKER_NICE))
+        if wanted > os.nice(0):  # systemd's Nice= may have set it already
+            os.nice(wanted - os.nice(0))
+        logger.info("gallery worker process ready (nice %d)", os.nice(0))
+        return
     if settings.RECOGNITION_PRELOAD:
         # The model is the registry's active version (a database read; the parent closed its
         # connections before forking, see celery.fixups.django). A failure here is logged and the
@@ -125,6 +143,48 @@ def shadow_decide(
         active_person_id=int(active_person_id) if active_person_id is not None else None,
         active_reason=str(active_reason), queued_at=float(queued_at),
     )  # fmt: skip
+
+
+# =============================================================================================
+# Gallery migration (recognition/gallery_migration.py), on the gallery queue (settings.GALLERY_QUEUE).
+# =============================================================================================
+
+_GALLERY_TASK = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 10,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="recognition.gallery_migrate", **_GALLERY_TASK)
+def gallery_migrate(migration_id: int) -> bool:
+    """Run one slice of a gallery migration; enqueue the next slice while photos remain."""
+    from recognition.gallery_migration import gallery_migration_run
+
+    more = gallery_migration_run(migration_id=migration_id)
+    if more:
+        gallery_migrate.apply_async(args=[migration_id], queue=settings.GALLERY_QUEUE)
+    return more
+
+
+@shared_task(name="recognition.gallery_photo_versions", **_GALLERY_TASK)
+def gallery_photo_versions(photo_id: int) -> list[str]:
+    """Embed a newly accepted photo with the kept model versions it lacks."""
+    from recognition.gallery_migration import photo_versions_topup
+
+    return photo_versions_topup(photo_id=photo_id)
+
+
+@shared_task(name="recognition.gallery_migrations_resume", ignore_result=True)
+def gallery_migrations_resume() -> list[int]:
+    """Enqueue again the migrations whose worker stopped writing progress; Celery beat."""
+    from recognition.gallery_migration import gallery_migrations_resume as resume
+
+    return resume()
 
 
 # =============================================================================================

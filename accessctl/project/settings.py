@@ -192,11 +192,16 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Decision tasks have their own queue (workers consume it and "default"; the bridge reads its backlog).
 RECOGNITION_QUEUE = "recognition"
 RECOGNITION_SHADOW_QUEUE = "shadow"
+# Gallery builds of a model version being promoted (recognition/gallery_migration.py): a queue of
+# their own, consumed by a worker of their own (`manage.py up` starts it), so a re-embedding batch
+# never takes a pool slot from a door decision.
+GALLERY_QUEUE = "gallery"
 CELERY_TASK_ROUTES = {
     # Periodic bookkeeping of the recognition app stays off the decision queue (prefetch 1).
     "recognition.health_evaluate": {"queue": CELERY_TASK_DEFAULT_QUEUE},
     # Shadow decisions wait in their own queue, taken by their own worker (never a decision's slot).
     "recognition.shadow_decide": {"queue": RECOGNITION_SHADOW_QUEUE},
+    "recognition.gallery_*": {"queue": GALLERY_QUEUE},
     "recognition.*": {"queue": RECOGNITION_QUEUE},
 }
 CELERY_RESULT_EXPIRES = 3600
@@ -211,6 +216,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("ACCESSCTL_ALLOWLIST_REISSUE_EVERY_S", 600.0),
     },
     "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
+    # Gallery migrations whose worker stopped (killed, lost message) are resumed.
+    "recognition-gallery-migrations-resume": {"task": "recognition.gallery_migrations_resume", "schedule": 60.0},
     # Recognition health per door and model version against the door's baseline (recognition/health.py).
     "recognition-health": {
         "task": "recognition.health_evaluate",
@@ -383,6 +390,18 @@ if not 0.0 <= RECOGNITION_SHADOW_SAMPLE_RATE <= 1.0:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("ACCESSCTL_SHADOW_SAMPLE_RATE must be 0..1")
+
+# Gallery migration (promoting a model version re-embeds every accepted enrolment photo in the
+# background): at most RATE photos per second (0: as fast as one process goes), BATCH photos per
+# database write, and a task hands over to a fresh one after SLICE_S seconds (a killed worker
+# loses at most one batch; the rest is resumed from the vectors already written).
+RECOGNITION_GALLERY_MIGRATION_RATE = env_float("ACCESSCTL_GALLERY_MIGRATION_RATE", 20.0)
+RECOGNITION_GALLERY_MIGRATION_BATCH = env_int("ACCESSCTL_GALLERY_MIGRATION_BATCH", 16)
+RECOGNITION_GALLERY_MIGRATION_SLICE_S = env_float("ACCESSCTL_GALLERY_MIGRATION_SLICE_S", 60.0)
+# A worker that consumes only the gallery queue runs at this CPU niceness (0..19) and, as started by
+# `manage.py up`, with this many torch/onnxruntime threads: re-embedding takes the CPU decisions leave.
+RECOGNITION_GALLERY_WORKER_NICE = env_int("ACCESSCTL_GALLERY_WORKER_NICE", 10)
+RECOGNITION_GALLERY_WORKER_THREADS = env_int("ACCESSCTL_GALLERY_WORKER_THREADS", 1)
 
 # --- Liveness (presentation-attack detection) at doors that require it (Door.liveness_required).
 # The site's live-score threshold (a door's liveness_threshold overrides it), read here and only

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -39,7 +40,7 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, env={**env, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.started_at = time.monotonic()
         self._pump = threading.Thread(target=self._forward_output, daemon=True)
@@ -132,6 +133,35 @@ def _niced(niceness: int = 10) -> list[str]:
     return [found, "-n", str(niceness)] if found else []
 
 
+def gallery_worker_env() -> dict[str, str]:
+    """The gallery worker's own settings: few compute threads (it also lowers its CPU priority, see
+    ``recognition.tasks``), so a build leaves the cores to the decisions."""
+    threads = str(settings.RECOGNITION_GALLERY_WORKER_THREADS)
+    return {"ACCESSCTL_TORCH_THREADS": threads, "ACCESSCTL_ORT_THREADS": threads}
+
+
+def _celery_worker(queues: str, concurrency: int, name: str) -> list[str]:
+    """The command line of a Celery worker taking ``queues`` one task at a time per process."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "accessctl.project",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-l",
+        "INFO",
+        "-n",
+        f"{name}@%h",
+    ]
+
+
 def default_children(host: str, port: int, with_beat: bool = True) -> list[Child]:
     python = sys.executable
     manage = str(Path(settings.BASE_DIR) / "manage.py")
@@ -149,52 +179,14 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
                 "accessctl.project.asgi:application",
             ],
         ),
-        Child(
-            "worker",
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "accessctl.project",
-                "worker",
-                "-Q",
-                f"{settings.RECOGNITION_QUEUE},default",
-                "--concurrency",
-                str(settings.WORKER_CONCURRENCY),
-                "--prefetch-multiplier",
-                "1",
-                "-l",
-                "INFO",
-                "-n",
-                "worker@%h",
-            ],
-        ),
+        Child("worker", _celery_worker(f"{settings.RECOGNITION_QUEUE},default", settings.WORKER_CONCURRENCY, "worker")),
         # Shadow decisions of a candidate model (recognition/shadow.py): their own queue and one
         # process at a lower CPU priority, so they never take a decision's slot; it loads the shadow
         # version's model at its first shadow decision.
-        Child(
-            "shadow-worker",
-            [
-                *_niced(),
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "accessctl.project",
-                "worker",
-                "-Q",
-                settings.RECOGNITION_SHADOW_QUEUE,
-                "--concurrency",
-                "1",
-                "--prefetch-multiplier",
-                "1",
-                "-l",
-                "INFO",
-                "-n",
-                "shadow@%h",
-            ],
-        ),
+        Child("shadow-worker", [*_niced(), *_celery_worker(settings.RECOGNITION_SHADOW_QUEUE, 1, "shadow")]),
+        # Gallery builds (promoting a model version) on a worker of their own, one process: a
+        # re-embedding batch never holds a pool slot the door decisions need.
+        Child("gallery-worker", _celery_worker(settings.GALLERY_QUEUE, 1, "gallery"), env=gallery_worker_env()),
         Child("bridge", [python, manage, "mqtt_bridge"]),
     ]
     if with_beat:

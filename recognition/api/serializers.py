@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from recognition.calibration import CalibrationError, threshold_for
-from recognition.models import EnrollmentPhoto, ModelVersion, RecognitionHealth
+from recognition.gallery_migration import gallery_migration_progress
+from recognition.models import EnrollmentPhoto, GalleryMigration, ModelVersion, RecognitionHealth
 
 
 class EnrollmentPhotoSerializer(serializers.ModelSerializer):
@@ -58,18 +61,35 @@ class IdentifyResponseSerializer(serializers.Serializer):
     matches = IdentifyMatchSerializer(many=True)
 
 
+class GalleryMigrationSerializer(serializers.Serializer):
+    """The background gallery build of a model version (``recognition.gallery_migration``)."""
+
+    model_version = serializers.CharField()
+    state = serializers.ChoiceField(choices=GalleryMigration.State.choices)
+    activate = serializers.BooleanField(help_text="The version becomes active once its gallery is complete.")
+    total = serializers.IntegerField(help_text="Accepted enrolment photos.")
+    done = serializers.IntegerField(help_text="Accepted photos with a vector of this version.")
+    failed = serializers.IntegerField(help_text="Photos this version could not embed.")
+    percent = serializers.FloatField()
+    photos_per_s = serializers.FloatField(help_text="Re-embedding speed (rate-limited).")
+    eta_s = serializers.FloatField(allow_null=True, help_text="Seconds left at that speed (null: unknown).")
+    ready = serializers.BooleanField(help_text="The gallery covers every accepted photo and everyone active.")
+    last_error = serializers.CharField(allow_blank=True)
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     """A model version in the registry, with its measured figures and the calibrated threshold."""
 
     threshold = serializers.SerializerMethodField(help_text="The match threshold in force for this version.")
     signed = serializers.SerializerMethodField()
+    gallery = serializers.SerializerMethodField(help_text="Its gallery build (null: none started).")
 
     class Meta:
         model = ModelVersion
         fields = [
             "id", "model_version", "backend", "options", "state", "state_changed_at", "dim", "input_kind",
             "input_size", "licence", "source", "files", "agent_versions", "lfw_accuracy", "ms_per_face", "figures",
-            "threshold", "signed", "signed_with", "registered_at",
+            "threshold", "signed", "signed_with", "registered_at", "gallery",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -82,11 +102,25 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     def get_signed(self, obj: ModelVersion) -> bool:
         return bool(obj.signature)
 
+    @extend_schema_field(GalleryMigrationSerializer(allow_null=True))
+    def get_gallery(self, obj: ModelVersion) -> dict[str, Any] | None:
+        migration = getattr(obj, "gallery_migration", None)
+        if migration is None:
+            return None
+        return GalleryMigrationSerializer(asdict(gallery_migration_progress(migration))).data
+
+
+class ModelPromotionSerializer(serializers.Serializer):
+    build_only = serializers.BooleanField(default=False, help_text="Build the gallery without activating.")
+    note = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
+
 
 class ModelTransitionSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=ModelVersion.State.choices)
     force = serializers.BooleanField(
-        default=False, help_text="Activate although the gallery covers fewer people (never skips verification)."
+        default=False,
+        help_text="Activate although the gallery is incomplete, or retire although devices still run the version "
+        "(never skips verification).",
     )
     note = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
 

@@ -28,6 +28,7 @@ from accessctl.models import AccessEvent, AccessGroup, Alarm, Door, Person, Webh
 from accessctl.project.celery import app
 from faceengine import protocol as p
 from faceengine.backends.sface import SFACE_MODEL_VERSION
+from recognition.gallery_versions import gallery_ready
 from recognition.metric_gauges import broker_gauges
 from recognition.model_registry import model_version_transition
 from recognition.models import FaceEmbedding, InboundDetection, ModelVersion, ShadowDecision
@@ -36,7 +37,6 @@ from recognition.shadow_sampling import (
     Outcome,
     ShadowCandidate,
     shadow_caches_clear,
-    shadow_gallery_covers,
     shadow_offer,
     shadow_versions_usable,
 )
@@ -94,7 +94,7 @@ def test_only_a_shadow_version_whose_gallery_covers_the_active_one_gets_a_sample
     offer = {"depth": lambda: 0, "send": sent.append}
     assert shadow_offer(_candidates(5), draw=lambda: 0.0, **offer) == 0  # no version in shadow
     _shadow()
-    assert not shadow_gallery_covers(model_version=CASIA, reference_version=SFACE_MODEL_VERSION)
+    assert not gallery_ready(CASIA)
     assert shadow_versions_usable(SFACE_MODEL_VERSION) == ()
     assert shadow_offer(_candidates(5), draw=lambda: 0.0, **offer) == 0  # half a gallery: no figures from it
     _gallery(people[1:], {CASIA: 512}, seed=2)
@@ -344,7 +344,7 @@ def test_a_shadow_version_decides_live_crops_without_acting(enrol_env, monkeypat
     group = AccessGroup.objects.create(name="Hall")
     group.doors.add(door)
     model = ModelVersion.objects.get(model_version=CASIA)
-    casia = version_embedder(model)
+    casia = version_embedder(model.model_version)
     people = {}
     for name in ("Colin_Powell", "George_W_Bush"):
         person = Person.objects.create(name=name)

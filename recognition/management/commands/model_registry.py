@@ -6,6 +6,12 @@ manage.py model_registry register --backend sface [--version V] [--file PATH ...
 manage.py model_registry verify [VERSION ...]          (default: every signed version)
 manage.py model_registry shadow|candidate|retire|activate VERSION [--force] [--note TEXT]
 manage.py model_registry shadow-report VERSION [--json]   (how it decided in shadow, beside the active one)
+manage.py model_registry promote VERSION [--build-only] [--note TEXT]   (gallery built in the background)
+manage.py model_registry pause|resume VERSION                          (its gallery build)
+manage.py model_registry progress [VERSION ...]
+
+``retire`` removes the version's vectors and HNSW index; it is refused while devices report the
+version in their heartbeats (``--force`` overrides, recorded) and for the active version.
 """
 
 from __future__ import annotations
@@ -20,8 +26,14 @@ from accessctl.tokens import SystemActor
 from faceengine.embedder import EmbedderError
 from recognition.calibration import CalibrationError, threshold_for
 from recognition.engine import embedder_speed_ms
+from recognition.gallery_migration import (
+    gallery_migration_pause,
+    gallery_migration_progress,
+    gallery_migration_resume,
+    gallery_migration_start,
+)
 from recognition.model_registry import model_version_register, model_version_transition, model_version_verify
-from recognition.models import ModelVersion
+from recognition.models import GalleryMigration, ModelVersion
 from recognition.shadow import shadow_summary
 
 MOVES = {"shadow": "shadow", "candidate": "candidate", "retire": "retired", "activate": "active"}
@@ -61,8 +73,19 @@ class Command(BaseCommand):
         for name in MOVES:
             move = sub.add_parser(name, help=f"move a version to {MOVES[name]}")
             move.add_argument("version")
-            move.add_argument("--force", action="store_true", help="activate although the gallery is incomplete")
+            move.add_argument(
+                "--force", action="store_true",
+                help="activate although the gallery is incomplete; retire although devices still run it",
+            )  # fmt: skip
             move.add_argument("--note", default="")
+        promote = sub.add_parser("promote", help="build the version's gallery in the background, then activate it")
+        promote.add_argument("version")
+        promote.add_argument("--build-only", action="store_true", help="build the gallery, do not activate")
+        promote.add_argument("--note", default="")
+        for name in ("pause", "resume"):
+            sub.add_parser(name, help=f"{name} the version's gallery build").add_argument("version")
+        progress = sub.add_parser("progress", help="the gallery builds: done/total, photos/s, time left")
+        progress.add_argument("versions", nargs="*")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -123,6 +146,47 @@ class Command(BaseCommand):
         for model in models:
             model_version_verify(model=model)
             self.stdout.write(f"{model.model_version}: ok")
+
+    def _promote(self, options: dict[str, Any]) -> None:
+        migration = gallery_migration_start(
+            model=self._get(options["version"]), actor=SystemActor(label="manage.py model_registry"),
+            activate=not options["build_only"], note=options["note"],
+        )  # fmt: skip
+        self._show(migration)
+
+    def _migration(self, version: str) -> GalleryMigration:
+        migration = GalleryMigration.objects.select_related("model").filter(model=self._get(version)).first()
+        if migration is None:
+            raise CommandError(f"{version} has no gallery build (manage.py model_registry promote {version})")
+        return migration
+
+    def _pause(self, options: dict[str, Any]) -> None:
+        actor = SystemActor(label="manage.py model_registry")
+        self._show(gallery_migration_pause(migration=self._migration(options["version"]), actor=actor))
+
+    def _resume(self, options: dict[str, Any]) -> None:
+        actor = SystemActor(label="manage.py model_registry")
+        self._show(gallery_migration_resume(migration=self._migration(options["version"]), actor=actor))
+
+    def _progress(self, options: dict[str, Any]) -> None:
+        migrations = (
+            [self._migration(v) for v in options["versions"]]
+            if options["versions"]
+            else list(GalleryMigration.objects.select_related("model").order_by("model__model_version"))
+        )
+        for migration in migrations:
+            self._show(migration)
+
+    def _show(self, migration: GalleryMigration) -> None:
+        migration.refresh_from_db()
+        p = gallery_migration_progress(migration)
+        eta = "-" if p.eta_s is None else f"{p.eta_s:.0f} s"
+        then = "then active" if p.activate else "build only"
+        self.stdout.write(
+            f"{p.model_version}: gallery {p.state} ({then}), {p.done}/{p.total} photos ({p.percent:g} %), "
+            f"{p.failed} failed, {p.photos_per_s:g} photos/s, ETA {eta}{', complete' if p.ready else ''}"
+            + (f"; last error: {p.last_error}" if p.last_error else "")
+        )
 
     def _move(self, options: dict[str, Any]) -> None:
         model = model_version_transition(

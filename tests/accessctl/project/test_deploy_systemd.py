@@ -26,7 +26,7 @@ from tests.devices import e2e
 ROOT = Path(__file__).resolve().parents[3]
 UNITS = ROOT / "deploy" / "systemd"
 INSTALLED = "/opt/accessctl"
-SERVICES = ("web", "worker", "beat", "bridge", "migrate")
+SERVICES = ("web", "worker", "gallery-worker", "beat", "bridge", "migrate")
 HARDENING = {
     "User": "accessctl", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
     "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/accessctl", "EnvironmentFile": "/etc/accessctl/accessctl.env",
