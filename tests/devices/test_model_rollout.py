@@ -23,7 +23,7 @@ from faceengine.backends.sface import SFACE_MODEL_VERSION, default_model_path
 from faceengine.protocol.model_download import request_token_sign
 from faceengine.protocol.model_manifest import bundle_verify
 from recognition.model_registry import model_version_decidable, model_version_register
-from recognition.models import FaceEmbedding, ModelVersion
+from recognition.models import EMBEDDING_DIMS, FaceEmbedding, ModelVersion
 from tests.accessctl.helpers import user_create
 from tests.api_support import token_client
 from tests.devices import e2e
@@ -35,8 +35,10 @@ Status = ModelRolloutDevice.Status
 
 
 @pytest.fixture
-def candidate(tmp_path: Path) -> ModelVersion:
-    """A signed candidate whose weights are a copy of sface's file (served from where it was registered)."""
+def candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelVersion:
+    """A signed candidate whose weights are a copy of sface's file (served from where it was registered),
+    known to the gallery as a 128-dimension version (as a release adds its version to EMBEDDING_DIMS)."""
+    monkeypatch.setitem(EMBEDDING_DIMS, NEW, 128)
     copy = tmp_path / "sface-canary.onnx"
     shutil.copyfile(default_model_path(), copy)
     return model_version_register(

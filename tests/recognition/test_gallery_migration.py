@@ -335,7 +335,7 @@ def test_api_promotes_for_administrators_only_and_shows_progress(
     model = _casia()
     promote = reverse("api-model-version-promote", args=[model.pk])
     assert promote.endswith(f"/api/v1/models/{model.pk}/promote/")
-    assert token_client(["devices:read"]).post(promote, {}, format="json").status_code == 403
+    assert token_client(["models:read"]).post(promote, {}, format="json").status_code == 403
     viewer = session_client(make_user(perms=["devices.view_edgedevice"]))
     assert viewer.post(promote, {}, format="json").status_code == 403
     admin = session_client(make_user(perms=["devices.view_edgedevice", "recognition.change_modelversion"]))
@@ -357,7 +357,7 @@ def test_api_promotes_for_administrators_only_and_shows_progress(
     assert second.status_code == 400 and second.json()["error"]["code"] == "promotion_in_progress"
     pause = admin.post(reverse("api-model-version-gallery-pause", args=[model.pk]))
     assert pause.status_code == 200 and pause.json()["gallery"]["state"] == "paused"
-    listed = token_client(["devices:read"]).get(reverse("api-model-version-detail", args=[model.pk])).json()
+    listed = token_client(["models:read"]).get(reverse("api-model-version-detail", args=[model.pk])).json()
     assert listed["gallery"]["state"] == "paused"
     sface = ModelVersion.objects.get(model_version=SFACE_MODEL_VERSION)
     refused = admin.post(reverse("api-model-version-promote", args=[sface.pk]), {}, format="json")
