@@ -115,7 +115,13 @@ def tracks_match(
         ]
         for i, match in zip(
             fused_ids,
-            match_decide_many(vectors, model_version=model_version, doors=[doors[i] for i in fused_ids]),
+            match_decide_many(
+                vectors,
+                model_version=model_version,
+                doors=[doors[i] for i in fused_ids],
+                probes_fused=[len(tracks[i]) for i in fused_ids],
+                fusion=rule.value,
+            ),
             strict=True,
         ):
             results[i] = match
@@ -178,6 +184,12 @@ def _score_fused(
             fused.append(Candidate(person_id=person_id, similarity=value, embedding_id=best_photo[n][person_id][1]))
         fused.sort(key=lambda c: (-c.similarity, c.person_id))
         out.append(
-            decide_candidates(fused[:2], threshold_for(model_version, doors[i]), min_margin, model_version, doors[i])
+            decide_candidates(
+                fused[:2],
+                threshold_for(model_version, doors[i], probes_fused=len(tracks[i]), fusion=rule.value),
+                min_margin,
+                model_version,
+                doors[i],
+            )
         )
     return out
