@@ -12,6 +12,10 @@ by one of the :class:`FusionRule` s:
   fused by the (quality-weighted) mean or the max; the threshold and margin rules of the matcher
   apply to the fused similarities.
 
+A fused match meets its own threshold: :func:`recognition.calibration.threshold_for` with
+``probes_fused`` = K and the rule, i.e. the one-face threshold plus the offset measured for that
+rule and K (``manage.py evaluate_door --store-fused-offsets``; none stored: the one-face threshold).
+
 Weights are :func:`faceengine.quality.quality_rank` of each probe's quality metrics (never below
 :data:`MIN_WEIGHT`, so that a probe the door measured badly still counts a little). A track of one
 probe is matched exactly as a single detection (:func:`recognition.matcher.match_decide_many`).
