@@ -150,6 +150,29 @@ def _stored(model_version: str) -> tuple[float | None, float | None]:
     return threshold, min_margin
 
 
+def _mapping(value: Any) -> Mapping[Any, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _numbers(entries: Mapping[Any, Any]) -> dict[int, float]:
+    """``{int key: finite float value}`` of a stored JSON mapping; an entry that is neither (a
+    hand-edited or damaged calibration) is left out with a warning, never a failed decision."""
+    out: dict[int, float] = {}
+    for key, value in entries.items():
+        if value is None:
+            continue
+        try:
+            number = float(value)
+            out[int(key)] = number
+        except (TypeError, ValueError):
+            logger.warning("calibration entry %r: %r is not a number; ignored", key, value)
+            continue
+        if not math.isfinite(number):
+            del out[int(key)]
+            logger.warning("calibration entry %r: %r is not finite; ignored", key, value)
+    return out
+
+
 def size_interpolated_threshold(by_size: Mapping[Any, float | None], people: int, *, floor: float) -> float:
     """The threshold for a gallery of ``people`` from thresholds calibrated per gallery size
     (``{size: threshold or None}``; None: the calibration could not resolve that size).
@@ -159,9 +182,7 @@ def size_interpolated_threshold(by_size: Mapping[Any, float | None], people: int
     last two resolved sizes (one resolved size: its value). Never below ``floor`` (the base
     measured threshold), never above 1.
     """
-    points = sorted(
-        (int(size), float(value)) for size, value in by_size.items() if value is not None and int(size) >= 1
-    )
+    points = sorted((size, value) for size, value in _numbers(by_size).items() if size >= 1 and -1 <= value <= 1)
     if not points:
         return floor
     x = math.log(max(int(people), 1))
@@ -183,7 +204,8 @@ def fused_offset_for(offsets: Mapping[str, Mapping[Any, float]], rule: str | Non
     K not above ``probes_fused`` (K >= 2); 0 for one probe, an unknown rule or no such K."""
     if probes_fused <= 1 or rule is None:
         return 0.0
-    by_k = {int(k): float(v) for k, v in (offsets.get(str(rule)) or {}).items() if 2 <= int(k) <= probes_fused}
+    found = offsets.get(str(rule))
+    by_k = {k: v for k, v in _numbers(found if isinstance(found, Mapping) else {}).items() if 2 <= k <= probes_fused}
     return by_k[max(by_k)] if by_k else 0.0
 
 
@@ -202,10 +224,10 @@ def threshold_for(
     stored, _margin, details = _stored_row(model_version)
     if stored is not None:
         threshold = float(stored)
-        by_size = (details.get("by_gallery_size") or {}).get("thresholds") or {}
+        by_size = _mapping(_mapping(details.get("by_gallery_size")).get("thresholds"))
         if by_size:
             threshold = size_interpolated_threshold(by_size, live_gallery_size(model_version), floor=threshold)
-        offset = fused_offset_for(details.get(FUSED_OFFSETS_KEY) or {}, fusion, probes_fused)
+        offset = fused_offset_for(_mapping(details.get(FUSED_OFFSETS_KEY)), fusion, probes_fused)
         return min(max(threshold + offset, -1.0), 1.0)
     configured = _setting_threshold()
     if configured is not None:

@@ -53,6 +53,10 @@ def test_size_threshold_never_laxer_than_the_smallest_size_or_the_floor() -> Non
     assert size_interpolated_threshold(BY_SIZE, 300, floor=0.58) == pytest.approx(0.58)  # the base wins
     assert size_interpolated_threshold({}, 300, floor=0.45) == 0.45
     assert size_interpolated_threshold({"100": None}, 300, floor=0.45) == 0.45
+    # a damaged stored entry is left out, never a failed decision
+    assert size_interpolated_threshold({"100": "x", "y": 0.9, "1000": 0.6}, 300, floor=0.45) == pytest.approx(0.6)
+    assert fused_offset_for({"mean_score": {"3": "nan?"}}, "mean_score", 3) == 0.0
+    assert fused_offset_for({"mean_score": [0.1]}, "mean_score", 3) == 0.0
 
 
 def test_size_threshold_beyond_the_resolved_sizes_keeps_rising() -> None:
@@ -150,6 +154,10 @@ def test_the_matcher_uses_the_threshold_of_the_live_gallery_size(fresh_caches: N
     # people of another model version do not count
     enrol_people(30, model_version="facenet-casia-20180408", dim=512)
     assert threshold_for(SFACE) == pytest.approx(0.50 + 0.10 * math.log(3) / math.log(10), abs=1e-6)
+    # a damaged calibration falls back to its base threshold
+    ModelCalibration.objects.filter(model_version=SFACE).update(details={"by_gallery_size": [1, 2]})
+    CALIBRATIONS.clear()
+    assert threshold_for(SFACE) == pytest.approx(0.40)
     # a door's own threshold is used as it is
     assert threshold_for(SFACE, Door.objects.create(name="vault", match_threshold=0.9)) == 0.9
 
