@@ -62,6 +62,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         Pace,
         Visitor,
         lfw_images,
+        photo_tracks,
         simulate,
         visitor_schedule,
         visitors_split,
@@ -95,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not images:
         print(f"no images under {args.lfw}", file=sys.stderr)
         return 1
-    visitors: Iterable[Path | Visitor] = images
+    visitors: Iterable[Path | Visitor] = photo_tracks(images, args.track_photos) if args.track_photos > 1 else images
     if args.loop:  # a calm site for ever: mostly the regulars, now and then a stranger
         regulars, strangers = visitors_split(images, args.regulars.split(",") if args.regulars else [])
         pace = Pace(gap_s=args.gap)
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--wait", type=float, default=10.0, help="seconds to wait for each decision")
     sim.add_argument("--spool-dir", type=Path, help="spool directory (default var/edge/spool)")
     sim.add_argument("--loop", action="store_true", help="a calm site: visitors seconds apart, for ever")
+    sim.add_argument(
+        "--track-photos",
+        type=int,
+        default=1,
+        help="up to K consecutive photos of one person make one visitor, sent as a track (best face + "
+        "track probes, as the agent sends them; not with --loop); default 1",
+    )
     sim.add_argument("--regulars", help="--loop: LFW names (Colin_Powell,...) of the enrolled people, most visitors")
     sim.add_argument("--gap", type=float, default=8.0, help="--loop: mean seconds between visitors (default 8)")
     sim.add_argument("--seed", type=int, default=None, help="--loop: random seed (the same visitors each time)")

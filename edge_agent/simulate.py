@@ -5,10 +5,14 @@ detection (crop or embedding mode), signs it and sends it through the normal spo
 then the simulator waits for the server's decision on the commands topic. One line per visitor
 is written to ``out`` (CLI output) with the decision and the bytes sent.
 
-By default the images are played once, back to back. ``--loop`` makes a calm site instead (the
-demo camera of ``manage.py up --demo``): visitors seconds apart for ever, mostly the enrolled
-``--regulars``, now and then a stranger, never so many strangers that the door's repeated
-unknown faces alarm (3 in 60 s) goes off; see :func:`visitor_schedule`.
+By default the images are played once, back to back. ``--track-photos K`` makes each visitor up to
+K consecutive photos of one person (:func:`photo_tracks`), sent as the agent sends a track: the
+best face by quality with the others as ``track_probes`` (the server fuses them).
+
+``--loop`` makes a calm site instead (the demo camera of ``manage.py up --demo``): visitors
+seconds apart for ever, mostly the enrolled ``--regulars``, now and then a stranger, never so many
+strangers that the door's repeated unknown faces alarm (3 in 60 s) goes off; see
+:func:`visitor_schedule`.
 
 ``--frames DIR`` plays a folder of consecutive frames instead (name order, e.g. a ``nuaa-dev``
 subject's ``print/0001`` or ``live/0001`` captures) as one visitor through the agent's own camera
@@ -45,6 +49,24 @@ class Visitor:
     photo: Path
     delay_s: float = 0.0
     stranger: bool = False
+    #: more photos of the same visitor: one track, sent as the agent sends one (best face + probes)
+    more: tuple[Path, ...] = ()
+
+
+def photo_tracks(images: Sequence[Path], photos_per_track: int) -> list[Visitor]:
+    """Visitors of up to ``photos_per_track`` consecutive photos of one person (same folder)."""
+    if photos_per_track < 1:
+        raise ValueError("photos_per_track >= 1")
+    visitors: list[Visitor] = []
+    group: list[Path] = []
+    for path in images:
+        if group and (path.parent != group[0].parent or len(group) == photos_per_track):
+            visitors.append(Visitor(group[0], more=tuple(group[1:])))
+            group = []
+        group.append(path)
+    if group:
+        visitors.append(Visitor(group[0], more=tuple(group[1:])))
+    return visitors
 
 
 @dataclass(frozen=True)
@@ -145,23 +167,32 @@ def simulate(
             arrived = time.monotonic()
             label = f"visitor {n}/{total}" if total is not None else f"visitor {n}"
             path = visitor.photo
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
             tally = FilterTally()
-            candidates = prepare(
-                rgb, detector.detect(rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score, tally=tally
-            )
+            faces = []  # the largest face of each photo of the visitor
+            for photo in (visitor.photo, *visitor.more):
+                with Image.open(photo) as img:
+                    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                candidates = prepare(
+                    rgb, detector.detect(rgb), min_face_px=d.min_face_px, min_score=d.min_detector_score, tally=tally
+                )
+                if candidates:
+                    faces.append((max(candidates, key=lambda c: c.face.size), rgb))
             counts["visitors"] += 1
-            if not candidates:
+            if not faces:
                 counts["no_face"] += 1
                 why = tally.why_none(min_face_px=d.min_face_px, min_score=d.min_detector_score)
                 out(f"{label} {path.name}: no usable face ({why})")
                 continue
-            (best,) = agent.score_liveness(rgb, [max(candidates, key=lambda c: c.face.size)])
+            faces.sort(key=lambda found: -found[0].rank)  # the agent sends a track's best face first
+            (best,) = agent.score_liveness(faces[0][1], [faces[0][0]])
             liveness = agent.fuse_liveness([best.liveness] if best.liveness is not None else [])
             started = time.monotonic()
             detection, size = agent.send_candidate(
-                best, captured_at=time.time(), extra_quality={"frames": 1.0}, liveness=liveness
+                best,
+                captured_at=time.time(),
+                extra_quality={"frames": float(len(faces))},
+                liveness=liveness,
+                others=[candidate for candidate, _ in faces[1:]],
             )
             counts["bytes"] += size
             command = waiter.wait(detection.detection_id, wait_s)

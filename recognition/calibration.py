@@ -2,25 +2,41 @@
 
 Resolution order of :func:`threshold_for`:
 
-1. the door's ``match_threshold`` override, when set;
+1. the door's ``match_threshold`` override, when set (used as it is: the door's owner chose it);
 2. the stored :class:`~recognition.models.ModelCalibration` of the model version
    (``manage.py calibrate_threshold`` writes it through :func:`store_threshold`);
 3. ``settings.RECOGNITION_DEFAULT_THRESHOLD`` (env ``ACCESSCTL_MATCH_THRESHOLD``), when set;
 4. the built-in :data:`BUILTIN_THRESHOLDS` of the model version.
 
 A model version with none of these has no threshold: :class:`CalibrationError` (fail closed).
+
+Two refinements apply to a stored calibration (2.):
+
+* **Gallery size.** Open-set false accepts grow with the number of people a stranger is compared
+  with. When the calibration holds thresholds per gallery size (``details["by_gallery_size"]``,
+  ``calibrate_threshold --gallery-sizes``), the threshold is the one for the live gallery's size
+  (people holding a vector of the model version, :func:`recognition.gallery.gallery_people_count`,
+  counted at most every :data:`GALLERY_SIZE_TTL_S` per process), interpolated in log(size) between
+  the calibrated sizes (:func:`size_interpolated_threshold`), never below the stored base threshold.
+* **Fused probes.** A track of K probes fused into one match (``recognition.track_fusion``) has a
+  different impostor score distribution than one face. ``details["fused_offsets"][rule][K]``
+  (``evaluate_door --store-fused-offsets``, :func:`store_fused_offsets`) is added to the threshold
+  when ``probes_fused > 1`` (the largest calibrated K not above ``probes_fused``; none: no offset).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 
 from accessctl.process_cache import ProcessCache
-from recognition.models import ModelCalibration
+from recognition.gallery import gallery_people_count
+from recognition.models import FaceEmbedding, ModelCalibration
 
 if TYPE_CHECKING:
     from accessctl.models import Door
@@ -70,6 +86,7 @@ def store_threshold(
         raise ValueError(f"target_fmr must be in (0, 1), got {target_fmr}")
     if min_margin is not None and not 0.0 <= min_margin <= 2.0:
         raise ValueError(f"min_margin must be in [0, 2], got {min_margin}")
+    details = dict(details or {})
     with transaction.atomic():
         calibration, created = ModelCalibration.objects.select_for_update().get_or_create(
             model_version=model_version,
@@ -78,7 +95,10 @@ def store_threshold(
         if not created:
             calibration.threshold = threshold
             calibration.target_fmr = target_fmr
-            calibration.details = details or {}
+            # offsets are relative to whatever the base threshold is: a new base keeps them
+            if FUSED_OFFSETS_KEY in (calibration.details or {}) and FUSED_OFFSETS_KEY not in details:
+                details[FUSED_OFFSETS_KEY] = calibration.details[FUSED_OFFSETS_KEY]
+            calibration.details = details
         if min_margin is not None:
             calibration.min_margin = min_margin
         calibration.save()
@@ -103,24 +123,112 @@ def _setting_threshold() -> float | None:
 CALIBRATIONS = ProcessCache("calibrations", ttl_s=10.0, cleared_by=(ModelCalibration,))
 
 
-def _stored(model_version: str) -> tuple[float | None, float | None]:
-    """``(threshold, min_margin)`` stored for ``model_version`` (None when not calibrated)."""
+#: The live gallery's size is counted at most this often per process (and again after a gallery
+#: vector is saved or deleted in this process).
+GALLERY_SIZE_TTL_S = 60.0
+GALLERY_SIZES = ProcessCache("gallery-sizes", ttl_s=GALLERY_SIZE_TTL_S, cleared_by=(FaceEmbedding,))
+#: Where :func:`store_fused_offsets` keeps the fused-probe offsets in ``ModelCalibration.details``.
+FUSED_OFFSETS_KEY = "fused_offsets"
+#: A fused-probe offset further from 0 than this is refused (a measurement gone wrong).
+MAX_FUSED_OFFSET = 0.25
 
-    def load() -> tuple[float | None, float | None]:
-        rows = ModelCalibration.objects.filter(model_version=model_version).values_list("threshold", "min_margin")
+
+def _stored_row(model_version: str) -> tuple[float | None, float | None, dict[str, Any]]:
+    def load() -> tuple[float | None, float | None, dict[str, Any]]:
+        rows = ModelCalibration.objects.filter(model_version=model_version).values_list(
+            "threshold", "min_margin", "details"
+        )
         found = rows.first()
-        return (found[0], found[1]) if found else (None, None)
+        return (found[0], found[1], found[2] or {}) if found else (None, None, {})
 
     return CALIBRATIONS.get(model_version, load)
 
 
-def threshold_for(model_version: str, door: Door | None = None) -> float:
-    """The similarity a match of ``model_version`` must reach (at ``door``, when given)."""
+def _stored(model_version: str) -> tuple[float | None, float | None]:
+    """``(threshold, min_margin)`` stored for ``model_version`` (None when not calibrated)."""
+    threshold, min_margin, _details = _stored_row(model_version)
+    return threshold, min_margin
+
+
+def _mapping(value: Any) -> Mapping[Any, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _numbers(entries: Mapping[Any, Any]) -> dict[int, float]:
+    """``{int key: finite float value}`` of a stored JSON mapping; an entry that is neither (a
+    hand-edited or damaged calibration) is left out with a warning, never a failed decision."""
+    out: dict[int, float] = {}
+    for key, value in entries.items():
+        if value is None:
+            continue
+        try:
+            number = float(value)
+            out[int(key)] = number
+        except (TypeError, ValueError):
+            logger.warning("calibration entry %r: %r is not a number; ignored", key, value)
+            continue
+        if not math.isfinite(number):
+            del out[int(key)]
+            logger.warning("calibration entry %r: %r is not finite; ignored", key, value)
+    return out
+
+
+def size_interpolated_threshold(by_size: Mapping[Any, float | None], people: int, *, floor: float) -> float:
+    """The threshold for a gallery of ``people`` from thresholds calibrated per gallery size
+    (``{size: threshold or None}``; None: the calibration could not resolve that size).
+
+    Linear in log(size) between the calibrated sizes; below the smallest, the smallest's value (no
+    extrapolation towards laxer values); above the largest resolved size, extrapolated along the
+    last two resolved sizes (one resolved size: its value). Never below ``floor`` (the base
+    measured threshold), never above 1.
+    """
+    points = sorted((size, value) for size, value in _numbers(by_size).items() if size >= 1 and -1 <= value <= 1)
+    if not points:
+        return floor
+    x = math.log(max(int(people), 1))
+    xs = [math.log(size) for size, _ in points]
+    ys = [value for _, value in points]
+    if len(points) == 1 or x <= xs[0]:
+        value = ys[0]
+    elif x >= xs[-1]:
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        value = ys[-1] + max(slope, 0.0) * (x - xs[-1])
+    else:
+        i = next(n for n in range(1, len(xs)) if x <= xs[n])
+        value = ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return min(max(value, floor), 1.0)
+
+
+def fused_offset_for(offsets: Mapping[str, Mapping[Any, float]], rule: str | None, probes_fused: int) -> float:
+    """The offset for ``probes_fused`` probes fused by ``rule``: the entry of the largest calibrated
+    K not above ``probes_fused`` (K >= 2); 0 for one probe, an unknown rule or no such K."""
+    if probes_fused <= 1 or rule is None:
+        return 0.0
+    found = offsets.get(str(rule))
+    by_k = {k: v for k, v in _numbers(found if isinstance(found, Mapping) else {}).items() if 2 <= k <= probes_fused}
+    return by_k[max(by_k)] if by_k else 0.0
+
+
+def live_gallery_size(model_version: str) -> int:
+    """People in the gallery of ``model_version`` (cached per process, :data:`GALLERY_SIZE_TTL_S`)."""
+    return GALLERY_SIZES.get(model_version, lambda: gallery_people_count(model_version))
+
+
+def threshold_for(
+    model_version: str, door: Door | None = None, *, probes_fused: int = 1, fusion: str | None = None
+) -> float:
+    """The similarity a match of ``model_version`` must reach (at ``door``, when given), for a
+    match of ``probes_fused`` probes fused by ``fusion`` (module docstring)."""
     if door is not None and door.match_threshold is not None:
         return float(door.match_threshold)
-    stored = _stored(model_version)[0]
+    stored, _margin, details = _stored_row(model_version)
     if stored is not None:
-        return float(stored)
+        threshold = float(stored)
+        by_size = _mapping(_mapping(details.get("by_gallery_size")).get("thresholds"))
+        if by_size:
+            threshold = size_interpolated_threshold(by_size, live_gallery_size(model_version), floor=threshold)
+        offset = fused_offset_for(_mapping(details.get(FUSED_OFFSETS_KEY)), fusion, probes_fused)
+        return min(max(threshold + offset, -1.0), 1.0)
     configured = _setting_threshold()
     if configured is not None:
         return configured
@@ -168,3 +276,29 @@ def margin_for(model_version: str) -> float:
     if stored:
         return float(stored)
     return float(settings.RECOGNITION_MIN_MARGIN)
+
+
+def store_fused_offsets(*, model_version: str, rule: str, offsets: Mapping[int, float], source: dict[str, Any]) -> None:
+    """Keep the fused-probe threshold offsets of ``rule`` (``{K: offset}``, K >= 2) in the stored
+    calibration of ``model_version`` (one must exist: the offsets are relative to it)."""
+    clean: dict[str, float] = {}
+    for k, value in offsets.items():
+        if int(k) < 2 or not math.isfinite(float(value)) or abs(float(value)) > MAX_FUSED_OFFSET:
+            raise ValueError(f"a fused offset needs K >= 2 and |offset| <= {MAX_FUSED_OFFSET}, got K={k}: {value}")
+        clean[str(int(k))] = round(float(value), 6)
+    with transaction.atomic():
+        calibration = ModelCalibration.objects.select_for_update().filter(model_version=model_version).first()
+        if calibration is None:
+            raise CalibrationError(
+                f"no stored calibration of {model_version!r} to add fused offsets to: run manage.py calibrate_threshold"
+            )
+        details = dict(calibration.details or {})
+        fused = dict(details.get(FUSED_OFFSETS_KEY) or {})
+        fused[str(rule)] = {**(fused.get(str(rule)) or {}), **clean}
+        details[FUSED_OFFSETS_KEY] = fused
+        sources = dict(details.get(f"{FUSED_OFFSETS_KEY}_source") or {})
+        sources[str(rule)] = source
+        details[f"{FUSED_OFFSETS_KEY}_source"] = sources
+        calibration.details = details
+        calibration.save()
+    logger.info("fused offsets of %s, rule %s: %s", model_version, rule, clean)

@@ -58,11 +58,21 @@ from faceengine.alignment import align_arcface
 from faceengine.detector import detect_faces
 from faceengine.pipeline import crop_for
 from faceengine.quality import probe_quality
-from recognition.calibration import margin_for, threshold_for
+from recognition.calibration import (
+    CalibrationError,
+    live_gallery_size,
+    margin_for,
+    store_fused_offsets,
+    threshold_for,
+)
 from recognition.datasets import list_identity_folder
 from recognition.enrollment import BadImageError, PhotoUpload, configured_embedder, decode_image, photos_enroll
+from recognition.fused_calibration import fused_offset, person_scores
+from recognition.gallery import gallery_templates
+from recognition.metrics import wilson_interval
 from recognition.models import EnrollmentPhoto, FaceEmbedding
-from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule, probe_weights, tracks_match
+from recognition.probe_cache import ProbeCache, file_digest
+from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule, fused_embedding, probe_weights, tracks_match
 
 if TYPE_CHECKING:
     from faceengine.embedder import Embedder
@@ -94,19 +104,38 @@ class DoorReport:
     ms_per_probe: float
     counts: dict[str, int] = field(default_factory=dict)
     scratch: str = "transaction rolled back, files in a temporary folder"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    #: people in the scratch gallery (the threshold is sized for them)
+    gallery_people: int = 0
+    #: the threshold of one probe (``threshold`` is the one the attempts met: fused when K > 1)
+    single_threshold: float = 0.0
+    #: 95 % Wilson score intervals [low, high] of the rates (attempts taken as independent)
+    intervals_95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: K > 1: the fused-threshold offset these embeddings measure (recognition.fused_calibration)
+    fused_offset_measured: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         c = self.counts
+
+        def ci(key: str) -> str:
+            low, high = self.intervals_95.get(key, (0.0, 0.0))
+            return f"[{low:.2%}, {high:.2%}]"
+
+        offset = ""
+        if self.fused_offset_measured:
+            offset = f", measured fused offset {self.fused_offset_measured['offset']:+.4f}"
         lines = [
-            f"door evaluation: {self.model_version}, threshold {self.threshold:.3f}, margin {self.min_margin:.3f}, "
-            f"K={self.probes_per_attempt}, fusion {self.fusion}",
+            f"door evaluation: {self.model_version}, threshold {self.threshold:.3f} (one probe "
+            f"{self.single_threshold:.3f}, {self.gallery_people} people{offset}), margin {self.min_margin:.3f}, "
+            f"K={self.probes_per_attempt}, fusion {self.fusion}, seeds {self.seeds}",
             f"  top1                  {self.top1:7.2%}  ({c['enrolled_attempts']} enrolled attempts)",
-            f"  enrolled_rejected     {self.enrolled_rejected:7.2%}",
-            f"  wrong_person_admitted {self.wrong_person_admitted:7.2%}",
-            f"  strangers_accepted    {self.strangers_accepted:7.2%}  ({c['stranger_attempts']} stranger attempts)",
+            f"  enrolled_rejected     {self.enrolled_rejected:7.2%}  95 % {ci('enrolled_rejected')}",
+            f"  wrong_person_admitted {self.wrong_person_admitted:7.2%}  95 % {ci('wrong_person_admitted')}",
+            f"  strangers_accepted    {self.strangers_accepted:7.2%}  95 % {ci('strangers_accepted')}  "
+            f"({c['stranger_attempts']} stranger attempts)",
             f"  failure_to_detect     {self.failure_to_detect:7.2%}  ({c['probe_photos_no_face']} of "
             f"{c['probe_photos']} probe photos)",
             f"  failure_to_enrol      {self.failure_to_enrol:7.2%}  ({c['identities_not_enrolled']} of "
@@ -145,11 +174,11 @@ def _split(names: list[str], *, stranger_share: float, seed: int) -> tuple[list[
     return sorted(shuffled[strangers:]), sorted(shuffled[:strangers])
 
 
-def _probe_embed(path: Path, embedder: Embedder) -> tuple[np.ndarray, dict[str, float]] | None:
-    """The normalised embedding of the largest face of ``path`` and its quality metrics as a door
-    measures them, or None (no usable face)."""
+def _probe_embed(data: bytes, embedder: Embedder) -> tuple[np.ndarray, dict[str, float]] | None:
+    """The normalised embedding of the largest face of the photo ``data`` and its quality metrics as
+    a door measures them, or None (no usable face)."""
     try:
-        rgb = decode_image(path.read_bytes())
+        rgb = decode_image(data)
     except BadImageError:
         return None
     faces = detect_faces(
@@ -176,11 +205,13 @@ def door_evaluate(
     embedder: Embedder | None = None,
     progress: Callable[[str], None] | None = None,
     fusion: FusionRule | str = TRACK_FUSION_RULE,
+    cache_dir: Path | None = None,
 ) -> DoorReport:
     """Enrol, probe and measure on a scratch gallery that is rolled back (module docstring)."""
     return door_evaluate_rules(
         data=data, enrol=enrol, stranger_share=stranger_share, seed=seed, probes_per_attempt=probes_per_attempt,
         limit_identities=limit_identities, embedder=embedder, progress=progress, fusions=[fusion],
+        cache_dir=cache_dir,
     )[0]  # fmt: skip
 
 
@@ -189,26 +220,36 @@ def door_evaluate_rules(
     data: Path,
     enrol: int = 3,
     stranger_share: float = 0.25,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     probes_per_attempt: int | Sequence[int] = 1,
     limit_identities: int | None = None,
     embedder: Embedder | None = None,
     progress: Callable[[str], None] | None = None,
     fusions: Sequence[FusionRule | str] = (TRACK_FUSION_RULE,),
+    cache_dir: Path | None = None,
 ) -> list[DoorReport]:
     """:func:`door_evaluate` for several K and fusion rules on the same enrolment and probe embeddings:
-    one report per K and rule (K = 1: one report, every rule is the same single-probe match)."""
+    one report per K and rule (K = 1: one report, every rule is the same single-probe match).
+
+    Several seeds: one enrolment per split (seed), the attempts of all splits counted together
+    (more stranger attempts, other people as strangers); the Wilson intervals assume the attempts
+    independent, which attempts of one person are not: read them as a lower bound of the doubt.
+
+    ``cache_dir``: keep the probe embeddings there (:class:`recognition.probe_cache.ProbeCache`) and
+    reuse them on the next run (``ms_per_probe`` then counts only the photos embedded this time)."""
     ks = [probes_per_attempt] if isinstance(probes_per_attempt, int) else list(probes_per_attempt)
+    seeds = [seed] if isinstance(seed, int) else list(dict.fromkeys(seed))
     try:
         rules = [FusionRule(f) for f in fusions]
     except ValueError:
         raise DoorEvaluationError(f"--fusion must be among {[r.value for r in FusionRule]} or all") from None
     if not rules:
         raise DoorEvaluationError("at least one fusion rule")
-    if enrol < 1 or not ks or min(ks) < 1 or not 0 <= stranger_share < 1:
-        raise DoorEvaluationError("--enrol and --probes-per-attempt must be >= 1, --stranger-share in [0, 1)")
+    if enrol < 1 or not ks or min(ks) < 1 or not 0 <= stranger_share < 1 or not seeds:
+        raise DoorEvaluationError(
+            "--enrol and --probes-per-attempt must be >= 1, --stranger-share in [0, 1), at least one seed"
+        )
     identities = _identities(Path(data), limit_identities)
-    enrolled_names, stranger_names = _split(list(identities), stranger_share=stranger_share, seed=seed)
     embedder = embedder or configured_embedder()
     model_version = embedder.model_version
     if FaceEmbedding.objects.filter(model_version=model_version).exists():
@@ -216,15 +257,17 @@ def door_evaluate_rules(
             f"the gallery already holds {model_version} embeddings: they would take part in every search. "
             "Run the evaluation on a development or test database."
         )
-    scratch_media = tempfile.mkdtemp(prefix="door-eval-")
-    storages = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": scratch_media}},
-    }
-    reports: list[DoorReport] | None = None
+    probe_cache = None
+    if cache_dir is not None:
+        probe_cache = ProbeCache(
+            Path(cache_dir), model_version=model_version, min_face_px=int(settings.RECOGNITION_MIN_FACE_PX)
+        )
+    tallies: dict[tuple[int, str], _Tally] = {}
+    say = progress or (lambda _message: None)
     try:
-        with override_settings(STORAGES=storages), transaction.atomic():
-            reports = _run(
+        for n, split_seed in enumerate(seeds, start=1):
+            enrolled_names, stranger_names = _split(list(identities), stranger_share=stranger_share, seed=split_seed)
+            _scratch_run(
                 identities=identities,
                 rules=rules,
                 ks=ks,
@@ -232,15 +275,106 @@ def door_evaluate_rules(
                 stranger_names=stranger_names,
                 enrol=enrol,
                 embedder=embedder,
-                progress=progress or (lambda _message: None),
+                progress=(lambda message, n=n: say(f"seed {n}/{len(seeds)}: {message}")) if len(seeds) > 1 else say,
+                probe_cache=probe_cache,
+                tallies=tallies,
             )
+    finally:
+        if probe_cache is not None:
+            probe_cache.save()
+    return [tally.report(model_version=model_version, seeds=seeds) for tally in tallies.values()]
+
+
+def _scratch_run(**kwargs: Any) -> None:
+    """:func:`_run` inside a transaction that is rolled back, enrolment files in a temporary folder."""
+    scratch_media = tempfile.mkdtemp(prefix="door-eval-")
+    storages = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": scratch_media}},
+    }
+    try:
+        with override_settings(STORAGES=storages), transaction.atomic():
+            _run(**kwargs)
             raise _Rollback
     except _Rollback:
         pass
     finally:
         shutil.rmtree(scratch_media, ignore_errors=True)
-    assert reports is not None
-    return reports
+
+
+_COUNT_KEYS = (
+    "identities", "enrolled_identities", "stranger_identities", "identities_not_enrolled", "enrol_photos",
+    "photos_not_accepted", "gallery_embeddings", "probe_photos", "probe_photos_no_face", "probe_photos_cached",
+    "enrolled_attempts", "stranger_attempts", "top1_hits", "enrolled_granted", "enrolled_rejected",
+    "enrolled_ambiguous", "wrong_person_admitted", "strangers_accepted",
+)  # fmt: skip
+
+
+@dataclass
+class _Tally:
+    """What one (K, rule) counted over every seed."""
+
+    k: int
+    rule: FusionRule
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNT_KEYS, 0))
+    probe_seconds: float = 0.0
+    match_seconds: float = 0.0
+    attempts: int = 0
+    enrolled_total: int = 0
+    threshold: float = 0.0
+    single_threshold: float = 0.0
+    gallery_people: int = 0
+    single_impostor: list[np.ndarray] = field(default_factory=list)
+    fused_impostor: list[np.ndarray] = field(default_factory=list)
+
+    def report(self, *, model_version: str, seeds: list[int]) -> DoorReport:
+        c = self.counts
+
+        def rate(part: int, whole: int) -> float:
+            return round(part / whole, 6) if whole else 0.0
+
+        enrolled, strangers = c["enrolled_attempts"], c["stranger_attempts"]
+        ms_per_probe = 0.0
+        embedded = c["probe_photos"] - c["probe_photos_cached"]
+        if embedded:
+            ms_per_probe = 1000 * self.probe_seconds / embedded
+        if self.attempts:
+            ms_per_probe += 1000 * self.match_seconds / self.attempts / self.k
+        offset = None
+        if self.k > 1 and self.single_impostor and self.fused_impostor:
+            try:
+                offset = fused_offset(
+                    np.concatenate(self.single_impostor),
+                    np.concatenate(self.fused_impostor),
+                    threshold=self.single_threshold,
+                ).as_dict()
+            except ValueError:
+                offset = None
+        intervals = {
+            "enrolled_rejected": wilson_interval(c["enrolled_rejected"], enrolled),
+            "strangers_accepted": wilson_interval(c["strangers_accepted"], strangers),
+            "wrong_person_admitted": wilson_interval(c["wrong_person_admitted"], enrolled),
+        }
+        return DoorReport(
+            model_version=model_version,
+            threshold=round(self.threshold, 6),
+            min_margin=margin_for(model_version),
+            probes_per_attempt=self.k,
+            fusion=str(self.rule) if self.k > 1 else "none",
+            top1=rate(c["top1_hits"], enrolled),
+            enrolled_rejected=rate(c["enrolled_rejected"], enrolled),
+            strangers_accepted=rate(c["strangers_accepted"], strangers),
+            wrong_person_admitted=rate(c["wrong_person_admitted"], enrolled),
+            failure_to_detect=rate(c["probe_photos_no_face"], c["probe_photos"]),
+            failure_to_enrol=rate(c["identities_not_enrolled"], self.enrolled_total),
+            ms_per_probe=round(ms_per_probe, 2),
+            counts=dict(c),
+            seeds=list(seeds),
+            gallery_people=self.gallery_people,
+            single_threshold=round(self.single_threshold, 6),
+            intervals_95=intervals,
+            fused_offset_measured=offset,
+        )
 
 
 def _run(
@@ -253,27 +387,14 @@ def _run(
     enrol: int,
     embedder: Embedder,
     progress: Callable[[str], None],
-) -> list[DoorReport]:
+    probe_cache: ProbeCache | None,
+    tallies: dict[tuple[int, str], _Tally],
+) -> None:
     model_version = embedder.model_version
-    counts = {
-        "identities": len(identities),
-        "enrolled_identities": len(enrolled_names),
-        "stranger_identities": len(stranger_names),
-        "identities_not_enrolled": 0,
-        "enrol_photos": 0,
-        "photos_not_accepted": 0,
-        "gallery_embeddings": 0,
-        "probe_photos": 0,
-        "probe_photos_no_face": 0,
-        "enrolled_attempts": 0,
-        "stranger_attempts": 0,
-        "top1_hits": 0,
-        "enrolled_granted": 0,
-        "enrolled_rejected": 0,
-        "enrolled_ambiguous": 0,
-        "wrong_person_admitted": 0,
-        "strangers_accepted": 0,
-    }
+    counts = dict.fromkeys(_COUNT_KEYS, 0)
+    counts.update(
+        identities=len(identities), enrolled_identities=len(enrolled_names), stranger_identities=len(stranger_names)
+    )
     person_of: dict[str, int] = {}
     for n, name in enumerate(enrolled_names, start=1):
         person = Person.objects.create(name=f"door evaluation {name}")
@@ -296,9 +417,17 @@ def _run(
     for n, (_name, paths, expected) in enumerate(probed, start=1):
         usable = []
         for path in paths:
-            started = time.perf_counter()
-            probe = _probe_embed(path, embedder)
-            probe_seconds += time.perf_counter() - started
+            data = path.read_bytes()
+            digest = file_digest(data) if probe_cache is not None else ""
+            if probe_cache is not None and digest in probe_cache:
+                probe = probe_cache.get(digest)
+                counts["probe_photos_cached"] += 1
+            else:
+                started = time.perf_counter()
+                probe = _probe_embed(data, embedder)
+                probe_seconds += time.perf_counter() - started
+                if probe_cache is not None:
+                    probe_cache.put(digest, probe)
             counts["probe_photos"] += 1
             if probe is None:
                 counts["probe_photos_no_face"] += 1
@@ -306,7 +435,9 @@ def _run(
                 usable.append(probe)
         found.append((usable, expected))
         progress(f"probed {n}/{len(probed)}")
-    reports = []
+    single_threshold = threshold_for(model_version)
+    people = live_gallery_size(model_version)
+    scores = _ImpostorScores(found, person_of, model_version)
     for k in ks:
         # (probe vectors, their weights, expected person or None)
         attempts: list[tuple[list[np.ndarray], list[float], int | None]] = []
@@ -315,23 +446,96 @@ def _run(
                 group = usable[start : start + k]
                 attempts.append(([v for v, _ in group], probe_weights([q for _, q in group]), expected))
         for rule in rules if k > 1 else rules[:1]:  # one probe: every rule is the single-probe match
-            reports.append(
-                _score(attempts, dict(counts), rule=rule, k=k, model_version=model_version,
-                       probe_seconds=probe_seconds, enrolled_total=len(enrolled_names))
-            )  # fmt: skip
-    return reports
+            tally = tallies.setdefault((k, str(rule)), _Tally(k=k, rule=rule))
+            attempt_counts, match_seconds = _score(attempts, rule=rule, k=k, model_version=model_version)
+            for key, value in counts.items():
+                tally.counts[key] += value
+            for key, value in attempt_counts.items():
+                tally.counts[key] += value
+            tally.probe_seconds += probe_seconds
+            tally.match_seconds += match_seconds
+            tally.attempts += len(attempts)
+            tally.enrolled_total += len(enrolled_names)
+            tally.threshold = threshold_for(model_version, probes_fused=k, fusion=str(rule))
+            tally.single_threshold = single_threshold
+            tally.gallery_people = people
+            if k > 1:
+                tally.single_impostor.append(scores.single())
+                tally.fused_impostor.append(scores.fused(k, rule))
+
+
+class _ImpostorScores:
+    """(probe or attempt, enrolled person other than its own) best-photo similarities, for the
+    fused offset (:mod:`recognition.fused_calibration`). Fused attempts: every window of K
+    consecutive probes of an identity (overlapping, for more pairs)."""
+
+    def __init__(
+        self,
+        found: list[tuple[list[tuple[np.ndarray, dict[str, float]]], int | None]],
+        person_of: dict[str, int],
+        model_version: str,
+    ) -> None:
+        templates = gallery_templates(sorted(person_of.values()), model_version)
+        self.people = sorted(templates)
+        self.found = found
+        self.templates = [np.stack([_unit(v) for v in templates[p]]) for p in self.people]
+        self._per_probe: list[np.ndarray] = []  # per identity: (probes, people) similarities
+        for usable, _expected in found:
+            vectors = np.stack([v for v, _ in usable]) if usable else np.zeros((0, 1))
+            self._per_probe.append(person_scores(vectors, self.templates) if usable and self.people else None)
+
+    def _impostor(self, matrix: np.ndarray, expected: int | None) -> np.ndarray:
+        keep = np.array([p != expected for p in self.people])
+        return matrix[:, keep].ravel()
+
+    def single(self) -> np.ndarray:
+        parts = [
+            self._impostor(m, expected)
+            for m, (_usable, expected) in zip(self._per_probe, self.found, strict=True)
+            if m is not None
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def fused(self, k: int, rule: FusionRule) -> np.ndarray:
+        parts = []
+        for m, (usable, expected) in zip(self._per_probe, self.found, strict=True):
+            if m is None or len(usable) < k:
+                continue
+            rows = []
+            for start in range(len(usable) - k + 1):
+                group = usable[start : start + k]
+                weights = np.asarray(probe_weights([q for _, q in group]), dtype=np.float64)
+                if not str(rule).startswith("quality"):
+                    weights = np.ones(k)
+                if rule in (FusionRule.MEAN_EMBEDDING, FusionRule.QUALITY_EMBEDDING):
+                    vector = fused_embedding([v for v, _ in group], weights)
+                    rows.append(person_scores(vector[None], self.templates)[0])
+                elif rule is FusionRule.MAX_SCORE:
+                    rows.append(m[start : start + k].max(axis=0))
+                else:
+                    rows.append((m[start : start + k] * weights[:, None]).sum(axis=0) / weights.sum())
+            parts.append(self._impostor(np.stack(rows), expected))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float64)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 def _score(
     attempts: list[tuple[list[np.ndarray], list[float], int | None]],
-    counts: dict[str, int],
     *,
     rule: FusionRule,
     k: int,
     model_version: str,
-    probe_seconds: float,
-    enrolled_total: int,
-) -> DoorReport:
+) -> tuple[dict[str, int], float]:
+    """The attempt counts of one (K, rule) and the seconds the matching took."""
+    counts = dict.fromkeys(
+        ("enrolled_attempts", "stranger_attempts", "top1_hits", "enrolled_granted", "enrolled_rejected",
+         "enrolled_ambiguous", "wrong_person_admitted", "strangers_accepted"),
+        0,
+    )  # fmt: skip
     match_seconds = 0.0
     batch = 64
     for start in range(0, len(attempts), batch):
@@ -359,28 +563,25 @@ def _score(
                 counts["enrolled_granted"] += 1
             else:
                 counts["wrong_person_admitted"] += 1
+    return counts, match_seconds
 
-    def rate(part: int, whole: int) -> float:
-        return round(part / whole, 6) if whole else 0.0
 
-    enrolled_attempts, stranger_attempts = counts["enrolled_attempts"], counts["stranger_attempts"]
-    ms_per_probe = 0.0
-    if counts["probe_photos"]:
-        ms_per_probe = 1000 * probe_seconds / counts["probe_photos"]
-    if attempts:
-        ms_per_probe += 1000 * match_seconds / len(attempts) / k
-    return DoorReport(
-        model_version=model_version,
-        threshold=threshold_for(model_version),
-        min_margin=margin_for(model_version),
-        probes_per_attempt=k,
-        fusion=str(rule) if k > 1 else "none",
-        top1=rate(counts["top1_hits"], enrolled_attempts),
-        enrolled_rejected=rate(counts["enrolled_rejected"], enrolled_attempts),
-        strangers_accepted=rate(counts["strangers_accepted"], stranger_attempts),
-        wrong_person_admitted=rate(counts["wrong_person_admitted"], enrolled_attempts),
-        failure_to_detect=rate(counts["probe_photos_no_face"], counts["probe_photos"]),
-        failure_to_enrol=rate(counts["identities_not_enrolled"], enrolled_total),
-        ms_per_probe=round(ms_per_probe, 2),
-        counts=counts,
-    )
+def door_fused_offsets_store(reports: Sequence[DoorReport]) -> dict[str, dict[int, float]]:
+    """Store the fused offsets the reports measured (K > 1, one per rule and K) in the calibration
+    of their model version (:func:`recognition.calibration.store_fused_offsets`); returns them."""
+    stored: dict[str, dict[int, float]] = {}
+    for report in reports:
+        measured = report.fused_offset_measured
+        if report.probes_per_attempt < 2 or not measured:
+            continue
+        try:
+            store_fused_offsets(
+                model_version=report.model_version,
+                rule=report.fusion,
+                offsets={report.probes_per_attempt: measured["offset"]},
+                source={**measured, "seeds": report.seeds, "gallery_people": report.gallery_people},
+            )
+        except (CalibrationError, ValueError) as exc:
+            raise DoorEvaluationError(f"fused offset of {report.fusion} K={report.probes_per_attempt}: {exc}") from exc
+        stored.setdefault(report.fusion, {})[report.probes_per_attempt] = measured["offset"]
+    return stored

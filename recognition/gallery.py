@@ -401,3 +401,11 @@ def gallery_templates(person_ids: Sequence[int], model_version: str) -> dict[int
             continue
         out.setdefault(person_id, []).append(arr)
     return out
+
+
+def gallery_people_count(model_version: str) -> int:
+    """How many people hold at least one gallery vector of ``model_version`` (the size a 1:N search
+    of that version is against: :func:`recognition.calibration.threshold_for` sizes its threshold by it)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(DISTINCT person_id) FROM {_TABLE} WHERE model_version = %s", [model_version])
+        return int(cursor.fetchone()[0])

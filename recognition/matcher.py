@@ -75,11 +75,15 @@ def match_decide_many(
     model_version: str,
     doors: Sequence[Door | None],
     ef_search: int | None = None,
+    probes_fused: Sequence[int] | None = None,
+    fusion: str | None = None,
 ) -> list[MatchResult]:
     """:func:`match_decide` for several probes of one model version (one gallery statement);
-    ``doors[i]`` is where ``embeddings[i]`` was seen."""
-    if len(doors) != len(embeddings):
-        raise ValueError("one door (or None) per embedding")
+    ``doors[i]`` is where ``embeddings[i]`` was seen. ``probes_fused[i]`` > 1: ``embeddings[i]``
+    is K probes fused by ``fusion`` (its threshold: :func:`recognition.calibration.threshold_for`)."""
+    if len(doors) != len(embeddings) or (probes_fused is not None and len(probes_fused) != len(embeddings)):
+        raise ValueError("one door (or None) and one probe count per embedding")
+    fused = list(probes_fused) if probes_fused is not None else [1] * len(embeddings)
     min_margin = margin_for(model_version)
     # An ambiguous-match decision (margin below min_margin) always rests on the wide search.
     escalate_gap = max(escalation_defaults()[1], min_margin)
@@ -87,8 +91,14 @@ def match_decide_many(
         embeddings, model_version=model_version, limit_people=2, ef_search=ef_search, escalate_gap=escalate_gap
     )
     return [
-        decide_candidates(candidates, threshold_for(model_version, door), min_margin, model_version, door)
-        for candidates, door in zip(found, doors, strict=True)
+        decide_candidates(
+            candidates,
+            threshold_for(model_version, door, probes_fused=k, fusion=fusion),
+            min_margin,
+            model_version,
+            door,
+        )
+        for candidates, door, k in zip(found, doors, fused, strict=True)
     ]
 
 

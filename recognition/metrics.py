@@ -80,6 +80,20 @@ def thresholds_for_gallery_sizes(
     return out
 
 
+def wilson_interval(successes: int, trials: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default); ``(0, 1)`` without trials. Unlike
+    ``p +- z * se`` it stays inside [0, 1] and says something at 0 successes (0 of 90 -> up to 4.1 %)."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    if not 0 <= successes <= trials:
+        raise ValueError("successes in [0, trials]")
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (round(max(0.0, float(centre - half)), 6), round(min(1.0, float(centre + half)), 6))
+
+
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, target_far: float) -> tuple[float, float]:
     """(TAR, threshold) at the threshold from :func:`threshold_for_far` on the impostors."""
     scores = np.asarray(scores, dtype=np.float64)

@@ -12,6 +12,10 @@ by one of the :class:`FusionRule` s:
   fused by the (quality-weighted) mean or the max; the threshold and margin rules of the matcher
   apply to the fused similarities.
 
+A fused match meets its own threshold: :func:`recognition.calibration.threshold_for` with
+``probes_fused`` = K and the rule, i.e. the one-face threshold plus the offset measured for that
+rule and K (``manage.py evaluate_door --store-fused-offsets``; none stored: the one-face threshold).
+
 Weights are :func:`faceengine.quality.quality_rank` of each probe's quality metrics (never below
 :data:`MIN_WEIGHT`, so that a probe the door measured badly still counts a little). A track of one
 probe is matched exactly as a single detection (:func:`recognition.matcher.match_decide_many`).
@@ -115,7 +119,13 @@ def tracks_match(
         ]
         for i, match in zip(
             fused_ids,
-            match_decide_many(vectors, model_version=model_version, doors=[doors[i] for i in fused_ids]),
+            match_decide_many(
+                vectors,
+                model_version=model_version,
+                doors=[doors[i] for i in fused_ids],
+                probes_fused=[len(tracks[i]) for i in fused_ids],
+                fusion=rule.value,
+            ),
             strict=True,
         ):
             results[i] = match
@@ -178,6 +188,12 @@ def _score_fused(
             fused.append(Candidate(person_id=person_id, similarity=value, embedding_id=best_photo[n][person_id][1]))
         fused.sort(key=lambda c: (-c.similarity, c.person_id))
         out.append(
-            decide_candidates(fused[:2], threshold_for(model_version, doors[i]), min_margin, model_version, doors[i])
+            decide_candidates(
+                fused[:2],
+                threshold_for(model_version, doors[i], probes_fused=len(tracks[i]), fusion=rule.value),
+                min_margin,
+                model_version,
+                doors[i],
+            )
         )
     return out

@@ -15,7 +15,7 @@ from PIL import Image
 from accessctl.project.embedded import ChildService
 from edge_agent.agent import EdgeAgent
 from edge_agent.relay import SimulatedRelay
-from edge_agent.simulate import Pace, Visitor, lfw_images, simulate, visitor_schedule, visitors_split
+from edge_agent.simulate import Pace, Visitor, lfw_images, photo_tracks, simulate, visitor_schedule, visitors_split
 from edge_agent.vision import MtcnnDetector
 from faceengine import protocol as p
 from tests.edge_agent.conftest import Keys, ServerClient, face_at, face_image, make_config
@@ -160,3 +160,49 @@ def test_simulate_waits_each_visitors_gap_and_runs_until_stopped(tmp_path: Path,
     started = time.monotonic()
     counts = simulate(agent, Detector(), long_gap, wait_s=0, connect_timeout_s=0, out=lines.append, stop=stop)
     assert counts["visitors"] == 1 and time.monotonic() - started < 60  # not an hour
+
+
+def test_photo_tracks_group_consecutive_photos_of_one_person() -> None:
+    paths = [
+        Path(f"lfw/{name}/{name}_{n:04d}.jpg") for name, count in (("A", 5), ("B", 1), ("C", 2)) for n in range(count)
+    ]
+    tracks = photo_tracks(paths, 3)
+    assert [(t.photo.name, [m.name for m in t.more]) for t in tracks] == [
+        ("A_0000.jpg", ["A_0001.jpg", "A_0002.jpg"]),
+        ("A_0003.jpg", ["A_0004.jpg"]),
+        ("B_0000.jpg", []),
+        ("C_0000.jpg", ["C_0001.jpg"]),
+    ]
+    assert [t.photo for t in photo_tracks(paths, 1)] == paths
+    with pytest.raises(ValueError, match="photos_per_track"):
+        photo_tracks(paths, 0)
+
+
+def test_a_visitor_of_several_photos_is_sent_as_one_track(tmp_path: Path, keys: Keys) -> None:
+    """The best face by quality goes first, the others as track probes (as the agent sends a track)."""
+    small, large = tmp_path / "P" / "P_0001.jpg", tmp_path / "P" / "P_0002.jpg"
+    small.parent.mkdir()
+    Image.fromarray(face_image()).save(small)
+    Image.fromarray(face_image()).save(large)
+    boxes = iter([(60, 50, 100, 100), (50, 36, 110, 114)])  # the second photo's face is bigger
+
+    class Detector:
+        def detect(self, rgb: object) -> list:
+            return [face_at(next(boxes))]
+
+    agent = EdgeAgent(make_config(tmp_path, keys, "mqtt://127.0.0.1:1"), camera=None, detector=None,
+                      relay=SimulatedRelay())  # fmt: skip
+    sent: list[p.Detection] = []
+    send = agent.send_candidate
+
+    def spy(*args: object, **kwargs: object) -> tuple[p.Detection, int]:
+        detection, size = send(*args, **kwargs)  # type: ignore[arg-type]
+        sent.append(detection)
+        return detection, size
+
+    agent.send_candidate = spy  # type: ignore[method-assign]
+    counts = simulate(agent, Detector(), [Visitor(small, more=(large,))], wait_s=0, connect_timeout_s=0, out=print)
+    assert counts["visitors"] == 1 and len(sent) == 1
+    (detection,) = sent
+    assert len(detection.track_probes) == 1 and detection.quality["frames"] == 2.0
+    assert detection.box == (50, 36, 110, 114)  # the larger (better) face leads the track

@@ -83,6 +83,26 @@ def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> No
         assert (counts["enrolled_attempts"], counts["stranger_attempts"]) == (3, 4)
         assert report["top1"] == 1 and report["enrolled_rejected"] == 0
         assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
+        assert report["gallery_people"] == 3 and report["threshold"] == report["single_threshold"]  # no offset stored
+        assert (
+            report["intervals_95"]["strangers_accepted"][0] == 0
+            and report["intervals_95"]["strangers_accepted"][1] > 0.3
+        )
+
+
+@pytest.mark.django_db
+def test_several_seeds_count_together_and_probes_come_from_the_cache(
+    enrol_env: Path, identities: Path, tmp_path: Path
+) -> None:
+    first = evaluate(identities, "--seed", "1", "--cache-dir", str(tmp_path))
+    assert first["counts"]["probe_photos_cached"] == 0 and first["seeds"] == [1]
+    both = evaluate(identities, "--seed", "1,2", "--cache-dir", str(tmp_path))
+    counts = both["counts"]
+    assert both["seeds"] == [1, 2] and counts["enrolled_identities"] == 2 * 3
+    assert counts["enrolled_attempts"] + counts["stranger_attempts"] == 2 * 21  # every photo found, both splits
+    assert counts["probe_photos_cached"] >= 21  # seed 1's probes again, not embedded twice
+    low, high = both["intervals_95"]["enrolled_rejected"]
+    assert low <= both["enrolled_rejected"] <= high
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:

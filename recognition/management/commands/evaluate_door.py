@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition.door_evaluation import DoorEvaluationError, door_evaluate_rules
+from recognition.door_evaluation import DoorEvaluationError, door_evaluate_rules, door_fused_offsets_store
 from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule
 
 
@@ -23,7 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("--data", required=True, type=Path, help="folder of <identity>/*.jpg")
         parser.add_argument("--enrol", type=int, default=3, help="photos enrolled per identity (default 3)")
         parser.add_argument("--stranger-share", type=float, default=0.25, help="identities held out (default 0.25)")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the enrolled/stranger split")
+        parser.add_argument(
+            "--seed",
+            default="0",
+            help="seed of the enrolled/stranger split; several as 0,1,2: one enrolment each, attempts counted together",
+        )
         parser.add_argument(
             "--probes-per-attempt",
             default="1",
@@ -36,6 +40,18 @@ class Command(BaseCommand):
             f"server's rule, {TRACK_FUSION_RULE})",
         )
         parser.add_argument("--limit-identities", type=int, default=None, help="the first N identities (by name)")
+        parser.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="keep probe embeddings there (by photo digest and model version) and reuse them next time",
+        )
+        parser.add_argument(
+            "--store-fused-offsets",
+            action="store_true",
+            help="store the fused-threshold offsets measured for K > 1 in the model's calibration (used by the "
+            "server for tracks of that many probes)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -48,19 +64,22 @@ class Command(BaseCommand):
         try:
             try:
                 ks = [int(k) for k in str(options["probes_per_attempt"]).split(",")]
+                seeds = [int(seed) for seed in str(options["seed"]).split(",")]
             except ValueError:
-                raise DoorEvaluationError("--probes-per-attempt takes integers, e.g. 3 or 1,3") from None
+                raise DoorEvaluationError("--probes-per-attempt and --seed take integers, e.g. 3 or 1,3") from None
             fusions = list(FusionRule) if options["fusion"] == "all" else options["fusion"].split(",")
             reports = door_evaluate_rules(
                 data=options["data"],
                 enrol=options["enrol"],
                 stranger_share=options["stranger_share"],
-                seed=options["seed"],
+                seed=seeds,
                 probes_per_attempt=ks,
                 limit_identities=options["limit_identities"],
                 progress=progress,
                 fusions=fusions,
+                cache_dir=options["cache_dir"],
             )
+            stored = door_fused_offsets_store(reports) if options["store_fused_offsets"] else None
         except DoorEvaluationError as exc:
             raise CommandError(str(exc)) from exc
         if options["json"]:
@@ -68,3 +87,5 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(found[0] if len(found) == 1 else found))
         else:
             self.stdout.write("\n".join(report.summary() for report in reports))
+            if stored is not None:
+                self.stdout.write(f"fused offsets stored: {stored}")
