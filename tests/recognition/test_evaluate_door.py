@@ -90,6 +90,7 @@ def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> No
         )
 
 
+@pytest.mark.slow  # a third full enrolment + evaluation; the default suite keeps the first two
 @pytest.mark.django_db
 def test_several_seeds_count_together_and_probes_come_from_the_cache(
     enrol_env: Path, identities: Path, tmp_path: Path
