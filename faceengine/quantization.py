@@ -163,7 +163,7 @@ def sface_float_model(source: str | Path) -> Any:
 
     model = onnx.ModelProto()
     model.ParseFromString(load_fixed_model(source))
-    folded = fold_dequantize(model)
+    folded = fold_dequantize(model)  # as load_fixed_model(fold_weights=True), counted
     logger.info("SFace %s: %d weights dequantised to float", source, folded)
     with tempfile.TemporaryDirectory(prefix="sface-quant-") as tmp:
         raw, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"

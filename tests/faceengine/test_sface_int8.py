@@ -85,6 +85,21 @@ def test_int8_decides_the_sample_faces_as_the_float_model() -> None:
     assert np.abs(np.triu(f @ f.T - q @ q.T)).max() < 0.06
 
 
+def test_float_sface_with_folded_weights_computes_what_the_stored_graph_does() -> None:
+    """Dequantising the weights once at load changes nothing but the speed (same model version)."""
+    crops = np.random.default_rng(1).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    folded = SFaceEmbedder(num_threads=1)
+    stored = SFaceEmbedder(num_threads=1, fold_weights=False)
+    assert folded.model_version == stored.model_version
+    import onnx
+
+    from faceengine.backends.sface import load_fixed_model
+
+    graph = onnx.load_from_string(load_fixed_model(SFaceEmbedder.default_path(), fold_weights=True)).graph
+    assert "DequantizeLinear" not in {node.op_type for node in graph.node}
+    assert np.abs(folded.embed(crops) - stored.embed(crops)).max() < 1e-5
+
+
 def test_a_tampered_int8_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evil = tmp_path / SFACE_INT8_FILE.name
     shutil.copyfile(SFACE_INT8_FILE, evil)
