@@ -99,8 +99,8 @@ class DetectionSection:
     #: crop (aligned JPEG leaves the device) or embedding (privacy mode: only the vector leaves)
     mode: str = "crop"
     #: the embedder backend (embedding mode, and the offline allow-list): ``sface`` (float, the
-    #: server's default) or ``sface-int8`` (the same network in int8, its own model version: about
-    #: twice as fast on a CPU with int8 dot products; see the README), or a FaceNet backend
+    #: server's default) or ``sface-int8`` (the same network in int8, its own model version: same
+    #: LFW accuracy, no faster than ``sface`` on an x86 CPU; see the README), or a FaceNet backend
     embedder: str = "sface"
     embedding_encoding: str = "f32"
     jpeg_quality: int = 90
