@@ -25,6 +25,7 @@ from faceengine.protocol import (
     ProtocolError,
     validate_device_uid,
 )
+from faceengine.registry import available_backends
 
 ENV_PREFIX = "ACS_EDGE_"
 DEFAULT_VAR_DIR = Path("var/edge")
@@ -97,6 +98,9 @@ class DetectionSection:
     min_detector_score: float = 0.9
     #: crop (aligned JPEG leaves the device) or embedding (privacy mode: only the vector leaves)
     mode: str = "crop"
+    #: the embedder backend (embedding mode, and the offline allow-list): ``sface`` (float, the
+    #: server's default) or ``sface-int8`` (the same network in int8, its own model version: same
+    #: LFW accuracy, no faster than ``sface`` on an x86 CPU; see the README), or a FaceNet backend
     embedder: str = "sface"
     embedding_encoding: str = "f32"
     jpeg_quality: int = 90
@@ -253,6 +257,7 @@ class EdgeConfig:
             raise ConfigError(f"mqtt.url must be mqtt:// or mqtts://, got {self.mqtt.url!r}")
         _choice("detection.mode", self.detection.mode, ("crop", "embedding"))
         _choice("detection.detector", self.detection.detector, ("yunet", "mtcnn"))
+        _choice("detection.embedder", self.detection.embedder, tuple(available_backends()))
         _choice("detection.embedding_encoding", self.detection.embedding_encoding, ("f32", "f16", "int8"))
         _choice("relay.driver", self.relay.driver, ("simulated", "gpio"))
         _choice("door.fail_mode", self.door.fail_mode, ("secure", "safe", "allowlist"))

@@ -6,7 +6,10 @@ with every embedding and event; vectors of different versions are never compared
 
 Backends (see :mod:`faceengine.backends`; built by name through :mod:`faceengine.registry`):
 
-* ``sface`` (default): OpenCV-zoo SFace int8, 128-d, ArcFace-aligned 112x112, via onnxruntime.
+* ``sface`` (default): OpenCV-zoo SFace (int8 weights on disk, float compute), 128-d, ArcFace-aligned
+  112x112, via onnxruntime.
+* ``sface-int8``: the same network statically quantised to int8 (``manage.py model_quantize``), the
+  edge variant; its own model version.
 * ``facenet-casia``: FaceNet 20180408-102900 (CASIA-WebFace), 512-d, 160x160 box crop, torch.
 * ``facenet-vggface2``: FaceNet InceptionResnetV1 from a weights file you provide, 512-d.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faceengine.backends.facenet import FaceNetCasiaEmbedder, FaceNetVGGFace2Embedder
-from faceengine.backends.sface import SFaceEmbedder
+from faceengine.backends.sface import SFaceEmbedder, SFaceInt8Embedder
 from faceengine.embedder import Embedder, EmbedderConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def _register_builtin() -> None:
     if _factories:
         return
     register_backend("sface", SFaceEmbedder)
+    register_backend("sface-int8", SFaceInt8Embedder)
     register_backend("facenet-casia", FaceNetCasiaEmbedder)
     register_backend("facenet-vggface2", FaceNetVGGFace2Embedder)
 

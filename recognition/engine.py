@@ -24,7 +24,7 @@ def embedder_options(name: str) -> dict[str, object]:
         return {**model_files_options(name), "flip": settings.RECOGNITION_FACENET_FLIP}
     if name == "facenet-vggface2" and settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS:
         return {"weights_path": settings.RECOGNITION_FACENET_VGGFACE2_WEIGHTS}
-    if name == "sface":
+    if name in ("sface", "sface-int8"):
         # Server processes share the cores: a few threads per process, none spinning between runs.
         return {"num_threads": settings.RECOGNITION_ORT_THREADS, "allow_spinning": False}
     return {}

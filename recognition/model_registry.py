@@ -179,10 +179,9 @@ def model_file_paths(model: ModelVersion) -> dict[str, Path]:
 def _builtin_files(backend: str, options: Mapping[str, Any]) -> list[Path]:
     """The weight files a built-in backend loads (empty when unknown or not installed)."""
     try:
-        if backend == "sface":
-            from faceengine.backends.sface import default_model_path
-
-            return [Path(options["model_path"]) if options.get("model_path") else default_model_path()]
+        if backend in ("sface", "sface-int8"):
+            cls = backend_class(backend)
+            return [Path(options["model_path"]) if options.get("model_path") else cls.default_path()]  # type: ignore[attr-defined]
         if backend == "facenet-casia":
             from faceengine.backends.facenet import CASIA_DISTRIBUTION, CASIA_RELATIVE_PATH
 

