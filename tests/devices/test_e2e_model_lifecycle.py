@@ -69,9 +69,14 @@ def sface_index_restored() -> Iterator[None]:
 
 
 def _event(agent: EdgeAgent, face, listener: e2e.CommandListener) -> AccessEvent:
+    """Send ``face`` from ``agent``; the access event once decided (a grant: once the door got its command)."""
     detection, _ = agent.send_candidate(face, captured_at=time.time())
-    listener.wait(detection.detection_id, timeout=60)  # decided: the door got its command
-    return AccessEvent.objects.get(detection_id=detection.detection_id)
+    decided = AccessEvent.objects.filter(detection_id=detection.detection_id)
+    assert wait_until(decided.exists, timeout=60), f"detection {detection.detection_id} of {agent.uid} not decided"
+    event = decided.get()
+    if event.decision == "grant":
+        assert listener.wait(detection.detection_id, timeout=30).detection_id == detection.detection_id
+    return event
 
 
 def test_facenet_casia_from_candidate_through_shadow_and_rollout_to_active_and_sface_retired(
