@@ -32,6 +32,7 @@ from accessctl.offline_decisions import OfflineInput, offline_decisions_record
 from faceengine import protocol as p
 from recognition.calibration import threshold_measured
 from recognition.engine import active_embedder
+from recognition.gallery_versions import gallery_removed
 from recognition.liveness import crop_liveness_score
 from recognition.models import EMBEDDING_DIMS, InboundDetection
 from recognition.shadow_sampling import ShadowCandidate, shadow_offer_after_commit
@@ -77,6 +78,12 @@ def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray,
         model_version = str(detection.model_version or "")
         if model_version not in EMBEDDING_DIMS:
             raise ProbeError(Reason.MODEL_MISMATCH, f"no gallery for model version {model_version!r}")
+        if gallery_removed(model_version):  # not "unknown face": the device runs a model no longer served
+            raise ProbeError(
+                Reason.MODEL_MISMATCH,
+                f"model version {model_version} is retired and its gallery removed: roll the "
+                "device to the active version",
+            )
         vector = np.asarray(detection.embedding_values(), dtype=np.float32)
         if vector.shape[0] != EMBEDDING_DIMS[model_version]:
             raise ProbeError(Reason.BAD_EMBEDDING, f"{model_version} vectors have {EMBEDDING_DIMS[model_version]} dims")

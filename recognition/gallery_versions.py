@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from accessctl.process_cache import ProcessCache
 from recognition.models import EMBEDDING_DIMS, EnrollmentPhoto, FaceEmbedding, GalleryMigration, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,26 @@ def kept_versions() -> list[str]:
     ).values_list("model_version", "state")
     versions = sorted(rows, key=lambda r: (r[1] != ModelVersion.State.ACTIVE, r[0]))
     return [v for v, _ in versions if v in EMBEDDING_DIMS]
+
+
+def _removed_load() -> frozenset[str]:
+    rows = ModelVersion.objects.filter(state=ModelVersion.State.RETIRED, gallery_migration__isnull=True)
+    return frozenset(rows.values_list("model_version", flat=True))
+
+
+#: Read for every embedding-mode detection; a retirement elsewhere is seen within ``ttl_s``.
+_REMOVED = ProcessCache("recognition-gallery-removed", ttl_s=30.0, cleared_by=(ModelVersion, GalleryMigration))
+
+
+def gallery_removed(model_version: str) -> bool:
+    """True when ``model_version`` is retired and its gallery removed (not a version kept after a
+    promotion): no vector of it is left, so a device still embedding with it matches nobody.
+    Kept per process for 30 s (a change in this process is seen at once)."""
+    return model_version in _REMOVED.get(None, _removed_load)
+
+
+def gallery_removed_cache_clear() -> None:
+    _REMOVED.clear()
 
 
 def _accepted_without(model_version: str) -> QuerySet[EnrollmentPhoto]:

@@ -129,6 +129,7 @@ def _process_caches_cleared() -> None:
     """Per-process caches of configuration rows must not outlive a test's rolled-back data."""
     from accessctl.webhooks import SUBSCRIPTIONS
     from recognition.calibration import CALIBRATIONS
+    from recognition.gallery_versions import gallery_removed_cache_clear
     from recognition.model_registry import active_model_cache_clear
     from recognition.shadow_sampling import shadow_caches_clear
 
@@ -136,6 +137,7 @@ def _process_caches_cleared() -> None:
     SUBSCRIPTIONS.clear()
     active_model_cache_clear()
     shadow_caches_clear()
+    gallery_removed_cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
 from faceengine import protocol as p
 from tests.broker_logins import observer_client
+
+if TYPE_CHECKING:
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.vision import FaceCandidate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,10 +54,11 @@ def child_process(
         handle.close()
 
 
-def worker_argv(concurrency: int = 1, name: str = "e2e") -> list[str]:
+def worker_argv(concurrency: int = 1, name: str = "e2e", queues: tuple[str, ...] = ()) -> list[str]:
+    """A worker on the recognition and default queues (and ``queues``: the shadow or gallery ones)."""
     return [
         sys.executable, "-m", "celery", "-A", "accessctl.project", "worker",
-        "-Q", f"{settings.RECOGNITION_QUEUE},default",
+        "-Q", ",".join((settings.RECOGNITION_QUEUE, "default", *queues)),
         "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
@@ -101,6 +107,65 @@ class CommandListener:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def lfw_face(path: Path) -> FaceCandidate:
+    """The largest face of an LFW photo as an edge agent's detector and aligner prepare it."""
+    import numpy as np
+    from PIL import Image
+
+    from edge_agent.vision import YunetDetector, prepare
+
+    detector = YunetDetector(min_face_px=20, threads=1)
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    found = prepare(rgb, detector.detect(rgb), min_face_px=20, min_score=0.5)
+    if not found:
+        raise LookupError(f"no face in {path}")
+    return found[0]
+
+
+def lfw_faces(count: int) -> list[FaceCandidate]:
+    """One face each of the first ``count`` LFW people with a face the agent finds."""
+    from tests.faces import LFW_DIR
+
+    out = []
+    for person in sorted(d for d in LFW_DIR.iterdir() if d.is_dir()):
+        try:
+            out.append(lfw_face(sorted(person.glob("*.jpg"))[0]))
+        except LookupError:
+            continue
+        if len(out) == count:
+            return out
+    raise LookupError("not enough LFW faces")
+
+
+def agent_start(uid: str, door: Any, folder: Path, *, mode: str = "embedding") -> EdgeAgent:
+    """Provision ``uid`` at ``door`` and start its edge agent (sface in embedding mode, no camera) on
+    the test run's broker, with its model folder under ``folder``; heartbeats every second."""
+    from devices.provisioning import agent_config, device_provision, secret_file_write
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.config import load_config
+    from edge_agent.relay import SimulatedRelay
+    from edge_agent.vision import LocalEmbedder
+
+    provisioned = device_provision(uid=uid, door=door)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder / "device.key"
+    secret_file_write(key, provisioned.private_key_pem)
+    config_path = folder / "agent.toml"
+    secret_file_write(config_path, agent_config(provisioned, key_path=str(key), mqtt_url=settings.MQTT_URL))
+    config = load_config(config_path, environ={})
+    config.spool.dir = folder / "spool"
+    config.models.dir = folder / "models"
+    config.detection.mode = mode
+    config.detection.threads = 1
+    config.agent.heartbeat_interval_s = 1.0
+    config.validate()
+    embedder = LocalEmbedder("sface", threads=1) if mode == "embedding" else None
+    agent = EdgeAgent(config, camera=None, detector=None, relay=SimulatedRelay(), embedder=embedder)
+    agent.start()
+    return agent
 
 
 def mqtt_address() -> tuple[str, int]:

@@ -12,22 +12,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from django.conf import settings
 
 from accessctl.models import Door
 from devices.model_rollout import rollout_create
 from devices.models import EdgeDevice, ModelRollout, ModelRolloutDevice
-from devices.provisioning import agent_config, device_provision, secret_file_write
 from edge_agent.agent import EdgeAgent
-from edge_agent.config import load_config
-from edge_agent.relay import SimulatedRelay
-from edge_agent.vision import FaceCandidate, LocalEmbedder, YunetDetector, prepare
 from faceengine.backends.sface import SFACE_MODEL_VERSION
 from recognition.model_registry import model_version_register
 from tests.devices import e2e
-from tests.faces import LFW_DIR
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.dataset("lfw")]
@@ -43,45 +36,13 @@ def bridge(django_db_setup, test_env, tmp_path_factory) -> Iterator[None]:
         yield
 
 
-def lfw_faces(count: int) -> list[FaceCandidate]:
-    from PIL import Image
-
-    detector = YunetDetector(min_face_px=20, threads=1)
-    out = []
-    for person in sorted(d for d in LFW_DIR.iterdir() if d.is_dir()):
-        rgb = np.asarray(Image.open(sorted(person.glob("*.jpg"))[0]).convert("RGB"), dtype=np.uint8)
-        found = prepare(rgb, detector.detect(rgb), min_face_px=20, min_score=0.5)
-        out += found[:1]
-        if len(out) == count:
-            return out
-    raise LookupError("not enough LFW faces")
-
-
 @pytest.fixture
 def agents(bridge, live_server, tmp_path: Path) -> Iterator[dict[str, EdgeAgent]]:
     door = Door.objects.create(name="Lobby")
     started: dict[str, EdgeAgent] = {}
     try:
         for uid in UIDS:
-            provisioned = device_provision(uid=uid, door=door)
-            folder = tmp_path / uid
-            folder.mkdir()
-            key = folder / "device.key"
-            secret_file_write(key, provisioned.private_key_pem)
-            config_path = folder / "agent.toml"
-            secret_file_write(config_path, agent_config(provisioned, key_path=str(key), mqtt_url=settings.MQTT_URL))
-            config = load_config(config_path, environ={})
-            config.spool.dir = folder / "spool"
-            config.models.dir = folder / "models"
-            config.detection.mode = "embedding"
-            config.detection.threads = 1
-            config.agent.heartbeat_interval_s = 1.0
-            config.validate()
-            agent = EdgeAgent(
-                config, camera=None, detector=None, relay=SimulatedRelay(), embedder=LocalEmbedder("sface", threads=1)
-            )
-            agent.start()
-            started[uid] = agent
+            started[uid] = e2e.agent_start(uid, door, tmp_path / uid)
         for agent in started.values():
             assert agent.link.wait_subscribed(15), "an agent did not subscribe to its commands"
         yield started
@@ -95,7 +56,7 @@ def test_one_of_two_devices_is_rolled_to_facenet_casia_and_reports_it_in_its_hea
 ) -> None:
     settings.MODEL_DOWNLOAD_BASE_URL = live_server.url
     a, b = (agents[uid] for uid in UIDS)
-    for face in lfw_faces(6):  # the faces door A saw lately: its self-test
+    for face in e2e.lfw_faces(6):  # the faces door A saw lately: its self-test
         a.samples.add(face)
     # both devices report sface in their heartbeats: they embed, so they can be offered a model
     assert wait_until(
@@ -112,7 +73,7 @@ def test_one_of_two_devices_is_rolled_to_facenet_casia_and_reports_it_in_its_hea
     assert EdgeDevice.objects.get(uid=UIDS[1]).model_version == SFACE_MODEL_VERSION
     assert a.model_updater is not None and a.model_updater.download_stats.bytes > 90_000_000
     assert a.model_updater.last_self_test is not None and a.model_updater.last_self_test.ok
-    face = lfw_faces(1)[0]
+    face = e2e.lfw_faces(1)[0]
     assert a.build_detection(face, captured_at=time.time()).model_version == CASIA
     assert b.build_detection(face, captured_at=time.time()).model_version == SFACE_MODEL_VERSION
     print(f"facenet-casia rollout on device A: {a.model_updater.timings}, self-test {a.model_updater.last_self_test}")

@@ -272,6 +272,39 @@ def test_retiring_removes_vectors_and_index_and_waits_for_the_devices(flip_index
     assert ModelVersion.objects.get(pk=model.pk).state == State.RETIRED
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_device_still_on_a_removed_version_is_denied_model_mismatch_not_unknown_face(
+    media_root: Path, monkeypatch: pytest.MonkeyPatch, flip_index_restored: None
+) -> None:
+    from devices.provisioning import device_provision
+    from recognition.detections import detections_decide
+    from tests.recognition.test_detections import stage
+
+    monkeypatch.setattr("accessctl.decisions._door_command", lambda event, door, **_: None)
+    door = Door.objects.create(name="Dock")
+    device = device_provision(uid="dock-late", door=door).device
+    ada = Person.objects.create(name="Ada")
+    group = AccessGroup.objects.create(name="Dockers")
+    group.people.add(ada)
+    group.doors.add(door)
+    vector = [1.0] + [0.0] * 511
+    FaceEmbedding.objects.create(person=ada, model_version=FLIP, embedding=vector)
+    _calibrate(FLIP)
+
+    def decide() -> AccessEvent:
+        detection_id = stage(device, mode="embedding", model_version=FLIP, values=vector)
+        detections_decide([detection_id])
+        return AccessEvent.objects.get(detection_id=detection_id)
+
+    before = decide()
+    assert (before.reason, before.person_id, before.model_version) == ("matched", ada.pk, FLIP)
+    model_version_retire(model=ModelVersion.objects.get(model_version=FLIP), force=True)
+    # The device missed the rollout: its faces are not strangers, its model is no longer served.
+    late = decide()
+    assert (late.decision, late.reason, late.person_id) == ("deny", "model_mismatch", None)
+    assert late.model_version == "" and "retired" in str(late.details) and FLIP in str(late.details)  # none used
+
+
 SFACE_DIM, CASIA_DIM = 128, 512
 
 
