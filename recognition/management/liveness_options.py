@@ -25,6 +25,13 @@ def liveness_options_add(parser: CommandParser) -> None:
         "--detector", choices=("mtcnn", "yunet"), default="mtcnn", help="face detector (default mtcnn, the server's)"
     )
     parser.add_argument(
+        "--min-detector-score",
+        type=float,
+        default=evaluation.MIN_DETECTOR_SCORE,
+        help="score the largest face the detector scores at least this (default %(default)s: the edge agent's "
+        "[detection] min_detector_score, which sends no other face)",
+    )
+    parser.add_argument(
         "--boxes",
         choices=("auto", "detector", "onet"),
         default="auto",
@@ -66,5 +73,11 @@ def folder_score(options: dict[str, Any], stream: Any) -> tuple[LivenessScorer, 
     min_face = options["min_face_px"] or settings.RECOGNITION_MIN_FACE_PX
     detector = detector_for(options, min_face)
     with progress_bar(total=len(presentations), desc="liveness", unit="photo", stream=stream) as bar:
-        scored = evaluation.presentations_score(presentations, scorer, detector, progress=lambda _done: bar.update(1))
+        scored = evaluation.presentations_score(
+            presentations,
+            scorer,
+            detector,
+            progress=lambda _done: bar.update(1),
+            min_detector_score=options.get("min_detector_score", evaluation.MIN_DETECTOR_SCORE),
+        )
     return scorer, scored

@@ -436,3 +436,19 @@ def test_tracks_fuse_cuts_captures_into_runs_in_frame_order() -> None:
         evaluation.tracks_fuse(scored, 0, "median")
     with pytest.raises(ValueError, match="unknown liveness fusion"):
         evaluation.tracks_fuse(scored, 2, "max")
+
+
+def test_the_evaluation_scores_only_faces_the_agent_would_send() -> None:
+    """The largest face among those the detector scores >= min_detector_score (the agent's
+    [detection] default): YuNet's large low-score boxes on a printed sheet are never sent."""
+    from types import SimpleNamespace
+
+    from edge_agent.config import DetectionSection
+
+    assert DetectionSection().min_detector_score == evaluation.MIN_DETECTOR_SCORE
+    sheet = SimpleNamespace(box=np.array([0.0, 0.0, 300.0, 330.0]), score=0.62)
+    face = SimpleNamespace(box=np.array([260.0, 120.0, 380.0, 270.0]), score=0.93)
+    np.testing.assert_array_equal(evaluation._largest_box([sheet, face], 0.9), face.box)
+    np.testing.assert_array_equal(evaluation._largest_box([sheet, face]), sheet.box)  # no filter: the largest
+    assert evaluation._largest_box([sheet], 0.9) is None  # counted as not detected
+    np.testing.assert_array_equal(evaluation._largest_box([face.box], 0.9), face.box)  # bare boxes: no score to filter
