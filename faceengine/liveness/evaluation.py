@@ -40,8 +40,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_THRESHOLD = 0.5
 CALIBRATION_FILENAME = "liveness_calibration.json"
 #: the edge agent's default ``[detection] min_detector_score``: faces scored lower are never sent.
-#: It matters with YuNet, whose largest box on 26 of nuaa-dev's 1,651 photos is not the face
-#: (scores 0.50-0.80 on 25 of them, a printed sheet or a hand; live faces 0.90-0.95)
+#: It matters with YuNet: its largest box on 26 of nuaa-dev's 1,008 printed photos scores under 0.9
+#: (0.50-0.90), and on 24 of them (0.50-0.80) it is not the face MTCNN finds but the printed sheet
+#: or the hand; every live face of nuaa-dev scores 0.90 or more
 MIN_DETECTOR_SCORE = 0.9
 
 Detector = Callable[[np.ndarray], Sequence[Any]]
