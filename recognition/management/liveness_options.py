@@ -17,7 +17,7 @@ from faceengine.liveness.scorer import LivenessScorer, get_scorer
 def liveness_options_add(parser: CommandParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="live/<subject>/*.jpg, print/<subject>/*.jpg")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="use one photo in K (quicker, rougher)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as on a door device)")
+    parser.add_argument("--threads", type=int, default=2, help="detector, liveness threads (default 2: a door device)")
     parser.add_argument(
         "--min-face-px", type=int, default=None, help="smallest face detected (default: RECOGNITION_MIN_FACE_PX)"
     )
