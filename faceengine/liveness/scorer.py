@@ -9,9 +9,10 @@ Two backends run the same networks: ``onnx`` (the default where onnxruntime is i
 ``.onnx`` files in ``weights/``, exported from the ``.pth`` state dicts by
 ``python -m faceengine.liveness.onnx_export``, probabilities within 1e-4 of torch's) and
 ``torch`` (the reference: the state dicts loaded into ``network.py``'s implementation, batch norms
-folded). onnxruntime runs a face through both networks in about half torch's time at batch 1
-(``bench/liveness_speed.py``); its threads sleep between calls instead of spinning, so that they
-leave the cores to the detector that runs next. Every weights file is checked against its SHA-256
+folded). onnxruntime runs a face through both networks in about a third of torch's time at
+batch 1 (``bench/liveness_speed.py``); given a thread per network, it runs them side by side, one
+thread each; its threads sleep between calls instead of spinning, so that they leave the cores to
+the detector that runs next. Every weights file is checked against its SHA-256
 before loading.
 
 torch and onnxruntime are imported lazily. :func:`get_scorer` keeps one scorer per (weights,
@@ -25,6 +26,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,9 +188,10 @@ class LivenessScorer:
     """Live probability (0..1) of each face box in a full RGB frame.
 
     ``weights_dir``: folder holding the weights files (default: the package's ``weights/``).
-    ``models``: names from :data:`PAD_MODELS` to fuse (default both). ``num_threads``: threads of
-    each network (onnxruntime: fixed when the sessions are built; torch: its process-wide
-    intra-op threads, ``None`` keeps torch's setting). ``backend``: one of :data:`BACKENDS`;
+    ``models``: names from :data:`PAD_MODELS` to fuse (default both). ``num_threads``: threads for
+    the networks (onnxruntime: fixed when the sessions are built; with at least one per network,
+    the networks run side by side with an equal share each, else in turn with all of them; torch:
+    its process-wide intra-op threads, ``None`` keeps torch's setting). ``backend``: one of :data:`BACKENDS`;
     ``device`` (torch only): where the networks run.
     """
 
@@ -215,6 +218,10 @@ class LivenessScorer:
         self.specs = tuple(PAD_MODELS[name] for name in models)
         self.model_version = MODEL_VERSION if tuple(models) == DEFAULT_MODELS else "+".join(models)
         self._lock = threading.Lock()
+        # onnxruntime with a thread per network: the networks run side by side, one thread each
+        # (at batch 1 two small networks gain more from that than from two threads each in turn)
+        self.parallel = self.backend == "onnx" and len(self.specs) > 1 and (num_threads or 0) >= len(self.specs)
+        self._pool = ThreadPoolExecutor(len(self.specs) - 1, thread_name_prefix="liveness") if self.parallel else None
         self._networks = [self._load(spec) for spec in self.specs]
         self._warm_up()
 
@@ -229,7 +236,8 @@ class LivenessScorer:
         if digest != expected:
             raise LivenessWeightsError(f"liveness weights {path} have SHA-256 {digest}, expected {expected}")
         if self.backend == "onnx":
-            network: Any = _OnnxNetwork(path, self.num_threads)
+            threads = self.num_threads // len(self.specs) if self.parallel and self.num_threads else self.num_threads
+            network: Any = _OnnxNetwork(path, threads)
         else:
             torch_threads_set(self.num_threads)
             network = _TorchNetwork(spec, path, self.device)
@@ -257,12 +265,19 @@ class LivenessScorer:
         box_arr = _boxes_array(boxes)
         if len(box_arr) == 0:
             return np.zeros((len(self.specs), 0, 3), dtype=np.float32)
-        results = []
+
+        def run(spec: PadModel, network: Any) -> np.ndarray:
+            return network(self.crops(frame_rgb, box_arr, spec.scale))
+
+        pairs = list(zip(self.specs, self._networks, strict=True))
         with self._lock:
             if self.backend == "torch":
                 torch_threads_set(self.num_threads)
-            for spec, network in zip(self.specs, self._networks, strict=True):
-                results.append(network(self.crops(frame_rgb, box_arr, spec.scale)))
+            if self._pool is not None:
+                others = [self._pool.submit(run, spec, network) for spec, network in pairs[1:]]
+                results = [run(*pairs[0])] + [future.result() for future in others]
+            else:
+                results = [run(spec, network) for spec, network in pairs]
         return np.stack(results).astype(np.float32)
 
     def score(self, frame_rgb: np.ndarray, boxes: Any) -> np.ndarray:

@@ -151,6 +151,10 @@ def test_the_shipped_onnx_files_score_as_the_state_dicts(scorer: LivenessScorer)
     frame = _frame(seed=5)
     boxes = np.array([[100, 100, 180, 200], [0, 300, 90, 470], [560, 0, 640, 90], [300, 150, 420, 300]])
     np.testing.assert_allclose(scorer.probabilities(frame, boxes), reference.probabilities(frame, boxes), atol=1e-4)
+    # two threads: the two networks side by side, one thread each; the same scores as in turn
+    assert scorer.parallel and not LivenessScorer(num_threads=1, backend="onnx").parallel
+    in_turn = LivenessScorer(num_threads=1, backend="onnx")
+    np.testing.assert_allclose(scorer.probabilities(frame, boxes), in_turn.probabilities(frame, boxes), atol=1e-6)
 
 
 @pytest.mark.slow
