@@ -5,7 +5,9 @@ interleaved), for the detector alone and for the agent's per-frame work (detect,
 align, quality, track), with liveness off and on (the two MiniFASNet networks scoring every
 frame's faces, as the agent does with ``[liveness] enabled = true``, around the boxes ``[liveness]
 boxes = "auto"`` gives each detector: YuNet's redrawn by MTCNN's O-Net; issue 18's target: >= 20 FPS
-with liveness on). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2] [--detector yunet,mtcnn]``.
+with liveness on; ``--liveness-backend onnx,torch``: the scorer on onnxruntime, the agent's, and on
+torch, rounds alternating). Run: ``.venv/bin/python bench/edge_fps.py [--frames 30] [--threads 2]
+[--detector yunet,mtcnn] [--liveness-backend onnx,torch]``.
 Uses a 640x480 webcam frame of nuaa-dev when found (tests/faces.py), else an LFW photo pasted into
 a 640x480 frame (ACCESSCTL_LFW, ACCESSCTL_RESEARCH_DATA or var/datasets/lfw), else skimage's
 astronaut.
@@ -59,6 +61,11 @@ def main() -> None:
     parser.add_argument("--fuse-top-k", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (every detector, liveness off / on)")
     parser.add_argument("--detector", default="yunet,mtcnn", help="yunet, mtcnn or both (comma-separated)")
+    parser.add_argument(
+        "--liveness-backend",
+        default="onnx",
+        help="the liveness scorer's backend: onnx (the agent's), torch, or both (comma-separated: rounds alternate)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -82,14 +89,20 @@ def main() -> None:
         for _ in range(5):  # warm-up: allocator, oneDNN kernels
             detectors[name].detect(frame)
 
+    backends = [b.strip() for b in args.liveness_backend.split(",") if b.strip()]
+    if unknown := set(backends) - {"onnx", "torch"}:
+        parser.error(f"unknown liveness backend(s) {sorted(unknown)}; expected onnx, torch")
     t0 = time.perf_counter()
     # each detector with the liveness boxes the agent gives it ([liveness] boxes = "auto": YuNet's
     # boxes redrawn by O-Net, MTCNN's as they are)
     livenesses = {}
     for name in names:
         boxes = LivenessSection().resolved_boxes(name)
-        livenesses[name] = liveness_load(enabled=True, threads=args.threads, fuse_top_k=args.fuse_top_k, boxes=boxes)
-        assert livenesses[name] is not None, "liveness networks did not load"
+        for backend in backends:
+            livenesses[(name, backend)] = liveness_load(
+                enabled=True, threads=args.threads, fuse_top_k=args.fuse_top_k, boxes=boxes, backend=backend
+            )
+            assert livenesses[(name, backend)] is not None, "liveness networks did not load"
         print(f"{name}: liveness windows around {boxes} boxes")
     print(f"liveness load + warm-up: {time.perf_counter() - t0:.2f} s")
 
@@ -99,18 +112,18 @@ def main() -> None:
             detectors[name].detect(frame)
         return (time.perf_counter() - t0) / args.frames
 
-    def pipeline(name: str, with_liveness: bool) -> tuple[float, int]:
-        """The agent's handle_frame over ``args.frames`` frames: detect, prepare, (liveness, one
-        batch per frame), track, fuse at emission; returns seconds per frame and faces seen."""
+    def pipeline(name: str, backend: str | None) -> tuple[float, int]:
+        """The agent's handle_frame over ``args.frames`` frames: detect, prepare, (liveness with
+        ``backend``, one batch per frame), track, fuse at emission; returns seconds per frame and faces seen."""
         detector = detectors[name]
-        liveness = livenesses[name]
+        liveness = livenesses[(name, backend or backends[0])]
         tracker: IouTracker[FaceCandidate] = IouTracker(evidence=lambda c: c.liveness)
         faces = 0
         t0 = time.perf_counter()
         for i in range(args.frames):
             cands = prepare(frame, detector.detect(frame), min_face_px=args.min_face_px, min_score=0.9)
             faces += len(cands)
-            if with_liveness:
+            if backend is not None:
                 scores = liveness.score_frame(frame, [c.face.box for c in cands])
                 cands = [dataclasses.replace(c, liveness=s) for c, s in zip(cands, scores, strict=True)]
             for emission in tracker.update([(c.face.box, c.rank, c) for c in cands], ts=i * 0.1):
@@ -125,9 +138,10 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in names:
             times.setdefault((name, "detect"), []).append(detect_only(name))
-            times.setdefault((name, "off"), []).append(pipeline(name, False)[0])
-            seconds, faces[name] = pipeline(name, True)
-            times.setdefault((name, "on"), []).append(seconds)
+            times.setdefault((name, "off"), []).append(pipeline(name, None)[0])
+            for backend in backends:
+                seconds, faces[name] = pipeline(name, backend)
+                times.setdefault((name, f"on, {backend}"), []).append(seconds)
     assert all(live.failures == 0 for live in livenesses.values()), "the liveness scorer failed"
 
     def fps(values: list[float]) -> str:
@@ -138,17 +152,19 @@ def main() -> None:
         f"torch {torch.__version__}, threads {args.threads}, frame 640x480, min face {args.min_face_px} px, "
         f"{args.rounds} rounds of {args.frames} frames"
     )
+    kinds = ["detect", "off"] + [f"on, {backend}" for backend in backends]
     for name in names:
         print(f"{name}: {faces[name] / args.frames:.1f} face(s) per frame sent")
         print(f"  detector only:          {fps(times[(name, 'detect')])}")
         print(f"  pipeline, liveness off: {fps(times[(name, 'off')])}")
-        print(f"  pipeline, liveness on:  {fps(times[(name, 'on')])}")
-        cost = (min(times[(name, "on")]) - min(times[(name, "off")])) * 1000
-        print(f"  liveness cost:          {cost:+6.1f} ms/frame (best rounds)")
+        for backend in backends:
+            print(f"  pipeline, liveness on ({backend}): {fps(times[(name, f'on, {backend}')])}")
+            cost = (min(times[(name, f"on, {backend}")]) - min(times[(name, "off")])) * 1000
+            print(f"  liveness cost ({backend}):   {cost:+6.1f} ms/frame (best rounds)")
     if len(names) > 1:
         base = names[-1]
         for name in names[:-1]:
-            for kind in ("detect", "off", "on"):
+            for kind in kinds:
                 ratio = min(times[(base, kind)]) / min(times[(name, kind)])
                 print(f"{name} vs {base}, {kind}: {ratio:.2f}x the FPS (best rounds)")
 

@@ -117,11 +117,19 @@ class EdgeLiveness:
 
 
 def liveness_load(
-    *, enabled: bool, threads: int, fuse_top_k: int, boxes: str = "detector", fusion: str = "top_k"
+    *,
+    enabled: bool,
+    threads: int,
+    fuse_top_k: int,
+    boxes: str = "detector",
+    fusion: str = "top_k",
+    backend: str = "auto",
 ) -> EdgeLiveness | None:
     """The configured liveness (``[liveness]``), or None when disabled or the weights do not load
     (logged: the agent then sends detections without a score). ``boxes``: ``detector`` (score
-    around the detector's boxes) or ``onet`` (around MTCNN's R-Net and O-Net's redrawing of them)."""
+    around the detector's boxes) or ``onet`` (around MTCNN's R-Net and O-Net's redrawing of them).
+    ``backend``: the scorer's (``faceengine.liveness.scorer.BACKENDS``; ``auto``: onnxruntime, which
+    the agent installs for YuNet; ``bench/edge_fps.py`` compares it with torch)."""
     if boxes not in BOX_SOURCES:
         raise ValueError(f"unknown liveness boxes {boxes!r} (expected one of {BOX_SOURCES})")
     if fusion not in FUSIONS:
@@ -132,7 +140,7 @@ def liveness_load(
     try:
         from faceengine.liveness import get_scorer
 
-        scorer = get_scorer(num_threads=threads)
+        scorer = get_scorer(num_threads=threads, backend=backend)
         redraw: BoxRedraw | None = None
         if boxes == "onet":
             from faceengine.onet_refine import OnetBoxRefiner, get_onet, get_rnet

@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 _BOX_FRACTION = 1 / 2.7
 
 
-#: One torch thread: two 80x80 networks gain nothing from more, and more OpenMP threads keep
-#: spinning after each run, taking the cores the rest of the decision (the embedder, the database,
-#: the bridge) needs: measured with bench/decision_latency.py, crop-mode p50 rose by ~150 ms with
-#: two threads on two busy cores, and by no measurable amount with one.
+#: One thread: two 80x80 networks gain little from more, and (with the torch backend) more OpenMP
+#: threads keep spinning after each run, taking the cores the rest of the decision (the embedder,
+#: the database, the bridge) needs: measured with bench/decision_latency.py, crop-mode p50 rose by
+#: ~150 ms with two torch threads on two busy cores, and by no measurable amount with one. The
+#: default backend is onnxruntime (its threads do not spin), the figure was measured with torch.
 _THREADS = 1
 
 

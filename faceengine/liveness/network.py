@@ -18,6 +18,7 @@ imports it lazily).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -215,7 +216,21 @@ class MiniFASNet(nn.Module):
         return self.prob(self.bn(self.linear(x)))
 
 
+#: the architecture of each shipped network, by the name ``faceengine.liveness.scorer.PAD_MODELS`` uses
+WIDTHS: dict[str, MiniFASNetWidths] = {"MiniFASNetV2": MINIFASNET_V2, "MiniFASNetV1SE": MINIFASNET_V1SE}
+
+
 def state_dict_unwrap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip the ``module.`` prefix that ``nn.DataParallel`` puts on every key."""
     prefix = "module."
     return {key.removeprefix(prefix): value for key, value in state.items()}
+
+
+def network_load(name: str, path: str | Path) -> MiniFASNet:
+    """The network ``name`` (a key of :data:`WIDTHS`) with the state dict at ``path``, in eval mode,
+    batch norms folded: the reference the ONNX export is made from and checked against.
+    The caller checks the file's digest."""
+    network = MiniFASNet(WIDTHS[name])
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    network.load_state_dict(state_dict_unwrap(state), strict=True)
+    return network.eval().fuse()

@@ -17,12 +17,19 @@ from faceengine.liveness.scorer import LivenessScorer, get_scorer
 def liveness_options_add(parser: CommandParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="live/<subject>/*.jpg, print/<subject>/*.jpg")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="use one photo in K (quicker, rougher)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as on a door device)")
+    parser.add_argument("--threads", type=int, default=2, help="detector, liveness threads (default 2: a door device)")
     parser.add_argument(
         "--min-face-px", type=int, default=None, help="smallest face detected (default: RECOGNITION_MIN_FACE_PX)"
     )
     parser.add_argument(
         "--detector", choices=("mtcnn", "yunet"), default="mtcnn", help="face detector (default mtcnn, the server's)"
+    )
+    parser.add_argument(
+        "--min-detector-score",
+        type=float,
+        default=evaluation.MIN_DETECTOR_SCORE,
+        help="score the largest face the detector scores at least this (default %(default)s: the edge agent's "
+        "[detection] min_detector_score, which sends no other face)",
     )
     parser.add_argument(
         "--boxes",
@@ -66,5 +73,11 @@ def folder_score(options: dict[str, Any], stream: Any) -> tuple[LivenessScorer, 
     min_face = options["min_face_px"] or settings.RECOGNITION_MIN_FACE_PX
     detector = detector_for(options, min_face)
     with progress_bar(total=len(presentations), desc="liveness", unit="photo", stream=stream) as bar:
-        scored = evaluation.presentations_score(presentations, scorer, detector, progress=lambda _done: bar.update(1))
+        scored = evaluation.presentations_score(
+            presentations,
+            scorer,
+            detector,
+            progress=lambda _done: bar.update(1),
+            min_detector_score=options.get("min_detector_score", evaluation.MIN_DETECTOR_SCORE),
+        )
     return scorer, scored

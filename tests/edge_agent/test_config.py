@@ -38,20 +38,20 @@ def test_allowlist_fail_mode_and_pulse(tmp_path: Path) -> None:
 def test_example_config_parses() -> None:
     config = load_config(EXAMPLE, environ={})
     assert config.device.uid
-    assert config.detection.detector == "mtcnn"
+    assert config.detection.detector == "yunet"
     config.validate(need_keys=False)
 
 
 def test_detector_choice(tmp_path: Path) -> None:
-    """MTCNN by default; YuNet by the file or the environment; each builds the matching adapter."""
+    """YuNet by default; MTCNN by the file or the environment; each builds the matching adapter."""
     from edge_agent.vision import MtcnnDetector, YunetDetector, detector_build
 
-    assert load_config(None, environ={}).detection.detector == "mtcnn"
+    assert load_config(None, environ={}).detection.detector == "yunet"
     path = tmp_path / "edge.toml"
-    path.write_text('[device]\nuid = "d"\n[detection]\ndetector = "yunet"\n')
-    assert load_config(path, environ={}).validate(need_keys=False).detection.detector == "yunet"
-    env = {"ACS_EDGE_DETECTION_DETECTOR": "mtcnn"}
-    assert load_config(path, environ=env).validate(need_keys=False).detection.detector == "mtcnn"
+    path.write_text('[device]\nuid = "d"\n[detection]\ndetector = "mtcnn"\n')
+    assert load_config(path, environ={}).validate(need_keys=False).detection.detector == "mtcnn"
+    env = {"ACS_EDGE_DETECTION_DETECTOR": "yunet"}
+    assert load_config(path, environ=env).validate(need_keys=False).detection.detector == "yunet"
     assert isinstance(detector_build("yunet", min_face_px=40, threads=1), YunetDetector)
     assert isinstance(detector_build("mtcnn", min_face_px=40, threads=1), MtcnnDetector)
     with pytest.raises(ValueError, match="unknown detector"):

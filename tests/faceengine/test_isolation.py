@@ -36,8 +36,8 @@ def test_reads_no_environment() -> None:
             assert not re.search(needle, text), f"{path.relative_to(ENGINE)} matches {needle}"
 
 
-#: Modules that *are* torch code (network definitions); what uses them imports them lazily.
-TORCH_MODULES = {"faceengine.liveness.network"}
+#: Modules that *are* torch code (network definitions, the ONNX export tool); what uses them imports them lazily.
+TORCH_MODULES = {"faceengine.liveness.network", "faceengine.liveness.onnx_export"}
 
 
 def test_importing_every_module_imports_no_server_code_nor_torch() -> None:

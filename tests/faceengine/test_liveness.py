@@ -20,7 +20,7 @@ import torch
 from django.core.management import call_command
 
 from faceengine.detector import FaceDetector
-from faceengine.liveness import evaluation
+from faceengine.liveness import evaluation, onnx_export
 from faceengine.liveness.crop import crop_region, crop_window, resize_bilinear
 from faceengine.liveness.network import (
     LIVE_CLASS,
@@ -69,14 +69,18 @@ def _frame(seed: int = 0, height: int = 480, width: int = 640) -> np.ndarray:
 
 
 def test_importing_the_scorer_needs_neither_django_nor_torch() -> None:
-    """The engine is Django-free (the edge agent imports it); torch loads with the first scorer."""
+    """The engine is Django-free (the edge agent imports it); the onnxruntime scorer scores without
+    torch (an agent with YuNet and the detector's boxes needs no torch at all)."""
     code = (
-        "import sys, faceengine.liveness, faceengine.liveness.evaluation; "
+        "import sys, numpy as np, faceengine.liveness, faceengine.liveness.evaluation; "
+        "print(sorted(m for m in ('django', 'torch') if m in sys.modules)); "
+        "s = faceengine.liveness.get_scorer(backend='onnx'); "
+        "s.score(np.zeros((48, 64, 3), np.uint8), [(20, 10, 40, 30)]); "
         "print(sorted(m for m in ('django', 'torch') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split() == ["[]", "[]"]
 
 
 # --- the networks ---------------------------------------------------------------------------------
@@ -110,20 +114,64 @@ def test_folding_the_batch_norms_keeps_the_outputs() -> None:
 def test_weights_that_are_not_the_shipped_ones_are_refused(tmp_path: Path) -> None:
     with pytest.raises(LivenessWeightsError, match="not found"):
         LivenessScorer(tmp_path)
-    for spec in PAD_MODELS.values():
+    for spec in PAD_MODELS.values():  # the state dicts (torch) and their ONNX exports, each pinned
         shutil.copy(WEIGHTS_DIR / spec.filename, tmp_path / spec.filename)
+        shutil.copy(WEIGHTS_DIR / spec.onnx_filename, tmp_path / spec.onnx_filename)
     with (tmp_path / PAD_MODELS["MiniFASNetV2"].filename).open("ab") as fh:
         fh.write(b"\0")
+    with (tmp_path / PAD_MODELS["MiniFASNetV1SE"].onnx_filename).open("ab") as fh:
+        fh.write(b"\0")
     with pytest.raises(LivenessWeightsError, match="SHA-256"):
-        LivenessScorer(tmp_path)
+        LivenessScorer(tmp_path, backend="torch")
+    with pytest.raises(LivenessWeightsError, match="SHA-256"):
+        LivenessScorer(tmp_path, backend="onnx")
     with pytest.raises(ValueError, match="unknown"):
         LivenessScorer(models=["MiniFASNetV3"])
+    with pytest.raises(ValueError, match="CPU"):
+        LivenessScorer(backend="onnx", device="cuda")
 
 
 def test_one_scorer_per_process(scorer: LivenessScorer) -> None:
     assert get_scorer(num_threads=2) is scorer
     assert get_scorer(WEIGHTS_DIR, num_threads=2) is scorer
+    assert get_scorer(num_threads=2, backend="onnx") is scorer
     assert tuple(spec.name for spec in scorer.specs) == DEFAULT_MODELS
+    assert scorer.backend == "onnx"  # onnxruntime is installed: the faster backend by default
+    with pytest.raises(ValueError, match="backend"):
+        get_scorer(backend="tensorrt")
+
+
+# --- the ONNX export ------------------------------------------------------------------------------
+
+
+def test_the_shipped_onnx_files_score_as_the_state_dicts(scorer: LivenessScorer) -> None:
+    """onnxruntime on the shipped exports gives torch's probabilities on the shipped state dicts."""
+    reference = get_scorer(num_threads=2, backend="torch")
+    assert reference is not scorer and reference.backend == "torch"
+    frame = _frame(seed=5)
+    boxes = np.array([[100, 100, 180, 200], [0, 300, 90, 470], [560, 0, 640, 90], [300, 150, 420, 300]])
+    np.testing.assert_allclose(scorer.probabilities(frame, boxes), reference.probabilities(frame, boxes), atol=1e-4)
+    # two threads: the two networks side by side, one thread each; the same scores as in turn
+    assert scorer.parallel and not LivenessScorer(num_threads=1, backend="onnx").parallel
+    in_turn = LivenessScorer(num_threads=1, backend="onnx")
+    np.testing.assert_allclose(scorer.probabilities(frame, boxes), in_turn.probabilities(frame, boxes), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_onnx_export_is_reproducible_from_the_state_dicts(tmp_path: Path) -> None:
+    """``python -m faceengine.liveness.onnx_export`` rebuilds the shipped files from the .pth files:
+    the same bytes with the torch that wrote them, the same outputs (within tolerance) in any case."""
+    digests = onnx_export.export_all(tmp_path)
+    for name, digest in digests.items():
+        spec = PAD_MODELS[name]
+        fresh = onnx_export.onnx_session(tmp_path / spec.onnx_filename)
+        shipped = onnx_export.onnx_session(WEIGHTS_DIR / spec.onnx_filename)
+        batch = onnx_export.check_batch(seed=7)
+        np.testing.assert_allclose(
+            fresh.run(None, {"input": batch})[0], shipped.run(None, {"input": batch})[0], atol=1e-4
+        )
+        if torch.__version__.startswith("2.13."):
+            assert digest == spec.onnx_sha256
 
 
 # --- the crop -------------------------------------------------------------------------------------
@@ -164,9 +212,9 @@ def test_the_networks_get_bgr_crops_of_the_full_frame(scorer: LivenessScorer) ->
     frame = np.zeros((480, 640, 3), dtype=np.uint8)
     frame[:, :, 0] = 200  # red in RGB
     crops = scorer.crops(frame, [(300, 200, 340, 240)], 2.7)
-    assert crops.shape == (1, 3, 80, 80) and crops.dtype == torch.float32
-    assert crops.is_contiguous(memory_format=torch.channels_last)
-    assert torch.all(crops[0, 2] == 200) and torch.all(crops[0, :2] == 0)  # BGR: red is the last channel
+    assert crops.shape == (1, 3, 80, 80) and crops.dtype == np.float32
+    assert crops.flags.c_contiguous
+    assert np.all(crops[0, 2] == 200) and np.all(crops[0, :2] == 0)  # BGR: red is the last channel
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -392,3 +440,19 @@ def test_tracks_fuse_cuts_captures_into_runs_in_frame_order() -> None:
         evaluation.tracks_fuse(scored, 0, "median")
     with pytest.raises(ValueError, match="unknown liveness fusion"):
         evaluation.tracks_fuse(scored, 2, "max")
+
+
+def test_the_evaluation_scores_only_faces_the_agent_would_send() -> None:
+    """The largest face among those the detector scores >= min_detector_score (the agent's
+    [detection] default): YuNet's large low-score boxes on a printed sheet are never sent."""
+    from types import SimpleNamespace
+
+    from edge_agent.config import DetectionSection
+
+    assert DetectionSection().min_detector_score == evaluation.MIN_DETECTOR_SCORE
+    sheet = SimpleNamespace(box=np.array([0.0, 0.0, 300.0, 330.0]), score=0.62)
+    face = SimpleNamespace(box=np.array([260.0, 120.0, 380.0, 270.0]), score=0.93)
+    np.testing.assert_array_equal(evaluation._largest_box([sheet, face], 0.9), face.box)
+    np.testing.assert_array_equal(evaluation._largest_box([sheet, face]), sheet.box)  # no filter: the largest
+    assert evaluation._largest_box([sheet], 0.9) is None  # counted as not detected
+    np.testing.assert_array_equal(evaluation._largest_box([face.box], 0.9), face.box)  # bare boxes: no score to filter
