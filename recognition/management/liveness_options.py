@@ -22,7 +22,10 @@ def liveness_options_add(parser: CommandParser) -> None:
         "--min-face-px", type=int, default=None, help="smallest face detected (default: RECOGNITION_MIN_FACE_PX)"
     )
     parser.add_argument(
-        "--detector", choices=("mtcnn", "yunet"), default="mtcnn", help="face detector (default mtcnn, the server's)"
+        "--detector",
+        choices=("mtcnn", "yunet"),
+        default="yunet",
+        help="face detector (default yunet: the edge agent's default, whose scores doors judge)",
     )
     parser.add_argument(
         "--min-detector-score",
@@ -47,14 +50,14 @@ def calibration_path() -> Path:
 
 def detector_for(options: dict[str, Any], min_face: int) -> evaluation.Detector:
     """The ``--detector`` with the ``--boxes`` the liveness windows are cut around."""
-    if options.get("detector", "mtcnn") == "yunet":
+    if options.get("detector", "yunet") == "yunet":
         from faceengine.yunet import YunetDetector
 
         detector: evaluation.Detector = YunetDetector(min_face_size=min_face, num_threads=options["threads"])
     else:
         detector = FaceDetector(min_face_size=min_face, num_threads=options["threads"])
     boxes = options.get("boxes", "auto")
-    if boxes == "onet" or (boxes == "auto" and options.get("detector") == "yunet"):
+    if boxes == "onet" or (boxes == "auto" and options.get("detector", "yunet") == "yunet"):
         from faceengine.onet_refine import onet_boxes_detector
 
         detector = onet_boxes_detector(detector)

@@ -107,12 +107,12 @@ def test_site_threshold_setting_calibration_file_and_default(monkeypatch: pytest
 
     monkeypatch.setattr(project_settings, "VAR_DIR", tmp_path)
     monkeypatch.delenv("ACCESSCTL_LIVENESS_THRESHOLD", raising=False)
-    assert project_settings._liveness_threshold() == project_settings.LIVENESS_CALIBRATED_THRESHOLD == 0.0501
+    assert project_settings._liveness_threshold() == project_settings.LIVENESS_CALIBRATED_THRESHOLD == 0.0846
     calibration = tmp_path / "liveness_calibration.json"
     calibration.write_text(json.dumps({"threshold": 0.2, "model_version": MODEL_VERSION}))
     assert project_settings._liveness_threshold() == 0.2
     calibration.write_text(json.dumps({"threshold": 0.2, "model_version": "another-model"}))
-    assert project_settings._liveness_threshold() == 0.0501  # for other networks: not ours
+    assert project_settings._liveness_threshold() == 0.0846  # for other networks: not ours
     monkeypatch.setenv("ACCESSCTL_LIVENESS_THRESHOLD", "0.3")
     assert project_settings._liveness_threshold() == 0.3
     monkeypatch.setenv("ACCESSCTL_LIVENESS_THRESHOLD", "1.3")
