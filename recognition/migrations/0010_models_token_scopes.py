@@ -31,9 +31,12 @@ def forwards(apps, schema_editor) -> None:
     if device_view is None:  # a new database: nobody holds it yet
         return
     config = apps.get_app_config("recognition")
-    config.models_module = True  # create_permissions skips an app config without models
-    create_permissions(config, apps=apps, verbosity=0, using=db)
-    config.models_module = None
+    previous = config.models_module
+    config.models_module = previous or True  # create_permissions skips an app config without models
+    try:
+        create_permissions(config, apps=apps, verbosity=0, using=db)
+    finally:
+        config.models_module = previous  # (with the live registry, None would hide the app's models for good)
     model_view = _permission(apps, db, "recognition", "view_modelversion")
     User = apps.get_model(*settings.AUTH_USER_MODEL.split("."))
     Group = apps.get_model("auth", "Group")
