@@ -42,4 +42,7 @@ def test_api_token_table_fits_a_1400_px_screen(page, live_url) -> None:
     last_box, filters = last.bounding_box(), page.locator("#changelist-filter").bounding_box()
     assert last_box["x"] + last_box["width"] <= filters["x"], (last_box, filters)
     scopes = page.locator("#result_list td.field-scope_list").first.inner_text()
-    assert scopes == "events:read, people:read+write, doors:read+write, devices:read+write, identify, webhooks:write, models:read+write"
+    assert scopes == (
+        "events:read, people:read+write, doors:read+write, devices:read+write, identify, webhooks:write, "
+        "models:read+write"
+    )
