@@ -31,7 +31,7 @@ def forwards(apps, schema_editor) -> None:
     if device_view is None:  # a new database: nobody holds it yet
         return
     config = apps.get_app_config("recognition")
-    previous = config.models_module
+    previous = getattr(config, "models_module", None)
     config.models_module = previous or True  # create_permissions skips an app config without models
     try:
         create_permissions(config, apps=apps, verbosity=0, using=db)
