@@ -21,7 +21,7 @@ matcher's: best person at or above the threshold, and no second person at or abo
 ``--margin``.
 
     python bench/door_strategies.py --cache var/cache/door-probes-sface-2021dec-int8bq-min40.npz \\
-        --data ../shared/data/celeba-dev
+        --data DIR  (celeba-dev layout: <identity>/*.jpg)
 """
 
 from __future__ import annotations

@@ -97,11 +97,6 @@ def gallery_photo_counts(model_version: str) -> tuple[int, int]:
     return total, done
 
 
-def gallery_people(model_version: str) -> int:
-    """How many people have at least one vector of ``model_version``."""
-    return FaceEmbedding.objects.filter(model_version=model_version).values("person_id").distinct().count()
-
-
 def _failed_photos(model_version: str) -> list[int]:
     row = GalleryMigration.objects.filter(model__model_version=model_version).values("failed_photo_ids").first()
     return [int(i) for i in (row or {}).get("failed_photo_ids") or []]

@@ -48,7 +48,8 @@ from faceengine.protocol.model_manifest import (
     signed_manifest_dumps,
 )
 from faceengine.registry import available_backends, backend_class
-from recognition.gallery_versions import gallery_gaps, gallery_people, gallery_photo_counts, gallery_ready
+from recognition.gallery import gallery_people_count
+from recognition.gallery_versions import gallery_gaps, gallery_photo_counts, gallery_ready
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding, GalleryMigration, ModelStateChange, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ def _transition(*, model: ModelVersion, to_state: State, actor: Any, force: bool
             if previous is not None:
                 photos, people = gallery_gaps(model.model_version)
                 if (photos or people) and not force:
-                    have, need = gallery_people(model.model_version), gallery_people(previous.model_version)
+                    have, need = gallery_people_count(model.model_version), gallery_people_count(previous.model_version)
                     raise RegistryError(
                         f"{model.model_version} has gallery vectors for {have} people, {previous.model_version} "
                         f"for {need}; {people} people and {photos} accepted photos are not embedded yet: "

@@ -21,27 +21,29 @@ from recognition.staging import inbound_requeue
 logger = logging.getLogger(__name__)
 
 
-def _gallery_only_worker() -> bool:
-    """True in a worker that consumes the gallery queue and nothing else (its -Q)."""
+def _background_only_worker() -> bool:
+    """True in a worker that consumes only background queues (its -Q): gallery builds and/or shadow
+    decisions, never a door decision."""
     from celery import current_app
 
     consumed = set(current_app.amqp.queues.consume_from or {})
-    return consumed == {settings.GALLERY_QUEUE}
+    return bool(consumed) and consumed <= {settings.GALLERY_QUEUE, settings.RECOGNITION_SHADOW_QUEUE}
 
 
 @worker_process_init.connect
 def _load_model(**_: object) -> None:
     """Load the embedder (and the liveness scorer) once per worker process, before the first detection.
 
-    A gallery-only worker loads nothing ahead (it loads the version it builds) and lowers its CPU
-    priority (``RECOGNITION_GALLERY_WORKER_NICE``): on a shared machine the decisions come first."""
+    A background worker (gallery builds, shadow decisions) loads nothing ahead (it loads the version
+    it builds or shadows) and lowers its CPU priority (``RECOGNITION_GALLERY_WORKER_NICE``): on a
+    shared machine the decisions come first."""
     from recognition.engine import active_embedder
 
-    if _gallery_only_worker():
+    if _background_only_worker():
         wanted = max(0, min(19, settings.RECOGNITION_GALLERY_WORKER_NICE))
         if wanted > os.nice(0):  # systemd's Nice= may have set it already
             os.nice(wanted - os.nice(0))
-        logger.info("gallery worker process ready (nice %d)", os.nice(0))
+        logger.info("background worker process ready (nice %d)", os.nice(0))
         return
     if settings.RECOGNITION_PRELOAD:
         # The model is the registry's active version (a database read; the parent closed its

@@ -398,8 +398,9 @@ if not 0.0 <= RECOGNITION_SHADOW_SAMPLE_RATE <= 1.0:
 RECOGNITION_GALLERY_MIGRATION_RATE = env_float("ACCESSCTL_GALLERY_MIGRATION_RATE", 20.0)
 RECOGNITION_GALLERY_MIGRATION_BATCH = env_int("ACCESSCTL_GALLERY_MIGRATION_BATCH", 16)
 RECOGNITION_GALLERY_MIGRATION_SLICE_S = env_float("ACCESSCTL_GALLERY_MIGRATION_SLICE_S", 60.0)
-# A worker that consumes only the gallery queue runs at this CPU niceness (0..19) and, as started by
-# `manage.py up`, with this many torch/onnxruntime threads: re-embedding takes the CPU decisions leave.
+# A worker that consumes only the gallery and/or shadow queues runs at this CPU niceness (0..19); the
+# gallery worker, as started by `manage.py up`, with this many torch/onnxruntime threads:
+# re-embedding takes the CPU decisions leave.
 RECOGNITION_GALLERY_WORKER_NICE = env_int("ACCESSCTL_GALLERY_WORKER_NICE", 10)
 RECOGNITION_GALLERY_WORKER_THREADS = env_int("ACCESSCTL_GALLERY_WORKER_THREADS", 1)
 

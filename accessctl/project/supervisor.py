@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -127,12 +126,6 @@ def admin_ensure() -> None:
     logger.info("created administrator 'admin'; password in %s", path)
 
 
-def _niced(niceness: int = 10) -> list[str]:
-    """``nice -n <niceness>`` where the system has ``nice`` (a lower CPU priority), else nothing."""
-    found = shutil.which("nice")
-    return [found, "-n", str(niceness)] if found else []
-
-
 def gallery_worker_env() -> dict[str, str]:
     """The gallery worker's own settings: few compute threads (it also lowers its CPU priority, see
     ``recognition.tasks``), so a build leaves the cores to the decisions."""
@@ -181,9 +174,10 @@ def default_children(host: str, port: int, with_beat: bool = True) -> list[Child
         ),
         Child("worker", _celery_worker(f"{settings.RECOGNITION_QUEUE},default", settings.WORKER_CONCURRENCY, "worker")),
         # Shadow decisions of a candidate model (recognition/shadow.py): their own queue and one
-        # process at a lower CPU priority, so they never take a decision's slot; it loads the shadow
-        # version's model at its first shadow decision.
-        Child("shadow-worker", [*_niced(), *_celery_worker(settings.RECOGNITION_SHADOW_QUEUE, 1, "shadow")]),
+        # process at a lower CPU priority (recognition.tasks lowers it, as for the gallery worker),
+        # so they never take a decision's slot; it loads the shadow version's model at its first
+        # shadow decision.
+        Child("shadow-worker", _celery_worker(settings.RECOGNITION_SHADOW_QUEUE, 1, "shadow")),
         # Gallery builds (promoting a model version) on a worker of their own, one process: a
         # re-embedding batch never holds a pool slot the door decisions need.
         Child("gallery-worker", _celery_worker(settings.GALLERY_QUEUE, 1, "gallery"), env=gallery_worker_env()),
