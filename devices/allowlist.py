@@ -50,7 +50,7 @@ from faceengine.protocol.allowlist import MAX_REVOKED_REFS, MAX_TEMPLATES_PER_EN
 from faceengine.protocol.envelope import canonical_json
 from recognition.calibration import CalibrationError, margin_for, offline_threshold_for
 from recognition.engine import server_model_version
-from recognition.gallery import GalleryError, dim_for, gallery_templates
+from recognition.gallery import GalleryError, dim_for, person_templates
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def allowlist_compile(device: EdgeDevice, door: Door, *, now: float | None = Non
     )
     if len(access.windows) > _MAX_SCHEDULE_KEYS:
         raise AllowlistRefused(f"door {door.name} has {len(access.windows)} schedules; at most {_MAX_SCHEDULE_KEYS}")
-    templates = gallery_templates([person.person_id for person in access.people], model_version)
+    templates = person_templates([person.person_id for person in access.people], model_version)
     entries, digests, entry_bytes = [], {}, 0
     for person in access.people:
         vectors = templates.get(person.person_id)

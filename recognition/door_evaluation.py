@@ -68,7 +68,7 @@ from recognition.calibration import (
 from recognition.datasets import list_identity_folder
 from recognition.enrollment import BadImageError, PhotoUpload, configured_embedder, decode_image, photos_enroll
 from recognition.fused_calibration import fused_offset, person_scores
-from recognition.gallery import gallery_templates
+from recognition.gallery import person_templates
 from recognition.metrics import wilson_interval
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from recognition.probe_cache import ProbeCache, file_digest
@@ -465,7 +465,8 @@ def _run(
 
 
 class _ImpostorScores:
-    """(probe or attempt, enrolled person other than its own) best-photo similarities, for the
+    """(probe or attempt, enrolled person other than its own) similarities (the site's person score:
+    :func:`recognition.gallery.person_templates`), for the
     fused offset (:mod:`recognition.fused_calibration`). Fused attempts: every window of K
     consecutive probes of an identity (overlapping, for more pairs)."""
 
@@ -475,7 +476,7 @@ class _ImpostorScores:
         person_of: dict[str, int],
         model_version: str,
     ) -> None:
-        templates = gallery_templates(sorted(person_of.values()), model_version)
+        templates = person_templates(sorted(person_of.values()), model_version)
         self.people = sorted(templates)
         self.found = found
         self.templates = [np.stack([_unit(v) for v in templates[p]]) for p in self.people]

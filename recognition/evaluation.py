@@ -170,6 +170,7 @@ class IdentificationReport:
     unknown_false_accept_rate: float  # unknown probes with best score >= threshold
     dir_at_fpir: dict[str, float]  # DIR at the threshold giving this unknown FAR
     threshold_at_fpir: dict[str, float]
+    person_score: str = "best_photo"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +181,7 @@ class IdentificationReport:
         )
         return (
             f"{self.model_version}: {self.identities} identities x gallery "
-            f"({self.gallery_entries} entries), {self.known_probes} known / "
+            f"({self.gallery_entries} entries, {self.person_score}), {self.known_probes} known / "
             f"{self.unknown_probes} unknown probes; rank-1 {self.rank1 * 100:.2f}%; at threshold "
             f"{self.threshold:.4f}: identified {self.detection_identification_rate * 100:.2f}%, "
             f"unknown accepted {self.unknown_false_accept_rate * 100:.3f}%; {extra}"
@@ -197,12 +198,14 @@ def identification_benchmark(
     gallery_size: int = 3,
     threshold: float | None = None,
     fpirs: Sequence[float] = (1e-2, 1e-3),
+    person_score: str = "mean_template",
     **embedder_options: Any,
 ) -> IdentificationReport:
     """Open-set identification on LFW.
 
     People with >= ``min_images`` images are enrolled with their first ``gallery_size`` images;
-    their other images are known probes. Everyone else's images are unknown probes. The
+    their other images are known probes. Everyone else's images are unknown probes. A person is
+    scored by ``person_score`` (the gallery's rules: ``recognition.gallery.PersonScore``). The
     threshold defaults to the LFW-pairs threshold at FAR 1e-3 (what a 1:1 calibration would
     give); DIR at a few unknown-acceptance rates (FPIR) is reported as well.
     """
@@ -226,8 +229,8 @@ def identification_benchmark(
             u_vecs.extend(embeddings[f] for f in files)
     gallery, gallery_ids = np.stack(g_vecs), np.array(g_ids)
     known_ids = np.array(k_ids)
-    k_best, k_score = identification_scores(gallery, gallery_ids, np.stack(k_vecs))
-    _, u_score = identification_scores(gallery, gallery_ids, np.stack(u_vecs))
+    k_best, k_score = identification_scores(gallery, gallery_ids, np.stack(k_vecs), person_score=person_score)
+    _, u_score = identification_scores(gallery, gallery_ids, np.stack(u_vecs), person_score=person_score)
     if threshold is None:
         pairs = read_lfw_pairs(Path(lfw_root) / "pairs.txt")
         scores, labels, _ = pair_scores(pairs, embeddings)
@@ -251,6 +254,7 @@ def identification_benchmark(
         unknown_false_accept_rate=float(np.mean(u_score >= threshold)),
         dir_at_fpir=dir_at,
         threshold_at_fpir=thr_at,
+        person_score=person_score,
     )
     logger.info("%s", report.summary())
     return report
@@ -265,6 +269,8 @@ class ScoreDistributions:
     genuine: np.ndarray
     impostor: np.ndarray
     source: str
+    #: Photos scored against other people's mean templates (:func:`template_impostor_scores`).
+    template_impostor: np.ndarray | None = None
 
     def threshold_for_fmr(self, target_fmr: float) -> float:
         return threshold_for_far(self.impostor, target_fmr)
@@ -281,7 +287,11 @@ def lfw_pair_distributions(
     relpaths = list(dict.fromkeys([p.path1 for p in pairs] + [p.path2 for p in pairs]))
     embeddings, _ = lfw_embeddings(embedder, relpaths, lfw_root=lfw_root, cache_dir=cache_dir)
     scores, labels, _ = pair_scores(pairs, embeddings)
-    return ScoreDistributions(embedder.model_version, scores[labels], scores[~labels], "lfw-pairs")
+    usable = [r for r in relpaths if r in embeddings]
+    templates = template_impostor_scores(
+        np.stack([embeddings[r] for r in usable]), np.array([Path(r).parent.name for r in usable])
+    )
+    return ScoreDistributions(embedder.model_version, scores[labels], scores[~labels], "lfw-pairs", templates)
 
 
 def folder_distributions(
@@ -325,4 +335,25 @@ def folder_distributions(
         or [np.zeros(0, np.float32)]
     )
     gen = np.concatenate(genuine) if genuine else np.zeros(0)
-    return ScoreDistributions(embedder.model_version, gen, impostor, str(root))
+    return ScoreDistributions(embedder.model_version, gen, impostor, str(root), template_impostor_scores(vecs, owner))
+
+
+def template_impostor_scores(vectors: np.ndarray, owner: np.ndarray, *, photos: int = 3) -> np.ndarray:
+    """Every photo's cosine with the mean template (of the first ``photos`` photos) of every other
+    person who has that many: the scores a stranger gets against enrolled people when people are
+    scored by their mean template (``recognition.gallery.PersonScore``). Empty when nobody has that
+    many photos."""
+    units = np.asarray(vectors, dtype=np.float64)
+    units = units / np.linalg.norm(units, axis=1, keepdims=True)
+    names, first = np.unique(owner, return_index=True)
+    means, holders = [], []
+    for name in names[np.argsort(first)]:
+        mine = np.flatnonzero(owner == name)
+        if mine.size >= photos:
+            total = units[mine[:photos]].sum(axis=0)
+            means.append(total / np.linalg.norm(total))
+            holders.append(name)
+    if not means:
+        return np.zeros(0)
+    scores = units @ np.stack(means).T
+    return scores[owner[:, None] != np.asarray(holders)[None, :]].astype(np.float32)

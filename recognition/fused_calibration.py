@@ -45,8 +45,9 @@ class FusedOffset:
 
 
 def person_scores(vectors: np.ndarray, templates: Sequence[np.ndarray]) -> np.ndarray:
-    """``(n probes, people)`` cosine similarity of each normalised probe to each person's best
-    photo (``templates[p]``: that person's normalised gallery vectors, one per row)."""
+    """``(n probes, people)`` cosine similarity of each normalised probe to each person: the best over
+    ``templates[p]`` (that person's normalised vectors, one per row:
+    :func:`recognition.gallery.person_templates`)."""
     probes = np.asarray(vectors, dtype=np.float64)
     return np.stack([(probes @ np.asarray(t, dtype=np.float64).T).max(axis=1) for t in templates], axis=1)
 

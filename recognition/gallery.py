@@ -11,9 +11,11 @@ a predicate whose value is known when the plan is made, which a generic server-s
 would not know.
 
 A person has several embeddings (one per accepted enrolment photo). :func:`gallery_search` asks the
-index for ``limit_people * neighbours_per_person`` nearest vectors, then scores the people found
-exactly: every embedding of each of the best people is compared with the probe (a person's score is
-their best photo, whichever of their photos the graph walk happened to reach). When the best two
+index for ``limit_people * neighbours_per_person`` nearest vectors, then scores every person found
+exactly on all their embeddings (whichever of their photos the graph walk happened to reach), by the
+site's :class:`PersonScore` rule (``settings.RECOGNITION_PERSON_SCORE``): the normalised mean of their
+photos' vectors (the default: a steadier picture of a face than its luckiest photo; computed in the
+statement, so it always holds exactly the person's accepted photos) or their best photo. When the best two
 people are nearly tied (``RECOGNITION_SEARCH_ESCALATE_GAP``), the ranking at the top is exactly what
 an approximate search gets wrong and what the matcher's margin rule depends on, so those probes are
 searched again with a much wider candidate list (``RECOGNITION_HNSW_ESCALATED_EF_SEARCH``). A clear
@@ -31,6 +33,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -60,6 +63,20 @@ _TABLE = FaceEmbedding._meta.db_table
 #: An index or re-scoring row: (embedding_id, person_id, cosine distance to the probe).
 Row = tuple[int, int, float]
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class PersonScore(StrEnum):
+    """How a person is scored against a probe (``settings.RECOGNITION_PERSON_SCORE``)."""
+
+    #: Cosine with the normalised mean of the person's (normalised) photo vectors.
+    MEAN_TEMPLATE = "mean_template"
+    #: Cosine with the person's nearest photo.
+    BEST_PHOTO = "best_photo"
+
+
+def person_score_rule() -> PersonScore:
+    """The site's rule, ``settings.RECOGNITION_PERSON_SCORE``."""
+    return PersonScore(settings.RECOGNITION_PERSON_SCORE)
 
 
 class GalleryError(ValueError):
@@ -119,25 +136,40 @@ def _search_many_sql(model_version: str, dim: int) -> str:
     )
 
 
-def _rescore_sql(model_version: str, dim: int) -> str:
-    # Every embedding of the given people, with its distance to the probe that found them; the
-    # probes are numbered from 1 like _search_many_sql's. The person_id index finds the rows.
+def _people_sql(dim: int, rows: str) -> str:
+    # One row per (probe, person) of ``rows`` (columns n: probe number, id, person_id, embedding,
+    # d: cosine distance to the probe): the nearest photo's id, the best-photo distance and the
+    # mean-template distance. With unit photo vectors u_i and the probe p, cos(p, sum u_i) =
+    # sum cos(p, u_i) / |sum u_i|: the template needs no vector of its own.
     return (
-        f"SELECT q.n, e.id, e.person_id, (e.embedding::vector({dim}) <=> q.v) AS distance "
-        f"FROM unnest(%s::vector({dim})[]) WITH ORDINALITY AS q(v, n) "
-        "JOIN unnest(%s::bigint[], %s::bigint[]) AS p(n, person_id) ON p.n = q.n "
-        f"JOIN {_TABLE} e ON e.person_id = p.person_id AND e.model_version = '{model_version}'"
+        "SELECT n, (array_agg(id ORDER BY d, id))[1] AS nearest_id, person_id, min(d) AS best_photo, "
+        f"1 - sum(1 - d) / NULLIF(vector_norm(sum(l2_normalize(embedding::vector({dim})))), 0) AS mean_template "
+        f"FROM ({rows}) r GROUP BY n, person_id"
     )
 
 
-def _exact_sql(model_version: str, dim: int) -> str:
-    # The best embedding of each person (DISTINCT ON), then the best people.
+def _rescore_sql(model_version: str, dim: int) -> str:
+    # Every embedding of the given people, with its distance to the probe that found them, scored per
+    # person (_people_sql); the probes are numbered from 1 like _search_many_sql's. The person_id
+    # index finds the rows.
+    return _people_sql(
+        dim,
+        f"SELECT q.n, e.id, e.person_id, e.embedding, (e.embedding::vector({dim}) <=> q.v) AS d "
+        f"FROM unnest(%s::vector({dim})[]) WITH ORDINALITY AS q(v, n) "
+        "JOIN unnest(%s::bigint[], %s::bigint[]) AS p(n, person_id) ON p.n = q.n "
+        f"JOIN {_TABLE} e ON e.person_id = p.person_id AND e.model_version = '{model_version}'",
+    )
+
+
+def _exact_sql(model_version: str, dim: int, rule: PersonScore) -> str:
+    # Every person scored (_people_sql), then the best people by the rule (a checked enum value).
+    rows = (
+        f"SELECT 1 AS n, id, person_id, embedding, (embedding::vector({dim}) <=> %s::vector({dim})) AS d "
+        f"FROM {_TABLE} WHERE model_version = '{model_version}'"
+    )
     return (
-        "SELECT id, person_id, distance FROM ("
-        f"SELECT DISTINCT ON (person_id) id, person_id, "
-        f"(embedding::vector({dim}) <=> %s::vector({dim})) AS distance "
-        f"FROM {_TABLE} WHERE model_version = '{model_version}' ORDER BY person_id, distance, id"
-        ") best ORDER BY distance, id LIMIT %s"
+        f"SELECT nearest_id, person_id, best_photo, mean_template FROM ({_people_sql(dim, rows)}) people "
+        f"ORDER BY {PersonScore(rule).value} NULLS LAST, nearest_id LIMIT %s"
     )
 
 
@@ -168,8 +200,9 @@ def person_rescore_many(
     *,
     model_version: str,
 ) -> list[list[Row]]:
-    """Every embedding of ``people[i]`` with its exact distance to ``embeddings[i]``:
-    ``(embedding_id, person_id, distance)`` rows per probe, one statement for all probes."""
+    """Each person of ``people[i]`` scored exactly against ``embeddings[i]`` on all their embeddings
+    by the site's :class:`PersonScore` rule: one ``(nearest embedding_id, person_id, distance)`` row
+    per person (distance = 1 - the person's score), best first, per probe; one statement."""
     return _rescore(cursor, probe_literals(embeddings, model_version), people, model_version=model_version)
 
 
@@ -211,7 +244,19 @@ def _rescore(
     if not person_ids:
         return [[] for _ in literals]
     cursor.execute(_rescore_sql(model_version, dim_for(model_version)), [list(literals), numbers, person_ids])
-    return _by_probe(len(literals), cursor.fetchall())
+    found: list[list[Row]] = [[] for _ in literals]
+    for probe, embedding_id, person_id, best_photo, mean_template in cursor.fetchall():
+        found[int(probe) - 1].append(_person_row(embedding_id, person_id, best_photo, mean_template))
+    for rows in found:
+        rows.sort(key=lambda r: (r[2], r[0]))
+    return found
+
+
+def _person_row(embedding_id: int, person_id: int, best_photo: float, mean_template: float | None) -> Row:
+    """A person's row by the site's rule (a template without direction, never seen: no match)."""
+    if person_score_rule() is PersonScore.BEST_PHOTO:
+        return (int(embedding_id), int(person_id), float(best_photo))
+    return (int(embedding_id), int(person_id), 2.0 if mean_template is None else float(mean_template))
 
 
 def _by_probe(count: int, fetched: Sequence[Sequence[Any]]) -> list[list[Row]]:
@@ -280,7 +325,7 @@ def gallery_search_many(
     """:func:`gallery_search` for several probes together: each step is one statement for all
     probes (one index scan per probe); the candidates of each probe, in the order of ``embeddings``.
 
-    The people found are scored exactly on all their embeddings; probes whose best two people are
+    Every person found is scored exactly on all their embeddings; probes whose best two people are
     within ``escalate_gap`` are searched again with ``escalated_ef_search`` (module docstring).
     Both default to the settings (:func:`escalation_defaults`).
     """
@@ -294,17 +339,16 @@ def gallery_search_many(
     default_wide, default_gap = escalation_defaults()
     wide = default_wide if escalated_ef_search is None else escalated_ef_search
     gap = default_gap if escalate_gap is None else escalate_gap
-    ranked = max(limit_people, 2)  # the gap needs the runner-up
     literals = probe_literals(embeddings, model_version)  # formatted once for every statement below
     # No savepoint inside a caller's transaction (the decision's): SET LOCAL lasts until it ends.
     with Timer() as took, transaction.atomic(savepoint=False), connection.cursor() as cursor:
         rows = _scan(cursor, literals, model_version=model_version, k=k, ef_search=max(ef_search, k))
-        rows = _rescored(cursor, literals, rows, ranked, model_version)
+        rows = _rescored(cursor, literals, rows, model_version)
         again = [i for i, probe_rows in enumerate(rows) if wide > ef_search and _nearly_tied(probe_rows, gap)]
         if again:
             again_literals = [literals[i] for i in again]
             wider = _scan(cursor, again_literals, model_version=model_version, k=k, ef_search=max(wide, k))
-            wider = _rescored(cursor, again_literals, wider, ranked, model_version)
+            wider = _rescored(cursor, again_literals, wider, model_version)
             for i, more in zip(again, wider, strict=True):
                 rows[i] = _merged(rows[i], more)
     GALLERY_SEARCH.labels(model_version).observe(took.seconds)
@@ -317,19 +361,20 @@ def escalation_defaults() -> tuple[int, float]:
     return int(settings.RECOGNITION_HNSW_ESCALATED_EF_SEARCH), float(settings.RECOGNITION_SEARCH_ESCALATE_GAP)
 
 
-def _rescored(
-    cursor: Any, literals: Sequence[str], rows: list[list[Row]], ranked: int, model_version: str
-) -> list[list[Row]]:
-    """``rows`` plus every embedding of each probe's ``ranked`` best people, exactly scored."""
-    people = [[c.person_id for c in best_per_person(probe_rows, ranked)] for probe_rows in rows]
-    extra = _rescore(cursor, literals, people, model_version=model_version)
-    return [_merged(probe_rows, more) for probe_rows, more in zip(rows, extra, strict=True)]
+def _rescored(cursor: Any, literals: Sequence[str], rows: list[list[Row]], model_version: str) -> list[list[Row]]:
+    """Every person the index found for each probe (``rows``), scored exactly: one row per person.
+
+    All of them, not only the nearest few: a person's mean template can outscore the photo-nearest
+    people (their photos disagree with each other more than with the probe)."""
+    people = [sorted({person_id for _, person_id, _ in probe_rows}) for probe_rows in rows]
+    return _rescore(cursor, literals, people, model_version=model_version)
 
 
 def _merged(rows: Sequence[Row], more: Sequence[Row]) -> list[Row]:
-    by_id = {row[0]: row for row in rows}
-    by_id.update((row[0], row) for row in more)
-    return sorted(by_id.values(), key=lambda r: (r[2], r[0]))
+    """Per-person rows of two searches of one probe (a person scored twice scores the same)."""
+    by_person = {row[1]: row for row in rows}
+    by_person.update((row[1], row) for row in more)
+    return sorted(by_person.values(), key=lambda r: (r[2], r[0]))
 
 
 def _nearly_tied(rows: Sequence[Row], gap: float) -> bool:
@@ -344,7 +389,7 @@ def exact_search(
     model_version: str,
     limit_people: int = 5,
 ) -> list[Candidate]:
-    """Like :func:`gallery_search` but by a sequential scan: exact, slow on big galleries."""
+    """Like :func:`gallery_search` but by a sequential scan over everyone: exact, slow on big galleries."""
     if limit_people < 1:
         raise GalleryError("limit_people must be at least 1")
     dim = dim_for(model_version)
@@ -353,9 +398,9 @@ def exact_search(
         cursor.execute(
             "SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
         )
-        cursor.execute(_exact_sql(model_version, dim), [literal, int(limit_people)])
-        rows = cursor.fetchall()
-    return [Candidate(person_id=int(r[1]), similarity=1.0 - float(r[2]), embedding_id=int(r[0])) for r in rows]
+        cursor.execute(_exact_sql(model_version, dim, person_score_rule()), [literal, int(limit_people)])
+        rows = [_person_row(*r) for r in cursor.fetchall()]
+    return [Candidate(person_id=r[1], similarity=1.0 - r[2], embedding_id=r[0]) for r in rows]
 
 
 def explain_search(embedding: np.ndarray | list[float], *, model_version: str, k: int = 10, probes: int = 1) -> str:
@@ -401,6 +446,25 @@ def gallery_templates(person_ids: Sequence[int], model_version: str) -> dict[int
             continue
         out.setdefault(person_id, []).append(arr)
     return out
+
+
+def mean_template(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The normalised mean of the normalised ``vectors`` (a person's template, float32)."""
+    units = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    total = units.sum(axis=0)
+    return (total / np.linalg.norm(total)).astype(np.float32)
+
+
+def person_templates(person_ids: Sequence[int], model_version: str) -> dict[int, list[np.ndarray]]:
+    """What each person of ``person_ids`` is compared with under the site's :class:`PersonScore`
+    rule, so that a face's score is its best cosine over them: the mean template (one vector) or
+    every photo vector (:func:`gallery_templates`). The search scores people this way in SQL; this is
+    for what scores them elsewhere (a device's allow-list, evaluations)."""
+    found = gallery_templates(person_ids, model_version)
+    if person_score_rule() is PersonScore.BEST_PHOTO:
+        return found
+    return {person_id: [mean_template(vectors)] for person_id, vectors in found.items()}
 
 
 def gallery_people_count(model_version: str) -> int:

@@ -134,12 +134,22 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
 
 
 def identification_scores(
-    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray
+    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, *, person_score: str = "best_photo"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best-matching identity and its score for every probe (max over a person's entries)."""
-    sims = probes @ gallery.T  # unit vectors -> cosine
+    """Best-matching identity and its score for every probe: a person's score is their best entry
+    (``person_score="best_photo"``) or the cosine with the normalised mean of their normalised
+    entries (``"mean_template"``; the gallery's rules, ``recognition.gallery.PersonScore``)."""
+    if person_score not in ("best_photo", "mean_template"):
+        raise ValueError(f"unknown person score {person_score!r}")
     ids = np.unique(gallery_ids)
     per_id = np.full((probes.shape[0], ids.size), -np.inf)
+    if person_score == "mean_template":
+        units = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+        means = np.stack([units[gallery_ids == pid].sum(axis=0) for pid in ids])
+        per_id = probes @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
+        best = per_id.argmax(axis=1)
+        return ids[best], per_id[np.arange(probes.shape[0]), best]
+    sims = probes @ gallery.T  # unit vectors -> cosine
     for j, pid in enumerate(ids):
         per_id[:, j] = sims[:, gallery_ids == pid].max(axis=1)
     best = per_id.argmax(axis=1)

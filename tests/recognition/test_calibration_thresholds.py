@@ -11,6 +11,8 @@ import pytest
 
 from accessctl.models import Door, Person
 from recognition.calibration import (
+    BUILTIN_FUSED_OFFSETS,
+    BUILTIN_THRESHOLDS,
     CALIBRATIONS,
     GALLERY_SIZES,
     CalibrationError,
@@ -25,7 +27,7 @@ from recognition.matcher import match_decide_many
 from recognition.metrics import wilson_interval
 from recognition.models import FaceEmbedding, ModelCalibration
 from recognition.probe_cache import ProbeCache, file_digest
-from recognition.track_fusion import FusionRule, tracks_match
+from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule, tracks_match
 
 SFACE = "sface-2021dec-int8bq"
 BY_SIZE = {"100": 0.50, "1000": 0.56, "10000": None}
@@ -179,6 +181,12 @@ def test_fused_offsets_are_stored_kept_and_applied_to_fused_matches_only(fresh_c
     CALIBRATIONS.clear()
     assert threshold_for(SFACE) == pytest.approx(0.46)
     assert threshold_for(SFACE, probes_fused=3, fusion="quality_embedding") == pytest.approx(0.50)
+    # a rule without stored offsets takes the built-in one measured for the site's person score
+    builtin = BUILTIN_FUSED_OFFSETS.get((SFACE, "mean_template"), {}).get("max_score", {}).get(3, 0.0)
+    assert threshold_for(SFACE, probes_fused=3, fusion="max_score") == pytest.approx(0.46 + builtin)
+    # a measured negative offset is kept but never makes a track laxer than one face
+    store_fused_offsets(model_version=SFACE, rule="mean_score", offsets={3: -0.03}, source={})
+    CALIBRATIONS.clear()
     assert threshold_for(SFACE, probes_fused=3, fusion="mean_score") == pytest.approx(0.46)
 
     ada = enrol_people(1)[0]
@@ -189,3 +197,22 @@ def test_fused_offsets_are_stored_kept_and_applied_to_fused_matches_only(fresh_c
     )
     assert (one.matched, one.person_id, one.threshold) == (True, ada.pk, pytest.approx(0.46))
     assert (three.matched, three.threshold) == (False, pytest.approx(0.50))
+
+
+@pytest.mark.django_db
+def test_built_in_fused_offsets_apply_for_the_person_score_they_were_measured_with(fresh_caches, settings) -> None:
+    builtin = BUILTIN_FUSED_OFFSETS[(SFACE, "mean_template")]
+    assert builtin, "the default model ships measured offsets for the default person score"
+    for rule in FusionRule:
+        expected = BUILTIN_THRESHOLDS[SFACE] + builtin.get(str(rule), {}).get(3, 0.0)
+        assert threshold_for(SFACE, probes_fused=3, fusion=str(rule)) == pytest.approx(expected)
+        assert threshold_for(SFACE, probes_fused=1, fusion=str(rule)) == BUILTIN_THRESHOLDS[SFACE]
+    # the setting's threshold is offset the same way; a door's own threshold is used as it is
+    settings.RECOGNITION_DEFAULT_THRESHOLD = 0.5
+    rule = str(TRACK_FUSION_RULE)
+    assert threshold_for(SFACE, probes_fused=3, fusion=rule) == pytest.approx(0.5 + builtin[rule][3])
+    door = Door.objects.create(name="vault", match_threshold=0.6)
+    assert threshold_for(SFACE, door, probes_fused=3, fusion=rule) == 0.6
+    # measured by mean template: a site that scores by best photo gets none
+    settings.RECOGNITION_PERSON_SCORE = "best_photo"
+    assert threshold_for(SFACE, probes_fused=3, fusion=rule) == pytest.approx(0.5)

@@ -16,6 +16,8 @@ from recognition.gallery import (
     explain_search,
     gallery_search,
     gallery_search_many,
+    mean_template,
+    person_templates,
 )
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
@@ -29,6 +31,20 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 def add(person: Person, vector: np.ndarray, model_version: str = SFACE) -> FaceEmbedding:
     return FaceEmbedding.objects.create(person=person, model_version=model_version, embedding=vector.tolist())
+
+
+def person_score(probe: np.ndarray, person: Person, rule: str) -> float:
+    """The score the rule gives ``person`` for ``probe``, computed here in numpy."""
+    vectors = [np.asarray(e.embedding) for e in person.embeddings.filter(model_version=SFACE)]
+    if rule == "best_photo":
+        return max(float(np.dot(probe, v)) for v in vectors)
+    return float(np.dot(probe, mean_template(vectors)))
+
+
+@pytest.fixture(params=["mean_template", "best_photo"])
+def rule(request: pytest.FixtureRequest, settings) -> str:
+    settings.RECOGNITION_PERSON_SCORE = request.param
+    return request.param
 
 
 @pytest.fixture
@@ -48,7 +64,7 @@ def clustered(rng: np.random.Generator) -> tuple[list[Person], np.ndarray, np.nd
 
 
 @pytest.mark.django_db
-def test_search_keeps_best_embedding_per_person(clustered: tuple[list[Person], np.ndarray, np.ndarray]) -> None:
+def test_search_scores_each_person_once(clustered: tuple[list[Person], np.ndarray, np.ndarray], rule: str) -> None:
     people, centres, noise = clustered
     for i, person in enumerate(people):
         probe = unit(centres[i] + noise[i])
@@ -57,10 +73,11 @@ def test_search_keeps_best_embedding_per_person(clustered: tuple[list[Person], n
         assert len({c.person_id for c in found}) == len(found) == 3, "one candidate per person"
         assert found[0].similarity > 0.6 > found[1].similarity
         assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(found))
-        best = FaceEmbedding.objects.get(pk=found[0].embedding_id)
+        nearest = FaceEmbedding.objects.get(pk=found[0].embedding_id)
         own = [np.dot(probe, np.asarray(e.embedding)) for e in person.embeddings.all()]
-        assert best.person_id == person.pk
-        assert found[0].similarity == pytest.approx(max(own), abs=1e-5)
+        assert nearest.person_id == person.pk
+        assert np.dot(probe, np.asarray(nearest.embedding)) == pytest.approx(max(own), abs=1e-5), "the nearest photo"
+        assert found[0].similarity == pytest.approx(person_score(probe, person, rule), abs=1e-5)
         # the index answers exactly what a sequential scan answers on this small gallery
         assert found == exact_search(probe, model_version=SFACE, limit_people=3)
 
@@ -208,9 +225,9 @@ def test_escalation_follows_settings_and_can_be_off(
 
 @pytest.mark.django_db
 def test_found_people_are_scored_on_all_their_photos(
-    twins: tuple[Person, Person, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+    twins: tuple[Person, Person, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, rule: str
 ) -> None:
-    """A graph walk that reached only a person's worst photo still gives them their best score."""
+    """A graph walk that reached only a person's worst photo still scores them on every photo."""
     from recognition import gallery
 
     alice, bob, a, _ = twins
@@ -228,12 +245,12 @@ def test_found_people_are_scored_on_all_their_photos(
     monkeypatch.setattr(gallery, "_scan", partial_walk)
     found = gallery_search(probe, model_version=SFACE, limit_people=2, escalated_ef_search=0)
     assert found[0].person_id == alice.pk and found[0].embedding_id == photos[0].pk
-    assert found[0].similarity == pytest.approx(float(np.dot(probe, np.asarray(photos[0].embedding))), abs=1e-5)
+    assert found[0].similarity == pytest.approx(person_score(probe, alice, rule), abs=1e-5)
     assert found == exact_search(probe, model_version=SFACE, limit_people=2)
 
 
 @pytest.mark.django_db
-def test_person_rescore_reads_only_the_asked_people_of_the_model(twins, rng: np.random.Generator) -> None:
+def test_person_rescore_reads_only_the_asked_people_of_the_model(twins, rng: np.random.Generator, rule: str) -> None:
     from django.db import connection, transaction
 
     from recognition.gallery import person_rescore_many
@@ -243,8 +260,56 @@ def test_person_rescore_reads_only_the_asked_people_of_the_model(twins, rng: np.
     with transaction.atomic(), connection.cursor() as cursor:
         rows = person_rescore_many(cursor, [a, b], [[alice.pk], [alice.pk, bob.pk]], model_version=SFACE)
         assert person_rescore_many(cursor, [a], [[]], model_version=SFACE) == [[]]
-    assert sorted(r[0] for r in rows[0]) == sorted(e.pk for e in alice.embeddings.filter(model_version=SFACE))
-    assert {r[1] for r in rows[1]} == {alice.pk, bob.pk} and len(rows[1]) == 6
-    for embedding_id, _, distance in rows[1]:
-        vector = np.asarray(FaceEmbedding.objects.get(pk=embedding_id).embedding)
-        assert distance == pytest.approx(1.0 - float(np.dot(b, vector) / np.linalg.norm(vector)), abs=1e-5)
+    assert [r[1] for r in rows[0]] == [alice.pk], "one row per person"
+    assert [r[1] for r in rows[1]] == [bob.pk, alice.pk], "best first"
+    for probe, probe_rows in zip([a, b], rows, strict=True):
+        for embedding_id, person_id, distance in probe_rows:
+            person = Person.objects.get(pk=person_id)
+            assert distance == pytest.approx(1.0 - person_score(probe, person, rule), abs=1e-5)
+            nearest = max(person.embeddings.filter(model_version=SFACE), key=lambda e: np.dot(probe, e.embedding))
+            assert embedding_id == nearest.pk
+
+
+@pytest.mark.django_db
+def test_rule_decides_between_a_lucky_photo_and_a_steady_face(settings) -> None:
+    """Alice has one photo very near the probe and two far from it; Bob three fairly near ones. The
+    best photo picks Alice, the mean template Bob; index and sequential scan agree under both."""
+    rng = np.random.default_rng(11)
+    probe = unit(rng.normal(size=128))
+    alice, bob = Person.objects.create(name="Alice"), Person.objects.create(name="Bob")
+
+    def near(similarity: float) -> np.ndarray:
+        other = rng.normal(size=128)
+        other = unit(other - np.dot(other, probe) * probe)  # orthogonal to the probe
+        return unit(similarity * probe + np.sqrt(1 - similarity**2) * other)
+
+    for similarity in (0.9, 0.1, 0.1):
+        add(alice, near(similarity))
+    for similarity in (0.7, 0.7, 0.7):
+        add(bob, near(similarity))
+    for rule, winner in (("best_photo", alice), ("mean_template", bob)):
+        settings.RECOGNITION_PERSON_SCORE = rule
+        found = gallery_search(probe, model_version=SFACE, limit_people=2)
+        assert found[0].person_id == winner.pk, rule
+        assert found == exact_search(probe, model_version=SFACE, limit_people=2)
+        assert found[0].similarity == pytest.approx(person_score(probe, winner, rule), abs=1e-5)
+
+
+@pytest.mark.django_db
+def test_person_templates_follow_the_rule(twins, settings) -> None:
+    alice, bob, a, _ = twins
+    photos = [np.asarray(e.embedding) for e in alice.embeddings.order_by("id")]
+    settings.RECOGNITION_PERSON_SCORE = "mean_template"
+    templates = person_templates([alice.pk, bob.pk], SFACE)
+    assert len(templates[alice.pk]) == 1 and len(templates[bob.pk]) == 1
+    assert np.linalg.norm(templates[alice.pk][0]) == pytest.approx(1.0, abs=1e-6)
+    assert np.dot(a, templates[alice.pk][0]) == pytest.approx(person_score(a, alice, "mean_template"), abs=1e-5)
+    settings.RECOGNITION_PERSON_SCORE = "best_photo"
+    found = person_templates([alice.pk], SFACE)[alice.pk]
+    assert len(found) == 3 and all(np.allclose(t, p, atol=1e-6) for t, p in zip(found, photos, strict=True))
+
+
+def test_mean_template_normalises_before_averaging() -> None:
+    """A photo stored with a larger norm does not weigh more."""
+    x, y = np.eye(4)[0], np.eye(4)[1]
+    assert mean_template([x * 10, y]) == pytest.approx(unit(x + y), abs=1e-6)

@@ -57,6 +57,18 @@ def test_identification_scores_take_each_persons_best_entry() -> None:
     assert score == pytest.approx([1.0, 1.0])
 
 
+def test_identification_scores_by_mean_template() -> None:
+    gallery = np.array([[1.0, 0.0], [0.0, 2.0], [0.8, 0.6]])  # 7: two entries (one not unit), 9: one
+    ids = np.array([7, 7, 9])
+    probe = np.array([[1.0, 0.0]])
+    best, score = identification_scores(gallery, ids, probe)
+    assert best.tolist() == [7] and score == pytest.approx([1.0]), "7's best entry"
+    best, score = identification_scores(gallery, ids, probe, person_score="mean_template")
+    assert best.tolist() == [9] and score == pytest.approx([0.8]), "7's template (1, 1)/sqrt(2) scores 0.707"
+    with pytest.raises(ValueError, match="unknown person score"):
+        identification_scores(gallery, ids, probe, person_score="median")
+
+
 def test_pair_rate_for_a_gallery_shrinks_with_its_size() -> None:
     from recognition.metrics import pair_fmr_for_gallery
 
@@ -80,3 +92,20 @@ def test_thresholds_for_gallery_sizes_rise_with_the_gallery_and_say_what_is_not_
     # At the 100-people threshold, a simulated stranger meets 300 impostor photos and passes ~1 % of the time.
     trials = rng.normal(0.0, 0.1, (20_000, 300)).max(axis=1)
     assert float((trials >= found[100]).mean()) == pytest.approx(0.01, abs=0.004)
+
+
+def test_template_impostor_scores_compare_photos_with_other_peoples_templates() -> None:
+    from recognition.evaluation import template_impostor_scores
+
+    e = np.eye(4)
+    # a: three photos (a template), b: three photos (a template), c: one photo (none)
+    vectors = np.stack([e[0], e[0], e[1], e[2], e[2], e[2] * 3, e[3]])
+    owner = np.array(["a", "a", "a", "b", "b", "b", "c"])
+    scores = template_impostor_scores(vectors, owner)
+    # a's photos vs b's template (e2): 0, 0, 0; b's photos vs a's template (2e0 + e1)/sqrt(5): 0 x 3;
+    # c's photo (e3) vs both: 0, 0 -> 8 scores, never a photo against its own person
+    assert scores.shape == (8,) and np.allclose(scores, 0.0)
+    probe_like_a = np.stack([vectors[0], vectors[1], vectors[2], e[0]])
+    scores = template_impostor_scores(probe_like_a, np.array(["a", "a", "a", "d"]))
+    assert scores.tolist() == pytest.approx([2 / np.sqrt(5)]), "d's photo against a's template"
+    assert template_impostor_scores(vectors[:3], owner[:3]).size == 0, "only a's photos: no impostor"

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from faceengine.registry import DEFAULT_BACKEND, get_embedder
 from recognition import evaluation
 from recognition.engine import model_files_options
+from recognition.gallery import PersonScore, person_score_rule
 from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
 from recognition.metrics import thresholds_for_gallery_sizes
 
@@ -40,7 +41,12 @@ class Command(BaseCommand):
             default="100,1000,10000",
             help="people in the gallery, for the report (default 100,1000,10000)",
         )
-        parser.add_argument("--photos-per-person", type=int, default=3, help="for the report (default 3)")
+        parser.add_argument(
+            "--photos-per-person",
+            type=int,
+            default=3,
+            help="for the report when people are scored by their best photo (default 3); with the mean template: 1",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         target = options["target_fmr"]
@@ -70,17 +76,27 @@ class Command(BaseCommand):
             f"(measured FMR {details['fmr']:.2e}, FNMR {details['fnmr'] * 100:.2f}%, "
             f"{details['genuine_pairs']} genuine / {details['impostor_pairs']} impostor pairs from {dist.source})"
         )
+        # A stranger is compared with every photo of everyone (best photo) or with one template per
+        # person (mean template): the gallery-size figures use the scores of what is compared.
+        rule = person_score_rule()
+        templates = rule is PersonScore.MEAN_TEMPLATE
+        impostor = dist.template_impostor if templates else dist.impostor
+        if impostor is None or impostor.size == 0:
+            raise CommandError("gallery-size report: no person has enough photos for a mean template")
+        per_person = 1 if templates else options["photos_per_person"]
         try:
             sizes = [int(size) for size in str(options["gallery_sizes"]).split(",")]
             by_size = thresholds_for_gallery_sizes(
-                dist.impostor, target_acceptance=options["target_stranger_acceptance"], sizes=sizes,
-                photos_per_person=options["photos_per_person"],
+                impostor, target_acceptance=options["target_stranger_acceptance"], sizes=sizes,
+                photos_per_person=per_person,
             )  # fmt: skip
         except ValueError as exc:
             raise CommandError(f"gallery-size report: {exc}") from exc
         details["by_gallery_size"] = {
             "target_stranger_acceptance": options["target_stranger_acceptance"],
-            "photos_per_person": options["photos_per_person"],
+            "photos_per_person": per_person,
+            "person_score": str(rule),
+            "impostor_scores": int(impostor.size),
             "thresholds": {str(size): value for size, value in by_size.items()},
         }
         for size, value in by_size.items():

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from recognition import evaluation
+from recognition.gallery import person_score_rule
 from recognition.management.lfw_options import lfw_option_add, lfw_root_locate
 
 
@@ -38,7 +39,11 @@ class Command(BaseCommand):
                 self.stdout.write(report.summary())
             if options["identification"]:
                 ident = evaluation.identification_benchmark(
-                    backend, lfw_root=lfw_root, cache_dir=options["cache_dir"], **opts
+                    backend,
+                    lfw_root=lfw_root,
+                    cache_dir=options["cache_dir"],
+                    person_score=str(person_score_rule()),
+                    **opts,
                 )
                 reports.append(ident.as_dict())
                 if not options["json"]:
