@@ -38,6 +38,7 @@ from accessctl.codes import Reason
 from accessctl.exceptions import InvalidInput
 from accessctl.models import AccessEvent, Alarm, Door
 from recognition.drift import DriftRule, drift_signals, enough_data, window_summary
+from recognition.gallery import PersonScore, person_score_rule
 from recognition.models import RecognitionHealth
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def window_read(
 
 
 def _baseline_store(row: RecognitionHealth, summary: dict[str, Any], start: datetime, end: datetime) -> None:
-    row.baseline = summary
+    row.baseline = {**summary, "person_score": str(person_score_rule())}
     row.baseline_count = summary["decisions"]
     row.baseline_from, row.baseline_until = start, end
     row.baseline_set_at = timezone.now()
@@ -103,6 +104,13 @@ def health_evaluate(*, door: Door, model_version: str, now: datetime | None = No
     recent_start = now - timedelta(seconds=settings.RECOGNITION_HEALTH_RECENT_WINDOW_S)
     with transaction.atomic():
         row, _ = RecognitionHealth.objects.select_for_update().get_or_create(door=door, model_version=model_version)
+        scored_by = (row.baseline or {}).get("person_score", PersonScore.BEST_PHOTO)
+        if row.baseline and scored_by != person_score_rule():
+            # The site changed how people are scored: similarities move by design, not by drift.
+            # Re-baseline on decisions made under the new rule only.
+            logger.info("health door=%s model=%s: people now scored by %s; re-baselining", door.pk, model_version,
+                        person_score_rule())  # fmt: skip
+            row.baseline, row.baseline_from = {}, now
         if not row.baseline:
             if row.baseline_from is not None:  # re-baselined by an operator: from then on, up to now
                 start, end = row.baseline_from, now

@@ -143,6 +143,20 @@ def test_no_baseline_then_too_few_then_a_verdict(door: Door) -> None:
     assert rows == {MODEL: Status.TOO_FEW, "facenet-casia-20180408": Status.NO_BASELINE}
 
 
+def test_a_change_of_person_score_rebaselines_instead_of_alarming(door: Door, settings) -> None:
+    """Scoring people by another rule moves similarities by design: no drift alarm; the door
+    collects a new baseline from the change on."""
+    settings.RECOGNITION_PERSON_SCORE = "best_photo"
+    _history(door)
+    row = health_evaluate(door=door, model_version=MODEL, now=NOW)
+    assert row.baseline["person_score"] == "best_photo" and row.status == Status.TOO_FEW
+    settings.RECOGNITION_PERSON_SCORE = "mean_template"
+    _decisions(door, n=200, start=NOW + dt.timedelta(hours=1), hours=4, seed=2, mean=0.72)
+    row = health_evaluate(door=door, model_version=MODEL, now=NOW + dt.timedelta(hours=5))
+    assert row.status == Status.NO_BASELINE and row.baseline == {} and row.baseline_from == NOW + dt.timedelta(hours=5)
+    assert not Alarm.objects.filter(kind=Alarm.Kind.RECOGNITION_DRIFT).exists()
+
+
 def test_rebaseline_accepts_the_new_normal(door: Door) -> None:
     _history(door)
     _decisions(door, n=300, start=NOW - dt.timedelta(hours=5), hours=5, seed=6, mean=0.5)
