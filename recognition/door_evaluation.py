@@ -68,7 +68,7 @@ from recognition.calibration import (
 from recognition.datasets import list_identity_folder
 from recognition.enrollment import BadImageError, PhotoUpload, configured_embedder, decode_image, photos_enroll
 from recognition.fused_calibration import fused_offset, person_scores
-from recognition.gallery import person_templates
+from recognition.gallery import PersonScore, person_score_rule, person_templates
 from recognition.metrics import wilson_interval
 from recognition.models import EnrollmentPhoto, FaceEmbedding
 from recognition.probe_cache import ProbeCache, file_digest
@@ -113,6 +113,8 @@ class DoorReport:
     intervals_95: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: K > 1: the fused-threshold offset these embeddings measure (recognition.fused_calibration)
     fused_offset_measured: dict[str, Any] | None = None
+    #: how people were scored (recognition.gallery.PersonScore)
+    person_score: str = "mean_template"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +132,8 @@ class DoorReport:
         lines = [
             f"door evaluation: {self.model_version}, threshold {self.threshold:.3f} (one probe "
             f"{self.single_threshold:.3f}, {self.gallery_people} people{offset}), margin {self.min_margin:.3f}, "
-            f"K={self.probes_per_attempt}, fusion {self.fusion}, seeds {self.seeds}",
+            f"K={self.probes_per_attempt}, fusion {self.fusion}, people scored by {self.person_score}, "
+            f"seeds {self.seeds}",
             f"  top1                  {self.top1:7.2%}  ({c['enrolled_attempts']} enrolled attempts)",
             f"  enrolled_rejected     {self.enrolled_rejected:7.2%}  95 % {ci('enrolled_rejected')}",
             f"  wrong_person_admitted {self.wrong_person_admitted:7.2%}  95 % {ci('wrong_person_admitted')}",
@@ -227,9 +230,12 @@ def door_evaluate_rules(
     progress: Callable[[str], None] | None = None,
     fusions: Sequence[FusionRule | str] = (TRACK_FUSION_RULE,),
     cache_dir: Path | None = None,
+    person_scores: Sequence[str] | None = None,
 ) -> list[DoorReport]:
     """:func:`door_evaluate` for several K and fusion rules on the same enrolment and probe embeddings:
-    one report per K and rule (K = 1: one report, every rule is the same single-probe match).
+    one report per K and rule (K = 1: one report, every rule is the same single-probe match), and per
+    person score (``person_scores``, :class:`recognition.gallery.PersonScore` values; default: the
+    site's), the same gallery scored each way.
 
     Several seeds: one enrolment per split (seed), the attempts of all splits counted together
     (more stranger attempts, other people as strangers); the Wilson intervals assume the attempts
@@ -245,6 +251,10 @@ def door_evaluate_rules(
         raise DoorEvaluationError(f"--fusion must be among {[r.value for r in FusionRule]} or all") from None
     if not rules:
         raise DoorEvaluationError("at least one fusion rule")
+    try:
+        scorings = [PersonScore(p) for p in (person_scores or [person_score_rule()])]
+    except ValueError:
+        raise DoorEvaluationError(f"--person-score must be among {[p.value for p in PersonScore]} or all") from None
     if enrol < 1 or not ks or min(ks) < 1 or not 0 <= stranger_share < 1 or not seeds:
         raise DoorEvaluationError(
             "--enrol and --probes-per-attempt must be >= 1, --stranger-share in [0, 1), at least one seed"
@@ -262,7 +272,7 @@ def door_evaluate_rules(
         probe_cache = ProbeCache(
             Path(cache_dir), model_version=model_version, min_face_px=int(settings.RECOGNITION_MIN_FACE_PX)
         )
-    tallies: dict[tuple[int, str], _Tally] = {}
+    tallies: dict[tuple[str, int, str], _Tally] = {}
     say = progress or (lambda _message: None)
     try:
         for n, split_seed in enumerate(seeds, start=1):
@@ -278,6 +288,7 @@ def door_evaluate_rules(
                 progress=(lambda message, n=n: say(f"seed {n}/{len(seeds)}: {message}")) if len(seeds) > 1 else say,
                 probe_cache=probe_cache,
                 tallies=tallies,
+                scorings=scorings,
             )
     finally:
         if probe_cache is not None:
@@ -312,10 +323,11 @@ _COUNT_KEYS = (
 
 @dataclass
 class _Tally:
-    """What one (K, rule) counted over every seed."""
+    """What one (person score, K, rule) counted over every seed."""
 
     k: int
     rule: FusionRule
+    person_score: str
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNT_KEYS, 0))
     probe_seconds: float = 0.0
     match_seconds: float = 0.0
@@ -374,6 +386,7 @@ class _Tally:
             single_threshold=round(self.single_threshold, 6),
             intervals_95=intervals,
             fused_offset_measured=offset,
+            person_score=self.person_score,
         )
 
 
@@ -388,7 +401,8 @@ def _run(
     embedder: Embedder,
     progress: Callable[[str], None],
     probe_cache: ProbeCache | None,
-    tallies: dict[tuple[int, str], _Tally],
+    tallies: dict[tuple[str, int, str], _Tally],
+    scorings: Sequence[PersonScore],
 ) -> None:
     model_version = embedder.model_version
     counts = dict.fromkeys(_COUNT_KEYS, 0)
@@ -435,6 +449,26 @@ def _run(
                 usable.append(probe)
         found.append((usable, expected))
         progress(f"probed {n}/{len(probed)}")
+    for scoring in scorings:
+        with override_settings(RECOGNITION_PERSON_SCORE=str(scoring)):
+            _tally(found, person_of, counts, ks=ks, rules=rules, model_version=model_version, tallies=tallies,
+                   probe_seconds=probe_seconds, enrolled=len(enrolled_names))  # fmt: skip
+
+
+def _tally(
+    found: list[tuple[list[tuple[np.ndarray, dict[str, float]]], int | None]],
+    person_of: dict[str, int],
+    counts: dict[str, int],
+    *,
+    ks: list[int],
+    rules: list[FusionRule],
+    model_version: str,
+    tallies: dict[tuple[str, int, str], _Tally],
+    probe_seconds: float,
+    enrolled: int,
+) -> None:
+    """Score every attempt of one split for each K and rule, people scored by the site's rule."""
+    scoring = str(person_score_rule())
     single_threshold = threshold_for(model_version)
     people = live_gallery_size(model_version)
     scores = _ImpostorScores(found, person_of, model_version)
@@ -446,7 +480,7 @@ def _run(
                 group = usable[start : start + k]
                 attempts.append(([v for v, _ in group], probe_weights([q for _, q in group]), expected))
         for rule in rules if k > 1 else rules[:1]:  # one probe: every rule is the single-probe match
-            tally = tallies.setdefault((k, str(rule)), _Tally(k=k, rule=rule))
+            tally = tallies.setdefault((scoring, k, str(rule)), _Tally(k=k, rule=rule, person_score=scoring))
             attempt_counts, match_seconds = _score(attempts, rule=rule, k=k, model_version=model_version)
             for key, value in counts.items():
                 tally.counts[key] += value
@@ -455,7 +489,7 @@ def _run(
             tally.probe_seconds += probe_seconds
             tally.match_seconds += match_seconds
             tally.attempts += len(attempts)
-            tally.enrolled_total += len(enrolled_names)
+            tally.enrolled_total += enrolled
             tally.threshold = threshold_for(model_version, probes_fused=k, fusion=str(rule))
             tally.single_threshold = single_threshold
             tally.gallery_people = people

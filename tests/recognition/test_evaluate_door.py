@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accessctl.models import Person
+from recognition.calibration import BUILTIN_FUSED_OFFSETS
 from recognition.door_evaluation import DoorReport
 from recognition.enrollment import photo_enroll
 from recognition.models import EnrollmentPhoto, FaceEmbedding
@@ -70,20 +71,31 @@ def test_one_photo_per_attempt_keys_figures_and_nothing_kept(enrol_env: Path, id
 
 @pytest.mark.django_db
 def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> None:
-    """One run, the same embeddings: K=1 once, and K=3 under every fusion rule (the server's first)."""
-    reports = evaluate(identities, "--probes-per-attempt", "1,3", "--fusion", "all", "--seed", "1")
-    assert [(r["probes_per_attempt"], r["fusion"]) for r in reports] == [
-        (1, "none"), *((3, rule) for rule in FusionRule),
-    ]  # fmt: skip
+    """One run, the same embeddings: K=1 once, and K=3 under every fusion rule (the server's first),
+    people scored each way on the same gallery."""
+    reports = evaluate(
+        identities, "--probes-per-attempt", "1,3", "--fusion", "all", "--seed", "1", "--person-score", "all"
+    )
+    per_scoring = [(1, "none"), *((3, str(rule)) for rule in FusionRule)]
+    assert [(r["person_score"], r["probes_per_attempt"], r["fusion"]) for r in reports] == [
+        *(("mean_template", k, rule) for k, rule in per_scoring),
+        *(("best_photo", k, rule) for k, rule in per_scoring),
+    ]
     assert reports[0]["counts"]["enrolled_attempts"] == 9
-    for report in reports[1:]:
+    offsets = BUILTIN_FUSED_OFFSETS[(reports[0]["model_version"], "mean_template")]
+    for report in reports:
+        if report["probes_per_attempt"] == 1:
+            continue
         counts = report["counts"]
         # 3 probes per enrolled identity -> one attempt each; 6 per stranger -> two each (all faces found).
         assert counts["probe_photos_no_face"] == 0
         assert (counts["enrolled_attempts"], counts["stranger_attempts"]) == (3, 4)
         assert report["top1"] == 1 and report["enrolled_rejected"] == 0
         assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
-        assert report["gallery_people"] == 3 and report["threshold"] == report["single_threshold"]  # no offset stored
+        # no offset stored: the built-in one measured for the person score (none for best photo)
+        builtin = offsets.get(report["fusion"], {}).get(3, 0.0) if report["person_score"] == "mean_template" else 0
+        assert report["gallery_people"] == 3
+        assert report["threshold"] == pytest.approx(report["single_threshold"] + max(builtin, 0.0))
         assert (
             report["intervals_95"]["strangers_accepted"][0] == 0
             and report["intervals_95"]["strangers_accepted"][1] > 0.3
@@ -111,6 +123,8 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         evaluate(tmp_path, "--fusion", "median")
     with pytest.raises(CommandError, match="integers"):
         evaluate(tmp_path, "--probes-per-attempt", "three")
+    with pytest.raises(CommandError, match="person-score"):
+        evaluate(tmp_path, "--person-score", "median")
 
 
 @pytest.mark.django_db

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition.door_evaluation import DoorEvaluationError, door_evaluate_rules, door_fused_offsets_store
+from recognition.gallery import PersonScore
 from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule
 
 
@@ -39,6 +40,12 @@ class Command(BaseCommand):
             help=f"how K > 1 photos are fused: {', '.join(FusionRule)} or all (one report each; default: the "
             f"server's rule, {TRACK_FUSION_RULE})",
         )
+        parser.add_argument(
+            "--person-score",
+            default=None,
+            help="how people are scored: mean_template, best_photo or all (one report each, the same gallery; "
+            "default: the site's, ACCESSCTL_PERSON_SCORE)",
+        )
         parser.add_argument("--limit-identities", type=int, default=None, help="the first N identities (by name)")
         parser.add_argument(
             "--cache-dir",
@@ -68,6 +75,8 @@ class Command(BaseCommand):
             except ValueError:
                 raise DoorEvaluationError("--probes-per-attempt and --seed take integers, e.g. 3 or 1,3") from None
             fusions = list(FusionRule) if options["fusion"] == "all" else options["fusion"].split(",")
+            scoring = options["person_score"]
+            person_scores = list(PersonScore) if scoring == "all" else (scoring.split(",") if scoring else None)
             reports = door_evaluate_rules(
                 data=options["data"],
                 enrol=options["enrol"],
@@ -78,6 +87,7 @@ class Command(BaseCommand):
                 progress=progress,
                 fusions=fusions,
                 cache_dir=options["cache_dir"],
+                person_scores=person_scores,
             )
             stored = door_fused_offsets_store(reports) if options["store_fused_offsets"] else None
         except DoorEvaluationError as exc:
