@@ -12,11 +12,18 @@ switch). It keeps sending until the switch is done and ``--after`` seconds more,
 - detections sent / decided / lost / duplicated (one AccessEvent and one door command each);
 - decision latency (publish -> signed door command received) p50/p99, steady vs during the
   migration vs after the switch;
-- re-embedding throughput (photos/s) and how long the build and the switch took.
+- re-embedding throughput (photos/s) and how long the build and the switch took;
+- per ``--window`` seconds of sending: latency p50/p99/max, how long the oldest staged detection
+  had waited (what the build's yield, ``DoorsFirst``, looks at), what the database sessions waited
+  on (``pg_stat_activity``, sampled every 0.25 s) and the CPU each part of the stack and the whole
+  machine used (other people's processes included): where a rise in latency comes from.
 
 Usage: .venv/bin/python bench/model_promotion.py [--photos 40] [--devices 5] [--rate 10]
        [--reembed-rate 0 (settings default) | N] [--target facenet-casia-20180408] [--steady 15] [--after 5]
-The issue's target: --photos 10000 --devices 50 --rate 50.
+       [--workers 1] [--window 5]
+The issue's target: --photos 10000 --devices 50 --rate 50. The behaviour before the yield and the
+session priority: ACCESSCTL_GALLERY_WORKER_NICE=0 ACCESSCTL_GALLERY_YIELD_AGE_S=0 (the worker's
+nice value weighed nothing in a session of its own, see recognition/worker_priority.py).
 """
 
 from __future__ import annotations
@@ -205,6 +212,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=5.0, help="seconds of load after the switch")
     parser.add_argument("--max-s", type=float, default=1800.0, help="give up after this long")
     parser.add_argument("--workers", type=int, default=1, help="decision worker concurrency")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per line of the per-window table")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="accessctl-promotion-"))
@@ -382,7 +390,8 @@ def main() -> int:
         print("  reasons: " + ", ".join(f"{reason} {k}" for reason, k in reasons.most_common()))
         for phase, values in phases.items():
             print(f"  latency {phase:7s} {_summary(values)}")
-        _windows_print(started, promoted, switch, sent_at, commands.received_at, waits, cpu_marks, backlog)
+        _windows_print(started, promoted, switch, sent_at, commands.received_at, waits, cpu_marks, backlog,
+                       window_s=args.window)  # fmt: skip
         steady, during = phases["steady"], phases["during"]
         if steady and during:
             ratio = _stack.percentile(during, 99) / max(_stack.percentile(steady, 99), 1e-9)
