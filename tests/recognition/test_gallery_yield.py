@@ -62,6 +62,7 @@ def test_the_build_never_waits_longer_than_its_cap_per_photo_nor_when_turned_off
     assert off.wait() == 0.0 and fake.looks == looks  # no query at all
 
 
+@pytest.mark.slow  # 2 s on its own after the model's load (3.6 s); 12 s with both cores busy elsewhere
 @pytest.mark.dataset("lfw")
 @pytest.mark.django_db
 @pytest.mark.usefixtures("casia_loaded")
