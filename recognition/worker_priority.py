@@ -5,7 +5,7 @@ with autogroup (``/proc/sys/kernel/sched_autogroup_enabled``, the default of mos
 server kernels) every session is a group of its own, and ``manage.py up`` starts each worker in a
 session of its own (``start_new_session``): the niced gallery worker then competed with the
 decision worker, the bridge and PostgreSQL as an equal. Measured with ``bench/model_promotion.py``
-(2 cores, 50 decisions/s): the gallery worker at nice 10 took 45-59 % of a core while decisions
+(2 cores, 50 decisions/s): the gallery worker at nice 10 took 42-59 % of a core while decisions
 queued for seconds. The autogroup has a nice value of its own (``/proc/self/autogroup``), which
 does weigh against the other groups; it is set here too, but only when the session is this
 worker's alone (the Celery main process, or this process, leads it), never a shell's or a
