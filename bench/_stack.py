@@ -350,6 +350,8 @@ def _process_role(proc: Any) -> str | None:
     if "valkey" in cmd or "redis-server" in cmd:
         return "valkey"
     if "celery" in cmd:
+        if " -Q gallery" in cmd or " -Q shadow" in cmd:  # a background worker (main and pool alike)
+            return "gallery worker" if " -Q gallery" in cmd else "shadow worker"
         try:
             parent_is_celery = "celery" in " ".join(proc.parent().cmdline())
         except Exception:

@@ -12,11 +12,18 @@ switch). It keeps sending until the switch is done and ``--after`` seconds more,
 - detections sent / decided / lost / duplicated (one AccessEvent and one door command each);
 - decision latency (publish -> signed door command received) p50/p99, steady vs during the
   migration vs after the switch;
-- re-embedding throughput (photos/s) and how long the build and the switch took.
+- re-embedding throughput (photos/s) and how long the build and the switch took;
+- per ``--window`` seconds of sending: latency p50/p99/max, how long the oldest staged detection
+  had waited (what the build's yield, ``DoorsFirst``, looks at), what the database sessions waited
+  on (``pg_stat_activity``, sampled every 0.25 s) and the CPU each part of the stack and the whole
+  machine used (other people's processes included): where a rise in latency comes from.
 
 Usage: .venv/bin/python bench/model_promotion.py [--photos 40] [--devices 5] [--rate 10]
        [--reembed-rate 0 (settings default) | N] [--target facenet-casia-20180408] [--steady 15] [--after 5]
-The issue's target: --photos 10000 --devices 50 --rate 50.
+       [--workers 1] [--window 5]
+The issue's target: --photos 10000 --devices 50 --rate 50. The behaviour before the yield and the
+session priority: ACCESSCTL_GALLERY_WORKER_NICE=0 ACCESSCTL_GALLERY_YIELD_AGE_S=0 (the worker's
+nice value weighed nothing in a session of its own, see recognition/worker_priority.py).
 """
 
 from __future__ import annotations
@@ -135,6 +142,64 @@ def _summary(values: list[float]) -> str:
             f"  max {max(values):7.1f} ms")  # fmt: skip
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds the whole machine has used (every process, ours and others')."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+
+
+def _windows_print(
+    started: float,
+    promoted: float,
+    switch: float | None,
+    sent_at: dict[str, float],
+    received_at: dict[str, float],
+    waits: list[tuple[float, str]],
+    cpu_marks: list[tuple[float, dict[str, float]]],
+    backlog: list[tuple[float, float]],
+    window_s: float = 5.0,
+) -> None:
+    """Decision latency per ``window_s`` window of sending, with what the database sessions waited on
+    (samples every 0.25 s) and the CPU each part of the stack used in it (% of one core)."""
+    from collections import Counter
+
+    per: dict[int, list[float]] = {}
+    for i, at in sent_at.items():
+        if i in received_at:
+            per.setdefault(int((at - started) // window_s), []).append((received_at[i] - at) * 1000)
+    waited: dict[int, Counter] = {}
+    for at, what in waits:
+        waited.setdefault(int((at - started) // window_s), Counter())[what.split(":")[0]] += 1
+    print(f"  per {window_s:g} s window (t from the first detection; promoted at {promoted - started:.1f} s"
+          + (f", switched at {switch - started:.1f} s" if switch else "") + "):")  # fmt: skip
+    ages: dict[int, list[float]] = {}
+    for at, ms in backlog:
+        ages.setdefault(int((at - started) // window_s), []).append(ms)
+    print("      t     n   p50 ms   p99 ms   max ms  oldest staged ms p50/max  db waits (0.25 s samples)  "
+          "CPU % of a core")  # fmt: skip
+    for k in sorted(per):
+        lo = started + k * window_s
+        phase = "S" if lo + window_s <= promoted else ("A" if switch and lo >= switch else "D")
+        cpu = ""
+        marks = [(t, snap) for t, snap in cpu_marks if lo - 2.5 <= t <= lo + window_s + 2.5]
+        if len(marks) >= 2:
+            (t0, a), (t1, b) = marks[0], marks[-1]
+            used = {role: 100 * (b.get(role, 0.0) - a.get(role, 0.0)) / (t1 - t0) for role in b}
+            machine = used.pop("machine", 0.0)
+            top = sorted(used.items(), key=lambda kv: -kv[1])[:5]
+            cpu = (f"machine {machine:3.0f}, bench stack {sum(used.values()):3.0f}: "
+                   + ", ".join(f"{r} {v:.0f}" for r, v in top))  # fmt: skip
+        w = ", ".join(f"{t} {n}" for t, n in waited.get(k, Counter()).most_common()) or "-"
+        v, a = per[k], ages.get(k) or [0.0]
+        print(f"  {phase} {k * window_s:5.0f} {len(v):5d} {statistics.median(v):8.1f} {_stack.percentile(v, 99):8.1f}"
+              f" {max(v):8.1f}  {statistics.median(a):6.0f} /{max(a):6.0f}          {w:26s} {cpu}")  # fmt: skip
+    kinds = Counter(what for _, what in waits)
+    if kinds:
+        print("  database waits seen (session samples): " + "; ".join(f"{n}x {w}" for w, n in kinds.most_common(8)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40, help="accepted enrolment photos in the gallery")
@@ -147,6 +212,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=5.0, help="seconds of load after the switch")
     parser.add_argument("--max-s", type=float, default=1800.0, help="give up after this long")
     parser.add_argument("--workers", type=int, default=1, help="decision worker concurrency")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per line of the per-window table")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="accessctl-promotion-"))
@@ -166,6 +232,7 @@ def main() -> int:
         from recognition.gallery_migration import gallery_migration_start
         from recognition.model_registry import model_version_register
         from recognition.models import GalleryMigration, ModelCalibration, ModelVersion
+        from recognition.staging import staged_backlog
         from tests.devices import e2e
 
         print(f"setting up: {args.photos} enrolment photos, {args.devices} devices ...", flush=True)
@@ -211,13 +278,33 @@ def main() -> int:
             if not commands.wait_all([d.detection_id for d in warm], 120):
                 raise SystemExit(f"warm-up detections were not decided; see the logs in {work / 'logs'}")
 
-            # The migration, watched from its own thread (its own database connection).
+            # The migration, watched from its own thread (its own database connection), which also
+            # samples what the database's other sessions wait on and the CPU of each part of the stack.
             marks: dict[str, float] = {}
             stop = threading.Event()
+            promoted_flag = threading.Event()
+            waits: list[tuple[float, str]] = []  # (when, "Lock:transactionid: UPDATE ...") per waiting session
+            cpu_marks: list[tuple[float, dict[str, float]]] = []
+            backlog: list[tuple[float, float]] = []  # (when, ms the oldest staged detection had waited)
 
             def watch() -> None:
+                next_cpu = 0.0
                 try:
                     while not stop.wait(0.25):
+                        now = time.monotonic()
+                        with connection.cursor() as cursor:
+                            cursor.execute(
+                                "SELECT wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+                                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                                " AND state = 'active' AND wait_event_type IN ('Lock', 'LWLock', 'IO', 'IPC')"
+                            )
+                            waits.extend((now, f"{t}:{e}: {q}") for t, e, q in cursor.fetchall())
+                        backlog.append((now, staged_backlog(within_s=60.0).oldest_s * 1000))
+                        if now >= next_cpu:
+                            cpu_marks.append((now, {**_stack.cpu_snapshot(), "machine": _machine_cpu_s()}))
+                            next_cpu = now + 5.0
+                        if not promoted_flag.is_set() or "done" in marks or "failed" in marks:
+                            continue
                         row = GalleryMigration.objects.filter(model__model_version=args.target).first()
                         if row is None:
                             continue
@@ -225,7 +312,6 @@ def main() -> int:
                             marks["running"] = time.monotonic()
                         if row.state in ("done", "failed"):
                             marks[row.state] = time.monotonic()
-                            return
                 finally:
                     connection.close()
 
@@ -239,13 +325,14 @@ def main() -> int:
             print(f"publishing: {len(uids)} devices, {args.rate:g} detections/s, {args.crop_share:.0%} crop mode; "
                   f"promoting after {args.steady:g} s", flush=True)  # fmt: skip
             watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             n, promoted, next_report = 0, None, started + 15
             while True:
                 now = time.monotonic()
                 if promoted is None and now - started >= args.steady:
                     promoted = now
                     gallery_migration_start(model=target, note="bench")
-                    watcher.start()
+                    promoted_flag.set()
                     print(f"  t={now - started:5.0f}s promotion of {args.target} queued", flush=True)
                 finished = marks.get("done") or marks.get("failed")
                 if (finished and now - finished >= args.after) or now - started > args.max_s:
@@ -272,6 +359,7 @@ def main() -> int:
                           f"{progress}", flush=True)  # fmt: skip
             published = time.monotonic()
             stop.set()
+            watcher.join(5)
             ids = list(sent_at)
             _stack.wait_until(lambda: _stack.events_check(ids)["lost"] == 0, 120, step=1.0)
             commands.wait_all(ids, 10)
@@ -302,6 +390,8 @@ def main() -> int:
         print("  reasons: " + ", ".join(f"{reason} {k}" for reason, k in reasons.most_common()))
         for phase, values in phases.items():
             print(f"  latency {phase:7s} {_summary(values)}")
+        _windows_print(started, promoted, switch, sent_at, commands.received_at, waits, cpu_marks, backlog,
+                       window_s=args.window)  # fmt: skip
         steady, during = phases["steady"], phases["during"]
         if steady and during:
             ratio = _stack.percentile(during, 99) / max(_stack.percentile(steady, 99), 1e-9)

@@ -55,8 +55,10 @@ from recognition.model_registry import (
     model_version_verify,
 )
 from recognition.models import EMBEDDING_DIMS, EnrollmentPhoto, FaceEmbedding, GalleryMigration, ModelVersion
+from recognition.staging import Backlog, staged_backlog
 
 __all__ = [
+    "DoorsFirst",
     "MigrationProgress",
     "gallery_migration_pause",
     "gallery_migration_progress",
@@ -273,6 +275,53 @@ def _analyses_store(model_id: int, analyses: dict[int, FaceAnalysis]) -> tuple[i
     return stored, failed
 
 
+class DoorsFirst:
+    """The build's yield to door decisions: before each photo, while a staged detection has waited
+    longer than ``busy_age_s`` for its decision (:func:`recognition.staging.staged_backlog`), wait in
+    steps of ``step_s``, at most ``max_s`` per photo (so the build always moves on, slowly, under
+    a load that never lets up). ``busy_age_s`` 0 turns it off. Between waits the operating system's
+    priority (``recognition.worker_priority``) keeps the build's compute behind the decisions'; this
+    also covers what the build makes others do (PostgreSQL, the disk) and a worker the operating
+    system cannot lower (one container per worker, equal CPU shares)."""
+
+    def __init__(
+        self,
+        *,
+        busy_age_s: float,
+        max_s: float,
+        step_s: float = 0.05,
+        backlog: Callable[[], Backlog] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.busy_age_s = max(0.0, float(busy_age_s))
+        self.max_s = max(0.0, float(max_s))
+        self.step_s = max(0.001, float(step_s))
+        self.within_s = max(1.0, float(settings.DEVICE_INBOUND_RETRY_AFTER_S))
+        self._backlog = backlog or (lambda: staged_backlog(within_s=self.within_s))
+        self._sleep = sleep
+        self.waited_s = 0.0  # in all, since it was made
+        self.waits = 0  # photos it held back
+
+    @classmethod
+    def from_settings(cls) -> DoorsFirst:
+        return cls(busy_age_s=settings.RECOGNITION_GALLERY_YIELD_AGE_S, max_s=settings.RECOGNITION_GALLERY_YIELD_MAX_S)
+
+    def busy(self) -> bool:
+        return self.busy_age_s > 0 and self._backlog().oldest_s > self.busy_age_s
+
+    def wait(self) -> float:
+        """Wait while door decisions are behind (at most ``max_s``); returns the seconds waited."""
+        waited = 0.0
+        while waited < self.max_s and self.busy():
+            step = min(self.step_s, self.max_s - waited)
+            self._sleep(step)
+            waited += step
+        if waited:
+            self.waits += 1
+            self.waited_s += waited
+        return waited
+
+
 class _Pacer:
     """At most ``rate`` photos per second over a slice (0: no limit)."""
 
@@ -308,11 +357,13 @@ def gallery_migration_run(
     batch: int | None = None,
     embedder: Embedder | None = None,
     between_batches: Callable[[GalleryMigration], None] | None = None,
+    doors: DoorsFirst | None = None,
 ) -> bool:
     """Run migration ``migration_id`` for at most ``slice_s`` seconds (module docstring). Returns
     True when photos remain (the caller enqueues the next slice), False when it finished, failed,
     was paused or removed, or another run holds it. ``between_batches`` is called after each batch
-    (tests and the bench use it to act at the worst moment)."""
+    (tests and the bench use it to act at the worst moment). Before each photo the run yields to
+    door decisions that are waiting (``doors``, by default :meth:`DoorsFirst.from_settings`)."""
     slice_s = settings.RECOGNITION_GALLERY_MIGRATION_SLICE_S if slice_s is None else slice_s
     rate = settings.RECOGNITION_GALLERY_MIGRATION_RATE if rate is None else rate
     batch = max(1, int(settings.RECOGNITION_GALLERY_MIGRATION_BATCH if batch is None else batch))
@@ -335,13 +386,17 @@ def gallery_migration_run(
             return False
         deadline = time.monotonic() + slice_s
         pacer = _Pacer(rate)
+        doors = doors or DoorsFirst.from_settings()
         failed = set(migration.failed_photo_ids or [])
         for attempt in range(SWITCH_ATTEMPTS):
             cursor, found = 0, 0
             while ids := gallery_missing_photos(version, after_id=cursor, limit=batch, exclude=failed):
                 found += len(ids)
                 photos = EnrollmentPhoto.objects.in_bulk(ids)
-                analyses = {pk: photo_version_analyse(photo, emb) for pk, photo in photos.items()}
+                analyses = {}
+                for pk, photo in photos.items():
+                    doors.wait()
+                    analyses[pk] = photo_version_analyse(photo, emb)
                 result = _analyses_store(migration.model_id, analyses)
                 if result is None:
                     logger.warning("gallery migration %s stopped: %s is no longer kept", migration_id, version)
@@ -350,7 +405,7 @@ def gallery_migration_run(
                 failed.update(newly_failed)
                 cursor = ids[-1]
                 pacer.after(len(ids))
-                migration = _progress_write(migration_id, version, stored, failed, pacer.speed())
+                migration = _progress_write(migration_id, version, stored, failed, pacer.speed(), doors)
                 if migration is None or migration.state != Phase.RUNNING:
                     logger.info("gallery migration %s of %s stops (%s)", migration_id, version,
                                 migration.state if migration else "removed")  # fmt: skip
@@ -376,7 +431,7 @@ def _version_embedder(version: str) -> Embedder:
 
 
 def _progress_write(
-    migration_id: int, version: str, stored: int, failed: set[int], speed: float
+    migration_id: int, version: str, stored: int, failed: set[int], speed: float, doors: DoorsFirst
 ) -> GalleryMigration | None:
     total, done = gallery_photo_counts(version)
     with transaction.atomic():
@@ -389,7 +444,9 @@ def _progress_write(
         migration.save(
             update_fields=["total", "done", "embedded", "failed", "failed_photo_ids", "photos_per_s", "heartbeat_at"]
         )
-    logger.info("gallery migration %s of %s: %d/%d photos (%.1f photos/s)", migration_id, version, done, total, speed)
+    logger.info("gallery migration %s of %s: %d/%d photos (%.1f photos/s; yielded to door decisions %.1f s "
+                "before %d photos)", migration_id, version, done, total, speed, doors.waited_s,
+                doors.waits)  # fmt: skip
     return migration
 
 

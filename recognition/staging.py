@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from django.conf import settings
@@ -140,6 +141,31 @@ def _enqueue_again(detection: p.Detection) -> bool:
     if detection.attempt:
         rows = rows.filter(received_at__lt=timezone.now() - dt.timedelta(seconds=REQUEUE_ON_RESEND_AFTER_S))
     return bool(rows.update(enqueued=F("enqueued") + 1))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Door decisions waiting right now: how many detections are staged and how long the oldest
+    has waited (0.0 when none)."""
+
+    staged: int
+    oldest_s: float
+
+
+_BACKLOG_SQL = (
+    "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(received_at)), 0) "
+    f"FROM {InboundDetection._meta.db_table} WHERE received_at > clock_timestamp() - make_interval(secs => %s)"
+)
+
+
+def staged_backlog(*, within_s: float) -> Backlog:
+    """The detections staged in the last ``within_s`` seconds and not decided yet (one index range
+    scan). Older rows are lost tasks left for :func:`inbound_requeue`, not load: they are not
+    counted, so one stuck row does not look like a queue of doors waiting."""
+    with connection.cursor() as cursor:
+        cursor.execute(_BACKLOG_SQL, [float(within_s)])
+        staged, oldest = cursor.fetchone()
+    return Backlog(staged=int(staged), oldest_s=max(0.0, float(oldest)))
 
 
 def inbound_requeue(*, send: Callable[[list[str]], None], now: dt.datetime | None = None, limit: int = 500) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,10 +39,11 @@ def _load_model(**_: object) -> None:
     from recognition.engine import active_embedder
 
     if _background_only_worker():
-        wanted = max(0, min(19, settings.RECOGNITION_GALLERY_WORKER_NICE))
-        if wanted > os.nice(0):  # systemd's Nice= may have set it already
-            os.nice(wanted - os.nice(0))
-        logger.info("background worker process ready (nice %d)", os.nice(0))
+        from recognition.worker_priority import background_priority_lower
+
+        priority = background_priority_lower(settings.RECOGNITION_GALLERY_WORKER_NICE)
+        logger.info("background worker process ready (nice %d, session autogroup nice %s)", priority.nice,
+                    "n/a" if priority.autogroup_nice is None else priority.autogroup_nice)  # fmt: skip
         return
     if settings.RECOGNITION_PRELOAD:
         # The model is the registry's active version (a database read; the parent closed its

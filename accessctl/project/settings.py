@@ -408,6 +408,18 @@ if not 0.0 <= RECOGNITION_SHADOW_SAMPLE_RATE <= 1.0:
 RECOGNITION_GALLERY_MIGRATION_RATE = env_float("ACCESSCTL_GALLERY_MIGRATION_RATE", 20.0)
 RECOGNITION_GALLERY_MIGRATION_BATCH = env_int("ACCESSCTL_GALLERY_MIGRATION_BATCH", 16)
 RECOGNITION_GALLERY_MIGRATION_SLICE_S = env_float("ACCESSCTL_GALLERY_MIGRATION_SLICE_S", 60.0)
+# Before each photo the build yields to door decisions (recognition.gallery_migration.DoorsFirst):
+# while a staged detection has waited longer than YIELD_AGE_S for its decision it waits, at most
+# YIELD_MAX_S per photo (0: no yield), so under a load that never lets up the build still moves.
+# Measured with bench/model_promotion.py (2 cores, 2 decision processes): the decisions never
+# waited on a lock of the build; the build took CPU, about half a core at nice 10, which weighed
+# nothing against the other sessions (fixed in recognition/worker_priority.py). With that fixed,
+# 25 decisions/s while another user's two processes kept both cores busy: p99 during / steady
+# 0.97x (168 / 174 ms) instead of 2.40x (478 / 199 ms), 0.8 photos/s instead of 2.8; this yield
+# did not trigger there. It does when decisions fall behind anyway (a machine saturated by others).
+# 0.15 s: above the oldest staged detection's usual age in steady state there (p50 10-40 ms).
+RECOGNITION_GALLERY_YIELD_AGE_S = env_float("ACCESSCTL_GALLERY_YIELD_AGE_S", 0.15)
+RECOGNITION_GALLERY_YIELD_MAX_S = env_float("ACCESSCTL_GALLERY_YIELD_MAX_S", 2.0)
 # A worker that consumes only the gallery and/or shadow queues runs at this CPU niceness (0..19); the
 # gallery worker, as started by `manage.py up`, with this many torch/onnxruntime threads:
 # re-embedding takes the CPU decisions leave.
