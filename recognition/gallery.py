@@ -13,9 +13,9 @@ would not know.
 A person has several embeddings (one per accepted enrolment photo). :func:`gallery_search` asks the
 index for ``limit_people * neighbours_per_person`` nearest vectors, then scores every person found
 exactly on all their embeddings (whichever of their photos the graph walk happened to reach), by the
-site's :class:`PersonScore` rule (``settings.RECOGNITION_PERSON_SCORE``): the normalised mean of their
-photos' vectors (the default: a steadier picture of a face than its luckiest photo; computed in the
-statement, so it always holds exactly the person's accepted photos) or their best photo. When the best two
+site's :class:`PersonScore` rule (``settings.RECOGNITION_PERSON_SCORE``): their best photo (the
+default, measured best through the real enrolment) or the normalised mean of their photos' vectors
+(computed in the statement, so it always holds exactly the person's accepted photos). When the best two
 people are nearly tied (``RECOGNITION_SEARCH_ESCALATE_GAP``), the ranking at the top is exactly what
 an approximate search gets wrong and what the matcher's margin rule depends on, so those probes are
 searched again with a much wider candidate list (``RECOGNITION_HNSW_ESCALATED_EF_SEARCH``). A clear

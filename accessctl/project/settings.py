@@ -364,12 +364,15 @@ RECOGNITION_HNSW_EF_SEARCH = env_int("ACCESSCTL_HNSW_EF_SEARCH", 48)
 # search); an escalated ef_search of 0 turns the second search off.
 RECOGNITION_SEARCH_ESCALATE_GAP = env_float("ACCESSCTL_SEARCH_ESCALATE_GAP", 0.08)
 RECOGNITION_HNSW_ESCALATED_EF_SEARCH = env_int("ACCESSCTL_HNSW_ESCALATED_EF_SEARCH", 800)
-# How a person is scored against a face (recognition/gallery.py): "mean_template" (the normalised
-# mean of their accepted photos' vectors) or "best_photo" (their nearest photo). celeba-dev (in-the-wild,
-# 90 enrolled x 3 photos, 30 strangers, sface at 0.476; bench/door_strategies.py over 8 splits):
-# best photo rejected 4.0 % of enrolled faces and accepted 1.6 % of strangers, the mean template 2.5 %
-# and 0.5 %: three photos averaged are a steadier picture of a face than the luckiest one of them.
-RECOGNITION_PERSON_SCORE = env_str("ACCESSCTL_PERSON_SCORE", "mean_template")
+# How a person is scored against a face (recognition/gallery.py): "best_photo" (their nearest photo)
+# or "mean_template" (the normalised mean of their accepted photos' vectors). celeba-dev, in-the-wild,
+# sface at 0.476, the same galleries scored both ways (`manage.py evaluate_door --person-score all
+# --seed 0,1`: 2 x 90 enrolled through the real enrolment, 2 x 30 strangers), one face per attempt:
+# best photo rejected 5.32 % of enrolled faces and accepted 0.67 % of strangers (4/596), the mean
+# template 5.00 % and 1.51 % (9/596). A simulation without the enrolment's gates (3 photos for
+# everyone, bench/door_strategies.py) had favoured the template (2.5 % / 0.5 % against 4.0 % / 1.6 %);
+# measured through the real enrolment it lets in more strangers: best photo stays the default.
+RECOGNITION_PERSON_SCORE = env_str("ACCESSCTL_PERSON_SCORE", "best_photo")
 if RECOGNITION_PERSON_SCORE not in ("mean_template", "best_photo"):
     from django.core.exceptions import ImproperlyConfigured
 

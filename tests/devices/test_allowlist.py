@@ -115,13 +115,16 @@ def site() -> dict[str, object]:
     return {"door": door, "other": other, "staff": staff, "people": people, "devices": devices}
 
 
-def test_a_best_photo_site_sends_every_photo(site, listener, settings) -> None:
+def test_a_mean_template_site_sends_the_template(site, listener, settings) -> None:
     """The device scores a person as the server does: the best of what the list holds for them."""
-    settings.RECOGNITION_PERSON_SCORE = "best_photo"
-    device = site["devices"][0]
+    settings.RECOGNITION_PERSON_SCORE = "mean_template"
+    people, device = site["people"], site["devices"][0]
     al.allowlist_push(device)
     (chunk,) = chunks_of(listener.commands(device.uid, p.CommandKind.ALLOWLIST, 1))
-    assert all(len(e.templates) == 3 for e in chunk.entries)
+    assert all(len(e.templates) == 1 for e in chunk.entries)
+    stored = [np.asarray(e.embedding) for e in FaceEmbedding.objects.filter(person=people[0]).order_by("id")]
+    entry = next(e for e in chunk.entries if e.ref == str(people[0].uid))
+    assert float(np.dot(entry.templates[0].values(128), mean_template(stored))) > 0.995  # an int8 code
 
 
 def chunks_of(commands: list[p.Command]) -> list[p.AllowlistChunk]:
@@ -145,11 +148,11 @@ def test_a_full_list_is_signed_verifies_and_holds_the_allowed_people(site, liste
     assert header.model_version == MODEL and header.dim == 128 and header.threshold == pytest.approx(0.476)
     assert header.expires_at - header.issued_at == 86_400 and header.total_entries == 3
     assert {e.ref for e in chunk.entries} == {str(person.uid) for person in people[:3]}
-    assert all(len(e.templates) == 1 and e.schedules == (p.ALWAYS,) for e in chunk.entries)
-    # the int8 template is the person's mean template, what the server scores them with
-    stored = [np.asarray(e.embedding) for e in FaceEmbedding.objects.filter(person=people[0]).order_by("id")]
+    assert all(len(e.templates) == 3 and e.schedules == (p.ALWAYS,) for e in chunk.entries)
+    # the int8 templates are the gallery vectors
+    stored = np.asarray(FaceEmbedding.objects.filter(person=people[0]).order_by("id").first().embedding)
     entry = next(e for e in chunk.entries if e.ref == str(people[0].uid))
-    assert float(np.dot(entry.templates[0].values(128), mean_template(stored))) > 0.999
+    assert float(np.dot(entry.templates[0].values(128), stored)) > 0.999
     state = DeviceAllowlist.objects.get(device=device)
     assert (state.version, state.entry_count, state.chunk_count, state.refused) == (1, 3, 1, "")
     assert set(state.digests) == {str(person.uid) for person in people[:3]}

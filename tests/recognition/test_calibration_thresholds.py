@@ -182,7 +182,7 @@ def test_fused_offsets_are_stored_kept_and_applied_to_fused_matches_only(fresh_c
     assert threshold_for(SFACE) == pytest.approx(0.46)
     assert threshold_for(SFACE, probes_fused=3, fusion="quality_embedding") == pytest.approx(0.50)
     # a rule without stored offsets takes the built-in one measured for the site's person score
-    builtin = BUILTIN_FUSED_OFFSETS.get((SFACE, "mean_template"), {}).get("max_score", {}).get(3, 0.0)
+    builtin = BUILTIN_FUSED_OFFSETS.get((SFACE, "best_photo"), {}).get("max_score", {}).get(3, 0.0)
     assert threshold_for(SFACE, probes_fused=3, fusion="max_score") == pytest.approx(0.46 + builtin)
     # a measured negative offset is kept but never makes a track laxer than one face
     store_fused_offsets(model_version=SFACE, rule="mean_score", offsets={3: -0.03}, source={})
@@ -200,11 +200,15 @@ def test_fused_offsets_are_stored_kept_and_applied_to_fused_matches_only(fresh_c
 
 
 @pytest.mark.django_db
-def test_built_in_fused_offsets_apply_for_the_person_score_they_were_measured_with(fresh_caches, settings) -> None:
-    builtin = BUILTIN_FUSED_OFFSETS[(SFACE, "mean_template")]
-    assert builtin, "the default model ships measured offsets for the default person score"
+@pytest.mark.parametrize("scoring", ["best_photo", "mean_template"])
+def test_built_in_fused_offsets_apply_for_the_person_score_they_were_measured_with(
+    fresh_caches, settings, scoring: str
+) -> None:
+    settings.RECOGNITION_PERSON_SCORE = scoring
+    builtin = BUILTIN_FUSED_OFFSETS[(SFACE, scoring)]
+    assert builtin, "the default model ships measured offsets for both person scores"
     for rule in FusionRule:
-        expected = BUILTIN_THRESHOLDS[SFACE] + builtin.get(str(rule), {}).get(3, 0.0)
+        expected = BUILTIN_THRESHOLDS[SFACE] + max(builtin.get(str(rule), {}).get(3, 0.0), 0.0)
         assert threshold_for(SFACE, probes_fused=3, fusion=str(rule)) == pytest.approx(expected)
         assert threshold_for(SFACE, probes_fused=1, fusion=str(rule)) == BUILTIN_THRESHOLDS[SFACE]
     # the setting's threshold is offset the same way; a door's own threshold is used as it is
@@ -213,6 +217,5 @@ def test_built_in_fused_offsets_apply_for_the_person_score_they_were_measured_wi
     assert threshold_for(SFACE, probes_fused=3, fusion=rule) == pytest.approx(0.5 + builtin[rule][3])
     door = Door.objects.create(name="vault", match_threshold=0.6)
     assert threshold_for(SFACE, door, probes_fused=3, fusion=rule) == 0.6
-    # measured by mean template: a site that scores by best photo gets none
-    settings.RECOGNITION_PERSON_SCORE = "best_photo"
-    assert threshold_for(SFACE, probes_fused=3, fusion=rule) == pytest.approx(0.5)
+    # a model without measured offsets gets none
+    assert threshold_for("facenet-vggface2", probes_fused=3, fusion=rule) == pytest.approx(0.5)

@@ -82,7 +82,7 @@ def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> No
         *(("best_photo", k, rule) for k, rule in per_scoring),
     ]
     assert reports[0]["counts"]["enrolled_attempts"] == 9
-    offsets = BUILTIN_FUSED_OFFSETS[(reports[0]["model_version"], "mean_template")]
+    model_version = reports[0]["model_version"]
     for report in reports:
         if report["probes_per_attempt"] == 1:
             continue
@@ -93,7 +93,8 @@ def test_three_photos_fused_per_attempt(enrol_env: Path, identities: Path) -> No
         assert report["top1"] == 1 and report["enrolled_rejected"] == 0
         assert report["wrong_person_admitted"] == 0 and report["strangers_accepted"] == 0
         # no offset stored: the built-in one measured for the person score (none for best photo)
-        builtin = offsets.get(report["fusion"], {}).get(3, 0.0) if report["person_score"] == "mean_template" else 0
+        offsets = BUILTIN_FUSED_OFFSETS.get((model_version, report["person_score"]), {})
+        builtin = offsets.get(report["fusion"], {}).get(3, 0.0)
         assert report["gallery_people"] == 3
         assert report["threshold"] == pytest.approx(report["single_threshold"] + max(builtin, 0.0))
         assert (
