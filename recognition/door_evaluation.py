@@ -114,7 +114,7 @@ class DoorReport:
     #: K > 1: the fused-threshold offset these embeddings measure (recognition.fused_calibration)
     fused_offset_measured: dict[str, Any] | None = None
     #: how people were scored (recognition.gallery.PersonScore)
-    person_score: str = "mean_template"
+    person_score: str = "best_photo"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -603,18 +603,24 @@ def _score(
 
 def door_fused_offsets_store(reports: Sequence[DoorReport]) -> dict[str, dict[int, float]]:
     """Store the fused offsets the reports measured (K > 1, one per rule and K) in the calibration
-    of their model version (:func:`recognition.calibration.store_fused_offsets`); returns them."""
+    of their model version (:func:`recognition.calibration.store_fused_offsets`); returns them.
+    Only reports scored by the site's person score: the stored offsets apply to its decisions."""
     stored: dict[str, dict[int, float]] = {}
     for report in reports:
         measured = report.fused_offset_measured
-        if report.probes_per_attempt < 2 or not measured:
+        if report.probes_per_attempt < 2 or not measured or report.person_score != person_score_rule():
             continue
         try:
             store_fused_offsets(
                 model_version=report.model_version,
                 rule=report.fusion,
                 offsets={report.probes_per_attempt: measured["offset"]},
-                source={**measured, "seeds": report.seeds, "gallery_people": report.gallery_people},
+                source={
+                    **measured,
+                    "seeds": report.seeds,
+                    "gallery_people": report.gallery_people,
+                    "person_score": report.person_score,
+                },
             )
         except (CalibrationError, ValueError) as exc:
             raise DoorEvaluationError(f"fused offset of {report.fusion} K={report.probes_per_attempt}: {exc}") from exc

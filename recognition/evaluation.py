@@ -26,6 +26,7 @@ from recognition.metrics import (
     cosine_scores,
     identification_scores,
     kfold_accuracy,
+    mean_template,
     roc_auc,
     tar_at_far,
     threshold_for_far,
@@ -198,7 +199,7 @@ def identification_benchmark(
     gallery_size: int = 3,
     threshold: float | None = None,
     fpirs: Sequence[float] = (1e-2, 1e-3),
-    person_score: str = "mean_template",
+    person_score: str = "best_photo",
     **embedder_options: Any,
 ) -> IdentificationReport:
     """Open-set identification on LFW.
@@ -350,8 +351,7 @@ def template_impostor_scores(vectors: np.ndarray, owner: np.ndarray, *, photos: 
     for name in names[np.argsort(first)]:
         mine = np.flatnonzero(owner == name)
         if mine.size >= photos:
-            total = units[mine[:photos]].sum(axis=0)
-            means.append(total / np.linalg.norm(total))
+            means.append(mean_template(units[mine[:photos]]))
             holders.append(name)
     if not means:
         return np.zeros(0)

@@ -41,6 +41,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from accessctl.metrics import GALLERY_SEARCH, Timer
+from recognition.metrics import mean_template
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
 logger = logging.getLogger(__name__)
@@ -245,18 +246,19 @@ def _rescore(
         return [[] for _ in literals]
     cursor.execute(_rescore_sql(model_version, dim_for(model_version)), [list(literals), numbers, person_ids])
     found: list[list[Row]] = [[] for _ in literals]
-    for probe, embedding_id, person_id, best_photo, mean_template in cursor.fetchall():
-        found[int(probe) - 1].append(_person_row(embedding_id, person_id, best_photo, mean_template))
+    for probe, *scored in cursor.fetchall():
+        found[int(probe) - 1].append(_person_row(*scored))
     for rows in found:
         rows.sort(key=lambda r: (r[2], r[0]))
     return found
 
 
-def _person_row(embedding_id: int, person_id: int, best_photo: float, mean_template: float | None) -> Row:
-    """A person's row by the site's rule (a template without direction, never seen: no match)."""
+def _person_row(embedding_id: int, person_id: int, best_photo: float, template: float | None) -> Row:
+    """A person's row by the site's rule from _people_sql's columns (a template without direction,
+    never seen: no match)."""
     if person_score_rule() is PersonScore.BEST_PHOTO:
         return (int(embedding_id), int(person_id), float(best_photo))
-    return (int(embedding_id), int(person_id), 2.0 if mean_template is None else float(mean_template))
+    return (int(embedding_id), int(person_id), 2.0 if template is None else float(template))
 
 
 def _by_probe(count: int, fetched: Sequence[Sequence[Any]]) -> list[list[Row]]:
@@ -446,14 +448,6 @@ def gallery_templates(person_ids: Sequence[int], model_version: str) -> dict[int
             continue
         out.setdefault(person_id, []).append(arr)
     return out
-
-
-def mean_template(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """The normalised mean of the normalised ``vectors`` (a person's template, float32)."""
-    units = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
-    units /= np.linalg.norm(units, axis=1, keepdims=True)
-    total = units.sum(axis=0)
-    return (total / np.linalg.norm(total)).astype(np.float32)
 
 
 def person_templates(person_ids: Sequence[int], model_version: str) -> dict[int, list[np.ndarray]]:

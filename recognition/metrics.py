@@ -133,6 +133,15 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
     return np.array(accs), np.array(thrs)
 
 
+def mean_template(vectors: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """The normalised mean of the normalised ``vectors`` (a person's template, float32): what
+    ``recognition.gallery.PersonScore.MEAN_TEMPLATE`` compares a face with."""
+    units = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    total = units.sum(axis=0)
+    return (total / np.linalg.norm(total)).astype(np.float32)
+
+
 def identification_scores(
     gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, *, person_score: str = "best_photo"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,15 +151,10 @@ def identification_scores(
     if person_score not in ("best_photo", "mean_template"):
         raise ValueError(f"unknown person score {person_score!r}")
     ids = np.unique(gallery_ids)
-    per_id = np.full((probes.shape[0], ids.size), -np.inf)
     if person_score == "mean_template":
-        units = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-        means = np.stack([units[gallery_ids == pid].sum(axis=0) for pid in ids])
-        per_id = probes @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
-        best = per_id.argmax(axis=1)
-        return ids[best], per_id[np.arange(probes.shape[0]), best]
-    sims = probes @ gallery.T  # unit vectors -> cosine
-    for j, pid in enumerate(ids):
-        per_id[:, j] = sims[:, gallery_ids == pid].max(axis=1)
+        per_id = probes @ np.stack([mean_template(gallery[gallery_ids == pid]) for pid in ids]).T
+    else:
+        sims = probes @ gallery.T  # unit vectors -> cosine
+        per_id = np.stack([sims[:, gallery_ids == pid].max(axis=1) for pid in ids], axis=1)
     best = per_id.argmax(axis=1)
     return ids[best], per_id[np.arange(probes.shape[0]), best]

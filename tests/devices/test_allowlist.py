@@ -22,7 +22,7 @@ from devices.models import DeviceAllowlist, DeviceRevocation, EdgeDevice
 from devices.provisioning import device_provision
 from faceengine import protocol as p
 from recognition.calibration import store_threshold
-from recognition.gallery import mean_template
+from recognition.metrics import mean_template
 from recognition.models import FaceEmbedding
 from tests.broker_logins import observer_client
 from tests.devices.e2e import mqtt_address

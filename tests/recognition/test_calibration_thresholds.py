@@ -219,3 +219,24 @@ def test_built_in_fused_offsets_apply_for_the_person_score_they_were_measured_wi
     assert threshold_for(SFACE, door, probes_fused=3, fusion=rule) == 0.6
     # a model without measured offsets gets none
     assert threshold_for("facenet-vggface2", probes_fused=3, fusion=rule) == pytest.approx(0.5)
+
+
+@pytest.mark.django_db
+def test_only_offsets_measured_with_the_sites_person_score_are_stored(fresh_caches, settings) -> None:
+    from recognition.door_evaluation import DoorReport, door_fused_offsets_store
+
+    def report(person_score: str, offset: float) -> DoorReport:
+        return DoorReport(
+            model_version=SFACE, threshold=0.476, min_margin=0.05, probes_per_attempt=3, fusion="quality_embedding",
+            top1=1.0, enrolled_rejected=0.0, strangers_accepted=0.0, wrong_person_admitted=0.0,
+            failure_to_detect=0.0, failure_to_enrol=0.0, ms_per_probe=1.0, person_score=person_score,
+            fused_offset_measured={"offset": offset},
+        )  # fmt: skip
+
+    settings.RECOGNITION_PERSON_SCORE = "best_photo"
+    store_threshold(model_version=SFACE, threshold=0.45, target_fmr=1e-3)
+    stored = door_fused_offsets_store([report("mean_template", 0.04), report("best_photo", 0.01)])
+    assert stored == {"quality_embedding": {3: 0.01}}
+    details = ModelCalibration.objects.get(model_version=SFACE).details
+    assert details["fused_offsets"] == {"quality_embedding": {"3": 0.01}}
+    assert details["fused_offsets_source"]["quality_embedding"]["person_score"] == "best_photo"

@@ -16,9 +16,9 @@ from recognition.gallery import (
     explain_search,
     gallery_search,
     gallery_search_many,
-    mean_template,
     person_templates,
 )
+from recognition.metrics import mean_template
 from recognition.models import EMBEDDING_DIMS, FaceEmbedding
 
 SFACE = "sface-2021dec-int8bq"
