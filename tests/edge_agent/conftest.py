@@ -11,9 +11,10 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -32,6 +33,7 @@ UID = "door-test-1"
 DEVICE_PASSWORD = "door-test-1-broker-password"
 #: the test "server" logs in as the test-only observer (it reads and writes every device topic)
 OBSERVER = ("test-observer", "edge-tests-observer-password")
+T = TypeVar("T")
 
 
 def face_image() -> np.ndarray:
@@ -146,6 +148,22 @@ class ServerClient:
             topic, payload, _ = self.messages.get(timeout=remaining)
             if p.parse_topic(topic)[1] is kind:
                 return topic, payload
+
+    def wait_for(self, kind: p.TopicKind, opened: Callable[[bytes], T | None], timeout: float) -> T:
+        """The first ``kind`` message that ``opened`` turns into a value, within ``timeout`` overall.
+
+        A device sends some kinds (detections, heartbeats) all the time: a loop over ``next`` alone
+        would never end when the one awaited never comes.
+        """
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                _, raw = self.next(kind, timeout=remaining)
+            except (TimeoutError, queue.Empty):
+                break
+            if (value := opened(raw)) is not None:
+                return value
+        raise TimeoutError(f"no awaited {kind} message within {timeout} s")
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(5)

@@ -247,11 +247,11 @@ def test_version_and_revocation_are_acknowledged_at_once(
         topic = p.commands_topic(UID)
 
         def next_heartbeat(predicate) -> tuple[p.Heartbeat, float]:
-            while True:
-                _, raw = server.next(p.TopicKind.HEARTBEAT, timeout=5)
+            def matching(raw: bytes) -> p.Heartbeat | None:
                 hb = p.open_message(p.heartbeat_topic(UID), raw, keys.device_public)
-                if predicate(hb):
-                    return hb, time.monotonic()
+                return hb if predicate(hb) else None
+
+            return server.wait_for(p.TopicKind.HEARTBEAT, matching, 10), time.monotonic()
 
         start = time.monotonic()
         for _command, raw in office_list(keys):

@@ -1,6 +1,9 @@
 """The offline allow-list end to end with the agent as a real process: real broker, camera folder,
-MTCNN and the sface model, a list signed by the test "server"; the broker is stopped (link cut)
-and the door decides alone; when the broker returns the spooled detections carry the evidence."""
+MTCNN and the sface model, a list signed by the test "server"; the link is cut and the broker
+stopped, and the door decides alone; when the broker returns the spooled detections carry the
+evidence. The agent reaches the broker through a gate the test holds shut until its "server" has
+subscribed again: otherwise, on a slow machine, the agent can reconnect and hand over its spool
+before anyone listens, the broker drops it, and only live detections follow."""
 
 from __future__ import annotations
 
@@ -20,7 +23,16 @@ from edge_agent.allowlist import STORE_FILE
 from faceengine import protocol as p
 from faceengine.protocol.allowlist import ALWAYS, AllowlistEntry, AllowlistHeader, Template, allowlist_chunks
 from tests.edge_agent.allowlists import signed
-from tests.edge_agent.conftest import DEVICE_PASSWORD, UID, Keys, ServerClient, broker_start, face_image, wait_until
+from tests.edge_agent.conftest import (
+    DEVICE_PASSWORD,
+    UID,
+    GatedProxy,
+    Keys,
+    ServerClient,
+    broker_start,
+    face_image,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PULSE_MS = 777
@@ -80,15 +92,18 @@ def test_agent_process_decides_alone_with_its_signed_list(tmp_path: Path, keys: 
     port = free_port()
     broker = broker_start(tmp_path, port=port)
     server = ServerClient(broker.host, port)
+    proxy = GatedProxy(port)  # the agent's link to the broker
     log = tmp_path / "agent.log"
     handle = log.open("wb")
-    argv = [sys.executable, "-m", "edge_agent", "run", "--config", str(write_config(tmp_path, keys, port, frames))]
+    config = write_config(tmp_path, keys, proxy.port, frames)
+    argv = [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACS_EDGE_")}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # online: the first detection carries the visitor's embedding; "enrol" it in a signed list
-        _, raw = server.next(p.TopicKind.DETECTIONS, timeout=120)
-        first = p.open_message(p.detections_topic(UID), raw, keys.device_public)
+        first = server.wait_for(
+            p.TopicKind.DETECTIONS, lambda raw: p.open_message(p.detections_topic(UID), raw, keys.device_public), 120
+        )
         assert first.offline_decision is None and first.mode is p.Mode.EMBEDDING
         own = np.asarray(first.embedding_values(), dtype=np.float32)
         rng = np.random.default_rng(0)
@@ -118,15 +133,17 @@ def test_agent_process_decides_alone_with_its_signed_list(tmp_path: Path, keys: 
         )
         for chunk in allowlist_chunks(header, entries, max_bytes=4000):
             server.publish(p.commands_topic(UID), signed(keys, chunk.to_dict())[1])
-        while True:
-            _, raw = server.next(p.TopicKind.HEARTBEAT, timeout=30)
+
+        def list_applied(raw: bytes) -> p.Heartbeat | None:
             hb = p.open_message(p.heartbeat_topic(UID), raw, keys.device_public)
-            if hb.allowlist_version == 1:
-                break
+            return hb if hb.allowlist_version == 1 else None
+
+        hb = server.wait_for(p.TopicKind.HEARTBEAT, list_applied, 60)
         assert hb.offline_mode is p.OfflineMode.ALLOWLIST and hb.allowlist_entries == 51
         assert b"visitor" not in (tmp_path / "spool" / STORE_FILE).read_bytes()
 
         # link cut: the door decides alone
+        proxy.close_gate()
         server.close()
         broker.stop()
         assert wait_until(lambda: any(line.get("basis") == "allowlist" for line in journal(tmp_path)), 90), (
@@ -141,11 +158,16 @@ def test_agent_process_decides_alone_with_its_signed_list(tmp_path: Path, keys: 
         # the link returns: the detections decided offline arrive signed, with their evidence
         broker = broker_start(tmp_path, port=port)
         server = ServerClient(broker.host, port, client_id="test-server-2")
-        while True:
-            _, raw = server.next(p.TopicKind.DETECTIONS, timeout=60)
+        proxy.open_gate()  # only now: the server listens before the agent can hand over its spool
+
+        def decided_offline(raw: bytes) -> p.Detection | None:
             detection = p.open_message(p.detections_topic(UID), raw, keys.device_public)
-            if detection.offline_decision is not None:
-                break
+            return detection if detection.offline_decision is not None else None
+
+        try:
+            detection = server.wait_for(p.TopicKind.DETECTIONS, decided_offline, 90)
+        except TimeoutError:
+            raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
         od = detection.offline_decision
         assert (od.basis, od.reason, od.person_ref, od.allowlist_version) == ("allowlist", "matched", "visitor", 1)
     finally:
@@ -157,5 +179,6 @@ def test_agent_process_decides_alone_with_its_signed_list(tmp_path: Path, keys: 
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         handle.close()
+        proxy.stop()
         server.close()
         broker.stop()  # idempotent, like closing the client twice
