@@ -380,8 +380,17 @@ if RECOGNITION_PERSON_SCORE not in ("mean_template", "best_photo"):
 RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", MIN_FACE_PX)  # the agents' default too (faceengine.protocol)
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
 RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
-# Load the embedder when a worker process starts rather than on its first detection.
+# Load the embedder when a worker process starts rather than on its first detection; and, checked
+# every PRELOAD_CHECK_S seconds (0: never) by a thread of each decision worker process, the embedder
+# of a version being promoted, before its switch (recognition/embedder_preload.py; a failed load is
+# tried again PRELOAD_RETRY_S later). Measured with bench/embedder_preload.py (2 cores kept busy by
+# other work): the first crop-mode decision after a switch sface -> facenet-casia took 4.5-12 s of
+# model work per process (median 9.6 s) without it, 0.23-0.40 s (one embedding) with it. Meanwhile
+# the process holds both models (RSS 320 -> 730 MB) and its decisions run ~1.4x slower for the few
+# seconds of the load; nothing is added to the decision path (a check costs ~13 ms in the thread).
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
+RECOGNITION_PRELOAD_CHECK_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_CHECK_S", 10.0)
+RECOGNITION_PRELOAD_RETRY_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_RETRY_S", 60.0)
 # Recognition health (recognition/health.py, rule in recognition/drift.py): the recent window is
 # compared with the door's baseline (the BASELINE_DAYS before it, or what an operator re-baselined).
 RECOGNITION_HEALTH_RECENT_WINDOW_S = env_int("ACCESSCTL_HEALTH_RECENT_WINDOW_S", 6 * 3600)
