@@ -5,16 +5,18 @@ background, then switches. Without this, each decision worker process would buil
 embedder on its first crop-mode detection after the switch (facenet-casia: seconds, while a person
 waits at the door). :class:`EmbedderPreloader` runs in every decision worker process
 (``recognition.tasks``, at process start): a daemon thread looks, every ``interval_s``, for the
-versions this process should have loaded (:func:`preload_versions`: a promotion's target and the
-active version) and builds those it has not in faceengine's per-process cache
+versions this process should have loaded (:func:`preload_versions`: the active version and a
+promotion's target) and builds those missing from faceengine's per-process cache
 (:func:`recognition.engine.version_embedder`, verified as at first use), so at the switch the
-instance is there. Nothing runs on the decision path. One load at a time: one thread per process,
-and the processes of a machine take turns (a file lock in ``VAR_DIR``: a worker's processes loading
-at once would take every core from the decisions). A failed load is logged and tried again
-``retry_s`` later; nothing it does stops the worker. A version it
-loaded that is neither to preload nor kept (:func:`recognition.gallery_versions.kept_versions`: a
-previous active version stays loaded while its gallery is kept, for a quick way back) is dropped
-from the cache: a promotion abandoned and retired, an old version retired after the fleet moved.
+instance is there. Nothing runs on the decision path.
+
+One load at a time: one thread per process, and the processes of a machine take turns (a file lock
+in ``VAR_DIR``: a worker's processes loading at once would take every core from the decisions). A
+failed load is logged and tried again ``retry_s`` later; nothing it does stops the worker. A version
+it loaded that is neither to preload nor kept (:func:`recognition.gallery_versions.kept_versions`:
+the previous active version stays loaded while its gallery is kept, for a quick way back) is
+dropped from the cache: a promotion abandoned and retired, an old version retired after the fleet
+moved.
 """
 
 from __future__ import annotations
@@ -56,15 +58,15 @@ def promotion_target() -> str | None:
 
 
 def preload_versions() -> list[str]:
-    """What a decision worker process should have loaded: the promotion target (first), then the
-    active version (also loaded at process start; here again when that failed, or after an
-    activation without a build)."""
-    versions = [v for v in [promotion_target()] if v]
+    """What a decision worker process should have loaded: the active version (loaded at process
+    start too; here again when that failed, or after an activation without a build), then the
+    promotion target."""
     try:
-        versions.append(active_model().model_version)
+        versions = [active_model().model_version]
     except RegistryError:
-        pass
-    return list(dict.fromkeys(versions))
+        versions = []
+    target = promotion_target()
+    return [*versions, target] if target and target not in versions else versions
 
 
 def _version_embedder(version: str) -> Embedder:
@@ -92,6 +94,7 @@ class EmbedderPreloader:
         self._kept = kept
         self._load = load
         self._lock_path = lock_path
+        self._lock_warned = False
         self.loaded: dict[str, Embedder] = {}  # what this preloader built (or found built)
         self._failed_at: dict[str, float] = {}  # version -> time.monotonic() of its last failed load
         self._stop = threading.Event()
@@ -146,7 +149,9 @@ class EmbedderPreloader:
         try:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            logger.warning("embedder preload: no lock file %s (%s); loading without one", self._lock_path, exc)
+            if not self._lock_warned:
+                self._lock_warned = True
+                logger.warning("embedder preload: no lock file %s (%s); loading without one", self._lock_path, exc)
             yield True
             return
         try:

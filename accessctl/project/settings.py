@@ -383,11 +383,12 @@ RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime thr
 # Load the embedder when a worker process starts rather than on its first detection; and, checked
 # every PRELOAD_CHECK_S seconds (0: never) by a thread of each decision worker process, the embedder
 # of a version being promoted, before its switch (recognition/embedder_preload.py; a failed load is
-# tried again PRELOAD_RETRY_S later). Measured with bench/embedder_preload.py (2 cores kept busy by
-# other work): the first crop-mode decision after a switch sface -> facenet-casia took 4.5-12 s of
-# model work per process (median 9.6 s) without it, 0.23-0.40 s (one embedding) with it. Meanwhile
-# the process holds both models (RSS 320 -> 730 MB) and its decisions run ~1.4x slower for the few
-# seconds of the load; nothing is added to the decision path (a check costs ~13 ms in the thread).
+# tried again PRELOAD_RETRY_S later; PRELOAD false: neither). Measured with bench/embedder_preload.py
+# (2 cores kept busy by other work): the first crop-mode decision after a switch sface ->
+# facenet-casia took 4.5-12 s of model work per process (median 9.6 s) without it, 0.23-0.40 s (one
+# embedding) with it. Meanwhile the process holds both models (RSS 320 -> 730 MB) and its decisions
+# run ~1.4x slower for the few seconds of the load; nothing is added to the decision path (a check
+# costs ~13 ms, in the thread).
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
 RECOGNITION_PRELOAD_CHECK_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_CHECK_S", 10.0)
 RECOGNITION_PRELOAD_RETRY_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_RETRY_S", 60.0)

@@ -51,7 +51,7 @@ def test_the_target_is_a_promotion_under_way_until_it_switches(tmp_path: Path) -
     assert promotion_target() is None and preload_versions() == [SFACE_MODEL_VERSION]
     migration = _promote(tmp_path)
     assert migration.state == Phase.QUEUED and promotion_target() == QDQ
-    assert preload_versions() == [QDQ, SFACE_MODEL_VERSION]
+    assert preload_versions() == [SFACE_MODEL_VERSION, QDQ]
     for state, target in ((Phase.RUNNING, QDQ), (Phase.DONE, QDQ), (Phase.PAUSED, None), (Phase.FAILED, None)):
         GalleryMigration.objects.filter(pk=migration.pk).update(state=state)
         assert promotion_target() == target, state
