@@ -165,7 +165,10 @@ class EmbedderPreloader:
             os.close(fd)  # releases the lock
 
     def start(self) -> None:
-        """Run :meth:`check` at once and then every ``interval_s`` in a daemon thread; returns at once."""
+        """Run :meth:`check` every ``interval_s`` in a daemon thread; returns at once. The first pass
+        too waits ``interval_s``: the thread starts in ``worker_process_init``, whose other receiver
+        (Celery's Django fixup) closes the descriptors of the connections the process inherited; a
+        connection this thread opened meanwhile could get one of their numbers."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -179,15 +182,13 @@ class EmbedderPreloader:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval_s):
             try:
                 self.check()
             except Exception:  # check() catches what a load raises; nothing else may end the thread
                 logger.exception("embedder preload: pass failed")
             finally:
                 connection.close()  # this thread's own connection: not held between passes
-            if self._stop.wait(self.interval_s):
-                return
 
 
 _preloader: EmbedderPreloader | None = None

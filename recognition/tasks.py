@@ -62,7 +62,13 @@ def _load_model(**_: object) -> None:
         if settings.RECOGNITION_PRELOAD_CHECK_S > 0:
             # A promotion's target is loaded in the background before it becomes active (and the
             # active one again if the load above failed): no load on a decision after a switch.
+            # The reads above opened a connection Celery's Django fixup would close by descriptor
+            # (it closes what a child inherited) while the preloader's thread opens its own: closed here.
+            from django.db import connection
+
             from recognition.embedder_preload import embedder_preload_start
+
+            connection.close()
 
             embedder_preload_start(
                 interval_s=settings.RECOGNITION_PRELOAD_CHECK_S, retry_s=settings.RECOGNITION_PRELOAD_RETRY_S,

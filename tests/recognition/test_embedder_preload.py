@@ -136,7 +136,7 @@ def test_the_thread_never_blocks_the_caller_loads_one_at_a_time_and_tries_a_fail
 def test_a_decision_worker_process_starts_the_preloader(settings: object) -> None:
     from recognition import embedder_preload
 
-    settings.RECOGNITION_PRELOAD_CHECK_S = 3600  # type: ignore[attr-defined]
+    settings.RECOGNITION_PRELOAD_CHECK_S = 0.1  # type: ignore[attr-defined]
     tasks._load_model()
     preloader = embedder_preload._preloader
     try:
