@@ -80,3 +80,16 @@ def get_embedder(name: str | None = None, **options: Any) -> Embedder:
             _instances[key] = embedder
             logger.info("loaded embedder %s (%s, dim=%d)", name, embedder.model_version, embedder.dim)
     return embedder
+
+
+def embedder_forget(embedder: Embedder) -> bool:
+    """Drop ``embedder`` from the per-process instances (a version no longer used: its memory is
+    freed once nothing else holds it; a later :func:`get_embedder` builds it again). Returns
+    whether it was there."""
+    with _lock:
+        for key, instance in list(_instances.items()):
+            if instance is embedder:
+                del _instances[key]
+                logger.info("dropped embedder %s (%s)", key[0], embedder.model_version)
+                return True
+    return False

@@ -53,12 +53,27 @@ def _load_model(**_: object) -> None:
             embedder = active_embedder()
         except Exception:
             logger.exception("worker could not preload the active embedder")
-            return
-        logger.info("worker ready with embedder %s", embedder.model_version)
-        if settings.LIVENESS_SERVER_SCORE:
-            from recognition.liveness import active_liveness_scorer
+        else:
+            logger.info("worker ready with embedder %s", embedder.model_version)
+            if settings.LIVENESS_SERVER_SCORE:
+                from recognition.liveness import active_liveness_scorer
 
-            logger.info("worker ready with liveness scorer %s", active_liveness_scorer().model_version)
+                logger.info("worker ready with liveness scorer %s", active_liveness_scorer().model_version)
+        if settings.RECOGNITION_PRELOAD_CHECK_S > 0:
+            # A promotion's target is loaded in the background before it becomes active (and the
+            # active one again if the load above failed): no load on a decision after a switch.
+            # The reads above opened a connection Celery's Django fixup would close by descriptor
+            # (it closes what a child inherited) while the preloader's thread opens its own: closed here.
+            from django.db import connection
+
+            from recognition.embedder_preload import embedder_preload_start
+
+            connection.close()
+
+            embedder_preload_start(
+                interval_s=settings.RECOGNITION_PRELOAD_CHECK_S, retry_s=settings.RECOGNITION_PRELOAD_RETRY_S,
+                lock_path=Path(settings.VAR_DIR) / "embedder-preload.lock",
+            )  # fmt: skip
 
 
 #: Decisions survive a killed worker (acks_late + reject_on_worker_lost: redelivered) and retry

@@ -380,8 +380,18 @@ if RECOGNITION_PERSON_SCORE not in ("mean_template", "best_photo"):
 RECOGNITION_MIN_FACE_PX = env_int("ACCESSCTL_MIN_FACE_PX", MIN_FACE_PX)  # the agents' default too (faceengine.protocol)
 RECOGNITION_TORCH_THREADS = env_int("ACCESSCTL_TORCH_THREADS", 2)
 RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime threads per process (sface)
-# Load the embedder when a worker process starts rather than on its first detection.
+# Load the embedder when a worker process starts rather than on its first detection; and, checked
+# every PRELOAD_CHECK_S seconds (0: never) by a thread of each decision worker process, the embedder
+# of a version being promoted, before its switch (recognition/embedder_preload.py; a failed load is
+# tried again PRELOAD_RETRY_S later; PRELOAD false: neither). Measured with bench/embedder_preload.py
+# (2 cores kept busy by other work, 5 fresh processes each): after a switch sface -> facenet-casia the
+# first crop-mode decision of a process spent 2.7 s (2.6-3.1 s) getting the embedder without it (its
+# model work in all, first embedding included: median 8.6 s), 1.6 ms with it. Meanwhile the process
+# holds both models (RSS 320 -> 730 MB) and its decisions run ~1.5x slower during the seconds of the
+# load; nothing is added to the decision path (a check costs ~15 ms, in the thread).
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
+RECOGNITION_PRELOAD_CHECK_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_CHECK_S", 10.0)
+RECOGNITION_PRELOAD_RETRY_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_RETRY_S", 60.0)
 # Recognition health (recognition/health.py, rule in recognition/drift.py): the recent window is
 # compared with the door's baseline (the BASELINE_DAYS before it, or what an operator re-baselined).
 RECOGNITION_HEALTH_RECENT_WINDOW_S = env_int("ACCESSCTL_HEALTH_RECENT_WINDOW_S", 6 * 3600)
