@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,12 @@ class Embedder(abc.ABC):
     def input_size(self) -> int:
         return INPUT_SIZES[self.input_kind]
 
+    @classmethod
+    def version_for(cls, options: Mapping[str, Any]) -> str:
+        """The model version this class builds with constructor ``options`` (without loading it):
+        options that change the vectors (flip averaging, standardisation) make a version of their own."""
+        return cls.model_version
+
     @abc.abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Raw (unnormalised) embeddings (N, dim) for a float32 (N, H, W, 3) RGB 0..255 batch."""
@@ -101,9 +108,11 @@ class Embedder(abc.ABC):
         out = np.empty((n, self.dim), dtype=np.float32)
         for start in range(0, n, bs):
             chunk = batch[start : start + bs]
-            emb = l2_normalize(self._forward(chunk))
-            if self.flip:
-                emb = emb + l2_normalize(self._forward(np.ascontiguousarray(chunk[:, :, ::-1])))
+            if self.flip:  # the crops and their mirror images in one run
+                both = l2_normalize(self._forward(np.concatenate([chunk, chunk[:, :, ::-1]])))
+                emb = both[: len(chunk)] + both[len(chunk) :]
+            else:
+                emb = self._forward(chunk)
             out[start : start + len(chunk)] = l2_normalize(emb)
         return out
 

@@ -60,6 +60,7 @@ from faceengine.pipeline import crop_for
 from faceengine.quality import probe_quality
 from recognition.calibration import (
     CalibrationError,
+    calibration_stored,
     live_gallery_size,
     margin_for,
     store_fused_offsets,
@@ -115,6 +116,9 @@ class DoorReport:
     fused_offset_measured: dict[str, Any] | None = None
     #: how people were scored (recognition.gallery.PersonScore)
     person_score: str = "best_photo"
+    #: every attempt let in as someone it is not: the identity and photos that tried, whom they were
+    #: taken for, at what similarity (look at them: lookalikes, or one person under two names)
+    false_admissions: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +149,11 @@ class DoorReport:
             f"{c['enrolled_identities']} identities; {c['photos_not_accepted']} of {c['enrol_photos']} photos "
             "not accepted)",
             f"  ms_per_probe          {self.ms_per_probe:7.1f}",
+            *(
+                f"  let in as someone else: {a['kind']} {a['identity']} {a['photos']} as {a['admitted_as']} "
+                f"({a['similarity']:.3f})"
+                for a in self.false_admissions
+            ),
             f"  counts                {c}",
             f"  scratch gallery       {self.scratch}",
         ]
@@ -231,6 +240,7 @@ def door_evaluate_rules(
     fusions: Sequence[FusionRule | str] = (TRACK_FUSION_RULE,),
     cache_dir: Path | None = None,
     person_scores: Sequence[str] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[DoorReport]:
     """:func:`door_evaluate` for several K and fusion rules on the same enrolment and probe embeddings:
     one report per K and rule (K = 1: one report, every rule is the same single-probe match), and per
@@ -242,7 +252,11 @@ def door_evaluate_rules(
     independent, which attempts of one person are not: read them as a lower bound of the doubt.
 
     ``cache_dir``: keep the probe embeddings there (:class:`recognition.probe_cache.ProbeCache`) and
-    reuse them on the next run (``ms_per_probe`` then counts only the photos embedded this time)."""
+    reuse them on the next run (``ms_per_probe`` then counts only the photos embedded this time).
+
+    ``thresholds``: one report per single-probe threshold (the sweep, as ``ACCESSCTL_MATCH_THRESHOLD``
+    would set it; fused attempts add their offset to it) instead of the site's threshold: what a site
+    trades between enrolled people turned away and strangers let in, through the real enrolment."""
     ks = [probes_per_attempt] if isinstance(probes_per_attempt, int) else list(probes_per_attempt)
     seeds = [seed] if isinstance(seed, int) else list(dict.fromkeys(seed))
     try:
@@ -255,6 +269,9 @@ def door_evaluate_rules(
         scorings = [PersonScore(p) for p in (person_scores or [person_score_rule()])]
     except ValueError:
         raise DoorEvaluationError(f"--person-score must be among {[p.value for p in PersonScore]} or all") from None
+    sweep = [float(t) for t in thresholds] if thresholds else []
+    if any(not -1.0 <= t <= 1.0 for t in sweep):
+        raise DoorEvaluationError("--threshold values are cosine similarities in [-1, 1]")
     if enrol < 1 or not ks or min(ks) < 1 or not 0 <= stranger_share < 1 or not seeds:
         raise DoorEvaluationError(
             "--enrol and --probes-per-attempt must be >= 1, --stranger-share in [0, 1), at least one seed"
@@ -267,12 +284,17 @@ def door_evaluate_rules(
             f"the gallery already holds {model_version} embeddings: they would take part in every search. "
             "Run the evaluation on a development or test database."
         )
+    if sweep and calibration_stored(model_version):
+        raise DoorEvaluationError(
+            f"{model_version} has a stored calibration, which a swept threshold would not override: "
+            "run the sweep on a development or test database"
+        )
     probe_cache = None
     if cache_dir is not None:
         probe_cache = ProbeCache(
             Path(cache_dir), model_version=model_version, min_face_px=int(settings.RECOGNITION_MIN_FACE_PX)
         )
-    tallies: dict[tuple[str, int, str], _Tally] = {}
+    tallies: dict[tuple[str, int, str, float | None], _Tally] = {}
     say = progress or (lambda _message: None)
     try:
         for n, split_seed in enumerate(seeds, start=1):
@@ -289,6 +311,7 @@ def door_evaluate_rules(
                 probe_cache=probe_cache,
                 tallies=tallies,
                 scorings=scorings,
+                sweep=sweep,
             )
     finally:
         if probe_cache is not None:
@@ -338,6 +361,7 @@ class _Tally:
     gallery_people: int = 0
     single_impostor: list[np.ndarray] = field(default_factory=list)
     fused_impostor: list[np.ndarray] = field(default_factory=list)
+    false_admissions: list[dict[str, Any]] = field(default_factory=list)
 
     def report(self, *, model_version: str, seeds: list[int]) -> DoorReport:
         c = self.counts
@@ -387,6 +411,7 @@ class _Tally:
             intervals_95=intervals,
             fused_offset_measured=offset,
             person_score=self.person_score,
+            false_admissions=self.false_admissions,
         )
 
 
@@ -401,8 +426,9 @@ def _run(
     embedder: Embedder,
     progress: Callable[[str], None],
     probe_cache: ProbeCache | None,
-    tallies: dict[tuple[str, int, str], _Tally],
+    tallies: dict[tuple[str, int, str, float | None], _Tally],
     scorings: Sequence[PersonScore],
+    sweep: Sequence[float] = (),
 ) -> None:
     model_version = embedder.model_version
     counts = dict.fromkeys(_COUNT_KEYS, 0)
@@ -428,8 +454,10 @@ def _run(
     probed = [(name, identities[name][enrol:], person_of[name]) for name in enrolled_names if name in person_of]
     probed += [(name, identities[name], None) for name in stranger_names]
     found: list[tuple[list[tuple[np.ndarray, dict[str, float]]], int | None]] = []
-    for n, (_name, paths, expected) in enumerate(probed, start=1):
+    sources: list[tuple[str, list[str]]] = []  # per entry of found: the identity, its usable photos' names
+    for n, (name, paths, expected) in enumerate(probed, start=1):
         usable = []
+        used: list[str] = []
         for path in paths:
             data = path.read_bytes()
             digest = file_digest(data) if probe_cache is not None else ""
@@ -447,12 +475,17 @@ def _run(
                 counts["probe_photos_no_face"] += 1
             else:
                 usable.append(probe)
+                used.append(path.name)
         found.append((usable, expected))
+        sources.append((name, used))
         progress(f"probed {n}/{len(probed)}")
     for scoring in scorings:
-        with override_settings(RECOGNITION_PERSON_SCORE=str(scoring)):
-            _tally(found, person_of, counts, ks=ks, rules=rules, model_version=model_version, tallies=tallies,
-                   probe_seconds=probe_seconds, enrolled=len(enrolled_names))  # fmt: skip
+        for swept in sweep or [None]:
+            chosen = {} if swept is None else {"RECOGNITION_DEFAULT_THRESHOLD": swept}
+            with override_settings(RECOGNITION_PERSON_SCORE=str(scoring), **chosen):
+                _tally(found, person_of, counts, ks=ks, rules=rules, model_version=model_version, tallies=tallies,
+                       probe_seconds=probe_seconds, enrolled=len(enrolled_names), swept=swept,
+                       sources=sources)  # fmt: skip
 
 
 def _tally(
@@ -463,25 +496,32 @@ def _tally(
     ks: list[int],
     rules: list[FusionRule],
     model_version: str,
-    tallies: dict[tuple[str, int, str], _Tally],
+    tallies: dict[tuple[str, int, str, float | None], _Tally],
     probe_seconds: float,
     enrolled: int,
+    swept: float | None = None,
+    sources: Sequence[tuple[str, list[str]]] = (),
 ) -> None:
     """Score every attempt of one split for each K and rule, people scored by the site's rule."""
     scoring = str(person_score_rule())
     single_threshold = threshold_for(model_version)
     people = live_gallery_size(model_version)
     scores = _ImpostorScores(found, person_of, model_version)
+    name_of = {pk: name for name, pk in person_of.items()}
     for k in ks:
-        # (probe vectors, their weights, expected person or None)
-        attempts: list[tuple[list[np.ndarray], list[float], int | None]] = []
-        for usable, expected in found:
+        # (probe vectors, their weights, expected person or None, (identity, photo names))
+        attempts: list[_Attempt] = []
+        for i, (usable, expected) in enumerate(found):
+            identity, photos = sources[i] if i < len(sources) else ("", [])
             for start in range(0, len(usable) - k + 1, k):
                 group = usable[start : start + k]
-                attempts.append(([v for v, _ in group], probe_weights([q for _, q in group]), expected))
+                weights = probe_weights([q for _, q in group])
+                attempts.append(([v for v, _ in group], weights, expected, (identity, photos[start : start + k])))
         for rule in rules if k > 1 else rules[:1]:  # one probe: every rule is the single-probe match
-            tally = tallies.setdefault((scoring, k, str(rule)), _Tally(k=k, rule=rule, person_score=scoring))
-            attempt_counts, match_seconds = _score(attempts, rule=rule, k=k, model_version=model_version)
+            key = (scoring, k, str(rule), swept)
+            tally = tallies.setdefault(key, _Tally(k=k, rule=rule, person_score=scoring))
+            attempt_counts, match_seconds, admitted = _score(attempts, rule=rule, k=k, model_version=model_version)
+            tally.false_admissions += [{**a, "admitted_as": name_of.get(a["admitted_as"], "")} for a in admitted]
             for key, value in counts.items():
                 tally.counts[key] += value
             for key, value in attempt_counts.items():
@@ -558,33 +598,44 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
+#: (probe vectors, their weights, expected person or None (a stranger), (identity, photo names))
+_Attempt = tuple[list[np.ndarray], list[float], int | None, tuple[str, list[str]]]
+
+
 def _score(
-    attempts: list[tuple[list[np.ndarray], list[float], int | None]],
+    attempts: list[_Attempt],
     *,
     rule: FusionRule,
     k: int,
     model_version: str,
-) -> tuple[dict[str, int], float]:
-    """The attempt counts of one (K, rule) and the seconds the matching took."""
+) -> tuple[dict[str, int], float, list[dict[str, Any]]]:
+    """The attempt counts of one (K, rule), the seconds the matching took, and the attempts let in
+    as someone they are not (``admitted_as``: the person's primary key)."""
     counts = dict.fromkeys(
         ("enrolled_attempts", "stranger_attempts", "top1_hits", "enrolled_granted", "enrolled_rejected",
          "enrolled_ambiguous", "wrong_person_admitted", "strangers_accepted"),
         0,
     )  # fmt: skip
     match_seconds = 0.0
+    admitted: list[dict[str, Any]] = []
     batch = 64
     for start in range(0, len(attempts), batch):
         chunk = attempts[start : start + batch]
         started = time.perf_counter()
         results = tracks_match(
-            [vectors for vectors, _, _ in chunk],
-            weights=[weights for _, weights, _ in chunk],
+            [vectors for vectors, _, _, _ in chunk],
+            weights=[weights for _, weights, _, _ in chunk],
             model_version=model_version,
             doors=[None] * len(chunk),
             rule=rule,
         )
         match_seconds += time.perf_counter() - started
-        for (_, _, expected), result in zip(chunk, results, strict=True):
+        for (_, _, expected, (identity, photos)), result in zip(chunk, results, strict=True):
+            if result.matched and result.person_id != expected:
+                admitted.append({
+                    "kind": "stranger" if expected is None else "wrong_person", "identity": identity,
+                    "photos": photos, "admitted_as": result.person_id, "similarity": round(result.similarity or 0.0, 4),
+                })  # fmt: skip
             if expected is None:
                 counts["stranger_attempts"] += 1
                 counts["strangers_accepted"] += int(result.matched)
@@ -598,7 +649,7 @@ def _score(
                 counts["enrolled_granted"] += 1
             else:
                 counts["wrong_person_admitted"] += 1
-    return counts, match_seconds
+    return counts, match_seconds, admitted
 
 
 def door_fused_offsets_store(reports: Sequence[DoorReport]) -> dict[str, dict[int, float]]:

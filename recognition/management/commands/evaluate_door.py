@@ -8,8 +8,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from faceengine.embedder import EmbedderConfigError
 from recognition.door_evaluation import DoorEvaluationError, door_evaluate_rules, door_fused_offsets_store
+from recognition.engine import version_embedder
 from recognition.gallery import PersonScore
+from recognition.model_registry import BundleRefused, RegistryError
 from recognition.track_fusion import TRACK_FUSION_RULE, FusionRule
 
 
@@ -46,6 +49,16 @@ class Command(BaseCommand):
             help="how people are scored: mean_template, best_photo or all (one report each, the same gallery; "
             "default: the site's, ACCESSCTL_PERSON_SCORE)",
         )
+        parser.add_argument(
+            "--model-version",
+            default=None,
+            help="a registered model version in any state (a candidate, before promoting it); default: the active one",
+        )
+        parser.add_argument(
+            "--threshold",
+            default=None,
+            help="sweep: one report per single-probe threshold, e.g. 0.45,0.476,0.5 (default: the site's threshold)",
+        )
         parser.add_argument("--limit-identities", type=int, default=None, help="the first N identities (by name)")
         parser.add_argument(
             "--cache-dir",
@@ -74,11 +87,22 @@ class Command(BaseCommand):
                 seeds = [int(seed) for seed in str(options["seed"]).split(",")]
             except ValueError:
                 raise DoorEvaluationError("--probes-per-attempt and --seed take integers, e.g. 3 or 1,3") from None
+            try:
+                sweep = [float(t) for t in options["threshold"].split(",")] if options["threshold"] else None
+            except ValueError:
+                raise DoorEvaluationError("--threshold takes numbers, e.g. 0.45,0.476,0.5") from None
             fusions = list(FusionRule) if options["fusion"] == "all" else options["fusion"].split(",")
             scoring = options["person_score"]
             person_scores = list(PersonScore) if scoring == "all" else (scoring.split(",") if scoring else None)
+            embedder = None
+            if options["model_version"]:
+                try:
+                    embedder = version_embedder(options["model_version"])
+                except (RegistryError, EmbedderConfigError, BundleRefused) as exc:
+                    raise DoorEvaluationError(f"model version {options['model_version']}: {exc}") from exc
             reports = door_evaluate_rules(
                 data=options["data"],
+                embedder=embedder,
                 enrol=options["enrol"],
                 stranger_share=options["stranger_share"],
                 seed=seeds,
@@ -88,6 +112,7 @@ class Command(BaseCommand):
                 fusions=fusions,
                 cache_dir=options["cache_dir"],
                 person_scores=person_scores,
+                thresholds=sweep,
             )
             stored = door_fused_offsets_store(reports) if options["store_fused_offsets"] else None
         except DoorEvaluationError as exc:
