@@ -85,6 +85,9 @@ BUILTIN_FUSED_OFFSETS: dict[tuple[str, str], dict[str, dict[int, float]]] = {
         "quality_embedding": {3: 0.0145},
         "max_score": {3: 0.0199},
     },
+    # sface averaged with the mirrored crop, the server's rule only (evaluate_door --model-version
+    # sface-2021dec-int8bq-flip --probes-per-attempt 1,3 --seed 0,1, the same splits).
+    ("sface-2021dec-int8bq-flip", "best_photo"): {"quality_embedding": {3: 0.0159}},
     ("sface-2021dec-int8bq", "mean_template"): {
         "mean_embedding": {3: 0.0406},
         "quality_embedding": {3: 0.0219},
