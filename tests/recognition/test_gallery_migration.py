@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accessctl.models import AccessEvent, AccessGroup, Door, Person
@@ -96,10 +97,12 @@ def test_a_killed_build_resumes_and_the_version_switches_only_when_its_gallery_i
     def kill(_: GalleryMigration) -> None:
         raise Killed
 
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), CaptureQueriesContext(connection) as queries:
         gallery_migration_run(migration_id=migration.pk, batch=1, rate=0, between_batches=kill)
     migration.refresh_from_db()
     assert (migration.state, migration.done, migration.embedded) == ("running", 1, 1)
+    # the build's writes (vectors, progress) do not wait for the WAL flush the door decisions wait for
+    assert sum(q["sql"] == "SET LOCAL synchronous_commit = off" for q in queries.captured_queries) == 2
     assert not gallery_ready(CASIA) and _casia().state == State.CANDIDATE
     with pytest.raises(RegistryError) as refused:  # activating by hand is refused as well
         model_version_transition(model=_casia(), to_state=State.ACTIVE)
