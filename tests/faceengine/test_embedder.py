@@ -54,6 +54,18 @@ def test_registry() -> None:
         get_embedder("facenet-vggface2")
 
 
+def test_options_that_change_the_vectors_name_the_version_without_loading_anything() -> None:
+    from faceengine.registry import backend_class
+
+    sface, casia = backend_class("sface"), backend_class("facenet-casia")
+    assert sface.version_for({}) == sface.version_for({"flip": False}) == "sface-2021dec-int8bq"
+    assert sface.version_for({"flip": True}) == "sface-2021dec-int8bq-flip"
+    assert sface.version_for({"model_path": "/elsewhere.onnx"}) == "sface-2021dec-int8bq"  # files: a registry matter
+    assert casia.version_for({"flip": False}) == "facenet-casia-20180408"
+    assert casia.version_for({"flip": True}) == "facenet-casia-20180408-fixed-flip"
+    assert casia.version_for({"standardization": "prewhiten"}) == "facenet-casia-20180408-prewhiten"
+
+
 @pytest.mark.skipif(not _has_module("onnxruntime"), reason="onnxruntime not installed")
 def test_sface_default_contract() -> None:
     emb = get_embedder()

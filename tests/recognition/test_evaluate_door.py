@@ -159,6 +159,8 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         evaluate(tmp_path, "--person-score", "median")
     with pytest.raises(CommandError, match="numbers"):
         evaluate(tmp_path, "--threshold", "high")
+    with pytest.raises(CommandError, match="site's threshold"):
+        evaluate(tmp_path, "--threshold", "0.5", "--store-fused-offsets")
 
 
 @pytest.mark.django_db

@@ -91,6 +91,9 @@ class Command(BaseCommand):
                 sweep = [float(t) for t in options["threshold"].split(",")] if options["threshold"] else None
             except ValueError:
                 raise DoorEvaluationError("--threshold takes numbers, e.g. 0.45,0.476,0.5") from None
+            if sweep and options["store_fused_offsets"]:
+                # an offset is measured at the threshold in use: a sweep would store one per threshold
+                raise DoorEvaluationError("--store-fused-offsets measures at the site's threshold: no --threshold")
             fusions = list(FusionRule) if options["fusion"] == "all" else options["fusion"].split(",")
             scoring = options["person_score"]
             person_scores = list(PersonScore) if scoring == "all" else (scoring.split(",") if scoring else None)
