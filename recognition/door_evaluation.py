@@ -480,18 +480,22 @@ def _run(
         sources.append((name, used))
         progress(f"probed {n}/{len(probed)}")
     for scoring in scorings:
+        with override_settings(RECOGNITION_PERSON_SCORE=str(scoring)):
+            scores = _ImpostorScores(found, person_of, model_version)  # the same at every swept threshold
         for swept in sweep or [None]:
             chosen = {} if swept is None else {"RECOGNITION_DEFAULT_THRESHOLD": swept}
             with override_settings(RECOGNITION_PERSON_SCORE=str(scoring), **chosen):
-                _tally(found, person_of, counts, ks=ks, rules=rules, model_version=model_version, tallies=tallies,
-                       probe_seconds=probe_seconds, enrolled=len(enrolled_names), swept=swept,
-                       sources=sources)  # fmt: skip
+                _tally(found, sources, person_of, counts, scores, ks=ks, rules=rules, model_version=model_version,
+                       tallies=tallies, probe_seconds=probe_seconds, enrolled=len(enrolled_names),
+                       swept=swept)  # fmt: skip
 
 
 def _tally(
     found: list[tuple[list[tuple[np.ndarray, dict[str, float]]], int | None]],
+    sources: Sequence[tuple[str, list[str]]],
     person_of: dict[str, int],
     counts: dict[str, int],
+    scores: _ImpostorScores,
     *,
     ks: list[int],
     rules: list[FusionRule],
@@ -500,19 +504,18 @@ def _tally(
     probe_seconds: float,
     enrolled: int,
     swept: float | None = None,
-    sources: Sequence[tuple[str, list[str]]] = (),
 ) -> None:
-    """Score every attempt of one split for each K and rule, people scored by the site's rule."""
+    """Score every attempt of one split for each K and rule, people scored by the site's rule
+    (``sources``: per entry of ``found``, its identity and usable photos' names; ``scores``: the
+    impostor scores under that rule)."""
     scoring = str(person_score_rule())
     single_threshold = threshold_for(model_version)
     people = live_gallery_size(model_version)
-    scores = _ImpostorScores(found, person_of, model_version)
     name_of = {pk: name for name, pk in person_of.items()}
     for k in ks:
         # (probe vectors, their weights, expected person or None, (identity, photo names))
         attempts: list[_Attempt] = []
-        for i, (usable, expected) in enumerate(found):
-            identity, photos = sources[i] if i < len(sources) else ("", [])
+        for (usable, expected), (identity, photos) in zip(found, sources, strict=True):
             for start in range(0, len(usable) - k + 1, k):
                 group = usable[start : start + k]
                 weights = probe_weights([q for _, q in group])

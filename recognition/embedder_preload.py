@@ -35,6 +35,7 @@ from django.db import connection
 
 from faceengine.embedder import Embedder
 from faceengine.registry import embedder_forget
+from recognition.engine import version_embedder
 from recognition.gallery_versions import kept_versions
 from recognition.model_registry import RegistryError, active_model
 from recognition.models import GalleryMigration, ModelVersion
@@ -69,12 +70,6 @@ def preload_versions() -> list[str]:
     return [*versions, target] if target and target not in versions else versions
 
 
-def _version_embedder(version: str) -> Embedder:
-    from recognition.engine import version_embedder  # the engine imports the backends' modules
-
-    return version_embedder(version)
-
-
 class EmbedderPreloader:
     """Builds the embedders of :func:`preload_versions` ahead of need, in one background thread."""
 
@@ -85,7 +80,7 @@ class EmbedderPreloader:
         retry_s: float,
         versions: Callable[[], list[str]] = preload_versions,
         kept: Callable[[], list[str]] = kept_versions,
-        load: Callable[[str], Embedder] = _version_embedder,
+        load: Callable[[str], Embedder] = version_embedder,
         lock_path: Path | None = None,
     ) -> None:
         self.interval_s = max(0.1, float(interval_s))
