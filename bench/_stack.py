@@ -100,6 +100,11 @@ def services_start(
         env["CELERY_BROKER_URL"] = f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}//"
     if mqtt == "mosquitto":
         env["MQTT_URL"] = f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"
+        # The machine's Mosquitto (a bench of speed, not of access control) has no password file: it
+        # checks no login, the observer's included (tests/broker_logins.py); a run names its own.
+        from tests.broker_logins import OBSERVER_ENV, OBSERVER_USERNAME
+
+        env.setdefault(OBSERVER_ENV, os.environ.get(OBSERVER_ENV) or f"{OBSERVER_USERNAME}:not-checked")
     else:
         broker = broker_start(work)
         children.append(broker)

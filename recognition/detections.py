@@ -31,7 +31,7 @@ from accessctl.models import AccessEvent
 from accessctl.offline_decisions import OfflineInput, offline_decisions_record
 from faceengine import protocol as p
 from recognition.calibration import threshold_measured
-from recognition.engine import active_embedder
+from recognition.engine import door_crop_embedder
 from recognition.gallery_versions import gallery_removed
 from recognition.liveness import crop_liveness_score
 from recognition.models import EMBEDDING_DIMS, InboundDetection
@@ -94,7 +94,7 @@ def probe_vector(detection: p.Detection, crop: str | bytes) -> tuple[np.ndarray,
     if not crop:
         raise ProbeError(Reason.MALFORMED, "crop-mode detection without a crop")
     jpeg = crop if isinstance(crop, bytes) else crop_read(crop)
-    embedder = active_embedder()
+    embedder = door_crop_embedder()
     crop = crop_array(jpeg, embedder.input_size)
     return embedder.embed(crop)[0], embedder.model_version
 
@@ -127,7 +127,7 @@ def track_vectors(detection: p.Detection, model_version: str, probes: Sequence[p
                 )
             out.append(vector / norm)
         return out
-    embedder = active_embedder()
+    embedder = door_crop_embedder()
     crops = np.stack([crop_array(probe.crop_jpeg or b"", embedder.input_size) for probe in probes])
     return [np.asarray(v, dtype=np.float32) for v in embedder.embed(crops)]
 

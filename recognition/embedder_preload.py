@@ -10,6 +10,17 @@ promotion's target) and builds those missing from faceengine's per-process cache
 (:func:`recognition.engine.version_embedder`, verified as at first use), so at the switch the
 instance is there. Nothing runs on the decision path.
 
+Only a process that decides crop-mode detections loads ahead (it embedded a door's crop in the
+last ``crop_window_s``, :func:`recognition.engine.door_crops_embedded`): an embedding-mode detection
+is decided in its device's own version, so a process that decides only those would never use the
+target's embedder, nor, after the switch, the new active one. Measured with
+``bench/model_promotion.py`` (sface -> facenet-casia, 50 embedding-mode devices at 30 decisions/s, a
+2-core machine): with every decision process loading ahead, p99 during the build 440-540 ms, its
+worst 10 s 650-1,290 ms (the decision processes at 75-106 % of a core instead of ~50 %); without,
+246 ms, worst 10 s 345 ms, against 120-280 ms steady. (The bench's fresh ``VAR_DIR`` has no
+converted facenet-casia weights: each of its loads converts them, heavier than on a server where
+the gallery worker has cached them.)
+
 One load at a time: one thread per process, and the processes of a machine take turns (a file lock
 in ``VAR_DIR``: a worker's processes loading at once would take every core from the decisions). A
 failed load is logged and tried again ``retry_s`` later; nothing it does stops the worker. A version
@@ -22,6 +33,7 @@ moved.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -35,7 +47,7 @@ from django.db import connection
 
 from faceengine.embedder import Embedder
 from faceengine.registry import embedder_forget
-from recognition.engine import version_embedder
+from recognition.engine import door_crops_embedded, version_embedder
 from recognition.gallery_versions import kept_versions
 from recognition.model_registry import RegistryError, active_model
 from recognition.models import GalleryMigration, ModelVersion
@@ -58,16 +70,30 @@ def promotion_target() -> str | None:
     )
 
 
-def preload_versions() -> list[str]:
+_not_ahead: set[str] = set()  # promotion targets this process said it does not load ahead
+
+
+def preload_versions(*, crops_within_s: float = 0.0) -> list[str]:
     """What a decision worker process should have loaded: the active version (loaded at process
-    start too; here again when that failed, or after an activation without a build), then the
-    promotion target."""
+    start too; here again when that failed, or after a switch), then the promotion target; none when
+    this process embedded no door crop in the last ``crops_within_s`` seconds (0: whatever it decides):
+    it loads an embedder when it first needs one."""
     try:
         versions = [active_model().model_version]
     except RegistryError:
         versions = []
     target = promotion_target()
-    return [*versions, target] if target and target not in versions else versions
+    if target and target not in versions:
+        versions.append(target)
+    if door_crops_embedded(crops_within_s):
+        _not_ahead.difference_update(versions)
+        return versions
+    for version in set(versions) - _not_ahead:
+        logger.info("embedder preload: %s is not loaded ahead: this process embedded no door crop in the last "
+                    "%.0f s (an embedding-mode detection is decided in its device's version)",
+                    version, crops_within_s)  # fmt: skip
+    _not_ahead.update(versions)
+    return []
 
 
 class EmbedderPreloader:
@@ -189,10 +215,16 @@ class EmbedderPreloader:
 _preloader: EmbedderPreloader | None = None
 
 
-def embedder_preload_start(*, interval_s: float, retry_s: float, lock_path: Path) -> EmbedderPreloader:
-    """Start this process's preloader (once per process; a decision worker at start)."""
+def embedder_preload_start(
+    *, interval_s: float, retry_s: float, lock_path: Path, crop_window_s: float = 0.0
+) -> EmbedderPreloader:
+    """Start this process's preloader (once per process; a decision worker at start); a promotion's
+    target is loaded ahead when the process embedded a door's crop in the last ``crop_window_s``."""
     global _preloader
     if _preloader is None:
-        _preloader = EmbedderPreloader(interval_s=interval_s, retry_s=retry_s, lock_path=lock_path)
+        _preloader = EmbedderPreloader(
+            interval_s=interval_s, retry_s=retry_s, lock_path=lock_path,
+            versions=functools.partial(preload_versions, crops_within_s=crop_window_s),
+        )  # fmt: skip
     _preloader.start()
     return _preloader

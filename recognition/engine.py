@@ -3,6 +3,8 @@ once per process (deployment options such as thread counts and weight caches com
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 
 from faceengine.embedder import Embedder, EmbedderConfigError
@@ -42,6 +44,23 @@ def active_embedder(name: str | None = None) -> Embedder:
     if name is not None:
         return get_embedder(name, **embedder_options(name))
     return _registry_embedder(active_model_verified(), "active")
+
+
+_door_crop_at: float | None = None  # time.monotonic() this process last embedded a door's crop
+
+
+def door_crop_embedder() -> Embedder:
+    """The active embedder, for the crops a door sent (crop mode); notes that this process embeds
+    door crops (:func:`door_crops_embedded`: whether a promotion's target is loaded ahead here)."""
+    global _door_crop_at
+    _door_crop_at = time.monotonic()
+    return active_embedder()
+
+
+def door_crops_embedded(within_s: float) -> bool:
+    """True when this process embedded a door's crop (:func:`door_crop_embedder`) in the last
+    ``within_s`` seconds; ``within_s`` 0 or less: always True."""
+    return within_s <= 0 or (_door_crop_at is not None and time.monotonic() - _door_crop_at <= within_s)
 
 
 def _registry_embedder(row: ActiveModel, role: str) -> Embedder:

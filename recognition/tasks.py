@@ -73,6 +73,7 @@ def _load_model(**_: object) -> None:
             embedder_preload_start(
                 interval_s=settings.RECOGNITION_PRELOAD_CHECK_S, retry_s=settings.RECOGNITION_PRELOAD_RETRY_S,
                 lock_path=Path(settings.VAR_DIR) / "embedder-preload.lock",
+                crop_window_s=settings.RECOGNITION_PRELOAD_CROP_WINDOW_S,
             )  # fmt: skip
 
 

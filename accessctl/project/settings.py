@@ -392,6 +392,10 @@ RECOGNITION_ORT_THREADS = env_int("ACCESSCTL_ORT_THREADS", 2)  # onnxruntime thr
 RECOGNITION_PRELOAD = env_bool("ACCESSCTL_RECOGNITION_PRELOAD", True)
 RECOGNITION_PRELOAD_CHECK_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_CHECK_S", 10.0)
 RECOGNITION_PRELOAD_RETRY_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_RETRY_S", 60.0)
+# ... but the target only in a process that embedded a door's crop (crop mode) in the last
+# PRELOAD_CROP_WINDOW_S seconds (0: in every decision process): embedding-mode detections are
+# decided in their device's version, and loading it for nothing slowed the doors (embedder_preload).
+RECOGNITION_PRELOAD_CROP_WINDOW_S = env_float("ACCESSCTL_RECOGNITION_PRELOAD_CROP_WINDOW_S", 24 * 3600.0)
 # Recognition health (recognition/health.py, rule in recognition/drift.py): the recent window is
 # compared with the door's baseline (the BASELINE_DAYS before it, or what an operator re-baselined).
 RECOGNITION_HEALTH_RECENT_WINDOW_S = env_int("ACCESSCTL_HEALTH_RECENT_WINDOW_S", 6 * 3600)

@@ -6,17 +6,24 @@ each time, a file that can be damaged): a real version that builds in well under
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from faceengine import protocol as p
 from faceengine import registry
 from faceengine.backends.sface import SFACE_MODEL_VERSION, SFaceInt8Embedder
 from faceengine.embedder import Embedder
-from recognition import tasks
+from recognition import engine, tasks
+from recognition.detections import probe_vector
 from recognition.embedder_preload import EmbedderPreloader, preload_versions, promotion_target
 from recognition.engine import active_embedder, version_embedder
 from recognition.gallery_migration import gallery_migration_pause, gallery_migration_start
@@ -62,6 +69,46 @@ def test_the_target_is_a_promotion_under_way_until_it_switches(tmp_path: Path) -
     GalleryMigration.objects.filter(pk=migration.pk).update(activate=True)
     model_version_transition(model=ModelVersion.objects.get(model_version=QDQ), to_state="active")
     assert promotion_target() is None and preload_versions() == [QDQ]
+
+
+def _detection(mode: str) -> p.Detection:
+    now = time.time()
+    common = {"device_uid": "dock-1", "detection_id": p.new_id(), "captured_at": now, "sent_at": now,
+              "detector_score": 0.9, "box": (0, 0, 120, 120), "quality": {"face_px": 120.0}}  # fmt: skip
+    if mode == "crop":
+        return p.Detection.with_crop(jpeg=b"\xff\xd8\xff\xe0stub", **common)
+    return p.Detection.with_embedding(values=[0.1] * 128, model_version=SFACE_MODEL_VERSION, **common)
+
+
+@pytest.mark.django_db
+def test_only_a_process_that_embeds_door_crops_loads_the_target_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine, "_door_crop_at", None)  # this process has decided no crop-mode detection
+    monkeypatch.setattr("recognition.embedder_preload._not_ahead", set())
+    _promote(tmp_path)
+    caplog.set_level(logging.INFO, logger="recognition.embedder_preload")
+    versions = functools.partial(preload_versions, crops_within_s=3600)
+    preloader = EmbedderPreloader(interval_s=60, retry_s=60, versions=versions)
+    assert versions() == [] and versions() == []
+    assert preloader.check() == [] and preloader.loaded == {}
+    assert caplog.text.count(f"{QDQ} is not loaded ahead: this process embedded no door crop") == 1  # said once
+    assert preload_versions(crops_within_s=0) == [SFACE_MODEL_VERSION, QDQ]  # 0: every decision process
+
+    # An embedding-mode detection is decided in its device's version: it does not count.
+    probe_vector(_detection("embedding"), "")
+    assert versions() == []
+    # A door's crop embedded by the server (the decision's own path) does.
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    vector, version = probe_vector(_detection("crop"), jpeg.getvalue())
+    assert version == SFACE_MODEL_VERSION and vector.shape == (128,)
+    assert versions() == [SFACE_MODEL_VERSION, QDQ]
+    assert QDQ in preloader.check() and QDQ in preloader.loaded
+    # After the window (here an hour) without a crop, neither the target nor, once switched, the new
+    # active version is loaded ahead: the process loads one if a crop comes.
+    monkeypatch.setattr(engine, "_door_crop_at", time.monotonic() - 3601)
+    assert versions() == []
 
 
 @pytest.mark.django_db
@@ -133,14 +180,17 @@ def test_the_thread_never_blocks_the_caller_loads_one_at_a_time_and_tries_a_fail
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_decision_worker_process_starts_the_preloader(settings: object) -> None:
+def test_a_decision_worker_process_starts_the_preloader(settings: object, monkeypatch: pytest.MonkeyPatch) -> None:
     from recognition import embedder_preload
 
     settings.RECOGNITION_PRELOAD_CHECK_S = 0.1  # type: ignore[attr-defined]
+    monkeypatch.setattr(engine, "_door_crop_at", time.monotonic())  # a process that decides crop-mode detections
     tasks._load_model()
     preloader = embedder_preload._preloader
     try:
         assert preloader is not None and preloader._thread is not None and preloader._thread.is_alive()
+        window = settings.RECOGNITION_PRELOAD_CROP_WINDOW_S  # type: ignore[attr-defined]
+        assert preloader._versions.keywords == {"crops_within_s": window} and window == 24 * 3600
         assert wait_until(lambda: SFACE_MODEL_VERSION in preloader.loaded)
     finally:
         preloader.stop(timeout=10)
