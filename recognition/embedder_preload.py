@@ -15,9 +15,9 @@ last ``crop_window_s``, :func:`recognition.engine.door_crops_embedded`): an embe
 is decided in its device's own version, so a process that decides only those would never use the
 target's embedder, nor, after the switch, the new active one. Measured with
 ``bench/model_promotion.py`` (sface -> facenet-casia, 50 embedding-mode devices at 30 decisions/s, a
-2-core machine): with every decision process loading ahead, p99 during the build 440-540 ms, its
-worst 10 s 650-1,290 ms (the decision processes at 75-106 % of a core instead of ~50 %); without,
-246 ms, worst 10 s 345 ms, against 120-280 ms steady. (The bench's fresh ``VAR_DIR`` has no
+2-core machine): with the decision processes loading ahead, p99 during the build 439, 536 and
+1,135 ms in three runs, worst 10 s 650-1,290 ms (the decision processes at 75-106 % of a core
+instead of ~50 %); without, 246 ms, worst 10 s 345 ms, against 120-280 ms steady. (The bench's fresh ``VAR_DIR`` has no
 converted facenet-casia weights: each of its loads converts them, heavier than on a server where
 the gallery worker has cached them.)
 
@@ -70,7 +70,7 @@ def promotion_target() -> str | None:
     )
 
 
-_not_ahead: set[str] = set()  # promotion targets this process said it does not load ahead
+_not_ahead: set[str] = set()  # versions this process said (logged) it does not load ahead
 
 
 def preload_versions(*, crops_within_s: float = 0.0) -> list[str]:
