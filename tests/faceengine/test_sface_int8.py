@@ -18,6 +18,8 @@ from faceengine.backends.sface import (
     SFACE_INT8_SHA256,
     SFaceEmbedder,
     SFaceInt8Embedder,
+    _cpu_flags,
+    int8_kernels_saturate,
 )
 from faceengine.embedder import EmbedderConfigError
 from faceengine.registry import available_backends, get_embedder
@@ -83,6 +85,33 @@ def test_int8_decides_the_sample_faces_as_the_float_model() -> None:
                 assert (sims[i, j] >= threshold) == (owners[i] == owners[j]), (owners[i], owners[j])
     # the two models' pair scores differ by little
     assert np.abs(np.triu(f @ f.T - q @ q.T)).max() < 0.06
+
+
+def test_int8_kernels_are_used_only_where_they_compute_what_was_calibrated(tmp_path: Path) -> None:
+    """x86 without VNNI: uint8 x int8 products summed into 16 bits saturate (vpmaddubsw), and the
+    vectors drift from the calibrated ones (cosine to float down to 0.89 on the sample faces, on an
+    AVX2-only machine): the quantised graph then runs its arithmetic in float."""
+    avx2 = frozenset({"sse4_2", "avx2", "fma"})
+    assert int8_kernels_saturate(machine="x86_64", cpu_flags=avx2)
+    assert int8_kernels_saturate(machine="x86_64", cpu_flags=avx2 | {"avx512f", "avx512bw"})  # Skylake-SP
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert not int8_kernels_saturate(machine="x86_64", cpu_flags=avx2 | {vnni}), vnni
+    assert not int8_kernels_saturate(machine="aarch64", cpu_flags=frozenset())  # ARM: widening int8 dot
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512_vnni\n\n")
+    assert _cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_vnni"}
+    assert _cpu_flags(tmp_path / "absent") is None
+
+    embedder = SFaceInt8Embedder(num_threads=1)
+    saturate = int8_kernels_saturate()
+    assert embedder.int8_kernels is not saturate
+    options = embedder._session.get_session_options()
+    if saturate:
+        assert options.get_session_config_entry("session.disable_quant_qdq") == "1"
+    else:  # never set: onnxruntime's int8 kernels
+        with pytest.raises(Exception, match="disable_quant_qdq"):
+            options.get_session_config_entry("session.disable_quant_qdq")
+    assert not SFaceEmbedder(num_threads=1).__dict__.get("int8_kernels")  # the float model: nothing to choose
 
 
 def test_float_sface_with_folded_weights_computes_what_the_stored_graph_does() -> None:
