@@ -54,6 +54,10 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
+#: a version averaged with the mirrored crop (option ``flip``) is named with this suffix
+FLIP_SUFFIX = "-flip"
+
+
 class Embedder(abc.ABC):
     """Face embedder: crops in, unit vectors out.
 

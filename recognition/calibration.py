@@ -302,7 +302,7 @@ def threshold_measured(model_version: str, door: Door | None = None) -> bool:
     is not built for it."""
     if door is not None and door.match_threshold is not None:
         return True
-    if _stored(model_version)[0] is not None or _setting_threshold() is not None:
+    if calibration_stored(model_version) or _setting_threshold() is not None:
         return True
     return model_version not in UNMEASURED_BUILTINS
 

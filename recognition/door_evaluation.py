@@ -513,7 +513,6 @@ def _tally(
     people = live_gallery_size(model_version)
     name_of = {pk: name for name, pk in person_of.items()}
     for k in ks:
-        # (probe vectors, their weights, expected person or None, (identity, photo names))
         attempts: list[_Attempt] = []
         for (usable, expected), (identity, photos) in zip(found, sources, strict=True):
             for start in range(0, len(usable) - k + 1, k):
@@ -521,8 +520,7 @@ def _tally(
                 weights = probe_weights([q for _, q in group])
                 attempts.append(([v for v, _ in group], weights, expected, (identity, photos[start : start + k])))
         for rule in rules if k > 1 else rules[:1]:  # one probe: every rule is the single-probe match
-            key = (scoring, k, str(rule), swept)
-            tally = tallies.setdefault(key, _Tally(k=k, rule=rule, person_score=scoring))
+            tally = tallies.setdefault((scoring, k, str(rule), swept), _Tally(k=k, rule=rule, person_score=scoring))
             attempt_counts, match_seconds, admitted = _score(attempts, rule=rule, k=k, model_version=model_version)
             tally.false_admissions += [{**a, "admitted_as": name_of.get(a["admitted_as"], "")} for a in admitted]
             for key, value in counts.items():

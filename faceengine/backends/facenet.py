@@ -29,7 +29,7 @@ import numpy as np
 from faceengine.backends import package_data_path
 from faceengine.backends.tf_graphdef import read_constants
 from faceengine.detector import set_torch_threads
-from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.embedder import FLIP_SUFFIX, Embedder, EmbedderConfigError, InputKind
 from faceengine.tv_shim import ensure_torchvision
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class _FaceNetBase(Embedder):
         """Another standardisation or flip averaging: other vectors, a version of their own."""
         standardization, flip = options.get("standardization", "fixed"), bool(options.get("flip"))
         if standardization != "fixed" or flip:
-            return f"{cls.model_version}-{standardization}{'-flip' if flip else ''}"
+            return f"{cls.model_version}-{standardization}{FLIP_SUFFIX if flip else ''}"
         return cls.model_version
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

