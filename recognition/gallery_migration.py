@@ -22,7 +22,8 @@ until it is retired (:func:`recognition.model_registry.model_version_retire`).
 
 Photos accepted while a version is kept (being built, or built) are embedded with it by
 :func:`photo_versions_topup` (the ``recognition.gallery_photo_versions`` task the enrolment
-schedules on commit).
+schedules on commit); :func:`gallery_topups_resume` (Celery beat) sends again those whose task
+never ran.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from accessctl.tokens import SystemActor
 from faceengine.embedder import Embedder, EmbedderError
 from recognition.calibration import threshold_measured
 from recognition.enrollment import FaceAnalysis, photo_embedding_store, photo_version_analyse
-from recognition.gallery_versions import gallery_missing_photos, gallery_photo_counts, gallery_ready, kept_versions
+from recognition.gallery_versions import (
+    PHOTO_VERSIONS_TASK,
+    gallery_failed_photos,
+    gallery_missing_photos,
+    gallery_photo_counts,
+    gallery_ready,
+    kept_versions,
+)
 from recognition.indexing import hnsw_ensure
 from recognition.model_registry import (
     BundleRefused,
@@ -67,6 +75,7 @@ __all__ = [
     "gallery_migration_start",
     "gallery_migrations_resume",
     "gallery_ready",
+    "gallery_topups_resume",
     "photo_versions_topup",
 ]
 
@@ -266,8 +275,12 @@ def _analyses_store(model_id: int, analyses: dict[int, FaceAnalysis]) -> tuple[i
         model = _still_kept(model_id)
         if model is None:
             return None
-        photos = EnrollmentPhoto.objects.select_for_update().filter(
-            pk__in=list(analyses), status=EnrollmentPhoto.Status.ACCEPTED
+        # The photos are locked before their vectors are read: a second writer of the same photo (a
+        # top-up sent again by the sweep while the first still ran) waits, then sees its vector.
+        photos = list(
+            EnrollmentPhoto.objects.select_for_update()
+            .filter(pk__in=list(analyses), status=EnrollmentPhoto.Status.ACCEPTED)
+            .order_by("pk")
         )
         have = set(
             FaceEmbedding.objects.filter(photo_id__in=list(analyses), model_version=model.model_version).values_list(
@@ -275,7 +288,7 @@ def _analyses_store(model_id: int, analyses: dict[int, FaceAnalysis]) -> tuple[i
             )
         )
         stored, failed = 0, []
-        for photo in photos.order_by("pk"):
+        for photo in photos:
             analysis = analyses[photo.pk]
             if photo.pk in have:
                 continue
@@ -529,8 +542,63 @@ def photo_versions_topup(*, photo_id: int, embedders: dict[str, Embedder] | None
         result = _analyses_store(model_id, {photo_id: photo_version_analyse(photo, emb)})
         if result and result[0]:
             added.append(version)
-        elif result:
-            logger.warning("photo %s could not be embedded with %s", photo_id, version)
+        elif result and result[1]:
+            _failed_add(model_id, result[1])
+            logger.warning("photo %s could not be embedded with %s: counted as failed for it", photo_id, version)
     if added:
         logger.info("photo %s embedded with the kept versions %s", photo_id, ", ".join(added))
     return added
+
+
+def _failed_add(model_id: int, photo_ids: list[int]) -> None:
+    """Record photos that version ``model_id`` cannot embed on its migration row (where the build
+    records its own), so that :func:`gallery_topups_resume` does not send them again and again."""
+    with transaction.atomic():
+        migration = GalleryMigration.objects.select_for_update().filter(model_id=model_id).first()
+        if migration is None:
+            return
+        failed = sorted(set(migration.failed_photo_ids or []) | set(photo_ids))[:10000]
+        GalleryMigration.objects.filter(pk=migration.pk).update(failed_photo_ids=failed, failed=len(failed))
+
+
+#: The sweep leaves alone photos uploaded less than this long ago: their top-up may still be queued.
+TOPUP_GRACE_S = 120.0
+#: At most this many photos are sent again per sweep (the gallery worker takes them one by one).
+TOPUP_SWEEP_LIMIT = 500
+
+
+def gallery_topups_resume(*, grace_s: float = TOPUP_GRACE_S, limit: int = TOPUP_SWEEP_LIMIT) -> dict[str, list[int]]:
+    """Send again the top-ups that never ran (Celery beat): an accepted photo that a kept version
+    lacks while no build of that version is under way. The enrolment's top-up message was lost (the
+    broker was down when it committed, or the message went with a dead broker), or the photo was
+    accepted by a process that still had the previous model loaded when a promotion switched. Left
+    alone, that person would never be recognised in that version: in crop mode if it is the active
+    one, by the devices still on it otherwise. Photos uploaded within ``grace_s`` (their top-up may
+    be queued), photos the version could not embed, and versions being built or paused (their build
+    embeds them) are skipped. Returns {version: photo ids sent}."""
+    building = set(
+        GalleryMigration.objects.filter(state__in=[Phase.QUEUED, Phase.RUNNING, Phase.PAUSED]).values_list(
+            "model__model_version", flat=True
+        )
+    )
+    cutoff = timezone.now() - timezone.timedelta(seconds=grace_s)
+    lacking: dict[str, list[int]] = {}
+    for version in kept_versions():
+        if version in building:
+            continue
+        ids = gallery_missing_photos(
+            version, exclude=gallery_failed_photos(version), uploaded_before=cutoff, limit=limit
+        )
+        if ids:
+            lacking[version] = ids
+    photo_ids = sorted({pk for ids in lacking.values() for pk in ids})[:limit]
+    for version, ids in lacking.items():
+        logger.warning("gallery sweep: %d accepted photos lack a vector of %s (a lost top-up?): sent again, "
+                       "first ids %s", len(ids), version, ids[:5])  # fmt: skip
+    for photo_id in photo_ids:
+        try:
+            current_app.send_task(PHOTO_VERSIONS_TASK, args=[photo_id], queue=settings.GALLERY_QUEUE)
+        except Exception:  # the next sweep sends it
+            logger.exception("gallery sweep: could not send photo %s to the gallery worker", photo_id)
+            break
+    return lacking

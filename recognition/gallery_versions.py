@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from datetime import datetime
 
 from celery import current_app
 from django.conf import settings
@@ -74,13 +75,20 @@ def _accepted_without(model_version: str) -> QuerySet[EnrollmentPhoto]:
 
 
 def gallery_missing_photos(
-    model_version: str, *, after_id: int = 0, limit: int | None = None, exclude: Collection[int] = ()
+    model_version: str,
+    *,
+    after_id: int = 0,
+    limit: int | None = None,
+    exclude: Collection[int] = (),
+    uploaded_before: datetime | None = None,
 ) -> list[int]:
-    """Ids (ascending, above ``after_id``, not in ``exclude``) of accepted photos with no vector of
-    ``model_version``."""
+    """Ids (ascending, above ``after_id``, not in ``exclude``, uploaded before ``uploaded_before``)
+    of accepted photos with no vector of ``model_version``."""
     photos = _accepted_without(model_version).filter(pk__gt=after_id)
     if exclude:
         photos = photos.exclude(pk__in=list(exclude))
+    if uploaded_before is not None:
+        photos = photos.filter(uploaded_at__lt=uploaded_before)
     ids = photos.order_by("pk").values_list("pk", flat=True)
     return list(ids[:limit] if limit else ids)
 
@@ -97,7 +105,9 @@ def gallery_photo_counts(model_version: str) -> tuple[int, int]:
     return total, done
 
 
-def _failed_photos(model_version: str) -> list[int]:
+def gallery_failed_photos(model_version: str) -> list[int]:
+    """Photos ``model_version`` could not embed (no usable face for it, original gone), as its
+    migration recorded them."""
     row = GalleryMigration.objects.filter(model__model_version=model_version).values("failed_photo_ids").first()
     return [int(i) for i in (row or {}).get("failed_photo_ids") or []]
 
@@ -109,7 +119,7 @@ def gallery_gaps(model_version: str) -> tuple[int, int]:
     is not counted as still to embed; the person it belongs to is, unless another of their photos
     covers them.
     """
-    missing = _accepted_without(model_version).exclude(pk__in=_failed_photos(model_version)).count()
+    missing = _accepted_without(model_version).exclude(pk__in=gallery_failed_photos(model_version)).count()
     actives = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE)
     active = actives.values_list("model_version", flat=True).first()
     people = 0
@@ -146,7 +156,8 @@ def photo_versions_schedule(photo_id: int, *, have: str) -> None:
     """Once the current transaction commits, embed accepted photo ``photo_id`` with every kept version
     other than ``have`` (the one the enrolment used) on the gallery queue. Nothing is sent when the
     active version is the only one kept (the usual case). A message the broker loses leaves the
-    photo counted by :func:`gallery_ready`, so a promotion still embeds it before switching."""
+    photo counted by :func:`gallery_ready`, so a promotion still embeds it before switching, and
+    ``recognition.gallery_migration.gallery_topups_resume`` sends it again."""
     others = [v for v in kept_versions() if v != have]
     if not others:
         return

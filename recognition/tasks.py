@@ -205,6 +205,14 @@ def gallery_migrations_resume() -> list[int]:
     return resume()
 
 
+@shared_task(name="recognition.gallery_topups_resume", ignore_result=True)
+def gallery_topups_resume() -> dict[str, list[int]]:
+    """Send again the photo top-ups that never ran (lost message, old model loaded); Celery beat."""
+    from recognition.gallery_migration import gallery_topups_resume as resume
+
+    return resume()
+
+
 # =============================================================================================
 # Bulk enrolment import (administrator UI). Separate from the decision tasks above.
 # =============================================================================================

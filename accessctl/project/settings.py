@@ -218,6 +218,11 @@ CELERY_BEAT_SCHEDULE = {
     "recognition-inbound-sweep": {"task": "recognition.inbound_sweep", "schedule": 15.0},
     # Gallery migrations whose worker stopped (killed, lost message) are resumed.
     "recognition-gallery-migrations-resume": {"task": "recognition.gallery_migrations_resume", "schedule": 60.0},
+    # Accepted photos a kept model version lacks although no build runs (a lost top-up) are sent again.
+    "recognition-gallery-topups-resume": {
+        "task": "recognition.gallery_topups_resume",
+        "schedule": env_float("ACCESSCTL_GALLERY_TOPUP_SWEEP_S", 300.0),
+    },
     # Recognition health per door and model version against the door's baseline (recognition/health.py).
     "recognition-health": {
         "task": "recognition.health_evaluate",

@@ -12,25 +12,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+import recognition.gallery_migration as gallery_migration
 from accessctl.models import AccessEvent, AccessGroup, Door, Person
 from faceengine.backends.sface import SFACE_MODEL_VERSION
 from faceengine.registry import get_embedder
 from recognition.engine import embedder_options
-from recognition.enrollment import photo_enroll
+from recognition.enrollment import photo_embedding_store, photo_enroll, photo_version_analyse
 from recognition.gallery_migration import (
+    _analyses_store,
     _Pacer,
     gallery_migration_pause,
     gallery_migration_run,
     gallery_migration_start,
     gallery_migrations_resume,
     gallery_ready,
+    gallery_topups_resume,
     photo_versions_topup,
 )
-from recognition.gallery_versions import kept_versions
+from recognition.gallery_versions import PHOTO_VERSIONS_TASK, kept_versions
 from recognition.indexing import hnsw_ensure, hnsw_index
 from recognition.model_registry import (
     RegistryError,
@@ -38,7 +41,14 @@ from recognition.model_registry import (
     model_version_retire,
     model_version_transition,
 )
-from recognition.models import FaceEmbedding, GalleryMigration, ModelCalibration, ModelStateChange, ModelVersion
+from recognition.models import (
+    EnrollmentPhoto,
+    FaceEmbedding,
+    GalleryMigration,
+    ModelCalibration,
+    ModelStateChange,
+    ModelVersion,
+)
 from tests.faces import face_jpeg
 
 State = ModelVersion.State
@@ -227,6 +237,103 @@ def test_pausing_stops_the_build_and_a_retired_version_is_no_longer_written(enro
     with pytest.raises(RegistryError) as refused:
         gallery_migration_start(model=ModelVersion.objects.get(model_version=SFACE_MODEL_VERSION))
     assert refused.value.code == "active"
+
+
+class _Broker:
+    """Records what the sweep sends to the gallery worker (the worker's part is run by the test)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[int], str]] = []
+
+    def send_task(self, name: str, *, args: list[int], queue: str) -> None:
+        self.sent.append((name, list(args), queue))
+
+
+@pytest.mark.dataset("lfw")
+@pytest.mark.django_db
+def test_a_top_up_that_never_ran_is_sent_again_by_the_sweep(
+    enrol_env: Path,
+    casia_loaded: None,
+    casia_signed: ModelVersion,
+    django_capture_on_commit_callbacks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A photo accepted while CASIA is kept, whose top-up message was lost, would never be
+    recognised in CASIA: the periodic sweep sends it again once it is older than its grace, and
+    leaves alone photos CASIA cannot embed and versions whose build runs."""
+    _enrol("Colin_Powell")
+    migration = gallery_migration_start(model=_casia(), activate=False)
+    assert gallery_migration_run(migration_id=migration.pk, rate=0) is False and gallery_ready(CASIA)
+    broker = _Broker()
+    monkeypatch.setattr(gallery_migration, "current_app", broker)
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:  # the message is lost
+        tony = _enrol("Tony_Blair").photos.get()
+    assert len(callbacks) == 1 and not gallery_ready(CASIA)
+    assert gallery_topups_resume() == {} and broker.sent == []  # its top-up may still be queued
+    assert gallery_topups_resume(grace_s=0) == {CASIA: [tony.pk]}
+    assert broker.sent == [(PHOTO_VERSIONS_TASK, [tony.pk], settings.GALLERY_QUEUE)]
+    assert photo_versions_topup(photo_id=tony.pk) == [CASIA]  # what the gallery worker then does
+    assert gallery_ready(CASIA) and gallery_topups_resume(grace_s=0) == {}
+
+    # A photo CASIA cannot embed (its original is gone) is counted as failed, not sent for ever.
+    with django_capture_on_commit_callbacks(execute=False):
+        blair = _enrol("Tony_Blair", 1).photos.order_by("-pk").first()
+    blair.image.storage.delete(blair.image.name)
+    assert photo_versions_topup(photo_id=blair.pk) == []
+    migration.refresh_from_db()
+    assert migration.failed_photo_ids == [blair.pk] and migration.failed == 1
+    assert gallery_topups_resume(grace_s=0) == {} and gallery_ready(CASIA)
+
+    # While a build of CASIA runs again, its photos are the build's to embed.
+    with django_capture_on_commit_callbacks(execute=False):
+        colin = _enrol("Colin_Powell", 1).photos.order_by("-pk").first()
+    gallery_migration_start(model=_casia(), activate=False)
+    assert gallery_topups_resume(grace_s=0) == {}
+    assert gallery_migration_run(migration_id=migration.pk, rate=0) is False
+    assert FaceEmbedding.objects.filter(photo=colin, model_version=CASIA).exists()
+    assert len(broker.sent) == 1
+
+
+@pytest.mark.dataset("lfw")
+@pytest.mark.django_db(transaction=True)
+def test_a_photo_written_twice_at_once_gets_one_vector(enrol_env: Path, casia_loaded: None) -> None:
+    """A top-up the sweep sent again while the first still runs: the second writer waits on the
+    photo's lock and then finds the first one's vector, instead of adding a second."""
+    photo = _enrol("Colin_Powell").photos.get()
+    gallery_migration_start(model=_casia(), activate=False)
+    casia = get_embedder("facenet-casia", **{**embedder_options("facenet-casia"), "flip": False})
+    analysis = photo_version_analyse(photo, casia)
+    locked, errors, results = threading.Event(), [], []
+
+    def second_writer() -> None:
+        try:
+            assert locked.wait(30)
+            results.append(_analyses_store(_casia().pk, {photo.pk: analysis}))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    with transaction.atomic():
+        locked_photo = EnrollmentPhoto.objects.select_for_update().get(pk=photo.pk)
+        locked.set()
+        deadline = time.monotonic() + 30
+        with connection.cursor() as cursor:
+            while time.monotonic() < deadline:  # the second writer waits on the photo's lock
+                # (pg_locks: its session may belong to another database role than this one)
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the second writer never waited for the photo")
+        photo_embedding_store(photo=locked_photo, analysis=analysis)
+    thread.join(30)
+    assert not errors and results == [(0, [])]
+    assert FaceEmbedding.objects.filter(photo=photo, model_version=CASIA).count() == 1
 
 
 def test_the_pacer_keeps_the_rate() -> None:
@@ -419,7 +526,8 @@ def test_gallery_tasks_have_their_own_queue_and_worker() -> None:
     from accessctl.project.celery import app
     from accessctl.project.supervisor import default_children
 
-    for task in ("recognition.gallery_migrate", "recognition.gallery_photo_versions"):
+    tasks = ("recognition.gallery_migrate", "recognition.gallery_photo_versions", "recognition.gallery_topups_resume")
+    for task in tasks:
         assert app.amqp.router.route({}, task)["queue"].name == settings.GALLERY_QUEUE
     assert app.amqp.router.route({}, "recognition.decide")["queue"].name == settings.RECOGNITION_QUEUE
     children = {c.name: c for c in default_children("127.0.0.1", 8000)}
