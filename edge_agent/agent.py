@@ -117,7 +117,8 @@ class EdgeAgent:
             )
             restored = self.model_updater.restore()
             if restored is not None:  # the model chosen before the restart (its bundle verified again)
-                self.model_updater.previous = embedder
+                if self.model_updater.previous is None:  # else: an earlier bundle, what a rollback returns to
+                    self.model_updater.previous = embedder
                 self._embedder = embedder = restored
         #: what embeds a face for the offline allow-list: the detection embedder in embedding mode
         #: (embed once), else the one loaded for the list at start (crop mode)

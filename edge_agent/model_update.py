@@ -21,8 +21,11 @@ its own thread while the door keeps deciding with the running model:
 
 Anything failing leaves the running model in place (``failed``, with a reason code); a
 ``model_rollback`` command, or a restart that finds the chosen bundle altered, goes back to the
-previous model (``rolled_back``). Every step is reported at once in a heartbeat
-(``model_update_version`` / ``_state`` / ``_reason``), and the server shows it per device.
+previous model (``rolled_back``). When the previous model came from an earlier bundle, its bundle
+and signed manifest are kept beside the chosen one, so a rollback returns to it also after a
+restart, and stays there across the next one (not to the model in the agent's configuration).
+Every step is reported at once in a heartbeat (``model_update_version`` / ``_state`` /
+``_reason``), and the server shows it per device.
 """
 
 from __future__ import annotations
@@ -352,6 +355,10 @@ class ModelUpdater:
         self.status = UpdateStatus()
         #: the embedder before the last switch (kept loaded: a rollback is one assignment)
         self.previous: LocalEmbedder | None = None
+        #: the signed manifests of the running and the previous model when they came from a bundle
+        #: (None: the configured model), so that a rollback is kept across restarts as well
+        self.chosen_signed: Any = None
+        self.previous_signed: Any = None
         self.timings: dict[str, float] = {}
         self.last_self_test: SelfTest | None = None
         self.download_stats = DownloadStats()
@@ -459,11 +466,12 @@ class ModelUpdater:
             return False
         self._report(version, ModelUpdateState.VERIFIED)
         t = time.perf_counter()
-        self.previous = running
+        self.previous, self.previous_signed = running, self.chosen_signed
         self.switch(embedder)
         self.timings["switch_ms"] = round((time.perf_counter() - t) * 1000, 3)
+        self.chosen_signed = data.get("manifest")
         try:
-            self._persist(data.get("manifest"), version=version, previous=running)
+            self._persist(self.chosen_signed, previous=running, previous_signed=self.previous_signed)
         except OSError:  # switched all the same; a restart goes back to the configured model
             logger.exception("model %s: the choice could not be saved", version)
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
@@ -472,7 +480,9 @@ class ModelUpdater:
         return True
 
     def rollback(self, *, reason: str = "rollback_command") -> bool:
-        """Back to the model before the last switch (kept loaded); False when there is none."""
+        """Back to the model before the last switch (kept loaded); False when there is none. When
+        that model came from a bundle it becomes the persisted choice (a restart keeps it), else the
+        choice is forgotten (a restart starts the configured model)."""
         started = time.perf_counter()
         previous, running = self.previous, self.current()
         if previous is None or running is None:
@@ -480,8 +490,14 @@ class ModelUpdater:
             self._report(self.status.model_version, ModelUpdateState.ROLLED_BACK, "nothing_to_roll_back")
             return False
         self.switch(previous)
-        self.previous = None
-        self._chosen_forget()
+        self.chosen_signed, self.previous, self.previous_signed = self.previous_signed, None, None
+        try:
+            if self.chosen_signed is not None:
+                self._persist(self.chosen_signed, previous=None, previous_signed=None)
+            else:
+                self._chosen_forget()
+        except OSError:  # rolled back all the same; a restart may start the rolled-back model again
+            logger.exception("model rollback to %s: the choice could not be saved", previous.model_version)
         self.timings["rollback_ms"] = round((time.perf_counter() - started) * 1000, 3)
         self._report(running.model_version, ModelUpdateState.ROLLED_BACK, reason)
         return True
@@ -523,36 +539,65 @@ class ModelUpdater:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def _persist(self, signed: Any, *, version: str, previous: LocalEmbedder | None) -> None:
-        body = {"signed": signed, "previous": previous.model_version if previous is not None else None}
+    def _persist(self, signed: Any, *, previous: LocalEmbedder | None, previous_signed: Any) -> None:
+        """Write ``chosen.json``: the running bundle's signed manifest and, when the previous model
+        came from a bundle too, its signed manifest (its files are kept for a rollback); other
+        bundles are removed."""
+        body = {
+            "signed": signed,
+            "previous": previous.model_version if previous is not None else None,
+            "previous_signed": previous_signed,
+        }
         tmp = self.directory / (CHOSEN_FILE + ".tmp")
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.directory / CHOSEN_FILE)
-        for old in (self.directory / "bundles").iterdir():  # keep the chosen bundle only
-            if old.is_dir() and old.name != version:
+        keep = {_signed_version(signed)} | ({_signed_version(previous_signed)} if previous_signed else set())
+        for old in (self.directory / "bundles").iterdir():
+            if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _chosen_forget(self) -> None:
         (self.directory / CHOSEN_FILE).unlink(missing_ok=True)
 
+    def _load_signed(self, signed: Any) -> LocalEmbedder:
+        """The bundle of ``signed`` (a signed manifest) from its folder, verified again and loaded."""
+        version = _signed_version(signed)
+        manifest = self._verify(signed, self._bundle_dir(version))
+        return bundle_embedder_load(manifest, self._bundle_dir(version), threads=self.threads)
+
     def restore(self) -> LocalEmbedder | None:
         """At start: the persisted choice, its bundle verified again and loaded; None when there is
-        none, or when it no longer verifies or loads (then reported ``rolled_back``, and forgotten)."""
+        none, or when it no longer verifies or loads (then reported ``rolled_back``, and forgotten).
+        When the model before it came from a bundle, that one is loaded as :attr:`previous` (what a
+        rollback returns to); otherwise the caller sets the configured model there."""
         path = self.directory / CHOSEN_FILE
         if not path.is_file():
             return None
         version = None
         try:
-            signed = json.loads(path.read_text())["signed"]
-            version = signed["manifest"]["model_version"]
-            manifest = self._verify(signed, self._bundle_dir(version))
-            embedder = bundle_embedder_load(manifest, self._bundle_dir(version), threads=self.threads)
+            body = json.loads(path.read_text())
+            signed = body["signed"]
+            version = _signed_version(signed)
+            embedder = self._load_signed(signed)
         except (UpdateFailed, OSError, ValueError, KeyError, TypeError) as exc:
             code = exc.code if isinstance(exc, UpdateFailed) else "chosen_unreadable"
             logger.error("the chosen model %s cannot be used (%s): back to the configured one", version, exc)
             self._chosen_forget()
             self.status = UpdateStatus(version, ModelUpdateState.ROLLED_BACK, code)
             return None
+        self.chosen_signed = signed
+        previous_signed = body.get("previous_signed")
+        if previous_signed:
+            try:
+                self.previous, self.previous_signed = self._load_signed(previous_signed), previous_signed
+            except (UpdateFailed, OSError, ValueError, KeyError, TypeError) as exc:
+                logger.error("the model before %s cannot be loaded (%s): a rollback goes to the configured one",
+                             version, exc)  # fmt: skip
         self.status = UpdateStatus(version, ModelUpdateState.SWITCHED)
         logger.info("model %s restored from %s", version, path)
         return embedder
+
+
+def _signed_version(signed: Any) -> str:
+    """The model version a signed manifest names (read as stored; verified when loaded)."""
+    return str(signed["manifest"]["model_version"])

@@ -148,12 +148,19 @@ def bundle(tmp_path: Path, keys: Keys) -> Iterator[BundleServer]:
 
 
 def offer(
-    keys: Keys, folder: Path, weights: Path, *, url: str, signer: str | None = None, agents: str = ">=0.1.0"
+    keys: Keys,
+    folder: Path,
+    weights: Path,
+    *,
+    url: str,
+    signer: str | None = None,
+    agents: str = ">=0.1.0",
+    version: str = NEW,
 ) -> p.Command:
-    """A signed offer of ``weights`` as version NEW (the file copied into the served ``folder``)."""
+    """A signed offer of ``weights`` as ``version`` (the file copied into the served ``folder``)."""
     shutil.copyfile(weights, folder / "sface-new.onnx")
     manifest = ModelManifest(
-        model_version=NEW, backend="sface", files=model_files_describe([folder / "sface-new.onnx"]), dim=128,
+        model_version=version, backend="sface", files=model_files_describe([folder / "sface-new.onnx"]), dim=128,
         input_kind="arcface112", input_size=112, licence="Apache-2.0", agent_versions=agents,
         issued_at=int(time.time()),
     )  # fmt: skip
@@ -231,6 +238,75 @@ def test_an_offer_is_downloaded_verified_self_tested_and_switched_atomically_and
         assert model_of(again, faces[0]) == SFACE_MODEL_VERSION
         assert not (tmp_path / "models" / CHOSEN_FILE).exists()
         assert again.heartbeat().model_update_state == "rolled_back"
+    finally:
+        again.stop()
+
+
+def test_a_rollback_returns_to_the_earlier_bundle_and_keeps_it_over_restarts(
+    tmp_path: Path, keys: Keys, faces, bundle: BundleServer
+) -> None:
+    """Configured sface, then bundle A, then bundle B: a rollback goes back to A (not to the
+    configured model, whose gallery the server may have retired), also after a restart, and a
+    restart after the rollback starts A again."""
+    first, second = "sface-rollout-a", "sface-rollout-b"
+    models = tmp_path / "models"
+    agent = make_agent(tmp_path, keys, faces)
+    try:
+        updater = agent.model_updater
+        assert updater is not None
+        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=first))
+        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=second))
+        assert model_of(agent, faces[0]) == second
+        chosen = json.loads((models / CHOSEN_FILE).read_text())
+        assert chosen["previous"] == first and chosen["previous_signed"]["manifest"]["model_version"] == first
+        assert {d.name for d in (models / "bundles").iterdir()} == {first, second}  # A's files kept
+    finally:
+        agent.stop()
+    again = make_agent(tmp_path, keys, faces)
+    try:
+        updater = again.model_updater
+        assert updater is not None and model_of(again, faces[0]) == second
+        assert updater.previous is not None and updater.previous.model_version == first  # loaded, verified
+        assert updater.rollback(reason="rollback_command")
+        assert model_of(again, faces[0]) == first
+        chosen = json.loads((models / CHOSEN_FILE).read_text())
+        assert chosen["signed"]["manifest"]["model_version"] == first and chosen["previous_signed"] is None
+        assert {d.name for d in (models / "bundles").iterdir()} == {first}
+    finally:
+        again.stop()
+    third = make_agent(tmp_path, keys, faces)
+    try:
+        assert model_of(third, faces[0]) == first
+        assert third.model_updater is not None and third.model_updater.previous is not None
+        assert third.model_updater.previous.model_version == SFACE_MODEL_VERSION  # the configured one
+    finally:
+        third.stop()
+
+
+def test_an_earlier_bundle_altered_on_disk_is_not_loaded_as_the_rollback_target(
+    tmp_path: Path, keys: Keys, faces, bundle: BundleServer
+) -> None:
+    first, second = "sface-rollout-a", "sface-rollout-b"
+    agent = make_agent(tmp_path, keys, faces)
+    try:
+        updater = agent.model_updater
+        assert updater is not None
+        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=first))
+        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=second))
+    finally:
+        agent.stop()
+    stored = tmp_path / "models" / "bundles" / first / "sface-new.onnx"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    again = make_agent(tmp_path, keys, faces)
+    try:
+        assert model_of(again, faces[0]) == second
+        updater = again.model_updater
+        assert updater is not None and updater.previous is not None
+        assert updater.previous.model_version == SFACE_MODEL_VERSION  # not the altered bundle
+        assert updater.rollback(reason="rollback_command") and model_of(again, faces[0]) == SFACE_MODEL_VERSION
+        assert not (tmp_path / "models" / CHOSEN_FILE).exists()
     finally:
         again.stop()
 
