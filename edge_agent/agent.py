@@ -296,6 +296,7 @@ class EdgeAgent:
         if self.model_updater is not None and detection.embedding is not None:
             # one face per track: the next model's self-test, with the vector the running model gave it
             self.samples.add(candidate, detection.embedding_values(), detection.model_version)
+            self.model_updater.faces_seen()  # an offer waiting for enough faces to self-test goes on
         self.detections_sent += 1
         self.bytes_sent += len(raw)
         logger.info(

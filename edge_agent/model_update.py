@@ -359,6 +359,10 @@ class ModelUpdater:
         #: (None: the configured model), so that a rollback is kept across restarts as well
         self.chosen_signed: Any = None
         self.previous_signed: Any = None
+        #: an offer verified while too few faces were seen to self-test it (after a restart: the
+        #: samples are kept in memory only); carried out by :meth:`faces_seen` once there are enough
+        self._waiting: Command | None = None
+        self._waiting_lock = threading.Lock()
         self.timings: dict[str, float] = {}
         self.last_self_test: SelfTest | None = None
         self.download_stats = DownloadStats()
@@ -375,6 +379,17 @@ class ModelUpdater:
         with self._idle:
             self._busy += 1
         self._inbox.put((kind, command))
+
+    def faces_seen(self) -> None:
+        """After each face the agent sent: an offer waiting for faces goes on once there are enough
+        to self-test it (the agent's send path: never blocks)."""
+        if self._waiting is None or len(self.samples) < self.min_samples:
+            return
+        with self._waiting_lock:
+            command, self._waiting = self._waiting, None
+        if command is not None:
+            logger.info("model offer waiting for faces: %d seen, going on", len(self.samples))
+            self.receive(command)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until every offer and rollback received so far was handled (tests, benches)."""
@@ -414,6 +429,8 @@ class ModelUpdater:
     def offer(self, command: Command) -> bool:
         """Carry out one offer; True when the device switched to the offered model."""
         started = time.perf_counter()
+        with self._waiting_lock:  # this offer supersedes one still waiting for faces
+            self._waiting = None
         data: Mapping[str, Any] = command.data
         try:
             manifest = manifest_verify(data.get("manifest"), self.server_public_key)  # type: ignore[arg-type]
@@ -435,6 +452,13 @@ class ModelUpdater:
             t = time.perf_counter()
             self._verify(data.get("manifest"), folder)
             self.timings["verify_s"] = round(time.perf_counter() - t, 3)
+            if len(self.samples) < self.min_samples:  # nothing to self-test on yet: wait, not fail
+                with self._waiting_lock:
+                    self._waiting = command
+                logger.warning("model %s verified; its self-test waits for %d faces (%d seen)", version,
+                               self.min_samples, len(self.samples))  # fmt: skip
+                self._report(version, ModelUpdateState.VERIFIED, "waiting_for_faces")
+                return False
             t = time.perf_counter()
             embedder = bundle_embedder_load(manifest, folder, threads=self.threads)
             self.timings["load_s"] = round(time.perf_counter() - t, 3)
@@ -484,6 +508,10 @@ class ModelUpdater:
         that model came from a bundle it becomes the persisted choice (a restart keeps it), else the
         choice is forgotten (a restart starts the configured model)."""
         started = time.perf_counter()
+        with self._waiting_lock:
+            if self._waiting is not None:
+                logger.warning("model rollback (%s): the offer waiting for faces is dropped", reason)
+            self._waiting = None
         previous, running = self.previous, self.current()
         if previous is None or running is None:
             logger.warning("model rollback asked (%s): nothing to roll back to", reason)

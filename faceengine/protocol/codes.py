@@ -124,7 +124,9 @@ class ModelUpdateState(StrEnum):
 
     OFFERED = "offered"
     DOWNLOADING = "downloading"
-    VERIFIED = "verified"  # signature and every file's SHA-256 checked, the model loaded and self-tested
+    # signature and every file's SHA-256 checked, the model loaded and self-tested; with the reason
+    # "waiting_for_faces": checked, and its self-test waits until the agent has seen enough faces
+    VERIFIED = "verified"
     SWITCHED = "switched"  # detections carry the new version
     FAILED = "failed"  # download, verification, load or self-test failed: the old model stays
     ROLLED_BACK = "rolled_back"  # back on the previous model (a failure after the switch, or a command)

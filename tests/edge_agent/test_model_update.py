@@ -377,6 +377,43 @@ def test_a_model_that_fails_its_self_test_is_rolled_back_within_the_target_while
         agent.stop()
 
 
+def test_after_a_restart_an_offer_waits_for_faces_to_self_test_then_switches(
+    tmp_path: Path, keys: Keys, faces, bundle: BundleServer
+) -> None:
+    """The samples live in memory only: a device that has seen no face since it started verifies the
+    offer and waits (not failed, so the operator need not offer it again); it switches once enough
+    faces were sent. A rollback drops a waiting offer."""
+    agent = make_agent(tmp_path, keys, [])
+    try:
+        updater = agent.model_updater
+        assert updater is not None
+        agent.command_listeners.clear()
+        assert not updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url))
+        assert (updater.status.state, updater.status.reason) == ("verified", "waiting_for_faces")
+        assert agent.heartbeat().model_update_reason == "waiting_for_faces"
+        for face in faces[:2]:
+            agent.send_candidate(face, captured_at=time.time())
+        assert updater.wait_idle(30) and model_of(agent, faces[0]) == SFACE_MODEL_VERSION  # 2 of 3 faces
+        agent.send_candidate(faces[2], captured_at=time.time())
+        assert updater.wait_idle(60)
+        assert updater.status.state == "switched" and model_of(agent, faces[0]) == NEW
+    finally:
+        agent.stop()
+
+    shutil.rmtree(tmp_path / "models")  # a device that never took the offer
+    restarted = make_agent(tmp_path, keys, [])
+    try:
+        updater = restarted.model_updater
+        assert updater is not None
+        assert not updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url))
+        assert not updater.rollback(reason="rollback_command")  # nothing to roll back to; the offer is dropped
+        for face in faces[:4]:
+            restarted.send_candidate(face, captured_at=time.time())
+        assert updater.wait_idle(30) and model_of(restarted, faces[0]) == SFACE_MODEL_VERSION
+    finally:
+        restarted.stop()
+
+
 def test_an_interrupted_download_resumes_with_a_range_request(tmp_path: Path, keys: Keys, bundle: BundleServer) -> None:
     source = tmp_path / "weights.bin"
     source.write_bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
