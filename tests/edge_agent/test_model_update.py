@@ -185,6 +185,21 @@ def make_agent(tmp_path: Path, keys: Keys, faces: list[FaceCandidate]) -> EdgeAg
     return agent
 
 
+def two_bundles_taken(tmp_path: Path, keys: Keys, faces: list[FaceCandidate], bundle: BundleServer) -> tuple[str, str]:
+    """A device configured with sface that took bundle A, then bundle B, and stopped; (A, B)."""
+    first, second = "sface-rollout-a", "sface-rollout-b"
+    agent = make_agent(tmp_path, keys, faces)
+    try:
+        updater = agent.model_updater
+        assert updater is not None
+        for version in (first, second):
+            assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=version))
+        assert model_of(agent, faces[0]) == second
+    finally:
+        agent.stop()
+    return first, second
+
+
 def model_of(agent: EdgeAgent, face: FaceCandidate) -> str:
     detection = agent.build_detection(face, captured_at=time.time())
     assert detection.embedding is not None
@@ -248,20 +263,11 @@ def test_a_rollback_returns_to_the_earlier_bundle_and_keeps_it_over_restarts(
     """Configured sface, then bundle A, then bundle B: a rollback goes back to A (not to the
     configured model, whose gallery the server may have retired), also after a restart, and a
     restart after the rollback starts A again."""
-    first, second = "sface-rollout-a", "sface-rollout-b"
+    first, second = two_bundles_taken(tmp_path, keys, faces, bundle)
     models = tmp_path / "models"
-    agent = make_agent(tmp_path, keys, faces)
-    try:
-        updater = agent.model_updater
-        assert updater is not None
-        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=first))
-        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=second))
-        assert model_of(agent, faces[0]) == second
-        chosen = json.loads((models / CHOSEN_FILE).read_text())
-        assert chosen["previous"] == first and chosen["previous_signed"]["manifest"]["model_version"] == first
-        assert {d.name for d in (models / "bundles").iterdir()} == {first, second}  # A's files kept
-    finally:
-        agent.stop()
+    chosen = json.loads((models / CHOSEN_FILE).read_text())
+    assert chosen["previous"] == first and chosen["previous_signed"]["manifest"]["model_version"] == first
+    assert {d.name for d in (models / "bundles").iterdir()} == {first, second}  # A's files kept
     again = make_agent(tmp_path, keys, faces)
     try:
         updater = again.model_updater
@@ -286,15 +292,7 @@ def test_a_rollback_returns_to_the_earlier_bundle_and_keeps_it_over_restarts(
 def test_an_earlier_bundle_altered_on_disk_is_not_loaded_as_the_rollback_target(
     tmp_path: Path, keys: Keys, faces, bundle: BundleServer
 ) -> None:
-    first, second = "sface-rollout-a", "sface-rollout-b"
-    agent = make_agent(tmp_path, keys, faces)
-    try:
-        updater = agent.model_updater
-        assert updater is not None
-        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=first))
-        assert updater.offer(offer(keys, bundle.folder, default_model_path(), url=bundle.url, version=second))
-    finally:
-        agent.stop()
+    first, second = two_bundles_taken(tmp_path, keys, faces, bundle)
     stored = tmp_path / "models" / "bundles" / first / "sface-new.onnx"
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0x01
