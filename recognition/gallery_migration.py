@@ -85,6 +85,8 @@ Phase = GalleryMigration.State
 MIGRATE_TASK = "recognition.gallery_migrate"
 #: How many times a run re-scans and retries the switch when photos were accepted meanwhile.
 SWITCH_ATTEMPTS = 5
+#: At most this many ids of photos a version could not embed are kept on its migration row.
+FAILED_IDS_KEPT = 10000
 _LOCK_NAMESPACE = 0x67616C  # "gal": session advisory locks, one run per migration at a time
 
 
@@ -465,7 +467,7 @@ def _progress_write(
         if migration is None:
             return None
         migration.total, migration.done, migration.embedded = total, done, migration.embedded + stored
-        migration.failed, migration.failed_photo_ids = len(failed), sorted(failed)[:10000]
+        migration.failed, migration.failed_photo_ids = len(failed), sorted(failed)[:FAILED_IDS_KEPT]
         migration.photos_per_s, migration.heartbeat_at = round(speed, 3), timezone.now()
         migration.save(
             update_fields=["total", "done", "embedded", "failed", "failed_photo_ids", "photos_per_s", "heartbeat_at"]
@@ -557,8 +559,10 @@ def _failed_add(model_id: int, photo_ids: list[int]) -> None:
         migration = GalleryMigration.objects.select_for_update().filter(model_id=model_id).first()
         if migration is None:
             return
-        failed = sorted(set(migration.failed_photo_ids or []) | set(photo_ids))[:10000]
-        GalleryMigration.objects.filter(pk=migration.pk).update(failed_photo_ids=failed, failed=len(failed))
+        failed = set(migration.failed_photo_ids or []) | set(photo_ids)
+        GalleryMigration.objects.filter(pk=migration.pk).update(
+            failed_photo_ids=sorted(failed)[:FAILED_IDS_KEPT], failed=len(failed)
+        )
 
 
 #: The sweep leaves alone photos uploaded less than this long ago: their top-up may still be queued.
@@ -575,7 +579,8 @@ def gallery_topups_resume(*, grace_s: float = TOPUP_GRACE_S, limit: int = TOPUP_
     alone, that person would never be recognised in that version: in crop mode if it is the active
     one, by the devices still on it otherwise. Photos uploaded within ``grace_s`` (their top-up may
     be queued), photos the version could not embed, and versions being built or paused (their build
-    embeds them) are skipped. Returns {version: photo ids sent}."""
+    embeds them) are skipped. Returns {version: the photo ids it lacked}; at most ``limit`` photos
+    are sent, and none more once the broker refuses one (the next sweep sends them)."""
     building = set(
         GalleryMigration.objects.filter(state__in=[Phase.QUEUED, Phase.RUNNING, Phase.PAUSED]).values_list(
             "model__model_version", flat=True
@@ -591,14 +596,15 @@ def gallery_topups_resume(*, grace_s: float = TOPUP_GRACE_S, limit: int = TOPUP_
         )
         if ids:
             lacking[version] = ids
-    photo_ids = sorted({pk for ids in lacking.values() for pk in ids})[:limit]
-    for version, ids in lacking.items():
-        logger.warning("gallery sweep: %d accepted photos lack a vector of %s (a lost top-up?): sent again, "
-                       "first ids %s", len(ids), version, ids[:5])  # fmt: skip
-    for photo_id in photo_ids:
+    sent = 0
+    for photo_id in sorted({pk for ids in lacking.values() for pk in ids})[:limit]:
         try:
             current_app.send_task(PHOTO_VERSIONS_TASK, args=[photo_id], queue=settings.GALLERY_QUEUE)
         except Exception:  # the next sweep sends it
             logger.exception("gallery sweep: could not send photo %s to the gallery worker", photo_id)
             break
+        sent += 1
+    for version, ids in lacking.items():
+        logger.warning("gallery sweep: %d accepted photos lack a vector of %s (a lost top-up?), first ids %s; "
+                       "%d photos sent to the gallery worker again", len(ids), version, ids[:5], sent)  # fmt: skip
     return lacking
